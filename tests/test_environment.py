@@ -33,9 +33,10 @@ def test_ortmodule_extensions_are_built():
     from onnxruntime.training.ortmodule import torch_cpp_extensions
     from onnxruntime.training.ortmodule.torch_cpp_extensions import is_installed
 
-    cpu_ext = Path(torch_cpp_extensions.__file__).parent / "cpu"
-    built = [d for d in cpu_ext.iterdir() if d.is_dir() and is_installed(str(d))]
-    assert built, "ORTModule's C++ extensions are not built: run `python -m torch_ort.configure`"
+    built_into = Path(torch_cpp_extensions.__file__).parent
+    assert is_installed(str(built_into)), "ORTModule's C++ extensions are not built: run `python -m torch_ort.configure`"
+    for extension in ("aten_op_executor", "torch_interop_utils"):
+        assert list(built_into.glob(f"{extension}*.so")), f"{extension} missing from {built_into}"
 
 
 class PretrainingLoss(torch.nn.Module):
