@@ -1,0 +1,1 @@
+"""Two-phase LAMB pretraining of BERT with ONNX Runtime (ORTModule), eager PyTorch or torch.compile."""

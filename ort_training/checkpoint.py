@@ -1,0 +1,96 @@
+"""Checkpoints in OUTPUT_DIR/checkpoints/step-N/checkpoint.pt, atomic, newest K kept.
+
+A checkpoint holds only tensors, numbers, strings, lists and dicts, so it loads with
+`torch.load(weights_only=True)` (no pickled code runs). It holds everything a bitwise resume needs:
+model, optimizer, grad scaler, scheduler, train state (global step, phase step, phase), data
+position and the RNG states of torch, CUDA, numpy and Python's `random`.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+
+logger = logging.getLogger(__name__)
+
+CKPT_FILE = "checkpoint.pt"
+_STEP_DIR = re.compile(r"^step-(\d+)$")
+
+
+def rng_state() -> dict:
+    np_state = np.random.get_state()
+    state = {
+        "torch": torch.get_rng_state(),
+        "python": [list(x) if isinstance(x, tuple) else x for x in random.getstate()],
+        # numpy's state tuple holds an ndarray, which weights_only refuses: store it as a tensor.
+        "numpy": {"key": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
+                  "has_gauss": int(np_state[3]), "cached_gaussian": float(np_state[4])},
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    n = state["numpy"]
+    np.random.set_state(("MT19937", n["key"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def list_checkpoints(output_dir: str | Path) -> list[tuple[int, Path]]:
+    """Complete checkpoints (their file exists) as (step, dir), oldest first."""
+    root = Path(output_dir) / "checkpoints"
+    found = []
+    if root.is_dir():
+        for d in root.iterdir():
+            m = _STEP_DIR.match(d.name)
+            if m and (d / CKPT_FILE).is_file():
+                found.append((int(m.group(1)), d))
+    return sorted(found)
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A checkpoint.pt from: the file, a step-N folder, a checkpoints/ folder or an output dir (newest)."""
+    p = Path(path)
+    if p.is_file():
+        return p
+    if (p / CKPT_FILE).is_file():
+        return p / CKPT_FILE
+    for root in (p, p.parent if p.name == "checkpoints" else None):
+        if root is not None and (found := list_checkpoints(root)):
+            return found[-1][1] / CKPT_FILE
+    raise FileNotFoundError(f"{p}: no checkpoint found (expected a step-N/{CKPT_FILE} under {p}/checkpoints)")
+
+
+def save_checkpoint(output_dir: str | Path, step: int, state: dict, keep: int) -> Path:
+    """Write step-N atomically (temp folder + rename) and delete all but the newest `keep`."""
+    root = Path(output_dir) / "checkpoints"
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / f"step-{step}"
+    tmp = root / f".step-{step}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    torch.save(state, tmp / CKPT_FILE)
+    if final.exists():
+        shutil.rmtree(final)
+    tmp.rename(final)
+    for _, old in list_checkpoints(output_dir)[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    logger.info("saved checkpoint %s", final)
+    return final
+
+
+def load_checkpoint(path: str | Path) -> dict:
+    ckpt = resolve_checkpoint(path)
+    logger.info("loading checkpoint %s", ckpt)
+    return torch.load(ckpt, map_location="cpu", weights_only=True)

@@ -1,0 +1,158 @@
+"""Typed configuration for `python -m ort_training.run_pretraining`.
+
+One dataclass holds every setting; argparse flags are generated from its fields so the flag list,
+defaults, help text and choices live in one place. Flag names follow NVIDIA's
+`run_pretraining.py` (`--train_batch_size`, `--phase2`, ...). Precedence: dataclass defaults <
+`--config FILE.yaml` < command-line flags.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, Optional
+
+import yaml
+
+PACKAGE_CONFIGS = Path(__file__).parent / "configs"
+
+Backend = Literal["ort", "eager", "compile"]
+Precision = Literal["fp32", "fp16", "bf16"]
+
+
+def _f(default, help: str, **kw):
+    return field(default=default, metadata={"help": help, **kw})
+
+
+@dataclass
+class PretrainConfig:
+    """All settings of one pretraining phase."""
+
+    # --- data / io
+    input_dir: Optional[str] = _f(None, "Folder with NVIDIA-schema HDF5 shards (`*training*.hdf5`, searched recursively).")
+    output_dir: str = _f("results", "Where checkpoints/, hf_model/, metrics and the summary are written.")
+    config_file: str = _f(str(PACKAGE_CONFIGS / "bert_base_config.json"), "BERT config JSON (tiny/base/large ship in ort_training/configs/).")
+    vocab_file: Optional[str] = _f(None, "WordPiece vocab.txt; used for the HF tokenizer export (config vocab_size may be padded).")
+    do_lower_case: bool = _f(True, "Tokenizer lower-cases text (written into the exported tokenizer).")
+    eval_dir: Optional[str] = _f(None, "Optional folder of held-out HDF5 shards; MLM accuracy is reported at the end of the phase.")
+    eval_batches: int = _f(20, "Number of micro-batches evaluated from --eval_dir.")
+    log_dir: Optional[str] = _f(None, "TensorBoard folder (default OUTPUT_DIR/tensorboard).")
+    # --- optimisation
+    train_batch_size: int = _f(64, "Sequences per rank per optimizer step (split into --gradient_accumulation_steps micro-batches).")
+    gradient_accumulation_steps: int = _f(1, "Micro-batches accumulated per optimizer step.")
+    learning_rate: float = _f(6e-3, "Peak LAMB learning rate.")
+    warmup_proportion: float = _f(0.2843, "Fraction of --max_steps spent in linear warm-up.")
+    max_steps: int = _f(1000, "Optimizer steps of this phase (phase 2: steps after --phase1_end_step).")
+    weight_decay: float = _f(0.01, "Decoupled weight decay (not applied to biases and LayerNorm weights).")
+    max_grad_norm: float = _f(1.0, "Global gradient-norm clip applied inside LAMB before the moments.")
+    seed: int = _f(12345, "Seed for weights, dropout and data order.")
+    dropout: Optional[float] = _f(None, "Override hidden and attention dropout (0 for deterministic parity tests).")
+    dense_seq_output: bool = _f(True, "Compute the MLM head only on masked positions (NVIDIA's dense sequence output).")
+    # --- precision / backend
+    precision: Precision = _f("fp32", "Numeric precision; --fp16 / --bf16 are shorthands.")
+    fp16: bool = _f(False, "Same as --precision fp16 (dynamic loss scaling).")
+    bf16: bool = _f(False, "Same as --precision bf16.")
+    backend: Backend = _f("ort", "ort = ORTModule (torch-ort), eager = plain PyTorch, compile = torch.compile.")
+    ort_optimizations: bool = _f(True, "ORT's compute optimizer (FLOP reduction, label sparsity); --no-ort_optimizations turns it off to compare.")
+    ort_memory_opt_level: int = _f(0, "ORTMODULE_MEMORY_OPT_LEVEL: 0 off, 1 recompute all transformer layers, 2 aggressive.")
+    # --- phases / checkpoints
+    phase2: bool = _f(False, "This is phase 2: start from phase 1's checkpoint with a fresh optimizer and schedule.")
+    phase1_end_step: int = _f(0, "Global step at which phase 1 ended; phase-2 steps are numbered after it.")
+    resume_from_checkpoint: bool = _f(False, "Continue from the newest checkpoint in OUTPUT_DIR/checkpoints (phase 2: may be phase 1's).")
+    init_checkpoint: Optional[str] = _f(None, "Checkpoint folder (or an output dir: its newest) to take model weights from.")
+    num_steps_per_checkpoint: int = _f(200, "Save a checkpoint every N optimizer steps (and on SIGTERM and at the end).")
+    keep_checkpoints: int = _f(3, "Keep only the newest K checkpoints.")
+    export_onnx: bool = _f(False, "Also export an ONNX inference model (hf_model/model.onnx) at the end of the phase.")
+    skip_hf_export: bool = _f(False, "Do not write the Hugging Face export at the end of the phase.")
+    # --- distribution
+    deepspeed: Optional[str] = _f(None, "DeepSpeed JSON config (ZeRO stage 1/2); our LAMB is passed in as the optimizer.")
+    local_rank: int = _f(-1, "Accepted for torch.distributed.launch compatibility; the environment wins.")
+    allreduce_post_accumulation: bool = _f(False, "Accepted for NVIDIA compatibility (DDP already reduces once per optimizer step).")
+    allreduce_post_accumulation_fp16: bool = _f(False, "Accepted for NVIDIA compatibility (ignored).")
+    # --- logging
+    log_freq: int = _f(1, "Log metrics every N optimizer steps.")
+    disable_progress_bar: bool = _f(False, "Turn the tqdm progress bar off.")
+    prefetch: bool = _f(True, "Read the next HDF5 file in a background thread.")
+
+    def __post_init__(self) -> None:
+        if self.fp16 and self.bf16:
+            raise ValueError("--fp16 and --bf16 are mutually exclusive")
+        if self.fp16:
+            self.precision = "fp16"
+        elif self.bf16:
+            self.precision = "bf16"
+        self.fp16 = self.precision == "fp16"
+        self.bf16 = self.precision == "bf16"
+        if self.train_batch_size % self.gradient_accumulation_steps:
+            raise ValueError(
+                f"--train_batch_size {self.train_batch_size} must be divisible by "
+                f"--gradient_accumulation_steps {self.gradient_accumulation_steps}"
+            )
+        for name in ("max_steps", "train_batch_size", "gradient_accumulation_steps", "num_steps_per_checkpoint", "log_freq", "keep_checkpoints"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name} must be >= 1, got {getattr(self, name)}")
+        if not 0.0 <= self.warmup_proportion < 1.0:
+            raise ValueError(f"--warmup_proportion must be in [0, 1), got {self.warmup_proportion}")
+        if self.phase2 and not (self.resume_from_checkpoint or self.init_checkpoint):
+            raise ValueError("--phase2 needs --resume_from_checkpoint (same output dir) or --init_checkpoint PATH")
+        if not Path(self.config_file).is_file():
+            # Allow a bare name of a shipped config ("bert_tiny_config.json" or "tiny").
+            for cand in (PACKAGE_CONFIGS / self.config_file, PACKAGE_CONFIGS / f"bert_{self.config_file}_config.json"):
+                if cand.is_file():
+                    self.config_file = str(cand)
+                    break
+            else:
+                raise ValueError(f"--config_file {self.config_file}: no such file (shipped: tiny, base, large)")
+
+    @property
+    def micro_batch_size(self) -> int:
+        return self.train_batch_size // self.gradient_accumulation_steps
+
+
+def _is_bool(tp) -> bool:
+    return tp is bool or tp == "bool"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m ort_training.run_pretraining",
+        description="Two-phase LAMB pretraining of BERT with ONNX Runtime (ORTModule), eager or torch.compile.",
+    )
+    parser.add_argument("--config", default=None, help="YAML file with any of the options below (flags override it).")
+    hints = typing.get_type_hints(PretrainConfig)
+    for f in dataclasses.fields(PretrainConfig):
+        tp = hints[f.name]
+        kw = {"help": f.metadata["help"], "default": argparse.SUPPRESS}
+        args = typing.get_args(tp)
+        base = next((a for a in args if a is not type(None)), tp) if typing.get_origin(tp) is typing.Union else tp
+        if _is_bool(base):
+            kw["action"] = argparse.BooleanOptionalAction
+        elif typing.get_origin(base) is Literal:
+            kw["choices"] = list(typing.get_args(base))
+        else:
+            kw["type"] = base
+        names = [f"--{f.name}"]
+        if f.name == "local_rank":  # torch.distributed.launch passes --local-rank=N
+            names.append("--local-rank")
+        parser.add_argument(*names, dest=f.name, **kw)
+    return parser
+
+
+def parse_config(argv: list[str] | None = None) -> PretrainConfig:
+    """defaults < --config YAML < flags, resolved here only."""
+    ns = vars(build_parser().parse_args(argv))
+    values: dict = {}
+    yaml_path = ns.pop("config")
+    if yaml_path:
+        with open(yaml_path) as fh:
+            loaded = yaml.safe_load(fh) or {}
+        known = {f.name for f in dataclasses.fields(PretrainConfig)}
+        unknown = set(loaded) - known
+        if unknown:
+            raise ValueError(f"--config {yaml_path}: unknown keys {sorted(unknown)}")
+        values.update(loaded)
+    values.update(ns)
+    return PretrainConfig(**values)

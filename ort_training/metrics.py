@@ -1,0 +1,119 @@
+"""Metrics sinks on rank 0: JSON lines, TensorBoard, MLflow (inside Azure ML), summary JSON and PNG."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+class MetricsLogger:
+    """Writes each step's metrics to OUTPUT_DIR/metrics.jsonl (appended, so a resumed run continues
+    the same file), TensorBoard, and MLflow when running in an Azure ML job."""
+
+    def __init__(self, output_dir: str, log_dir: str | None, enabled: bool = True):
+        self.enabled = enabled
+        self.output_dir = Path(output_dir)
+        self.history: list[dict] = []
+        self._tb = self._mlflow = self._fh = None
+        if not enabled:
+            return
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        self._fh = open(self.output_dir / "metrics.jsonl", "a")
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._tb = SummaryWriter(log_dir or str(self.output_dir / "tensorboard"))
+        except ImportError:
+            logger.warning("tensorboard is not installed; TensorBoard logging is off")
+        if os.environ.get("AZUREML_RUN_ID") or os.environ.get("MLFLOW_TRACKING_URI", "").startswith("azureml"):
+            try:
+                import mlflow
+
+                self._mlflow = mlflow
+                if mlflow.active_run() is None:
+                    mlflow.start_run()
+            except Exception as exc:  # mlflow missing or tracking server unreachable: keep training
+                logger.warning("MLflow logging is off (%s)", exc)
+
+    def log(self, record: dict) -> None:
+        if not self.enabled:
+            return
+        self.history.append(record)
+        self._fh.write(json.dumps(record) + "\n")
+        self._fh.flush()
+        step = record["step"]
+        numeric = {k: v for k, v in record.items() if k != "step" and isinstance(v, (int, float))}
+        if self._tb is not None:
+            for k, v in numeric.items():
+                self._tb.add_scalar(f"train/{k}", v, step)
+        if self._mlflow is not None:
+            self._mlflow.log_metrics(numeric, step=step)
+
+    def summary(self, summary: dict) -> None:
+        if not self.enabled:
+            return
+        atomic_write_text(self.output_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+        if self._mlflow is not None:
+            self._mlflow.log_metrics({k: v for k, v in summary.items() if isinstance(v, (int, float))})
+        self.plot(self.output_dir / "training_curves.png")
+        logger.info("summary: %s", json.dumps(summary))
+
+    def plot(self, path: Path) -> None:
+        """Loss and learning-rate curves of this run (the whole metrics.jsonl, so resumed runs included)."""
+        records = read_metrics(self.output_dir / "metrics.jsonl")
+        if not records:
+            return
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        steps = [r["step"] for r in records]
+        fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
+        ax1.plot(steps, [r["loss"] for r in records], label="loss")
+        ax1.plot(steps, [r["mlm_loss"] for r in records], label="MLM", alpha=0.7)
+        ax1.plot(steps, [r["nsp_loss"] for r in records], label="NSP", alpha=0.7)
+        ax1.set_xlabel("step")
+        ax1.set_ylabel("loss")
+        ax1.legend()
+        ax2.plot(steps, [r["lr"] for r in records])
+        ax2.set_xlabel("step")
+        ax2.set_ylabel("learning rate")
+        fig.tight_layout()
+        tmp = path.with_name(f".{path.stem}.tmp.png")
+        fig.savefig(tmp, dpi=100)
+        plt.close(fig)
+        tmp.replace(path)
+
+    def close(self) -> None:
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None
+        if self._tb is not None:
+            self._tb.close()
+            self._tb = None
+        if self._mlflow is not None:
+            self._mlflow.end_run()
+            self._mlflow = None
+
+
+def read_metrics(path: str | Path) -> list[dict]:
+    """Records of a metrics.jsonl; later records for the same step (after a resume) replace earlier ones."""
+    by_step: dict[int, dict] = {}
+    p = Path(path)
+    if p.is_file():
+        for line in p.read_text().splitlines():
+            if line.strip():
+                r = json.loads(line)
+                by_step[r["step"]] = r
+    return [by_step[k] for k in sorted(by_step)]

@@ -1,0 +1,140 @@
+"""BERT for pretraining with the loss inside the module, plus the backend wrap (ORT / eager / compile).
+
+The loss is computed inside `forward` so ORTModule exports and optimizes the whole graph (forward,
+MLM + NSP loss and their gradients) as one ONNX model.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import BertConfig, BertForPreTraining
+
+from .data import IGNORE_INDEX
+
+logger = logging.getLogger(__name__)
+
+ORT_INSTALL_HINT = (
+    "install it with `pip install onnxruntime-training-cpu==1.19.2 torch-ort==1.19.2` (CUDA: onnxruntime-training) "
+    "and build its extensions with `python -m torch_ort.configure` (or scripts/bootstrap_env.sh); "
+    "or run with --backend eager"
+)
+
+
+def load_bert_config(path: str, dropout: float | None = None) -> BertConfig:
+    """Read a bert_config.json and pad the vocab to a multiple of 8 (tensor-core friendly, as NVIDIA does)."""
+    config = BertConfig.from_json_file(path)
+    config.original_vocab_size = config.vocab_size
+    if config.vocab_size % 8:
+        config.vocab_size += 8 - config.vocab_size % 8
+    if dropout is not None:
+        config.hidden_dropout_prob = config.attention_probs_dropout_prob = dropout
+    # SDPA attention fails in ORT's gradient builder; the eager attention exports cleanly.
+    config._attn_implementation = "eager"
+    return config
+
+
+class BertPretrainingModel(nn.Module):
+    """`BertForPreTraining` whose forward returns (loss, mlm_loss, nsp_loss, mlm_correct, mlm_count).
+
+    With `dense_seq_output` the MLM head (transform + vocab projection) runs only on the
+    `max_pred` masked positions instead of all `seq_len` positions: the vocab projection is most of
+    a small model's cost. Gathering a fixed `max_pred` slots (padding included, ignored by the loss)
+    keeps shapes static, which ORT and torch.compile both prefer over a data-dependent selection.
+    """
+
+    def __init__(self, config: BertConfig, dense_seq_output: bool = True):
+        super().__init__()
+        self.config = config
+        self.dense_seq_output = dense_seq_output
+        self.bert = BertForPreTraining(config)
+
+    def forward(self, input_ids, segment_ids, input_mask, masked_lm_positions, masked_lm_labels, next_sentence_labels):
+        sequence_output, pooled_output = self.bert.bert(
+            input_ids=input_ids, token_type_ids=segment_ids, attention_mask=input_mask, return_dict=False
+        )[:2]
+        batch, seq, hidden = sequence_output.shape
+        if self.dense_seq_output:
+            flat_index = (masked_lm_positions + torch.arange(batch, device=input_ids.device).unsqueeze(1) * seq).reshape(-1)
+            masked_output = sequence_output.reshape(-1, hidden).index_select(0, flat_index)
+            labels = masked_lm_labels.reshape(-1)
+        else:
+            masked_output = sequence_output.reshape(-1, hidden)
+            full = torch.full_like(input_ids, IGNORE_INDEX)
+            labels = full.scatter(1, masked_lm_positions, masked_lm_labels)
+            # Scattering the padding slots (position 0) would clobber nothing useful: [CLS] is never a target.
+            labels[:, 0] = IGNORE_INDEX
+            labels = labels.reshape(-1)
+        prediction_scores = self.bert.cls.predictions(masked_output).float()
+        nsp_scores = self.bert.cls.seq_relationship(pooled_output).float()
+        mlm_loss = F.cross_entropy(prediction_scores, labels, ignore_index=IGNORE_INDEX)
+        nsp_loss = F.cross_entropy(nsp_scores, next_sentence_labels.reshape(-1))
+        valid = labels != IGNORE_INDEX
+        mlm_correct = ((prediction_scores.argmax(-1) == labels) & valid).sum().float()
+        return mlm_loss + nsp_loss, mlm_loss.detach(), nsp_loss.detach(), mlm_correct.detach(), valid.sum().float()
+
+
+def model_inputs(batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, ...]:
+    """Positional inputs in forward's order (ORTModule exports positional args most reliably)."""
+    return tuple(batch[k] for k in ("input_ids", "segment_ids", "input_mask", "masked_lm_positions", "masked_lm_labels", "next_sentence_labels"))
+
+
+def ort_env(memory_opt_level: int) -> dict[str, str]:
+    """ORTModule reads its feature switches from the environment when it is constructed."""
+    return {
+        "ORTMODULE_MEMORY_OPT_LEVEL": str(memory_opt_level),
+        # The model is not touched between construction and export, so the defensive deepcopy
+        # ORTModule makes before exporting only costs memory and time.
+        "ORTMODULE_DEEPCOPY_BEFORE_MODEL_EXPORT": "0",
+    }
+
+
+def import_ortmodule():
+    """ORTModule class, or a RuntimeError that says how to install it."""
+    try:
+        from onnxruntime.training import ortmodule
+        from torch_ort import ORTModule
+    except Exception as exc:  # ImportError, or RuntimeError/OSError from a broken install
+        raise RuntimeError(f"--backend ort needs torch-ort / onnxruntime-training, which failed to import ({exc}); {ORT_INSTALL_HINT}") from exc
+    # ORT records a missing C++ extension build at import time and raises it only inside
+    # ORTModule(...); check it up front so the message says how to fix it.
+    if ortmodule._FALLBACK_INIT_EXCEPTION is not None:
+        exc = ortmodule._FALLBACK_INIT_EXCEPTION
+        raise RuntimeError(f"--backend ort: ORTModule is not usable ({exc}); {ORT_INSTALL_HINT}") from exc
+    return ORTModule
+
+
+def wrap_model(
+    model: nn.Module,
+    backend: Literal["ort", "eager", "compile"],
+    ort_optimizations: bool = True,
+    ort_memory_opt_level: int = 0,
+) -> nn.Module:
+    """Wrap for the chosen backend. Wrappers share the parameters of `model`, so the trainer keeps
+    saving and exporting the plain module."""
+    if backend == "eager":
+        return model
+    if backend == "compile":
+        return torch.compile(model)
+    if backend == "ort":
+        os.environ.update(ort_env(ort_memory_opt_level))
+        ORTModule = import_ortmodule()
+        from torch_ort import DebugOptions, LogLevel
+
+        ort_model = ORTModule(model, DebugOptions(log_level=LogLevel.WARNING))
+        if not ort_optimizations:
+            # ORT 1.19.2: ORTMODULE_ENABLE_COMPUTE_OPTIMIZER=0 also clears the embedding-sparsity flag,
+            # and export then crashes (_graph_transition_manager passes that flag to the label-sparsity
+            # hook and iterates its None result). So switch the options on the managers instead,
+            # before the first forward exports the graph.
+            for training in (True, False):
+                opts = ort_model._torch_module._execution_manager(training)._runtime_options
+                opts.enable_compute_optimizer = False
+                opts.enable_label_sparse_optimizer = False
+        return ort_model
+    raise ValueError(f"--backend must be ort, eager or compile, got {backend!r}")

@@ -1,0 +1,116 @@
+"""LAMB with NVIDIA FusedLAMB semantics, and NVIDIA's poly warm-up schedule.
+
+Why our own LAMB: apex's FusedLAMB and DeepSpeed's FusedLamb are CUDA-only, and the LAMB in
+torch-optimizer (`torch_optimizer.Lamb`) differs from NVIDIA's (no global gradient clipping
+before the moments, trust ratio clamped, per-parameter loops). This one follows apex's
+`multi_tensor_lamb` step by step and uses `torch._foreach_*` ops, which run as fused multi-tensor
+kernels on CUDA and as one C++ loop per op on CPU.
+"""
+
+from __future__ import annotations
+
+
+
+import torch
+from torch import nn
+from torch.optim import Optimizer
+from torch.optim.lr_scheduler import LambdaLR
+
+
+class Lamb(Optimizer):
+    """LAMB as in NVIDIA's BERT recipe (apex FusedLAMB, `use_nvlamb=False`, `grad_averaging=True`).
+
+    Per step: g <- g / max(1, ||g_global|| / max_grad_norm); m, v Adam moments with bias
+    correction; u = m_hat / (sqrt(v_hat) + eps) + wd * w; w <- w - lr * r * u with trust ratio
+    r = ||w|| / ||u|| (1 where either norm is 0). As in apex, the trust ratio is applied only to
+    groups with weight decay (biases and LayerNorm keep r = 1) unless `use_nvlamb=True`.
+    """
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-6, weight_decay=0.01, max_grad_norm=1.0, use_nvlamb=False):
+        if lr < 0 or eps < 0 or not 0 <= betas[0] < 1 or not 0 <= betas[1] < 1:
+            raise ValueError(f"invalid LAMB hyper-parameters lr={lr} betas={betas} eps={eps}")
+        defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay)
+        super().__init__(params, defaults)
+        self.max_grad_norm = max_grad_norm
+        self.use_nvlamb = use_nvlamb
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        all_grads = [p.grad for g in self.param_groups for p in g["params"] if p.grad is not None]
+        if not all_grads:
+            return loss
+        if any(g.is_sparse for g in all_grads):
+            raise RuntimeError("Lamb does not support sparse gradients")
+        # Global norm over every parameter (all groups), computed in fp32 like apex.
+        global_norm = torch.linalg.vector_norm(torch.stack([n.float() for n in torch._foreach_norm(all_grads)]))
+        if self.max_grad_norm > 0:
+            clip = torch.clamp(global_norm / self.max_grad_norm, min=1.0)
+        else:
+            clip = torch.ones_like(global_norm)
+
+        for group in self.param_groups:
+            params = [p for p in group["params"] if p.grad is not None]
+            if not params:
+                continue
+            beta1, beta2 = group["betas"]
+            lr, eps, wd = group["lr"], group["eps"], group["weight_decay"]
+            exp_avgs, exp_avg_sqs = [], []
+            for p in params:
+                state = self.state[p]
+                if not state:
+                    state["step"] = torch.zeros((), dtype=torch.float32)
+                    state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                    state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                state["step"] += 1
+                exp_avgs.append(state["exp_avg"])
+                exp_avg_sqs.append(state["exp_avg_sq"])
+            step = int(self.state[params[0]]["step"].item())
+            grads = torch._foreach_div([p.grad for p in params], clip)
+
+            torch._foreach_lerp_(exp_avgs, grads, 1 - beta1)  # m = b1*m + (1-b1)*g
+            torch._foreach_mul_(exp_avg_sqs, beta2)
+            torch._foreach_addcmul_(exp_avg_sqs, grads, grads, value=1 - beta2)
+            bc1, bc2 = 1 - beta1**step, 1 - beta2**step
+            denom = torch._foreach_sqrt(torch._foreach_div(exp_avg_sqs, bc2))
+            torch._foreach_add_(denom, eps)
+            updates = torch._foreach_div(torch._foreach_div(exp_avgs, bc1), denom)
+            if wd != 0:
+                torch._foreach_add_(updates, params, alpha=wd)
+            if wd != 0 or self.use_nvlamb:
+                w_norms = torch._foreach_norm(params)
+                u_norms = torch._foreach_norm(updates)
+                ratios = [torch.where((w > 0) & (u > 0), w / u, torch.ones_like(w)) for w, u in zip(w_norms, u_norms)]
+                torch._foreach_mul_(updates, ratios)
+            torch._foreach_add_(params, updates, alpha=-lr)
+        return loss
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """Decay matrices only: in BERT the 1-D parameters are exactly the biases and LayerNorm weights
+    that NVIDIA's no_decay name list excludes (embeddings are matrices and decayed there too)."""
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if p.requires_grad:
+            (decay if p.dim() >= 2 else no_decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def build_optimizer(model: nn.Module, lr: float, weight_decay: float = 0.01, max_grad_norm: float = 1.0) -> Lamb:
+    return Lamb(param_groups(model, weight_decay), lr=lr, weight_decay=weight_decay, max_grad_norm=max_grad_norm)
+
+
+def poly_warmup(progress: float, warmup: float, degree: float = 0.5) -> float:
+    """NVIDIA's PolyWarmUpScheduler multiplier at `progress` = step / total_steps."""
+    if progress < warmup:
+        return progress / warmup
+    return max(1.0 - progress, 0.0) ** degree
+
+
+def build_scheduler(optimizer: Optimizer, warmup_proportion: float, total_steps: int, degree: float = 0.5) -> LambdaLR:
+    """Optimizer step k (from 0) uses progress (k+1)/total: NVIDIA advances its scheduler before each
+    optimizer step, so the first update already has a non-zero learning rate."""
+    return LambdaLR(optimizer, lambda k: poly_warmup((k + 1) / total_steps, warmup_proportion, degree))

@@ -1,0 +1,311 @@
+"""The training loop: restore -> per step (micro-batches, LAMB step, schedule, log, checkpoint) -> export."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import random
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from torch.nn.parallel import DistributedDataParallel as DDP
+from tqdm import tqdm
+
+from . import distributed
+from .checkpoint import list_checkpoints, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from .config import PretrainConfig
+from .data import PretrainingDataLoader, list_hdf5_files
+from .metrics import MetricsLogger
+from .model import BertPretrainingModel, load_bert_config, model_inputs, wrap_model
+from .optim import build_optimizer, build_scheduler
+
+logger = logging.getLogger(__name__)
+
+_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+class Trainer:
+    """One phase of pretraining. `hooks` are called as hook(trainer, record) after every step."""
+
+    def __init__(self, cfg: PretrainConfig):
+        self.cfg = cfg
+        self.env, self.device = distributed.init_distributed()
+        self.is_main = self.env.rank == 0
+        if cfg.backend == "ort" and self.device.type == "cpu" and cfg.precision != "fp32":
+            # onnxruntime-training 1.19.2 on CPU fails to build the graph of an autocast model
+            # ("LayerNormalization bound to different types (bfloat16 and float)").
+            raise ValueError(f"--backend ort on CPU trains in fp32 only (got --precision {cfg.precision}); "
+                             "use --backend eager or compile for bf16 on CPU, or a GPU for ORT mixed precision")
+        self.phase = 2 if cfg.phase2 else 1
+        self.step_offset = cfg.phase1_end_step if cfg.phase2 else 0
+        self.phase_step = 0
+        self.hooks: list[Callable[["Trainer", dict], None]] = []
+        self._stop_requested = False
+        self._prev_sigterm = None
+        self._deferred_optimizer_state = None
+
+        # Same seed on every rank for the weights; then a per-rank seed so dropout differs by rank.
+        seed_everything(cfg.seed)
+        self.bert_config = load_bert_config(cfg.config_file, cfg.dropout)
+        self.model = BertPretrainingModel(self.bert_config, cfg.dense_seq_output).to(self.device)
+        seed_everything(cfg.seed + self.env.rank)
+
+        self.optimizer = build_optimizer(self.model, cfg.learning_rate, cfg.weight_decay, cfg.max_grad_norm)
+        self.scheduler = build_scheduler(self.optimizer, cfg.warmup_proportion, cfg.max_steps)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.precision == "fp16")
+
+        if cfg.input_dir is None:
+            raise ValueError("--input_dir is required (folder of HDF5 files written by data_prep)")
+        files = list_hdf5_files(cfg.input_dir, "training")
+        self.loader = PretrainingDataLoader(files, cfg.micro_batch_size, cfg.seed, self.env.rank, self.env.world_size, cfg.prefetch)
+
+        self._restore()
+        self.train_model, self.ds_engine = self._wrap()
+        self.metrics = MetricsLogger(cfg.output_dir, cfg.log_dir, enabled=self.is_main)
+        if self.is_main:
+            logger.info(
+                "phase %d | backend %s | %s | %d files | batch %d/rank x %d ranks (micro-batch %d x %d accumulation) | steps %d..%d",
+                self.phase, cfg.backend, cfg.precision, len(files), cfg.train_batch_size, self.env.world_size,
+                cfg.micro_batch_size, cfg.gradient_accumulation_steps, self.phase_step, cfg.max_steps,
+            )
+
+    @property
+    def global_step(self) -> int:
+        return self.step_offset + self.phase_step
+
+    # ---------------------------------------------------------------- checkpoint state
+    def state_dict(self) -> dict:
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "train_state": {"global_step": self.global_step, "phase_step": self.phase_step, "phase": self.phase,
+                            "world_size": self.env.world_size},
+            # Ranks read different files with different batch counts: keep every rank's position.
+            "data": distributed.all_gather_object(self.loader.state_dict()),
+            "rng": distributed.all_gather_object(rng_state()),  # per rank: dropout streams differ by rank
+            "bert_config": self.bert_config.to_dict(),
+        }
+
+    def _restore(self) -> None:
+        cfg = self.cfg
+        ckpt, full = None, False
+        if cfg.resume_from_checkpoint:
+            if list_checkpoints(cfg.output_dir):
+                ckpt = load_checkpoint(cfg.output_dir)
+                full = ckpt["train_state"]["phase"] == self.phase
+                if not full and cfg.phase2:
+                    step = ckpt["train_state"]["global_step"]
+                    if cfg.phase1_end_step and step != cfg.phase1_end_step:
+                        logger.warning("newest phase-1 checkpoint is step %d but --phase1_end_step is %d", step, cfg.phase1_end_step)
+            elif cfg.phase2 and not cfg.init_checkpoint:
+                raise FileNotFoundError(f"--phase2 --resume_from_checkpoint: no checkpoint in {cfg.output_dir}/checkpoints; "
+                                        "run phase 1 with the same --output_dir or pass --init_checkpoint")
+            else:
+                logger.info("--resume_from_checkpoint: no checkpoint in %s yet, starting from scratch", cfg.output_dir)
+        if ckpt is None and cfg.init_checkpoint:
+            ckpt = load_checkpoint(cfg.init_checkpoint)
+        if ckpt is None:
+            return
+        self.model.load_state_dict(ckpt["model"])
+        if not full:  # phase 2 / init_checkpoint: weights only, fresh optimizer, schedule and data order
+            logger.info("initialised weights from a phase-%d checkpoint (step %d)", ckpt["train_state"]["phase"], ckpt["train_state"]["global_step"])
+            return
+        if ckpt["train_state"]["world_size"] != self.env.world_size:
+            raise ValueError(f"checkpoint was written by {ckpt['train_state']['world_size']} ranks, this run has "
+                             f"{self.env.world_size}: the data position cannot be resumed exactly")
+        if self.cfg.deepspeed:
+            # ZeRO re-groups the parameters into flat partitions when it wraps the optimizer; the
+            # saved state describes those partitions, so it is loaded after the wrap (_wrap).
+            self._deferred_optimizer_state = ckpt["optimizer"]
+        else:
+            self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.scheduler.load_state_dict(ckpt["scheduler"])
+        self.scaler.load_state_dict(ckpt["scaler"])
+        self.loader.load_state_dict(ckpt["data"][self.env.rank])
+        self.phase_step = ckpt["train_state"]["phase_step"]
+        set_rng_state(ckpt["rng"][self.env.rank])
+        logger.info("resumed phase %d at step %d", self.phase, self.global_step)
+
+    def save(self) -> None:
+        state = self.state_dict()
+        if self.is_main:
+            save_checkpoint(self.cfg.output_dir, self.global_step, state, self.cfg.keep_checkpoints)
+        distributed.barrier()
+
+    # ---------------------------------------------------------------- model wrapping
+    def _wrap(self):
+        cfg = self.cfg
+        model = wrap_model(self.model, cfg.backend, cfg.ort_optimizations, cfg.ort_memory_opt_level)
+        if cfg.deepspeed:
+            from .deepspeed_support import initialize_deepspeed
+
+            engine = initialize_deepspeed(model, self.optimizer, cfg)
+            if self._deferred_optimizer_state is not None:
+                self.optimizer.load_state_dict(self._deferred_optimizer_state)
+                self._deferred_optimizer_state = None
+            return model, engine
+        if self.env.is_distributed:
+            device_ids = [self.device.index] if self.device.type == "cuda" else None
+            model = DDP(model, device_ids=device_ids)
+        return model, None
+
+    # ---------------------------------------------------------------- loop
+    def _on_sigterm(self, signum, frame) -> None:
+        logger.warning("SIGTERM: checkpointing after the current step and exiting")
+        self._stop_requested = True
+
+    def _micro_batches(self, it):
+        for i in range(self.cfg.gradient_accumulation_steps):
+            batch = next(it)
+            yield i, {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+
+    def train_step(self, it) -> dict:
+        cfg = self.cfg
+        acc = cfg.gradient_accumulation_steps
+        lr = self.scheduler.get_last_lr()[0]
+        totals = torch.zeros(5, device=self.device)
+        scale = self.scaler.get_scale() if self.scaler.is_enabled() else 1.0
+        if cfg.backend == "ort":
+            # ORT's dropout draws from ORT's own generator, whose state cannot be saved: re-seed it
+            # from (seed, rank, step) every step so a resumed run draws the same masks.
+            import onnxruntime
+
+            onnxruntime.set_seed((cfg.seed * 1_000_003 + self.env.rank * 7919 + self.global_step) % 2**31)
+        autocast = torch.autocast(self.device.type, dtype=_DTYPES.get(cfg.precision, torch.float32), enabled=cfg.precision != "fp32")
+        if self.ds_engine is not None:
+            for _, batch in self._micro_batches(it):
+                with autocast:
+                    out = self.ds_engine(*model_inputs(batch))
+                self.ds_engine.backward(out[0])
+                self.ds_engine.step()
+                totals += torch.stack([o.detach().float() for o in out])
+        else:
+            self.optimizer.zero_grad(set_to_none=True)
+            for i, batch in self._micro_batches(it):
+                # DDP all-reduces only on the last micro-batch of the optimizer step.
+                sync = contextlib.nullcontext() if i == acc - 1 or not isinstance(self.train_model, DDP) else self.train_model.no_sync()
+                with sync:
+                    with autocast:
+                        out = self.train_model(*model_inputs(batch))
+                    self.scaler.scale(out[0] / acc).backward()
+                totals += torch.stack([o.detach().float() for o in out])
+            self.scaler.step(self.optimizer)  # unscales, skips the step if fp16 gradients overflowed
+            self.scaler.update()
+        self.scheduler.step()
+        skipped = self.scaler.is_enabled() and self.scaler.get_scale() < scale
+        return {"totals": totals, "lr": lr, "loss_scale": scale if self.scaler.is_enabled() else 1.0, "skipped": skipped}
+
+    def _record(self, out: dict, step_time: float) -> dict:
+        totals = distributed.all_reduce_mean(out["totals"]).tolist()
+        acc = self.cfg.gradient_accumulation_steps
+        return {
+            "step": self.global_step,
+            "loss": totals[0] / acc,
+            "mlm_loss": totals[1] / acc,
+            "nsp_loss": totals[2] / acc,
+            "mlm_accuracy": totals[3] / max(totals[4], 1.0),
+            "lr": out["lr"],
+            "loss_scale": out["loss_scale"],
+            "skipped": bool(out["skipped"]),
+            "seq_per_sec": self.cfg.train_batch_size * self.env.world_size / step_time,
+        }
+
+    def train(self) -> dict:
+        cfg = self.cfg
+        if threading.current_thread() is threading.main_thread():
+            self._prev_sigterm = signal.signal(signal.SIGTERM, self._on_sigterm)
+        it = iter(self.loader)
+        start_step = self.phase_step
+        bar = tqdm(total=cfg.max_steps, initial=start_step, disable=not self.is_main or cfg.disable_progress_bar, desc=f"phase {self.phase}")
+        t_begin = time.perf_counter()
+        t_after_first = None
+        last_record: dict = {}
+        saved_at = -1
+        self.train_model.train()
+        while self.phase_step < cfg.max_steps and not self._stop_requested:
+            t0 = time.perf_counter()
+            out = self.train_step(it)
+            self.phase_step += 1
+            if self.phase_step == start_step + 1:
+                t_after_first = time.perf_counter()  # the first step includes ORT export / compilation
+            if self.phase_step % cfg.log_freq == 0 or self.phase_step == cfg.max_steps:
+                last_record = self._record(out, time.perf_counter() - t0)
+                self.metrics.log(last_record)
+                bar.set_postfix(loss=f"{last_record['loss']:.4f}", lr=f"{last_record['lr']:.2e}")
+            bar.update(1)
+            for hook in self.hooks:
+                hook(self, last_record)
+            # Every rank must agree on whether to checkpoint (the save has a barrier).
+            stop = self._stop_requested
+            if self.env.is_distributed:
+                flag = torch.tensor([float(stop)], device=self.device)
+                torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+                stop = self._stop_requested = bool(flag.item())
+            if self.phase_step % cfg.num_steps_per_checkpoint == 0 or stop or self.phase_step == cfg.max_steps:
+                self.save()
+                saved_at = self.phase_step
+        bar.close()
+        t_end = time.perf_counter()
+        if self._stop_requested:
+            if saved_at != self.phase_step:
+                self.save()
+            return {"preempted": True, "global_step": self.global_step}
+        timed_steps = self.phase_step - start_step - 1
+        steady = (timed_steps * cfg.train_batch_size * self.env.world_size / (t_end - t_after_first)) if timed_steps > 0 and t_after_first else None
+        summary = {
+            "phase": self.phase,
+            "backend": cfg.backend,
+            "precision": cfg.precision,
+            "global_step": self.global_step,
+            "training_sequences_per_second": steady,
+            "final_loss": last_record.get("loss"),
+            "final_mlm_accuracy": last_record.get("mlm_accuracy"),
+            "e2e_train_time": t_end - t_begin,
+        }
+        if self.is_main:
+            if not cfg.skip_hf_export:
+                from .export import export_hf
+
+                export_hf(self.model, Path(cfg.output_dir) / "hf_model", cfg.vocab_file, cfg.do_lower_case, cfg.export_onnx)
+            if cfg.eval_dir:
+                summary.update(self.evaluate())
+            self.metrics.summary(summary)
+        distributed.barrier()
+        return summary
+
+    @torch.no_grad()
+    def evaluate(self) -> dict:
+        """Held-out MLM accuracy of the current weights on --eval_dir (eager model, rank 0)."""
+        loader = PretrainingDataLoader(list_hdf5_files(self.cfg.eval_dir, "test"), self.cfg.micro_batch_size, 0, prefetch=False)
+        it = iter(loader)
+        self.model.eval()
+        correct = count = 0.0
+        for _ in range(self.cfg.eval_batches):
+            batch = next(it)
+            out = self.model(*model_inputs({k: v.to(self.device) for k, v in batch.items()}))
+            correct, count = correct + float(out[3]), count + float(out[4])
+        self.model.train()
+        loader.close()
+        return {"eval_mlm_accuracy": correct / max(count, 1.0), "eval_masked_tokens": count}
+
+    def close(self) -> None:
+        if self._prev_sigterm is not None:
+            signal.signal(signal.SIGTERM, self._prev_sigterm)
+            self._prev_sigterm = None
+        self.loader.close()
+        self.metrics.close()
+        if self.ds_engine is None:  # DeepSpeed caches its groups per process: leave its process group alive
+            distributed.destroy()

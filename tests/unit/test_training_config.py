@@ -1,0 +1,58 @@
+"""NVIDIA-style flags -> PretrainConfig; YAML precedence; checks right after parsing; shipped BERT configs."""
+
+import json
+
+import pytest
+
+from ort_training.config import PACKAGE_CONFIGS, parse_config
+from ort_training.model import load_bert_config
+
+
+def test_nvidia_flags_parse():
+    cfg = parse_config(["--input_dir", "d", "--output_dir", "o", "--config_file", "tiny", "--train_batch_size", "64",
+                        "--gradient_accumulation_steps", "8", "--learning_rate", "4e-3", "--warmup_proportion", "0.128",
+                        "--max_steps", "1563", "--phase2", "--phase1_end_step", "7038", "--resume_from_checkpoint", "--fp16",
+                        "--seed", "42", "--num_steps_per_checkpoint", "200", "--log_freq", "10", "--allreduce_post_accumulation",
+                        "--allreduce_post_accumulation_fp16", "--backend", "eager"])
+    assert cfg.micro_batch_size == 8 and cfg.precision == "fp16" and cfg.phase2 and cfg.phase1_end_step == 7038
+    assert cfg.config_file == str(PACKAGE_CONFIGS / "bert_tiny_config.json")
+    assert parse_config([]).backend == "ort" and parse_config([]).dense_seq_output
+    assert not parse_config(["--no-dense_seq_output"]).dense_seq_output
+    assert parse_config(["--local-rank=3"]).local_rank == 3
+
+
+def test_yaml_then_flags(tmp_path):
+    y = tmp_path / "c.yaml"
+    y.write_text("learning_rate: 0.001\nmax_steps: 7\nbf16: true\n")
+    cfg = parse_config(["--config", str(y), "--max_steps", "9"])
+    assert (cfg.learning_rate, cfg.max_steps, cfg.precision) == (0.001, 9, "bf16")
+    y.write_text("learning_rat: 0.001\n")
+    with pytest.raises(ValueError, match="unknown keys.*learning_rat"):
+        parse_config(["--config", str(y)])
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--train_batch_size", "10", "--gradient_accumulation_steps", "4"], "divisible"),
+    (["--phase2"], "--phase2 needs"),
+    (["--config_file", "nope.json"], "nope.json: no such file"),
+    (["--fp16", "--bf16"], "mutually exclusive"),
+    (["--warmup_proportion", "1.5"], "warmup_proportion"),
+])
+def test_bad_values_are_named(argv, message):
+    with pytest.raises(ValueError, match=message):
+        parse_config(argv)
+
+
+def test_bad_choice_is_rejected(capsys):
+    with pytest.raises(SystemExit):
+        parse_config(["--backend", "tensorrt"])
+    assert "invalid choice" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name,layers,hidden", [("tiny", 2, 128), ("base", 12, 768), ("large", 24, 1024)])
+def test_shipped_configs(name, layers, hidden):
+    path = PACKAGE_CONFIGS / f"bert_{name}_config.json"
+    raw = json.loads(path.read_text())
+    assert (raw["num_hidden_layers"], raw["hidden_size"], raw["vocab_size"]) == (layers, hidden, 30522)
+    cfg = load_bert_config(str(path))
+    assert cfg.vocab_size == 30528 and cfg.original_vocab_size == 30522
