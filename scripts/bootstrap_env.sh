@@ -10,7 +10,7 @@
 #   BERT_ORT_DEVICE   cpu | cuda    ORT/torch flavour (default: cuda if nvidia-smi sees a GPU, else cpu)
 #   BERT_ORT_VENV     path          exact venv location (default: $BERT_ORT_VENV_ROOT/venv-<hash>)
 #   BERT_ORT_VENV_ROOT path         cache folder for keyed venvs (default: ~/.cache/ort-bert-pretraining)
-#   BERT_ORT_EXTRAS   a,b,c         pyproject extras to add (default: dev,azureml)
+#   BERT_ORT_EXTRAS   a,b,c         pyproject extras to add (default: dev,azureml,deepspeed)
 #   BERT_ORT_SKIP_CONFIGURE=1       skip building ORTModule's C++ extensions (not recommended)
 #   PYTHON            interpreter   Python 3.10 or 3.11 (default: python3.11, else python3)
 #   TORCH_CUDA_INDEX  url           index holding torch's CUDA 11.8 builds (for BERT_ORT_DEVICE=cuda)
@@ -38,7 +38,7 @@ if [[ -z "$device" ]]; then
   if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then device=cuda; else device=cpu; fi
 fi
 case "$device" in cpu|cuda) ;; *) die "BERT_ORT_DEVICE must be 'cpu' or 'cuda', got '$device'" ;; esac
-extras=${BERT_ORT_EXTRAS-dev,azureml}
+extras=${BERT_ORT_EXTRAS-dev,azureml,deepspeed}
 
 python=${PYTHON:-}
 if [[ -z "$python" ]]; then
@@ -80,8 +80,11 @@ pip=("$venv/bin/python" -m pip --disable-pip-version-check)
 
 # Requirements = pyproject's dependencies + the ORT wheel for this device + the chosen extras.
 # The project itself is not installed: the checkout is put on PYTHONPATH, so one venv serves many clones.
+# DeepSpeed is an sdist whose setup.py imports torch, so it is built afterwards against the venv's torch
+# (--no-build-isolation); an isolated build would fetch an unpinned torch into its build environment.
 reqs="$venv/requirements.txt"
-"$venv/bin/python" - "$repo/pyproject.toml" "$device" "$extras" >"$reqs" <<'EOF'
+late_reqs="$venv/requirements-no-build-isolation.txt"
+"$venv/bin/python" - "$repo/pyproject.toml" "$device" "$extras" "$late_reqs" >"$reqs" <<'EOF'
 import sys, tomllib
 project = tomllib.load(open(sys.argv[1], "rb"))["project"]
 optional = project["optional-dependencies"]
@@ -89,7 +92,9 @@ wanted = ["ort-" + sys.argv[2]] + [e for e in sys.argv[3].split(",") if e]
 unknown = [e for e in wanted if e not in optional]
 if unknown:
     sys.exit(f"unknown extras {unknown}; pyproject.toml defines {sorted(optional)}")
-print("\n".join(project["dependencies"] + [r for e in wanted for r in optional[e]]))
+late = {"deepspeed"}
+print("\n".join(project["dependencies"] + [r for e in wanted if e not in late for r in optional[e]]))
+open(sys.argv[4], "w").write("".join(r + "\n" for e in wanted if e in late for r in optional[e]))
 EOF
 
 pip_args=(-c "$lock" -r "$reqs")
@@ -100,6 +105,10 @@ if [[ $device == cuda ]]; then
   "${pip[@]}" install "${pip_args[@]}" "torch==$(sed -n 's/^torch==//p' "$lock")+cu118"
 fi
 "${pip[@]}" install "${pip_args[@]}"
+if [[ -s "$late_reqs" ]]; then
+  "${pip[@]}" install -c "$lock" setuptools wheel
+  "${pip[@]}" install --no-build-isolation -c "$lock" -r "$late_reqs"
+fi
 # torch-ort's metadata pulls the CUDA onnxruntime-training wheel over the CPU one: install it alone.
 "${pip[@]}" install --no-deps -c "$lock" torch-ort
 

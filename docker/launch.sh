@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# Run a command in the training image with the data and results folders mounted.
+#
+#   docker/launch.sh PHASE1_HDF5_DIR PHASE2_HDF5_DIR RESULTS_DIR [command ...]
+#
+# The HDF5 folders are mounted read-only at /data/phase1 and /data/phase2 (the two-phase script's
+# defaults) and RESULTS_DIR read-write at /workspace/bert/results. The default command is
+# `bash scripts/run_pretraining_ort.sh`; its parameters can be passed as environment variables with
+# ENV="TRAIN_BATCH_SIZE=64 NUM_GPUS=1", or give the whole command, e.g.
+#   docker/launch.sh data/p1 data/p2 results bash scripts/run_pretraining_ort.sh 64 6e-3 fp16 1
+#
+# Environment: IMAGE (default ort-bert-pretraining:gpu), GPUS (--gpus value, default all; "none" for
+# CPU), SHM_SIZE (default 16g: DataLoader workers share batches through /dev/shm), ENV (extra
+# variables for the container), DOCKER (engine command), DRY_RUN=1 (print the command only).
+set -euo pipefail
+
+usage() { sed -n '2,15p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
+die() { echo "launch.sh: error: $*" >&2; exit 2; }
+
+if [[ "${1:-}" == "-h" || "${1:-}" == "--help" ]]; then usage; exit 0; fi
+(($# >= 3)) || { usage >&2; die "need PHASE1_HDF5_DIR PHASE2_HDF5_DIR RESULTS_DIR"; }
+phase1=$1 phase2=$2 results=$3
+shift 3
+[[ -d "${phase1}" ]] || die "phase-1 HDF5 folder '${phase1}' does not exist"
+[[ -d "${phase2}" ]] || die "phase-2 HDF5 folder '${phase2}' does not exist"
+[[ ! -e "${results}" || -d "${results}" ]] || die "results '${results}' exists and is not a folder"
+
+image=${IMAGE:-ort-bert-pretraining:gpu}
+gpus=${GPUS:-all}
+command_=("$@")
+((${#command_[@]})) || command_=(bash scripts/run_pretraining_ort.sh)
+
+read -r -a engine <<<"${DOCKER:-docker}" # may be several words, e.g. "sudo docker"
+cmd=("${engine[@]}" run --rm --init)
+[[ -t 0 && -t 1 ]] && cmd+=(-it)
+[[ "${gpus}" != "none" ]] && cmd+=(--gpus "${gpus}")
+# NCCL and the DataLoader need shared memory; memlock/stack as NVIDIA recommends for its containers.
+cmd+=(--shm-size "${SHM_SIZE:-16g}" --ulimit memlock=-1 --ulimit stack=67108864)
+# Run as the calling user so files in RESULTS_DIR belong to them; HOME must then be writable.
+cmd+=(--user "$(id -u):$(id -g)" -e HOME=/tmp)
+cmd+=(-v "$(realpath "${phase1}"):/data/phase1:ro" -v "$(realpath "${phase2}"):/data/phase2:ro")
+cmd+=(-v "$(realpath -m "${results}"):/workspace/bert/results")
+cmd+=(-e DATA_DIR_PHASE1=/data/phase1 -e DATA_DIR_PHASE2=/data/phase2 -e RESULTS_DIR=/workspace/bert/results)
+read -r -a env_pairs <<<"${ENV:-}"
+for pair in "${env_pairs[@]}"; do
+  [[ "${pair}" == *=* ]] || die "ENV entries must look like NAME=value, got '${pair}'"
+  cmd+=(-e "${pair}")
+done
+cmd+=("${image}" "${command_[@]}")
+
+if [[ "${DRY_RUN:-0}" == 1 ]]; then
+  printf '%q ' "${cmd[@]}" | sed 's/ $/\n/'
+  exit 0
+fi
+mkdir -p "${results}"
+exec "${cmd[@]}"

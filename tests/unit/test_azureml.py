@@ -1,0 +1,159 @@
+"""azureml/: the dry-run pipeline YAML passes Azure ML's own schema (load_job), the VM-size table
+drives batch and accumulation, and the notebook runs end to end in dry-run mode.
+
+Everything runs offline: the dry run needs no credentials, and a dead proxy makes any network call fail.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+pytest.importorskip("azure.ai.ml", reason="azure-ai-ml is in the azureml extra")
+
+REPO = Path(__file__).resolve().parents[2]
+SUBMIT = REPO / "azureml" / "submit.py"
+OFFLINE = {"HTTPS_PROXY": "http://127.0.0.1:9", "HTTP_PROXY": "http://127.0.0.1:9", "AZURE_CLIENT_ID": ""}
+PHASE1 = "azureml://datastores/workspaceblobstore/paths/bert/hdf5/phase1/"
+PHASE2 = "azureml:pubmed-phase2-hdf5:3"
+
+
+@pytest.fixture(scope="module")
+def submit_module():
+    # Loaded by path: the folder is not a package (an azureml/__init__.py would shadow the azureml namespace of azureml-mlflow).
+    spec = importlib.util.spec_from_file_location("bert_azureml_submit", SUBMIT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses resolve annotations through sys.modules
+    spec.loader.exec_module(module)
+    return module
+
+
+def run_submit(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = dict(os.environ, **OFFLINE)
+    return subprocess.run([sys.executable, str(SUBMIT), *args], env=env, cwd=cwd, capture_output=True, text=True, timeout=120)
+
+
+@pytest.fixture(scope="module")
+def dry_run_yaml(tmp_path_factory):
+    out = tmp_path_factory.mktemp("aml") / "job.yaml"
+    proc = run_submit("--phase1-data", PHASE1, "--phase2-data", PHASE2, "--compute", "nd40-cluster", "--vm-size",
+                      "Standard_ND40rs_v2", "--nodes", "4", "--phase2.max-steps", "100", "--dry-run", "--output-yaml",
+                      str(out), cwd=out.parent)
+    assert proc.returncode == 0, proc.stderr
+    return out
+
+
+def test_dry_run_yaml_loads_as_a_two_step_pipeline(dry_run_yaml):
+    from azure.ai.ml import load_job
+
+    job = load_job(dry_run_yaml)  # schema validation by the SDK itself
+    assert job.type == "pipeline" and sorted(job.jobs) == ["phase1", "phase2"]
+    for step in job.jobs.values():
+        assert step.type == "command"
+        assert step.distribution.type == "pytorch" and step.distribution.process_count_per_instance == 8
+        assert step.resources.instance_count == 4
+        assert step.compute == "nd40-cluster"
+    raw_inputs = yaml.safe_load(dry_run_yaml.read_text())["inputs"]
+    for name, path in (("phase1_data", PHASE1), ("phase2_data", PHASE2)):
+        # The SDK stores a data asset reference without its "azureml:" prefix.
+        assert (job.inputs[name].mode, job.inputs[name].path.removeprefix("azureml:")) == ("ro_mount", path.removeprefix("azureml:"))
+        assert raw_inputs[name] == {"type": "uri_folder", "mode": "ro_mount", "path": path}
+
+
+def test_phase2_consumes_phase1_output_and_commands_follow_the_table(dry_run_yaml):
+    raw = yaml.safe_load(dry_run_yaml.read_text())
+    phase1, phase2 = raw["jobs"]["phase1"], raw["jobs"]["phase2"]
+    assert phase2["inputs"]["phase1_output"]["path"] == "${{parent.jobs.phase1.outputs.output}}"
+    assert phase1["inputs"]["data"]["path"] == "${{parent.inputs.phase1_data}}"
+    for step in (phase1, phase2):
+        out = step["component"]["outputs"]["output"]
+        assert (out["type"], out["mode"]) == ("uri_folder", "rw_mount")
+        build = step["component"]["environment"]["build"]
+        assert build["dockerfile_path"] == "docker/Dockerfile" and Path(build["path"]) == REPO
+        assert step["resources"]["shm_size"] == "16g"
+    cmd1, cmd2 = phase1["component"]["command"].split(), phase2["component"]["command"].split()
+    # Standard_ND40rs_v2 x 4 nodes in the original notebook: 2048/16 (phase 1) and 1024/64 (phase 2).
+    assert cmd1[cmd1.index("--train_batch_size") + 1] == "2048" and cmd1[cmd1.index("--gradient_accumulation_steps") + 1] == "16"
+    assert cmd2[cmd2.index("--train_batch_size") + 1] == "1024" and cmd2[cmd2.index("--gradient_accumulation_steps") + 1] == "64"
+    assert cmd2[cmd2.index("--init_checkpoint") + 1] == "${{inputs.phase1_output}}" and "--phase2" in cmd2
+    assert cmd2[cmd2.index("--phase1_end_step") + 1] == "7038" and cmd2[cmd2.index("--max_steps") + 1] == "100"
+    assert "--phase2" not in cmd1 and cmd1[cmd1.index("--output_dir") + 1] == "${{outputs.output}}"
+
+
+def test_table_rows_are_consistent(submit_module):
+    for (vm, nodes), phases in submit_module.BATCH_DEFAULTS.items():
+        assert vm in submit_module.VM_SIZES
+        for batch, accumulation in phases:
+            assert batch % accumulation == 0, (vm, nodes)
+    assert submit_module.defaults_table().count("\n| Standard_") == len(submit_module.BATCH_DEFAULTS)
+
+
+def test_explicit_values_override_the_table_and_unknown_sizes_need_them(submit_module):
+    cfg = submit_module.SubmitConfig(phase1_data="a", phase2_data="b", vm_size="Standard_NC24rs_v3", nodes=2)
+    cfg.phase1.gradient_accumulation_steps = 85
+    cfg.resolve()
+    assert (cfg.phase1.train_batch_size, cfg.phase1.gradient_accumulation_steps) == (8160, 85)  # batch from the table
+    assert (cfg.phase2.train_batch_size, cfg.phase2.gradient_accumulation_steps) == (4096, 512)
+    assert cfg.processes_per_node == 4
+    with pytest.raises(ValueError, match="pass --gpus-per-node"):
+        submit_module.SubmitConfig(phase1_data="a", phase2_data="b", vm_size="Standard_ND96asr_v4").resolve()
+    odd = submit_module.SubmitConfig(phase1_data="a", phase2_data="b", vm_size="Standard_ND96asr_v4", gpus_per_node=8)
+    with pytest.raises(ValueError, match="--phase1.train-batch-size and --phase1.gradient-accumulation-steps"):
+        odd.resolve()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--phase1-data", PHASE1], "--phase1-data and --phase2-data are required"),
+        (["--phase1-data", PHASE1, "--phase2-data", PHASE2, "--dry-run"], "--dry-run needs --output-yaml"),
+        (["--phase1-data", PHASE1, "--phase2-data", PHASE2, "--nodes", "3", "--dry-run", "--output-yaml", "j.yaml"],
+         "no batch defaults for Standard_ND40rs_v2 x 3 nodes"),
+        (["--phase1-data", PHASE1, "--phase2-data", PHASE2, "--phase1.train-batch-size", "100", "--dry-run", "--output-yaml", "j.yaml"],
+         "--phase1.train-batch-size 100 is not divisible by --phase1.gradient-accumulation-steps 64"),
+    ],
+)
+def test_bad_configs_fail_with_the_flag_named(tmp_path, args, message):
+    proc = run_submit(*args, cwd=tmp_path)
+    assert proc.returncode == 2 and message in proc.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_notebook_runs_in_dry_run_mode_on_this_venv(tmp_path):
+    import nbclient
+    import nbformat
+    from azure.ai.ml import load_job
+
+    notebook = nbformat.read(REPO / "azureml" / "run-pretraining.ipynb", as_version=4)
+    out = tmp_path / "notebook_job.yaml"
+    old = os.environ.copy()
+    os.environ.update(OFFLINE, BERT_AML_OUTPUT_YAML=str(out))  # the kernel inherits this environment
+    try:
+        # jupyter_client replaces the kernelspec's "python" with sys.executable: the kernel is this venv.
+        nbclient.NotebookClient(notebook, timeout=180, kernel_name="python3",
+                                resources={"metadata": {"path": str(REPO / "azureml")}}).execute()
+    finally:
+        os.environ.clear()
+        os.environ.update(old)
+    text = "\n".join(o.get("text", "") for cell in notebook.cells if cell.cell_type == "code" for o in cell.get("outputs", []))
+    assert f"python: {sys.executable}" in text
+    assert "phase 2 reads ${{parent.jobs.phase1.outputs.output}}" in text
+    assert load_job(out).type == "pipeline"
+
+
+def test_step_commands_parse_with_the_trainer_parser(dry_run_yaml):
+    from ort_training.config import build_parser
+
+    raw = yaml.safe_load(dry_run_yaml.read_text())
+    for name in ("phase1", "phase2"):
+        argv = raw["jobs"][name]["component"]["command"].replace("${{", "/mnt/").replace("}}", "").split()
+        assert argv[:3] == ["python", "-m", "ort_training.run_pretraining"]
+        parsed = vars(build_parser().parse_args(argv[3:]))  # SystemExit on a flag the trainer lacks
+        assert parsed["precision"] == "fp16" and parsed["backend"] == "ort" and parsed["config_file"] == "large"
+        assert parsed["resume_from_checkpoint"] is True  # retries continue instead of restarting
