@@ -35,11 +35,12 @@ def _fraction(v: str) -> float:
     return x
 
 
-def _add_common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--processes", type=_positive, default=max(1, min(os.cpu_count() or 1, 8)),
-                   help="worker processes (default: CPU count, at most 8)")
-    p.add_argument("--skip-bad", action="store_true",
-                   help="log and list unreadable inputs (truncated .gz, bad UTF-8, empty) and continue")
+def _add_common(p: argparse.ArgumentParser, workers: bool = True) -> None:
+    if workers:
+        p.add_argument("--processes", type=_positive, default=max(1, min(os.cpu_count() or 1, 8)),
+                       help="worker processes (default: CPU count, at most 8)")
+        p.add_argument("--skip-bad", action="store_true",
+                       help="log and list unreadable inputs (truncated .gz, bad UTF-8, empty) and continue")
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
 
 
@@ -56,7 +57,7 @@ def _add_format(p: argparse.ArgumentParser, standalone: bool) -> None:
     p.add_argument("--no-title", action="store_true", help="do not prepend article titles")
     p.add_argument("--min-chars", type=int, default=20, help="skip documents shorter than this")
     p.add_argument("--max-documents", type=_positive, default=None,
-                   help="keep only the first N documents (demos and tests)")
+                   help="keep only the first N documents after updates / DeleteCitation (demos and tests)")
 
 
 def _add_shard(p: argparse.ArgumentParser, standalone: bool) -> None:
@@ -121,20 +122,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=_positive, default=4, help="parallel downloads")
     p.add_argument("--retries", type=_positive, default=3, help="attempts per file (each resumes)")
     p.add_argument("--timeout", type=float, default=60.0, help="socket timeout in seconds")
-    p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    _add_common(p, workers=False)
 
-    p = sub.add_parser("format", help="corpus files -> one document per line")
-    _add_format(p, True)
-    _add_common(p)
-    p = sub.add_parser("shard", help="sentence split, train/test split, balanced shards")
-    _add_shard(p, True)
-    _add_common(p)
-    p = sub.add_parser("vocab", help="train a WordPiece vocab on the training shards, or adopt one")
-    _add_vocab(p, True)
-    p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
-    p = sub.add_parser("hdf5", help="masked-LM + NSP instances in NVIDIA's HDF5 schema, all phases at once")
-    _add_hdf5(p, True)
-    _add_common(p)
+    for name, add, workers, help_ in (
+            ("format", _add_format, True, "corpus files -> one document per line"),
+            ("shard", _add_shard, True, "sentence split, train/test split, balanced shards"),
+            ("vocab", _add_vocab, False, "train a WordPiece vocab on the training shards, or adopt one"),
+            ("hdf5", _add_hdf5, True, "masked-LM + NSP instances in NVIDIA's HDF5 schema, all phases at once")):
+        p = sub.add_parser(name, help=help_)
+        add(p, True)
+        _add_common(p, workers)
     p = sub.add_parser("all", help="format -> shard -> vocab -> hdf5 in one work dir")
     _add_format(p, False)
     _add_shard(p, False)

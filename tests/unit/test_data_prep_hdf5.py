@@ -107,3 +107,27 @@ def test_bad_vocab_and_bad_shard(shards, tmp_path):
         m = json.loads((d / "manifest.json").read_text())
         assert list(m["per_file"]) == ["pubmed_training_0.hdf5"]
         assert m["bad_shards"][0]["shard"].endswith("pubmed_training_1.txt")
+
+
+def test_kill_between_hdf5_renames_then_rerun_with_changed_settings(shards, tmp_path, monkeypatch):
+    """short_seq_prob is not in the folder name: a killed rebuild must not leave the old manifest over
+    a mix of old and new files, and the re-run must equal a clean build (stale files removed)."""
+    from test_data_prep_shard import _die_after_first
+
+    out = run_hdf5(_cfg(shards, tmp_path / "a"))
+    (next(iter(out.values())) / "pubmed_training_9.hdf5").write_bytes(b"from a shard that no longer exists")
+    new = _cfg(shards, tmp_path / "a", short_seq_prob=0.5)
+    with monkeypatch.context() as m, pytest.raises(KeyboardInterrupt):
+        _die_after_first(m, ".hdf5")
+        run_hdf5(new)
+    assert not any((d / "manifest.json").exists() for d in out.values())
+    out = run_hdf5(new)
+    clean = run_hdf5(_cfg(shards, tmp_path / "clean", short_seq_prob=0.5))
+    for name, d in out.items():
+        m = json.loads((d / "manifest.json").read_text())
+        assert m["args"]["short_seq_prob"] == 0.5
+        files = sorted(p.name for p in d.glob("*.hdf5"))
+        assert files == sorted(p.name for p in clean[name].glob("*.hdf5")) == sorted(m["per_file"])
+        for f in files:
+            a, b = read_hdf5(d / f), read_hdf5(clean[name] / f)
+            assert all(np.array_equal(a[k], b[k]) for k in a)
