@@ -73,7 +73,7 @@ def resolve_checkpoint(path: str | Path) -> Path:
 
 
 def save_checkpoint(output_dir: str | Path, step: int, state: dict, keep: int) -> Path:
-    """Write step-N atomically (temp folder + rename) and delete all but the newest `keep`."""
+    """Write step-N atomically (temp folder + rename); keep it and the `keep` - 1 newest others."""
     root = Path(output_dir) / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step-{step}"
@@ -84,7 +84,9 @@ def save_checkpoint(output_dir: str | Path, step: int, state: dict, keep: int) -
     if final.exists():
         shutil.rmtree(final)
     tmp.rename(final)
-    for _, old in list_checkpoints(output_dir)[:-keep]:
+    # Never the one just written, even when older runs left higher step numbers in the folder.
+    others = [d for _, d in list_checkpoints(output_dir) if d != final]
+    for old in others[:max(len(others) - (keep - 1), 0)]:
         shutil.rmtree(old, ignore_errors=True)
     logger.info("saved checkpoint %s", final)
     return final

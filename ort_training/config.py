@@ -60,7 +60,7 @@ class PretrainConfig:
     ort_memory_opt_level: int = _f(0, "ORTMODULE_MEMORY_OPT_LEVEL: 0 off, 1 recompute all transformer layers, 2 aggressive.")
     # --- phases / checkpoints
     phase2: bool = _f(False, "This is phase 2: start from phase 1's checkpoint with a fresh optimizer and schedule.")
-    phase1_end_step: int = _f(0, "Global step at which phase 1 ended; phase-2 steps are numbered after it.")
+    phase1_end_step: int = _f(0, "Global step at which phase 1 ended; phase-2 steps are numbered after it (0: the phase-1 checkpoint's step).")
     resume_from_checkpoint: bool = _f(False, "Continue from the newest checkpoint in OUTPUT_DIR/checkpoints (phase 2: may be phase 1's).")
     init_checkpoint: Optional[str] = _f(None, "Checkpoint folder (or an output dir: its newest) to take model weights from.")
     num_steps_per_checkpoint: int = _f(200, "Save a checkpoint every N optimizer steps (and on SIGTERM and at the end).")
@@ -154,5 +154,10 @@ def parse_config(argv: list[str] | None = None) -> PretrainConfig:
         if unknown:
             raise ValueError(f"--config {yaml_path}: unknown keys {sorted(unknown)}")
         values.update(loaded)
+    if {"precision", "fp16", "bf16"} & set(ns):
+        # --precision, --fp16 and --bf16 are one setting: any of them on the command line replaces all
+        # three from the file (else a file's `fp16: true` would beat `--precision fp32`).
+        for key in ("precision", "fp16", "bf16"):
+            values.pop(key, None)
     values.update(ns)
     return PretrainConfig(**values)

@@ -34,13 +34,17 @@ class DataError(ValueError):
     """A data file is missing, unreadable or does not follow the schema."""
 
 
-def list_hdf5_files(input_dir: str | Path, split: str = "training") -> list[Path]:
-    """Sorted `*.hdf5` under `input_dir` whose name contains `split` (all `*.hdf5` if none do)."""
+def list_hdf5_files(input_dir: str | Path, split: str = "training", require_match: bool = False) -> list[Path]:
+    """Sorted `*.hdf5` under `input_dir` whose name contains `split`; if none do, all `*.hdf5`, unless
+    `require_match` (held-out data: falling back would silently evaluate on training files)."""
     root = Path(input_dir)
     if not root.is_dir():
         raise DataError(f"{root}: input directory does not exist; pass the folder written by data_prep")
     files = sorted(root.rglob("*.hdf5"))
     matching = [f for f in files if split in f.name]
+    if require_match and files and not matching:
+        raise DataError(f"{root}: no *.hdf5 file has '{split}' in its name ({len(files)} other *.hdf5 files found); "
+                        f"pass a folder of held-out shards (data_prep names them *{split}*.hdf5)")
     files = matching or files
     if not files:
         raise DataError(f"{root}: no *.hdf5 files found; run data_prep first or point --input_dir at its output")

@@ -24,6 +24,13 @@ def load_deepspeed_config(cfg: PretrainConfig, world_size: int) -> dict:
     stage = ds.get("zero_optimization", {}).get("stage", 0)
     if stage not in (0, 1, 2):
         raise ValueError(f"--deepspeed {cfg.deepspeed}: ZeRO stage {stage} is not supported (use 1 or 2)")
+    if stage >= 1 and world_size > 1:
+        # Not implemented yet: with ZeRO each rank holds only its partition of the optimizer state, but
+        # our checkpoint is written by rank 0 alone (so a resume would give every rank rank 0's
+        # partition), and LAMB's global-norm clip would see only the local partition's gradients.
+        raise ValueError(f"--deepspeed {cfg.deepspeed}: ZeRO stage {stage} with {world_size} ranks is not supported: checkpoints "
+                         "would keep only rank 0's optimizer partition and LAMB's gradient-norm clip would cover one partition. "
+                         "Use ZeRO stage 0 or plain DDP (no --deepspeed) for several ranks")
     for key in ("optimizer", "scheduler"):
         if key in ds:
             raise ValueError(f"--deepspeed {cfg.deepspeed}: remove the '{key}' section; LAMB and the poly schedule come from our flags")

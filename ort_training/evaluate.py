@@ -29,12 +29,14 @@ class EvalConfig:
 
 @torch.no_grad()
 def mlm_accuracy(model: torch.nn.Module, batches) -> dict:
-    """Accuracy of argmax predictions on masked positions, plus the mean MLM loss."""
+    """Accuracy of argmax predictions on masked positions, plus the mean MLM loss. `model` is an HF
+    BertForMaskedLM (the export) or BertForPreTraining (the trainer's weights, end-of-phase eval)."""
     model.eval()
     correct = total = 0
     loss_sum = 0.0
     for batch in batches:
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["input_mask"], token_type_ids=batch["segment_ids"]).logits
+        out = model(input_ids=batch["input_ids"], attention_mask=batch["input_mask"], token_type_ids=batch["segment_ids"])
+        logits = out.logits if hasattr(out, "logits") else out.prediction_logits
         picked = logits.gather(1, batch["masked_lm_positions"].unsqueeze(-1).expand(-1, -1, logits.shape[-1]))
         labels = batch["masked_lm_labels"]
         valid = labels != IGNORE_INDEX
@@ -51,7 +53,7 @@ def evaluate(cfg: EvalConfig) -> dict:
         model = AutoModelForMaskedLM.from_config(AutoConfig.from_pretrained(cfg.model_dir))
     else:
         model = AutoModelForMaskedLM.from_pretrained(cfg.model_dir)
-    loader = PretrainingDataLoader(list_hdf5_files(cfg.input_dir, cfg.split), cfg.batch_size, cfg.seed, prefetch=False)
+    loader = PretrainingDataLoader(list_hdf5_files(cfg.input_dir, cfg.split, require_match=True), cfg.batch_size, cfg.seed, prefetch=False)
     it = iter(loader)
     batches = (next(it) for _ in range(cfg.max_batches))
     result = mlm_accuracy(model, batches)
@@ -65,7 +67,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--input_dir", required=True, help="Folder of held-out NVIDIA-schema HDF5 files.")
     p.add_argument("--batch_size", type=int, default=32, help="Sequences per batch.")
     p.add_argument("--max_batches", type=int, default=50, help="Batches evaluated (the reader cycles files if needed).")
-    p.add_argument("--split", default="test", help="Prefer files whose name contains this (all *.hdf5 if none do).")
+    p.add_argument("--split", default="test", help="Evaluate only files whose name contains this (an error if none do; '' = every *.hdf5).")
     p.add_argument("--untrained", action="store_true", help="Evaluate a randomly initialised model of the same config instead.")
     p.add_argument("--seed", type=int, default=0, help="Seed for sample order and --untrained weights.")
     args = p.parse_args(argv)

@@ -18,9 +18,10 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 class MetricsLogger:
     """Writes each step's metrics to OUTPUT_DIR/metrics.jsonl (appended, so a resumed run continues
-    the same file), TensorBoard, and MLflow when running in an Azure ML job."""
+    the same file; `truncate_after` drops records past the resumed step first, so no step appears
+    twice), TensorBoard, and MLflow when running in an Azure ML job."""
 
-    def __init__(self, output_dir: str, log_dir: str | None, enabled: bool = True):
+    def __init__(self, output_dir: str, log_dir: str | None, enabled: bool = True, truncate_after: int | None = None):
         self.enabled = enabled
         self.output_dir = Path(output_dir)
         self.history: list[dict] = []
@@ -28,7 +29,11 @@ class MetricsLogger:
         if not enabled:
             return
         self.output_dir.mkdir(parents=True, exist_ok=True)
-        self._fh = open(self.output_dir / "metrics.jsonl", "a")
+        path = self.output_dir / "metrics.jsonl"
+        if truncate_after is not None and path.is_file():
+            kept = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= truncate_after]
+            atomic_write_text(path, "".join(line + "\n" for line in kept))
+        self._fh = open(path, "a")
         try:
             from torch.utils.tensorboard import SummaryWriter
 

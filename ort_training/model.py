@@ -39,6 +39,17 @@ def load_bert_config(path: str, dropout: float | None = None) -> BertConfig:
     return config
 
 
+def check_vocab_fits(vocab_file: str, config: BertConfig, config_file: str) -> None:
+    """A vocab larger than the config's vocab_size gives token ids past the embedding table (an
+    index error deep in training, or garbage after the export trims the rows): refuse it up front."""
+    with open(vocab_file, encoding="utf-8") as fh:
+        n_tokens = sum(1 for _ in fh)  # one token per line, as BertTokenizer reads it
+    limit = getattr(config, "original_vocab_size", config.vocab_size)
+    if n_tokens > limit:
+        raise ValueError(f"--vocab_file {vocab_file} has {n_tokens} tokens but --config_file {config_file} has vocab_size "
+                         f"{limit}; use a BERT config with vocab_size >= {n_tokens} (the vocab the HDF5 data was made with)")
+
+
 class BertPretrainingModel(nn.Module):
     """`BertForPreTraining` whose forward returns (loss, mlm_loss, nsp_loss, mlm_correct, mlm_count).
 

@@ -8,7 +8,7 @@ import os
 import sys
 
 from .config import parse_config
-from .trainer import Trainer
+from .trainer import PREEMPTED_EXIT_CODE, Trainer
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -23,9 +23,13 @@ def main(argv: list[str] | None = None) -> int:
         summary = trainer.train()
     finally:
         trainer.close()
+    if summary.get("preempted"):
+        logging.getLogger(__name__).warning("preempted at step %d: checkpoint written, exiting %d; rerun with "
+                                            "--resume_from_checkpoint to continue", summary["global_step"], PREEMPTED_EXIT_CODE)
     if rank == 0:
-        print(json.dumps(summary))
-    return 0
+        print(json.dumps(summary), flush=True)  # the last line of stdout: wrappers parse it
+    # The checkpoint is on disk; a non-zero status keeps wrappers from treating a preempted phase as done.
+    return PREEMPTED_EXIT_CODE if summary.get("preempted") else 0
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import random
 import signal
@@ -20,13 +21,20 @@ from . import distributed
 from .checkpoint import list_checkpoints, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .config import PretrainConfig
 from .data import PretrainingDataLoader, list_hdf5_files
-from .metrics import MetricsLogger
-from .model import BertPretrainingModel, load_bert_config, model_inputs, wrap_model
+from .evaluate import mlm_accuracy
+from .metrics import MetricsLogger, atomic_write_text
+from .model import BertPretrainingModel, check_vocab_fits, load_bert_config, model_inputs, wrap_model
 from .optim import build_optimizer, build_scheduler
 
 logger = logging.getLogger(__name__)
 
 _DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
+# Exit status of a run stopped by SIGTERM after its checkpoint was written (128 + SIGTERM, the
+# shell's convention): non-zero so a pipeline does not start phase 2 on half-trained weights.
+PREEMPTED_EXIT_CODE = 128 + signal.SIGTERM
+# Also written to OUTPUT_DIR on preemption (removed when a run starts): launchers such as torchrun
+# report a failed worker with their own status, so wrappers look for this file instead.
+PREEMPTED_MARKER = "preempted.json"
 
 
 def seed_everything(seed: int) -> None:
@@ -42,6 +50,9 @@ class Trainer:
         self.cfg = cfg
         self.env, self.device = distributed.init_distributed()
         self.is_main = self.env.rank == 0
+        self._preempted_marker = Path(cfg.output_dir) / PREEMPTED_MARKER
+        if self.is_main:  # a new attempt: whatever happens next, the old preemption is not its outcome
+            self._preempted_marker.unlink(missing_ok=True)
         if cfg.backend == "ort" and self.device.type == "cpu" and cfg.precision != "fp32":
             # onnxruntime-training 1.19.2 on CPU fails to build the graph of an autocast model
             # ("LayerNormalization bound to different types (bfloat16 and float)").
@@ -51,6 +62,7 @@ class Trainer:
         self.step_offset = cfg.phase1_end_step if cfg.phase2 else 0
         self.phase_step = 0
         self.hooks: list[Callable[["Trainer", dict], None]] = []
+        self.already_finished = False  # set by _restore: phase 1 rerun after phase 2 started
         self._stop_requested = False
         self._prev_sigterm = None
         self._deferred_optimizer_state = None
@@ -58,6 +70,8 @@ class Trainer:
         # Same seed on every rank for the weights; then a per-rank seed so dropout differs by rank.
         seed_everything(cfg.seed)
         self.bert_config = load_bert_config(cfg.config_file, cfg.dropout)
+        if cfg.vocab_file:
+            check_vocab_fits(cfg.vocab_file, self.bert_config, cfg.config_file)
         self.model = BertPretrainingModel(self.bert_config, cfg.dense_seq_output).to(self.device)
         seed_everything(cfg.seed + self.env.rank)
 
@@ -68,11 +82,15 @@ class Trainer:
         if cfg.input_dir is None:
             raise ValueError("--input_dir is required (folder of HDF5 files written by data_prep)")
         files = list_hdf5_files(cfg.input_dir, "training")
+        if cfg.eval_dir:  # checked now, not after hours of training
+            list_hdf5_files(cfg.eval_dir, "test", require_match=True)
         self.loader = PretrainingDataLoader(files, cfg.micro_batch_size, cfg.seed, self.env.rank, self.env.world_size, cfg.prefetch)
 
         self._restore()
         self.train_model, self.ds_engine = self._wrap()
-        self.metrics = MetricsLogger(cfg.output_dir, cfg.log_dir, enabled=self.is_main)
+        # On resume, records after the restored step (written before the kill) are dropped: they are redone.
+        self.metrics = MetricsLogger(cfg.output_dir, cfg.log_dir, enabled=self.is_main and not self.already_finished,
+                                     truncate_after=self.global_step if cfg.resume_from_checkpoint else None)
         if self.is_main:
             logger.info(
                 "phase %d | backend %s | %s | %d files | batch %d/rank x %d ranks (micro-batch %d x %d accumulation) | steps %d..%d",
@@ -92,24 +110,47 @@ class Trainer:
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
             "train_state": {"global_step": self.global_step, "phase_step": self.phase_step, "phase": self.phase,
-                            "world_size": self.env.world_size},
+                            **self._resume_settings()},
             # Ranks read different files with different batch counts: keep every rank's position.
             "data": distributed.all_gather_object(self.loader.state_dict()),
             "rng": distributed.all_gather_object(rng_state()),  # per rank: dropout streams differ by rank
             "bert_config": self.bert_config.to_dict(),
         }
 
+    def _resume_settings(self) -> dict:
+        """Settings a checkpoint is only valid with: the data position counts micro-batches of one size
+        in one seed's file order on one number of ranks, and the schedule's lambda reads lr/steps/warm-up."""
+        cfg = self.cfg
+        return {"world_size": self.env.world_size, "micro_batch_size": cfg.micro_batch_size, "seed": cfg.seed,
+                "learning_rate": cfg.learning_rate, "max_steps": cfg.max_steps, "warmup_proportion": cfg.warmup_proportion}
+
+    def _check_resume_settings(self, saved: dict) -> None:
+        flags = {"world_size": "number of ranks (WORLD_SIZE)", "micro_batch_size": "--train_batch_size / --gradient_accumulation_steps"}
+        for key, now in self._resume_settings().items():
+            if key in saved and saved[key] != now:  # older checkpoints lack some keys: nothing to compare
+                what = flags.get(key, f"--{key}")
+                raise ValueError(f"--resume_from_checkpoint: the checkpoint in {self.cfg.output_dir} was written with {key}="
+                                 f"{saved[key]}, this run has {now} ({what}); resuming would skip or repeat samples or change "
+                                 f"the schedule. Use the checkpoint's value, or start in a new --output_dir.")
+
     def _restore(self) -> None:
         cfg = self.cfg
         ckpt, full = None, False
+        if not cfg.resume_from_checkpoint and not cfg.phase2 and (found := list_checkpoints(cfg.output_dir)):
+            # A fresh run here would interleave its step-N folders with the old ones and prune them.
+            raise FileExistsError(f"--output_dir {cfg.output_dir} already holds checkpoints (newest step {found[-1][0]}); "
+                                  "pass --resume_from_checkpoint to continue that run, or use a new --output_dir")
         if cfg.resume_from_checkpoint:
             if list_checkpoints(cfg.output_dir):
                 ckpt = load_checkpoint(cfg.output_dir)
                 full = ckpt["train_state"]["phase"] == self.phase
-                if not full and cfg.phase2:
-                    step = ckpt["train_state"]["global_step"]
-                    if cfg.phase1_end_step and step != cfg.phase1_end_step:
-                        logger.warning("newest phase-1 checkpoint is step %d but --phase1_end_step is %d", step, cfg.phase1_end_step)
+                if not full and not cfg.phase2:
+                    # The newest checkpoint is phase 2's: phase 1 is done (NVIDIA does the same). Training
+                    # phase 1 again would start from scratch on phase-2 weights.
+                    logger.info("phase 1 already finished (found a phase-2 checkpoint): step %d in %s", ckpt["train_state"]["global_step"], cfg.output_dir)
+                    self.already_finished = True
+                    self.step_offset = ckpt["train_state"]["global_step"]
+                    return
             elif cfg.phase2 and not cfg.init_checkpoint:
                 raise FileNotFoundError(f"--phase2 --resume_from_checkpoint: no checkpoint in {cfg.output_dir}/checkpoints; "
                                         "run phase 1 with the same --output_dir or pass --init_checkpoint")
@@ -120,12 +161,17 @@ class Trainer:
         if ckpt is None:
             return
         self.model.load_state_dict(ckpt["model"])
+        state = ckpt["train_state"]
         if not full:  # phase 2 / init_checkpoint: weights only, fresh optimizer, schedule and data order
-            logger.info("initialised weights from a phase-%d checkpoint (step %d)", ckpt["train_state"]["phase"], ckpt["train_state"]["global_step"])
+            logger.info("initialised weights from a phase-%d checkpoint (step %d)", state["phase"], state["global_step"])
+            if cfg.phase2 and state["phase"] == 1:
+                if not cfg.phase1_end_step:
+                    # Number phase-2 steps after phase 1's, so in a shared output dir they sort after it.
+                    self.step_offset = state["global_step"]
+                elif state["global_step"] != cfg.phase1_end_step:
+                    logger.warning("phase-1 checkpoint is step %d but --phase1_end_step is %d", state["global_step"], cfg.phase1_end_step)
             return
-        if ckpt["train_state"]["world_size"] != self.env.world_size:
-            raise ValueError(f"checkpoint was written by {ckpt['train_state']['world_size']} ranks, this run has "
-                             f"{self.env.world_size}: the data position cannot be resumed exactly")
+        self._check_resume_settings(state)
         if self.cfg.deepspeed:
             # ZeRO re-groups the parameters into flat partitions when it wraps the optimizer; the
             # saved state describes those partitions, so it is loaded after the wrap (_wrap).
@@ -135,9 +181,13 @@ class Trainer:
         self.scheduler.load_state_dict(ckpt["scheduler"])
         self.scaler.load_state_dict(ckpt["scaler"])
         self.loader.load_state_dict(ckpt["data"][self.env.rank])
-        self.phase_step = ckpt["train_state"]["phase_step"]
+        self.phase_step = state["phase_step"]
+        self.step_offset = state["global_step"] - state["phase_step"]  # phase 2 may have taken it from phase 1
         set_rng_state(ckpt["rng"][self.env.rank])
         logger.info("resumed phase %d at step %d", self.phase, self.global_step)
+        if self.phase_step >= cfg.max_steps:  # a rerun of a finished phase: keep its export and summary
+            logger.info("phase %d already finished (checkpoint at its last step %d)", self.phase, self.global_step)
+            self.already_finished = True
 
     def save(self) -> None:
         state = self.state_dict()
@@ -186,6 +236,10 @@ class Trainer:
             onnxruntime.set_seed((cfg.seed * 1_000_003 + self.env.rank * 7919 + self.global_step) % 2**31)
         autocast = torch.autocast(self.device.type, dtype=_DTYPES.get(cfg.precision, torch.float32), enabled=cfg.precision != "fp32")
         if self.ds_engine is not None:
+            # DeepSpeed does its own fp16 loss scaling (our GradScaler is unused): report the engine's.
+            skipped_before = self.ds_engine.skipped_steps
+            if cfg.precision == "fp16":
+                scale = float(getattr(self.ds_engine.optimizer, "cur_scale", 1.0))
             for _, batch in self._micro_batches(it):
                 with autocast:
                     out = self.ds_engine(*model_inputs(batch))
@@ -205,8 +259,11 @@ class Trainer:
             self.scaler.step(self.optimizer)  # unscales, skips the step if fp16 gradients overflowed
             self.scaler.update()
         self.scheduler.step()
-        skipped = self.scaler.is_enabled() and self.scaler.get_scale() < scale
-        return {"totals": totals, "lr": lr, "loss_scale": scale if self.scaler.is_enabled() else 1.0, "skipped": skipped}
+        if self.ds_engine is not None:
+            skipped = self.ds_engine.skipped_steps > skipped_before
+        else:
+            skipped = self.scaler.is_enabled() and self.scaler.get_scale() < scale
+        return {"totals": totals, "lr": lr, "loss_scale": scale if cfg.precision == "fp16" else 1.0, "skipped": skipped}
 
     def _record(self, out: dict, step_time: float) -> dict:
         totals = distributed.all_reduce_mean(out["totals"]).tolist()
@@ -227,6 +284,8 @@ class Trainer:
         cfg = self.cfg
         if threading.current_thread() is threading.main_thread():
             self._prev_sigterm = signal.signal(signal.SIGTERM, self._on_sigterm)
+        if self.already_finished:
+            return {"phase": self.phase, "already_finished": True, "global_step": self.global_step}
         it = iter(self.loader)
         start_step = self.phase_step
         bar = tqdm(total=cfg.max_steps, initial=start_step, disable=not self.is_main or cfg.disable_progress_bar, desc=f"phase {self.phase}")
@@ -262,7 +321,10 @@ class Trainer:
         if self._stop_requested:
             if saved_at != self.phase_step:
                 self.save()
-            return {"preempted": True, "global_step": self.global_step}
+            summary = {"preempted": True, "global_step": self.global_step}
+            if self.is_main:
+                atomic_write_text(self._preempted_marker, json.dumps(summary) + "\n")
+            return summary
         timed_steps = self.phase_step - start_step - 1
         steady = (timed_steps * cfg.train_batch_size * self.env.world_size / (t_end - t_after_first)) if timed_steps > 0 and t_after_first else None
         summary = {
@@ -286,20 +348,18 @@ class Trainer:
         distributed.barrier()
         return summary
 
-    @torch.no_grad()
     def evaluate(self) -> dict:
-        """Held-out MLM accuracy of the current weights on --eval_dir (eager model, rank 0)."""
-        loader = PretrainingDataLoader(list_hdf5_files(self.cfg.eval_dir, "test"), self.cfg.micro_batch_size, 0, prefetch=False)
+        """Held-out MLM accuracy of the current weights on --eval_dir (eager model, rank 0), computed
+        like `python -m ort_training.evaluate` computes it for an export."""
+        loader = PretrainingDataLoader(list_hdf5_files(self.cfg.eval_dir, "test", require_match=True), self.cfg.micro_batch_size, 0, prefetch=False)
         it = iter(loader)
-        self.model.eval()
-        correct = count = 0.0
-        for _ in range(self.cfg.eval_batches):
-            batch = next(it)
-            out = self.model(*model_inputs({k: v.to(self.device) for k, v in batch.items()}))
-            correct, count = correct + float(out[3]), count + float(out[4])
-        self.model.train()
-        loader.close()
-        return {"eval_mlm_accuracy": correct / max(count, 1.0), "eval_masked_tokens": count}
+        batches = ({k: v.to(self.device) for k, v in next(it).items()} for _ in range(self.cfg.eval_batches))
+        try:
+            result = mlm_accuracy(self.model.bert, batches)
+        finally:
+            self.model.train()
+            loader.close()
+        return {"eval_mlm_accuracy": result["mlm_accuracy"], "eval_mlm_loss": result["mlm_loss"], "eval_masked_tokens": result["masked_tokens"]}
 
     def close(self) -> None:
         if self._prev_sigterm is not None:

@@ -62,7 +62,9 @@ usage() {
 Usage: ${SCRIPT_NAME} [train_batch_size [learning_rate [... [deepspeed_zero_stage]]]]
        ${SCRIPT_NAME} --help
 
-Runs phase 1, then phase 2 only if phase 1 succeeded. Positional slots follow the ORT bioBERT
+Runs phase 1, then phase 2 only if phase 1 succeeded. A preempted phase (SIGTERM: the trainer
+checkpoints and exits 143) stops the script with status 143; rerun with RESUME_TRAINING=true to
+continue it. Positional slots follow the ORT bioBERT
 example; empty or missing slots fall back to the environment variable, then to the default.
 
 slot  environment variable                default             meaning
@@ -134,8 +136,9 @@ for name in learning_rate learning_rate_phase2; do
   is_float "${!name}" || die "$(where "${name}") must be a positive number like 6e-3, got '${!name}'"
 done
 for name in warmup_proportion warmup_proportion_phase2; do
-  if ! is_float "${!name}" || ! awk -v v="${!name}" 'BEGIN { exit !(v >= 0 && v <= 1) }'; then
-    die "$(where "${name}") must be a number in [0, 1], got '${!name}'"
+  # < 1 like the trainer's check: a whole-run warm-up never reaches the peak learning rate.
+  if ! is_float "${!name}" || ! awk -v v="${!name}" 'BEGIN { exit !(v >= 0 && v < 1) }'; then
+    die "$(where "${name}") must be a number in [0, 1), got '${!name}'"
   fi
 done
 for name in resume_training create_logfile accumulate_gradients allreduce_post_accumulation \
@@ -189,7 +192,10 @@ fi
 case "${deepspeed_zero_stage}" in
   false | 0 | "") deepspeed_zero_stage="" ;;
   true) deepspeed_zero_stage=1 ;;
-  1 | 2) ;;
+  1 | 2)
+    # The trainer refuses it too (rank 0 alone saves the partitioned optimizer state); fail before any work.
+    ((10#${num_gpus} <= 1)) || die "$(where deepspeed_zero_stage)=${deepspeed_zero_stage} with num_gpus=${num_gpus} is not supported: ZeRO 1/2 checkpoints hold only rank 0's optimizer partition; use false (DDP) for several GPUs"
+    ;;
   *) [[ -f "${deepspeed_zero_stage}" ]] || die "$(where deepspeed_zero_stage) must be false, true, 0, 1, 2 or an existing JSON file (the trainer supports ZeRO 1 and 2), got '${deepspeed_zero_stage}'" ;;
 esac
 read -r -a EXTRA <<<"${EXTRA_ARGS}"
@@ -297,7 +303,22 @@ if [[ -n "${DEEPSPEED_CONFIG}" ]]; then
 fi
 
 # pipefail makes a failed phase 1 stop the script even though its output goes through tee.
-run_phase 1 "${train_batch_size}" "${PHASE1[@]}"
-echo "finished phase 1"
-run_phase 2 "${train_batch_size_phase2}" "${PHASE2[@]}"
-echo "finished phase 2"
+# A preempted trainer (SIGTERM) checkpoints and exits 143 (128 + SIGTERM): stop with that status so
+# phase 2 never starts on half-trained weights, and say how to continue. The trainer also leaves
+# OUTPUT_DIR/preempted.json, which counts when a launcher (torchrun) turns 143 into another status.
+PREEMPTED=143
+for phase in 1 2; do
+  if [[ "${phase}" == 1 ]]; then cmd=("${PHASE1[@]}") batch=${train_batch_size}; else cmd=("${PHASE2[@]}") batch=${train_batch_size_phase2}; fi
+  rc=0
+  run_phase "${phase}" "${batch}" "${cmd[@]}" || rc=$?
+  # Under torchrun the launcher's status is its own; the trainer's marker file says it was preempted.
+  if ((rc != 0)) && [[ -f "${RESULTS_DIR}/phase${phase}/preempted.json" ]]; then rc=${PREEMPTED}; fi
+  if ((rc == PREEMPTED)); then
+    echo "${SCRIPT_NAME}: phase ${phase} was preempted (SIGTERM) after writing a checkpoint; rerun the same command" \
+      "with RESUME_TRAINING=true (slot 8) to continue it" >&2
+    exit "${PREEMPTED}"
+  elif ((rc != 0)); then
+    exit "${rc}"
+  fi
+  echo "finished phase ${phase}"
+done

@@ -1,6 +1,7 @@
 """--deepspeed with ZeRO stage 2 on CPU (gloo), our LAMB passed in; exact resume through our checkpoints."""
 
 import json
+import socket
 
 import pytest
 
@@ -16,7 +17,10 @@ from ort_training.trainer import Trainer  # noqa: E402
 @pytest.fixture
 def single_process_env(monkeypatch):
     # DeepSpeed always wants a process group; a 1-process env:// group on CPU uses gloo.
-    for k, v in dict(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT="29561").items():
+    with socket.socket() as s:  # a free port: a fixed one collides with other test runs on the machine
+        s.bind(("127.0.0.1", 0))
+        port = str(s.getsockname()[1])
+    for k, v in dict(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=port).items():
         monkeypatch.setenv(k, v)
 
 
@@ -70,6 +74,10 @@ def test_deepspeed_config_checks(tmp_path):
     p.write_text(json.dumps({"zero_optimization": {"stage": 1}, "optimizer": {"type": "Adam"}}))
     with pytest.raises(ValueError, match="remove the 'optimizer' section"):
         load_deepspeed_config(cfg, 1)
-    p.write_text(json.dumps({"zero_optimization": {"stage": 1}, "train_batch_size": 999}))
+    p.write_text(json.dumps({"zero_optimization": {"stage": 1}}))
+    with pytest.raises(ValueError, match="ZeRO stage 1 with 4 ranks is not supported: checkpoints would keep only rank 0"):
+        load_deepspeed_config(cfg, 4)
+    assert load_deepspeed_config(cfg, 1)["zero_optimization"] == {"stage": 1}
+    p.write_text(json.dumps({"zero_optimization": {"stage": 0}, "train_batch_size": 999}))
     ds = load_deepspeed_config(cfg, 4)
     assert (ds["train_batch_size"], ds["train_micro_batch_size_per_gpu"], ds["gradient_accumulation_steps"]) == (32, 4, 2)

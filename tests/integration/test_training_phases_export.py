@@ -26,7 +26,7 @@ def two_phase(tmp_path_factory):
     phase1 = {"summary": json.loads((out / "summary.json").read_text()), "model": load_checkpoint(out)["model"]}
     pretrain_main(common + ["--input_dir", str(phase2_data), "--max_steps", "3", "--train_batch_size", "4", "--learning_rate",
                             "5e-3", "--phase2", "--resume_from_checkpoint", "--phase1_end_step", "4", "--export_onnx"])
-    return {"out": out, "phase1": phase1, "eval_dir": eval_dir}
+    return {"out": out, "phase1": phase1, "eval_dir": eval_dir, "common": common, "phase1_data": setup["input_dir"]}
 
 
 def test_phase2_continues_numbering_with_fresh_optimizer(two_phase):
@@ -35,7 +35,7 @@ def test_phase2_continues_numbering_with_fresh_optimizer(two_phase):
     assert 0.0 <= two_phase["phase1"]["summary"]["eval_mlm_accuracy"] <= 1.0
     assert [s for s, _ in list_checkpoints(out)][-1] == 7
     ckpt = load_checkpoint(out)
-    assert ckpt["train_state"] == {"global_step": 7, "phase_step": 3, "phase": 2, "world_size": 1}
+    assert {k: ckpt["train_state"][k] for k in ("global_step", "phase_step", "phase")} == {"global_step": 7, "phase_step": 3, "phase": 2}
     # Fresh optimizer: LAMB's step counter restarted at phase 2 (3 steps, not 4 + 3).
     assert {float(s["step"]) for s in ckpt["optimizer"]["state"].values()} == {3.0}
     # Fresh schedule: the scheduler counted only phase-2 steps.
@@ -93,3 +93,31 @@ def test_evaluate_cli_trained_vs_untrained(two_phase, capsys):
     assert untrained["untrained"] and not trained["untrained"]
     assert trained["mlm_loss"] != untrained["mlm_loss"]
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["untrained"] is True
+
+
+def test_phase1_rerun_after_phase2_is_a_no_op(two_phase, caplog):
+    """Re-running phase 1 with --resume_from_checkpoint once phase 2 has started must not train phase 1
+    again on phase-2 weights: it logs that phase 1 is done and exits 0, leaving everything as it was."""
+    out = two_phase["out"]
+    before = [s for s, _ in list_checkpoints(out)]
+    export = (out / "hf_model" / "model.safetensors").read_bytes()
+    with caplog.at_level("INFO"):
+        rc = pretrain_main(two_phase["common"] + ["--input_dir", two_phase["phase1_data"], "--max_steps", "4", "--train_batch_size", "8",
+                                                  "--learning_rate", "1e-2", "--resume_from_checkpoint"])
+    assert rc == 0
+    assert "phase 1 already finished (found a phase-2 checkpoint)" in caplog.text
+    assert [s for s, _ in list_checkpoints(out)] == before
+    assert (out / "hf_model" / "model.safetensors").read_bytes() == export
+    assert json.loads((out / "summary.json").read_text())["phase"] == 2
+
+
+def test_phase2_without_phase1_end_step_numbers_after_the_phase1_checkpoint(tmp_path):
+    """Without --phase1_end_step phase 2 takes the offset from the phase-1 checkpoint, so its step-N
+    folders sort after phase 1's and pruning (keep 1) never removes the checkpoint just written."""
+    setup = tiny_setup(tmp_path, n_files=1, n_per_file=16, seq_len=32, max_pred=5, hidden=32)
+    common = ["--config_file", setup["config_file"], "--input_dir", setup["input_dir"], "--output_dir", str(tmp_path / "out"),
+              "--backend", "eager", "--disable_progress_bar", "--skip_hf_export", "--train_batch_size", "4", "--keep_checkpoints", "1"]
+    pretrain_main(common + ["--max_steps", "5"])
+    pretrain_main(common + ["--max_steps", "2", "--phase2", "--resume_from_checkpoint"])
+    assert [s for s, _ in list_checkpoints(tmp_path / "out")] == [7]
+    assert load_checkpoint(tmp_path / "out")["train_state"]["phase"] == 2

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -28,10 +29,14 @@ def setup(tmp_path_factory):
                       hidden=32)
 
 
-def run(setup, out, backend, stop_at=None, resume=False):
-    cfg = PretrainConfig(**setup, output_dir=str(out), backend=backend, max_steps=STEPS, train_batch_size=8,
-                         gradient_accumulation_steps=2, learning_rate=1e-2, warmup_proportion=0.2, disable_progress_bar=True,
-                         skip_hf_export=True, num_steps_per_checkpoint=3, keep_checkpoints=2, resume_from_checkpoint=resume)
+class Crash(RuntimeError):
+    pass
+
+
+def run(setup, out, backend, stop_at=None, resume=False, crash_at=None, **overrides):
+    kw = dict(max_steps=STEPS, train_batch_size=8, gradient_accumulation_steps=2, learning_rate=1e-2, warmup_proportion=0.2)
+    cfg = PretrainConfig(**setup, output_dir=str(out), backend=backend, disable_progress_bar=True, skip_hf_export=True,
+                         num_steps_per_checkpoint=3, keep_checkpoints=2, resume_from_checkpoint=resume, **{**kw, **overrides})
     trainer = Trainer(cfg)
     losses = {}
 
@@ -39,6 +44,8 @@ def run(setup, out, backend, stop_at=None, resume=False):
         losses[rec["step"]] = rec["loss"]
         if stop_at is not None and tr.global_step == stop_at:
             signal.raise_signal(signal.SIGTERM)  # what a preemptible VM sends
+        if crash_at is not None and tr.global_step == crash_at:
+            raise Crash(f"killed at step {crash_at}")  # a hard kill: no checkpoint at this step
 
     trainer.hooks.append(hook)
     try:
@@ -55,7 +62,9 @@ def test_kill_and_resume_matches_uninterrupted(setup, tmp_path, backend, tol):
     assert summary == {"preempted": True, "global_step": 4} and sorted(killed) == [1, 2, 3, 4]
     # SIGTERM at step 4 wrote step-4 (between the periodic step-3 and step-6); keep=2 retained step-3 too.
     assert [s for s, _ in list_checkpoints(tmp_path / "job")] == [3, 4]
+    assert json.loads((tmp_path / "job" / "preempted.json").read_text()) == summary  # for wrappers (torchrun)
     resumed, summary = run(setup, tmp_path / "job", backend, resume=True)
+    assert not (tmp_path / "job" / "preempted.json").exists()
     assert sorted(resumed) == list(range(5, STEPS + 1)) and summary["global_step"] == STEPS
     for step in range(5, STEPS + 1):
         if tol == 0.0:
@@ -71,12 +80,17 @@ def test_checkpoint_loads_with_weights_only(setup, tmp_path):
     run(setup, tmp_path, "eager")
     ckpt = torch.load(resolve_checkpoint(tmp_path), weights_only=True)
     assert set(ckpt) >= {"model", "optimizer", "scheduler", "scaler", "train_state", "data", "rng"}
-    assert ckpt["train_state"] == {"global_step": STEPS, "phase_step": STEPS, "phase": 1, "world_size": 1}
+    assert ckpt["train_state"] == {"global_step": STEPS, "phase_step": STEPS, "phase": 1, "world_size": 1, "micro_batch_size": 4,
+                                   "seed": PretrainConfig.seed, "learning_rate": 1e-2, "max_steps": STEPS, "warmup_proportion": 0.2}
     assert not list((tmp_path / "checkpoints").glob(".*tmp*"))  # no temp leftovers
+    # A rerun of the finished phase with --resume_from_checkpoint is a no-op, not a re-export.
+    _, summary = run(setup, tmp_path, "eager", resume=True)
+    assert summary == {"phase": 1, "already_finished": True, "global_step": STEPS}
+    assert [s for s, _ in list_checkpoints(tmp_path)] == [9, 10]
 
 
 def test_sigterm_from_outside_checkpoints_and_exits(setup, tmp_path):
-    """A real external SIGTERM to the CLI: it finishes the current step, saves, exits 0; resume completes."""
+    """A real external SIGTERM to the CLI: it finishes the current step, saves, exits 143; resume completes."""
     cmd = [sys.executable, "-m", "ort_training.run_pretraining", "--input_dir", setup["input_dir"], "--config_file",
            setup["config_file"], "--output_dir", str(tmp_path), "--backend", "eager", "--max_steps", "400",
            "--train_batch_size", "4", "--num_steps_per_checkpoint", "1000", "--skip_hf_export", "--disable_progress_bar",
@@ -89,11 +103,44 @@ def test_sigterm_from_outside_checkpoints_and_exits(setup, tmp_path):
         time.sleep(0.2)
     proc.send_signal(signal.SIGTERM)
     output, _ = proc.communicate(timeout=120)
-    assert proc.returncode == 0, output
+    assert proc.returncode == 143, output  # not 0: wrappers must not treat a preempted phase as done
     steps = list_checkpoints(tmp_path)
     assert len(steps) == 1 and 2 <= steps[0][0] < 400, output
     assert json.loads(output.strip().splitlines()[-1]) == {"preempted": True, "global_step": steps[0][0]}
-    resumed = subprocess.run(cmd[:cmd.index("400")] + [str(steps[0][0] + 2)] + cmd[cmd.index("400") + 1:], cwd=REPO, env=env,
-                             capture_output=True, text=True, timeout=300)
-    assert resumed.returncode == 0, resumed.stderr
-    assert [r["step"] for r in read_metrics(metrics)][-3:] == [steps[0][0], steps[0][0] + 1, steps[0][0] + 2]
+    # The resumed run continues from that step (same flags: a changed --max_steps would be refused).
+    resumed = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    while time.time() < deadline + 120 and not (len(read_metrics(metrics)) >= steps[0][0] + 2):
+        time.sleep(0.2)
+    resumed.send_signal(signal.SIGTERM)
+    output, _ = resumed.communicate(timeout=120)
+    assert resumed.returncode == 143, output
+    assert f"resumed phase 1 at step {steps[0][0]}" in output
+    new_step = list_checkpoints(tmp_path)[-1][0]
+    assert new_step >= steps[0][0] + 2 and [r["step"] for r in read_metrics(metrics)] == list(range(1, new_step + 1))
+
+
+def test_hard_kill_and_resume_keeps_each_step_once_in_metrics(setup, tmp_path):
+    with pytest.raises(Crash):
+        run(setup, tmp_path, "eager", crash_at=5)  # checkpoint at 3, metrics already hold steps 4 and 5
+    run(setup, tmp_path, "eager", resume=True)
+    lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["step"] for line in lines] == list(range(1, STEPS + 1))
+
+
+@pytest.mark.parametrize("override,message", [
+    ({"train_batch_size": 16}, "micro_batch_size=4, this run has 8"),
+    ({"seed": 7}, "seed=12345, this run has 7 (--seed)"),
+    ({"learning_rate": 2e-2}, "learning_rate=0.01, this run has 0.02 (--learning_rate)"),
+    ({"max_steps": 20}, "max_steps=10, this run has 20 (--max_steps)"),
+    ({"warmup_proportion": 0.1}, "warmup_proportion=0.2, this run has 0.1"),
+])
+def test_resume_with_changed_settings_is_refused(setup, tmp_path, override, message):
+    run(setup, tmp_path, "eager", stop_at=2)
+    with pytest.raises(ValueError, match=re.escape(message)):
+        run(setup, tmp_path, "eager", resume=True, **override)
+
+
+def test_fresh_start_into_a_dir_with_checkpoints_is_refused(setup, tmp_path):
+    run(setup, tmp_path, "eager", stop_at=2)
+    with pytest.raises(FileExistsError, match="already holds checkpoints .*--resume_from_checkpoint.*new --output_dir"):
+        run(setup, tmp_path, "eager")

@@ -32,7 +32,12 @@ import json, os, sys
 with open(os.environ["RECORD_FILE"], "a") as fh:
     fh.write(json.dumps(sys.argv[1:]) + "\\n")
 print("trainer ran:", " ".join(sys.argv[1:]))
-sys.exit(1 if os.environ.get("FAIL_PHASE") == ("2" if "--phase2" in sys.argv else "1") else 0)
+failing = os.environ.get("FAIL_PHASE") == ("2" if "--phase2" in sys.argv else "1")
+if failing and os.environ.get("WRITE_MARKER"):  # what a preempted trainer leaves in its output dir
+    out = sys.argv[sys.argv.index("--output_dir") + 1]
+    os.makedirs(out, exist_ok=True)
+    open(os.path.join(out, "preempted.json"), "w").write("{}")
+sys.exit(int(os.environ.get("FAIL_CODE", "1")) if failing else 0)
 """
 
 
@@ -178,11 +183,13 @@ def test_accumulate_gradients_false_uses_one_step_in_both_phases(layout):
         ({3: "fp16", 4: "0"}, {}, "fp16 needs a GPU but num_gpus=0"),
         ({4: "two"}, {}, "num_gpus (slot 4) must be an integer"),
         ({2: "fast"}, {}, "learning_rate (slot 2) must be a positive number"),
-        ({5: "1.5"}, {}, "warmup_proportion (slot 5) must be a number in [0, 1]"),
+        ({5: "1.5"}, {}, "warmup_proportion (slot 5) must be a number in [0, 1)"),
+        ({19: "1"}, {}, "warmup_proportion_phase2 (slot 19) must be a number in [0, 1)"),
         ({8: "yes"}, {}, "resume_training (slot 8) must be true or false"),
         ({13: "a b"}, {}, "job_name (slot 13) may hold only"),
         ({25: "/nonexistent/ckpt"}, {}, "init_checkpoint (slot 25)='/nonexistent/ckpt' does not exist"),
         ({27: "3"}, {}, "deepspeed_zero_stage (slot 27) must be false, true, 0, 1, 2"),
+        ({27: "2", 4: "2"}, {}, "deepspeed_zero_stage (slot 27)=2 with num_gpus=2 is not supported"),
         ({}, {"BACKEND": "tf"}, "BACKEND (from $BACKEND) must be ort, eager or compile"),
     ],
 )
@@ -226,6 +233,16 @@ def test_phase2_is_skipped_when_phase1_fails(layout):
     assert len(list((layout / "results").glob("*phase2*.log"))) == 0
 
 
+@pytest.mark.parametrize("phase,env", [("1", {"FAIL_CODE": "143"}), ("2", {"FAIL_CODE": "143"}),
+                                       ("1", {"FAIL_CODE": "1", "WRITE_MARKER": "1"})])  # torchrun: status 1 + marker
+def test_preempted_phase_stops_with_143_and_says_how_to_resume(layout, phase, env):
+    proc = run(positional({}, layout), layout, FAIL_PHASE=phase, **env)
+    assert proc.returncode == 143
+    assert len(recorded(layout)) == int(phase)  # phase 2 never starts after a preempted phase 1
+    assert f"phase {phase} was preempted" in proc.stderr and "RESUME_TRAINING=true" in proc.stderr
+    assert f"finished phase {phase}" not in proc.stdout
+
+
 def test_no_logfile_and_deepspeed_config_written_at_launch(layout):
     proc = run(positional({9: "false", 4: "1", 3: "fp16", 27: "2"}, layout), layout)
     assert proc.returncode == 0, proc.stderr
@@ -266,7 +283,7 @@ def test_every_flag_the_script_can_emit_is_one_the_trainer_parses(layout):
 
     init = layout / "init"
     init.mkdir()
-    overrides = {3: "fp16", 4: "2", 8: "true", 14: "true", 15: "true", 25: str(init), 27: "1"}
+    overrides = {3: "fp16", 4: "1", 8: "true", 14: "true", 15: "true", 25: str(init), 27: "1"}
     vocab = layout / "vocab.txt"
     vocab.touch()
     phase1, phase2 = dry_run_commands(run(positional(overrides, layout), layout, DRY_RUN="1", BERT_CONFIG="base",

@@ -26,6 +26,11 @@ def test_yaml_then_flags(tmp_path):
     y.write_text("learning_rate: 0.001\nmax_steps: 7\nbf16: true\n")
     cfg = parse_config(["--config", str(y), "--max_steps", "9"])
     assert (cfg.learning_rate, cfg.max_steps, cfg.precision) == (0.001, 9, "bf16")
+    # The command line's precision wins over the file's, whichever spelling either uses.
+    assert parse_config(["--config", str(y), "--precision", "fp32"]).precision == "fp32"
+    assert parse_config(["--config", str(y), "--fp16"]).precision == "fp16"
+    y.write_text("precision: bf16\n")
+    assert parse_config(["--config", str(y), "--fp16"]).precision == "fp16"
     y.write_text("learning_rat: 0.001\n")
     with pytest.raises(ValueError, match="unknown keys.*learning_rat"):
         parse_config(["--config", str(y)])

@@ -65,6 +65,10 @@ def test_list_files_prefers_split_name(tmp_path):
     write_dataset(tmp_path, 1, 4, seq_len=16, max_pred=3, split="test")
     assert len(list_hdf5_files(tmp_path, "training")) == 2
     assert len(list_hdf5_files(tmp_path, "test")) == 1
+    # Held-out data must match: a folder of training shards is not silently evaluated on.
+    assert len(list_hdf5_files(tmp_path, "x")) == 3  # training input: any *.hdf5 when none match
+    with pytest.raises(DataError, match="no \\*.hdf5 file has 'x' in its name .*held-out"):
+        list_hdf5_files(tmp_path, "x", require_match=True)
     (tmp_path / "empty").mkdir()
     with pytest.raises(DataError, match="empty: no \\*.hdf5 files found"):
         list_hdf5_files(tmp_path / "empty")

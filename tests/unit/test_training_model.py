@@ -108,3 +108,18 @@ def test_unbuilt_ort_extensions_say_how_to_fix(setup, monkeypatch):
     model = BertPretrainingModel(load_bert_config(setup["config_file"]))
     with pytest.raises(RuntimeError, match="extensions were not detected.*torch_ort.configure"):
         wrap_model(model, "ort")
+
+
+def test_vocab_larger_than_config_fails_at_start_up(setup, tmp_path):
+    n = load_bert_config(setup["config_file"]).original_vocab_size
+    big = tmp_path / "vocab.txt"
+    big.write_text("".join(f"tok{i}\n" for i in range(n + 1)))
+    with pytest.raises(ValueError, match=f"vocab.txt has {n + 1} tokens but --config_file .* has vocab_size {n}"):
+        make_trainer({**setup, "vocab_file": str(big)}, tmp_path / "out")
+    assert not (tmp_path / "out").exists()  # refused before anything was written
+
+
+def test_eval_dir_without_test_files_fails_at_start_up(setup, tmp_path):
+    # --eval_dir pointing at training shards must not silently evaluate on training data.
+    with pytest.raises(ValueError, match="no \\*.hdf5 file has 'test' in its name"):
+        make_trainer(setup, tmp_path / "out", eval_dir=setup["input_dir"])
