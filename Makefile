@@ -18,7 +18,7 @@ test: env  ## run the test suite (PYTEST_ARGS="-k lamb" to select)
 	$(PYTHON) -m pytest $(PYTEST_ARGS)
 
 demo: env  ## PubMed sample -> HDF5 -> phase 1 + 2 with ORT on CPU -> HF model -> fill-mask
-	scripts/demo.sh $(DEMO_ARGS)
+	bash scripts/demo.sh $(DEMO_ARGS)
 
 bench: env  ## benchmarks: data_prep throughput/memory and training backends side by side
 	$(PYTHON) benchmarks/bench_data_prep.py
