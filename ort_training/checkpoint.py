@@ -8,6 +8,7 @@ position and the RNG states of torch, CUDA, numpy and Python's `random`.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 import re
@@ -72,18 +73,24 @@ def resolve_checkpoint(path: str | Path) -> Path:
     raise FileNotFoundError(f"{p}: no checkpoint found (expected a step-N/{CKPT_FILE} under {p}/checkpoints)")
 
 
-def save_checkpoint(output_dir: str | Path, step: int, state: dict, keep: int) -> Path:
-    """Write step-N atomically (temp folder + rename); keep it and the `keep` - 1 newest others."""
-    root = Path(output_dir) / "checkpoints"
-    root.mkdir(parents=True, exist_ok=True)
-    final = root / f"step-{step}"
-    tmp = root / f".step-{step}.tmp"
+@contextlib.contextmanager
+def atomic_dir(final: Path):
+    """Yield a hidden temp folder beside `final`; it replaces `final` only if the block completes,
+    so a killed run never leaves a half-written folder under the finished name."""
+    tmp = final.with_name(f".{final.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    torch.save(state, tmp / CKPT_FILE)
+    tmp.mkdir(parents=True)
+    yield tmp
     if final.exists():
         shutil.rmtree(final)
     tmp.rename(final)
+
+
+def save_checkpoint(output_dir: str | Path, step: int, state: dict, keep: int) -> Path:
+    """Write step-N atomically (temp folder + rename); keep it and the `keep` - 1 newest others."""
+    final = Path(output_dir) / "checkpoints" / f"step-{step}"
+    with atomic_dir(final) as tmp:
+        torch.save(state, tmp / CKPT_FILE)
     # Never the one just written, even when older runs left higher step numbers in the folder.
     others = [d for _, d in list_checkpoints(output_dir) if d != final]
     for old in others[:max(len(others) - (keep - 1), 0)]:

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import copy
 import logging
-import shutil
 from pathlib import Path
 
 import torch
 from transformers import BertForMaskedLM, BertForPreTraining, BertTokenizerFast
 
+from .checkpoint import atomic_dir
 from .model import BertPretrainingModel
 
 logger = logging.getLogger(__name__)
@@ -26,13 +26,10 @@ def export_hf(model: BertPretrainingModel, out_dir: str | Path, vocab_file: str 
               export_onnx: bool = False) -> Path:
     """Write `save_pretrained` model (+ tokenizer when a vocab is given) to out_dir atomically."""
     out = Path(out_dir)
-    tmp = out.with_name(f".{out.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
     vocab_size = getattr(model.config, "original_vocab_size", model.config.vocab_size)
-    if vocab_file:
-        tokenizer = BertTokenizerFast(vocab_file=vocab_file, do_lower_case=do_lower_case)
+    tokenizer = BertTokenizerFast(vocab_file=vocab_file, do_lower_case=do_lower_case) if vocab_file else None
+    if tokenizer is not None:
         vocab_size = len(tokenizer)
-        tokenizer.save_pretrained(tmp)
     config = copy.deepcopy(model.config)
     config.vocab_size = vocab_size
     config.architectures = ["BertForPreTraining"]
@@ -45,12 +42,12 @@ def export_hf(model: BertPretrainingModel, out_dir: str | Path, vocab_file: str 
     if unexpected or [m for m in missing if m not in _VOCAB_ROWS]:
         raise RuntimeError(f"HF export: state dict mismatch (missing {missing}, unexpected {unexpected})")
     hf.tie_weights()
-    hf.save_pretrained(tmp, safe_serialization=True)
-    if export_onnx:
-        export_onnx_model(tmp, tmp / "model.onnx")
-    if out.exists():
-        shutil.rmtree(out)
-    tmp.rename(out)
+    with atomic_dir(out) as tmp:
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+        hf.save_pretrained(tmp, safe_serialization=True)
+        if export_onnx:
+            export_onnx_model(tmp, tmp / "model.onnx")
     logger.info("exported Hugging Face model to %s", out)
     return out
 
