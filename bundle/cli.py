@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import ast
 import dataclasses
+import difflib
 import functools
 import inspect
 import textwrap
@@ -129,7 +130,9 @@ def from_dict(cls: type, values: Mapping[str, Any], *, source: str = "config") -
     known = {f.name: f for f in dataclasses.fields(cls) if f.init}
     unknown = sorted(set(values) - set(known))
     if unknown:
-        raise ValueError(f"{source}: unknown setting(s) {unknown}; known: {sorted(known)}")
+        hints = {u: difflib.get_close_matches(u, known, n=1) for u in unknown}
+        said = ", ".join(f"{u!r}" + (f" (did you mean {h[0]!r}?)" if h else "") for u, h in hints.items())
+        raise ValueError(f"{source}: unknown setting(s) {said}; see --help for the settings")
     kwargs = {}
     for name, value in values.items():
         tp = _unwrap_optional(hints[name])

@@ -8,7 +8,6 @@ position and the RNG states of torch, CUDA, numpy and Python's `random`.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import random
 import re
@@ -17,6 +16,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from bundle.atomic import atomic_dir
 
 logger = logging.getLogger(__name__)
 
@@ -73,19 +74,6 @@ def resolve_checkpoint(path: str | Path) -> Path:
     raise FileNotFoundError(f"{p}: no checkpoint found (expected a step-N/{CKPT_FILE} under {p}/checkpoints)")
 
 
-@contextlib.contextmanager
-def atomic_dir(final: Path):
-    """Yield a hidden temp folder beside `final`; it replaces `final` only if the block completes,
-    so a killed run never leaves a half-written folder under the finished name."""
-    tmp = final.with_name(f".{final.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    yield tmp
-    if final.exists():
-        shutil.rmtree(final)
-    tmp.rename(final)
-
-
 def save_checkpoint(output_dir: str | Path, step: int, state: dict, keep: int) -> Path:
     """Write step-N atomically (temp folder + rename); keep it and the `keep` - 1 newest others."""
     final = Path(output_dir) / "checkpoints" / f"step-{step}"
@@ -99,7 +87,15 @@ def save_checkpoint(output_dir: str | Path, step: int, state: dict, keep: int) -
     return final
 
 
-def load_checkpoint(path: str | Path) -> dict:
-    ckpt = resolve_checkpoint(path)
+def load_checkpoint(path: str | Path, step: int | None = None) -> dict:
+    """The newest checkpoint under `path` (see resolve_checkpoint), or the one of global `step`."""
+    if step is None:
+        ckpt = resolve_checkpoint(path)
+    else:
+        found = dict(list_checkpoints(path))
+        if step not in found:
+            raise FileNotFoundError(f"--resume_step {step}: no complete checkpoint of that step in {path}/checkpoints "
+                                    f"(found steps {sorted(found)}); pass one of them or -1 for the newest")
+        ckpt = found[step] / CKPT_FILE
     logger.info("loading checkpoint %s", ckpt)
     return torch.load(ckpt, map_location="cpu", weights_only=True)

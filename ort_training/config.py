@@ -9,13 +9,13 @@ defaults, help text and choices live in one place. Flag names follow NVIDIA's
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Optional
 
 import yaml
+
+from bundle.cli import add_arguments, from_dict, parse_into
 
 PACKAGE_CONFIGS = Path(__file__).parent / "configs"
 
@@ -29,28 +29,34 @@ def _f(default, help: str, **kw):
 
 @dataclass
 class PretrainConfig:
-    """All settings of one pretraining phase."""
+    """All settings of one pretraining phase. Defaults are those of NVIDIA's run_pretraining.py where
+    it has the flag; a recipe's numbers live in its file under ort_training/recipes/, not here."""
 
     # --- data / io
     input_dir: Optional[str] = _f(None, "Folder with NVIDIA-schema HDF5 shards (`*training*.hdf5`, searched recursively).")
     output_dir: str = _f("results", "Where checkpoints/, hf_model/, metrics and the summary are written.")
-    config_file: str = _f(str(PACKAGE_CONFIGS / "bert_base_config.json"), "BERT config JSON (tiny/base/large ship in ort_training/configs/).")
+    config_file: str = _f(str(PACKAGE_CONFIGS / "bert_base_config.json"), "BERT config JSON, or a shipped name: tiny, base, large.")
     vocab_file: Optional[str] = _f(None, "WordPiece vocab.txt; used for the HF tokenizer export (config vocab_size may be padded).")
     do_lower_case: bool = _f(True, "Tokenizer lower-cases text (written into the exported tokenizer).")
     eval_dir: Optional[str] = _f(None, "Optional folder of held-out HDF5 shards; MLM accuracy is reported at the end of the phase.")
     eval_batches: int = _f(20, "Number of micro-batches evaluated from --eval_dir.")
     log_dir: Optional[str] = _f(None, "TensorBoard folder (default OUTPUT_DIR/tensorboard).")
-    # --- optimisation
+    max_seq_length: Optional[int] = _f(None, "Expected sequence length of the HDF5 (checked when the data is opened).")
+    max_predictions_per_seq: Optional[int] = _f(None, "Expected masked positions per sequence of the HDF5 (checked likewise).")
+    # --- objective / optimisation
+    objective: str = _f("mlm_nsp", "Training objective: mlm_nsp (BERT: masked LM + next sentence) or mlm (masked LM only).")
     train_batch_size: int = _f(64, "Sequences per rank per optimizer step (split into --gradient_accumulation_steps micro-batches).")
     gradient_accumulation_steps: int = _f(1, "Micro-batches accumulated per optimizer step.")
-    learning_rate: float = _f(6e-3, "Peak LAMB learning rate.")
-    warmup_proportion: float = _f(0.2843, "Fraction of --max_steps spent in linear warm-up.")
+    learning_rate: float = _f(5e-5, "Peak LAMB learning rate.")
+    warmup_proportion: float = _f(0.01, "Fraction of --max_steps spent in linear warm-up.")
     max_steps: int = _f(1000, "Optimizer steps of this phase (phase 2: steps after --phase1_end_step).")
     weight_decay: float = _f(0.01, "Decoupled weight decay (not applied to biases and LayerNorm weights).")
     max_grad_norm: float = _f(1.0, "Global gradient-norm clip applied inside LAMB before the moments.")
-    seed: int = _f(12345, "Seed for weights, dropout and data order.")
+    seed: int = _f(42, "Seed for weights, dropout and data order.")
     dropout: Optional[float] = _f(None, "Override hidden and attention dropout (0 for deterministic parity tests).")
     dense_seq_output: bool = _f(True, "Compute the MLM head only on masked positions (NVIDIA's dense sequence output).")
+    checkpoint_activations: bool = _f(False, "Recompute each transformer layer's activations in the backward pass (less memory, "
+                                             "~30% more compute); under ORT this is ORT's layer recompute (memory_opt_level 1).")
     # --- precision / backend
     precision: Precision = _f("fp32", "Numeric precision; --fp16 / --bf16 are shorthands.")
     fp16: bool = _f(False, "Same as --precision fp16 (dynamic loss scaling).")
@@ -62,16 +68,22 @@ class PretrainConfig:
     phase2: bool = _f(False, "This is phase 2: start from phase 1's checkpoint with a fresh optimizer and schedule.")
     phase1_end_step: int = _f(0, "Global step at which phase 1 ended; phase-2 steps are numbered after it (0: the phase-1 checkpoint's step).")
     resume_from_checkpoint: bool = _f(False, "Continue from the newest checkpoint in OUTPUT_DIR/checkpoints (phase 2: may be phase 1's).")
-    init_checkpoint: Optional[str] = _f(None, "Checkpoint folder (or an output dir: its newest) to take model weights from.")
+    resume_step: int = _f(-1, "With --resume_from_checkpoint: the global step to resume from (-1: the newest checkpoint).")
+    init_checkpoint: Optional[str] = _f(None, "Weights to start from: a checkpoint folder of this bundle (or an output dir: its newest), "
+                                              "a Hugging Face BERT folder, or an NVIDIA DeepLearningExamples .pt.")
     num_steps_per_checkpoint: int = _f(200, "Save a checkpoint every N optimizer steps (and on SIGTERM and at the end).")
     keep_checkpoints: int = _f(3, "Keep only the newest K checkpoints.")
     export_onnx: bool = _f(False, "Also export an ONNX inference model (hf_model/model.onnx) at the end of the phase.")
     skip_hf_export: bool = _f(False, "Do not write the Hugging Face export at the end of the phase.")
+    json_summary: Optional[str] = _f(None, "Also write the end-of-phase summary to this JSON file (NVIDIA's dllogger file).",
+                                     aliases=("--json-summary",))
     # --- distribution
-    deepspeed: Optional[str] = _f(None, "DeepSpeed JSON config (ZeRO stage 1/2); our LAMB is passed in as the optimizer.")
-    local_rank: int = _f(-1, "Accepted for torch.distributed.launch compatibility; the environment wins.")
+    deepspeed: Optional[str] = _f(None, "DeepSpeed JSON config (ZeRO stage 0/1/2); our LAMB is passed in as the optimizer.")
+    local_rank: int = _f(-1, "Accepted for torch.distributed.launch compatibility; the environment wins.", aliases=("--local-rank",))
     allreduce_post_accumulation: bool = _f(False, "Accepted for NVIDIA compatibility (DDP already reduces once per optimizer step).")
     allreduce_post_accumulation_fp16: bool = _f(False, "Accepted for NVIDIA compatibility (ignored).")
+    bert_model: Optional[str] = _f(None, "Accepted for NVIDIA compatibility (e.g. bert-large-uncased); the architecture comes from --config_file.")
+    do_train: bool = _f(True, "Accepted for NVIDIA compatibility (this entry point always trains).")
     # --- logging
     log_freq: int = _f(1, "Log metrics every N optimizer steps.")
     disable_progress_bar: bool = _f(False, "Turn the tqdm progress bar off.")
@@ -91,73 +103,89 @@ class PretrainConfig:
                 f"--train_batch_size {self.train_batch_size} must be divisible by "
                 f"--gradient_accumulation_steps {self.gradient_accumulation_steps}"
             )
-        for name in ("max_steps", "train_batch_size", "gradient_accumulation_steps", "num_steps_per_checkpoint", "log_freq", "keep_checkpoints"):
+        for name in ("max_steps", "train_batch_size", "gradient_accumulation_steps", "num_steps_per_checkpoint", "log_freq",
+                     "keep_checkpoints", "eval_batches"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name} must be >= 1, got {getattr(self, name)}")
+        if not self.learning_rate > 0:
+            raise ValueError(f"--learning_rate must be > 0, got {self.learning_rate}")
         if not 0.0 <= self.warmup_proportion < 1.0:
             raise ValueError(f"--warmup_proportion must be in [0, 1), got {self.warmup_proportion}")
+        for name in ("max_seq_length", "max_predictions_per_seq"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ValueError(f"--{name} must be >= 1, got {getattr(self, name)}")
+        from .objectives import OBJECTIVES  # the one list of objectives
+
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"--objective {self.objective!r}: choose one of {sorted(OBJECTIVES)}")
         if self.phase2 and not (self.resume_from_checkpoint or self.init_checkpoint):
             raise ValueError("--phase2 needs --resume_from_checkpoint (same output dir) or --init_checkpoint PATH")
-        if not Path(self.config_file).is_file():
-            # Allow a bare name of a shipped config ("bert_tiny_config.json" or "tiny").
-            for cand in (PACKAGE_CONFIGS / self.config_file, PACKAGE_CONFIGS / f"bert_{self.config_file}_config.json"):
-                if cand.is_file():
-                    self.config_file = str(cand)
-                    break
-            else:
-                raise ValueError(f"--config_file {self.config_file}: no such file (shipped: tiny, base, large)")
+        self.config_file = resolve_config_file(self.config_file)
 
     @property
     def micro_batch_size(self) -> int:
         return self.train_batch_size // self.gradient_accumulation_steps
 
 
-def _is_bool(tp) -> bool:
-    return tp is bool or tp == "bool"
+SHIPPED_CONFIGS = ("tiny", "base", "large")
+
+
+def resolve_config_file(name: str) -> str:
+    """A path, or a shipped config by name ("tiny" or "bert_tiny_config.json")."""
+    if Path(name).is_file():
+        return name
+    for cand in (PACKAGE_CONFIGS / name, PACKAGE_CONFIGS / f"bert_{name}_config.json"):
+        if cand.is_file():
+            return str(cand)
+    raise ValueError(f"--config_file {name}: no such file (shipped: {', '.join(SHIPPED_CONFIGS)})")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m ort_training.run_pretraining",
-        description="Two-phase LAMB pretraining of BERT with ONNX Runtime (ORTModule), eager or torch.compile.",
+        description="One phase of LAMB pretraining of BERT with ONNX Runtime (ORTModule), eager or torch.compile. "
+                    "Both phases of a recipe: python -m ort_training.pretrain --recipe NAME.",
     )
     parser.add_argument("--config", default=None, help="YAML file with any of the options below (flags override it).")
-    hints = typing.get_type_hints(PretrainConfig)
-    for f in dataclasses.fields(PretrainConfig):
-        tp = hints[f.name]
-        kw = {"help": f.metadata["help"], "default": argparse.SUPPRESS}
-        args = typing.get_args(tp)
-        base = next((a for a in args if a is not type(None)), tp) if typing.get_origin(tp) is typing.Union else tp
-        if _is_bool(base):
-            kw["action"] = argparse.BooleanOptionalAction
-        elif typing.get_origin(base) is Literal:
-            kw["choices"] = list(typing.get_args(base))
-        else:
-            kw["type"] = base
-        names = [f"--{f.name}"]
-        if f.name == "local_rank":  # torch.distributed.launch passes --local-rank=N
-            names.append("--local-rank")
-        parser.add_argument(*names, dest=f.name, **kw)
+    add_arguments(parser, PretrainConfig)
     return parser
+
+
+def read_yaml(path: str | Path) -> dict:
+    """A YAML mapping, or a ValueError naming the file."""
+    try:
+        with open(path) as fh:
+            loaded = yaml.safe_load(fh)
+    except OSError as exc:
+        raise ValueError(f"{path}: cannot read ({exc.strerror})") from None
+    except yaml.YAMLError as exc:
+        raise ValueError(f"{path}: not valid YAML ({exc})") from None
+    if loaded is None:
+        return {}
+    if not isinstance(loaded, dict):
+        raise ValueError(f"{path}: expected a mapping of settings, got {type(loaded).__name__}")
+    return loaded
+
+
+def merge_settings(*layers: dict) -> dict:
+    """Later layers win. --precision, --fp16 and --bf16 are one setting: any of them in a later layer
+    replaces all three from earlier ones (else a file's `fp16: true` would beat `--precision fp32`)."""
+    values: dict = {}
+    for layer in layers:
+        if {"precision", "fp16", "bf16"} & set(layer):
+            for key in ("precision", "fp16", "bf16"):
+                values.pop(key, None)
+        values.update(layer)
+    return values
 
 
 def parse_config(argv: list[str] | None = None) -> PretrainConfig:
     """defaults < --config YAML < flags, resolved here only."""
-    ns = vars(build_parser().parse_args(argv))
-    values: dict = {}
-    yaml_path = ns.pop("config")
-    if yaml_path:
-        with open(yaml_path) as fh:
-            loaded = yaml.safe_load(fh) or {}
-        known = {f.name for f in dataclasses.fields(PretrainConfig)}
-        unknown = set(loaded) - known
-        if unknown:
-            raise ValueError(f"--config {yaml_path}: unknown keys {sorted(unknown)}")
-        values.update(loaded)
-    if {"precision", "fp16", "bf16"} & set(ns):
-        # --precision, --fp16 and --bf16 are one setting: any of them on the command line replaces all
-        # three from the file (else a file's `fp16: true` would beat `--precision fp32`).
-        for key in ("precision", "fp16", "bf16"):
-            values.pop(key, None)
-    values.update(ns)
-    return PretrainConfig(**values)
+    parser = build_parser()
+
+    def build(ns: dict) -> PretrainConfig:
+        yaml_path = ns.pop("config")
+        loaded = read_yaml(yaml_path) if yaml_path else {}
+        return from_dict(PretrainConfig, merge_settings(loaded, ns), source=f"--config {yaml_path}" if yaml_path else "flags")
+
+    return parse_into(parser, build, argv)

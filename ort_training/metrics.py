@@ -7,13 +7,9 @@ import logging
 import os
 from pathlib import Path
 
+from bundle.atomic import atomic_path, atomic_write_text
+
 logger = logging.getLogger(__name__)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
 
 
 class MetricsLogger:
@@ -31,8 +27,8 @@ class MetricsLogger:
         self.output_dir.mkdir(parents=True, exist_ok=True)
         path = self.output_dir / "metrics.jsonl"
         if truncate_after is not None and path.is_file():
-            kept = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= truncate_after]
-            atomic_write_text(path, "".join(line + "\n" for line in kept))
+            kept = [r for r in _records(path) if r["step"] <= truncate_after]
+            atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in kept))
         self._fh = open(path, "a")
         try:
             from torch.utils.tensorboard import SummaryWriter
@@ -64,17 +60,18 @@ class MetricsLogger:
         if self._mlflow is not None:
             self._mlflow.log_metrics(numeric, step=step)
 
-    def summary(self, summary: dict) -> None:
+    def summary(self, summary: dict, curves: tuple[str, ...] = ()) -> None:
         if not self.enabled:
             return
         atomic_write_text(self.output_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
         if self._mlflow is not None:
             self._mlflow.log_metrics({k: v for k, v in summary.items() if isinstance(v, (int, float))})
-        self.plot(self.output_dir / "training_curves.png")
+        self.plot(self.output_dir / "training_curves.png", curves)
         logger.info("summary: %s", json.dumps(summary))
 
-    def plot(self, path: Path) -> None:
-        """Loss and learning-rate curves of this run (the whole metrics.jsonl, so resumed runs included)."""
+    def plot(self, path: Path, curves: tuple[str, ...] = ()) -> None:
+        """Loss (plus the objective's `curves`) and learning rate of this run (the whole metrics.jsonl,
+        so resumed runs included)."""
         records = read_metrics(self.output_dir / "metrics.jsonl")
         if not records:
             return
@@ -86,8 +83,8 @@ class MetricsLogger:
         steps = [r["step"] for r in records]
         fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
         ax1.plot(steps, [r["loss"] for r in records], label="loss")
-        ax1.plot(steps, [r["mlm_loss"] for r in records], label="MLM", alpha=0.7)
-        ax1.plot(steps, [r["nsp_loss"] for r in records], label="NSP", alpha=0.7)
+        for name in curves:
+            ax1.plot(steps, [r.get(name) for r in records], label=name, alpha=0.7)
         ax1.set_xlabel("step")
         ax1.set_ylabel("loss")
         ax1.legend()
@@ -95,10 +92,9 @@ class MetricsLogger:
         ax2.set_xlabel("step")
         ax2.set_ylabel("learning rate")
         fig.tight_layout()
-        tmp = path.with_name(f".{path.stem}.tmp.png")
-        fig.savefig(tmp, dpi=100)
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=100, format="png")
         plt.close(fig)
-        tmp.replace(path)
 
     def close(self) -> None:
         if self._fh is not None:
@@ -114,11 +110,26 @@ class MetricsLogger:
 
 def read_metrics(path: str | Path) -> list[dict]:
     """Records of a metrics.jsonl; later records for the same step (after a resume) replace earlier ones."""
-    by_step: dict[int, dict] = {}
-    p = Path(path)
-    if p.is_file():
-        for line in p.read_text().splitlines():
-            if line.strip():
-                r = json.loads(line)
-                by_step[r["step"]] = r
+    by_step = {r["step"]: r for r in _records(Path(path))}
     return [by_step[k] for k in sorted(by_step)]
+
+
+def _records(path: Path) -> list[dict]:
+    """Parsed lines of a metrics.jsonl. A torn last line (a kill or a full disk during an append) is
+    dropped with a warning: it is a step the resumed run redoes. A bad line before it is an error."""
+    if not path.is_file():
+        return []
+    lines = [line for line in path.read_text(errors="replace").splitlines() if line.strip()]
+    records = []
+    for i, line in enumerate(lines):
+        try:
+            r = json.loads(line)
+            if not isinstance(r, dict) or "step" not in r:
+                raise ValueError("not a step record")
+        except ValueError as exc:
+            if i == len(lines) - 1:
+                logger.warning("%s: dropping a torn last line (%s)", path, exc)
+                break
+            raise ValueError(f"{path}: line {i + 1} is not a metrics record ({exc}); remove the line or the file") from None
+        records.append(r)
+    return records

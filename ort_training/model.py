@@ -1,8 +1,5 @@
-"""BERT for pretraining with the loss inside the module, plus the backend wrap (ORT / eager / compile).
-
-The loss is computed inside `forward` so ORTModule exports and optimizes the whole graph (forward,
-MLM + NSP loss and their gradients) as one ONNX model.
-"""
+"""The trained module (a Hugging Face BERT with its objective's loss inside forward) and the backend
+wrap: ORTModule, eager PyTorch or torch.compile."""
 
 from __future__ import annotations
 
@@ -11,11 +8,10 @@ import os
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
 from torch import nn
-from transformers import BertConfig, BertForPreTraining
+from transformers import BertConfig
 
-from .data import IGNORE_INDEX
+from .objectives import Objective, get_objective
 
 logger = logging.getLogger(__name__)
 
@@ -51,48 +47,22 @@ def check_vocab_fits(vocab_file: str, config: BertConfig, config_file: str) -> N
 
 
 class BertPretrainingModel(nn.Module):
-    """`BertForPreTraining` whose forward returns (loss, mlm_loss, nsp_loss, mlm_correct, mlm_count).
+    """A Hugging Face BERT (`self.bert`, of the objective's class) whose forward computes the
+    objective's loss: forward(*objective.batch_keys) -> (loss, stats). See objectives.py."""
 
-    With `dense_seq_output` the MLM head (transform + vocab projection) runs only on the
-    `max_pred` masked positions instead of all `seq_len` positions: the vocab projection is most of
-    a small model's cost. Gathering a fixed `max_pred` slots (padding included, ignored by the loss)
-    keeps shapes static, which ORT and torch.compile both prefer over a data-dependent selection.
-    """
-
-    def __init__(self, config: BertConfig, dense_seq_output: bool = True):
+    def __init__(self, config: BertConfig, dense_seq_output: bool = True, objective: str | Objective = "mlm_nsp"):
         super().__init__()
         self.config = config
         self.dense_seq_output = dense_seq_output
-        self.bert = BertForPreTraining(config)
+        self.objective = get_objective(objective) if isinstance(objective, str) else objective
+        self.bert = self.objective.build(config)
 
-    def forward(self, input_ids, segment_ids, input_mask, masked_lm_positions, masked_lm_labels, next_sentence_labels):
-        sequence_output, pooled_output = self.bert.bert(
-            input_ids=input_ids, token_type_ids=segment_ids, attention_mask=input_mask, return_dict=False
-        )[:2]
-        batch, seq, hidden = sequence_output.shape
-        if self.dense_seq_output:
-            flat_index = (masked_lm_positions + torch.arange(batch, device=input_ids.device).unsqueeze(1) * seq).reshape(-1)
-            masked_output = sequence_output.reshape(-1, hidden).index_select(0, flat_index)
-            labels = masked_lm_labels.reshape(-1)
-        else:
-            masked_output = sequence_output.reshape(-1, hidden)
-            full = torch.full_like(input_ids, IGNORE_INDEX)
-            labels = full.scatter(1, masked_lm_positions, masked_lm_labels)
-            # Scattering the padding slots (position 0) would clobber nothing useful: [CLS] is never a target.
-            labels[:, 0] = IGNORE_INDEX
-            labels = labels.reshape(-1)
-        prediction_scores = self.bert.cls.predictions(masked_output).float()
-        nsp_scores = self.bert.cls.seq_relationship(pooled_output).float()
-        mlm_loss = F.cross_entropy(prediction_scores, labels, ignore_index=IGNORE_INDEX)
-        nsp_loss = F.cross_entropy(nsp_scores, next_sentence_labels.reshape(-1))
-        valid = labels != IGNORE_INDEX
-        mlm_correct = ((prediction_scores.argmax(-1) == labels) & valid).sum().float()
-        return mlm_loss + nsp_loss, mlm_loss.detach(), nsp_loss.detach(), mlm_correct.detach(), valid.sum().float()
+    def forward(self, *inputs):
+        return self.objective.forward(self.bert, self.dense_seq_output, *inputs)
 
-
-def model_inputs(batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, ...]:
-    """Positional inputs in forward's order (ORTModule exports positional args most reliably)."""
-    return tuple(batch[k] for k in ("input_ids", "segment_ids", "input_mask", "masked_lm_positions", "masked_lm_labels", "next_sentence_labels"))
+    def inputs(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, ...]:
+        """Positional inputs in forward's order (ORTModule exports positional args most reliably)."""
+        return self.objective.inputs(batch)
 
 
 def ort_env(memory_opt_level: int) -> dict[str, str]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import random
@@ -14,16 +13,18 @@ from typing import Callable
 
 import numpy as np
 import torch
-from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
+
+from bundle.atomic import atomic_write_text
 
 from . import distributed
 from .checkpoint import list_checkpoints, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .config import PretrainConfig
-from .data import PretrainingDataLoader, list_hdf5_files
+from .data import DataError, PretrainingDataLoader, list_hdf5_files
+from .engine import build_engine
 from .evaluate import mlm_accuracy
-from .metrics import MetricsLogger, atomic_write_text
-from .model import BertPretrainingModel, check_vocab_fits, load_bert_config, model_inputs, wrap_model
+from .metrics import MetricsLogger
+from .model import BertPretrainingModel, check_vocab_fits, load_bert_config, wrap_model
 from .optim import build_optimizer, build_scheduler
 
 logger = logging.getLogger(__name__)
@@ -65,29 +66,38 @@ class Trainer:
         self.already_finished = False  # set by _restore: phase 1 rerun after phase 2 started
         self._stop_requested = False
         self._prev_sigterm = None
-        self._deferred_optimizer_state = None
+        self._restored_optimizer_state = None
 
         # Same seed on every rank for the weights; then a per-rank seed so dropout differs by rank.
         seed_everything(cfg.seed)
         self.bert_config = load_bert_config(cfg.config_file, cfg.dropout)
         if cfg.vocab_file:
             check_vocab_fits(cfg.vocab_file, self.bert_config, cfg.config_file)
-        self.model = BertPretrainingModel(self.bert_config, cfg.dense_seq_output).to(self.device)
+        self.model = BertPretrainingModel(self.bert_config, cfg.dense_seq_output, cfg.objective).to(self.device)
+        self.objective = self.model.objective
+        if cfg.checkpoint_activations and cfg.backend != "ort":  # ORT recomputes inside its graph instead (wrap_model)
+            self.model.bert.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         seed_everything(cfg.seed + self.env.rank)
 
         self.optimizer = build_optimizer(self.model, cfg.learning_rate, cfg.weight_decay, cfg.max_grad_norm)
         self.scheduler = build_scheduler(self.optimizer, cfg.warmup_proportion, cfg.max_steps)
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.precision == "fp16")
 
         if cfg.input_dir is None:
             raise ValueError("--input_dir is required (folder of HDF5 files written by data_prep)")
         files = list_hdf5_files(cfg.input_dir, "training")
         if cfg.eval_dir:  # checked now, not after hours of training
             list_hdf5_files(cfg.eval_dir, "test", require_match=True)
+        self._check_shapes(files[0])
         self.loader = PretrainingDataLoader(files, cfg.micro_batch_size, cfg.seed, self.env.rank, self.env.world_size, cfg.prefetch)
 
         self._restore()
-        self.train_model, self.ds_engine = self._wrap()
+        memory_opt_level = max(cfg.ort_memory_opt_level, 1) if cfg.checkpoint_activations else cfg.ort_memory_opt_level
+        self.engine = build_engine(wrap_model(self.model, cfg.backend, cfg.ort_optimizations, memory_opt_level),
+                                   self.optimizer, cfg, self.env, self.device)
+        if self._restored_engine_state is not None:
+            self.engine.load_state_dict(self._restored_engine_state)
+        if self._restored_optimizer_state is not None:
+            self.engine.load_optimizer_state(self._restored_optimizer_state)
         # On resume, records after the restored step (written before the kill) are dropped: they are redone.
         self.metrics = MetricsLogger(cfg.output_dir, cfg.log_dir, enabled=self.is_main and not self.already_finished,
                                      truncate_after=self.global_step if cfg.resume_from_checkpoint else None)
@@ -102,13 +112,28 @@ class Trainer:
     def global_step(self) -> int:
         return self.step_offset + self.phase_step
 
+    def _check_shapes(self, path: Path) -> None:
+        """--max_seq_length / --max_predictions_per_seq (NVIDIA's flags) must describe the data."""
+        import h5py
+
+        expected = {"input_ids": self.cfg.max_seq_length, "masked_lm_positions": self.cfg.max_predictions_per_seq}
+        if all(v is None for v in expected.values()):
+            return
+        with h5py.File(path, "r") as f:
+            for key, want in expected.items():
+                have = f[key].shape[1] if key in f else None
+                if want is not None and have != want:
+                    flag = "--max_seq_length" if key == "input_ids" else "--max_predictions_per_seq"
+                    raise DataError(f"{flag} {want} but {path} has {key} of width {have}; pass the HDF5 folder made for "
+                                    f"{flag} {want} (data_prep writes one folder per phase) or fix the flag")
+
     # ---------------------------------------------------------------- checkpoint state
     def state_dict(self) -> dict:
         return {
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
-            "scaler": self.scaler.state_dict(),
+            "scaler": self.engine.state_dict(),
             "train_state": {"global_step": self.global_step, "phase_step": self.phase_step, "phase": self.phase,
                             **self._resume_settings()},
             # Ranks read different files with different batch counts: keep every rank's position.
@@ -136,13 +161,14 @@ class Trainer:
     def _restore(self) -> None:
         cfg = self.cfg
         ckpt, full = None, False
+        self._restored_engine_state = None
         if not cfg.resume_from_checkpoint and not cfg.phase2 and (found := list_checkpoints(cfg.output_dir)):
             # A fresh run here would interleave its step-N folders with the old ones and prune them.
             raise FileExistsError(f"--output_dir {cfg.output_dir} already holds checkpoints (newest step {found[-1][0]}); "
                                   "pass --resume_from_checkpoint to continue that run, or use a new --output_dir")
         if cfg.resume_from_checkpoint:
             if list_checkpoints(cfg.output_dir):
-                ckpt = load_checkpoint(cfg.output_dir)
+                ckpt = load_checkpoint(cfg.output_dir, step=None if cfg.resume_step < 0 else cfg.resume_step)
                 full = ckpt["train_state"]["phase"] == self.phase
                 if not full and not cfg.phase2:
                     # The newest checkpoint is phase 2's: phase 1 is done (NVIDIA does the same). Training
@@ -157,6 +183,11 @@ class Trainer:
             else:
                 logger.info("--resume_from_checkpoint: no checkpoint in %s yet, starting from scratch", cfg.output_dir)
         if ckpt is None and cfg.init_checkpoint:
+            from .weights_import import detect_format, load_into
+
+            if detect_format(cfg.init_checkpoint) != "bundle":  # a published BERT: weights only
+                load_into(self.model.bert, cfg.init_checkpoint)
+                return
             ckpt = load_checkpoint(cfg.init_checkpoint)
         if ckpt is None:
             return
@@ -172,14 +203,10 @@ class Trainer:
                     logger.warning("phase-1 checkpoint is step %d but --phase1_end_step is %d", state["global_step"], cfg.phase1_end_step)
             return
         self._check_resume_settings(state)
-        if self.cfg.deepspeed:
-            # ZeRO re-groups the parameters into flat partitions when it wraps the optimizer; the
-            # saved state describes those partitions, so it is loaded after the wrap (_wrap).
-            self._deferred_optimizer_state = ckpt["optimizer"]
-        else:
-            self.optimizer.load_state_dict(ckpt["optimizer"])
+        # Loaded by the engine once it exists (DeepSpeed regroups the optimizer's parameters when it wraps it).
+        self._restored_optimizer_state = ckpt["optimizer"]
+        self._restored_engine_state = ckpt["scaler"]
         self.scheduler.load_state_dict(ckpt["scheduler"])
-        self.scaler.load_state_dict(ckpt["scaler"])
         self.loader.load_state_dict(ckpt["data"][self.env.rank])
         self.phase_step = state["phase_step"]
         self.step_offset = state["global_step"] - state["phase_step"]  # phase 2 may have taken it from phase 1
@@ -195,23 +222,6 @@ class Trainer:
             save_checkpoint(self.cfg.output_dir, self.global_step, state, self.cfg.keep_checkpoints)
         distributed.barrier()
 
-    # ---------------------------------------------------------------- model wrapping
-    def _wrap(self):
-        cfg = self.cfg
-        model = wrap_model(self.model, cfg.backend, cfg.ort_optimizations, cfg.ort_memory_opt_level)
-        if cfg.deepspeed:
-            from .deepspeed_support import initialize_deepspeed
-
-            engine = initialize_deepspeed(model, self.optimizer, cfg)
-            if self._deferred_optimizer_state is not None:
-                self.optimizer.load_state_dict(self._deferred_optimizer_state)
-                self._deferred_optimizer_state = None
-            return model, engine
-        if self.env.is_distributed:
-            device_ids = [self.device.index] if self.device.type == "cuda" else None
-            model = DDP(model, device_ids=device_ids)
-        return model, None
-
     # ---------------------------------------------------------------- loop
     def _on_sigterm(self, signum, frame) -> None:
         logger.warning("SIGTERM: checkpointing after the current step and exiting")
@@ -223,11 +233,9 @@ class Trainer:
             yield i, {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
 
     def train_step(self, it) -> dict:
+        """One optimizer step over --gradient_accumulation_steps micro-batches."""
         cfg = self.cfg
-        acc = cfg.gradient_accumulation_steps
         lr = self.scheduler.get_last_lr()[0]
-        totals = torch.zeros(5, device=self.device)
-        scale = self.scaler.get_scale() if self.scaler.is_enabled() else 1.0
         if cfg.backend == "ort":
             # ORT's dropout draws from ORT's own generator, whose state cannot be saved: re-seed it
             # from (seed, rank, step) every step so a resumed run draws the same masks.
@@ -235,45 +243,26 @@ class Trainer:
 
             onnxruntime.set_seed((cfg.seed * 1_000_003 + self.env.rank * 7919 + self.global_step) % 2**31)
         autocast = torch.autocast(self.device.type, dtype=_DTYPES.get(cfg.precision, torch.float32), enabled=cfg.precision != "fp32")
-        if self.ds_engine is not None:
-            # DeepSpeed does its own fp16 loss scaling (our GradScaler is unused): report the engine's.
-            skipped_before = self.ds_engine.skipped_steps
-            if cfg.precision == "fp16":
-                scale = float(getattr(self.ds_engine.optimizer, "cur_scale", 1.0))
-            for _, batch in self._micro_batches(it):
-                with autocast:
-                    out = self.ds_engine(*model_inputs(batch))
-                self.ds_engine.backward(out[0])
-                self.ds_engine.step()
-                totals += torch.stack([o.detach().float() for o in out])
-        else:
-            self.optimizer.zero_grad(set_to_none=True)
-            for i, batch in self._micro_batches(it):
-                # DDP all-reduces only on the last micro-batch of the optimizer step.
-                sync = contextlib.nullcontext() if i == acc - 1 or not isinstance(self.train_model, DDP) else self.train_model.no_sync()
-                with sync:
-                    with autocast:
-                        out = self.train_model(*model_inputs(batch))
-                    self.scaler.scale(out[0] / acc).backward()
-                totals += torch.stack([o.detach().float() for o in out])
-            self.scaler.step(self.optimizer)  # unscales, skips the step if fp16 gradients overflowed
-            self.scaler.update()
+        self.engine.zero_grad()
+        scale = self.engine.loss_scale
+        loss_sum = torch.zeros((), device=self.device)
+        stat_sums = torch.zeros(len(self.objective.stat_names), device=self.device)
+        for i, batch in self._micro_batches(it):
+            loss, stats = self.engine.forward_backward(self.objective.inputs(batch), i, autocast)
+            loss_sum += loss.float()
+            stat_sums += stats.float()
+        skipped = self.engine.step()
         self.scheduler.step()
-        if self.ds_engine is not None:
-            skipped = self.ds_engine.skipped_steps > skipped_before
-        else:
-            skipped = self.scaler.is_enabled() and self.scaler.get_scale() < scale
-        return {"totals": totals, "lr": lr, "loss_scale": scale if cfg.precision == "fp16" else 1.0, "skipped": skipped}
+        return {"totals": torch.cat([loss_sum.reshape(1), stat_sums]), "lr": lr,
+                "loss_scale": scale if cfg.precision == "fp16" else 1.0, "skipped": skipped}
 
     def _record(self, out: dict, step_time: float) -> dict:
-        totals = distributed.all_reduce_mean(out["totals"]).tolist()
+        loss_sum, *stats = distributed.all_reduce_mean(out["totals"]).tolist()
         acc = self.cfg.gradient_accumulation_steps
         return {
             "step": self.global_step,
-            "loss": totals[0] / acc,
-            "mlm_loss": totals[1] / acc,
-            "nsp_loss": totals[2] / acc,
-            "mlm_accuracy": totals[3] / max(totals[4], 1.0),
+            "loss": loss_sum / acc,
+            **self.objective.metrics(dict(zip(self.objective.stat_names, stats)), acc),
             "lr": out["lr"],
             "loss_scale": out["loss_scale"],
             "skipped": bool(out["skipped"]),
@@ -293,7 +282,7 @@ class Trainer:
         t_after_first = None
         last_record: dict = {}
         saved_at = -1
-        self.train_model.train()
+        self.engine.model.train()
         while self.phase_step < cfg.max_steps and not self._stop_requested:
             t0 = time.perf_counter()
             out = self.train_step(it)
@@ -344,7 +333,9 @@ class Trainer:
                 export_hf(self.model, Path(cfg.output_dir) / "hf_model", cfg.vocab_file, cfg.do_lower_case, cfg.export_onnx)
             if cfg.eval_dir:
                 summary.update(self.evaluate())
-            self.metrics.summary(summary)
+            self.metrics.summary(summary, self.objective.curves)
+            if cfg.json_summary:
+                atomic_write_text(cfg.json_summary, json.dumps(summary, indent=2) + "\n")
         distributed.barrier()
         return summary
 
@@ -367,5 +358,5 @@ class Trainer:
             self._prev_sigterm = None
         self.loader.close()
         self.metrics.close()
-        if self.ds_engine is None:  # DeepSpeed caches its groups per process: leave its process group alive
+        if not self.cfg.deepspeed:  # DeepSpeed caches its groups per process: leave its process group alive
             distributed.destroy()

@@ -5,7 +5,7 @@ import torch
 
 from ort_training.config import PretrainConfig
 from ort_training.data import PretrainingDataLoader, list_hdf5_files
-from ort_training.model import BertPretrainingModel, load_bert_config, model_inputs
+from ort_training.model import BertPretrainingModel, load_bert_config
 from ort_training.synthetic import tiny_setup
 from ort_training.trainer import Trainer
 
@@ -35,7 +35,7 @@ def test_masked_only_head_equals_full_head(setup):
     full.load_state_dict(dense.state_dict())
     loader = PretrainingDataLoader(list_hdf5_files(setup["input_dir"]), 8, seed=0, prefetch=False)
     batch = next(iter(loader))
-    out_d, out_f = dense(*model_inputs(batch)), full(*model_inputs(batch))
+    out_d, out_f = dense(*dense.inputs(batch)), full(*full.inputs(batch))
     for a, b in zip(out_d, out_f):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
     out_d[0].backward()
@@ -62,12 +62,12 @@ def test_accumulation_equals_one_big_batch(setup, tmp_path):
 
 def test_fp16_overflow_skips_step_and_backs_off(setup, tmp_path):
     tr = make_trainer(setup, tmp_path, precision="fp16")
-    tr.scaler = torch.amp.GradScaler("cpu", init_scale=2.0**127)  # loss * scale overflows fp32
+    tr.engine.scaler = torch.amp.GradScaler("cpu", init_scale=2.0**127)  # loss * scale overflows fp32
     before = [p.detach().clone() for p in tr.model.parameters()]
     out = tr.train_step(iter(tr.loader))
-    assert out["skipped"] and tr.scaler.get_scale() == 2.0**126
+    assert out["skipped"] and tr.engine.scaler.get_scale() == 2.0**126
     assert all(torch.equal(a, p) for a, p in zip(before, tr.model.parameters()))
-    tr.scaler = torch.amp.GradScaler("cpu")
+    tr.engine.scaler = torch.amp.GradScaler("cpu")
     out = tr.train_step(iter(tr.loader))
     assert not out["skipped"]
     assert not all(torch.equal(a, p) for a, p in zip(before, tr.model.parameters()))
@@ -123,3 +123,47 @@ def test_eval_dir_without_test_files_fails_at_start_up(setup, tmp_path):
     # --eval_dir pointing at training shards must not silently evaluate on training data.
     with pytest.raises(ValueError, match="no \\*.hdf5 file has 'test' in its name"):
         make_trainer(setup, tmp_path / "out", eval_dir=setup["input_dir"])
+
+
+def _saved_activation_bytes(model, batch) -> tuple[float, int]:
+    """Loss and bytes of the tensors autograd keeps for the backward pass (what checkpointing saves)."""
+    saved = []
+
+    def pack(t):
+        saved.append(t.numel() * t.element_size())
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        loss, _ = model(*model.inputs(batch))
+    loss.backward()
+    return float(loss), sum(saved)
+
+
+def test_checkpoint_activations_same_loss_less_memory(setup, tmp_path):
+    """--checkpoint_activations (NVIDIA's flag) recomputes layers: same loss and gradients, fewer saved bytes."""
+    loader = PretrainingDataLoader(list_hdf5_files(setup["input_dir"]), 8, seed=0, prefetch=False)
+    batch = next(iter(loader))
+    loader.close()
+    results = {}
+    for ckpt in (False, True):
+        tr = make_trainer(setup, tmp_path / str(ckpt), checkpoint_activations=ckpt, dropout=0.0)
+        tr.model.train()
+        results[ckpt] = (*_saved_activation_bytes(tr.model, batch), [p.grad.clone() for p in tr.model.parameters()])
+        tr.close()
+    (loss_off, bytes_off, grads_off), (loss_on, bytes_on, grads_on) = results[False], results[True]
+    assert loss_on == pytest.approx(loss_off, rel=1e-6)
+    for a, b in zip(grads_off, grads_on):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+    assert bytes_on < 0.7 * bytes_off
+
+
+def test_mlm_objective_has_no_nsp_head_and_trains(setup, tmp_path):
+    tr = make_trainer(setup, tmp_path, objective="mlm", max_steps=3)
+    assert type(tr.model.bert).__name__ == "BertForMaskedLM"
+    assert not any("seq_relationship" in n or "pooler" in n for n, _ in tr.model.named_parameters())
+    records = []
+    tr.hooks.append(lambda _, rec: records.append(rec))
+    summary = tr.train()
+    tr.close()
+    assert "nsp_loss" not in records[-1] and records[-1]["loss"] == pytest.approx(records[-1]["mlm_loss"], rel=1e-6)
+    assert torch.isfinite(torch.tensor(summary["final_loss"]))
