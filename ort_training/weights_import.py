@@ -1,0 +1,363 @@
+"""Initialise a Hugging Face `BertForPreTraining` from any published BERT checkpoint, without running code.
+
+Three source formats, told apart by what is at the path (`detect_format`):
+
+- ``bundle``: this project's checkpoints (`checkpoints/step-N/checkpoint.pt`, a step folder, an output
+  dir): the `BertPretrainingModel` state dict, keys ``bert.<HF key>``.
+- ``hf``: a Hugging Face model folder, ``config.json`` + ``model.safetensors`` / ``pytorch_model.bin``
+  (sharded ``*.index.json`` too): `BertForPreTraining`, `BertForMaskedLM`, or a bare `BertModel`
+  whose keys have no ``bert.`` prefix (sentence-transformers BERTs such as all-MiniLM-L6-v2).
+- ``nvidia``: a torch file holding ``{"model": state_dict, ...}`` (or a bare state dict) in NVIDIA
+  DeepLearningExamples `modeling.py` naming (``dense_act``, no decoder bias, vocab padded to a multiple
+  of 8), including the ORT bioBERT example's ``model_.`` prefix and ``Moment_*`` optimizer entries.
+
+Loading never executes code from the file: safetensors, or ``torch.load(weights_only=True)``; the only
+class allowed beyond tensors and containers is ``argparse.Namespace`` (NVIDIA checkpoints may pickle
+their command line), which the restricted unpickler rebuilds as a plain attribute bag. Anything else
+(NVIDIA's pickled DataLoader, a malicious ``__reduce__``) is refused with the way to convert the file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import pickle
+import re
+import zipfile
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import torch
+
+from .checkpoint import CKPT_FILE, list_checkpoints, resolve_checkpoint
+
+logger = logging.getLogger(__name__)
+
+Format = Literal["bundle", "hf", "nvidia"]
+
+HF_WEIGHTS = ("model.safetensors", "pytorch_model.bin")
+HF_INDEXES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
+TORCH_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".tar")
+
+# Rows indexed by token id: their first dimension is the vocab and may differ by padding only.
+VOCAB_KEYS = ("bert.embeddings.word_embeddings.weight", "cls.predictions.decoder.weight",
+              "cls.predictions.bias", "cls.predictions.decoder.bias")
+# What a source may lack: heads (MLM, NSP, pooler). Missing encoder/embedding tensors are an error.
+HEAD_PREFIXES = ("cls.", "bert.pooler.")
+# Prefixes wrappers add: DDP / DataParallel, the ORT bioBERT example, torch.compile.
+WRAPPER_PREFIXES = ("module.", "model_.", "_orig_mod.")
+# NVIDIA modeling.py -> HF names (the published differences).
+NVIDIA_RENAMES = ((".intermediate.dense_act.", ".intermediate.dense."),
+                  ("bert.pooler.dense_act.", "bert.pooler.dense."),
+                  ("cls.predictions.transform.dense_act.", "cls.predictions.transform.dense."))
+# Optimizer / trainer entries that ORT training checkpoints keep beside the weights.
+_OPTIMIZER_KEY = re.compile(r"^(Moment_\d+_|Update_Count_|Step$|Round$|Loss_Scale|loss_scale$|global_step$)")
+# Buffers older HF checkpoints saved that current transformers recompute.
+_IGNORED_BUFFERS = re.compile(r"(^|\.)embeddings\.(position_ids|token_type_ids)$")
+# Config fields that change the computation without changing any tensor's shape.
+_CONFIG_MUST_MATCH = ("num_attention_heads", "hidden_act", "position_embedding_type")
+
+
+@dataclass
+class ImportReport:
+    """What `load_into` did."""
+    format: str
+    source: str
+    """The file(s) read."""
+    loaded: int = 0
+    """Tensors copied into the model."""
+    initialised: list[str] = field(default_factory=list)
+    """Model tensors the source did not have (kept at their fresh initialisation)."""
+    renamed: int = 0
+    """Keys renamed from NVIDIA naming or stripped of a wrapper prefix."""
+    dropped: list[str] = field(default_factory=list)
+    """Optimizer / trainer entries skipped."""
+    vocab: tuple[int, int] | None = None
+    """(source rows, model rows) when they differ by padding only."""
+    config_file: str | None = None
+
+    def summary(self) -> str:
+        text = f"{self.format} checkpoint {self.source}: {self.loaded} tensors loaded"
+        if self.renamed:
+            text += f", {self.renamed} renamed"
+        if self.dropped:
+            text += f", {len(self.dropped)} optimizer entries dropped"
+        if self.vocab:
+            text += f", vocab rows {self.vocab[0]} -> {self.vocab[1]} (padding)"
+        return text
+
+
+# ----------------------------------------------------------------------------- detection
+def _hf_weight_files(folder: Path) -> list[Path] | None:
+    for name in HF_WEIGHTS:
+        if (folder / name).is_file():
+            return [folder / name]
+    for name in HF_INDEXES:
+        if (folder / name).is_file():
+            index = json.loads((folder / name).read_text())
+            return [folder / f for f in sorted(set(index["weight_map"].values()))]
+    return None
+
+
+def _pickle_strings(path: Path) -> set[str] | None:
+    """Strings in a zip-format torch file's pickle, read with pickletools (nothing is executed);
+    None for files that are not zip-format torch files."""
+    import pickletools
+
+    try:
+        with zipfile.ZipFile(path) as zf:
+            name = next((n for n in zf.namelist() if n.endswith("/data.pkl") or n == "data.pkl"), None)
+            if name is None:
+                return None
+            data = zf.read(name)
+    except (zipfile.BadZipFile, OSError):
+        return None
+    found: set[str] = set()
+    try:
+        for op, arg, _ in pickletools.genops(data):
+            if isinstance(arg, str) and op.name in ("SHORT_BINUNICODE", "BINUNICODE", "UNICODE", "BINUNICODE8"):
+                found.add(arg)
+    except Exception:  # a malformed pickle: let the loader report it
+        return found
+    return found
+
+
+def detect_format(path: str | Path) -> Format:
+    """"bundle", "hf" or "nvidia", from what is at `path` (see the module docstring)."""
+    p = Path(path)
+    if not p.exists():
+        raise FileNotFoundError(f"--init_checkpoint {p}: no such file or folder")
+    if p.is_dir():
+        if (p / "config.json").is_file() and _hf_weight_files(p):
+            return "hf"
+        if (p / CKPT_FILE).is_file() or list_checkpoints(p) or list_checkpoints(p.parent) and p.name == "checkpoints":
+            return "bundle"
+        if (p / "config.json").is_file():
+            raise ValueError(f"{p}: has config.json but no {' / '.join(HF_WEIGHTS)}; download the weights into it")
+        raise ValueError(f"{p}: neither a Hugging Face model folder (config.json + {' or '.join(HF_WEIGHTS)}) nor a "
+                         f"checkpoint folder of this project (checkpoints/step-N/{CKPT_FILE}); pass one of those or an "
+                         "NVIDIA .pt file")
+    if p.name in HF_WEIGHTS or p.suffix == ".safetensors":
+        return "hf"
+    strings = _pickle_strings(p)
+    if strings is not None and "train_state" in strings:
+        return "bundle"  # this project's checkpoint.pt, wherever it was copied to
+    if strings is None and p.name == CKPT_FILE and re.match(r"^step-\d+$", p.parent.name):
+        return "bundle"
+    return "nvidia"
+
+
+def hf_config_path(path: str | Path) -> Path | None:
+    """The config.json of a Hugging Face source (so --config_file can default to it); None otherwise."""
+    p = Path(path)
+    folder = p if p.is_dir() else p.parent
+    if (folder / "config.json").is_file() and (p.is_file() or _hf_weight_files(folder)):
+        try:
+            if detect_format(p) == "hf":
+                return folder / "config.json"
+        except (ValueError, FileNotFoundError):
+            return None
+    return None
+
+
+# ----------------------------------------------------------------------------- reading
+def _convert_hint(path: Path) -> str:
+    return (f"convert it once, in a trusted environment, to a tensors-only file: python -c \"import torch; "
+            f"sd = torch.load('{path}', map_location='cpu', weights_only=False); "
+            f"torch.save(sd.get('model', sd), '{path.with_suffix('')}.weights.pt')\" (or save it as safetensors), "
+            f"then pass the new file")
+
+
+def torch_load_weights(path: Path) -> dict:
+    """`torch.load(weights_only=True)`, also allowing `argparse.Namespace` (a plain attribute bag the
+    restricted unpickler rebuilds without calling any code). Anything else is refused."""
+    try:
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        detail = re.search(r"(Unsupported global|Unsupported operand|Trying to load unsupported object)[^\n]*", str(exc))
+        raise ValueError(f"{path}: refused to load: the file pickles objects other than tensors "
+                         f"({detail.group(0) if detail else first}); loading it would run code from the file. "
+                         f"If you trust it, {_convert_hint(path)}") from None
+    except (RuntimeError, EOFError) as exc:
+        raise ValueError(f"{path}: not a readable torch file ({exc}); pass a safetensors / torch state dict file") from None
+
+
+def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(str(path), device="cpu")
+
+
+def read_state_dict(path: str | Path, fmt: Format | None = None) -> tuple[dict[str, torch.Tensor], Format, list[Path]]:
+    """The raw tensors of a source, its format and the files read."""
+    p = Path(path)
+    fmt = fmt or detect_format(p)
+    if fmt == "bundle":
+        ckpt_file = resolve_checkpoint(p)
+        ckpt = torch_load_weights(ckpt_file)
+        if "model" not in ckpt:
+            raise ValueError(f"{ckpt_file}: no 'model' entry; not a checkpoint of this project")
+        return dict(ckpt["model"]), fmt, [ckpt_file]
+    if fmt == "hf":
+        files = [p] if p.is_file() else _hf_weight_files(p)
+        state: dict[str, torch.Tensor] = {}
+        for f in files:
+            state.update(_load_safetensors(f) if f.suffix == ".safetensors" else torch_load_weights(f))
+        return state, fmt, files
+    obj = torch_load_weights(p)
+    if isinstance(obj, dict) and isinstance(obj.get("model"), dict):
+        obj = obj["model"]
+    elif isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
+        obj = obj["state_dict"]
+    if not isinstance(obj, dict) or not any(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise ValueError(f"{p}: expected a torch file holding {{'model': state_dict, ...}} or a state dict; "
+                         f"found {type(obj).__name__} with keys {sorted(map(str, obj))[:8] if isinstance(obj, dict) else '-'}")
+    return obj, fmt, [p]
+
+
+# ----------------------------------------------------------------------------- key mapping
+def normalise_keys(state: dict[str, torch.Tensor], fmt: Format) -> tuple[dict[str, torch.Tensor], int, list[str]]:
+    """Source keys -> HF `BertForPreTraining` keys. Returns (state, number renamed, dropped keys)."""
+    out: dict[str, torch.Tensor] = {}
+    renamed, dropped = 0, []
+    for key, value in state.items():
+        if not isinstance(value, torch.Tensor):
+            dropped.append(key)
+            continue
+        new = key
+        stripped = True
+        while stripped:
+            stripped = False
+            for prefix in WRAPPER_PREFIXES:
+                if new.startswith(prefix):
+                    new, stripped = new[len(prefix):], True
+        if _OPTIMIZER_KEY.match(new):
+            dropped.append(key)
+            continue
+        if fmt == "bundle" and new.startswith("bert."):
+            new = new[len("bert."):]  # BertPretrainingModel.bert is the BertForPreTraining
+        for old, repl in NVIDIA_RENAMES:
+            new = new.replace(old, repl)
+        new = re.sub(r"LayerNorm\.gamma$", "LayerNorm.weight", new)
+        new = re.sub(r"LayerNorm\.beta$", "LayerNorm.bias", new)
+        renamed += new != key
+        out[new] = value
+    # A bare BertModel (sentence-transformers, AutoModel.save_pretrained): no "bert." prefix.
+    if not any(k.startswith("bert.") for k in out) and any(k.startswith(("embeddings.", "encoder.")) for k in out):
+        out = {f"bert.{k}": v for k, v in out.items()}
+        renamed += len(out)
+    return out, renamed, dropped
+
+
+def _pad_multiple_of_8(n: int) -> int:
+    return n + (-n) % 8
+
+
+def _vocab_padding_only(src: int, dst: int) -> bool:
+    return src != dst and _pad_multiple_of_8(min(src, dst)) == max(src, dst)
+
+
+def _group(names: list[str]) -> str:
+    """'cls.predictions.* (5), bert.pooler.* (2)' -- one short line for a list of tensor names."""
+    groups = Counter(".".join(n.split(".")[:2]) + ".*" for n in names)
+    return ", ".join(f"{g} ({c})" for g, c in groups.items())
+
+
+def _check_config(model_config, source_config: Path | None) -> None:
+    if source_config is None:
+        return
+    src = json.loads(source_config.read_text())
+    if src.get("model_type", "bert") != "bert":
+        raise ValueError(f"{source_config}: model_type {src['model_type']!r} is not BERT; only BERT checkpoints can be imported")
+    for name in _CONFIG_MUST_MATCH:
+        if name in src and getattr(model_config, name, src[name]) != src[name]:
+            raise ValueError(f"{source_config}: {name} is {src[name]!r} but the model's config has "
+                             f"{getattr(model_config, name)!r}; use the source's config.json as --config_file")
+
+
+def load_into(model, path: str | Path) -> ImportReport:
+    """Fill `model` (a `transformers.BertForPreTraining`, or this project's `BertPretrainingModel`) in
+    place from the checkpoint at `path`; see the module docstring for the formats.
+
+    Missing heads (MLM / NSP / pooler) keep their fresh initialisation and are listed in one log line;
+    a missing embedding / encoder tensor, an unexpected key or a shape mismatch other than vocab padding
+    raises ValueError naming the tensor (and both shapes)."""
+    from transformers import BertForPreTraining
+
+    target = model.bert if not isinstance(model, BertForPreTraining) and isinstance(getattr(model, "bert", None), BertForPreTraining) else model
+    if not isinstance(target, BertForPreTraining):
+        raise TypeError(f"load_into needs a transformers.BertForPreTraining, got {type(model).__name__}")
+    path = Path(path)
+    raw, fmt, files = read_state_dict(path)
+    config_file = hf_config_path(path) if fmt == "hf" else None
+    _check_config(target.config, config_file)
+    state, renamed, dropped = normalise_keys(raw, fmt)
+    source = ", ".join(map(str, files))
+
+    own = target.state_dict()
+    tied = bool(getattr(target.config, "tie_word_embeddings", True))
+    emb_key, dec_key = "bert.embeddings.word_embeddings.weight", "cls.predictions.decoder.weight"
+    # The decoder bias is cls.predictions.bias under another name (NVIDIA and safetensors omit one).
+    for a, b in (("cls.predictions.bias", "cls.predictions.decoder.bias"), ("cls.predictions.decoder.bias", "cls.predictions.bias")):
+        if a in state and b not in state and b in own:
+            state[b] = state[a]
+    if tied and dec_key in own:
+        if dec_key in state and emb_key in state and not torch.equal(state[dec_key], state[emb_key]):
+            raise ValueError(f"{source}: {dec_key} differs from {emb_key}, but the model ties the MLM decoder to the word "
+                             "embeddings; set tie_word_embeddings=false in the config or import a tied checkpoint")
+        if emb_key in state:
+            state[dec_key] = state[emb_key]
+
+    unexpected = sorted(k for k in state if k not in own and not _IGNORED_BUFFERS.search(k))
+    if unexpected:
+        raise ValueError(f"{source}: {len(unexpected)} unexpected tensor(s) not in BertForPreTraining: "
+                         f"{', '.join(unexpected[:10])}{' ...' if len(unexpected) > 10 else ''}")
+    missing = sorted(k for k in own if k not in state)
+    core_missing = [k for k in missing if not k.startswith(HEAD_PREFIXES)]
+    if core_missing:
+        raise ValueError(f"{source}: lacks {len(core_missing)} encoder/embedding tensor(s) of the model, e.g. "
+                         f"{', '.join(core_missing[:5])}; is --config_file the source's (num_hidden_layers, sizes)?")
+
+    vocab = None
+    errors = []
+    for key, value in state.items():
+        if key not in own:
+            continue
+        want = own[key].shape
+        if value.shape == want:
+            continue
+        if key in VOCAB_KEYS and value.shape[1:] == want[1:] and _vocab_padding_only(value.shape[0], want[0]):
+            vocab = (value.shape[0], want[0])
+            continue
+        errors.append(f"{key}: checkpoint {tuple(value.shape)} vs model {tuple(want)}")
+    if errors:
+        raise ValueError(f"{source}: shape mismatch for {len(errors)} tensor(s): " + "; ".join(errors[:10]))
+
+    loaded = 0
+    with torch.no_grad():
+        params = dict(target.named_parameters(remove_duplicate=False)) | dict(target.named_buffers(remove_duplicate=False))
+        for key, value in state.items():
+            if key not in own:
+                continue
+            dst = params[key]
+            rows = min(value.shape[0], dst.shape[0]) if dst.dim() else None
+            if rows is not None and value.shape[0] != dst.shape[0]:
+                dst[:rows].copy_(value[:rows].to(dst.dtype))
+                if dst.shape[0] > rows and key.endswith("bias"):
+                    dst[rows:].zero_()  # padded vocab ids are never produced by the tokenizer
+            else:
+                dst.copy_(value.to(dst.dtype))
+            loaded += 1
+    target.tie_weights()
+
+    report = ImportReport(format=fmt, source=source, loaded=loaded, initialised=missing, renamed=renamed,
+                          dropped=dropped, vocab=vocab, config_file=str(config_file) if config_file else None)
+    logger.info("%s", report.summary())
+    if missing:
+        logger.info("initialised %d tensor(s) the checkpoint does not have: %s", len(missing), _group(missing))
+    return report
