@@ -11,6 +11,7 @@ resume state is three integers: epoch, file index and micro-batch index.
 
 from __future__ import annotations
 
+import json
 import logging
 import random
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -22,12 +23,14 @@ import h5py
 import numpy as np
 import torch
 
+from bundle import hdf5_schema
+
 logger = logging.getLogger(__name__)
 
 IGNORE_INDEX = -100
-SEQ_KEYS = ("input_ids", "input_mask", "segment_ids")
-PRED_KEYS = ("masked_lm_positions", "masked_lm_ids")
-KEYS = SEQ_KEYS + PRED_KEYS + ("next_sentence_labels",)
+SEQ_KEYS, PRED_KEYS, KEYS = hdf5_schema.SEQ_KEYS, hdf5_schema.PRED_KEYS, hdf5_schema.KEYS
+DATA_PREP_MANIFEST = "manifest.json"
+"""Written last by data_prep into each folder of .hdf5 files: present and matching = the folder is complete."""
 
 
 class DataError(ValueError):
@@ -35,20 +38,81 @@ class DataError(ValueError):
 
 
 def list_hdf5_files(input_dir: str | Path, split: str = "training", require_match: bool = False) -> list[Path]:
-    """Sorted `*.hdf5` under `input_dir` whose name contains `split`; if none do, all `*.hdf5`, unless
-    `require_match` (held-out data: falling back would silently evaluate on training files)."""
+    """Sorted `*.hdf5` under `input_dir` whose name contains `split`; if none do, all `*.hdf5` (other tools'
+    names), unless `require_match` (held-out data: falling back would silently evaluate on training files).
+
+    Refused, each with what was found: training asked of a folder holding only *test* files; a folder
+    data_prep had not finished (its temporary files or progress records without a matching manifest);
+    files of different sequence lengths or prediction widths mixed in one input."""
     root = Path(input_dir)
     if not root.is_dir():
         raise DataError(f"{root}: input directory does not exist; pass the folder written by data_prep")
-    files = sorted(root.rglob("*.hdf5"))
+    # Hidden paths are temporaries and bookkeeping (data_prep's .progress/, atomic-write leftovers).
+    files = sorted(f for f in root.rglob("*.hdf5") if not any(p.startswith(".") for p in f.relative_to(root).parts))
     matching = [f for f in files if split in f.name]
     if require_match and files and not matching:
         raise DataError(f"{root}: no *.hdf5 file has '{split}' in its name ({len(files)} other *.hdf5 files found); "
                         f"pass a folder of held-out shards (data_prep names them *{split}*.hdf5)")
-    files = matching or files
+    if split == "training" and files and not matching:
+        others = [f for f in files if "test" not in f.name]
+        if not others:
+            raise DataError(f"{root}: holds only held-out files ({len(files)} *test*.hdf5, e.g. {files[0].name}) and no "
+                            f"*training*.hdf5; training on them would use the test split. Point --input_dir at the "
+                            f"training shards (data_prep writes <dataset>_training_<i>.hdf5 beside them)")
+        files = others
+    else:
+        files = matching or files
     if not files:
         raise DataError(f"{root}: no *.hdf5 files found; run data_prep first or point --input_dir at its output")
+    for folder in sorted({f.parent for f in files}):
+        _check_complete(folder)
+    _check_one_shape(root, files)
     return files
+
+
+def _check_complete(folder: Path) -> None:
+    """A folder that data_prep was writing must carry data_prep's manifest, matching its files. Folders made by
+    other tools (NVIDIA's create_datasets_from_start.sh) never had one and show no trace of data_prep: accepted."""
+    manifest = folder / DATA_PREP_MANIFEST
+    temps = sorted(p.name for p in folder.glob(".*.hdf5.tmp-*"))
+    progress = (folder / ".progress").is_dir()
+    if not manifest.exists():
+        if temps or progress:
+            found = f"temporary files {temps[:3]}" if temps else "data_prep's .progress/ records"
+            raise DataError(f"{folder}: a data_prep run that did not finish (found {found} and no {DATA_PREP_MANIFEST}); "
+                            f"re-run the same `python -m data_prep` command to complete it (it resumes)")
+        return
+    try:
+        m = json.loads(manifest.read_text())
+        sizes = m["output_sizes"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise DataError(f"{manifest}: unreadable data_prep manifest ({exc}); re-run data_prep for this folder") from exc
+    listed = {Path(rel).name: size for rel, size in sizes.items() if rel.endswith(".hdf5")}
+    on_disk = {f.name: f.stat().st_size for f in folder.glob("*.hdf5")}
+    missing = sorted(set(listed) - set(on_disk))
+    extra = sorted(set(on_disk) - set(listed))
+    changed = sorted(n for n in set(listed) & set(on_disk) if listed[n] != on_disk[n])
+    if missing or extra or changed or temps:
+        what = "; ".join(f"{label} {names[:3]}" for label, names in (("missing", missing), ("not in the manifest", extra),
+                                                                      ("changed size", changed), ("temporary", temps)) if names)
+        raise DataError(f"{folder}: the *.hdf5 files do not match data_prep's {DATA_PREP_MANIFEST} ({what}); a run "
+                        f"was interrupted or files were edited: re-run `python -m data_prep` for this folder")
+
+
+def _check_one_shape(root: Path, files: list[Path]) -> None:
+    """One input, one (seq_len, max_pred): a mix (phase-1 and phase-2 folders under one root) would train on
+    both lengths silently. Unreadable files are left for `load_shard`, which names them when it opens them."""
+    shapes: dict[tuple[int, int], list[Path]] = {}
+    for f in files:
+        try:
+            _, seq_len, max_pred = hdf5_schema.read_shape(f)
+        except Exception:  # noqa: BLE001 -- corrupt or non-schema: load_shard reports it with the details
+            continue
+        shapes.setdefault((seq_len, max_pred), []).append(f)
+    if len(shapes) > 1:
+        found = "; ".join(f"seq_len {s} / max_pred {p}: {len(fs)} files (e.g. {fs[0].relative_to(root)})"
+                          for (s, p), fs in sorted(shapes.items()))
+        raise DataError(f"{root}: mixes files of different shapes ({found}); point --input_dir at one phase's folder")
 
 
 @dataclass(frozen=True)
@@ -73,8 +137,9 @@ def rank_shards(files: list[Path], epoch: int, seed: int, rank: int, world_size:
     return [Shard(p, rank, world_size) for p in order]
 
 
-def load_shard(shard: Shard) -> dict[str, torch.Tensor]:
-    """Read and validate one file; returns int64 tensors incl. `masked_lm_labels` (ignore index padded)."""
+def load_shard(shard: Shard, vocab_size: int | None = None) -> dict[str, torch.Tensor]:
+    """Read and validate one file (shapes, dtypes, value ranges; token ids against `vocab_size` when given);
+    returns int64 tensors incl. `masked_lm_labels` (ignore index padded)."""
     path = shard.path
     try:
         with h5py.File(path, "r") as f:
@@ -86,25 +151,14 @@ def load_shard(shard: Shard) -> dict[str, torch.Tensor]:
         raise
     except Exception as exc:  # h5py raises OSError/KeyError flavours for truncated or non-HDF5 files
         raise DataError(f"{path}: cannot read HDF5 file ({exc}); it is corrupt or not HDF5 — regenerate it with data_prep") from exc
-    n, seq = arrays["input_ids"].shape if arrays["input_ids"].ndim == 2 else (None, None)
-    if n is None:
-        raise DataError(f"{path}: input_ids must be 2-D [samples, seq_len], got shape {arrays['input_ids'].shape}")
-    for k in SEQ_KEYS:
-        if arrays[k].shape != (n, seq):
-            raise DataError(f"{path}: {k} has shape {arrays[k].shape}, expected {(n, seq)}")
-    if arrays["masked_lm_positions"].ndim != 2 or arrays["masked_lm_ids"].shape != arrays["masked_lm_positions"].shape:
-        raise DataError(f"{path}: masked_lm_positions/masked_lm_ids must be equal 2-D shapes")
-    if arrays["next_sentence_labels"].reshape(-1).shape[0] != n or arrays["masked_lm_positions"].shape[0] != n:
-        raise DataError(f"{path}: datasets disagree on the number of samples ({n})")
-    for k in KEYS:
-        if not np.issubdtype(arrays[k].dtype, np.integer):
-            raise DataError(f"{path}: {k} has dtype {arrays[k].dtype}, expected integers")
-    if arrays["masked_lm_positions"].size and arrays["masked_lm_positions"].max() >= seq:
-        raise DataError(f"{path}: masked_lm_positions point past seq_len {seq}")
+    try:
+        hdf5_schema.validate(arrays, path, vocab_size)
+    except hdf5_schema.SchemaError as exc:
+        raise DataError(str(exc)) from None
     out = {k: torch.from_numpy(arrays[k].astype(np.int64)) for k in KEYS}
     out["next_sentence_labels"] = out["next_sentence_labels"].reshape(-1)
-    # Padding slots have position 0 ([CLS] is never masked): turn them into ignored labels.
-    out["masked_lm_labels"] = torch.where(out["masked_lm_positions"] > 0, out["masked_lm_ids"], IGNORE_INDEX)
+    # Unused slots hold position 0 ([CLS] is never masked): turn them into ignored labels.
+    out["masked_lm_labels"] = torch.where(out["masked_lm_positions"] > hdf5_schema.PAD_POSITION, out["masked_lm_ids"], IGNORE_INDEX)
     del out["masked_lm_ids"]
     return out
 

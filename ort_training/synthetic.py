@@ -9,8 +9,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import h5py
 import numpy as np
+
+from bundle import hdf5_schema
+from bundle.atomic import atomic_path
 
 SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 
@@ -24,11 +26,9 @@ def write_shard(path: str | Path, n: int, seq_len: int = 128, max_pred: int = 20
     rng = np.random.default_rng(seed)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    input_ids = np.zeros((n, seq_len), dtype=np.int32)
-    input_mask = np.zeros((n, seq_len), dtype=np.int8)
-    segment_ids = np.zeros((n, seq_len), dtype=np.int8)
-    positions = np.zeros((n, max_pred), dtype=np.int32)
-    ids = np.zeros((n, max_pred), dtype=np.int32)
+    a = hdf5_schema.zeros(n, seq_len, max_pred)
+    input_ids, input_mask, segment_ids = a["input_ids"], a["input_mask"], a["segment_ids"]
+    positions, ids = a["masked_lm_positions"], a["masked_lm_ids"]
     for i in range(n):
         length = int(rng.integers(seq_len // 2, seq_len + 1))
         a_len = int(rng.integers(1, length - 3))
@@ -43,13 +43,9 @@ def write_shard(path: str | Path, n: int, seq_len: int = 128, max_pred: int = 20
         positions[i, : len(chosen)] = chosen
         ids[i, : len(chosen)] = toks[chosen]
         input_ids[i, chosen] = 4  # [MASK]
-    nsp = rng.integers(0, 2, size=n).astype(np.int8)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with h5py.File(tmp, "w") as f:
-        for name, arr in [("input_ids", input_ids), ("input_mask", input_mask), ("segment_ids", segment_ids),
-                          ("masked_lm_positions", positions), ("masked_lm_ids", ids), ("next_sentence_labels", nsp)]:
-            f.create_dataset(name, data=arr, compression="gzip")
-    tmp.replace(path)
+    a["next_sentence_labels"][:] = rng.integers(0, 2, size=n)
+    with atomic_path(path) as tmp:
+        hdf5_schema.write_file(tmp, a)
     return path
 
 

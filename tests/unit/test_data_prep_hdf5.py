@@ -7,6 +7,7 @@ import h5py
 import numpy as np
 import pytest
 
+from bundle import hdf5_schema
 from data_prep.config import FormatConfig, Hdf5Config, PhaseConfig, ShardConfig
 from data_prep.create_hdf5 import run_hdf5
 from data_prep.formatting import run_format
@@ -16,8 +17,7 @@ from data_prep.shard import run_shard
 
 ASSETS = Path(__file__).parents[1] / "assets" / "pubmed"
 VOCAB = ASSETS / "bert-base-uncased-vocab.txt"
-SCHEMA = {"input_ids": ("int32", "L"), "input_mask": ("int8", "L"), "segment_ids": ("int8", "L"),
-          "masked_lm_positions": ("int32", "P"), "masked_lm_ids": ("int32", "P"), "next_sentence_labels": ("int8", None)}
+SCHEMA = {d.name: (np.dtype(d.dtype).name, d.width) for d in hdf5_schema.DATASETS}
 
 
 @pytest.fixture(scope="module")
