@@ -94,7 +94,7 @@ def add_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGroup, cls
             kw["type"] = _unwrap_optional(typing.get_args(tp)[0])
         else:
             kw["type"] = tp
-        names = [flag_name(dest, dash)] + list(f.metadata.get("aliases", ()))
+        names = [flag_name(dest, dash)] + (list(f.metadata.get("aliases", ())) if not prefix else [])
         parser.add_argument(*names, **kw)
 
 
@@ -138,10 +138,31 @@ def from_dict(cls: type, values: Mapping[str, Any], *, source: str = "config") -
         tp = _unwrap_optional(hints[name])
         if dataclasses.is_dataclass(tp) and isinstance(value, Mapping):
             value = from_dict(tp, value, source=f"{source} [{name}]")
-        elif tp is Path and value is not None:
-            value = Path(value)
+        elif value is not None:
+            value = _coerce(value, tp, f"{source}: {name}")
         kwargs[name] = value
     return cls(**kwargs)
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    """YAML reads `6e-3` as a string (YAML 1.1 floats need a dot) and users write numbers in quotes:
+    convert scalars to the field's type, or say which setting is wrong."""
+    try:
+        if tp is bool and isinstance(value, str):
+            if value.lower() not in ("true", "false", "yes", "no", "1", "0"):
+                raise ValueError(value)
+            return value.lower() in ("true", "yes", "1")
+        if tp is float and isinstance(value, (str, int)) and not isinstance(value, bool):
+            return float(value)
+        if tp is int and isinstance(value, str):
+            return int(value, 10)
+        if tp is Path:
+            return Path(value)
+        if tp is str and isinstance(value, (int, float)):
+            return str(value)
+    except ValueError:
+        raise ValueError(f"{where}: expected {getattr(tp, '__name__', tp)}, got {value!r}") from None
+    return value
 
 
 def to_argv(obj: Any, *, dash: bool = False, only_changed: bool = True, skip: Iterable[str] = ()) -> list[str]:

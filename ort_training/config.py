@@ -120,7 +120,7 @@ class PretrainConfig:
             raise ValueError(f"--objective {self.objective!r}: choose one of {sorted(OBJECTIVES)}")
         if self.phase2 and not (self.resume_from_checkpoint or self.init_checkpoint):
             raise ValueError("--phase2 needs --resume_from_checkpoint (same output dir) or --init_checkpoint PATH")
-        self.config_file = resolve_config_file(self.config_file)
+        resolve_config_file(self.config_file)  # checked now; kept as given, so a command line stays portable
 
     @property
     def micro_batch_size(self) -> int:

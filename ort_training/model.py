@@ -24,7 +24,9 @@ ORT_INSTALL_HINT = (
 
 def load_bert_config(path: str, dropout: float | None = None) -> BertConfig:
     """Read a bert_config.json and pad the vocab to a multiple of 8 (tensor-core friendly, as NVIDIA does)."""
-    config = BertConfig.from_json_file(path)
+    from .config import resolve_config_file
+
+    config = BertConfig.from_json_file(resolve_config_file(path))
     config.original_vocab_size = config.vocab_size
     if config.vocab_size % 8:
         config.vocab_size += 8 - config.vocab_size % 8

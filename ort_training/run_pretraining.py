@@ -8,7 +8,8 @@ import os
 import sys
 
 from .config import parse_config
-from .trainer import PREEMPTED_EXIT_CODE, Trainer
+from .run_status import PREEMPTED_EXIT_CODE
+from .trainer import Trainer
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -26,16 +26,11 @@ from .evaluate import mlm_accuracy
 from .metrics import MetricsLogger
 from .model import BertPretrainingModel, check_vocab_fits, load_bert_config, wrap_model
 from .optim import build_optimizer, build_scheduler
+from .run_status import PREEMPTED_MARKER
 
 logger = logging.getLogger(__name__)
 
 _DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
-# Exit status of a run stopped by SIGTERM after its checkpoint was written (128 + SIGTERM, the
-# shell's convention): non-zero so a pipeline does not start phase 2 on half-trained weights.
-PREEMPTED_EXIT_CODE = 128 + signal.SIGTERM
-# Also written to OUTPUT_DIR on preemption (removed when a run starts): launchers such as torchrun
-# report a failed worker with their own status, so wrappers look for this file instead.
-PREEMPTED_MARKER = "preempted.json"
 
 
 def seed_everything(seed: int) -> None:
@@ -321,6 +316,7 @@ class Trainer:
             "backend": cfg.backend,
             "precision": cfg.precision,
             "global_step": self.global_step,
+            "max_steps": cfg.max_steps,
             "training_sequences_per_second": steady,
             "final_loss": last_record.get("loss"),
             "final_mlm_accuracy": last_record.get("mlm_accuracy"),

@@ -10,7 +10,7 @@ from ort_training.trainer import Trainer
 def run_losses(setup, out, backend, steps=20, **kw):
     cfg = PretrainConfig(**setup, output_dir=str(out), backend=backend, max_steps=steps, train_batch_size=8,
                          learning_rate=5e-3, warmup_proportion=0.1, disable_progress_bar=True, skip_hf_export=True,
-                         num_steps_per_checkpoint=1000, **kw)
+                         num_steps_per_checkpoint=1000, seed=12345, **kw)
     trainer = Trainer(cfg)
     losses = []
     trainer.hooks.append(lambda tr, rec: losses.append((rec["loss"], rec["mlm_accuracy"])))

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from ort_training.config import PACKAGE_CONFIGS, parse_config
+from ort_training.config import PACKAGE_CONFIGS, parse_config, resolve_config_file
 from ort_training.model import load_bert_config
 
 
@@ -15,7 +15,7 @@ def test_nvidia_flags_parse():
                         "--seed", "42", "--num_steps_per_checkpoint", "200", "--log_freq", "10", "--allreduce_post_accumulation",
                         "--allreduce_post_accumulation_fp16", "--backend", "eager"])
     assert cfg.micro_batch_size == 8 and cfg.precision == "fp16" and cfg.phase2 and cfg.phase1_end_step == 7000
-    assert cfg.config_file == str(PACKAGE_CONFIGS / "bert_tiny_config.json")
+    assert resolve_config_file(cfg.config_file) == str(PACKAGE_CONFIGS / "bert_tiny_config.json")
     assert parse_config([]).backend == "ort" and parse_config([]).dense_seq_output
     assert not parse_config(["--no-dense_seq_output"]).dense_seq_output
     assert parse_config(["--local-rank=3"]).local_rank == 3

@@ -1,0 +1,170 @@
+"""Both phases of a recipe: `python -m ort_training.pretrain --recipe NAME [overrides] [--dry-run]`.
+
+    python -m ort_training.pretrain --recipe bert_large_biobert --output_dir results \\
+        --phase1.input_dir data/hdf5_seq128 --phase2.input_dir data/hdf5_seq512 --vocab_file vocab.txt
+    python -m ort_training.pretrain --recipe tiny_cpu ... --phase1.max_steps 10 --dry-run
+
+Overrides: `--FLAG V` applies to both phases, `--phase1.FLAG V` / `--phase2.FLAG V` to one (any flag of
+`python -m ort_training.run_pretraining`). This module owns the two-phase contract: phase 2 runs only
+after phase 1 finished; a phase stopped by SIGTERM has checkpointed and this exits 143 (rerun the same
+command to continue); a finished phase is skipped on a rerun; `--dry-run` checks both phases with the
+trainer's own config classes and prints the two commands without running anything.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+from bundle.cli import add_arguments, nest
+
+from .config import PretrainConfig
+from .recipe import PHASES, LaunchConfig, load_recipe, phase_command, phase_configs, quote
+from .run_status import PREEMPTED_EXIT_CODE, PREEMPTED_MARKER, phase_finished
+
+logger = logging.getLogger("ort_training.pretrain")
+
+USAGE_ERROR = 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m ort_training.pretrain", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--recipe", required=True, help="A shipped recipe (ort_training/recipes/NAME.yaml) or a YAML path.")
+    parser.add_argument("--dry-run", action="store_true", help="Check both phases and print their commands; run nothing.")
+    launch = parser.add_argument_group("launch (defaults from the recipe's launch: section)")
+    add_arguments(launch, LaunchConfig)
+    both = parser.add_argument_group("both phases (any trainer flag)")
+    add_arguments(both, PretrainConfig)
+    for name in PHASES:
+        group = parser.add_argument_group(f"{name} only (--{name}.FLAG)")
+        add_arguments(group, PretrainConfig, prefix=f"{name}.")
+    return parser
+
+
+def resolve(argv: list[str] | None = None):
+    """(recipe, launch, phase-1 config, phase-2 config, dry_run) from the command line; ValueError names the flag."""
+    ns = vars(build_parser().parse_args(argv))
+    recipe = load_recipe(ns.pop("recipe"))
+    dry_run = ns.pop("dry_run")
+    launch_fields = {f for f in LaunchConfig.__dataclass_fields__}
+    launch_values = {**recipe.launch, **{k: ns.pop(k) for k in list(ns) if k in launch_fields}}
+    from bundle.cli import from_dict
+
+    launch = from_dict(LaunchConfig, launch_values, source=f"recipe {recipe.name} [launch]")
+    nested = nest(ns)
+    per_phase = {name: nested.pop(name, {}) for name in PHASES}
+    p1, p2 = phase_configs(recipe, nested, per_phase["phase1"], per_phase["phase2"], resume=launch.resume)
+    return recipe, launch, p1, p2, dry_run
+
+
+def check_devices(launch: LaunchConfig) -> None:
+    """One clear message instead of one traceback per worker when the machine lacks the GPUs asked for."""
+    if launch.device != "cuda":
+        return
+    import torch
+
+    have = torch.cuda.device_count()
+    if have < launch.nproc_per_node:
+        raise ValueError(f"the recipe asks for {launch.nproc_per_node} GPU processes per node (--nproc_per_node) but this machine "
+                         f"has {have} CUDA device(s); pass --nproc_per_node {max(have, 1)}" +
+                         ("" if have else " --device cpu (or use a GPU machine)"))
+
+
+def check_data(cfg: PretrainConfig, phase: str) -> None:
+    from .data import list_hdf5_files
+
+    if cfg.input_dir is None:
+        raise ValueError(f"--{phase}.input_dir is required (the folder of that phase's HDF5 shards written by data_prep)")
+    list_hdf5_files(cfg.input_dir, "training")
+
+
+def child_env(launch: LaunchConfig) -> dict[str, str]:
+    env = dict(os.environ)
+    repo = str(Path(__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = repo + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    if launch.device == "cpu":
+        env["CUDA_VISIBLE_DEVICES"] = ""
+    return env
+
+
+def run_phase(cmd: list[str], log_file: Path | None, env: dict[str, str]) -> int:
+    """Run one phase, its output to the console (and the log file); SIGTERM/SIGINT reach the trainer,
+    which checkpoints and exits 143."""
+    log = None
+    if log_file is not None:
+        log_file.parent.mkdir(parents=True, exist_ok=True)
+        log = open(log_file, "a", encoding="utf-8")
+        log.write(f"# {quote(cmd)}\n")
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE if log else None, stderr=subprocess.STDOUT if log else None,
+                            text=True, errors="replace")
+    forward = lambda signum, frame: proc.send_signal(signum)  # noqa: E731
+    previous = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        if log is not None:
+            for line in proc.stdout:
+                sys.stdout.write(line)
+                log.write(line)
+            sys.stdout.flush()
+        return proc.wait()
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        if log is not None:
+            log.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        recipe, launch, p1, p2, dry_run = resolve(argv)
+        check_data(p1, "phase1")
+        check_data(p2, "phase2")
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"pretrain: error: {exc}", file=sys.stderr)
+        return USAGE_ERROR
+    try:
+        check_devices(launch)
+    except ValueError as exc:
+        print(f"pretrain: {'warning' if dry_run else 'error'}: {exc}", file=sys.stderr)
+        if not dry_run:  # a dry run prints the commands for the machine they are meant for
+            return USAGE_ERROR
+    commands = [phase_command(cfg, launch) for cfg in (p1, p2)]
+    if dry_run:
+        for name, cmd in zip(PHASES, commands):
+            print(f"# {name}")
+            print(quote(cmd))
+        return 0
+    logger.info("recipe %s: %s", recipe.name, recipe.description)
+    env = child_env(launch)
+    for name, cfg, cmd in zip(PHASES, (p1, p2), commands):
+        out = Path(cfg.output_dir)
+        if phase_finished(out, cfg):
+            logger.info("%s already finished in %s: skipped", name, out)
+            continue
+        logger.info("%s: %s", name, quote(cmd))
+        rc = run_phase(cmd, out / "train.log" if launch.log_to_file else None, env)
+        # Under torchrun the launcher's status is its own; the trainer's marker says it was preempted.
+        if rc == PREEMPTED_EXIT_CODE or (rc != 0 and (out / PREEMPTED_MARKER).is_file()):
+            logger.warning("%s was preempted after writing a checkpoint; rerun the same command to continue it", name)
+            return PREEMPTED_EXIT_CODE
+        if rc != 0:
+            logger.error("%s failed with exit status %d (log: %s)", name, rc, out / "train.log")
+            return rc
+        if not phase_finished(out, cfg):
+            logger.error("%s exited 0 but %s lacks its summary or export; rerun the same command to complete it", name, out)
+            return 1
+    summary = json.loads((Path(p2.output_dir) / "summary.json").read_text())
+    print(json.dumps({"phase1": str(p1.output_dir), "phase2": str(p2.output_dir), **summary}), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
