@@ -7,8 +7,10 @@ otherwise be able to predict ids the tokenizer cannot decode).
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
+from collections import Counter
 from pathlib import Path
 
 import torch
@@ -52,18 +54,103 @@ def export_hf(model: BertPretrainingModel, out_dir: str | Path, vocab_file: str 
     return out
 
 
-def export_onnx_model(hf_dir: str | Path, onnx_path: str | Path, seq_len: int = 128) -> Path:
-    """ONNX (opset 17) of BertForMaskedLM for inference: inputs input_ids/attention_mask/token_type_ids, output logits."""
+# ONNX domains a plain onnxruntime InferenceSession runs (ORT's contrib ops excluded: com.microsoft ops
+# from the training symbolics, ATen fallbacks, PythonOp need ORTModule's runtime).
+_STANDARD_DOMAINS = ("", "ai.onnx")
+
+
+@contextlib.contextmanager
+def standard_onnx_symbolics():
+    """torch.onnx's own symbolic functions only, for the duration of the block.
+
+    `ORTModule(...)` calls `CustomOpSymbolicRegistry.register_all`, which registers ORT's training
+    symbolics with `torch.onnx.register_custom_op_symbolic` for the whole process: after an ORT run,
+    every later `torch.onnx.export` turns `aten::embedding` into `org.pytorch.aten::ATen` nodes (and the
+    losses into com.microsoft ops) that only ORTModule's ATen executor can run; a plain InferenceSession
+    fails with "ATenOperatorExecutor is not initialized". This removes every custom override from
+    torch.onnx's registry and puts them back afterwards, so a training run can continue."""
+    from torch.onnx._internal import registration
+
+    removed = []
+    try:
+        for group in list(registration.registry._registry.values()):
+            for opset, fn in list(group._functions._overrides.items()):
+                group.remove_custom(opset)
+                removed.append((group, opset, fn))
+        if removed:
+            logger.info("ONNX export: %d custom symbolic function(s) (e.g. ORTModule's) set aside for the export", len(removed))
+        yield
+    finally:
+        for group, opset, fn in removed:
+            group.add_custom(fn, opset)
+
+
+def nonstandard_ops(onnx_path: str | Path) -> dict[str, int]:
+    """'domain::op' -> count for the nodes a plain onnxruntime cannot be relied on to run."""
+    import onnx
+
+    model = onnx.load(str(onnx_path), load_external_data=False)
+    found: Counter = Counter()
+    for graph in [model.graph]:
+        for node in graph.node:
+            if node.domain not in _STANDARD_DOMAINS:
+                found[f"{node.domain}::{node.op_type}"] += 1
+    return dict(found)
+
+
+def export_onnx_model(hf_dir: str | Path, onnx_path: str | Path, seq_len: int = 128, verify: bool = True) -> Path:
+    """ONNX (opset 17) of BertForMaskedLM for inference: inputs input_ids/attention_mask/token_type_ids, output logits.
+
+    Exported from a fresh module loaded from `hf_dir` (no tokenizer needed), with torch.onnx's standard
+    symbolics whatever backend ran before in this process (`standard_onnx_symbolics`). With `verify`,
+    the file is checked to hold standard ONNX operators only and its logits are compared with PyTorch's
+    in an onnxruntime InferenceSession; a mismatch raises instead of leaving a broken model.onnx."""
     model = BertForMaskedLM.from_pretrained(hf_dir, attn_implementation="eager").eval()
+    seq_len = max(2, min(seq_len, model.config.max_position_embeddings))
     dummy = torch.ones(1, seq_len, dtype=torch.long)
     axes = {0: "batch", 1: "sequence"}
-    torch.onnx.export(
-        model,
-        (dummy, dummy, torch.zeros_like(dummy)),
-        str(onnx_path),
-        input_names=["input_ids", "attention_mask", "token_type_ids"],
-        output_names=["logits"],
-        dynamic_axes={"input_ids": axes, "attention_mask": axes, "token_type_ids": axes, "logits": axes},
-        opset_version=17,
-    )
-    return Path(onnx_path)
+    onnx_path = Path(onnx_path)
+    with standard_onnx_symbolics(), torch.no_grad():
+        torch.onnx.export(
+            model,
+            (dummy, dummy, torch.zeros_like(dummy)),
+            str(onnx_path),
+            input_names=["input_ids", "attention_mask", "token_type_ids"],
+            output_names=["logits"],
+            dynamic_axes={"input_ids": axes, "attention_mask": axes, "token_type_ids": axes, "logits": axes},
+            opset_version=17,
+            operator_export_type=torch.onnx.OperatorExportTypes.ONNX,
+            do_constant_folding=True,
+        )
+    if verify:
+        verify_onnx(onnx_path, model)
+    return onnx_path
+
+
+def verify_onnx(onnx_path: str | Path, model: BertForMaskedLM, atol: float = 1e-4) -> float:
+    """Refuse an ONNX file with non-standard operators, then run it in onnxruntime on a padded batch
+    and compare its logits with `model`'s; returns the largest absolute difference."""
+    bad = nonstandard_ops(onnx_path)
+    if bad:
+        raise RuntimeError(f"{onnx_path}: the export holds operators a plain onnxruntime cannot run ({bad}); "
+                           "a custom torch.onnx symbolic was active during the export")
+    import numpy as np
+    import onnxruntime
+
+    seq = max(2, min(12, model.config.max_position_embeddings))
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, model.config.vocab_size, (2, seq), generator=g)
+    mask = torch.ones_like(ids)
+    mask[1, seq // 2:] = 0
+    types = torch.zeros_like(ids)
+    types[:, seq // 2:] = 1
+    session = onnxruntime.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    (got,) = session.run(["logits"], {"input_ids": ids.numpy(), "attention_mask": mask.numpy(), "token_type_ids": types.numpy()})
+    with torch.no_grad():
+        want = model(input_ids=ids, attention_mask=mask, token_type_ids=types).logits.numpy()
+    diff = float(np.abs(got - want).max())
+    if not diff <= atol:
+        raise RuntimeError(f"{onnx_path}: onnxruntime logits differ from PyTorch's by {diff:.3g} (> {atol}); "
+                           "the ONNX export is wrong, do not use it")
+    logger.info("ONNX export %s verified in onnxruntime (max |logit diff| %.2g)", onnx_path, diff)
+    return diff
