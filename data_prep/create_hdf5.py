@@ -23,13 +23,15 @@ from typing import Iterator
 import numpy as np
 from tqdm import tqdm
 
+from bundle.atomic import clean_stale_temps
+
 from .config import Hdf5Config, PhaseConfig
 from .hdf5_writer import Hdf5InstanceWriter
 from .instances import MaskingConfig, SpecialIds, build_instances
 from .manifest import (DataPrepError, file_fingerprint, finished_manifest, invalidate, is_complete, read_json,
                        write_manifest)
 from .shard import existing_shards, interrupted_temps
-from .tokenizer import WordTokenizer, clean_sentences, load_vocab, vocab_hash
+from .tokenizer import WordTokenizer, check_has_words, clean_sentences, load_vocab, vocab_hash
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +40,8 @@ def phase_dir_name(cfg: Hdf5Config, phase: PhaseConfig) -> str:
     name = (f"hdf5_lower_case_{int(cfg.lower_case)}_seq_len_{phase.max_seq_length}"
             f"_max_pred_{phase.max_predictions_per_seq}_masked_lm_prob_{cfg.masked_lm_prob}"
             f"_random_seed_{cfg.random_seed}_dupe_factor_{cfg.dupe_factor}")
-    return name + ("_whole_word_mask" if cfg.whole_word_mask else "")
+    # NVIDIA's name, plus markers for what its scripts cannot make (so two kinds never share a folder).
+    return name + ("_whole_word_mask" if cfg.whole_word_mask else "") + ("_mlm_only" if cfg.objective == "mlm" else "")
 
 
 def phase_data_dir(cfg: Hdf5Config, phase: PhaseConfig) -> Path:
@@ -89,7 +92,8 @@ def iter_document_chunks(path: Path, chunk_documents: int) -> Iterator[list[list
         raise DataPrepError(f"{path}: invalid UTF-8 near byte {e.start}; re-create the shard or pass --skip-bad") from e
 
 
-def _vocab_arrays(vocab: dict[str, int]) -> tuple[SpecialIds, np.ndarray, np.ndarray]:
+def _vocab_arrays(vocab: dict[str, int], path: Path | str = "vocab.txt") -> tuple[SpecialIds, np.ndarray, np.ndarray]:
+    check_has_words(vocab, path)
     special = SpecialIds.from_vocab(vocab)
     size = max(vocab.values()) + 1
     is_subword = np.zeros(size, dtype=bool)
@@ -128,7 +132,7 @@ def process_shard(task: tuple) -> dict:
     t0 = time.perf_counter()
     try:
         vocab = load_vocab(cfg.vocab_file)
-        special, is_subword, replace_ids = _vocab_arrays(vocab)
+        special, is_subword, replace_ids = _vocab_arrays(vocab, cfg.vocab_file)
         wt = WordTokenizer(cfg.vocab_file, cfg.lower_case)
         mcfgs = [MaskingConfig(p.max_seq_length, p.max_predictions_per_seq, cfg.masked_lm_prob, cfg.short_seq_prob,
                                cfg.whole_word_mask) for p in todo]
@@ -154,7 +158,7 @@ def process_shard(task: tuple) -> dict:
                 n_docs += len(doc_sents)
                 for w, m, rng, st in zip(writers, mcfgs, rngs, stats):
                     for batch in build_instances(tokens, sent_lens, doc_sents, m, cfg.dupe_factor, special,
-                                                 replace_ids, rng, is_subword):
+                                                 replace_ids, rng, is_subword, objective=cfg.objective):
                         w.write(batch)
                         st["instances"] += len(batch["next_sentence_labels"])
                         st["random_next"] += int(batch["next_sentence_labels"].sum())
@@ -186,19 +190,14 @@ def run_hdf5(cfg: Hdf5Config) -> dict[str, Path]:
     elif not cfg.lower_case and n_upper == 0:
         log.warning("hdf5: %s has no capitalised tokens but --no-lower-case is set; capitals will become [UNK] "
                     "or split oddly", vocab_path)
-    for p in cfg.phases:
-        if p.max_seq_length < 8 or not 0 < p.max_predictions_per_seq < p.max_seq_length:
-            raise DataPrepError(f"phase {p}: need max_seq_length >= 8 and 0 < max_predictions_per_seq < max_seq_length")
-    if not 0 < cfg.masked_lm_prob < 1 or cfg.dupe_factor < 1:
-        raise DataPrepError("--masked-lm-prob must be in (0, 1) and --dupe-factor >= 1")
+    _vocab_arrays(vocab, vocab_path)  # phase and argument ranges were checked by Hdf5Config itself
     shards = find_shards(cfg.shard_dir, cfg.dataset_name)
     vhash = vocab_hash(vocab_path)
     for p in cfg.phases:
         # The folder is being (re)built: its manifest goes first, so a kill cannot leave an old manifest
         # over a mix of old and new files; half-written files of a killed run are dead weight.
         invalidate(phase_data_dir(cfg, p) / "manifest.json")
-        for stale in phase_data_dir(cfg, p).glob(".*.hdf5.tmp-*"):
-            stale.unlink()
+        clean_stale_temps(phase_data_dir(cfg, p))
     tasks = [(cfg, s, vhash) for s in shards]
     os.environ["TOKENIZERS_PARALLELISM"] = "false"  # set before forking, or tokenizers deadlocks
     results = []
@@ -227,7 +226,9 @@ def run_hdf5(cfg: Hdf5Config) -> dict[str, Path]:
             if old.name not in per_file:
                 log.warning("hdf5: removing %s (not built from the current shards)", old)
                 old.unlink()
-        body = {"stage": "hdf5", "args": asdict(cfg) | {"phases": None}, "phase": asdict(p), "vocab_sha256": vhash,
+        # "objective" at the top level: what a trainer checks before it trains (NSP head or MLM only).
+        body = {"stage": "hdf5", "objective": cfg.objective, "args": asdict(cfg) | {"phases": None}, "phase": asdict(p),
+                "vocab_sha256": vhash,
                 "vocab_file": str(vocab_path), "per_file": per_file,
                 "instances": sum(v["instances"] for v in per_file.values()),
                 "training_files": sorted(n for n in per_file if "_training_" in n),

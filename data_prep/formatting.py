@@ -24,8 +24,9 @@ from tqdm import tqdm
 
 from .config import FormatConfig
 from .corpora import SUFFIXES, Deletion, Document, Skip, get_reader, input_stem
-from .manifest import (DataPrepError, atomic_path, file_fingerprint, invalidate, is_complete, read_json,
-                       write_manifest)
+from bundle.atomic import atomic_path, clean_stale_temps
+
+from .manifest import DataPrepError, file_fingerprint, invalidate, is_complete, read_json, write_manifest
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +62,7 @@ def resolve_inputs(corpus: str, inputs: list) -> list[Path]:
 
 
 def _reader_args(cfg: FormatConfig) -> dict:
-    return {"abstract_labels": cfg.abstract_labels, "include_title": cfg.include_title,
+    return {"abstract_labels": cfg.abstract_labels, "include_title": cfg.title,
             "text_column": cfg.text_column, "min_chars": cfg.min_chars, "max_documents": cfg.max_documents}
 
 
@@ -113,6 +114,9 @@ def run_format(cfg: FormatConfig) -> dict:
     out_dir = Path(cfg.out_dir)
     parsed_dir = out_dir / "parsed"
     parsed_dir.mkdir(parents=True, exist_ok=True)
+    # Hidden temporaries of a killed run (``parsed/.00003_x.docs.tmp-<pid>``, ``.x.txt.tmp-<pid>``).
+    clean_stale_temps(parsed_dir)
+    clean_stale_temps(out_dir)
     args = _reader_args(cfg)
     tasks = [(cfg.corpus, p, parsed_dir / f"{i:05d}_{input_stem(p)}", args, cfg.skip_bad) for i, p in enumerate(inputs)]
 

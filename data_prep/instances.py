@@ -239,11 +239,91 @@ def _choose_whole_words(input_ids, cand, num_to_predict, is_subword, rng):
     return cand & np.take_along_axis(word_taken, np.clip(word, 0, L - 1), axis=1)
 
 
+def plan_full_sentences(sent_lens: np.ndarray, doc_sents: np.ndarray, max_seq_length: int, short_seq_prob: float,
+                        dupe_factor: int, rng: random.Random) -> tuple[np.ndarray, np.ndarray]:
+    """RoBERTa's FULL-SENTENCES packing for MLM-only instances, ``dupe_factor`` times.
+
+    Whole sentences are taken in order until the next one would not fit, crossing document ends; a
+    [SEP] separates documents. Returns (start, length) ranges into the chunk's *stream*: the flat tokens
+    with one [SEP] after each document (see ``document_stream``). Packing across documents rather than
+    within one (DOC-SENTENCES) is RoBERTa's choice for fixed-size batches, and here it also matters for
+    the corpus: a PubMed abstract is ~250 tokens, so within-document packing would leave about half of
+    every phase-2 (512) sequence as padding. A sentence longer than the sequence is cut at its end.
+    ``short_seq_prob`` keeps BERT's occasional shorter target, for the same train/test length reason."""
+    max_num_tokens = max_seq_length - 2  # [CLS] ... [SEP]
+    n_sents = len(sent_lens)
+    sl = sent_lens.tolist()
+    doc_of_sent = np.repeat(np.arange(len(doc_sents)), doc_sents)
+    token_start = np.concatenate([[0], np.cumsum(sent_lens)[:-1]]) if n_sents else np.zeros(0, dtype=np.int64)
+    stream_start = (token_start + doc_of_sent).tolist()  # one [SEP] per earlier document
+    first_of_doc = np.zeros(n_sents, dtype=bool)
+    first_of_doc[(np.cumsum(doc_sents) - doc_sents)[doc_sents > 0]] = True
+    first = first_of_doc.tolist()
+    rand = rng.random
+    starts: list[int] = []
+    lens: list[int] = []
+
+    def target() -> int:
+        return 2 + int(rand() * (max_num_tokens - 1)) if rand() < short_seq_prob else max_num_tokens
+
+    for _ in range(dupe_factor):
+        want, cur_start, cur_len = target(), 0, 0
+        for i in range(n_sents):
+            piece = sl[i] + (1 if first[i] and cur_len else 0)  # + the [SEP] closing the previous document
+            if cur_len and cur_len + piece > want:
+                starts.append(cur_start)
+                lens.append(min(cur_len, max_num_tokens))
+                want, cur_len, piece = target(), 0, sl[i]
+            if cur_len == 0:
+                cur_start = stream_start[i]
+            cur_len += piece
+        if cur_len:
+            starts.append(cur_start)
+            lens.append(min(cur_len, max_num_tokens))
+    return np.asarray(starts, dtype=np.int64), np.asarray(lens, dtype=np.int64)
+
+
+def document_stream(tokens: np.ndarray, sent_lens: np.ndarray, doc_sents: np.ndarray, sep: int) -> np.ndarray:
+    """The chunk's tokens with a [SEP] after each document: what FULL-SENTENCES ranges index."""
+    doc_end = np.cumsum(sent_lens)[np.cumsum(doc_sents) - 1] if len(doc_sents) else np.zeros(0, dtype=np.int64)
+    return np.insert(tokens, doc_end, sep).astype(np.int32, copy=False)
+
+
+def assemble_single(stream: np.ndarray, start: np.ndarray, length: np.ndarray, max_seq_length: int,
+                    special: SpecialIds) -> dict[str, np.ndarray]:
+    """[CLS] tokens [SEP] + zero padding, one segment (segment ids 0), as ``assemble`` does for pairs."""
+    n, L = len(start), max_seq_length
+    col = np.arange(L, dtype=np.int32)[None, :]
+    src = (start.astype(np.int32) - 1)[:, None] + col
+    np.clip(src, 0, max(len(stream) - 1, 0), out=src)
+    ids = stream[src]
+    total = (length + 2).astype(np.int32)
+    in_seq = col < total[:, None]
+    ids[~in_seq] = special.pad
+    ids[:, 0] = special.cls
+    ids[np.arange(n), total - 1] = special.sep
+    return {"input_ids": ids.astype(np.int32, copy=False), "input_mask": in_seq.view(np.int8),
+            "segment_ids": np.zeros((n, L), dtype=np.int8), "length": total.astype(np.int64)}
+
+
 def build_instances(tokens: np.ndarray, sent_lens: np.ndarray, doc_sents: np.ndarray, cfg: MaskingConfig,
                     dupe_factor: int, special: SpecialIds, replace_ids: np.ndarray, rng: np.random.Generator,
-                    is_subword: np.ndarray | None = None, batch: int = 4096):
-    """Yield batches of finished instances (dict of arrays in NVIDIA's schema) for one chunk of documents."""
+                    is_subword: np.ndarray | None = None, batch: int = 4096, objective: str = "nsp"):
+    """Yield batches of finished instances (dict of arrays in NVIDIA's schema) for one chunk of documents.
+    ``objective`` 'nsp': BERT's segment pairs; 'mlm': FULL-SENTENCES single segments, next_sentence_labels 0."""
     py_rng = random.Random(int(rng.integers(0, 2**63)))
+    if objective == "mlm":
+        stream = document_stream(tokens, sent_lens, doc_sents, special.sep)
+        starts, lens = plan_full_sentences(sent_lens, doc_sents, cfg.max_seq_length, cfg.short_seq_prob, dupe_factor,
+                                           py_rng)
+        perm = rng.permutation(len(starts))
+        for s in range(0, len(perm), batch):
+            idx = perm[s:s + batch]
+            out = assemble_single(stream, starts[idx], lens[idx], cfg.max_seq_length, special)
+            out.update(mask_tokens(out["input_ids"], out.pop("length"), cfg, special, replace_ids, rng, is_subword))
+            out["next_sentence_labels"] = np.zeros(len(idx), dtype=np.int8)
+            yield out
+        return
     plan = plan_instances(sent_lens, doc_sents, cfg.max_seq_length, cfg.short_seq_prob, dupe_factor, py_rng)
     plan = truncate_pairs(plan, cfg.max_seq_length - 3, rng)
     perm = rng.permutation(len(plan.a_len))  # BERT shuffles all instances before writing

@@ -1,20 +1,21 @@
-"""Atomic writes and manifests: the two things that make every stage resumable.
+"""Manifests: with the atomic writes of ``bundle.atomic``, what makes every stage resumable.
 
-A stage writes each output under a temporary name and renames it when complete, then writes a
-JSON manifest *last* (as mosaicml/streaming and NVIDIA LDDL do). A finished output is one whose
-manifest exists and whose recorded arguments match; anything else is rebuilt.
+A stage writes each output under a temporary name and renames it when complete (``bundle.atomic``,
+the one write-then-rename helper of the tree), then writes a JSON manifest *last* (as
+mosaicml/streaming and NVIDIA LDDL do). A finished output is one whose manifest exists and whose
+recorded arguments match; anything else is rebuilt.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
-import tempfile
 from dataclasses import asdict, is_dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
+
+from bundle.atomic import atomic_write_text
 
 MANIFEST_VERSION = 1
 
@@ -23,28 +24,13 @@ class DataPrepError(RuntimeError):
     """A user-facing error: bad input file, bad argument. The message says what to do."""
 
 
-def tmp_path(path: Path) -> Path:
-    """The name a file is written under before the rename; never matched by output globs."""
-    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
-
-
-@contextlib.contextmanager
-def atomic_path(path: Path) -> Iterator[Path]:
-    """Yield a temporary path; rename it onto ``path`` only if the block finished."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = tmp_path(path)
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+class ConfigError(DataPrepError, ValueError):
+    """A setting out of range, raised by a config's ``__post_init__``: a usage error (exit 2) from the CLI,
+    a DataPrepError for library callers."""
 
 
 def write_json_atomic(path: Path, obj: Any) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(_jsonable(obj), indent=2, sort_keys=True) + "\n")
+    atomic_write_text(path, json.dumps(_jsonable(obj), indent=2, sort_keys=True) + "\n")
 
 
 def read_json(path: Path) -> Any | None:
@@ -122,8 +108,3 @@ def write_manifest(manifest_path: Path, body: dict, outputs: list[Path] = ()) ->
     body["output_sizes"] = {os.path.relpath(p, base): Path(p).stat().st_size for p in outputs}
     write_json_atomic(manifest_path, body)
     return body
-
-
-def tempdir_for(path: Path) -> tempfile.TemporaryDirectory:
-    Path(path).mkdir(parents=True, exist_ok=True)
-    return tempfile.TemporaryDirectory(dir=path, prefix=".tmp-")

@@ -21,8 +21,9 @@ import numpy as np
 from tqdm import tqdm
 
 from .config import ShardConfig
-from .manifest import (DataPrepError, finished_manifest, invalidate, is_complete, read_json, tmp_path,
-                       write_manifest)
+from bundle.atomic import clean_stale_temps, tmp_name
+
+from .manifest import DataPrepError, finished_manifest, invalidate, is_complete, read_json, write_manifest
 from .text import make_splitter, train_punkt_params
 
 log = logging.getLogger(__name__)
@@ -127,7 +128,9 @@ def run_shard(cfg: ShardConfig) -> dict:
     out_dir.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     with contextlib.ExitStack() as stack:
-        handles = {s: [stack.enter_context(open(tmp_path(p), "w", encoding="utf-8")) for p in ps]
+        # Written under bundle.atomic's temporary names and renamed together at the end (not one atomic_path
+        # each): a kill between the renames leaves the rest as temporaries, which marks the folder unfinished.
+        handles = {s: [stack.enter_context(open(tmp_name(p), "w", encoding="utf-8")) for p in ps]
                    for s, ps in splits.items()}
         if cfg.processes > 1:
             import multiprocessing as mp
@@ -154,11 +157,11 @@ def run_shard(cfg: ShardConfig) -> dict:
     for s, ps in splits.items():
         for i, p in enumerate(ps):
             if counts[s][i]["documents"] == 0:  # fewer documents than shards: no empty files downstream
-                os.unlink(tmp_path(p))
+                os.unlink(tmp_name(p))
                 p.unlink(missing_ok=True)
                 log.warning("shard: %s would be empty (too few documents); not written", p.name)
                 continue
-            os.replace(tmp_path(p), p)
+            os.replace(tmp_name(p), p)
             outputs.append(p)
         splits[s] = [p for p in ps if p in outputs]
     total_docs = sum(c["documents"] for cs in counts.values() for c in cs)

@@ -11,18 +11,21 @@ because per-input overhead, not WordPiece, dominates there.
 from __future__ import annotations
 
 import hashlib
-import re
 import logging
+import re
 import shutil
+import unicodedata
+from collections import Counter
 from dataclasses import asdict
 from itertools import chain
 from pathlib import Path
 
 import numpy as np
 
+from bundle.atomic import atomic_path, atomic_write_text, clean_stale_temps
+
 from .config import VocabConfig
-from .manifest import (DataPrepError, file_sha256, finished_manifest, invalidate, is_complete, read_json,
-                       tempdir_for, write_manifest)
+from .manifest import DataPrepError, file_sha256, finished_manifest, invalidate, is_complete, read_json, write_manifest
 from .text import clean_text
 
 log = logging.getLogger(__name__)
@@ -157,46 +160,103 @@ def _training_shards(shard_dir: Path) -> list[Path]:
     return sorted(shard_dir.glob("*training*.txt"))
 
 
+def _is_punctuation(c: str) -> bool:
+    """BERT's rule: the pre-tokenizer makes each punctuation character a word of its own."""
+    cp = ord(c)
+    return 33 <= cp <= 47 or 58 <= cp <= 64 or 91 <= cp <= 96 or 123 <= cp <= 126 or unicodedata.category(c).startswith("P")
+
+
+def _alphabet(files: list[Path], normalizer, limit: int) -> list[str]:
+    """The ``limit`` most frequent characters after BERT's normalizer, ties broken by the character.
+    (Counted per distinct raw character, so the Python cost is one C-level count per line.)"""
+    raw: Counter = Counter()
+    for f in files:
+        with open(f, encoding="utf-8") as fh:
+            for line in fh:
+                raw.update(line)
+    counts: Counter = Counter()
+    for c, n in raw.items():
+        for d in normalizer.normalize_str(c):
+            if not d.isspace():
+                counts[d] += n
+    return sorted(sorted(counts, key=lambda c: (-counts[c], c))[:limit])
+
+
+def train_wordpiece(files: list[Path], vocab_size: int, lower_case: bool, min_frequency: int,
+                    limit_alphabet: int = 1000) -> list[str]:
+    """HF ``tokenizers``' WordPiece trainer, made deterministic; returns the tokens in id order.
+
+    The Rust trainer numbers the ``##c`` continuation characters in hash-map order, which changes every
+    run, and breaks ties between equally frequent merges by those numbers, so the vocabulary itself
+    (not only its order) varied run to run; its alphabet cut-off also drops tied characters at random.
+    Here the alphabet is chosen beforehand (frequency, then character) and every ``##c`` that can occur
+    (a non-punctuation character of the alphabet) is numbered up front, as a reserved token, in sorted
+    order: every id and so every tie-break is a function of the inputs."""
+    from tokenizers import BertWordPieceTokenizer
+
+    tok = BertWordPieceTokenizer(lowercase=lower_case)
+    alphabet = _alphabet(files, tok._tokenizer.normalizer, limit_alphabet)
+    continuation = ["##" + c for c in alphabet if not _is_punctuation(c)]
+    tok.train([str(f) for f in files], vocab_size=vocab_size, min_frequency=min_frequency,
+              special_tokens=list(SPECIAL_TOKENS) + continuation, initial_alphabet=alphabet,
+              limit_alphabet=len(alphabet), wordpieces_prefix="##", show_progress=False)
+    vocab = tok.get_vocab()
+    return sorted(vocab, key=vocab.__getitem__)
+
+
+def write_vocab(out_dir: Path, tokens: list[str], lower_case: bool) -> Path:
+    """``vocab.txt`` and the matching ``tokenizer.json`` (built from vocab.txt alone, so the trainer's
+    reserved ``##c`` entries are plain vocabulary there, not special tokens), each written atomically."""
+    from tokenizers import BertWordPieceTokenizer
+
+    vocab_path = Path(out_dir) / "vocab.txt"
+    atomic_write_text(vocab_path, "".join(t + "\n" for t in tokens))
+    tok = BertWordPieceTokenizer(str(vocab_path), lowercase=lower_case)
+    atomic_write_text(Path(out_dir) / "tokenizer.json", tok.to_str(pretty=True))
+    return vocab_path
+
+
 def run_vocab(cfg: VocabConfig) -> dict:
-    """Adopt ``cfg.vocab_file`` or train a WordPiece vocabulary on the training shards."""
+    """Adopt ``cfg.vocab_file`` or train a WordPiece vocabulary on the training shards (deterministically)."""
     out_dir = Path(cfg.out_dir)
     vocab_path = out_dir / "vocab.txt"
     manifest_path = out_dir / "manifest.json"
+    clean_stale_temps(out_dir)  # a killed run's hidden .vocab.txt.tmp-<pid> and the like
     if cfg.vocab_file is not None:
-        load_vocab(cfg.vocab_file)
+        check_has_words(load_vocab(cfg.vocab_file), cfg.vocab_file)
         expected = {"stage": "vocab", "source": "file", "source_sha256": vocab_hash(cfg.vocab_file)}
         if is_complete(manifest_path, expected):
             return read_json(manifest_path)
         invalidate(manifest_path)
-        with tempdir_for(out_dir) as tmp:
-            shutil.copyfile(cfg.vocab_file, Path(tmp) / "vocab.txt")
-            (Path(tmp) / "vocab.txt").replace(vocab_path)
+        with atomic_path(vocab_path) as tmp:
+            shutil.copyfile(cfg.vocab_file, tmp)
     else:
         files = _training_shards(Path(cfg.shard_dir))
         if not files:
             raise DataPrepError(f"{cfg.shard_dir}: no *training*.txt shards; run `python -m data_prep shard` first")
         sig = hashlib.sha256(repr([(f.name, f.stat().st_size) for f in files]).encode()).hexdigest()
         params = {k: v for k, v in asdict(cfg).items() if k in ("vocab_size", "lower_case", "min_frequency")}
-        expected = {"stage": "vocab", "source": "trained", "shards": sig, "params": params}
+        expected = {"stage": "vocab", "source": "trained", "trainer": "deterministic-1", "shards": sig, "params": params}
         if is_complete(manifest_path, expected):
             log.info("vocab: %s is complete (manifest matches); skipping", vocab_path)
             return read_json(manifest_path)
         invalidate(manifest_path)
-        from tokenizers import BertWordPieceTokenizer
-
-        tok = BertWordPieceTokenizer(lowercase=cfg.lower_case)
         log.info("vocab: training WordPiece (size %d, %s) on %d shards", cfg.vocab_size,
                  "uncased" if cfg.lower_case else "cased", len(files))
-        tok.train([str(f) for f in files], vocab_size=cfg.vocab_size, min_frequency=cfg.min_frequency,
-                  special_tokens=list(SPECIAL_TOKENS), limit_alphabet=1000, wordpieces_prefix="##",
-                  show_progress=False)
-        with tempdir_for(out_dir) as tmp:
-            tok.save_model(tmp)
-            tok.save(str(Path(tmp) / "tokenizer.json"))
-            (Path(tmp) / "tokenizer.json").replace(out_dir / "tokenizer.json")
-            (Path(tmp) / "vocab.txt").replace(vocab_path)
-    load_vocab(vocab_path)
-    n = len(vocab_path.read_text(encoding="utf-8").splitlines())
+        tokens = train_wordpiece(files, cfg.vocab_size, cfg.lower_case, cfg.min_frequency)
+        write_vocab(out_dir, tokens, cfg.lower_case)
+    vocab = load_vocab(vocab_path)
+    check_has_words(vocab, vocab_path)
+    n = len(vocab)
     body = dict(expected, vocab_size=n, vocab_sha256=vocab_hash(vocab_path), lower_case=cfg.lower_case)
     log.info("vocab: %s (%d tokens)", vocab_path, n)
     return write_manifest(manifest_path, body, [vocab_path])
+
+
+def check_has_words(vocab: dict[str, int], path: Path) -> None:
+    """A vocabulary of only bracketed tokens ([PAD], [unused1], ...) cannot tokenize text or supply the random
+    replacement words of masking."""
+    if not any(not (t.startswith("[") and t.endswith("]")) for t in vocab):
+        raise DataPrepError(f"vocab file {path} holds only special tokens ({len(vocab)} lines like "
+                            f"{list(vocab)[:5]}); it needs word pieces: pass a real vocab.txt, or train one on more "
+                            f"text (the shards gave none) with a larger --vocab-size")

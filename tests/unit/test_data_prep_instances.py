@@ -9,7 +9,8 @@ import pytest
 from data_prep.corpora import Document
 from data_prep.corpora.pubmed import read_medline_xml
 from data_prep.create_hdf5 import _vocab_arrays
-from data_prep.instances import MaskingConfig, Plan, build_instances, plan_instances, truncate_pairs
+from data_prep.instances import (MaskingConfig, Plan, build_instances, document_stream, plan_instances,
+                                 truncate_pairs)
 from data_prep.text import make_splitter
 from data_prep.tokenizer import WordTokenizer, load_vocab
 
@@ -71,8 +72,9 @@ def _build(chunk, seed, **kw):
     tokens, sent_lens, doc_sents, special, is_subword, replace = chunk
     cfg = MaskingConfig(max_seq_length=kw.get("L", 128), max_predictions_per_seq=kw.get("P", 20),
                         whole_word_mask=kw.get("wwm", False))
-    batches = list(build_instances(tokens, sent_lens, doc_sents, cfg, 5, special, replace,
-                                   np.random.default_rng(seed), is_subword, batch=1000))
+    batches = list(build_instances(tokens, sent_lens, doc_sents, cfg, kw.get("dupe", 5), special, replace,
+                                   np.random.default_rng(seed), is_subword, batch=1000,
+                                   objective=kw.get("objective", "nsp")))
     return {k: np.concatenate([b[k] for b in batches]) for k in batches[0]}
 
 
@@ -145,3 +147,32 @@ def test_whole_word_masking_masks_whole_words(chunk):
         is_word = ~np.isin(orig[r, bounds], [special.cls, special.sep])
         free = [z for b, z, w in zip(bounds, sizes, is_word) if w and not masked[r, b]]
         assert not free or min(free) > budget[r] - n_masked[r], r
+
+
+@pytest.mark.parametrize("L,P", [(128, 20), (512, 80)])
+def test_mlm_only_full_sentences(chunk, L, P):
+    """Issue 9's second objective: contiguous whole sentences packed across documents ([SEP] between them),
+    one segment, no random next segment, still NVIDIA's schema and BERT's masking."""
+    tokens, sent_lens, doc_sents, special = chunk[:4]
+    out = _build(chunk, 3, L=L, P=P, objective="mlm", dupe=1)
+    assert (out["next_sentence_labels"] == 0).all() and (out["segment_ids"] == 0).all()
+    ids = _unmasked(out, special)
+    length = out["input_mask"].sum(1)
+    assert (ids[:, 0] == special.cls).all() and (ids[np.arange(len(ids)), length - 1] == special.sep).all()
+    assert (ids[np.arange(ids.shape[1])[None, :] >= length[:, None]] == special.pad).all()
+    # Every instance is a contiguous slice of the documents with one [SEP] at each document end ...
+    stream = document_stream(tokens, sent_lens, doc_sents, special.sep)
+    text = stream.tobytes()
+    for r in range(0, len(ids), 5):
+        body = ids[r, 1:length[r] - 1].astype(np.int32)
+        assert body[0] != special.sep and text.find(body.tobytes()) % 4 == 0, r
+    # ... and with one pass every document token appears once (sentences longer than a sequence are cut),
+    # in instances that are nearly full.
+    n_sep_inside = int((ids[:, 1:] == special.sep).sum() - len(ids))
+    cut = int(np.maximum(sent_lens - (L - 2), 0).sum())
+    assert int(length.sum()) - 2 * len(ids) - n_sep_inside == len(tokens) - cut
+    assert n_sep_inside > 0  # packing crossed document ends
+    fill = length.mean() / L
+    assert fill > 0.75, fill  # whole sentences + 10% short targets; within-document packing would fill ~half of 512
+    masked = (out["masked_lm_positions"] > 0).sum(1)
+    assert (masked == np.minimum(P, np.rint(length * 0.15))).mean() > 0.95

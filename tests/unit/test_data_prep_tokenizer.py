@@ -58,3 +58,27 @@ def test_train_vocab_and_adopt_existing(tmp_path):
     assert any(t.startswith("##") for t in vocab) and not any(t != t.lower() for t in vocab if t not in SPECIAL_TOKENS)
     m2 = run_vocab(VocabConfig(out_dir=tmp_path / "v2", vocab_file=VOCAB))
     assert (tmp_path / "v2" / "vocab.txt").read_bytes() == VOCAB.read_bytes() and m2["vocab_size"] == 30522
+
+
+def test_trained_vocab_is_deterministic(tmp_path):
+    """Issue 10 #6: HF's trainer numbered '##c' pieces in hash order, so each run gave another vocabulary."""
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    (shards / "pubmed_training_0.txt").write_text("\n".join(_sentences()) + "\n")
+    outs = []
+    for i in range(3):
+        run_vocab(VocabConfig(shard_dir=shards, out_dir=tmp_path / f"v{i}", vocab_size=700, lower_case=True))
+        outs.append(((tmp_path / f"v{i}" / "vocab.txt").read_bytes(), (tmp_path / f"v{i}" / "tokenizer.json").read_bytes()))
+    assert outs[0] == outs[1] == outs[2]
+
+
+def test_vocab_of_only_special_tokens_is_a_clear_error(tmp_path):
+    from data_prep.config import Hdf5Config
+    from data_prep.create_hdf5 import run_hdf5
+
+    only = tmp_path / "vocab.txt"
+    only.write_text("\n".join(SPECIAL_TOKENS + ("[unused0]",)) + "\n")
+    with pytest.raises(DataPrepError, match=r"vocab.txt holds only special tokens .*needs word pieces"):
+        run_vocab(VocabConfig(out_dir=tmp_path / "v", vocab_file=only))
+    with pytest.raises(DataPrepError, match=r"vocab.txt holds only special tokens"):
+        run_hdf5(Hdf5Config(shard_dir=tmp_path, vocab_file=only, out_root=tmp_path / "o"))
