@@ -47,6 +47,8 @@ VOCAB_KEYS = ("bert.embeddings.word_embeddings.weight", "cls.predictions.decoder
               "cls.predictions.bias", "cls.predictions.decoder.bias")
 # What a source may lack: heads (MLM, NSP, pooler). Missing encoder/embedding tensors are an error.
 HEAD_PREFIXES = ("cls.", "bert.pooler.")
+# Heads a source may have that the model does not (a BertForMaskedLM has no pooler and no NSP head).
+HEAD_GROUPS = ("cls.predictions.", "cls.seq_relationship.", "bert.pooler.")
 # Prefixes wrappers add: DDP / DataParallel, the ORT bioBERT example, torch.compile.
 WRAPPER_PREFIXES = ("module.", "model_.", "_orig_mod.")
 # NVIDIA modeling.py -> HF names (the published differences).
@@ -71,6 +73,8 @@ class ImportReport:
     """Tensors copied into the model."""
     initialised: list[str] = field(default_factory=list)
     """Model tensors the source did not have (kept at their fresh initialisation)."""
+    unused: list[str] = field(default_factory=list)
+    """Source head tensors the model has no place for (NSP head and pooler, for a BertForMaskedLM)."""
     renamed: int = 0
     """Keys renamed from NVIDIA naming or stripped of a wrapper prefix."""
     dropped: list[str] = field(default_factory=list)
@@ -281,17 +285,20 @@ def _check_config(model_config, source_config: Path | None) -> None:
 
 
 def load_into(model, path: str | Path) -> ImportReport:
-    """Fill `model` (a `transformers.BertForPreTraining`, or this project's `BertPretrainingModel`) in
-    place from the checkpoint at `path`; see the module docstring for the formats.
+    """Fill `model` in place from the checkpoint at `path` (formats: see the module docstring).
 
-    Missing heads (MLM / NSP / pooler) keep their fresh initialisation and are listed in one log line;
-    a missing embedding / encoder tensor, an unexpected key or a shape mismatch other than vocab padding
-    raises ValueError naming the tensor (and both shapes)."""
-    from transformers import BertForPreTraining
+    `model` is a `transformers.BertForPreTraining` (MLM + NSP objective) or `BertForMaskedLM` (MLM
+    only), or this project's `BertPretrainingModel` holding one as `.bert`. Missing heads (MLM / NSP /
+    pooler) keep their fresh initialisation and are listed in one log line; source heads the model
+    lacks (NSP, pooler for a BertForMaskedLM) are skipped and listed likewise. A missing embedding /
+    encoder tensor, an unexpected key or a shape mismatch other than vocab padding raises ValueError
+    naming the tensor (and both shapes)."""
+    from transformers import BertForMaskedLM, BertForPreTraining
 
-    target = model.bert if not isinstance(model, BertForPreTraining) and isinstance(getattr(model, "bert", None), BertForPreTraining) else model
-    if not isinstance(target, BertForPreTraining):
-        raise TypeError(f"load_into needs a transformers.BertForPreTraining, got {type(model).__name__}")
+    kinds = (BertForPreTraining, BertForMaskedLM)
+    target = model if isinstance(model, kinds) else getattr(model, "bert", None)
+    if not isinstance(target, kinds):
+        raise TypeError(f"load_into needs a transformers BertForPreTraining or BertForMaskedLM, got {type(model).__name__}")
     path = Path(path)
     raw, fmt, files = read_state_dict(path)
     config_file = hf_config_path(path) if fmt == "hf" else None
@@ -313,9 +320,11 @@ def load_into(model, path: str | Path) -> ImportReport:
         if emb_key in state:
             state[dec_key] = state[emb_key]
 
-    unexpected = sorted(k for k in state if k not in own and not _IGNORED_BUFFERS.search(k))
+    absent_heads = tuple(g for g in HEAD_GROUPS if not any(k.startswith(g) for k in own))
+    unused = sorted(k for k in state if k not in own and k.startswith(absent_heads)) if absent_heads else []
+    unexpected = sorted(k for k in state if k not in own and not _IGNORED_BUFFERS.search(k) and k not in unused)
     if unexpected:
-        raise ValueError(f"{source}: {len(unexpected)} unexpected tensor(s) not in BertForPreTraining: "
+        raise ValueError(f"{source}: {len(unexpected)} unexpected tensor(s) not in {type(target).__name__}: "
                          f"{', '.join(unexpected[:10])}{' ...' if len(unexpected) > 10 else ''}")
     missing = sorted(k for k in own if k not in state)
     core_missing = [k for k in missing if not k.startswith(HEAD_PREFIXES)]
@@ -355,9 +364,11 @@ def load_into(model, path: str | Path) -> ImportReport:
             loaded += 1
     target.tie_weights()
 
-    report = ImportReport(format=fmt, source=source, loaded=loaded, initialised=missing, renamed=renamed,
+    report = ImportReport(format=fmt, source=source, loaded=loaded, initialised=missing, unused=unused, renamed=renamed,
                           dropped=dropped, vocab=vocab, config_file=str(config_file) if config_file else None)
     logger.info("%s", report.summary())
     if missing:
         logger.info("initialised %d tensor(s) the checkpoint does not have: %s", len(missing), _group(missing))
+    if unused:
+        logger.info("skipped %d checkpoint tensor(s) of heads %s has not: %s", len(unused), type(target).__name__, _group(unused))
     return report

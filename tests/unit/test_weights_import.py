@@ -283,3 +283,27 @@ def test_bundle_checkpoint_folders_and_file(tmp_path):
     wrapper = BertPretrainingModel(cfg).eval()
     load_into(wrapper, ckpt / "checkpoint.pt")
     torch.testing.assert_close(hidden(wrapper.bert), hidden(src.bert), atol=0, rtol=0)
+
+
+def test_nvidia_checkpoint_into_mlm_only_model(tmp_path, caplog):
+    """The MLM-only objective trains a BertForMaskedLM: the source's NSP head and pooler are skipped, listed in one line."""
+    src = source_model()
+    torch.save({"model": nvidia_state(src)}, tmp_path / "nv.pt")
+    config = load_bert_config(str(write_config(tmp_path / "cfg", tiny_config())))
+    dst = BertForMaskedLM(config).eval()
+    with caplog.at_level(logging.INFO, logger="ort_training.weights_import"):
+        report = load_into(dst, tmp_path / "nv.pt")
+    assert report.initialised == []
+    assert sorted(report.unused) == ["bert.pooler.dense.bias", "bert.pooler.dense.weight", "cls.seq_relationship.bias",
+                                     "cls.seq_relationship.weight"]
+    assert len([r for r in caplog.records if "skipped 4 checkpoint tensor(s)" in r.getMessage()]) == 1
+    with torch.no_grad():
+        want = src(**batch()).prediction_logits
+        got = dst(**batch()).logits[..., :VOCAB]
+    torch.testing.assert_close(got, want, atol=1e-6, rtol=0)
+    # An unknown key is still an error for an MLM-only model.
+    state = nvidia_state(src)
+    state["cls.predictions.transform.extra"] = torch.zeros(1)
+    torch.save({"model": state}, tmp_path / "extra.pt")
+    with pytest.raises(ValueError, match="not in BertForMaskedLM: cls.predictions.transform.extra"):
+        load_into(BertForMaskedLM(config), tmp_path / "extra.pt")
