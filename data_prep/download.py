@@ -1,9 +1,13 @@
 """Stage ``download``: PubMed baseline/update files (and PMC OA bundles, a Wikipedia dump) over HTTPS.
 
 Parallel (one connection per file), resumable (an interrupted file continues from its ``.part``
-with an HTTP ``Range`` request), verified (each PubMed file's published ``<name>.md5``), and
-idempotent (a file whose checksum already verifies is skipped). Only ``urllib`` from the standard
-library: the job is a few GETs, not worth a dependency.
+with an HTTP ``Range`` request), verified, and idempotent (a file that verifies is skipped).
+Verification: PubMed files against their published ``<name>.md5``, the Wikipedia dump against its
+``md5sums`` list (a file the list lacks is an error, not accepted unverified); PMC OA bundles have no
+published checksum, so they are checked for format and size only: gzip + tar headers (an HTML error
+page is not a bundle) and the announced ``Content-Length``. Every file also has a size cap
+(``--max-file-gb``) against an endless response. A failed file stays as ``<name>.part`` and is not
+taken for finished. Only ``urllib`` from the standard library: the job is a few GETs.
 """
 
 from __future__ import annotations
@@ -79,6 +83,7 @@ def md5_of(path: Path) -> str:
 
 
 def expected_md5(ds: RemoteDataset, name: str, timeout: float, md5sums: dict) -> Optional[str]:
+    """The published checksum; None only where none is published (then the format is checked instead)."""
     if ds.md5 == "per-file":
         with _get(ds.base_url + name + ".md5", timeout) as r:
             m = _MD5_RE.search(r.read().decode("ascii", "replace"))
@@ -86,16 +91,74 @@ def expected_md5(ds: RemoteDataset, name: str, timeout: float, md5sums: dict) ->
             raise DataPrepError(f"{ds.base_url}{name}.md5 holds no md5 checksum")
         return m.group(1).lower()
     if ds.md5.startswith("md5sums:"):
-        return md5sums.get(name)
+        if name not in md5sums:
+            raise DataPrepError(f"{name} is not in {ds.base_url}{ds.md5.split(':', 1)[1]} ({len(md5sums)} entries), so "
+                                f"it cannot be verified; not downloaded. The dump may be mid-publication: retry later")
+        return md5sums[name]
     return None
 
 
-def fetch(url: str, dest: Path, md5: Optional[str], retries: int = 3, timeout: float = 60.0) -> str:
-    """Download ``url`` to ``dest`` via ``dest.part``, resuming after dropped connections.
-    Returns 'skipped' (already verified), 'downloaded'; raises DataPrepError after ``retries`` failures."""
-    if dest.exists() and (md5 is None or md5_of(dest) == md5):
-        return "skipped"
+def read_md5sums(ds: RemoteDataset, timeout: float) -> dict[str, str]:
+    url = ds.base_url + ds.md5.split(":", 1)[1]
+    try:
+        with _get(url, timeout) as r:
+            text = r.read().decode("utf-8", "replace")
+    except (urllib.error.URLError, OSError, http.client.HTTPException) as e:
+        raise DataPrepError(f"cannot fetch the checksum list {url} ({e}); without it nothing can be verified. Check "
+                            f"the network or --base-url (the list must sit beside the files)") from e
+    sums = {}
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) == 2 and _MD5_RE.fullmatch(parts[0]):
+            sums[parts[1].lstrip("*")] = parts[0].lower()
+    if not sums:
+        raise DataPrepError(f"{url} lists no md5 checksums")
+    return sums
+
+
+_MAGIC = {".gz": (b"\x1f\x8b", "gzip"), ".tgz": (b"\x1f\x8b", "gzip"), ".bz2": (b"BZh", "bzip2")}
+
+
+def format_problem(path: Path, name: str) -> Optional[str]:
+    """Why ``path`` is not what ``name`` promises (gzip / bzip2 magic; a tar header inside a .tar.gz), or None.
+    The check for files without a published checksum, and the test of a ``.part`` before it is resumed."""
+    magic = next((m for suf, m in _MAGIC.items() if name.endswith(suf)), None)
+    if magic is None:
+        return None
+    with open(path, "rb") as f:
+        head = f.read(512)
+    if not head.startswith(magic[0]):
+        shown = head[:40].decode("utf-8", "replace").replace("\n", " ")
+        hint = " (an HTML page: the server sent an error page instead of the file)" if b"<" in head[:64] else ""
+        return f"not a {magic[1]} file: it starts with {shown!r}{hint}"
+    if name.endswith((".tar.gz", ".tgz")):
+        import gzip
+        import tarfile
+        try:
+            with gzip.open(path, "rb") as g:
+                tarfile.TarInfo.frombuf(g.read(512), "utf-8", "surrogateescape")
+        except (OSError, EOFError, tarfile.TarError) as e:
+            return f"a gzip file but not a tar archive ({e})"
+    return None
+
+
+class _TooBig(DataPrepError):
+    """Over the size cap: not retried (the same response would come again)."""
+
+
+def fetch(url: str, dest: Path, md5: Optional[str], retries: int = 3, timeout: float = 60.0,
+          max_bytes: Optional[int] = None) -> str:
+    """Download ``url`` to ``dest`` via ``dest.part``, resuming after dropped connections; verify it (md5 if
+    given, else format) before the rename. Returns 'skipped' (already verified) or 'downloaded'; raises
+    DataPrepError after ``retries`` failures, keeping the ``.part``."""
+    if dest.exists():
+        if md5 is not None and md5_of(dest) == md5 or md5 is None and format_problem(dest, dest.name) is None:
+            return "skipped"
+        dest.rename(dest.with_name(dest.name + ".part"))  # an earlier, unverified copy: check / resume it below
     part = dest.with_name(dest.name + ".part")
+    if part.exists() and part.stat().st_size and (problem := format_problem(part, dest.name)):
+        logging.getLogger(__name__).warning("%s: discarding %s, %s", url, part, problem)
+        part.unlink()
     last_err = ""
     for attempt in range(1, retries + 1):
         have = part.stat().st_size if part.exists() else 0
@@ -110,8 +173,14 @@ def fetch(url: str, dest: Path, md5: Optional[str], retries: int = 3, timeout: f
                     while b := r.read(1 << 20):
                         f.write(b)
                         got_bytes += len(b)
+                        if max_bytes is not None and have + got_bytes > max_bytes:
+                            raise _TooBig(f"{url}: more than {max_bytes / 1e9:g} GB and still sending; stopped (kept "
+                                          f"{part}). If the file really is that large, raise --max-file-gb and re-run")
             if 0 <= got_bytes < expect:
                 raise OSError(f"connection closed after {got_bytes} of {expect} bytes")
+            if md5 is None and (problem := format_problem(part, dest.name)):
+                raise DataPrepError(f"{url}: the download is {problem}; no checksum is published for it, so its "
+                                    f"format is what is checked. Kept as {part} (a re-run discards and fetches again)")
             if md5 is not None and (got := md5_of(part)) != md5:
                 part.unlink()
                 last_err = f"md5 mismatch (got {got}, expected {md5})"
@@ -119,6 +188,8 @@ def fetch(url: str, dest: Path, md5: Optional[str], retries: int = 3, timeout: f
                 continue
             os.replace(part, dest)
             return "downloaded"
+        except DataPrepError:
+            raise  # over the size cap, or not the promised format: the same response would come again
         except urllib.error.HTTPError as e:
             if e.code == 416:  # asked for bytes past the end: the .part is complete or bad; restart
                 part.unlink(missing_ok=True)
@@ -158,13 +229,7 @@ def run_download(cfg: DownloadConfig) -> dict:
             ds, names = _mirror(ds, cfg.base_url, cfg.timeout_s)
         else:
             names = list_remote(ds, cfg.timeout_s)
-        md5sums = {}
-        if ds.md5.startswith("md5sums:"):
-            with _get(ds.base_url + ds.md5.split(":", 1)[1], cfg.timeout_s) as r:
-                for line in r.read().decode("utf-8", "replace").splitlines():
-                    parts = line.split()
-                    if len(parts) == 2:
-                        md5sums[parts[1].lstrip("*")] = parts[0].lower()
+        md5sums = read_md5sums(ds, cfg.timeout_s) if ds.md5.startswith("md5sums:") else {}
         jobs.extend((ds, n, md5sums) for n in names)
     if cfg.max_files is not None:
         jobs = jobs[: cfg.max_files]
@@ -173,7 +238,8 @@ def run_download(cfg: DownloadConfig) -> dict:
         ds, name, md5sums = job
         try:
             md5 = expected_md5(ds, name, cfg.timeout_s, md5sums)
-            return name, fetch(ds.base_url + name, out / name, md5, cfg.retries, cfg.timeout_s), None
+            return name, fetch(ds.base_url + name, out / name, md5, cfg.retries, cfg.timeout_s,
+                               int(cfg.max_file_gb * 1e9)), None
         except (DataPrepError, urllib.error.URLError, OSError) as e:
             return name, "failed", str(e)
 

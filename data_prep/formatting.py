@@ -81,7 +81,7 @@ def _parse_one(task: tuple) -> dict:
     try:
         with atomic_path(ids_path) as ids_tmp, atomic_path(docs_path) as docs_tmp, \
                 open(ids_tmp, "w", encoding="utf-8") as fi, open(docs_tmp, "w", encoding="utf-8") as fd:
-            for rec in reader(path, **args):
+            for rec in reader(path, skip_bad=skip_bad, **args):
                 if isinstance(rec, Document):
                     if len(rec.text) < args["min_chars"]:
                         skipped["too_short"] += 1

@@ -36,7 +36,7 @@ Reader = Callable[..., Iterator[Record]]
 # File suffixes each corpus kind reads when given a folder.
 SUFFIXES: dict[str, tuple[str, ...]] = {
     "pubmed": (".xml.gz", ".xml"),
-    "pmc": (".nxml", ".xml"),
+    "pmc": (".nxml", ".xml", ".tar.gz", ".tgz"),  # single articles, or PMC OA bundles as downloaded
     "wikipedia": (".xml.bz2", ".xml"),
     "text": (".txt",),
     "jsonl": (".jsonl", ".jsonl.gz"),
@@ -64,7 +64,7 @@ def get_reader(corpus: str) -> Reader:
 def input_stem(path: Path) -> str:
     """File name without the corpus suffixes: ``pubmed20n0014.xml.gz`` -> ``pubmed20n0014``."""
     name = Path(path).name
-    for suf in (".gz", ".bz2", ".xml", ".nxml", ".jsonl", ".txt", ".csv", ".parquet"):
+    for suf in (".gz", ".bz2", ".tgz", ".tar", ".xml", ".nxml", ".jsonl", ".txt", ".csv", ".parquet"):
         if name.endswith(suf):
             name = name[: -len(suf)]
     return name

@@ -23,10 +23,25 @@ def _decode_error(path: Path, e: UnicodeDecodeError) -> DataPrepError:
                          f"(e.g. iconv -f latin1 -t utf-8) or pass --skip-bad")
 
 
-def _text_record(doc_id: str, raw) -> Record:
+def _as_text(raw, where: str):
+    """A cell / JSON value as text: strings as they are, numbers written out, a list of strings (paragraphs)
+    joined with spaces. Objects are refused rather than stored as their Python repr."""
     if raw is None or (isinstance(raw, float) and raw != raw):  # None or NaN cell
-        return Skip("empty")
-    text = clean_text(str(raw))
+        return None
+    if isinstance(raw, str):
+        return raw
+    if isinstance(raw, (int, float)) and not isinstance(raw, bool):
+        return str(raw)
+    if isinstance(raw, (list, tuple)):
+        parts = [_as_text(x, where) for x in raw]
+        return " ".join(p for p in parts if p)
+    raise DataPrepError(f"{where}: the text value is a {type(raw).__name__}, not text or a list of texts; pick the "
+                        f"field that holds the text with --text-column (nested keys are not followed)")
+
+
+def _text_record(doc_id: str, raw, where: str = "") -> Record:
+    value = _as_text(raw, where)
+    text = clean_text(value) if value else ""
     return Document(doc_id, text) if text else Skip("empty")
 
 
@@ -65,7 +80,7 @@ def read_jsonl(path: Path, text_column: str = "text", **_unused) -> Iterator[Rec
                     raise DataPrepError(f"{path}:{i + 1}: not valid JSON ({e})") from e
                 if not isinstance(obj, dict) or text_column not in obj:
                     raise DataPrepError(f"{path}:{i + 1}: no key {text_column!r}; choose it with --text-column")
-                yield _text_record(str(obj.get("id", f"{path.stem}:{i}")), obj[text_column])
+                yield _text_record(str(obj.get("id", f"{path.stem}:{i}")), obj[text_column], f"{path}:{i + 1}")
     except UnicodeDecodeError as e:
         raise _decode_error(path, e) from e
 
@@ -75,12 +90,21 @@ def read_csv(path: Path, text_column: str = "text", **_unused) -> Iterator[Recor
     csv.field_size_limit(sys.maxsize)  # clinical notes exceed the 128 KB default
     try:
         with open(path, encoding="utf-8", errors="strict", newline="") as f:
-            reader = csv.DictReader(f)
-            if reader.fieldnames is None or text_column not in reader.fieldnames:
-                raise DataPrepError(f"{path}: no column {text_column!r} (columns: {reader.fieldnames}); "
-                                    f"choose it with --text-column")
-            for i, row in enumerate(reader):
-                yield _text_record(row.get("id") or f"{path.stem}:{i}", row[text_column])
+            # strict: an unterminated quote is an error at the end of the file, instead of a field that silently
+            # swallows every line after it.
+            reader = csv.DictReader(f, strict=True)
+            start = 1
+            try:
+                if reader.fieldnames is None or text_column not in reader.fieldnames:
+                    raise DataPrepError(f"{path}: no column {text_column!r} (columns: {reader.fieldnames}); "
+                                        f"choose it with --text-column")
+                for i, row in enumerate(reader):
+                    yield _text_record(row.get("id") or f"{path.stem}:{i}", row[text_column], f"{path}:{start}")
+                    start = reader.line_num + 1
+            except csv.Error as e:
+                raise DataPrepError(f"{path}: line {start}: malformed CSV ({e}); most likely a quote opened in the "
+                                    f"record starting on that line is never closed. Fix the quoting or pass "
+                                    f"--skip-bad") from e
     except UnicodeDecodeError as e:
         raise _decode_error(path, e) from e
 
@@ -104,5 +128,5 @@ def read_parquet(path: Path, text_column: str = "text", **_unused) -> Iterator[R
         data = batch.to_pydict()
         ids = data.get("id")
         for j, raw in enumerate(data[text_column]):
-            yield _text_record(str(ids[j]) if ids else f"{path.stem}:{i}", raw)
+            yield _text_record(str(ids[j]) if ids else f"{path.stem}:{i}", raw, f"{path}: row {i}")
             i += 1

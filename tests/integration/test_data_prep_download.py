@@ -1,5 +1,6 @@
 """The download stage against a local HTTP server: md5 verification, resume after a dropped connection,
-retry after a wrong checksum, skipping verified files, --max-files."""
+retry after a wrong checksum, skipping verified files, --max-files; format checks where no checksum is
+published (PMC OA), Wikipedia's checksum list, the size cap (issue 10 #8); a PMC OA bundle end to end (#7)."""
 
 import hashlib
 import http.server
@@ -25,6 +26,7 @@ class _Server(http.server.ThreadingHTTPServer):
         self.corrupt_once: set[str] = set()  # names served with flipped bytes the first time
         self.log: list[tuple[str, str]] = []
         self.root = "/"  # the folder that holds the files; anything else is 404
+        self.endless: set[str] = set()  # names answered with a body that never ends (no Content-Length)
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):
@@ -39,6 +41,14 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         if self.path.endswith("/"):
             body = "".join(f'<a href="{n}">{n}</a>\n' for n in srv.files).encode()
             return self._send(200, body)
+        if name in srv.endless:
+            self.send_response(200)
+            self.end_headers()
+            try:
+                while True:
+                    self.wfile.write(b"\x1f\x8b" + b"\0" * 65534)
+            except OSError:  # the client hung up
+                return
         if name not in srv.files:
             return self._send(404, b"")
         data = srv.files[name]
@@ -132,3 +142,72 @@ def test_base_url_may_be_the_parent_folder_or_the_files_folder(server, tmp_path)
     with pytest.raises(DataPrepError, match="cannot list"):
         run_download(DownloadConfig(dataset="pubmed-baseline", out_dir=tmp_path / "x",
                                     base_url=f"http://127.0.0.1:{server.server_port}/elsewhere", timeout_s=10))
+
+
+PMC = "oa_comm_xml.PMC000xxxxxx.baseline.2024-06-18.tar.gz"
+
+
+def _pmc_bundle() -> bytes:
+    import io
+    import tarfile
+
+    from data_prep.corpora.pubmed import bundled_pmc_files
+
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        for f in bundled_pmc_files()[:3]:
+            tar.add(f, arcname=f"PMC000xxxxxx/{f.name}")
+    return buf.getvalue()
+
+
+def _only(server, files: dict[str, bytes]):
+    server.files.clear()
+    server.files.update(files)
+
+
+def test_pmc_oa_error_page_is_refused_then_the_bundle_goes_end_to_end(server, tmp_path):
+    from data_prep.config import FormatConfig
+    from data_prep.formatting import run_format
+
+    _only(server, {PMC: b"<!DOCTYPE html><html><body>503 Service Unavailable</body></html>"})
+    cfg = DownloadConfig(dataset="pmc-oa", out_dir=tmp_path, base_url=f"http://127.0.0.1:{server.server_port}/",
+                         workers=1, timeout_s=10)
+    with pytest.raises(DataPrepError, match=r"not a gzip file: it starts with '<!DOCTYPE html>.*HTML page"):
+        run_download(cfg)
+    out = tmp_path / "pmc-oa"
+    assert not (out / PMC).exists() and (out / (PMC + ".part")).exists()  # not taken for finished; .part kept
+    server.files[PMC] = _pmc_bundle()
+    assert run_download(cfg)["counts"]["downloaded"] == 1  # the error page in the .part is discarded, not resumed
+    assert (out / PMC).read_bytes() == server.files[PMC]
+    assert run_download(cfg)["counts"]["skipped"] == 1
+    s = run_format(FormatConfig(corpus="pmc", inputs=[out], out_dir=tmp_path / "text"))
+    assert s["documents"] == 3 and s["files"] == ["oa_comm_xml.PMC000xxxxxx.baseline.2024-06-18.txt"]
+
+
+def test_wikipedia_needs_its_checksum_list_and_an_entry_in_it(server, tmp_path):
+    import bz2
+
+    dump = bz2.compress(b"<mediawiki></mediawiki>")
+    name = "enwiki-latest-pages-articles.xml.bz2"
+    _only(server, {name: dump})
+    cfg = DownloadConfig(dataset="wikipedia", out_dir=tmp_path, base_url=f"http://127.0.0.1:{server.server_port}/",
+                         workers=1, timeout_s=10)
+    with pytest.raises(DataPrepError, match=r"cannot fetch the checksum list .*enwiki-latest-md5sums.txt \(HTTP Error 404"):
+        run_download(cfg)
+    server.files["enwiki-latest-md5sums.txt"] = f"{hashlib.md5(b'x').hexdigest()}  enwiki-latest-other.xml.bz2\n".encode()
+    with pytest.raises(DataPrepError, match=r"enwiki-latest-pages-articles.xml.bz2 is not in .*md5sums.txt .*cannot be verified"):
+        run_download(cfg)
+    assert not (tmp_path / "wikipedia" / name).exists()
+    server.files["enwiki-latest-md5sums.txt"] += f"{hashlib.md5(dump).hexdigest()}  {name}\n".encode()
+    assert run_download(cfg)["counts"]["downloaded"] == 1
+
+
+def test_endless_body_stops_at_the_size_cap(server, tmp_path):
+    _only(server, {PMC: b""})
+    server.endless.add(PMC)
+    cfg = DownloadConfig(dataset="pmc-oa", out_dir=tmp_path, base_url=f"http://127.0.0.1:{server.server_port}/",
+                         workers=1, timeout_s=10, max_file_gb=0.002)
+    with pytest.raises(DataPrepError, match=r"more than 0.002 GB and still sending; stopped .*--max-file-gb"):
+        run_download(cfg)
+    part = tmp_path / "pmc-oa" / (PMC + ".part")
+    assert 2_000_000 < part.stat().st_size <= 2_000_000 + (1 << 20) and not (tmp_path / "pmc-oa" / PMC).exists()

