@@ -222,6 +222,9 @@ def run_vocab(cfg: VocabConfig) -> dict:
     vocab_path = out_dir / "vocab.txt"
     manifest_path = out_dir / "manifest.json"
     clean_stale_temps(out_dir)  # a killed run's hidden .vocab.txt.tmp-<pid> and the like
+    for legacy in Path(out_dir).glob(".tmp-*"):  # tempfile folders of earlier versions (random names, no pid)
+        if legacy.is_dir():
+            shutil.rmtree(legacy, ignore_errors=True)
     if cfg.vocab_file is not None:
         check_has_words(load_vocab(cfg.vocab_file), cfg.vocab_file)
         expected = {"stage": "vocab", "source": "file", "source_sha256": vocab_hash(cfg.vocab_file)}
