@@ -14,9 +14,10 @@ from collections import Counter
 from pathlib import Path
 
 import torch
-from transformers import BertForMaskedLM, BertForPreTraining, BertTokenizerFast
+from transformers import BertForMaskedLM, BertTokenizerFast
 
-from .checkpoint import atomic_dir
+from bundle.atomic import atomic_dir
+
 from .model import BertPretrainingModel
 
 logger = logging.getLogger(__name__)
@@ -34,12 +35,13 @@ def export_hf(model: BertPretrainingModel, out_dir: str | Path, vocab_file: str 
         vocab_size = len(tokenizer)
     config = copy.deepcopy(model.config)
     config.vocab_size = vocab_size
-    config.architectures = ["BertForPreTraining"]
+    hf_class = type(model.bert)  # the objective's class: BertForPreTraining (MLM+NSP) or BertForMaskedLM (MLM only)
+    config.architectures = [hf_class.__name__]
     for attr in ("original_vocab_size",):
         if hasattr(config, attr):
             delattr(config, attr)
     state = {k: (v[:vocab_size] if k in _VOCAB_ROWS else v) for k, v in model.bert.state_dict().items()}
-    hf = BertForPreTraining(config)
+    hf = hf_class(config)
     missing, unexpected = hf.load_state_dict(state, strict=False)
     if unexpected or [m for m in missing if m not in _VOCAB_ROWS]:
         raise RuntimeError(f"HF export: state dict mismatch (missing {missing}, unexpected {unexpected})")
@@ -69,12 +71,17 @@ def standard_onnx_symbolics():
     losses into com.microsoft ops) that only ORTModule's ATen executor can run; a plain InferenceSession
     fails with "ATenOperatorExecutor is not initialized". This removes every custom override from
     torch.onnx's registry and puts them back afterwards, so a training run can continue."""
-    from torch.onnx._internal import registration
-
     removed = []
     try:
-        for group in list(registration.registry._registry.values()):
-            for opset, fn in list(group._functions._overrides.items()):
+        try:  # torch.onnx's registry internals (torch 2.4-2.6); if they moved, export unguarded: verify_onnx checks
+            from torch.onnx._internal import registration
+
+            groups = [(g, dict(g._functions._overrides)) for g in registration.registry._registry.values()]
+        except (ImportError, AttributeError) as exc:
+            logger.warning("ONNX export: cannot inspect torch.onnx's symbolic registry (%s); exporting without the guard", exc)
+            groups = []
+        for group, overrides in groups:
+            for opset, fn in overrides.items():
                 group.remove_custom(opset)
                 removed.append((group, opset, fn))
         if removed:
