@@ -23,12 +23,11 @@ from typing import Iterator
 import numpy as np
 from tqdm import tqdm
 
-from bundle.atomic import clean_stale_temps
 
 from .config import Hdf5Config, PhaseConfig
 from .hdf5_writer import Hdf5InstanceWriter
 from .instances import MaskingConfig, SpecialIds, build_instances
-from .manifest import (DataPrepError, file_fingerprint, finished_manifest, invalidate, is_complete, read_json,
+from .manifest import (DataPrepError, file_fingerprint, finished_manifest, invalidate, is_complete, read_json, remove_temps,
                        write_manifest)
 from .shard import existing_shards, interrupted_temps
 from .tokenizer import WordTokenizer, check_has_words, clean_sentences, load_vocab, vocab_hash
@@ -197,7 +196,7 @@ def run_hdf5(cfg: Hdf5Config) -> dict[str, Path]:
         # The folder is being (re)built: its manifest goes first, so a kill cannot leave an old manifest
         # over a mix of old and new files; half-written files of a killed run are dead weight.
         invalidate(phase_data_dir(cfg, p) / "manifest.json")
-        clean_stale_temps(phase_data_dir(cfg, p))
+        remove_temps(phase_data_dir(cfg, p))
     tasks = [(cfg, s, vhash) for s in shards]
     os.environ["TOKENIZERS_PARALLELISM"] = "false"  # set before forking, or tokenizers deadlocks
     results = []

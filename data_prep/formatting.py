@@ -24,9 +24,10 @@ from tqdm import tqdm
 
 from .config import FormatConfig
 from .corpora import SUFFIXES, Deletion, Document, Skip, get_reader, input_stem
-from bundle.atomic import atomic_path, clean_stale_temps
+from bundle.atomic import atomic_path
 
-from .manifest import DataPrepError, file_fingerprint, invalidate, is_complete, read_json, write_manifest
+from .manifest import (DataPrepError, file_fingerprint, invalidate, is_complete, read_json, remove_temps,
+                       write_manifest)
 
 log = logging.getLogger(__name__)
 
@@ -115,8 +116,8 @@ def run_format(cfg: FormatConfig) -> dict:
     parsed_dir = out_dir / "parsed"
     parsed_dir.mkdir(parents=True, exist_ok=True)
     # Hidden temporaries of a killed run (``parsed/.00003_x.docs.tmp-<pid>``, ``.x.txt.tmp-<pid>``).
-    clean_stale_temps(parsed_dir)
-    clean_stale_temps(out_dir)
+    remove_temps(parsed_dir)
+    remove_temps(out_dir)
     args = _reader_args(cfg)
     tasks = [(cfg.corpus, p, parsed_dir / f"{i:05d}_{input_stem(p)}", args, cfg.skip_bad) for i, p in enumerate(inputs)]
 

@@ -11,11 +11,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 from dataclasses import asdict, is_dataclass
 from pathlib import Path
 from typing import Any
 
-from bundle.atomic import atomic_write_text
+from bundle.atomic import TMP_MARK, atomic_write_text
 
 MANIFEST_VERSION = 1
 
@@ -108,3 +109,18 @@ def write_manifest(manifest_path: Path, body: dict, outputs: list[Path] = ()) ->
     body["output_sizes"] = {os.path.relpath(p, base): Path(p).stat().st_size for p in outputs}
     write_json_atomic(manifest_path, body)
     return body
+
+
+def remove_temps(folder: Path) -> list[Path]:
+    """Remove the hidden ``bundle.atomic`` temporaries in a folder a stage is about to (re)build.
+
+    Not ``bundle.atomic.clean_stale_temps``: that keeps files whose writer pid still exists, and the pool
+    workers of a SIGKILLed run linger as zombies (pid present) where nothing reaps orphans, e.g. a container
+    without an init; the fault-injection test found their temporaries surviving every later run. A stage
+    owns its folders while it runs (the CLI holds ``RunLock`` on the work dir), so what is there is stale."""
+    removed = []
+    for p in Path(folder).glob(".*"):
+        if TMP_MARK in p.name or ".old-" in p.name:
+            shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+            removed.append(p)
+    return removed

@@ -21,7 +21,7 @@ import numpy as np
 from tqdm import tqdm
 
 from .config import ShardConfig
-from bundle.atomic import clean_stale_temps, tmp_name
+from bundle.atomic import tmp_name
 
 from .manifest import DataPrepError, finished_manifest, invalidate, is_complete, read_json, write_manifest
 from .text import make_splitter, train_punkt_params

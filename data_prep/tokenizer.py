@@ -22,10 +22,11 @@ from pathlib import Path
 
 import numpy as np
 
-from bundle.atomic import atomic_path, atomic_write_text, clean_stale_temps
+from bundle.atomic import atomic_path, atomic_write_text
 
 from .config import VocabConfig
-from .manifest import DataPrepError, file_sha256, finished_manifest, invalidate, is_complete, read_json, write_manifest
+from .manifest import (DataPrepError, file_sha256, finished_manifest, invalidate, is_complete, read_json,
+                       remove_temps, write_manifest)
 from .text import clean_text
 
 log = logging.getLogger(__name__)
@@ -221,10 +222,8 @@ def run_vocab(cfg: VocabConfig) -> dict:
     out_dir = Path(cfg.out_dir)
     vocab_path = out_dir / "vocab.txt"
     manifest_path = out_dir / "manifest.json"
-    clean_stale_temps(out_dir)  # a killed run's hidden .vocab.txt.tmp-<pid> and the like
-    for legacy in Path(out_dir).glob(".tmp-*"):  # tempfile folders of earlier versions (random names, no pid)
-        if legacy.is_dir():
-            shutil.rmtree(legacy, ignore_errors=True)
+    # A killed run's .vocab.txt.tmp-<pid>, and earlier versions' tempfile folders (.tmp-<random>).
+    remove_temps(out_dir)
     if cfg.vocab_file is not None:
         check_has_words(load_vocab(cfg.vocab_file), cfg.vocab_file)
         expected = {"stage": "vocab", "source": "file", "source_sha256": vocab_hash(cfg.vocab_file)}
