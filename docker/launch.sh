@@ -4,17 +4,20 @@
 #   docker/launch.sh PHASE1_HDF5_DIR PHASE2_HDF5_DIR RESULTS_DIR [command ...]
 #
 # The HDF5 folders are mounted read-only at /data/phase1 and /data/phase2 (the two-phase script's
-# defaults) and RESULTS_DIR read-write at /workspace/bert/results. The default command is
-# `bash scripts/run_pretraining_ort.sh`; its parameters can be passed as environment variables with
-# ENV="TRAIN_BATCH_SIZE=64 NUM_GPUS=1", or give the whole command, e.g.
-#   docker/launch.sh data/p1 data/p2 results bash scripts/run_pretraining_ort.sh 64 6e-3 fp16 1
+# defaults) and RESULTS_DIR read-write at /workspace/bert/results; VOCAB_FILE (the data_prep vocab)
+# read-only at /data/vocab/vocab.txt, so the exported model carries its tokenizer. Without a command
+# the image's own runs (GPU: scripts/run_pretraining_ort.sh; CPU: docker/cpu_default.sh, the tiny_cpu
+# recipe); parameters as environment variables with ENV="TRAIN_BATCH_SIZE=64 NUM_GPUS=1", or give
+# the whole command, e.g.
+#   docker/launch.sh data/p1 data/p2 results python -m ort_training.pretrain --recipe bert_large_biobert \
+#     --output_dir results --phase1.input_dir /data/phase1 --phase2.input_dir /data/phase2
 #
 # Environment: IMAGE (default ort-bert-pretraining:gpu), GPUS (--gpus value, default all; "none" for
-# CPU), SHM_SIZE (default 16g: DataLoader workers share batches through /dev/shm), ENV (extra
-# variables for the container), DOCKER (engine command), DRY_RUN=1 (print the command only).
+# CPU), SHM_SIZE (default 16g: DataLoader workers share batches through /dev/shm), VOCAB_FILE, ENV
+# (extra variables for the container), DOCKER (engine command), DRY_RUN=1 (print the command only).
 set -euo pipefail
 
-usage() { sed -n '2,15p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,19p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
 die() { echo "launch.sh: error: $*" >&2; exit 2; }
 
 if [[ "${1:-}" == "-h" || "${1:-}" == "--help" ]]; then usage; exit 0; fi
@@ -24,11 +27,13 @@ shift 3
 [[ -d "${phase1}" ]] || die "phase-1 HDF5 folder '${phase1}' does not exist"
 [[ -d "${phase2}" ]] || die "phase-2 HDF5 folder '${phase2}' does not exist"
 [[ ! -e "${results}" || -d "${results}" ]] || die "results '${results}' exists and is not a folder"
+vocab=${VOCAB_FILE:-}
+[[ -z "${vocab}" || -f "${vocab}" ]] || die "VOCAB_FILE '${vocab}' is not a file"
+[[ -n "${vocab}" ]] || echo "launch.sh: warning: no VOCAB_FILE given; the exported model will have no tokenizer" >&2
 
 image=${IMAGE:-ort-bert-pretraining:gpu}
 gpus=${GPUS:-all}
-command_=("$@")
-((${#command_[@]})) || command_=(bash scripts/run_pretraining_ort.sh)
+command_=("$@") # empty: the image's CMD
 
 read -r -a engine <<<"${DOCKER:-docker}" # may be several words, e.g. "sudo docker"
 cmd=("${engine[@]}" run --rm --init)
@@ -41,6 +46,7 @@ cmd+=(--user "$(id -u):$(id -g)" -e HOME=/tmp)
 cmd+=(-v "$(realpath "${phase1}"):/data/phase1:ro" -v "$(realpath "${phase2}"):/data/phase2:ro")
 cmd+=(-v "$(realpath -m "${results}"):/workspace/bert/results")
 cmd+=(-e DATA_DIR_PHASE1=/data/phase1 -e DATA_DIR_PHASE2=/data/phase2 -e RESULTS_DIR=/workspace/bert/results)
+[[ -n "${vocab}" ]] && cmd+=(-v "$(realpath "${vocab}"):/data/vocab/vocab.txt:ro" -e VOCAB_FILE=/data/vocab/vocab.txt)
 read -r -a env_pairs <<<"${ENV:-}"
 for pair in "${env_pairs[@]}"; do
   [[ "${pair}" == *=* ]] || die "ENV entries must look like NAME=value, got '${pair}'"
