@@ -21,14 +21,20 @@ import logging
 import os
 import sys
 import tempfile
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Optional
 
+REPO_ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO_ROOT))  # run as a script from anywhere: the bundle's packages sit beside azureml/
+
+from bundle.cli import add_arguments, from_dict, nest  # noqa: E402
+from ort_training.config import read_yaml  # noqa: E402
+from ort_training.recipe import RECIPES_DIR, load_recipe, phase_configs, trainer_args  # noqa: E402
+
 logger = logging.getLogger("azureml_submit")
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+VM_TABLE = RECIPES_DIR / "azureml_vm_sizes.yaml"
 
 
 @dataclass(frozen=True)
@@ -39,26 +45,18 @@ class VmSize:
     """Memory of one GPU."""
 
 
-VM_SIZES: dict[str, VmSize] = {
-    "Standard_ND40rs_v2": VmSize(gpus=8, gpu_memory_gb=32),  # 8 x V100 32 GB, InfiniBand
-    "Standard_NC24rs_v3": VmSize(gpus=4, gpu_memory_gb=16),  # 4 x V100 16 GB, InfiniBand
-}
+def load_vm_table(path: Path = VM_TABLE) -> tuple[str, dict[str, VmSize], dict[tuple[str, int], tuple[tuple[int, int], tuple[int, int]]]]:
+    """(recipe name, VM sizes, (vm size, nodes) -> ((phase-1 batch, accumulation), (phase-2 batch, accumulation)))."""
+    raw = read_yaml(path)
+    sizes, batches = {}, {}
+    for vm, spec in raw["vm_sizes"].items():
+        sizes[vm] = VmSize(spec["gpus"], spec["gpu_memory_gb"])
+        for nodes, phases in spec["nodes"].items():
+            batches[(vm, int(nodes))] = (tuple(phases["phase1"]), tuple(phases["phase2"]))
+    return raw["recipe"], sizes, batches
 
-# (vm size, nodes) -> ((phase-1 train_batch_size, accumulation), (phase-2 train_batch_size, accumulation)).
-# train_batch_size is per GPU per optimizer step. Copied from the original ORT bioBERT notebook, which
-# tuned them to keep the global batch at ~65k (phase 1) and 32k (phase 2) sequences for BERT-large
-# in fp16; other sizes or node counts need --train-batch-size/--gradient-accumulation-steps.
-BATCH_DEFAULTS: dict[tuple[str, int], tuple[tuple[int, int], tuple[int, int]]] = {
-    ("Standard_ND40rs_v2", 1): ((8192, 64), (4096, 256)),
-    ("Standard_ND40rs_v2", 2): ((4096, 32), (2048, 128)),
-    ("Standard_ND40rs_v2", 4): ((2048, 16), (1024, 64)),
-    ("Standard_ND40rs_v2", 8): ((1024, 8), (512, 32)),
-    ("Standard_NC24rs_v3", 1): ((16320, 340), (8192, 1024)),
-    ("Standard_NC24rs_v3", 2): ((8160, 170), (4096, 512)),
-    ("Standard_NC24rs_v3", 4): ((4080, 85), (2048, 256)),
-    ("Standard_NC24rs_v3", 8): ((2016, 42), (1024, 128)),
-    ("Standard_NC24rs_v3", 16): ((1008, 21), (512, 64)),
-}
+
+TABLE_RECIPE, VM_SIZES, BATCH_DEFAULTS = load_vm_table()
 
 
 def defaults_table() -> str:
@@ -75,18 +73,18 @@ def defaults_table() -> str:
 
 @dataclass
 class PhaseConfig:
-    """Hyperparameters of one phase; batch and accumulation default from BATCH_DEFAULTS."""
+    """Overrides of one phase; None: the recipe's value (batch and accumulation: the VM-size table's)."""
 
-    learning_rate: float
+    learning_rate: Optional[float] = None
     """Peak LAMB learning rate."""
-    warmup_proportion: float
+    warmup_proportion: Optional[float] = None
     """Fraction of the phase's steps spent warming up."""
-    max_steps: int
+    max_steps: Optional[int] = None
     """Optimizer steps of the phase."""
     train_batch_size: Optional[int] = None
-    """Sequences per GPU per optimizer step (None: from the VM-size table)."""
+    """Sequences per GPU per optimizer step."""
     gradient_accumulation_steps: Optional[int] = None
-    """Micro-batches per optimizer step (None: from the VM-size table)."""
+    """Micro-batches per optimizer step."""
 
 
 @dataclass
@@ -117,24 +115,26 @@ class SubmitConfig:
     """Processes per VM (default: the VM size's GPU count)."""
     environment: Optional[str] = None
     """Registered environment (azureml:<name>:<version>) instead of building docker/Dockerfile."""
-    bert_config: str = "large"
-    """BERT config: tiny, base, large or a path inside the uploaded code."""
-    precision: Literal["fp16", "bf16", "fp32"] = "fp16"
-    """Training precision."""
-    backend: Literal["ort", "eager", "compile"] = "ort"
-    """ort = ORTModule, eager = plain PyTorch, compile = torch.compile."""
-    seed: int = 42
-    """Random seed."""
-    num_steps_per_checkpoint: int = 200
-    """Checkpoint interval in optimizer steps."""
+    recipe: str = TABLE_RECIPE
+    """Recipe (ort_training/recipes/NAME.yaml or a path): every setting not given here."""
+    bert_config: Optional[str] = None
+    """BERT config: tiny, base, large or a path inside the uploaded code (default: the recipe's)."""
+    precision: Optional[Literal["fp16", "bf16", "fp32"]] = None
+    """Training precision (default: the recipe's)."""
+    backend: Optional[Literal["ort", "eager", "compile"]] = None
+    """ort = ORTModule, eager = plain PyTorch, compile = torch.compile (default: the recipe's)."""
+    seed: Optional[int] = None
+    """Random seed (default: the recipe's, else the trainer's)."""
+    num_steps_per_checkpoint: Optional[int] = None
+    """Checkpoint interval in optimizer steps (default: the recipe's)."""
     shm_size: str = "16g"
     """/dev/shm of the job containers (NCCL and DataLoader workers use it)."""
     experiment_name: str = "bert-ort-pretraining"
     """Azure ML experiment."""
-    phase1: PhaseConfig = field(default_factory=lambda: PhaseConfig(6e-3, 0.2843, 7038))
-    """Phase 1 (seq 128): the original recipe's 7038 steps."""
-    phase2: PhaseConfig = field(default_factory=lambda: PhaseConfig(4e-3, 0.128, 1563))
-    """Phase 2 (seq 512): the original recipe's 1563 steps."""
+    phase1: PhaseConfig = field(default_factory=PhaseConfig)
+    """Phase 1 (seq 128)."""
+    phase2: PhaseConfig = field(default_factory=PhaseConfig)
+    """Phase 2 (seq 512)."""
     dry_run: bool = False
     """Write the job YAML and stop: needs no credentials and no network."""
     output_yaml: Optional[str] = None
@@ -147,7 +147,8 @@ class SubmitConfig:
         return self.gpus_per_node if self.gpus_per_node is not None else VM_SIZES[self.vm_size].gpus
 
     def resolve(self) -> "SubmitConfig":
-        """Fill table defaults and check values; raises ValueError naming the flag."""
+        """Fill table defaults and check every value with the trainer's own config class; raises
+        ValueError naming the flag. Afterwards phase1/phase2 hold the values the jobs will run with."""
         if not self.phase1_data or not self.phase2_data:
             raise ValueError("--phase1-data and --phase2-data are required (datastore paths or data assets)")
         if self.nodes < 1:
@@ -170,41 +171,30 @@ class SubmitConfig:
                 batch, accumulation = table[index]
                 phase.train_batch_size = phase.train_batch_size or batch
                 phase.gradient_accumulation_steps = phase.gradient_accumulation_steps or accumulation
-            if phase.train_batch_size % phase.gradient_accumulation_steps:
-                raise ValueError(
-                    f"--{name}.train-batch-size {phase.train_batch_size} is not divisible by "
-                    f"--{name}.gradient-accumulation-steps {phase.gradient_accumulation_steps}"
-                )
-            if phase.max_steps < 1 or not 0 <= phase.warmup_proportion < 1:
-                raise ValueError(f"--{name}.max-steps must be >= 1 and --{name}.warmup-proportion in [0, 1)")
+        for phase, resolved in zip((self.phase1, self.phase2), self.phase_configs()):
+            for f in dataclasses.fields(PhaseConfig):
+                setattr(phase, f.name, getattr(resolved, f.name))
         return self
 
+    def phase_configs(self):
+        """The trainer configs of both phases: the recipe < these overrides, with Azure ML's mounted paths."""
+        both = {"config_file": self.bert_config, "precision": self.precision, "backend": self.backend, "seed": self.seed,
+                "num_steps_per_checkpoint": self.num_steps_per_checkpoint, "disable_progress_bar": True}
+        both = {k: v for k, v in both.items() if v is not None}
+        per_phase = [{k: v for k, v in dataclasses.asdict(p).items() if v is not None} for p in (self.phase1, self.phase2)]
+        p1, p2 = phase_configs(load_recipe(self.recipe), both, *per_phase, output_dir="/outputs")
+        # ${{...}} are filled in by Azure ML with the mounted paths. A retried or preempted step continues
+        # from its own newest checkpoint; phase 2 starts from phase 1's output (a separate step's folder).
+        p1 = dataclasses.replace(p1, input_dir="${{inputs.data}}", output_dir="${{outputs.output}}")
+        p2 = dataclasses.replace(p2, input_dir="${{inputs.data}}", output_dir="${{outputs.output}}",
+                                 init_checkpoint="${{inputs.phase1_output}}")
+        return p1, p2
 
-def _train_command(cfg: SubmitConfig, phase: PhaseConfig, *, phase2: bool) -> str:
-    """The trainer's command line; ${{...}} are filled in by Azure ML with the mounted paths."""
-    args = [
-        "python -m ort_training.run_pretraining",
-        "--input_dir ${{inputs.data}}",
-        "--output_dir ${{outputs.output}}",
-        f"--config_file {cfg.bert_config}",
-        f"--train_batch_size {phase.train_batch_size}",
-        f"--gradient_accumulation_steps {phase.gradient_accumulation_steps}",
-        f"--learning_rate {phase.learning_rate}",
-        f"--warmup_proportion {phase.warmup_proportion}",
-        f"--max_steps {phase.max_steps}",
-        f"--num_steps_per_checkpoint {cfg.num_steps_per_checkpoint}",
-        f"--seed {cfg.seed}",
-        f"--precision {cfg.precision}",
-        f"--backend {cfg.backend}",
-        "--disable_progress_bar",
-        # A retried or preempted step continues from its own newest checkpoint (none yet: fresh start).
-        "--resume_from_checkpoint",
-    ]
-    if phase2:
-        # Without a phase-2 checkpoint of its own: weights from phase 1's newest checkpoint, fresh
-        # optimizer and schedule, steps numbered after phase 1's.
-        args += ["--phase2", "--init_checkpoint ${{inputs.phase1_output}}", f"--phase1_end_step {cfg.phase1.max_steps}"]
-    return " ".join(args)
+
+def _train_command(cfg) -> str:
+    """The trainer's command line of one phase (Azure ML's PyTorchDistribution starts one per GPU)."""
+    # Joined, not shell-quoted: Azure ML substitutes the ${{...}} placeholders in the text first.
+    return " ".join(["python", "-m", "ort_training.run_pretraining", *trainer_args(cfg)])
 
 
 def build_pipeline_job(cfg: SubmitConfig, code_dir: str | os.PathLike = REPO_ROOT):
@@ -215,6 +205,7 @@ def build_pipeline_job(cfg: SubmitConfig, code_dir: str | os.PathLike = REPO_ROO
     from azure.ai.ml.entities import BuildContext, Environment
 
     code_dir = str(code_dir)
+    phase1_cfg, phase2_cfg = cfg.phase_configs()
     # Anonymous environment: Azure ML names it by a hash of the build context and reuses the image
     # until docker/ or the code changes (--environment skips the build entirely).
     environment = cfg.environment or Environment(
@@ -235,7 +226,7 @@ def build_pipeline_job(cfg: SubmitConfig, code_dir: str | os.PathLike = REPO_ROO
     phase1_step = command(
         name="bert_phase1",
         display_name="phase 1 (seq 128)",
-        command=_train_command(cfg, cfg.phase1, phase2=False),
+        command=_train_command(phase1_cfg),
         inputs={"data": data_in},
         outputs={"output": folder_out},
         **common,
@@ -243,7 +234,7 @@ def build_pipeline_job(cfg: SubmitConfig, code_dir: str | os.PathLike = REPO_ROO
     phase2_step = command(
         name="bert_phase2",
         display_name="phase 2 (seq 512)",
-        command=_train_command(cfg, cfg.phase2, phase2=True),
+        command=_train_command(phase2_cfg),
         inputs={"data": data_in, "phase1_output": Input(type=AssetTypes.URI_FOLDER, mode=InputOutputModes.RO_MOUNT)},
         outputs={"output": folder_out},
         **common,
@@ -312,75 +303,27 @@ def submit(cfg: SubmitConfig):
     return job
 
 
-# ---- flags generated from the dataclasses (one place for names, defaults and help)
-def _add_fields(parser: argparse.ArgumentParser, defaults, prefix: str = "") -> None:
-    """One flag per field of the dataclass instance `defaults` (nested ones as --phase1.field)."""
-    cls = type(defaults)
-    hints = typing.get_type_hints(cls)
-    docs = _field_docs(cls)
-    for f in dataclasses.fields(cls):
-        tp = hints[f.name]
-        default = getattr(defaults, f.name)
-        if dataclasses.is_dataclass(tp):
-            _add_fields(parser, default, prefix=f"{f.name}.")
-            continue
-        flag = "--" + prefix + f.name.replace("_", "-")
-        base = next((a for a in typing.get_args(tp) if a is not type(None)), tp) if typing.get_origin(tp) is typing.Union else tp
-        help_ = docs.get(f.name, "") + ("" if default in (None, "") else f" (default: {default})")
-        kw: dict = {"dest": prefix + f.name, "default": argparse.SUPPRESS, "help": help_}
-        if base is bool:
-            kw["action"] = argparse.BooleanOptionalAction
-        elif typing.get_origin(base) is Literal:
-            kw["choices"] = list(typing.get_args(base))
-        else:
-            kw["type"] = base
-        parser.add_argument(flag, **kw)
-
-
-def _field_docs(cls) -> dict[str, str]:
-    """Field docstrings (the string literal under each field) as help texts."""
-    import ast
-    import inspect
-
-    docs, previous = {}, None
-    for node in ast.parse(inspect.getsource(cls)).body[0].body:
-        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
-            previous = node.target.id
-        elif previous and isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant):
-            docs[previous] = str(node.value.value)
-            previous = None
-    return docs
-
-
+# ---- flags generated from the dataclasses (bundle.cli: one helper for every entry point)
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python azureml/submit.py", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python azureml/submit.py", description=__doc__.split("\n\n")[0])
     parser.add_argument("--list-vm-sizes", action="store_true", help="print the VM-size defaults table and exit")
-    _add_fields(parser, SubmitConfig())
+    add_arguments(parser, SubmitConfig, dash=True)
     return parser
 
 
 def parse_config(argv: list[str] | None = None) -> tuple[SubmitConfig, argparse.Namespace]:
     ns = build_parser().parse_args(argv)
-    cfg = SubmitConfig()
-    for key, value in vars(ns).items():
-        if key == "list_vm_sizes":
-            continue
-        target = cfg
-        *parents, leaf = key.split(".")
-        for parent in parents:
-            target = getattr(target, parent)
-        setattr(target, leaf, value)
-    return cfg, ns
+    values = {k.replace("-", "_"): v for k, v in vars(ns).items() if k != "list_vm_sizes"}
+    return from_dict(SubmitConfig, nest(values), source="flags"), ns
 
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    cfg, ns = parse_config(argv)
-    if ns.list_vm_sizes:
-        print(defaults_table())
-        return 0
     try:
+        cfg, ns = parse_config(argv)
+        if ns.list_vm_sizes:
+            print(defaults_table())
+            return 0
         cfg.resolve()
         if cfg.dry_run:
             path = write_job_yaml(cfg, cfg.output_yaml)

@@ -145,7 +145,7 @@ def from_dict(cls: type, values: Mapping[str, Any], *, source: str = "config") -
 
 
 def _coerce(value: Any, tp: Any, where: str) -> Any:
-    """YAML reads `6e-3` as a string (YAML 1.1 floats need a dot) and users write numbers in quotes:
+    """YAML reads `1e-3` as a string (YAML 1.1 floats need a dot) and users write numbers in quotes:
     convert scalars to the field's type, or say which setting is wrong."""
     try:
         if tp is bool and isinstance(value, str):

@@ -35,7 +35,8 @@ class PretrainConfig:
     # --- data / io
     input_dir: Optional[str] = _f(None, "Folder with NVIDIA-schema HDF5 shards (`*training*.hdf5`, searched recursively).")
     output_dir: str = _f("results", "Where checkpoints/, hf_model/, metrics and the summary are written.")
-    config_file: str = _f(str(PACKAGE_CONFIGS / "bert_base_config.json"), "BERT config JSON, or a shipped name: tiny, base, large.")
+    config_file: Optional[str] = _f(None, "BERT config JSON, or a shipped name: tiny, base, large (default: the config.json of a "
+                                          "Hugging Face --init_checkpoint, else base).")
     vocab_file: Optional[str] = _f(None, "WordPiece vocab.txt; used for the HF tokenizer export (config vocab_size may be padded).")
     do_lower_case: bool = _f(True, "Tokenizer lower-cases text (written into the exported tokenizer).")
     eval_dir: Optional[str] = _f(None, "Optional folder of held-out HDF5 shards; MLM accuracy is reported at the end of the phase.")
@@ -78,7 +79,7 @@ class PretrainConfig:
     json_summary: Optional[str] = _f(None, "Also write the end-of-phase summary to this JSON file (NVIDIA's dllogger file).",
                                      aliases=("--json-summary",))
     # --- distribution
-    deepspeed: Optional[str] = _f(None, "DeepSpeed JSON config (ZeRO stage 0/1/2); our LAMB is passed in as the optimizer.")
+    deepspeed: Optional[str] = _f(None, "DeepSpeed JSON config or a shipped one: zero1, zero2 (ZeRO stage 0-2); our LAMB is the optimizer.")
     local_rank: int = _f(-1, "Accepted for torch.distributed.launch compatibility; the environment wins.", aliases=("--local-rank",))
     allreduce_post_accumulation: bool = _f(False, "Accepted for NVIDIA compatibility (DDP already reduces once per optimizer step).")
     allreduce_post_accumulation_fp16: bool = _f(False, "Accepted for NVIDIA compatibility (ignored).")
@@ -120,7 +121,22 @@ class PretrainConfig:
             raise ValueError(f"--objective {self.objective!r}: choose one of {sorted(OBJECTIVES)}")
         if self.phase2 and not (self.resume_from_checkpoint or self.init_checkpoint):
             raise ValueError("--phase2 needs --resume_from_checkpoint (same output dir) or --init_checkpoint PATH")
-        resolve_config_file(self.config_file)  # checked now; kept as given, so a command line stays portable
+        if self.config_file is not None:
+            resolve_config_file(self.config_file)  # checked now; kept as given, so a command line stays portable
+        if self.deepspeed is not None:
+            resolve_deepspeed_config(self.deepspeed)
+
+    def bert_config_path(self) -> str:
+        """--config_file, else the config.json of a Hugging Face --init_checkpoint, else the shipped base."""
+        if self.config_file is not None:
+            return resolve_config_file(self.config_file)
+        if self.init_checkpoint:
+            from .weights_import import hf_config_path
+
+            found = hf_config_path(self.init_checkpoint)
+            if found is not None:
+                return str(found)
+        return resolve_config_file("base")
 
     @property
     def micro_batch_size(self) -> int:
@@ -128,6 +144,18 @@ class PretrainConfig:
 
 
 SHIPPED_CONFIGS = ("tiny", "base", "large")
+SHIPPED_DEEPSPEED = ("zero1", "zero2")
+
+
+def resolve_deepspeed_config(name: str) -> str:
+    """A DeepSpeed JSON path, or a shipped one by name ("zero1", "zero2": only the ZeRO stage; batch,
+    accumulation and precision are filled from the trainer's flags)."""
+    if Path(name).is_file():
+        return name
+    shipped = PACKAGE_CONFIGS / f"deepspeed_{name}.json"
+    if shipped.is_file():
+        return str(shipped)
+    raise ValueError(f"--deepspeed {name}: no such file (shipped: {', '.join(SHIPPED_DEEPSPEED)})")
 
 
 def resolve_config_file(name: str) -> str:

@@ -10,17 +10,23 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 
 import torch
 
-from .config import PretrainConfig
+from .config import PretrainConfig, resolve_deepspeed_config
+from .distributed import free_port
 
 logger = logging.getLogger(__name__)
 
 
 def load_deepspeed_config(cfg: PretrainConfig, world_size: int) -> dict:
-    with open(cfg.deepspeed) as fh:
-        ds = json.load(fh)
+    path = resolve_deepspeed_config(cfg.deepspeed)
+    try:
+        with open(path) as fh:
+            ds = json.load(fh)
+    except ValueError as exc:
+        raise ValueError(f"--deepspeed {path}: not valid JSON ({exc})") from None
     stage = ds.get("zero_optimization", {}).get("stage", 0)
     if stage not in (0, 1, 2):
         raise ValueError(f"--deepspeed {cfg.deepspeed}: ZeRO stage {stage} is not supported (use 1 or 2)")
@@ -53,8 +59,13 @@ def initialize_deepspeed(model: torch.nn.Module, optimizer: torch.optim.Optimize
         raise RuntimeError("--deepspeed needs DeepSpeed: pip install 'deepspeed>=0.15' (the [deepspeed] extra)") from exc
     world = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
     if not torch.distributed.is_initialized():
-        # DeepSpeed always needs a process group, even for one process.
-        deepspeed.init_distributed(dist_backend="gloo" if not torch.cuda.is_available() else "nccl", auto_mpi_discovery=False)
+        # DeepSpeed always needs a process group and the variables torchrun sets (it asserts LOCAL_RANK),
+        # even for one process: give a plain `python -m` run what torchrun would, a one-rank group on a
+        # free local port, so the launcher script and Azure ML work without torchrun too.
+        for key, value in dict(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port())).items():
+            os.environ.setdefault(key, value)
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        torch.distributed.init_process_group(backend, init_method="env://")
     ds_config = load_deepspeed_config(cfg, world)
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_config)
     logger.info("DeepSpeed ZeRO stage %d engine ready", ds_config.get("zero_optimization", {}).get("stage", 0))

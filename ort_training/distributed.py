@@ -73,6 +73,15 @@ def init_distributed() -> tuple[DistEnv, torch.device]:
     return env, device
 
 
+def free_port() -> int:
+    """A TCP port free on this host now (for a one-process group that needs a rendezvous address)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def barrier() -> None:
     if dist.is_initialized():
         dist.barrier()

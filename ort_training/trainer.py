@@ -42,7 +42,10 @@ def seed_everything(seed: int) -> None:
 class Trainer:
     """One phase of pretraining. `hooks` are called as hook(trainer, record) after every step."""
 
-    def __init__(self, cfg: PretrainConfig):
+    def __init__(self, cfg: PretrainConfig, objective=None, loader=None):
+        """`objective` (an Objective instance, default: cfg.objective by name) and `loader` (default: the
+        HDF5 reader of cfg.input_dir; any iterable of batch dicts with close/state_dict/load_state_dict)
+        let other tasks reuse this loop: fine-tuning passes its own (ort_training/finetune.py)."""
         self.cfg = cfg
         self.env, self.device = distributed.init_distributed()
         self.is_main = self.env.rank == 0
@@ -60,15 +63,16 @@ class Trainer:
         self.hooks: list[Callable[["Trainer", dict], None]] = []
         self.already_finished = False  # set by _restore: phase 1 rerun after phase 2 started
         self._stop_requested = False
+        self.finished_early = False  # a hook sets it (early stopping): checkpoint, then end like a finished phase
         self._prev_sigterm = None
         self._restored_optimizer_state = None
 
         # Same seed on every rank for the weights; then a per-rank seed so dropout differs by rank.
         seed_everything(cfg.seed)
-        self.bert_config = load_bert_config(cfg.config_file, cfg.dropout)
+        self.bert_config = load_bert_config(cfg.bert_config_path(), cfg.dropout)
         if cfg.vocab_file:
-            check_vocab_fits(cfg.vocab_file, self.bert_config, cfg.config_file)
-        self.model = BertPretrainingModel(self.bert_config, cfg.dense_seq_output, cfg.objective).to(self.device)
+            check_vocab_fits(cfg.vocab_file, self.bert_config, cfg.bert_config_path())
+        self.model = BertPretrainingModel(self.bert_config, cfg.dense_seq_output, objective or cfg.objective).to(self.device)
         self.objective = self.model.objective
         if cfg.checkpoint_activations and cfg.backend != "ort":  # ORT recomputes inside its graph instead (wrap_model)
             self.model.bert.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -77,13 +81,16 @@ class Trainer:
         self.optimizer = build_optimizer(self.model, cfg.learning_rate, cfg.weight_decay, cfg.max_grad_norm)
         self.scheduler = build_scheduler(self.optimizer, cfg.warmup_proportion, cfg.max_steps)
 
-        if cfg.input_dir is None:
-            raise ValueError("--input_dir is required (folder of HDF5 files written by data_prep)")
-        files = list_hdf5_files(cfg.input_dir, "training")
-        if cfg.eval_dir:  # checked now, not after hours of training
-            list_hdf5_files(cfg.eval_dir, "test", require_match=True)
-        self._check_shapes(files[0])
-        self.loader = PretrainingDataLoader(files, cfg.micro_batch_size, cfg.seed, self.env.rank, self.env.world_size, cfg.prefetch)
+        if loader is not None:
+            files, self.loader = list(getattr(loader, "files", [])), loader
+        else:
+            if cfg.input_dir is None:
+                raise ValueError("--input_dir is required (folder of HDF5 files written by data_prep)")
+            files = list_hdf5_files(cfg.input_dir, "training")
+            if cfg.eval_dir:  # checked now, not after hours of training
+                list_hdf5_files(cfg.eval_dir, "test", require_match=True)
+            self._check_shapes(files[0])
+            self.loader = PretrainingDataLoader(files, cfg.micro_batch_size, cfg.seed, self.env.rank, self.env.world_size, cfg.prefetch)
 
         self._restore()
         memory_opt_level = max(cfg.ort_memory_opt_level, 1) if cfg.checkpoint_activations else cfg.ort_memory_opt_level
@@ -278,7 +285,7 @@ class Trainer:
         last_record: dict = {}
         saved_at = -1
         self.engine.model.train()
-        while self.phase_step < cfg.max_steps and not self._stop_requested:
+        while self.phase_step < cfg.max_steps and not self._stop_requested and not self.finished_early:
             t0 = time.perf_counter()
             out = self.train_step(it)
             self.phase_step += 1
@@ -297,7 +304,7 @@ class Trainer:
                 flag = torch.tensor([float(stop)], device=self.device)
                 torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
                 stop = self._stop_requested = bool(flag.item())
-            if self.phase_step % cfg.num_steps_per_checkpoint == 0 or stop or self.phase_step == cfg.max_steps:
+            if self.phase_step % cfg.num_steps_per_checkpoint == 0 or stop or self.finished_early or self.phase_step == cfg.max_steps:
                 self.save()
                 saved_at = self.phase_step
         bar.close()

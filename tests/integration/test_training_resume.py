@@ -129,7 +129,7 @@ def test_hard_kill_and_resume_keeps_each_step_once_in_metrics(setup, tmp_path):
 
 @pytest.mark.parametrize("override,message", [
     ({"train_batch_size": 16}, "micro_batch_size=4, this run has 8"),
-    ({"seed": 7}, "seed=12345, this run has 7 (--seed)"),
+    ({"seed": 7}, "seed=42, this run has 7 (--seed)"),
     ({"learning_rate": 2e-2}, "learning_rate=0.01, this run has 0.02 (--learning_rate)"),
     ({"max_steps": 20}, "max_steps=10, this run has 20 (--max_steps)"),
     ({"warmup_proportion": 0.1}, "warmup_proportion=0.2, this run has 0.1"),

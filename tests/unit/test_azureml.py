@@ -15,6 +15,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from ort_training.recipe import load_recipe
+
 pytest.importorskip("azure.ai.ml", reason="azure-ai-ml is in the azureml extra")
 
 REPO = Path(__file__).resolve().parents[2]
@@ -66,7 +68,7 @@ def test_dry_run_yaml_loads_as_a_two_step_pipeline(dry_run_yaml):
         assert raw_inputs[name] == {"type": "uri_folder", "mode": "ro_mount", "path": path}
 
 
-def test_phase2_consumes_phase1_output_and_commands_follow_the_table(dry_run_yaml):
+def test_phase2_consumes_phase1_output_and_commands_follow_the_table(dry_run_yaml, submit_module):
     raw = yaml.safe_load(dry_run_yaml.read_text())
     phase1, phase2 = raw["jobs"]["phase1"], raw["jobs"]["phase2"]
     assert phase2["inputs"]["phase1_output"]["path"] == "${{parent.jobs.phase1.outputs.output}}"
@@ -82,7 +84,8 @@ def test_phase2_consumes_phase1_output_and_commands_follow_the_table(dry_run_yam
     assert cmd1[cmd1.index("--train_batch_size") + 1] == "2048" and cmd1[cmd1.index("--gradient_accumulation_steps") + 1] == "16"
     assert cmd2[cmd2.index("--train_batch_size") + 1] == "1024" and cmd2[cmd2.index("--gradient_accumulation_steps") + 1] == "64"
     assert cmd2[cmd2.index("--init_checkpoint") + 1] == "${{inputs.phase1_output}}" and "--phase2" in cmd2
-    assert cmd2[cmd2.index("--phase1_end_step") + 1] == "7038" and cmd2[cmd2.index("--max_steps") + 1] == "100"
+    phase1_steps = load_recipe(submit_module.TABLE_RECIPE).phase1["max_steps"]  # the recipe's number, not a copy
+    assert cmd2[cmd2.index("--phase1_end_step") + 1] == str(phase1_steps) and cmd2[cmd2.index("--max_steps") + 1] == "100"
     assert "--phase2" not in cmd1 and cmd1[cmd1.index("--output_dir") + 1] == "${{outputs.output}}"
 
 
@@ -116,7 +119,9 @@ def test_explicit_values_override_the_table_and_unknown_sizes_need_them(submit_m
         (["--phase1-data", PHASE1, "--phase2-data", PHASE2, "--nodes", "3", "--dry-run", "--output-yaml", "j.yaml"],
          "no batch defaults for Standard_ND40rs_v2 x 3 nodes"),
         (["--phase1-data", PHASE1, "--phase2-data", PHASE2, "--phase1.train-batch-size", "100", "--dry-run", "--output-yaml", "j.yaml"],
-         "--phase1.train-batch-size 100 is not divisible by --phase1.gradient-accumulation-steps 64"),
+         "phase1: --train_batch_size 100 must be divisible by --gradient_accumulation_steps 64"),
+        (["--phase1-data", PHASE1, "--phase2-data", PHASE2, "--phase2.learning-rate=-0.001", "--dry-run", "--output-yaml", "j.yaml"],
+         "phase2: --learning_rate must be > 0"),
     ],
 )
 def test_bad_configs_fail_with_the_flag_named(tmp_path, args, message):
@@ -148,12 +153,12 @@ def test_notebook_runs_in_dry_run_mode_on_this_venv(tmp_path):
 
 
 def test_step_commands_parse_with_the_trainer_parser(dry_run_yaml):
-    from ort_training.config import build_parser
+    from ort_training.config import parse_config
 
     raw = yaml.safe_load(dry_run_yaml.read_text())
     for name in ("phase1", "phase2"):
         argv = raw["jobs"][name]["component"]["command"].replace("${{", "/mnt/").replace("}}", "").split()
         assert argv[:3] == ["python", "-m", "ort_training.run_pretraining"]
-        parsed = vars(build_parser().parse_args(argv[3:]))  # SystemExit on a flag the trainer lacks
-        assert parsed["precision"] == "fp16" and parsed["backend"] == "ort" and parsed["config_file"] == "large"
-        assert parsed["resume_from_checkpoint"] is True  # retries continue instead of restarting
+        cfg = parse_config(argv[3:])  # SystemExit on a flag the trainer lacks or a value it refuses
+        assert cfg.precision == "fp16" and cfg.backend == "ort" and cfg.config_file == "large"
+        assert cfg.resume_from_checkpoint is True  # retries continue instead of restarting

@@ -173,7 +173,7 @@ def test_ort_example_prefixed_keys_moments_and_pickled_args(tmp_path):
         state[f"Moment_2_{k}"] = torch.ones_like(v)
         state[f"Update_Count_{k}"] = torch.tensor(5)
     path = tmp_path / "ort_example.pt"
-    torch.save({"model": state, "args": argparse.Namespace(learning_rate=6e-3, max_steps=7038, bert_model="bert-large")}, path)
+    torch.save({"model": state, "args": argparse.Namespace(learning_rate=1e-3, max_steps=100, bert_model="bert-large")}, path)
     dst = target_from(write_config(tmp_path / "cfg", tiny_config()))
     report = load_into(dst, path)
     assert len(report.dropped) == 3 * len(nvidia_state(src))
