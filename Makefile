@@ -14,8 +14,11 @@ help:  ## list the targets
 env:  ## create the pinned venv (torch 2.6.0, onnxruntime-training 1.19.2, torch-ort) if missing
 	@scripts/bootstrap_env.sh >/dev/null
 
-test: env  ## run the test suite (PYTEST_ARGS="-k lamb" to select)
+test: env lint  ## lint, then the test suite (PYTEST_ARGS="-k lamb" to select)
 	$(PYTHON) -m pytest $(PYTEST_ARGS)
+
+lint: env  ## ruff (configured in pyproject.toml)
+	$(PYTHON) -m ruff check .
 
 demo: env  ## PubMed sample -> HDF5 -> phase 1 + 2 with ORT on CPU -> HF model -> fill-mask
 	bash scripts/demo.sh $(DEMO_ARGS)

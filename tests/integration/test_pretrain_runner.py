@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from ort_training.recipe import load_recipe, phase_configs, trainer_args
+from ort_training.recipe import load_recipe
 from ort_training.synthetic import tiny_setup, write_dataset
 
 REPO = Path(__file__).resolve().parents[2]
