@@ -179,11 +179,13 @@ class PretrainingDataLoader:
     torch.compile then never re-export) and all ranks take the same number of steps.
     """
 
-    def __init__(self, files: list[Path], batch_size: int, seed: int, rank: int = 0, world_size: int = 1, prefetch: bool = True):
+    def __init__(self, files: list[Path], batch_size: int, seed: int, rank: int = 0, world_size: int = 1, prefetch: bool = True,
+                 vocab_size: int | None = None):
         if not files:
             raise DataError("no input files")
         self.files, self.batch_size, self.seed = list(files), batch_size, seed
         self.rank, self.world_size = rank, world_size
+        self.vocab_size = vocab_size  # token ids at or past it are refused when a file is opened
         self.state = DataState()
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hdf5-prefetch") if prefetch else None
         self._pending: dict[Shard, Future] = {}
@@ -205,11 +207,11 @@ class PretrainingDataLoader:
 
     def _get(self, shard: Shard) -> dict[str, torch.Tensor]:
         fut = self._pending.pop(shard, None)
-        return fut.result() if fut is not None else load_shard(shard)
+        return fut.result() if fut is not None else load_shard(shard, self.vocab_size)
 
     def _prefetch(self, shard: Shard) -> None:
         if self._pool is not None and shard not in self._pending:
-            self._pending[shard] = self._pool.submit(load_shard, shard)
+            self._pending[shard] = self._pool.submit(load_shard, shard, self.vocab_size)
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         empty_epochs = 0

@@ -7,9 +7,13 @@ import logging
 import os
 import sys
 
+from bundle.locking import RunLock, RunLockedError
+
 from .config import parse_config
 from .run_status import PREEMPTED_EXIT_CODE
-from .trainer import Trainer
+from .trainer import NonFiniteError, Trainer
+
+NON_FINITE_EXIT_CODE = 3
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -19,11 +23,25 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.INFO if rank == 0 else logging.WARNING,
         format=f"%(asctime)s [rank {rank}] %(levelname)s %(name)s: %(message)s",
     )
-    trainer = Trainer(cfg)
+    lock = RunLock(cfg.output_dir, "training") if rank == 0 else None  # one run per output dir (rank 0 holds it)
     try:
-        summary = trainer.train()
+        if lock is not None:
+            lock.acquire()
+    except RunLockedError as exc:
+        logging.getLogger(__name__).error("%s", exc)
+        return 2
+    try:
+        trainer = Trainer(cfg)
+        try:
+            summary = trainer.train()
+        finally:
+            trainer.close()
+    except NonFiniteError as exc:
+        logging.getLogger(__name__).error("%s", exc)
+        return NON_FINITE_EXIT_CODE
     finally:
-        trainer.close()
+        if lock is not None:
+            lock.release()
     if summary.get("preempted"):
         logging.getLogger(__name__).warning("preempted at step %d: checkpoint written, exiting %d; rerun with "
                                             "--resume_from_checkpoint to continue", summary["global_step"], PREEMPTED_EXIT_CODE)

@@ -33,6 +33,10 @@ logger = logging.getLogger(__name__)
 _DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 
 
+class NonFiniteError(RuntimeError):
+    """The loss or the weights became NaN/inf: the run stops instead of saving or exporting them."""
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -90,7 +94,8 @@ class Trainer:
             if cfg.eval_dir:  # checked now, not after hours of training
                 list_hdf5_files(cfg.eval_dir, "test", require_match=True)
             self._check_shapes(files[0])
-            self.loader = PretrainingDataLoader(files, cfg.micro_batch_size, cfg.seed, self.env.rank, self.env.world_size, cfg.prefetch)
+            self.loader = PretrainingDataLoader(files, cfg.micro_batch_size, cfg.seed, self.env.rank, self.env.world_size, cfg.prefetch,
+                                                vocab_size=self.bert_config.original_vocab_size)
 
         self._restore()
         memory_opt_level = max(cfg.ort_memory_opt_level, 1) if cfg.checkpoint_activations else cfg.ort_memory_opt_level
@@ -218,7 +223,16 @@ class Trainer:
             logger.info("phase %d already finished (checkpoint at its last step %d)", self.phase, self.global_step)
             self.already_finished = True
 
+    def _check_finite_weights(self) -> None:
+        """Never checkpoint or export non-finite weights: keep-last-K would prune the last good checkpoint."""
+        bad = next((n for n, p in self.model.named_parameters() if not torch.isfinite(p).all()), None)
+        if bad is not None:
+            raise NonFiniteError(f"step {self.global_step}: parameter {bad} is not finite (learning rate too high, or fp16 overflow "
+                                 f"the scaler did not catch); nothing was saved, the newest checkpoint in {self.cfg.output_dir} "
+                                 "is the last finite one. Lower --learning_rate or raise --warmup_proportion, then resume")
+
     def save(self) -> None:
+        self._check_finite_weights()
         state = self.state_dict()
         if self.is_main:
             save_checkpoint(self.cfg.output_dir, self.global_step, state, self.cfg.keep_checkpoints)
@@ -288,6 +302,10 @@ class Trainer:
         while self.phase_step < cfg.max_steps and not self._stop_requested and not self.finished_early:
             t0 = time.perf_counter()
             out = self.train_step(it)
+            if not out["skipped"] and not bool(torch.isfinite(out["totals"][0])):  # fp16 overflow steps are skipped, not errors
+                raise NonFiniteError(f"step {self.global_step + 1}: the loss is {float(out['totals'][0])}; training stopped without "
+                                     f"saving, the newest checkpoint in {self.cfg.output_dir} is the last finite one. Lower "
+                                     "--learning_rate or raise --warmup_proportion, then resume")
             self.phase_step += 1
             if self.phase_step == start_step + 1:
                 t_after_first = time.perf_counter()  # the first step includes ORT export / compilation
