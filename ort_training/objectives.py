@@ -17,7 +17,7 @@ from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
-from transformers import BertConfig, BertForMaskedLM, BertForPreTraining, PreTrainedModel
+from transformers import BertConfig, BertForMaskedLM, BertForPreTraining, BertForSequenceClassification, PreTrainedModel
 
 from .data import IGNORE_INDEX
 
@@ -118,7 +118,57 @@ class MaskedLM(Objective):
         return {"mlm_loss": sums["mlm_loss"] / micro_batches, "mlm_accuracy": sums["mlm_correct"] / max(sums["mlm_count"], 1.0)}
 
 
-OBJECTIVES: dict[str, type[Objective]] = {cls.name: cls for cls in (MaskedLMWithNSP, MaskedLM)}
+class SequenceClassification(Objective):
+    """Fine-tuning: [CLS] pooled output -> linear classifier, cross-entropy over `num_labels` classes
+    (`python -m ort_training.finetune`). The labels (id2label / label2id) go into the config, so the
+    export is a Hugging Face `BertForSequenceClassification` that names its classes.
+
+    `init_checkpoint`: weights for the encoder (and pooler) from anything `weights_import.load_into`
+    reads (Hugging Face folder, NVIDIA .pt, this bundle's checkpoint); the classifier starts fresh."""
+
+    name = "sequence_classification"
+    hf_class = BertForSequenceClassification
+    batch_keys = ("input_ids", "segment_ids", "input_mask", "labels")
+    stat_names = ("correct", "count")
+    curves = ()
+
+    def __init__(self, labels: list[str] | tuple[str, ...] = ("0", "1"), init_checkpoint: str | None = None):
+        if len(labels) < 2:
+            raise ValueError(f"sequence classification needs at least 2 classes, got {list(labels)}")
+        self.labels = [str(label) for label in labels]
+        self.init_checkpoint = init_checkpoint
+        self.import_report = None
+
+    def build(self, config: BertConfig) -> PreTrainedModel:
+        config.num_labels = len(self.labels)
+        config.id2label = dict(enumerate(self.labels))
+        config.label2id = {label: i for i, label in enumerate(self.labels)}
+        config.problem_type = "single_label_classification"
+        model = BertForSequenceClassification(config)
+        if self.init_checkpoint:
+            from .weights_import import load_into
+
+            # load_into fills a pretraining model (it knows every source's naming); the classifier
+            # shares its encoder and pooler. A source without a pooler keeps the fresh one (logged there).
+            source = BertForPreTraining(config)
+            self.import_report = load_into(source, self.init_checkpoint)
+            model.bert.load_state_dict(source.bert.state_dict())
+        return model
+
+    def forward(self, model, dense_seq_output, input_ids, segment_ids, input_mask, labels):
+        pooled_output = model.bert(input_ids=input_ids, token_type_ids=segment_ids, attention_mask=input_mask,
+                                   return_dict=False)[1]
+        logits = model.classifier(model.dropout(pooled_output)).float()
+        loss = F.cross_entropy(logits, labels.reshape(-1))
+        correct = (logits.argmax(-1) == labels.reshape(-1)).sum().float()
+        count = (labels >= 0).sum().float()
+        return loss, torch.stack([correct.detach(), count.detach()])
+
+    def metrics(self, sums, micro_batches):
+        return {"train_accuracy": sums["correct"] / max(sums["count"], 1.0)}
+
+
+OBJECTIVES: dict[str, type[Objective]] = {cls.name: cls for cls in (MaskedLMWithNSP, MaskedLM, SequenceClassification)}
 
 
 def get_objective(name: str) -> Objective:

@@ -1,0 +1,558 @@
+"""Fine-tune BERT for text classification: `python -m ort_training.finetune`.
+
+The pretraining loop does the training (`Trainer` with the `sequence_classification` objective and the
+text loader of text_data.py): backends ort / eager / compile, accumulation, fp16/bf16, checkpoints and
+bitwise resume, DDP, all as in pretraining. This module adds what a downstream task needs around it:
+
+- data: CSV / TSV / parquet / jsonl with `--text_column` / `--label_column`; `--validation_file` and
+  `--test_file`, or a seeded stratified split of `--train_file` for whichever is not given;
+- weights: `--init_checkpoint` (Hugging Face folder, NVIDIA .pt, this bundle's checkpoint; see
+  weights_import.py) or random init with `--config_file` (the baseline); the tokenizer comes from the
+  init folder or `--vocab_file`;
+- long texts: `--long_text truncate` (cut at --max_seq_length) or `window` (overlapping windows sharing
+  `--stride` tokens; probabilities averaged per document);
+- validation macro-F1 every `--eval_steps` steps, early stopping after `--patience` evaluations without
+  improvement, the best weights kept (OUTPUT_DIR/best_model/);
+- at the end: the best model exported as a Hugging Face `BertForSequenceClassification` with its
+  tokenizer (OUTPUT_DIR/hf_model, id2label/label2id in its config), the test-set report
+  (OUTPUT_DIR/test_report.json: accuracy, macro-F1, AUROC one-vs-rest, per-class figures, confusion
+  matrix), OUTPUT_DIR/confusion_matrix.png and per-document predictions (test_predictions.csv).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import logging
+import math
+import os
+import shutil
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Literal, Optional
+
+import numpy as np
+import torch
+
+from bundle.atomic import atomic_path, atomic_write_text
+from bundle.cli import add_arguments, from_dict, parse_into
+
+from .checkpoint import list_checkpoints, load_checkpoint
+from .config import Backend, Precision, PretrainConfig, resolve_config_file
+from .distributed import resolve_dist_env
+from .objectives import SequenceClassification
+from .run_status import PREEMPTED_EXIT_CODE
+from .text_data import (LabelSet, TextClassificationLoader, TextDataError, encode_split, longest_tokens, read_table,
+                        split_rows)
+
+logger = logging.getLogger(__name__)
+
+HISTORY_FILE = "validation.jsonl"
+BEST_DIR = "best_model"
+REPORT_FILE = "test_report.json"
+
+
+def _f(default, help: str, **kw):
+    return field(default=default, metadata={"help": help, **kw})
+
+
+@dataclass
+class FinetuneConfig:
+    """Settings of one fine-tuning run (flags generated from these fields)."""
+
+    # --- data
+    train_file: str = _f(None, "Training data: .csv / .tsv / .parquet / .jsonl with a text and a label column.")
+    validation_file: Optional[str] = _f(None, "Validation data (early stopping); default: --validation_fraction of --train_file.")
+    test_file: Optional[str] = _f(None, "Test data (the final report); default: --test_fraction of --train_file (0: no test report).")
+    text_column: str = _f("text", "Column holding the text.", aliases=("--text-column",))
+    label_column: str = _f("label", "Column holding the class label (strings or integers).", aliases=("--label-column",))
+    validation_fraction: float = _f(0.1, "Fraction of --train_file held out for validation when --validation_file is not given.")
+    test_fraction: float = _f(0.1, "Fraction of --train_file held out for the test report when --test_file is not given.")
+    split_seed: int = _f(12345, "Seed of the stratified split of --train_file.")
+    max_seq_length: int = _f(128, "Tokens per sequence ([CLS] and [SEP] included).")
+    long_text: Literal["truncate", "window"] = _f("truncate", "Texts longer than --max_seq_length: truncate (keep the start) or window "
+                                                              "(overlapping windows; predictions averaged per document).")
+    stride: int = _f(32, "With --long_text window: tokens shared by consecutive windows.")
+    # --- model
+    init_checkpoint: Optional[str] = _f(None, "Weights to start from: a Hugging Face BERT folder (its tokenizer and config are used), an "
+                                              "NVIDIA .pt or a checkpoint of this bundle; none = random init (needs --config_file, --vocab_file).")
+    config_file: Optional[str] = _f(None, "BERT config JSON or a shipped name (tiny, base, large); default: the init model's.")
+    vocab_file: Optional[str] = _f(None, "WordPiece vocab.txt; default: the tokenizer of the --init_checkpoint folder.")
+    do_lower_case: Optional[bool] = _f(None, "Lower-case text with --vocab_file (default: true).")
+    dropout: Optional[float] = _f(None, "Override hidden, attention and classifier dropout.")
+    # --- optimisation (the pretraining trainer's optimizer and poly schedule; see --weight_decay)
+    output_dir: str = _f("finetune_output", "Checkpoints, metrics, best model, hf_model/, test report and plots.")
+    train_batch_size: int = _f(32, "Sequences per rank per optimizer step.")
+    gradient_accumulation_steps: int = _f(1, "Micro-batches accumulated per optimizer step.")
+    learning_rate: float = _f(5e-5, "Peak learning rate. With --weight_decay 0 the update is Adam's (BERT fine-tuning: 2e-5..1e-4; "
+                                    "a small model from random init: ~3e-3).")
+    warmup_proportion: float = _f(0.1, "Fraction of the steps spent in linear warm-up.")
+    max_steps: Optional[int] = _f(None, "Optimizer steps (default: --num_train_epochs epochs of the training data).")
+    num_train_epochs: float = _f(3.0, "Epochs, when --max_steps is not given.")
+    weight_decay: float = _f(0.0, "Decoupled weight decay. The trainer's optimizer is LAMB, which (as apex's FusedLAMB) applies "
+                                  "its layer-wise trust ratio only with weight decay: at 0 each step is an Adam step (after global "
+                                  "gradient clipping), the usual fine-tuning optimizer; > 0 gives LAMB, whose steps are relative to "
+                                  "each layer's weight norm (lr ~1e-3 for a pretrained model).")
+    max_grad_norm: float = _f(1.0, "Gradient-norm clip.")
+    seed: int = _f(42, "Seed for the classifier's initialisation, dropout and batch order.")
+    # --- evaluation / early stopping
+    eval_steps: int = _f(50, "Evaluate macro-F1 on the validation set every N optimizer steps (and at the last step).")
+    patience: int = _f(3, "Stop after this many evaluations without a better validation macro-F1 (0: never stop early).")
+    min_delta: float = _f(0.0, "An improvement must exceed this much macro-F1.")
+    eval_batch_size: int = _f(64, "Sequences per evaluation batch.")
+    # --- backend / precision / checkpoints (as in pretraining)
+    backend: Backend = _f("ort", "ort = ORTModule (torch-ort), eager = plain PyTorch, compile = torch.compile.")
+    precision: Precision = _f("fp32", "fp32, fp16 (dynamic loss scaling) or bf16.")
+    ort_optimizations: bool = _f(True, "ORT's compute optimizer.")
+    checkpoint_activations: bool = _f(False, "Recompute activations in the backward pass (less memory).")
+    resume_from_checkpoint: bool = _f(False, "Continue from the newest checkpoint in OUTPUT_DIR/checkpoints.")
+    num_steps_per_checkpoint: int = _f(200, "Save a checkpoint every N optimizer steps (and on SIGTERM, early stop and at the end).")
+    keep_checkpoints: int = _f(2, "Keep only the newest K checkpoints.")
+    deepspeed: Optional[str] = _f(None, "DeepSpeed config (as in pretraining; not tested with fine-tuning).")
+    log_freq: int = _f(10, "Log training metrics every N optimizer steps.")
+    disable_progress_bar: bool = _f(False, "Turn the progress bar off.")
+
+    def __post_init__(self) -> None:
+        if not self.train_file:
+            raise ValueError("--train_file is required")
+        for name in ("max_seq_length", "eval_steps", "eval_batch_size", "train_batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name} must be >= 1, got {getattr(self, name)}")
+        if self.max_seq_length < 8:
+            raise ValueError(f"--max_seq_length must be >= 8, got {self.max_seq_length}")
+        if self.patience < 0:
+            raise ValueError(f"--patience must be >= 0, got {self.patience}")
+        for name in ("validation_fraction", "test_fraction"):
+            if not 0 <= getattr(self, name) < 1:
+                raise ValueError(f"--{name} must be in [0, 1), got {getattr(self, name)}")
+        if not self.validation_file and self.validation_fraction <= 0:
+            raise ValueError("no validation data: pass --validation_file or a --validation_fraction > 0 (early stopping needs it)")
+        if self.long_text == "window" and not 0 <= self.stride < self.max_seq_length - 2:
+            raise ValueError(f"--stride {self.stride} must be >= 0 and < --max_seq_length - 2 ({self.max_seq_length - 2})")
+        if not self.init_checkpoint and not self.config_file:
+            raise ValueError("random initialisation (no --init_checkpoint) needs --config_file (e.g. tiny, base)")
+        if not self.init_checkpoint and not self.vocab_file:
+            raise ValueError("random initialisation (no --init_checkpoint) needs --vocab_file for the tokenizer")
+        if self.config_file:
+            resolve_config_file(self.config_file)
+        if self.max_steps is not None and self.max_steps < 1:
+            raise ValueError(f"--max_steps must be >= 1, got {self.max_steps}")
+        if not self.num_train_epochs > 0:
+            raise ValueError(f"--num_train_epochs must be > 0, got {self.num_train_epochs}")
+
+
+# ----------------------------------------------------------------------------- metrics
+def _auc(positive: np.ndarray, score: np.ndarray) -> float:
+    """Area under the ROC curve (Mann-Whitney U, ties counted half)."""
+    _, inverse, counts = np.unique(score, return_inverse=True, return_counts=True)
+    ranks = (np.cumsum(counts) - (counts - 1) / 2.0)[inverse]
+    n_pos = int(positive.sum())
+    n_neg = len(positive) - n_pos
+    return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+
+
+def classification_metrics(y_true: np.ndarray, probs: np.ndarray, labels: list[str]) -> dict:
+    """accuracy, macro-F1 (over the classes in y_true or the predictions, as scikit-learn), AUROC
+    (binary: of the second class; multi-class: one-vs-rest macro over the classes present in y_true),
+    per-class precision/recall/F1/support and the confusion matrix (rows: true, columns: predicted).
+    scikit-learn computes the three headline figures when it is installed, numpy otherwise."""
+    k = len(labels)
+    y_true = np.asarray(y_true, dtype=np.int64)
+    y_pred = probs.argmax(1)
+    cm = np.zeros((k, k), dtype=np.int64)
+    np.add.at(cm, (y_true, y_pred), 1)
+    tp = np.diag(cm).astype(float)
+    fp, fn = cm.sum(0) - tp, cm.sum(1) - tp
+    with np.errstate(invalid="ignore", divide="ignore"):
+        precision = np.where(tp + fp > 0, tp / (tp + fp), 0.0)
+        recall = np.where(tp + fn > 0, tp / (tp + fn), 0.0)
+        f1 = np.where(2 * tp + fp + fn > 0, 2 * tp / (2 * tp + fp + fn), 0.0)
+    present = sorted(set(y_true.tolist()) | set(y_pred.tolist()))
+    accuracy = float((y_true == y_pred).mean())
+    macro_f1 = float(f1[present].mean())
+    auroc_classes = [c for c in range(k) if 0 < (y_true == c).sum() < len(y_true)]
+    if k == 2:
+        auroc = _auc(y_true == 1, probs[:, 1]) if len(auroc_classes) == 2 else None
+    else:
+        aucs = [_auc(y_true == c, probs[:, c]) for c in auroc_classes]
+        auroc = float(np.mean(aucs)) if aucs else None
+    by = "numpy"
+    try:
+        from sklearn import metrics as skm
+    except ImportError:
+        skm = None
+    if skm is not None:
+        by = "scikit-learn"
+        accuracy = float(skm.accuracy_score(y_true, y_pred))
+        macro_f1 = float(skm.f1_score(y_true, y_pred, average="macro", zero_division=0))
+        if auroc is not None:
+            try:
+                auroc = float(skm.roc_auc_score(y_true, probs[:, 1]) if k == 2 else
+                              skm.roc_auc_score(y_true, probs, multi_class="ovr", average="macro", labels=list(range(k))))
+            except ValueError:  # a class absent from y_true: keep the average over the present ones
+                pass
+    return {
+        "documents": int(len(y_true)),
+        "accuracy": accuracy,
+        "macro_f1": macro_f1,
+        "auroc_ovr": auroc,
+        "auroc_note": (None if len(auroc_classes) == k else
+                       f"classes absent from the true labels left out of the AUROC: {[labels[c] for c in range(k) if c not in auroc_classes]}"),
+        "per_class": {labels[c]: {"precision": float(precision[c]), "recall": float(recall[c]), "f1": float(f1[c]),
+                                  "support": int(cm[c].sum())} for c in range(k)},
+        "labels": list(labels),
+        "confusion_matrix": cm.tolist(),
+        "metrics_computed_by": by,
+    }
+
+
+def plot_confusion_matrix(cm: list[list[int]], labels: list[str], path: Path, title: str) -> Path:
+    """Counts in each cell, colour by the share of the true class (row), so small classes stay readable."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cm = np.asarray(cm)
+    share = cm / np.maximum(cm.sum(1, keepdims=True), 1)
+    k = len(labels)
+    size = max(4.0, 0.9 * k + 2.5)
+    fig, ax = plt.subplots(figsize=(size + 1, size))
+    im = ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
+    for i in range(k):
+        for j in range(k):
+            ax.text(j, i, f"{cm[i, j]}\n{share[i, j]:.0%}", ha="center", va="center", fontsize=8,
+                    color="white" if share[i, j] > 0.6 else "black")
+    ax.set_xticks(range(k), labels, rotation=45, ha="right")
+    ax.set_yticks(range(k), labels)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title, fontsize=10)
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="share of the true class")
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)
+    return path
+
+
+@torch.no_grad()
+def predict(model, split, batch_size: int, device: torch.device) -> np.ndarray:
+    """Class probabilities per document ([documents, classes]): softmax of every window, averaged over a
+    document's windows. `model` is the plain Hugging Face classifier; run in eval mode, fp32."""
+    was_training = model.training
+    model.eval()
+    k = model.config.num_labels
+    sums = torch.zeros(split.num_docs, k, dtype=torch.float64)
+    try:
+        for start in range(0, len(split), batch_size):
+            b = split.batch(slice(start, start + batch_size))
+            width = int(b["input_mask"].sum(1).max())  # padding past the longest is masked anyway: skip it
+            logits = model(input_ids=b["input_ids"][:, :width].to(device), token_type_ids=b["segment_ids"][:, :width].to(device),
+                           attention_mask=b["input_mask"][:, :width].to(device)).logits
+            sums.index_add_(0, split.doc_index[start:start + batch_size], torch.softmax(logits.float(), -1).double().cpu())
+    finally:
+        model.train(was_training)
+    counts = torch.bincount(split.doc_index, minlength=split.num_docs).clamp(min=1).double()
+    return (sums / counts[:, None]).numpy()
+
+
+# ----------------------------------------------------------------------------- model, tokenizer, data
+def resolve_model_source(cfg: FinetuneConfig) -> tuple[str, Optional[str]]:
+    """(config file for the trainer, init format) from --config_file / --init_checkpoint."""
+    if not cfg.init_checkpoint:
+        return resolve_config_file(cfg.config_file), None
+    from .weights_import import detect_format, hf_config_path
+
+    fmt = detect_format(cfg.init_checkpoint)
+    if cfg.config_file:
+        return resolve_config_file(cfg.config_file), fmt
+    if fmt == "hf":
+        return str(hf_config_path(cfg.init_checkpoint)), fmt
+    if fmt == "bundle":  # the checkpoint carries its BERT config
+        saved = dict(load_checkpoint(cfg.init_checkpoint)["bert_config"])
+        saved["vocab_size"] = saved.pop("original_vocab_size", saved["vocab_size"])
+        for key in ("architectures", "id2label", "label2id", "num_labels", "problem_type", "_name_or_path"):
+            saved.pop(key, None)
+        path = Path(cfg.output_dir) / "init_bert_config.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(path, json.dumps(saved, indent=2) + "\n")
+        return str(path), fmt
+    raise ValueError(f"--init_checkpoint {cfg.init_checkpoint} is an NVIDIA checkpoint without a config: pass --config_file "
+                     "(its bert_config.json)")
+
+
+def load_tokenizer(cfg: FinetuneConfig):
+    from transformers import AutoTokenizer, BertTokenizerFast
+
+    if cfg.vocab_file:
+        if not Path(cfg.vocab_file).is_file():
+            raise ValueError(f"--vocab_file {cfg.vocab_file}: no such file")
+        return BertTokenizerFast(vocab_file=cfg.vocab_file, do_lower_case=True if cfg.do_lower_case is None else cfg.do_lower_case)
+    folder = Path(cfg.init_checkpoint)
+    folder = folder if folder.is_dir() else folder.parent
+    if not any((folder / f).is_file() for f in ("vocab.txt", "tokenizer.json")):
+        raise ValueError(f"--init_checkpoint {cfg.init_checkpoint}: no tokenizer there (vocab.txt / tokenizer.json); pass --vocab_file")
+    tok = AutoTokenizer.from_pretrained(str(folder), use_fast=True)
+    if not tok.is_fast:
+        raise ValueError(f"{folder}: its tokenizer has no fast version; pass --vocab_file")
+    if cfg.do_lower_case is not None and hasattr(tok, "do_lower_case") and tok.do_lower_case != cfg.do_lower_case:
+        logger.warning("--do_lower_case %s ignored: the tokenizer of %s has do_lower_case=%s", cfg.do_lower_case, folder, tok.do_lower_case)
+    return tok
+
+
+def load_splits(cfg: FinetuneConfig):
+    """(LabelSet, {"train"|"validation"|"test": Table}) with every split's labels checked against train's."""
+    train = read_table(cfg.train_file, cfg.text_column, cfg.label_column)
+    fractions = {}
+    if not cfg.validation_file:
+        fractions["validation"] = cfg.validation_fraction
+    if not cfg.test_file and cfg.test_fraction > 0:
+        fractions["test"] = cfg.test_fraction
+    tables = {}
+    if fractions:
+        LabelSet.from_table(train)  # one class only: say so about the file, before splitting
+        train, held = split_rows(train, fractions, cfg.split_seed)
+        tables.update(held)
+    tables["train"] = train
+    if cfg.validation_file:
+        tables["validation"] = read_table(cfg.validation_file, cfg.text_column, cfg.label_column)
+    if cfg.test_file:
+        tables["test"] = read_table(cfg.test_file, cfg.text_column, cfg.label_column)
+    labels = LabelSet.from_table(train)
+    for name, table in tables.items():
+        if not len(table):
+            raise TextDataError(f"{table.path}: the {name} split is empty; give a larger file or fraction")
+        labels.encode(table)  # unknown labels: an error naming the file and column
+    return labels, {name: tables[name] for name in ("train", "validation", "test") if name in tables}
+
+
+# ----------------------------------------------------------------------------- validation and early stopping
+class EarlyStopping:
+    """Trainer hook: validation every --eval_steps steps; best weights to OUTPUT_DIR/best_model; stop after
+    --patience evaluations without improvement. Its record (validation.jsonl) is cut back to the resumed
+    step on resume, and the evaluations after it are redone (the resumed run is bitwise the same), so
+    the best step and the patience count are those of an uninterrupted run."""
+
+    def __init__(self, cfg: FinetuneConfig, split, is_main: bool, device: torch.device, resumed_step: int | None):
+        self.cfg, self.split, self.is_main, self.device = cfg, split, is_main, device
+        self.out = Path(cfg.output_dir)
+        self.path = self.out / HISTORY_FILE
+        self.history: list[dict] = []
+        if resumed_step is not None and self.path.is_file():
+            self.history = [r for r in map(json.loads, self.path.read_text().splitlines()) if r["step"] <= resumed_step]
+        if is_main:
+            atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in self.history))
+        self.best: dict | None = None
+        self.bad = 0
+        for r in self.history:
+            self._update(r)
+
+    def _update(self, record: dict) -> bool:
+        improved = self.best is None or record["macro_f1"] > self.best["macro_f1"] + self.cfg.min_delta
+        if improved:
+            self.best, self.bad = record, 0
+        else:
+            self.bad += 1
+        return improved
+
+    @property
+    def exhausted(self) -> bool:
+        return self.cfg.patience > 0 and self.bad >= self.cfg.patience
+
+    def evaluate(self, hf_model) -> dict:
+        probs = predict(hf_model, self.split, self.cfg.eval_batch_size, self.device)
+        m = classification_metrics(self.split.doc_labels, probs, list(hf_model.config.id2label.values()))
+        loss = float(-np.log(np.clip(probs[np.arange(len(probs)), self.split.doc_labels], 1e-12, None)).mean())
+        return {"macro_f1": m["macro_f1"], "accuracy": m["accuracy"], "auroc_ovr": m["auroc_ovr"], "loss": loss}
+
+    def __call__(self, trainer, record: dict) -> None:
+        step = trainer.global_step
+        if step % self.cfg.eval_steps and step != trainer.cfg.max_steps:
+            return
+        rec = {"step": step, **self.evaluate(trainer.model.bert)}
+        improved = self._update(rec)
+        self.history.append(rec)
+        if self.is_main:
+            with open(self.path, "a") as fh:
+                fh.write(json.dumps(rec) + "\n")
+            if improved:
+                save_best(trainer.model.bert, self.out / BEST_DIR, rec)
+        logger.info("step %d validation: macro-F1 %.4f accuracy %.4f loss %.4f%s", step, rec["macro_f1"], rec["accuracy"],
+                    rec["loss"], " (best)" if improved else f" (best {self.best['macro_f1']:.4f} at step {self.best['step']}; "
+                                                            f"{self.bad}/{self.cfg.patience or 'inf'} without improvement)")
+        if self.exhausted:
+            logger.info("early stopping at step %d: no better validation macro-F1 in %d evaluations", step, self.bad)
+            trainer.finished_early = True
+
+
+def save_best(hf_model, folder: Path, record: dict) -> None:
+    """The best weights so far (the state dict of the classifier) and the record that made them best."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with atomic_path(folder / "model.pt") as tmp:
+        torch.save(hf_model.state_dict(), tmp)
+    atomic_write_text(folder / "best.json", json.dumps(record) + "\n")
+
+
+def export_best(trainer, tokenizer, out_dir: Path) -> Path:
+    """hf_model/: BertForSequenceClassification (vocab rows trimmed to the tokenizer) + the tokenizer."""
+    from .export import export_hf
+
+    tmp = out_dir.parent / f".{out_dir.name}.export"
+    shutil.rmtree(tmp, ignore_errors=True)
+    export_hf(trainer.model, tmp)
+    tokenizer.save_pretrained(tmp)
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    os.replace(tmp, out_dir)
+    return out_dir
+
+
+def write_predictions(path: Path, table, probs: np.ndarray, labels: list[str]) -> None:
+    with atomic_path(path) as tmp:
+        with open(tmp, "w", newline="", encoding="utf-8") as fh:
+            w = csv.writer(fh)
+            w.writerow(["row", "label", "predicted", *[f"p_{lab}" for lab in labels]])
+            for i, (lab, p) in enumerate(zip(table.labels, probs)):
+                w.writerow([i, lab, labels[int(p.argmax())], *[f"{x:.5f}" for x in p]])
+
+
+# ----------------------------------------------------------------------------- the run
+def run(cfg: FinetuneConfig) -> dict:
+    from .trainer import Trainer
+
+    out = Path(cfg.output_dir)
+    env = resolve_dist_env(os.environ)
+    config_file, fmt = resolve_model_source(cfg)
+    tokenizer = load_tokenizer(cfg)
+    from .model import load_bert_config
+
+    bert_config = load_bert_config(config_file)
+    if len(tokenizer) > bert_config.original_vocab_size:
+        raise ValueError(f"the tokenizer has {len(tokenizer)} tokens but the model config {config_file} has vocab_size "
+                         f"{bert_config.original_vocab_size}; use the vocab the model was trained with")
+    if cfg.max_seq_length > bert_config.max_position_embeddings:
+        raise ValueError(f"--max_seq_length {cfg.max_seq_length} > max_position_embeddings {bert_config.max_position_embeddings} of {config_file}")
+
+    labels, tables = load_splits(cfg)
+    # Training batches are padded to the longest training text (fixed for the run: one ORT export).
+    pad_to = cfg.max_seq_length if cfg.long_text == "window" else min(
+        cfg.max_seq_length, -(-longest_tokens(tokenizer, tables["train"].texts, cfg.max_seq_length) // 8) * 8)
+    splits = {name: encode_split(name, t, labels.encode(t), tokenizer, cfg.max_seq_length, cfg.long_text, cfg.stride,
+                                 pad_to if name == "train" else None)
+              for name, t in tables.items()}
+    for name, s in splits.items():
+        logger.info("%s: %s, %d documents, %d sequences of %d tokens%s", name, s.path, s.num_docs, len(s), s.input_ids.shape[1],
+                    f", {s.truncated} documents longer than {cfg.max_seq_length} tokens "
+                    f"({'windowed' if cfg.long_text == 'window' else 'truncated'})" if s.truncated else "")
+    micro = cfg.train_batch_size // cfg.gradient_accumulation_steps if cfg.train_batch_size % cfg.gradient_accumulation_steps == 0 else None
+    if micro is None:
+        raise ValueError(f"--train_batch_size {cfg.train_batch_size} must be divisible by --gradient_accumulation_steps "
+                         f"{cfg.gradient_accumulation_steps}")
+    loader = TextClassificationLoader(splits["train"], micro, cfg.seed, env.rank, env.world_size)
+    max_steps = cfg.max_steps or max(1, math.ceil(cfg.num_train_epochs * loader.batches_per_epoch / cfg.gradient_accumulation_steps))
+
+    resuming = cfg.resume_from_checkpoint and bool(list_checkpoints(out))
+    objective = SequenceClassification(labels.labels, init_checkpoint=None if resuming else cfg.init_checkpoint)
+    pcfg = PretrainConfig(
+        output_dir=str(out), config_file=config_file, objective=objective.name, train_batch_size=cfg.train_batch_size,
+        gradient_accumulation_steps=cfg.gradient_accumulation_steps, learning_rate=cfg.learning_rate,
+        warmup_proportion=cfg.warmup_proportion, max_steps=max_steps, weight_decay=cfg.weight_decay,
+        max_grad_norm=cfg.max_grad_norm, seed=cfg.seed, dropout=cfg.dropout, checkpoint_activations=cfg.checkpoint_activations,
+        precision=cfg.precision, backend=cfg.backend, ort_optimizations=cfg.ort_optimizations,
+        resume_from_checkpoint=cfg.resume_from_checkpoint, num_steps_per_checkpoint=cfg.num_steps_per_checkpoint,
+        keep_checkpoints=cfg.keep_checkpoints, skip_hf_export=True, deepspeed=cfg.deepspeed, log_freq=cfg.log_freq,
+        disable_progress_bar=cfg.disable_progress_bar, prefetch=False)
+    trainer = Trainer(pcfg, objective=objective, loader=loader)
+    try:
+        if trainer.is_main:
+            atomic_write_text(out / "finetune_config.json", json.dumps({**asdict(cfg), "max_steps": max_steps, "labels": labels.labels,
+                                                                        "train_sequence_length": pad_to}, indent=2) + "\n")
+        stopper = EarlyStopping(cfg, splits["validation"], trainer.is_main, trainer.device,
+                                trainer.global_step if resuming else None)
+        trainer.hooks.append(stopper)
+        if stopper.exhausted:
+            logger.info("this run already stopped early at step %d (best step %d)", trainer.global_step, stopper.best["step"])
+            summary = {"global_step": trainer.global_step, "already_finished": True}
+        else:
+            summary = trainer.train()
+    finally:
+        trainer.close()
+    if summary.get("preempted"):
+        return summary
+    summary.update(finished_early=stopper.exhausted, max_steps=max_steps)
+    if not trainer.is_main:
+        return summary
+    return finish(cfg, trainer, tokenizer, labels, tables, splits, stopper, summary)
+
+
+def finish(cfg, trainer, tokenizer, labels, tables, splits, stopper, summary) -> dict:
+    """Best weights -> hf_model/, test report, confusion matrix, predictions."""
+    out = Path(cfg.output_dir)
+    best_file = out / BEST_DIR / "model.pt"
+    best = json.loads((out / BEST_DIR / "best.json").read_text()) if best_file.is_file() else None
+    if stopper.best is None or best is None or best["step"] != stopper.best["step"]:
+        raise RuntimeError(f"{out / BEST_DIR}: holds step {best and best['step']}, but the validation record's best is step "
+                           f"{stopper.best and stopper.best['step']}; the folder was changed by another run. Start in a new --output_dir")
+    model = trainer.model.bert
+    model.load_state_dict(torch.load(best_file, map_location="cpu", weights_only=True))
+    export_best(trainer, tokenizer, out / "hf_model")
+    result = {**summary, "best_step": best["step"], "validation": {k: best[k] for k in ("macro_f1", "accuracy", "auroc_ovr", "loss")},
+              "labels": labels.labels, "hf_model": str(out / "hf_model")}
+    if "test" in splits:
+        split = splits["test"]
+        probs = predict(model, split, cfg.eval_batch_size, trainer.device)
+        report = {"file": split.path, "text_column": cfg.text_column, "label_column": cfg.label_column,
+                  "long_text": cfg.long_text, "max_seq_length": cfg.max_seq_length, "sequences": len(split),
+                  "init_checkpoint": cfg.init_checkpoint, "best_step": best["step"],
+                  **classification_metrics(split.doc_labels, probs, labels.labels)}
+        atomic_write_text(out / REPORT_FILE, json.dumps(report, indent=2) + "\n")
+        title = (f"{Path(split.path).name}: accuracy {report['accuracy']:.3f}, macro-F1 {report['macro_f1']:.3f}"
+                 + (f", AUROC {report['auroc_ovr']:.3f}" if report["auroc_ovr"] is not None else "")
+                 + f"\n{report['documents']} documents, best step {best['step']}")
+        plot_confusion_matrix(report["confusion_matrix"], labels.labels, out / "confusion_matrix.png", title)
+        write_predictions(out / "test_predictions.csv", tables["test"], probs, labels.labels)
+        result["test"] = {k: report[k] for k in ("accuracy", "macro_f1", "auroc_ovr", "documents")}
+        result["test_report"] = str(out / REPORT_FILE)
+    atomic_write_text(out / "finetune_summary.json", json.dumps(result, indent=2) + "\n")
+    return result
+
+
+# ----------------------------------------------------------------------------- command line
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m ort_training.finetune",
+        description="Fine-tune BERT for text classification (CSV / parquet / jsonl) with the pretraining loop "
+                    "(ORT / eager / torch.compile), early stopping on validation macro-F1, a test report and a "
+                    "Hugging Face BertForSequenceClassification export.")
+    add_arguments(parser, FinetuneConfig, required=("train_file",))
+    return parser
+
+
+def parse_config(argv: list[str] | None = None) -> FinetuneConfig:
+    return parse_into(build_parser(), lambda ns: from_dict(FinetuneConfig, ns, source="flags"), argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    cfg = parse_config(argv)
+    rank = resolve_dist_env(os.environ).rank
+    logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
+                        format=f"%(asctime)s [rank {rank}] %(levelname)s %(name)s: %(message)s")
+    try:
+        result = run(cfg)
+    except (TextDataError, ValueError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if result.get("preempted"):
+        logger.warning("preempted at step %d: checkpoint written; rerun with --resume_from_checkpoint", result["global_step"])
+        return PREEMPTED_EXIT_CODE
+    if rank == 0:
+        print(json.dumps({k: result.get(k) for k in ("global_step", "best_step", "finished_early", "validation", "test", "hf_model")}),
+              flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
