@@ -150,10 +150,13 @@ def test_from_bundle_checkpoint(task, tmp_path):
     assert torch.allclose(exported.bert.embeddings.word_embeddings.weight, src, atol=1e-6)  # lr 1e-9: one negligible step
 
 
-def test_ort_backend_runs(task, tmp_path):
+# torch.compile's first step compiles forward and backward (35 s to minutes on 2 busy cores): `slow`.
+@pytest.mark.parametrize("backend,precision", [("ort", "fp32"), ("eager", "bf16"),
+                                               pytest.param("compile", "fp32", marks=pytest.mark.slow)])
+def test_backends_run(task, tmp_path, backend, precision):
     out = tmp_path / "run"
     argv = base_args(out, train_file=task["binary"], config_file=task["config"], vocab_file=task["vocab"], max_steps=2,
-                     eval_steps=1, backend="ort", learning_rate=3e-3)
+                     eval_steps=1, backend=backend, precision=precision, learning_rate=3e-3, gradient_accumulation_steps=2)
     assert finetune.main(argv) == 0
     assert [r["step"] for r in read_metrics(out / "metrics.jsonl")] == [2]
     assert json.loads((out / "test_report.json").read_text())["documents"] == 24
