@@ -81,8 +81,16 @@ class FormatConfig:
     """Worker processes."""
     skip_bad: bool = False
     """Log and list unreadable inputs (truncated .gz, bad UTF-8, empty, malformed) instead of stopping."""
+    exclude_ids: Optional[Path] = None
+    """File with one PMID (document id) per line to leave out of the corpus, e.g. a downstream task's
+    test_pmids.txt (python -m data_prep.downstream); counted as 'excluded_pmid'. Its PMIDs' fingerprint
+    is recorded, so a changed list redoes the stage."""
 
     def __post_init__(self):
+        if self.exclude_ids is not None:
+            self.exclude_ids = Path(self.exclude_ids)
+            if not self.exclude_ids.is_file():
+                raise ConfigError(f"--exclude-ids {self.exclude_ids}: no such file (one PMID per line, e.g. test_pmids.txt)")
         _at_least("max_documents", self.max_documents, 1)
         _at_least("processes", self.processes, 1)
         _at_least("min_chars", self.min_chars, 0)

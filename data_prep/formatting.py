@@ -24,6 +24,7 @@ from tqdm import tqdm
 
 from .config import FormatConfig
 from .corpora import SUFFIXES, Deletion, Document, Skip, get_reader, input_stem
+from .downstream import exclude_records
 from bundle.atomic import atomic_path
 
 from .manifest import (DataPrepError, file_fingerprint, invalidate, is_complete, read_json, remove_temps,
@@ -67,11 +68,28 @@ def _reader_args(cfg: FormatConfig) -> dict:
             "text_column": cfg.text_column, "min_chars": cfg.min_chars, "max_documents": cfg.max_documents}
 
 
+def _exclusion(cfg: FormatConfig) -> tuple[str, frozenset[str]] | None:
+    """(fingerprint, PMIDs) of --exclude-ids, or None. The fingerprint (data_prep.downstream.pmids_fingerprint:
+    sha256 of the sorted PMIDs) goes into the manifests, so a changed list redoes the stage."""
+    if cfg.exclude_ids is None:
+        return None
+    from .downstream import TaskError, pmids_fingerprint, read_pmids
+
+    try:
+        pmids = read_pmids(cfg.exclude_ids)
+    except TaskError as e:
+        raise DataPrepError(str(e)) from None
+    log.info("format: leaving out the %d PMIDs listed in %s", len(pmids), cfg.exclude_ids)
+    return pmids_fingerprint(cfg.exclude_ids), frozenset(pmids)
+
+
 def _parse_one(task: tuple) -> dict:
     """Worker: parse one input file into ``.ids`` / ``.docs`` and a manifest. Returns the manifest."""
-    corpus, path, prefix, args, skip_bad = task
+    corpus, path, prefix, args, skip_bad, exclude = task
     manifest_path = prefix.with_suffix(".json")
-    expected = {"input": file_fingerprint(path), "corpus": corpus, "args": args}
+    # exclude: None or (sha256 of the sorted PMIDs, the PMIDs); a changed list invalidates the parse.
+    expected = {"input": file_fingerprint(path), "corpus": corpus, "args": args,
+                "exclude_ids": exclude[0] if exclude else None}
     if is_complete(manifest_path, expected):
         return read_json(manifest_path) | {"resumed": True}
     reader = get_reader(corpus)
@@ -82,7 +100,10 @@ def _parse_one(task: tuple) -> dict:
     try:
         with atomic_path(ids_path) as ids_tmp, atomic_path(docs_path) as docs_tmp, \
                 open(ids_tmp, "w", encoding="utf-8") as fi, open(docs_tmp, "w", encoding="utf-8") as fd:
-            for rec in reader(path, skip_bad=skip_bad, **args):
+            records = reader(path, skip_bad=skip_bad, **args)
+            if exclude:
+                records = exclude_records(records, exclude[1])
+            for rec in records:
                 if isinstance(rec, Document):
                     if len(rec.text) < args["min_chars"]:
                         skipped["too_short"] += 1
@@ -119,7 +140,8 @@ def run_format(cfg: FormatConfig) -> dict:
     remove_temps(parsed_dir)
     remove_temps(out_dir)
     args = _reader_args(cfg)
-    tasks = [(cfg.corpus, p, parsed_dir / f"{i:05d}_{input_stem(p)}", args, cfg.skip_bad) for i, p in enumerate(inputs)]
+    exclude = _exclusion(cfg)
+    tasks = [(cfg.corpus, p, parsed_dir / f"{i:05d}_{input_stem(p)}", args, cfg.skip_bad, exclude) for i, p in enumerate(inputs)]
 
     results: list[dict] = []
     with _pool(cfg.processes, len(tasks)) as pool:
@@ -133,7 +155,8 @@ def run_format(cfg: FormatConfig) -> dict:
 
     digest = hashlib.sha256(repr([(str(t[2]), sorted(r["output_sizes"].items())) for t, r in good]).encode()).hexdigest()
     manifest_path = out_dir / "manifest.json"
-    expected = {"stage": "format", "parsed_digest": digest, "max_documents": cfg.max_documents}
+    expected = {"stage": "format", "parsed_digest": digest, "max_documents": cfg.max_documents,
+                "exclude_ids": exclude[0] if exclude else None}
     if is_complete(manifest_path, expected):
         summary = read_json(manifest_path)
         log.info("format: outputs in %s are complete (manifest matches); skipping", out_dir)
@@ -154,7 +177,7 @@ def _resolve(good: list, out_dir: Path, max_documents: int | None) -> dict:
     keep_masks: list[np.ndarray] = []
     deleted_ids: set[str] = set()
     superseded = deleted = 0
-    for (_, _, prefix, _, _), r in reversed(good):
+    for (_, _, prefix, *_), r in reversed(good):
         ids = prefix.with_suffix(".ids").read_text(encoding="utf-8").splitlines()
         seen.update(r["deleted"])
         deleted_ids.update(r["deleted"])
@@ -175,7 +198,7 @@ def _resolve(good: list, out_dir: Path, max_documents: int | None) -> dict:
     dup = {s for s, c in Counter(stems).items() if c > 1}
     files, per_file, skipped = [], {}, Counter()
     total = capped = 0
-    for ((_, path, prefix, _, _), r), mask, stem in zip(good, keep_masks, stems):
+    for ((_, path, prefix, *_), r), mask, stem in zip(good, keep_masks, stems):
         name = f"{prefix.name}.txt" if stem in dup else f"{stem}.txt"
         skipped.update(r["skipped"])
         n = 0
