@@ -190,7 +190,7 @@ for phase in 1 2; do
   [[ -f "${results}/phase${phase}/summary.json" ]] || die "no ${results}/phase${phase}/summary.json"
 done
 [[ -f "${results}/phase2/hf_model/vocab.txt" ]] || die "the export has no tokenizer (${results}/phase2/hf_model/vocab.txt)"
-run_launch "${phase1}" "${phase2}" "${results}" python - <<'EOF'
+VOCAB_FILE="${data}/prep/vocab/vocab.txt" run_launch "${phase1}" "${phase2}" "${results}" python - <<'EOF'
 from transformers import AutoModelForMaskedLM, AutoTokenizer, pipeline
 path = "/workspace/bert/results/phase2/hf_model"
 tok, model = AutoTokenizer.from_pretrained(path), AutoModelForMaskedLM.from_pretrained(path)

@@ -10,7 +10,6 @@ lines of launch.sh / build.sh in DRY_RUN mode.
 
 from __future__ import annotations
 
-import fnmatch
 import importlib.metadata
 import io
 import os
@@ -73,7 +72,7 @@ def test_dockerfile_pins_equal_the_lock_file(flavour):
     assert ort_pins == {args["ORT_VERSION"]}, f"lock pins ONNX Runtime at {ort_pins}"
     # The build checks the installed wheels against exactly these ARGs, with the right ORT flavour.
     runs = " ".join(item["value"] for item in parsed(flavour).structure if item["instruction"] == "RUN")
-    for requirement in (f"torch==${{TORCH_VERSION}}", f"{ORT_DIST[flavour]}==${{ORT_VERSION}}", "torch-ort==${TORCH_ORT_VERSION}"):
+    for requirement in ("torch==${TORCH_VERSION}", f"{ORT_DIST[flavour]}==${{ORT_VERSION}}", "torch-ort==${TORCH_ORT_VERSION}"):
         assert f'"{requirement}"' in runs
     assert f"BERT_ORT_DEVICE={'cuda' if flavour == 'gpu' else 'cpu'}" in runs
     assert "scripts/bootstrap_env.sh" in runs
