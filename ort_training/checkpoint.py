@@ -88,9 +88,23 @@ def save_checkpoint(output_dir: str | Path, step: int, state: dict, keep: int) -
 
 
 def load_checkpoint(path: str | Path, step: int | None = None) -> dict:
-    """The newest checkpoint under `path` (see resolve_checkpoint), or the one of global `step`."""
+    """The newest readable checkpoint under `path` (see resolve_checkpoint), or the one of global `step`.
+
+    A newest checkpoint that cannot be read (a disk error, a file truncated by something other than
+    our atomic save) is skipped with a warning for the previous complete one."""
     if step is None:
-        ckpt = resolve_checkpoint(path)
+        candidates = [d / CKPT_FILE for _, d in reversed(list_checkpoints(path))]
+        if not candidates:
+            candidates = [resolve_checkpoint(path)]
+        for i, ckpt in enumerate(candidates):
+            try:
+                logger.info("loading checkpoint %s", ckpt)
+                return torch.load(ckpt, map_location="cpu", weights_only=True)
+            except Exception as exc:  # truncated zip, bad pickle, I/O error
+                if i + 1 == len(candidates):
+                    raise RuntimeError(f"{ckpt}: cannot read checkpoint ({exc}) and no older complete one exists; "
+                                       "start a new --output_dir") from exc
+                logger.warning("%s: cannot read checkpoint (%s); falling back to %s", ckpt, exc, candidates[i + 1])
     else:
         found = dict(list_checkpoints(path))
         if step not in found:

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from bundle import hdf5_schema
+from data_prep.manifest import file_sha256  # noqa: F401  (the same digest data_prep records)
 
 logger = logging.getLogger(__name__)
 
@@ -113,6 +114,16 @@ def _check_one_shape(root: Path, files: list[Path]) -> None:
         found = "; ".join(f"seq_len {s} / max_pred {p}: {len(fs)} files (e.g. {fs[0].relative_to(root)})"
                           for (s, p), fs in sorted(shapes.items()))
         raise DataError(f"{root}: mixes files of different shapes ({found}); point --input_dir at one phase's folder")
+
+
+def read_data_manifest(files: list[Path]) -> dict | None:
+    """data_prep's manifest of the folder holding `files` (its vocab, objective, ...), or None
+    (NVIDIA-made folders have none)."""
+    path = Path(files[0]).parent / DATA_PREP_MANIFEST
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
 
 
 @dataclass(frozen=True)

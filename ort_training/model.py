@@ -26,7 +26,11 @@ def load_bert_config(path: str, dropout: float | None = None) -> BertConfig:
     """Read a bert_config.json and pad the vocab to a multiple of 8 (tensor-core friendly, as NVIDIA does)."""
     from .config import resolve_config_file
 
-    config = BertConfig.from_json_file(resolve_config_file(path))
+    path = resolve_config_file(path)
+    try:
+        config = BertConfig.from_json_file(path)
+    except (OSError, ValueError) as exc:  # json.JSONDecodeError is a ValueError
+        raise ValueError(f"--config_file {path}: not a readable BERT config JSON ({exc})") from None
     config.original_vocab_size = config.vocab_size
     if config.vocab_size % 8:
         config.vocab_size += 8 - config.vocab_size % 8

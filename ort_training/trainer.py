@@ -15,18 +15,18 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from bundle.atomic import atomic_write_text
+from bundle.atomic import atomic_write_text, clean_stale_temps
 
 from . import distributed
 from .checkpoint import list_checkpoints, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .config import PretrainConfig
-from .data import DataError, PretrainingDataLoader, list_hdf5_files
+from .data import DataError, PretrainingDataLoader, file_sha256, list_hdf5_files, read_data_manifest
 from .engine import build_engine
 from .evaluate import mlm_accuracy
-from .metrics import MetricsLogger
+from .metrics import MetricsLogger, read_metrics
 from .model import BertPretrainingModel, check_vocab_fits, load_bert_config, wrap_model
 from .optim import build_optimizer, build_scheduler
-from .run_status import PREEMPTED_MARKER
+from .run_status import EXPORT_DIR, PREEMPTED_MARKER, phase_finished
 
 logger = logging.getLogger(__name__)
 
@@ -65,7 +65,8 @@ class Trainer:
         self.step_offset = cfg.phase1_end_step if cfg.phase2 else 0
         self.phase_step = 0
         self.hooks: list[Callable[["Trainer", dict], None]] = []
-        self.already_finished = False  # set by _restore: phase 1 rerun after phase 2 started
+        self.already_finished = False  # set by _restore: this phase reached its last step, or phase 2 started
+        self._finished_here = False  # already finished in this output dir: its export/summary may still be missing
         self._stop_requested = False
         self.finished_early = False  # a hook sets it (early stopping): checkpoint, then end like a finished phase
         self._prev_sigterm = None
@@ -74,8 +75,7 @@ class Trainer:
         # Same seed on every rank for the weights; then a per-rank seed so dropout differs by rank.
         seed_everything(cfg.seed)
         self.bert_config = load_bert_config(cfg.bert_config_path(), cfg.dropout)
-        if cfg.vocab_file:
-            check_vocab_fits(cfg.vocab_file, self.bert_config, cfg.bert_config_path())
+        self.vocab_file = cfg.vocab_file  # or the vocab data_prep recorded for the data (_adopt_data_manifest)
         self.model = BertPretrainingModel(self.bert_config, cfg.dense_seq_output, objective or cfg.objective).to(self.device)
         self.objective = self.model.objective
         if cfg.checkpoint_activations and cfg.backend != "ort":  # ORT recomputes inside its graph instead (wrap_model)
@@ -94,8 +94,17 @@ class Trainer:
             if cfg.eval_dir:  # checked now, not after hours of training
                 list_hdf5_files(cfg.eval_dir, "test", require_match=True)
             self._check_shapes(files[0])
+            self._adopt_data_manifest(files)
+        if self.vocab_file:
+            check_vocab_fits(self.vocab_file, self.bert_config, cfg.bert_config_path())
+        elif self.is_main and not cfg.skip_hf_export:
+            logger.warning("no --vocab_file and no data_prep manifest naming one: the Hugging Face export will have no tokenizer")
+        if loader is None:
             self.loader = PretrainingDataLoader(files, cfg.micro_batch_size, cfg.seed, self.env.rank, self.env.world_size, cfg.prefetch,
                                                 vocab_size=self.bert_config.original_vocab_size)
+        if self.is_main:
+            for folder in (Path(cfg.output_dir), Path(cfg.output_dir) / "checkpoints"):
+                clean_stale_temps(folder)  # what a killed export or checkpoint save left (.hf_model.tmp-PID, ...)
 
         self._restore()
         memory_opt_level = max(cfg.ort_memory_opt_level, 1) if cfg.checkpoint_activations else cfg.ort_memory_opt_level
@@ -106,8 +115,8 @@ class Trainer:
         if self._restored_optimizer_state is not None:
             self.engine.load_optimizer_state(self._restored_optimizer_state)
         # On resume, records after the restored step (written before the kill) are dropped: they are redone.
-        self.metrics = MetricsLogger(cfg.output_dir, cfg.log_dir, enabled=self.is_main and not self.already_finished,
-                                     truncate_after=self.global_step if cfg.resume_from_checkpoint else None)
+        self.metrics = MetricsLogger(cfg.output_dir, cfg.log_dir, enabled=self.is_main and (self._finished_here or not self.already_finished),
+                                     truncate_after=self.global_step if cfg.resume_from_checkpoint and not self.already_finished else None)
         if self.is_main:
             logger.info(
                 "phase %d | backend %s | %s | %d files | batch %d/rank x %d ranks (micro-batch %d x %d accumulation) | steps %d..%d",
@@ -118,6 +127,29 @@ class Trainer:
     @property
     def global_step(self) -> int:
         return self.step_offset + self.phase_step
+
+    def _adopt_data_manifest(self, files: list[Path]) -> None:
+        """data_prep's manifest knows the vocab and the objective the HDF5 was made with: take the vocab when
+        none is given (so every export carries its tokenizer), refuse a different one, refuse a mismatched objective."""
+        manifest = read_data_manifest(files)
+        if manifest is None:
+            return
+        where = Path(files[0]).parent / "manifest.json"
+        made_for = manifest.get("objective")
+        if made_for == "mlm" and self.objective.name == "mlm_nsp":
+            raise DataError(f"{where}: this HDF5 was written for --objective mlm (no next-sentence pairs; every NSP label is 0); "
+                            "train it with --objective mlm, or rebuild the data with data_prep's default objective")
+        recorded, digest = manifest.get("vocab_file"), manifest.get("vocab_sha256")
+        if self.vocab_file:
+            if digest and file_sha256(self.vocab_file) != digest:
+                raise DataError(f"--vocab_file {self.vocab_file} is not the vocab the HDF5 in {where.parent} was made with "
+                                f"({recorded}); token ids would mean other words. Pass that vocab, or rebuild the data with this one")
+        elif recorded and Path(recorded).is_file() and (not digest or file_sha256(recorded) == digest):
+            logger.info("vocab from the data's manifest: %s", recorded)
+            self.vocab_file = recorded
+            self.cfg.do_lower_case = bool(manifest.get("args", {}).get("lower_case", self.cfg.do_lower_case))
+        elif recorded:
+            logger.warning("%s names the vocab %s, which is missing or changed; pass --vocab_file for the export's tokenizer", where, recorded)
 
     def _check_shapes(self, path: Path) -> None:
         """--max_seq_length / --max_predictions_per_seq (NVIDIA's flags) must describe the data."""
@@ -221,7 +253,7 @@ class Trainer:
         logger.info("resumed phase %d at step %d", self.phase, self.global_step)
         if self.phase_step >= cfg.max_steps:  # a rerun of a finished phase: keep its export and summary
             logger.info("phase %d already finished (checkpoint at its last step %d)", self.phase, self.global_step)
-            self.already_finished = True
+            self.already_finished = self._finished_here = True
 
     def _check_finite_weights(self) -> None:
         """Never checkpoint or export non-finite weights: keep-last-K would prune the last good checkpoint."""
@@ -290,6 +322,9 @@ class Trainer:
         if threading.current_thread() is threading.main_thread():
             self._prev_sigterm = signal.signal(signal.SIGTERM, self._on_sigterm)
         if self.already_finished:
+            if self._finished_here and self.is_main:
+                self._complete_outputs()
+            distributed.barrier()
             return {"phase": self.phase, "already_finished": True, "global_step": self.global_step}
         it = iter(self.loader)
         start_step = self.phase_step
@@ -348,17 +383,34 @@ class Trainer:
             "e2e_train_time": t_end - t_begin,
         }
         if self.is_main:
-            if not cfg.skip_hf_export:
-                from .export import export_hf
-
-                export_hf(self.model, Path(cfg.output_dir) / "hf_model", cfg.vocab_file, cfg.do_lower_case, cfg.export_onnx)
-            if cfg.eval_dir:
-                summary.update(self.evaluate())
-            self.metrics.summary(summary, self.objective.curves)
-            if cfg.json_summary:
-                atomic_write_text(cfg.json_summary, json.dumps(summary, indent=2) + "\n")
+            self._write_outputs(summary)
         distributed.barrier()
         return summary
+
+    def _write_outputs(self, summary: dict) -> None:
+        """The export, then the summary: a phase counts as finished only once both exist (run_status)."""
+        cfg = self.cfg
+        if not cfg.skip_hf_export:
+            from .export import export_hf
+
+            export_hf(self.model, Path(cfg.output_dir) / EXPORT_DIR, self.vocab_file, cfg.do_lower_case, cfg.export_onnx)
+        if cfg.eval_dir:
+            summary.update(self.evaluate())
+        self.metrics.summary(summary, self.objective.curves)
+        if cfg.json_summary:
+            atomic_write_text(cfg.json_summary, json.dumps(summary, indent=2) + "\n")
+
+    def _complete_outputs(self) -> None:
+        """A run killed after its last checkpoint but before (or during) the export: write what is missing."""
+        if phase_finished(self.cfg.output_dir, self.cfg):
+            return
+        logger.warning("phase %d reached its last step but its export or summary is missing (stopped during the export?); "
+                       "writing them now from the last checkpoint", self.phase)
+        records = read_metrics(Path(self.cfg.output_dir) / "metrics.jsonl")
+        last = records[-1] if records else {}
+        self._write_outputs({"phase": self.phase, "backend": self.cfg.backend, "precision": self.cfg.precision,
+                             "global_step": self.global_step, "max_steps": self.cfg.max_steps, "training_sequences_per_second": None,
+                             "final_loss": last.get("loss"), "final_mlm_accuracy": last.get("mlm_accuracy"), "completed_on_rerun": True})
 
     def evaluate(self) -> dict:
         """Held-out MLM accuracy of the current weights on --eval_dir (eager model, rank 0), computed

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -55,8 +56,6 @@ def test_second_run_into_a_busy_output_dir_is_refused_naming_the_holder(setup, t
 def test_torn_metrics_line_does_not_block_resume(setup, tmp_path):
     args = ("--max_steps", "4", "--num_steps_per_checkpoint", "2", "--skip_hf_export")
     assert train(setup, tmp_path, *args).returncode == 0
-    import shutil
-
     shutil.rmtree(tmp_path / "checkpoints" / "step-4")  # as if killed before the last checkpoint...
     with open(tmp_path / "metrics.jsonl", "a") as fh:
         fh.write('{"step": 5, "loss": 7.')  # ...during an append (or on a full disk)
@@ -65,3 +64,61 @@ def test_torn_metrics_line_does_not_block_resume(setup, tmp_path):
     assert "torn last line" in proc.stderr
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == [1, 2, 3, 4]
+
+
+def test_killed_during_the_export_a_rerun_writes_what_is_missing(setup, tmp_path):
+    """A kill after the last checkpoint, during the export: no hf_model/, no summary.json, a stale temp folder."""
+    assert train(setup, tmp_path, "--max_steps", "2").returncode == 0
+    shutil.rmtree(tmp_path / "hf_model")
+    (tmp_path / "summary.json").unlink()
+    stale = tmp_path / ".hf_model.tmp-999999"  # a pid that no longer runs
+    stale.mkdir()
+    proc = train(setup, tmp_path, "--max_steps", "2", "--resume_from_checkpoint")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "export or summary is missing" in proc.stderr
+    assert (tmp_path / "hf_model" / "config.json").is_file() and (tmp_path / "hf_model" / "vocab.txt").is_file()
+    assert json.loads((tmp_path / "summary.json").read_text())["global_step"] == 2
+    assert not stale.exists()
+
+
+def test_export_takes_the_vocab_from_the_data_manifest_and_refuses_another(setup, tmp_path):
+    from data_prep.manifest import file_sha256
+
+    data = tmp_path / "data"
+    shutil.copytree(setup["input_dir"], data)
+    files = sorted(data.glob("*.hdf5"))
+    (data / "manifest.json").write_text(json.dumps({
+        "stage": "hdf5", "vocab_file": setup["vocab_file"], "vocab_sha256": file_sha256(Path(setup["vocab_file"])),
+        "args": {"lower_case": True}, "objective": "nsp", "output_sizes": {f.name: f.stat().st_size for f in files}}))
+    args = ["--input_dir", str(data), "--config_file", setup["config_file"], "--output_dir", str(tmp_path / "out"), "--backend", "eager",
+            "--train_batch_size", "8", "--max_steps", "1", "--disable_progress_bar"]
+    proc = subprocess.run([sys.executable, "-m", "ort_training.run_pretraining", *args], env=ENV, cwd=REPO, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert (tmp_path / "out" / "hf_model" / "vocab.txt").read_text() == Path(setup["vocab_file"]).read_text()
+    from transformers import pipeline
+
+    fill = pipeline("fill-mask", model=str(tmp_path / "out" / "hf_model"))  # the issue's failing call
+    assert len(fill("w1 w2 [MASK] w3")) == 5
+    other = tmp_path / "other_vocab.txt"
+    other.write_text(Path(setup["vocab_file"]).read_text().replace("w1\n", "x1\n"))
+    proc = subprocess.run([sys.executable, "-m", "ort_training.run_pretraining", *args, "--vocab_file", str(other), "--output_dir",
+                           str(tmp_path / "out2")], env=ENV, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode != 0 and "is not the vocab the HDF5" in proc.stderr
+
+
+def test_corrupt_newest_checkpoint_falls_back_to_the_previous_one(setup, tmp_path):
+    assert train(setup, tmp_path, "--max_steps", "3", "--num_steps_per_checkpoint", "1", "--skip_hf_export").returncode == 0
+    newest = tmp_path / "checkpoints" / "step-3" / "checkpoint.pt"
+    newest.write_bytes(newest.read_bytes()[:1000])  # damaged outside our atomic save
+    (tmp_path / "summary.json").unlink()
+    proc = train(setup, tmp_path, "--max_steps", "3", "--num_steps_per_checkpoint", "1", "--skip_hf_export", "--resume_from_checkpoint")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "cannot read checkpoint" in proc.stderr and "falling back to" in proc.stderr and "resumed phase 1 at step 2" in proc.stderr
+
+
+def test_malformed_config_json_names_the_file(setup, tmp_path):
+    bad = tmp_path / "bert_config.json"
+    bad.write_text('{"hidden_size": 64,')
+    proc = train({**setup, "config_file": str(bad)}, tmp_path / "out", "--max_steps", "1")
+    assert proc.returncode != 0 and f"--config_file {bad}: not a readable BERT config JSON" in proc.stderr
