@@ -1,0 +1,285 @@
+"""BERT-large pretraining step throughput on one GPU, beside NVIDIA's published A100-80GB figures.
+
+    PYTHONPATH=. python benchmarks/bench_gpu.py                      # the full matrix (~20-30 min on one GPU)
+    PYTHONPATH=. python benchmarks/bench_gpu.py --phases 1 --precisions bf16 --backends eager,compile
+    PYTHONPATH=. python benchmarks/bench_gpu.py --smoke              # tiny model on CPU, seconds (CI runs it)
+
+Runs from a plain checkout with whatever recent torch and transformers are installed (no venv, no
+internet, no ONNX Runtime needed): the model is the trainer's own (`ort_training.model`:
+BertPretrainingModel on load_bert_config("large"), MLM + NSP loss inside forward, LAMB from
+ort_training.optim), fed random NVIDIA-schema batches already on the device. One subprocess per
+variant (torch.compile caches, an OOM, or ORT's environment switches do not leak into the next);
+--smoke runs its variants in one process.
+
+Variants: phase 1 (seq 128, 20 predictions) and phase 2 (seq 512, 80) at NVIDIA's per-GPU
+micro-batches for A100-80GB (DeepLearningExamples' dgxa100-80g configs: fp16 256 / 32, TF32 128 / 16;
+bf16 uses the fp16 ones) x precision bf16 | fp16 (autocast + GradScaler) | tf32 (fp32 weights, TF32
+matmuls) x backend eager | compile | ort (where onnxruntime-training imports) x MLM head on the masked
+positions only ("masked", the trainer's default) or on every position ("full").
+
+Reported per variant: sequences/s (after --warmup untimed steps), peak GPU memory, and model-FLOPs
+utilisation: 6 x (non-embedding parameters) x tokens + attention (12 x layers x hidden x seq^2) +
+the MLM head on the predicted positions, per sequence, over the device's dense peak for that
+precision. The same FLOP count is used for both heads (the full head's extra work is waste), so MFU
+compares them directly. NVIDIA's figures (per A100-80GB, from its BERT README) are printed beside.
+Results go to --json (default benchmarks/results/bench_gpu.json).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+# NVIDIA DeepLearningExamples BERT (PyTorch), pretraining throughput per A100-80GB GPU, seq/s.
+NVIDIA_A100_80GB = {(1, "fp16"): 580, (1, "tf32"): 317, (2, "fp16"): 210, (2, "tf32"): 110}
+# Per-GPU micro-batches of NVIDIA's A100-80GB configs (train_batch_size / gradient_accumulation_steps).
+MICRO_BATCH = {(1, "fp16"): 256, (1, "bf16"): 256, (1, "tf32"): 128, (2, "fp16"): 32, (2, "bf16"): 32, (2, "tf32"): 16}
+PHASE = {1: {"seq": 128, "max_pred": 20}, 2: {"seq": 512, "max_pred": 80}}
+# Dense (no sparsity) tensor-core peaks, TFLOP/s: (16-bit, TF32). Matched against the device name.
+PEAK_TFLOPS = [
+    ("H200", (989.0, 494.5)), ("H100 PCIe", (756.0, 378.0)), ("H100", (989.0, 494.5)), ("H800", (989.0, 494.5)),
+    ("B200", (2250.0, 1100.0)), ("GH200", (989.0, 494.5)), ("A100", (312.0, 156.0)), ("A800", (312.0, 156.0)),
+    ("L40S", (362.0, 183.0)), ("L40", (181.0, 90.5)), ("L4", (121.0, 60.0)), ("A10", (125.0, 62.5)),
+    ("V100", (125.0, None)), ("T4", (65.0, None)),
+]
+
+
+def model_flops_per_sequence(config, seq: int, max_pred: int) -> float:
+    """Training FLOPs (forward + backward = 3 x forward) of one sequence, MLM head on the predictions only."""
+    h, layers, inter = config.hidden_size, config.num_hidden_layers, config.intermediate_size
+    per_layer = 4 * h * h + 2 * h * inter  # QKV + output projection, and the two FFN matrices (weights)
+    dense = 6 * layers * per_layer * seq  # 2 FLOPs per weight per token, x3 for training
+    attention = 12 * layers * h * seq * seq  # QK^T and AV: 2 x 2 x seq^2 x h forward, x3
+    head = 6 * (h * h + h * config.vocab_size) * max_pred + 6 * h * h  # MLM transform + decoder; pooler/NSP
+    return float(dense + attention + head)
+
+
+def peak_tflops(device_name: str, precision: str) -> float | None:
+    for key, (half, tf32) in PEAK_TFLOPS:
+        if key in device_name:
+            return half if precision in ("fp16", "bf16") else tf32
+    return None
+
+
+def random_batch(batch: int, seq: int, max_pred: int, vocab: int, device):
+    import torch
+
+    g = torch.Generator(device="cpu").manual_seed(0)
+    input_ids = torch.randint(5, vocab, (batch, seq), generator=g)
+    segment_ids = (torch.arange(seq) >= seq // 2).long().expand(batch, seq).contiguous()
+    input_mask = torch.ones(batch, seq, dtype=torch.long)
+    positions = torch.stack([torch.randperm(seq - 1, generator=g)[:max_pred] + 1 for _ in range(batch)]).sort(1).values
+    labels = torch.gather(input_ids, 1, positions)
+    nsp = torch.randint(0, 2, (batch,), generator=g)
+    cpu = dict(input_ids=input_ids, segment_ids=segment_ids, input_mask=input_mask, masked_lm_positions=positions,
+               masked_lm_labels=labels, next_sentence_labels=nsp)
+    return {k: v.to(device) for k, v in cpu.items()}
+
+
+def build_model(config_name: str, dense_head: bool):
+    """The trainer's model: ort_training.model's BertPretrainingModel (MLM + NSP loss in forward)."""
+    from ort_training.model import BertPretrainingModel, load_bert_config
+
+    config = load_bert_config(config_name, dropout=0.1)
+    return BertPretrainingModel(config, dense_seq_output=dense_head), config
+
+
+def worker(v: dict) -> dict:
+    import torch
+
+    from ort_training.optim import build_optimizer
+
+    device = torch.device(v["device"])
+    cuda = device.type == "cuda"
+    torch.manual_seed(0)
+    torch.backends.cuda.matmul.allow_tf32 = v["precision"] == "tf32"
+    torch.backends.cudnn.allow_tf32 = v["precision"] == "tf32"
+    model, config = build_model(v["config"], v["head"] == "masked")
+    model.to(device).train()
+    if v["backend"] == "compile":
+        wrapped = torch.compile(model)
+    elif v["backend"] == "ort":
+        from ort_training.model import wrap_model
+
+        wrapped = wrap_model(model, "ort")
+    else:
+        wrapped = model
+    optimizer = build_optimizer(model, lr=1e-4)
+    amp_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(v["precision"])
+    scaler = torch.amp.GradScaler(device.type, enabled=v["precision"] == "fp16" and cuda)
+    batch = random_batch(v["batch"], v["seq"], v["max_pred"], getattr(config, "original_vocab_size", config.vocab_size), device)
+    inputs = model.inputs(batch)
+
+    def step():
+        with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+            loss, _ = wrapped(*inputs)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        optimizer.zero_grad(set_to_none=True)
+        return loss
+
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    t0 = time.perf_counter()
+    for _ in range(v["warmup"]):
+        loss = step()
+    sync()
+    warmup_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    for _ in range(v["steps"]):
+        loss = step()
+    sync()
+    elapsed = time.perf_counter() - t0
+    seq_per_s = v["batch"] * v["steps"] / elapsed
+    flops = model_flops_per_sequence(config, v["seq"], v["max_pred"])
+    name = torch.cuda.get_device_name(device) if cuda else platform.processor() or "cpu"
+    peak = v.get("peak_tflops") or (peak_tflops(name, v["precision"]) if cuda else None)
+    return {**v, "device_name": name, "seq_per_s": round(seq_per_s, 2), "step_ms": round(1000 * elapsed / v["steps"], 2),
+            "warmup_s": round(warmup_s, 2), "peak_mem_gib": round(torch.cuda.max_memory_allocated(device) / 2**30, 2) if cuda else None,
+            "model_tflops_per_s": round(seq_per_s * flops / 1e12, 6), "mfu": round(seq_per_s * flops / (peak * 1e12), 4) if peak else None,
+            "loss": round(float(loss), 4), "torch": torch.__version__}
+
+
+def ort_available() -> bool:
+    try:
+        import onnxruntime.training  # noqa: F401
+        import torch_ort  # noqa: F401
+    except Exception:  # not installed, or broken against this torch
+        return False
+    return True
+
+
+def variants(args) -> list[dict]:
+    out = []
+    for phase in args.phases:
+        for precision in args.precisions:
+            for backend in args.backends:
+                for head in args.heads:
+                    seq, max_pred = (args.smoke_seq, 5) if args.smoke else (PHASE[phase]["seq"], PHASE[phase]["max_pred"])
+                    batch = args.batch_size or (4 if args.smoke else MICRO_BATCH[(phase, precision)])
+                    out.append(dict(phase=phase, precision=precision, backend=backend, head=head, seq=seq, max_pred=max_pred,
+                                    batch=batch, config=args.config, device=args.device, warmup=args.warmup, steps=args.steps,
+                                    peak_tflops=args.peak_tflops))
+    return out
+
+
+def run_variant(v: dict, timeout: float, in_process: bool = False) -> dict:
+    if in_process:  # --smoke: one interpreter for all variants (each subprocess would import torch again)
+        try:
+            return worker(v)
+        except Exception as exc:  # reported in the table like a failed subprocess
+            return {**v, "error": f"{type(exc).__name__}: {exc}"}
+    cmd = [sys.executable, __file__, "--worker", json.dumps(v)]
+    env = dict(os.environ, PYTHONPATH=str(REPO) + (os.pathsep + os.environ["PYTHONPATH"] if os.environ.get("PYTHONPATH") else ""))
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+    except subprocess.TimeoutExpired:
+        return {**v, "error": f"timed out after {timeout:.0f} s"}
+    if proc.returncode != 0:
+        tail = proc.stderr.strip().splitlines()[-3:]
+        oom = "OutOfMemoryError" in proc.stderr or "out of memory" in proc.stderr
+        return {**v, "error": ("out of memory: " if oom else "") + " | ".join(tail)}
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def table(results: list[dict]) -> str:
+    head = f"{'phase':>5} {'prec':>5} {'backend':>8} {'head':>6} {'batch':>5} {'seq/s':>9} {'ms/step':>8} {'mem GiB':>8} {'MFU':>6} {'NVIDIA A100':>12}"
+    lines = [head, "-" * len(head)]
+    for r in results:
+        ref = NVIDIA_A100_80GB.get((r["phase"], r["precision"]))
+        ref_s = f"{ref}" if ref else "-"
+        if "error" in r:
+            lines.append(f"{r['phase']:>5} {r['precision']:>5} {r['backend']:>8} {r['head']:>6} {r['batch']:>5}  {r['error'][:90]}")
+            continue
+        mem = f"{r['peak_mem_gib']:.1f}" if r["peak_mem_gib"] is not None else "-"
+        mfu = f"{100 * r['mfu']:.1f}%" if r["mfu"] is not None else "-"
+        lines.append(f"{r['phase']:>5} {r['precision']:>5} {r['backend']:>8} {r['head']:>6} {r['batch']:>5} {r['seq_per_s']:>9.1f} "
+                     f"{r['step_ms']:>8.1f} {mem:>8} {mfu:>6} {ref_s:>12}")
+    return "\n".join(lines)
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    csv = lambda kind: lambda s: [kind(x) for x in s.split(",") if x]  # noqa: E731
+    p.add_argument("--phases", type=csv(int), default=[1, 2])
+    p.add_argument("--precisions", type=csv(str), default=["bf16", "fp16", "tf32"])
+    p.add_argument("--backends", type=csv(str), default=None, help="default: eager,compile, plus ort where it imports")
+    p.add_argument("--heads", type=csv(str), default=["masked", "full"], help="MLM head on the masked positions only, or every position")
+    p.add_argument("--batch-size", type=int, default=None, help="override NVIDIA's per-GPU micro-batch")
+    p.add_argument("--config", default="large", help="BERT config (tiny/base/large or a JSON path)")
+    p.add_argument("--device", default=None, help="default cuda (cpu with --smoke)")
+    p.add_argument("--warmup", type=int, default=None, help="untimed steps first (compilation, ORT export); default 3")
+    p.add_argument("--steps", type=int, default=None, help="timed steps; default 10")
+    p.add_argument("--peak-tflops", type=float, default=None, help="the device's dense peak for the precision, when not in the table")
+    p.add_argument("--timeout", type=float, default=900, help="seconds per variant")
+    p.add_argument("--json", type=Path, default=REPO / "benchmarks" / "results" / "bench_gpu.json")
+    p.add_argument("--smoke", action="store_true", help="tiny BERT on CPU, fp32 only, 1 warm-up + 2 steps (CI)")
+    p.add_argument("--worker", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.smoke:
+        args.config = "tiny" if args.config == "large" else args.config
+        args.device = args.device or "cpu"
+        args.precisions = ["tf32"] if args.precisions == ["bf16", "fp16", "tf32"] else args.precisions
+        args.backends = args.backends or ["eager"]
+        args.warmup = 1 if args.warmup is None else args.warmup
+        args.steps = args.steps or 2
+        args.smoke_seq = 32
+    args.device = args.device or "cuda"
+    args.warmup = 3 if args.warmup is None else args.warmup
+    args.steps = args.steps or 10
+    if args.backends is None:
+        args.backends = ["eager", "compile"] + (["ort"] if ort_available() else [])
+    for name, allowed in (("precisions", {"bf16", "fp16", "tf32"}), ("backends", {"eager", "compile", "ort"}), ("heads", {"masked", "full"})):
+        bad = set(getattr(args, name)) - allowed
+        if bad:
+            p.error(f"--{name}: unknown {sorted(bad)}; choose from {sorted(allowed)}")
+    if set(args.phases) - {1, 2}:
+        p.error("--phases: 1 and/or 2")
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args.worker:
+        print(json.dumps(worker(json.loads(args.worker))), flush=True)
+        return 0
+    import torch
+
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        print("bench_gpu: no CUDA device visible to torch; run on a GPU machine, or --smoke / --device cpu", file=sys.stderr)
+        return 2
+    if "ort" in args.backends and not ort_available():
+        print("bench_gpu: --backends ort needs onnxruntime-training and torch-ort importable with this torch "
+              "(ORT training is frozen at 1.19.2: torch < 2.7); drop ort or use the pinned stack", file=sys.stderr)
+        return 2
+    todo = variants(args)
+    print(f"bench_gpu: {len(todo)} variant(s), torch {torch.__version__}, device {args.device}"
+          + (f" ({torch.cuda.get_device_name()})" if args.device.startswith("cuda") else ""), flush=True)
+    results = []
+    for v in todo:
+        r = run_variant(v, args.timeout, in_process=args.smoke)
+        results.append(r)
+        print(table([r]).splitlines()[-1], flush=True)
+    print()
+    print(table(results))
+    print("NVIDIA A100-80GB: phase 1 fp16 580 seq/s, TF32 317; phase 2 fp16 210, TF32 110 (per GPU, DeepLearningExamples BERT README)")
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps({"nvidia_a100_80gb_seq_per_s": {f"phase{p}_{q}": s for (p, q), s in NVIDIA_A100_80GB.items()},
+                                     "results": results}, indent=2) + "\n")
+    print(f"bench_gpu: wrote {args.json}")
+    return 1 if any("error" in r for r in results) and args.smoke else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,96 @@
+"""benchmarks/bench_gpu.py: the CPU smoke run CI relies on, the FLOP count behind MFU, and its refusals."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[2]
+SCRIPT = REPO / "benchmarks" / "bench_gpu.py"
+
+
+def load():
+    spec = importlib.util.spec_from_file_location("bench_gpu", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def run(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    # As a user runs it from a plain checkout: PYTHONPATH=. and whatever interpreter has torch.
+    return subprocess.run([sys.executable, str(SCRIPT), *args], cwd=REPO, env=dict(os.environ, PYTHONPATH=str(REPO)),
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def test_smoke_runs_every_phase_and_head_on_cpu_and_writes_json(tmp_path):
+    out = tmp_path / "bench.json"
+    proc = run("--smoke", "--json", str(out))
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    data = json.loads(out.read_text())
+    results = data["results"]
+    assert {(r["phase"], r["head"]) for r in results} == {(1, "masked"), (1, "full"), (2, "masked"), (2, "full")}
+    for r in results:
+        assert "error" not in r, r
+        assert r["seq_per_s"] > 0 and r["step_ms"] > 0 and r["model_tflops_per_s"] > 0
+        assert torch.isfinite(torch.tensor(r["loss"])) and r["loss"] > 0
+        assert r["torch"] == torch.__version__
+    assert data["nvidia_a100_80gb_seq_per_s"] == {"phase1_fp16": 580, "phase2_fp16": 210, "phase1_tf32": 317, "phase2_tf32": 110}
+    assert "NVIDIA A100-80GB: phase 1 fp16 580 seq/s, TF32 317; phase 2 fp16 210, TF32 110" in proc.stdout
+
+
+def test_model_flops_count_the_real_encoder_weights():
+    """The dense term must be 6 x (the encoder's weight-matrix parameters) x tokens: count them on a real BERT."""
+    bench = load()
+    from ort_training.model import BertPretrainingModel, load_bert_config
+
+    config = load_bert_config("tiny")
+    model = BertPretrainingModel(config)
+    encoder_weights = sum(p.numel() for n, p in model.bert.bert.encoder.named_parameters() if n.endswith(".weight") and p.dim() == 2)
+    seq, max_pred = 128, 20
+    flops = bench.model_flops_per_sequence(config, seq, max_pred)
+    attention = 12 * config.num_hidden_layers * config.hidden_size * seq * seq
+    head = 6 * (config.hidden_size ** 2 + config.hidden_size * config.vocab_size) * max_pred + 6 * config.hidden_size ** 2
+    assert flops == 6 * encoder_weights * seq + attention + head
+    # BERT-large, phase 1: ~2.4e11 FLOPs per training sequence (6 x 302M x 128 + attention + head), so
+    # NVIDIA's 580 seq/s on an A100 is ~45% of its 312 TFLOP/s.
+    large = load_bert_config("large")
+    assert 2.3e11 < bench.model_flops_per_sequence(large, 128, 20) < 2.5e11
+
+
+def test_nvidia_micro_batches_and_device_peaks():
+    bench = load()
+    assert bench.MICRO_BATCH[(1, "fp16")] == 256 and bench.MICRO_BATCH[(2, "tf32")] == 16
+    assert bench.peak_tflops("NVIDIA H100 80GB HBM3", "bf16") == 989.0
+    assert bench.peak_tflops("NVIDIA H100 PCIe", "tf32") == 378.0
+    assert bench.peak_tflops("NVIDIA A100-SXM4-80GB", "fp16") == 312.0
+    assert bench.peak_tflops("Some Future GPU", "bf16") is None
+    args = bench.parse_args(["--phases", "2", "--precisions", "tf32", "--backends", "eager", "--heads", "masked"])
+    [v] = bench.variants(args)
+    assert (v["seq"], v["max_pred"], v["batch"], v["device"]) == (512, 80, 16, "cuda")
+
+
+def test_refusals_are_clear():
+    bad = run("--backends", "eager,tensorrt")
+    assert bad.returncode == 2 and "--backends: unknown ['tensorrt']" in bad.stderr
+    if not torch.cuda.is_available():
+        proc = run("--phases", "1", "--backends", "eager")
+        assert proc.returncode == 2 and "no CUDA device visible to torch" in proc.stderr
+    if importlib.util.find_spec("torch_ort") is None:
+        proc = run("--smoke", "--backends", "ort")
+        assert proc.returncode == 2 and "ORT training is frozen at 1.19.2" in proc.stderr
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_one_bf16_step_on_the_gpu(tmp_path):
+    proc = run("--phases", "1", "--precisions", "bf16", "--backends", "eager", "--heads", "masked", "--config", "base",
+               "--batch-size", "8", "--warmup", "1", "--steps", "2", "--json", str(tmp_path / "g.json"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    [r] = json.loads((tmp_path / "g.json").read_text())["results"]
+    assert r["peak_mem_gib"] > 0 and r["seq_per_s"] > 0
