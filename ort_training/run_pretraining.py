@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
-import json
-import logging
-import os
+import signal
 import sys
 
-from bundle.locking import RunLock, RunLockedError
+# SIGTERM is caught before torch is imported: a preemption that lands during start-up still ends with
+# the exit-143 contract (nothing new to checkpoint yet) instead of Python's default kill.
+_early_sigterm: list[int] = []
+if __name__ == "__main__":
+    signal.signal(signal.SIGTERM, lambda signum, frame: _early_sigterm.append(signum))
 
-from .config import parse_config
-from .run_status import PREEMPTED_EXIT_CODE
-from .trainer import NonFiniteError, Trainer
+import json  # noqa: E402
+import logging  # noqa: E402
+import os  # noqa: E402
+
+from bundle.locking import RunLock, RunLockedError  # noqa: E402
+
+from .config import parse_config  # noqa: E402
+from .run_status import PREEMPTED_EXIT_CODE  # noqa: E402
 
 NON_FINITE_EXIT_CODE = 3
 
@@ -23,33 +30,38 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.INFO if rank == 0 else logging.WARNING,
         format=f"%(asctime)s [rank {rank}] %(levelname)s %(name)s: %(message)s",
     )
+    log = logging.getLogger(__name__)
     lock = RunLock(cfg.output_dir, "training") if rank == 0 else None  # one run per output dir (rank 0 holds it)
     try:
         if lock is not None:
             lock.acquire()
     except RunLockedError as exc:
-        logging.getLogger(__name__).error("%s", exc)
+        log.error("%s", exc)
         return 2
     try:
-        trainer = Trainer(cfg)
+        from .trainer import NonFiniteError, Trainer
+
         try:
-            summary = trainer.train()
-        finally:
-            trainer.close()
-    except NonFiniteError as exc:
-        logging.getLogger(__name__).error("%s", exc)
-        return NON_FINITE_EXIT_CODE
+            trainer = Trainer(cfg)
+            if _early_sigterm:
+                trainer.request_stop()
+            try:
+                summary = trainer.train()
+            finally:
+                trainer.close()
+        except NonFiniteError as exc:
+            log.error("%s", exc)
+            return NON_FINITE_EXIT_CODE
     finally:
         if lock is not None:
             lock.release()
     if summary.get("preempted"):
-        logging.getLogger(__name__).warning("preempted at step %d: checkpoint written, exiting %d; rerun with "
-                                            "--resume_from_checkpoint to continue", summary["global_step"], PREEMPTED_EXIT_CODE)
+        log.warning("preempted at step %d: checkpoint written, exiting %d; rerun with --resume_from_checkpoint to continue",
+                    summary["global_step"], PREEMPTED_EXIT_CODE)
     if rank == 0:
         print(json.dumps(summary), flush=True)  # the last line of stdout: wrappers parse it
     # The checkpoint is on disk; a non-zero status keeps wrappers from treating a preempted phase as done.
     return PREEMPTED_EXIT_CODE if summary.get("preempted") else 0
-
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -50,6 +50,19 @@ class Trainer:
         """`objective` (an Objective instance, default: cfg.objective by name) and `loader` (default: the
         HDF5 reader of cfg.input_dir; any iterable of batch dicts with close/state_dict/load_state_dict)
         let other tasks reuse this loop: fine-tuning passes its own (ort_training/finetune.py)."""
+        # SIGTERM is caught from the first moment, so a preemption during start-up (loading, the ORT export)
+        # also ends with the 143 contract instead of the default kill.
+        self._stop_requested = False
+        self._prev_sigterm = None
+        if threading.current_thread() is threading.main_thread():
+            self._prev_sigterm = signal.signal(signal.SIGTERM, self._on_sigterm)
+        try:
+            self._setup(cfg, objective, loader)
+        except BaseException:
+            self._restore_sigterm()
+            raise
+
+    def _setup(self, cfg: PretrainConfig, objective, loader) -> None:
         self.cfg = cfg
         self.env, self.device = distributed.init_distributed()
         self.is_main = self.env.rank == 0
@@ -67,9 +80,7 @@ class Trainer:
         self.hooks: list[Callable[["Trainer", dict], None]] = []
         self.already_finished = False  # set by _restore: this phase reached its last step, or phase 2 started
         self._finished_here = False  # already finished in this output dir: its export/summary may still be missing
-        self._stop_requested = False
         self.finished_early = False  # a hook sets it (early stopping): checkpoint, then end like a finished phase
-        self._prev_sigterm = None
         self._restored_optimizer_state = None
 
         # Same seed on every rank for the weights; then a per-rank seed so dropout differs by rank.
@@ -271,6 +282,10 @@ class Trainer:
         distributed.barrier()
 
     # ---------------------------------------------------------------- loop
+    def request_stop(self) -> None:
+        """Checkpoint after the current step and end with the preemption contract (what SIGTERM does)."""
+        self._stop_requested = True
+
     def _on_sigterm(self, signum, frame) -> None:
         logger.warning("SIGTERM: checkpointing after the current step and exiting")
         self._stop_requested = True
@@ -319,8 +334,6 @@ class Trainer:
 
     def train(self) -> dict:
         cfg = self.cfg
-        if threading.current_thread() is threading.main_thread():
-            self._prev_sigterm = signal.signal(signal.SIGTERM, self._on_sigterm)
         if self.already_finished:
             if self._finished_here and self.is_main:
                 self._complete_outputs()
@@ -363,7 +376,7 @@ class Trainer:
         bar.close()
         t_end = time.perf_counter()
         if self._stop_requested:
-            if saved_at != self.phase_step:
+            if saved_at != self.phase_step and self.phase_step != start_step:  # nothing new to save if stopped before a step
                 self.save()
             summary = {"preempted": True, "global_step": self.global_step}
             if self.is_main:
@@ -425,10 +438,13 @@ class Trainer:
             loader.close()
         return {"eval_mlm_accuracy": result["mlm_accuracy"], "eval_mlm_loss": result["mlm_loss"], "eval_masked_tokens": result["masked_tokens"]}
 
-    def close(self) -> None:
+    def _restore_sigterm(self) -> None:
         if self._prev_sigterm is not None:
             signal.signal(signal.SIGTERM, self._prev_sigterm)
             self._prev_sigterm = None
+
+    def close(self) -> None:
+        self._restore_sigterm()
         self.loader.close()
         self.metrics.close()
         if not self.cfg.deepspeed:  # DeepSpeed caches its groups per process: leave its process group alive
