@@ -64,4 +64,8 @@ def main(argv: list[str] | None = None) -> int:
     return PREEMPTED_EXIT_CODE if summary.get("preempted") else 0
 
 if __name__ == "__main__":
-    sys.exit(main())
+    status = main()
+    # The outcome is decided: a SIGTERM during interpreter teardown (Python resets its handlers to the
+    # default there) must not turn a finished run's status into a kill.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    sys.exit(status)
