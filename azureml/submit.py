@@ -20,7 +20,6 @@ import dataclasses
 import logging
 import os
 import sys
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Optional
@@ -28,6 +27,7 @@ from typing import Literal, Optional
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))  # run as a script from anywhere: the bundle's packages sit beside azureml/
 
+from bundle.atomic import atomic_path  # noqa: E402
 from bundle.cli import add_arguments, from_dict, nest  # noqa: E402
 from ort_training.config import read_yaml  # noqa: E402
 from ort_training.recipe import RECIPES_DIR, load_recipe, phase_configs, trainer_args  # noqa: E402
@@ -265,15 +265,8 @@ def write_job_yaml(cfg: SubmitConfig, path: str | os.PathLike) -> Path:
     path = Path(path).resolve()
     path.parent.mkdir(parents=True, exist_ok=True)
     job = build_pipeline_job(cfg)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    os.unlink(tmp)  # dump() refuses to overwrite an existing file
-    try:
-        job.dump(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_path(path) as tmp:
+        job.dump(tmp)  # the temporary name does not exist yet: dump() refuses to overwrite a file
     return path
 
 

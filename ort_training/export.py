@@ -26,11 +26,13 @@ _VOCAB_ROWS = ("bert.embeddings.word_embeddings.weight", "cls.predictions.decode
 
 
 def export_hf(model: BertPretrainingModel, out_dir: str | Path, vocab_file: str | None = None, do_lower_case: bool = True,
-              export_onnx: bool = False) -> Path:
-    """Write `save_pretrained` model (+ tokenizer when a vocab is given) to out_dir atomically."""
+              export_onnx: bool = False, tokenizer=None) -> Path:
+    """Write `save_pretrained` model (+ its tokenizer: the one given, or one built from `vocab_file`) to
+    out_dir atomically."""
     out = Path(out_dir)
     vocab_size = getattr(model.config, "original_vocab_size", model.config.vocab_size)
-    tokenizer = BertTokenizerFast(vocab_file=vocab_file, do_lower_case=do_lower_case) if vocab_file else None
+    if tokenizer is None and vocab_file:
+        tokenizer = BertTokenizerFast(vocab_file=vocab_file, do_lower_case=do_lower_case)
     if tokenizer is not None:
         vocab_size = len(tokenizer)
     config = copy.deepcopy(model.config)

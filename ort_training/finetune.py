@@ -27,7 +27,6 @@ import json
 import logging
 import math
 import os
-import shutil
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -400,14 +399,7 @@ def export_best(trainer, tokenizer, out_dir: Path) -> Path:
     """hf_model/: BertForSequenceClassification (vocab rows trimmed to the tokenizer) + the tokenizer."""
     from .export import export_hf
 
-    tmp = out_dir.parent / f".{out_dir.name}.export"
-    shutil.rmtree(tmp, ignore_errors=True)
-    export_hf(trainer.model, tmp)
-    tokenizer.save_pretrained(tmp)
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    os.replace(tmp, out_dir)
-    return out_dir
+    return export_hf(trainer.model, out_dir, tokenizer=tokenizer)
 
 
 def write_predictions(path: Path, table, probs: np.ndarray, labels: list[str]) -> None:
