@@ -40,3 +40,17 @@ def test_backend_matches_eager(setup, eager_losses, backend, tmp_path):
     assert eager_losses[-1][0] < eager_losses[0][0] - 0.05  # it actually trains (random tokens: slowly)
     for step, ((le, _), (lb, _)) in enumerate(zip(eager_losses, losses)):
         assert abs(lb - le) <= 1e-4 * abs(le), f"step {step + 1}: {backend} loss {lb} vs eager {le}"
+
+
+def test_checkpoint_activations_under_ort_is_ort_recompute_with_the_same_losses(setup, tmp_path, caplog):
+    """NVIDIA's --checkpoint_activations under ORT turns on ORT's layer recompute (memory optimizer level 1)."""
+    import logging
+    import os
+
+    plain = run_losses(setup, tmp_path / "plain", "ort", steps=3, dropout=0.0)
+    with caplog.at_level(logging.WARNING):
+        recompute = run_losses(setup, tmp_path / "recompute", "ort", steps=3, dropout=0.0, checkpoint_activations=True)
+        assert os.environ["ORTMODULE_MEMORY_OPT_LEVEL"] == "1"
+    assert [r[0] for r in recompute] == pytest.approx([r[0] for r in plain], rel=1e-5)
+    banner = "\n".join(r.getMessage() for r in caplog.records)
+    assert "Memory Optimizer" in banner and "ON" in banner.split("Memory Optimizer", 1)[1].split("\n", 1)[0]
