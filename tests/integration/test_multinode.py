@@ -88,7 +88,7 @@ def test_killed_node_resumes_from_checkpoint_to_the_uninterrupted_result(tmp_pat
     logs.mkdir()
 
     reference = tmp_path / "reference"
-    assert wait_all(start_agents(setup, reference, logs, "reference", resume=False), 300, logs) == [0, 0]
+    assert wait_all(start_agents(setup, reference, logs, "reference", resume=False), 150, logs) == [0, 0]
     ref_model, ref_loss = final_state(reference)
 
     out = tmp_path / "interrupted"
@@ -105,7 +105,7 @@ def test_killed_node_resumes_from_checkpoint_to_the_uninterrupted_result(tmp_pat
     assert done and max(done) < STEPS, f"the kill came too late to interrupt anything: {done}"
     assert not (out / "summary.json").exists()
 
-    assert wait_all(start_agents(setup, out, logs, "resumed", resume=True), 300, logs) == [0, 0]
+    assert wait_all(start_agents(setup, out, logs, "resumed", resume=True), 150, logs) == [0, 0]
     resumed_log = (logs / "resumed-node0.log").read_text() + (logs / "resumed-node1.log").read_text()
     assert f"at step {max(done)}" in resumed_log, resumed_log[-3000:]  # continued, not restarted from step 0
     model, loss = final_state(out)
