@@ -40,7 +40,7 @@ class PretrainConfig:
     vocab_file: Optional[str] = _f(None, "WordPiece vocab.txt; used for the HF tokenizer export (config vocab_size may be padded).")
     do_lower_case: bool = _f(True, "Tokenizer lower-cases text (written into the exported tokenizer).")
     eval_dir: Optional[str] = _f(None, "Optional folder of held-out HDF5 shards; MLM accuracy is reported at the end of the phase.")
-    eval_batches: int = _f(20, "Number of micro-batches evaluated from --eval_dir.")
+    eval_batches: int = _f(20, "At most this many micro-batches of --eval_dir are evaluated, each held-out sequence once.")
     log_dir: Optional[str] = _f(None, "TensorBoard folder (default OUTPUT_DIR/tensorboard).")
     max_seq_length: Optional[int] = _f(None, "Expected sequence length of the HDF5 (checked when the data is opened).")
     max_predictions_per_seq: Optional[int] = _f(None, "Expected masked positions per sequence of the HDF5 (checked likewise).")

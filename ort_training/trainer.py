@@ -22,7 +22,7 @@ from .checkpoint import list_checkpoints, load_checkpoint, rng_state, save_check
 from .config import PretrainConfig
 from .data import DataError, PretrainingDataLoader, file_sha256, list_hdf5_files, read_data_manifest
 from .engine import build_engine
-from .evaluate import mlm_accuracy
+from .evaluate import held_out_batches, mlm_accuracy
 from .metrics import MetricsLogger, read_metrics
 from .model import BertPretrainingModel, check_vocab_fits, load_bert_config, wrap_model
 from .optim import build_optimizer, build_scheduler
@@ -428,14 +428,13 @@ class Trainer:
     def evaluate(self) -> dict:
         """Held-out MLM accuracy of the current weights on --eval_dir (eager model, rank 0), computed
         like `python -m ort_training.evaluate` computes it for an export."""
-        loader = PretrainingDataLoader(list_hdf5_files(self.cfg.eval_dir, "test", require_match=True), self.cfg.micro_batch_size, 0, prefetch=False)
-        it = iter(loader)
-        batches = ({k: v.to(self.device) for k, v in next(it).items()} for _ in range(self.cfg.eval_batches))
+        files = list_hdf5_files(self.cfg.eval_dir, "test", require_match=True)
+        held_out = held_out_batches(files, self.cfg.micro_batch_size, self.cfg.eval_batches * self.cfg.micro_batch_size,
+                                    self.bert_config.original_vocab_size)  # each sequence at most once
         try:
-            result = mlm_accuracy(self.model.bert, batches)
+            result = mlm_accuracy(self.model.bert, ({k: v.to(self.device) for k, v in b.items()} for b in held_out))
         finally:
             self.model.train()
-            loader.close()
         return {"eval_mlm_accuracy": result["mlm_accuracy"], "eval_mlm_loss": result["mlm_loss"], "eval_masked_tokens": result["masked_tokens"]}
 
     def _restore_sigterm(self) -> None:
