@@ -9,7 +9,11 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import importlib.util
+import inspect
 import logging
+import shutil
+import tempfile
 from collections import Counter
 from pathlib import Path
 
@@ -25,6 +29,21 @@ logger = logging.getLogger(__name__)
 _VOCAB_ROWS = ("bert.embeddings.word_embeddings.weight", "cls.predictions.decoder.weight", "cls.predictions.bias", "cls.predictions.decoder.bias")
 
 
+def wordpiece_tokenizer(vocab_file: str | Path, do_lower_case: bool = True) -> BertTokenizerFast:
+    """BertTokenizerFast from a vocab.txt on transformers 4.x and 5.x alike (5.x ignores `vocab_file=` in
+    the constructor and silently builds a 5-token vocabulary; loading a folder works on both)."""
+    with tempfile.TemporaryDirectory() as folder:
+        shutil.copyfile(vocab_file, Path(folder) / "vocab.txt")
+        return BertTokenizerFast.from_pretrained(folder, do_lower_case=do_lower_case)
+
+
+def save_tokenizer(tokenizer, folder: Path) -> None:
+    """save_pretrained, plus the vocab.txt that BERT tooling reads (transformers 5.x writes only tokenizer.json)."""
+    tokenizer.save_pretrained(folder)
+    vocab = sorted(tokenizer.get_vocab().items(), key=lambda item: item[1])
+    (Path(folder) / "vocab.txt").write_text("".join(f"{token}\n" for token, _ in vocab), encoding="utf-8")
+
+
 def export_hf(model: BertPretrainingModel, out_dir: str | Path, vocab_file: str | None = None, do_lower_case: bool = True,
               export_onnx: bool = False, tokenizer=None) -> Path:
     """Write `save_pretrained` model (+ its tokenizer: the one given, or one built from `vocab_file`) to
@@ -32,7 +51,7 @@ def export_hf(model: BertPretrainingModel, out_dir: str | Path, vocab_file: str 
     out = Path(out_dir)
     vocab_size = getattr(model.config, "original_vocab_size", model.config.vocab_size)
     if tokenizer is None and vocab_file:
-        tokenizer = BertTokenizerFast(vocab_file=vocab_file, do_lower_case=do_lower_case)
+        tokenizer = wordpiece_tokenizer(vocab_file, do_lower_case)
     if tokenizer is not None:
         vocab_size = len(tokenizer)
     config = copy.deepcopy(model.config)
@@ -50,7 +69,7 @@ def export_hf(model: BertPretrainingModel, out_dir: str | Path, vocab_file: str 
     hf.tie_weights()
     with atomic_dir(out) as tmp:
         if tokenizer is not None:
-            tokenizer.save_pretrained(tmp)
+            save_tokenizer(tokenizer, tmp)
         hf.save_pretrained(tmp, safe_serialization=True)
         if export_onnx:
             export_onnx_model(tmp, tmp / "model.onnx")
@@ -107,6 +126,14 @@ def nonstandard_ops(onnx_path: str | Path) -> dict[str, int]:
     return dict(found)
 
 
+def check_onnx_available() -> None:
+    """--export_onnx writes with onnx and verifies with onnxruntime: say so at start-up, not after training."""
+    missing = [m for m in ("onnx", "onnxruntime") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise RuntimeError(f"--export_onnx needs {' and '.join(missing)}: pip install onnx onnxruntime (the pinned stack has "
+                           "both), or leave --export_onnx off")
+
+
 def export_onnx_model(hf_dir: str | Path, onnx_path: str | Path, seq_len: int = 128, verify: bool = True) -> Path:
     """ONNX (opset 17) of BertForMaskedLM for inference: inputs input_ids/attention_mask/token_type_ids, output logits.
 
@@ -114,8 +141,12 @@ def export_onnx_model(hf_dir: str | Path, onnx_path: str | Path, seq_len: int = 
     symbolics whatever backend ran before in this process (`standard_onnx_symbolics`). With `verify`,
     the file is checked to hold standard ONNX operators only and its logits are compared with PyTorch's
     in an onnxruntime InferenceSession; a mismatch raises instead of leaving a broken model.onnx."""
+    check_onnx_available()
     model = BertForMaskedLM.from_pretrained(hf_dir, attn_implementation="eager").eval()
     seq_len = max(2, min(seq_len, model.config.max_position_embeddings))
+    # The TorchScript exporter (torch >= 2.9 defaults to the dynamo one, which needs onnxscript and
+    # ignores the symbolic registry that standard_onnx_symbolics guards).
+    exporter = {"dynamo": False} if "dynamo" in inspect.signature(torch.onnx.export).parameters else {}
     dummy = torch.ones(1, seq_len, dtype=torch.long)
     axes = {0: "batch", 1: "sequence"}
     onnx_path = Path(onnx_path)
@@ -130,6 +161,7 @@ def export_onnx_model(hf_dir: str | Path, onnx_path: str | Path, seq_len: int = 
             opset_version=17,
             operator_export_type=torch.onnx.OperatorExportTypes.ONNX,
             do_constant_folding=True,
+            **exporter,
         )
     if verify:
         verify_onnx(onnx_path, model)

@@ -251,12 +251,14 @@ def resolve_model_source(cfg: FinetuneConfig) -> tuple[str, Optional[str]]:
 
 
 def load_tokenizer(cfg: FinetuneConfig):
-    from transformers import AutoTokenizer, BertTokenizerFast
+    from transformers import AutoTokenizer
+
+    from .export import wordpiece_tokenizer
 
     if cfg.vocab_file:
         if not Path(cfg.vocab_file).is_file():
             raise ValueError(f"--vocab_file {cfg.vocab_file}: no such file")
-        return BertTokenizerFast(vocab_file=cfg.vocab_file, do_lower_case=True if cfg.do_lower_case is None else cfg.do_lower_case)
+        return wordpiece_tokenizer(cfg.vocab_file, True if cfg.do_lower_case is None else cfg.do_lower_case)
     folder = Path(cfg.init_checkpoint)
     folder = folder if folder.is_dir() else folder.parent
     if not any((folder / f).is_file() for f in ("vocab.txt", "tokenizer.json")):

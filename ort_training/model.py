@@ -81,8 +81,28 @@ def ort_env(memory_opt_level: int) -> dict[str, str]:
     }
 
 
+ORT_MAX_TORCH = (2, 7)  # ORTModule's C++ extensions break on torch >= 2.7
+ORT_MAX_PYTHON = (3, 11)  # onnxruntime-training 1.19.2 ships wheels up to Python 3.11
+
+
+def ort_stack_problem() -> str | None:
+    """Why --backend ort cannot work in this environment whatever is installed, or None."""
+    import sys
+
+    torch_version = tuple(int(x) for x in torch.__version__.split("+")[0].split(".")[:2])
+    python = sys.version_info[:2]
+    if torch_version >= ORT_MAX_TORCH or python > ORT_MAX_PYTHON:
+        return (f"--backend ort is not available on this stack: ONNX Runtime training is frozen at its last release, 1.19.2, "
+                f"which supports torch < {'.'.join(map(str, ORT_MAX_TORCH))} and Python <= {'.'.join(map(str, ORT_MAX_PYTHON))} only "
+                f"(this environment: torch {torch.__version__}, Python {python[0]}.{python[1]}). Use --backend eager or --backend "
+                "compile, or the pinned stack for ORT (scripts/bootstrap_env.sh: torch 2.6.0 + onnxruntime-training 1.19.2, constraints.txt)")
+    return None
+
+
 def import_ortmodule():
-    """ORTModule class, or a RuntimeError that says how to install it."""
+    """ORTModule class, or a RuntimeError that says why not and how to fix it."""
+    if (problem := ort_stack_problem()) is not None:
+        raise RuntimeError(problem)
     try:
         from onnxruntime.training import ortmodule
         from torch_ort import ORTModule

@@ -87,6 +87,10 @@ class Trainer:
         seed_everything(cfg.seed)
         self.bert_config = load_bert_config(cfg.bert_config_path(), cfg.dropout)
         self.vocab_file = cfg.vocab_file  # or the vocab data_prep recorded for the data (_adopt_data_manifest)
+        if cfg.export_onnx:
+            from .export import check_onnx_available
+
+            check_onnx_available()
         self.model = BertPretrainingModel(self.bert_config, cfg.dense_seq_output, objective or cfg.objective).to(self.device)
         self.objective = self.model.objective
         if cfg.checkpoint_activations and cfg.backend != "ort":  # ORT recomputes inside its graph instead (wrap_model)

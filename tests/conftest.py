@@ -11,3 +11,29 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 # Rust tokenizers' thread pool must be off before tests fork worker processes.
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def _ort_usable() -> str | None:
+    """None if ORTModule can run here, else why not (the current stack has no ONNX Runtime training)."""
+    try:
+        from ort_training.model import import_ortmodule
+
+        import_ortmodule()
+    except Exception as exc:  # noqa: BLE001 -- any reason is a reason to skip
+        return str(exc).split(";")[0]
+    return None
+
+
+def pytest_collection_modifyitems(config, items):
+    """`ort` tests need ORTModule, `onnx` tests onnx + onnxruntime: skipped with the reason on a stack without them."""
+    import importlib.util
+
+    import pytest
+
+    ort_reason = _ort_usable() if any(item.get_closest_marker("ort") for item in items) else None
+    onnx_missing = [m for m in ("onnx", "onnxruntime") if importlib.util.find_spec(m) is None]
+    for item in items:
+        if item.get_closest_marker("ort") and ort_reason:
+            item.add_marker(pytest.mark.skip(reason=f"needs ORTModule: {ort_reason}"))
+        if item.get_closest_marker("onnx") and onnx_missing:
+            item.add_marker(pytest.mark.skip(reason=f"needs {' and '.join(onnx_missing)} (ONNX export)"))

@@ -18,6 +18,8 @@ from ort_training.export import export_onnx_model, nonstandard_ops, standard_onn
 from ort_training.run_pretraining import main as pretrain_main
 from ort_training.synthetic import tiny_setup
 
+pytestmark = [pytest.mark.ort, pytest.mark.onnx]
+
 VOCAB = 1003
 
 

@@ -33,7 +33,7 @@ def eager_losses(setup, tmp_path_factory):
 
 # torch.compile's first step compiles forward and backward with inductor's C++ backend: about
 # 35 s with a warm inductor cache, 2-4 minutes cold on 2 busy cores, hence `slow`.
-@pytest.mark.parametrize("backend", ["ort", pytest.param("compile", marks=pytest.mark.slow)])
+@pytest.mark.parametrize("backend", [pytest.param("ort", marks=pytest.mark.ort), pytest.param("compile", marks=pytest.mark.slow)])
 def test_backend_matches_eager(setup, eager_losses, backend, tmp_path):
     losses = run_losses(setup, tmp_path, backend)
     assert len(losses) == len(eager_losses) == 20
@@ -42,6 +42,7 @@ def test_backend_matches_eager(setup, eager_losses, backend, tmp_path):
         assert abs(lb - le) <= 1e-4 * abs(le), f"step {step + 1}: {backend} loss {lb} vs eager {le}"
 
 
+@pytest.mark.ort
 def test_checkpoint_activations_under_ort_is_ort_recompute_with_the_same_losses(setup, tmp_path, caplog):
     """NVIDIA's --checkpoint_activations under ORT turns on ORT's layer recompute (memory optimizer level 1)."""
     import logging

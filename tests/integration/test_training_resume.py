@@ -55,7 +55,7 @@ def run(setup, out, backend, stop_at=None, resume=False, crash_at=None, **overri
     return losses, summary
 
 
-@pytest.mark.parametrize("backend,tol", [("eager", 0.0), ("ort", 1e-6)])
+@pytest.mark.parametrize("backend,tol", [("eager", 0.0), pytest.param("ort", 1e-6, marks=pytest.mark.ort)])
 def test_kill_and_resume_matches_uninterrupted(setup, tmp_path, backend, tol):
     ref, _ = run(setup, tmp_path / "ref", backend)
     killed, summary = run(setup, tmp_path / "job", backend, stop_at=4)

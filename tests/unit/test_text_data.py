@@ -9,8 +9,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
-from transformers import BertTokenizerFast
 
+from ort_training.export import wordpiece_tokenizer
 from ort_training.finetune import classification_metrics
 from ort_training.text_data import (LabelSet, TextClassificationLoader, TextDataError, encode_split, read_table,
                                     split_rows)
@@ -97,7 +97,7 @@ def test_split_is_seeded_stratified_and_disjoint(tmp_path):
 
 
 def test_truncate_and_window(tmp_path, vocab):
-    tok = BertTokenizerFast(vocab_file=str(vocab))
+    tok = wordpiece_tokenizer(vocab)
     long = " ".join(WORDS * 3)  # 39 words
     t = read_table(write_jsonl(tmp_path / "d.jsonl", [{"note": long, "dx": "a"}, {"note": "fever", "dx": "b"}]), "note", "dx")
     ids = LabelSet.from_table(t).encode(t)
@@ -115,7 +115,7 @@ def test_truncate_and_window(tmp_path, vocab):
 def make_split(tmp_path, vocab, n=20):
     rows = [{"note": WORDS[i % len(WORDS)], "dx": "ab"[i % 2]} for i in range(n)]
     t = read_table(write_csv(tmp_path / "d.csv", rows), "note", "dx")
-    return encode_split("train", t, LabelSet.from_table(t).encode(t), BertTokenizerFast(vocab_file=str(vocab)), 8)
+    return encode_split("train", t, LabelSet.from_table(t).encode(t), wordpiece_tokenizer(vocab), 8)
 
 
 def test_loader_resumes_at_the_exact_next_batch(tmp_path, vocab):

@@ -81,6 +81,7 @@ def test_bf16_trains_on_cpu(setup, tmp_path):
     assert summary["precision"] == "bf16" and torch.isfinite(torch.tensor(summary["final_loss"]))
 
 
+@pytest.mark.ort
 def test_missing_torch_ort_says_how_to_fix(setup, monkeypatch):
     import sys
 
@@ -98,6 +99,7 @@ def test_ort_mixed_precision_on_cpu_is_refused_clearly(setup, tmp_path):
         Trainer(cfg)
 
 
+@pytest.mark.ort
 def test_unbuilt_ort_extensions_say_how_to_fix(setup, monkeypatch):
     from onnxruntime.training import ortmodule
 
