@@ -56,8 +56,9 @@ def main(argv: list[str] | None = None) -> int:
         if lock is not None:
             lock.release()
     if summary.get("preempted"):
-        log.warning("preempted at step %d: checkpoint written, exiting %d; rerun with --resume_from_checkpoint to continue",
-                    summary["global_step"], PREEMPTED_EXIT_CODE)
+        done = "checkpoint written" if summary["steps_this_attempt"] else "no step trained in this attempt, nothing new to save"
+        log.warning("preempted at step %d (%s), exiting %d; rerun with --resume_from_checkpoint to continue",
+                    summary["global_step"], done, PREEMPTED_EXIT_CODE)
     if rank == 0:
         print(json.dumps(summary), flush=True)  # the last line of stdout: wrappers parse it
     # The checkpoint is on disk; a non-zero status keeps wrappers from treating a preempted phase as done.

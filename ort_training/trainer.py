@@ -382,7 +382,8 @@ class Trainer:
         if self._stop_requested:
             if saved_at != self.phase_step and self.phase_step != start_step:  # nothing new to save if stopped before a step
                 self.save()
-            summary = {"preempted": True, "global_step": self.global_step}
+            # Every step of this attempt is in a checkpoint (saved at the stop, or earlier when none was trained).
+            summary = {"preempted": True, "global_step": self.global_step, "steps_this_attempt": self.phase_step - start_step}
             if self.is_main:
                 atomic_write_text(self._preempted_marker, json.dumps(summary) + "\n")
             return summary

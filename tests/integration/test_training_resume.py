@@ -59,7 +59,7 @@ def run(setup, out, backend, stop_at=None, resume=False, crash_at=None, **overri
 def test_kill_and_resume_matches_uninterrupted(setup, tmp_path, backend, tol):
     ref, _ = run(setup, tmp_path / "ref", backend)
     killed, summary = run(setup, tmp_path / "job", backend, stop_at=4)
-    assert summary == {"preempted": True, "global_step": 4} and sorted(killed) == [1, 2, 3, 4]
+    assert summary == {"preempted": True, "global_step": 4, "steps_this_attempt": 4} and sorted(killed) == [1, 2, 3, 4]
     # SIGTERM at step 4 wrote step-4 (between the periodic step-3 and step-6); keep=2 retained step-3 too.
     assert [s for s, _ in list_checkpoints(tmp_path / "job")] == [3, 4]
     assert json.loads((tmp_path / "job" / "preempted.json").read_text()) == summary  # for wrappers (torchrun)
@@ -106,7 +106,7 @@ def test_sigterm_from_outside_checkpoints_and_exits(setup, tmp_path):
     assert proc.returncode == 143, output  # not 0: wrappers must not treat a preempted phase as done
     steps = list_checkpoints(tmp_path)
     assert len(steps) == 1 and 2 <= steps[0][0] < 400, output
-    assert json.loads(output.strip().splitlines()[-1]) == {"preempted": True, "global_step": steps[0][0]}
+    assert json.loads(output.strip().splitlines()[-1]) == {"preempted": True, "global_step": steps[0][0], "steps_this_attempt": steps[0][0]}
     # The resumed run continues from that step (same flags: a changed --max_steps would be refused).
     resumed = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     while time.time() < deadline + 120 and not (len(read_metrics(metrics)) >= steps[0][0] + 2):
