@@ -4,8 +4,6 @@ run-level failures: a second run into a busy work dir, a full disk, stale tempor
 import errno
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import h5py
@@ -14,20 +12,14 @@ import pytest
 
 from bundle.locking import RunLock
 
+from cli_runs import run_data_prep as _run
+
+
 ROOT = Path(__file__).parents[2]
 ASSETS = ROOT / "tests" / "assets" / "pubmed"
 VOCAB = ASSETS / "bert-base-uncased-vocab.txt"
 SMALL = ["all", "--input", ASSETS / "update_sample.xml", "--vocab-file", VOCAB, "--max-seq-lengths", "64",
          "--max-predictions", "10", "--test-fraction", "0", "--num-shards", "1", "--processes", "1"]
-
-
-def _run(*args, check=True):
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    p = subprocess.run([sys.executable, "-m", "data_prep", *map(str, args)], cwd=ROOT, env=env,
-                       capture_output=True, text=True, timeout=300)
-    if check:
-        assert p.returncode == 0, p.stderr[-3000:]
-    return p
 
 
 def _phase_dir(w: Path, suffix: str = "", L: int = 64, P: int = 10, dupe: int = 5) -> Path:

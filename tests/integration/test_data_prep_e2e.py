@@ -1,25 +1,16 @@
 """End to end through the CLI: MEDLINE XML -> text -> shards -> vocab -> phase-1 and phase-2 HDF5."""
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import h5py
 import numpy as np
 
+from cli_runs import run_data_prep as _run
+
+
 ROOT = Path(__file__).parents[2]
 ASSETS = ROOT / "tests" / "assets" / "pubmed"
-
-
-def _run(*args, check=True):
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    p = subprocess.run([sys.executable, "-m", "data_prep", *map(str, args)], cwd=ROOT, env=env,
-                       capture_output=True, text=True, timeout=300)
-    if check:
-        assert p.returncode == 0, p.stderr[-3000:]
-    return p
 
 
 def _nvidia_style_load(path: Path):
