@@ -22,7 +22,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from bundle.cli import add_arguments, nest
+from bundle.cli import add_arguments, from_dict, nest
 
 from .config import PretrainConfig
 from .recipe import PHASES, LaunchConfig, load_recipe, phase_command, phase_configs, quote
@@ -53,10 +53,8 @@ def resolve(argv: list[str] | None = None):
     ns = vars(build_parser().parse_args(argv))
     recipe = load_recipe(ns.pop("recipe"))
     dry_run = ns.pop("dry_run")
-    launch_fields = {f for f in LaunchConfig.__dataclass_fields__}
+    launch_fields = set(LaunchConfig.__dataclass_fields__)
     launch_values = {**recipe.launch, **{k: ns.pop(k) for k in list(ns) if k in launch_fields}}
-    from bundle.cli import from_dict
-
     launch = from_dict(LaunchConfig, launch_values, source=f"recipe {recipe.name} [launch]")
     nested = nest(ns)
     per_phase = {name: nested.pop(name, {}) for name in PHASES}
