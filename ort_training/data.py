@@ -24,7 +24,6 @@ import numpy as np
 import torch
 
 from bundle import hdf5_schema
-from data_prep.manifest import file_sha256  # noqa: F401  (the same digest data_prep records)
 
 logger = logging.getLogger(__name__)
 

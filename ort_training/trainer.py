@@ -16,11 +16,12 @@ import torch
 from tqdm import tqdm
 
 from bundle.atomic import atomic_write_text, clean_stale_temps
+from data_prep.manifest import file_sha256  # the digest data_prep records for the vocab
 
 from . import distributed
 from .checkpoint import list_checkpoints, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .config import PretrainConfig
-from .data import DataError, PretrainingDataLoader, file_sha256, list_hdf5_files, read_data_manifest
+from .data import DataError, PretrainingDataLoader, list_hdf5_files, read_data_manifest
 from .engine import build_engine
 from .evaluate import held_out_batches, mlm_accuracy
 from .metrics import MetricsLogger, read_metrics
