@@ -6,7 +6,7 @@
 
 Runs from a plain checkout with whatever recent torch and transformers are installed (no venv, no
 internet, no ONNX Runtime needed): the model is the trainer's own (`ort_training.model`:
-BertPretrainingModel on load_bert_config("large"), MLM + NSP loss inside forward, LAMB from
+PretrainingModel on load_model_config("large"), MLM + NSP loss inside forward, LAMB from
 ort_training.optim), fed random NVIDIA-schema batches already on the device. One subprocess per
 variant (torch.compile caches, an OOM, or ORT's environment switches do not leak into the next);
 --smoke runs its variants in one process.
@@ -86,11 +86,12 @@ def random_batch(batch: int, seq: int, max_pred: int, vocab: int, device):
 
 
 def build_model(config_name: str, dense_head: bool):
-    """The trainer's model: ort_training.model's BertPretrainingModel (MLM + NSP loss in forward)."""
-    from ort_training.model import BertPretrainingModel, load_bert_config
+    """The trainer's model: ort_training.model's PretrainingModel (MLM + NSP loss in forward)."""
+    from ort_training.model import PretrainingModel
+    from ort_training.models import load_model_config
 
-    config = load_bert_config(config_name, dropout=0.1)
-    return BertPretrainingModel(config, dense_seq_output=dense_head), config
+    config = load_model_config(config_name, dropout=0.1)
+    return PretrainingModel(config, dense_seq_output=dense_head), config
 
 
 def worker(v: dict) -> dict:

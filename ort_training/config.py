@@ -17,9 +17,12 @@ import yaml
 
 from bundle.cli import add_arguments, from_dict, parse_into
 
-PACKAGE_CONFIGS = Path(__file__).parent / "configs"
+from .models import ATTENTION_CHOICES, CONFIG_DIR, SHIPPED_CONFIGS, resolve_config_file
+
+PACKAGE_CONFIGS = CONFIG_DIR
 
 Backend = Literal["ort", "eager", "compile"]
+Attention = Literal[ATTENTION_CHOICES]
 Precision = Literal["fp32", "fp16", "bf16"]
 
 
@@ -35,8 +38,9 @@ class PretrainConfig:
     # --- data / io
     input_dir: Optional[str] = _f(None, "Folder with NVIDIA-schema HDF5 shards (`*training*.hdf5`, searched recursively).")
     output_dir: str = _f("results", "Where checkpoints/, hf_model/, metrics and the summary are written.")
-    config_file: Optional[str] = _f(None, "BERT config JSON, or a shipped name: tiny, base, large (default: the config.json of a "
-                                          "Hugging Face --init_checkpoint, else base).")
+    config_file: Optional[str] = _f(None, "Model config JSON; its model_type picks the architecture (bert, modernbert; none: BERT). "
+                                          "Or a shipped name: " + ", ".join(SHIPPED_CONFIGS) + " (default: the config.json of "
+                                          "a Hugging Face --init_checkpoint, else base).")
     vocab_file: Optional[str] = _f(None, "WordPiece vocab.txt; used for the HF tokenizer export (config vocab_size may be padded).")
     do_lower_case: bool = _f(True, "Tokenizer lower-cases text (written into the exported tokenizer).")
     eval_dir: Optional[str] = _f(None, "Optional folder of held-out HDF5 shards; MLM accuracy is reported at the end of the phase.")
@@ -63,6 +67,9 @@ class PretrainConfig:
     fp16: bool = _f(False, "Same as --precision fp16 (dynamic loss scaling).")
     bf16: bool = _f(False, "Same as --precision bf16.")
     backend: Backend = _f("ort", "ort = ORTModule (torch-ort), eager = plain PyTorch, compile = torch.compile.")
+    attention: Attention = _f("auto", "Attention kernel: eager, sdpa (torch's scaled_dot_product_attention: Flash / memory-efficient "
+                                      "kernels on GPUs), or auto = the measured faster one for the architecture on this device "
+                                      "(models/; ORT runs eager only).")
     ort_optimizations: bool = _f(True, "ORT's compute optimizer (FLOP reduction, label sparsity); --no-ort_optimizations turns it off to compare.")
     ort_memory_opt_level: int = _f(0, "ORTMODULE_MEMORY_OPT_LEVEL: 0 off, 1 recompute all transformer layers, 2 aggressive.")
     # --- phases / checkpoints
@@ -126,7 +133,7 @@ class PretrainConfig:
         if self.deepspeed is not None:
             resolve_deepspeed_config(self.deepspeed)
 
-    def bert_config_path(self) -> str:
+    def model_config_path(self) -> str:
         """--config_file, else the config.json of a Hugging Face --init_checkpoint, else the shipped base."""
         if self.config_file is not None:
             return resolve_config_file(self.config_file)
@@ -143,7 +150,6 @@ class PretrainConfig:
         return self.train_batch_size // self.gradient_accumulation_steps
 
 
-SHIPPED_CONFIGS = ("tiny", "base", "large")
 SHIPPED_DEEPSPEED = ("zero1", "zero2")
 
 
@@ -156,16 +162,6 @@ def resolve_deepspeed_config(name: str) -> str:
     if shipped.is_file():
         return str(shipped)
     raise ValueError(f"--deepspeed {name}: no such file (shipped: {', '.join(SHIPPED_DEEPSPEED)})")
-
-
-def resolve_config_file(name: str) -> str:
-    """A path, or a shipped config by name ("tiny" or "bert_tiny_config.json")."""
-    if Path(name).is_file():
-        return name
-    for cand in (PACKAGE_CONFIGS / name, PACKAGE_CONFIGS / f"bert_{name}_config.json"):
-        if cand.is_file():
-            return str(cand)
-    raise ValueError(f"--config_file {name}: no such file (shipped: {', '.join(SHIPPED_CONFIGS)})")
 
 
 def build_parser() -> argparse.ArgumentParser:

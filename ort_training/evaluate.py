@@ -29,6 +29,7 @@ from transformers import AutoConfig, AutoModelForMaskedLM
 from bundle import hdf5_schema
 
 from .data import IGNORE_INDEX, Shard, list_hdf5_files, load_shard
+from .models import family_of
 
 logger = logging.getLogger(__name__)
 
@@ -92,13 +93,15 @@ def most_frequent_token(input_dir: str | Path, held_out: list[Path], max_files: 
 @torch.no_grad()
 def mlm_accuracy(model: torch.nn.Module, batches, baseline_token: int | None = None) -> dict:
     """Accuracy of argmax predictions on masked positions, plus the mean MLM loss. `model` is an HF
-    BertForMaskedLM (the export) or BertForPreTraining (the trainer's weights, end-of-phase eval).
+    masked-LM model (the export) or BERT's pretraining model (the trainer's weights, end-of-phase eval).
     With `baseline_token`: also the accuracy of predicting that one token everywhere."""
     model.eval()
+    token_types = family_of(model.config).token_types
     correct = total = sequences = baseline = 0
     loss_sum = 0.0
     for batch in batches:
-        out = model(input_ids=batch["input_ids"], attention_mask=batch["input_mask"], token_type_ids=batch["segment_ids"])
+        types = {"token_type_ids": batch["segment_ids"]} if token_types else {}
+        out = model(input_ids=batch["input_ids"], attention_mask=batch["input_mask"], **types)
         logits = out.logits if hasattr(out, "logits") else out.prediction_logits
         picked = logits.gather(1, batch["masked_lm_positions"].unsqueeze(-1).expand(-1, -1, logits.shape[-1]))
         labels = batch["masked_lm_labels"]
@@ -133,7 +136,7 @@ def evaluate(cfg: EvalConfig) -> dict:
         torch.manual_seed(cfg.seed)
         model = AutoModelForMaskedLM.from_config(AutoConfig.from_pretrained(cfg.model_dir))
     else:
-        model = AutoModelForMaskedLM.from_pretrained(cfg.model_dir)
+        model = AutoModelForMaskedLM.from_pretrained(cfg.model_dir, trust_remote_code=False)
     files = list_hdf5_files(cfg.input_dir, cfg.split, require_match=True)
     base = most_frequent_token(cfg.input_dir, files, cfg.baseline_max_files)
     base["token"] = _token_text(cfg.model_dir, base["token_id"])

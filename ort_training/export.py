@@ -18,16 +18,14 @@ from collections import Counter
 from pathlib import Path
 
 import torch
-from transformers import BertForMaskedLM, BertTokenizerFast
+from transformers import AutoModelForMaskedLM, BertTokenizerFast, PreTrainedModel
 
 from bundle.atomic import atomic_dir
 
-from .model import BertPretrainingModel
+from .model import PretrainingModel
+from .models import family_of
 
 logger = logging.getLogger(__name__)
-
-_VOCAB_ROWS = ("bert.embeddings.word_embeddings.weight", "cls.predictions.decoder.weight", "cls.predictions.bias", "cls.predictions.decoder.bias")
-
 
 def wordpiece_tokenizer(vocab_file: str | Path, do_lower_case: bool = True) -> BertTokenizerFast:
     """BertTokenizerFast from a vocab.txt on transformers 4.x and 5.x alike (5.x ignores `vocab_file=` in
@@ -38,13 +36,16 @@ def wordpiece_tokenizer(vocab_file: str | Path, do_lower_case: bool = True) -> B
 
 
 def save_tokenizer(tokenizer, folder: Path) -> None:
-    """save_pretrained, plus the vocab.txt that BERT tooling reads (transformers 5.x writes only tokenizer.json)."""
+    """save_pretrained, plus for WordPiece the vocab.txt that BERT tooling reads (transformers 5.x writes only
+    tokenizer.json)."""
     tokenizer.save_pretrained(folder)
+    if type(tokenizer.backend_tokenizer.model).__name__ != "WordPiece":
+        return
     vocab = sorted(tokenizer.get_vocab().items(), key=lambda item: item[1])
     (Path(folder) / "vocab.txt").write_text("".join(f"{token}\n" for token, _ in vocab), encoding="utf-8")
 
 
-def export_hf(model: BertPretrainingModel, out_dir: str | Path, vocab_file: str | None = None, do_lower_case: bool = True,
+def export_hf(model: PretrainingModel, out_dir: str | Path, vocab_file: str | None = None, do_lower_case: bool = True,
               export_onnx: bool = False, tokenizer=None) -> Path:
     """Write `save_pretrained` model (+ its tokenizer: the one given, or one built from `vocab_file`) to
     out_dir atomically."""
@@ -56,15 +57,16 @@ def export_hf(model: BertPretrainingModel, out_dir: str | Path, vocab_file: str 
         vocab_size = len(tokenizer)
     config = copy.deepcopy(model.config)
     config.vocab_size = vocab_size
-    hf_class = type(model.bert)  # the objective's class: BertForPreTraining (MLM+NSP) or BertForMaskedLM (MLM only)
+    hf_class = type(model.hf_model)  # the objective's class of the family (BertForPreTraining, ModernBertForMaskedLM, ...)
+    vocab_rows = model.family.weights.vocab_keys
     config.architectures = [hf_class.__name__]
     for attr in ("original_vocab_size",):
         if hasattr(config, attr):
             delattr(config, attr)
-    state = {k: (v[:vocab_size] if k in _VOCAB_ROWS else v) for k, v in model.bert.state_dict().items()}
+    state = {k: (v[:vocab_size] if k in vocab_rows else v) for k, v in model.hf_model.state_dict().items()}
     hf = hf_class(config)
     missing, unexpected = hf.load_state_dict(state, strict=False)
-    if unexpected or [m for m in missing if m not in _VOCAB_ROWS]:
+    if unexpected or [m for m in missing if m not in vocab_rows]:
         raise RuntimeError(f"HF export: state dict mismatch (missing {missing}, unexpected {unexpected})")
     hf.tie_weights()
     with atomic_dir(out) as tmp:
@@ -135,14 +137,16 @@ def check_onnx_available() -> None:
 
 
 def export_onnx_model(hf_dir: str | Path, onnx_path: str | Path, seq_len: int = 128, verify: bool = True) -> Path:
-    """ONNX (opset 17) of BertForMaskedLM for inference: inputs input_ids/attention_mask/token_type_ids, output logits.
+    """ONNX (opset 17) of the export's masked-LM model for inference: inputs input_ids/attention_mask (and
+    token_type_ids for families that read them), output logits.
 
     Exported from a fresh module loaded from `hf_dir` (no tokenizer needed), with torch.onnx's standard
     symbolics whatever backend ran before in this process (`standard_onnx_symbolics`). With `verify`,
     the file is checked to hold standard ONNX operators only and its logits are compared with PyTorch's
     in an onnxruntime InferenceSession; a mismatch raises instead of leaving a broken model.onnx."""
     check_onnx_available()
-    model = BertForMaskedLM.from_pretrained(hf_dir, attn_implementation="eager").eval()
+    model = AutoModelForMaskedLM.from_pretrained(hf_dir, attn_implementation="eager", trust_remote_code=False).eval()
+    names = _onnx_inputs(model)
     seq_len = max(2, min(seq_len, model.config.max_position_embeddings))
     # The TorchScript exporter (torch >= 2.9 defaults to the dynamo one, which needs onnxscript and
     # ignores the symbolic registry that standard_onnx_symbolics guards).
@@ -153,11 +157,11 @@ def export_onnx_model(hf_dir: str | Path, onnx_path: str | Path, seq_len: int = 
     with standard_onnx_symbolics(), torch.no_grad():
         torch.onnx.export(
             model,
-            (dummy, dummy, torch.zeros_like(dummy)),
+            (dummy, dummy, torch.zeros_like(dummy))[:len(names)],
             str(onnx_path),
-            input_names=["input_ids", "attention_mask", "token_type_ids"],
+            input_names=list(names),
             output_names=["logits"],
-            dynamic_axes={"input_ids": axes, "attention_mask": axes, "token_type_ids": axes, "logits": axes},
+            dynamic_axes={**{name: axes for name in names}, "logits": axes},
             opset_version=17,
             operator_export_type=torch.onnx.OperatorExportTypes.ONNX,
             do_constant_folding=True,
@@ -168,7 +172,11 @@ def export_onnx_model(hf_dir: str | Path, onnx_path: str | Path, seq_len: int = 
     return onnx_path
 
 
-def verify_onnx(onnx_path: str | Path, model: BertForMaskedLM, atol: float = 1e-4) -> float:
+def _onnx_inputs(model: PreTrainedModel) -> tuple[str, ...]:
+    return ("input_ids", "attention_mask", "token_type_ids")[:3 if family_of(model.config).token_types else 2]
+
+
+def verify_onnx(onnx_path: str | Path, model: PreTrainedModel, atol: float = 1e-4) -> float:
     """Refuse an ONNX file with non-standard operators, then run it in onnxruntime on a padded batch
     and compare its logits with `model`'s; returns the largest absolute difference."""
     bad = nonstandard_ops(onnx_path)
@@ -186,9 +194,10 @@ def verify_onnx(onnx_path: str | Path, model: BertForMaskedLM, atol: float = 1e-
     types = torch.zeros_like(ids)
     types[:, seq // 2:] = 1
     session = onnxruntime.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    (got,) = session.run(["logits"], {"input_ids": ids.numpy(), "attention_mask": mask.numpy(), "token_type_ids": types.numpy()})
+    feed = dict(zip(_onnx_inputs(model), (ids, mask, types)))
+    (got,) = session.run(["logits"], {k: v.numpy() for k, v in feed.items()})
     with torch.no_grad():
-        want = model(input_ids=ids, attention_mask=mask, token_type_ids=types).logits.numpy()
+        want = model(**feed).logits.numpy()
     diff = float(np.abs(got - want).max())
     if not diff <= atol:
         raise RuntimeError(f"{onnx_path}: onnxruntime logits differ from PyTorch's by {diff:.3g} (> {atol}); "

@@ -1,4 +1,4 @@
-"""Fine-tune BERT for text classification: `python -m ort_training.finetune`.
+"""Fine-tune an encoder (BERT, ModernBERT) for text classification: `python -m ort_training.finetune`.
 
 The pretraining loop does the training (`Trainer` with the `sequence_classification` objective and the
 text loader of text_data.py): backends ort / eager / compile, accumulation, fp16/bf16, checkpoints and
@@ -13,7 +13,7 @@ bitwise resume, DDP, all as in pretraining. This module adds what a downstream t
   `--stride` tokens; probabilities averaged per document);
 - validation macro-F1 every `--eval_steps` steps, early stopping after `--patience` evaluations without
   improvement, the best weights kept (OUTPUT_DIR/best_model/);
-- at the end: the best model exported as a Hugging Face `BertForSequenceClassification` with its
+- at the end: the best model exported as a Hugging Face `*ForSequenceClassification` of its family with its
   tokenizer (OUTPUT_DIR/hf_model, id2label/label2id in its config), the test-set report
   (OUTPUT_DIR/test_report.json: accuracy, macro-F1, AUROC one-vs-rest, per-class figures, confusion
   matrix), OUTPUT_DIR/confusion_matrix.png and per-document predictions (test_predictions.csv).
@@ -39,7 +39,9 @@ from bundle.atomic import atomic_path, atomic_write_text
 from bundle.cli import add_arguments, from_dict, parse_into
 
 from .checkpoint import list_checkpoints, load_checkpoint
-from .config import Backend, Precision, PretrainConfig, resolve_config_file
+from .config import Attention, Backend, Precision, PretrainConfig
+from .model import check_vocab_fits
+from .models import family_of, load_model_config, resolve_config_file
 from .distributed import resolve_dist_env
 from .objectives import SequenceClassification
 from .run_status import PREEMPTED_EXIT_CODE
@@ -75,9 +77,9 @@ class FinetuneConfig:
                                                               "(overlapping windows; predictions averaged per document).")
     stride: int = _f(32, "With --long_text window: tokens shared by consecutive windows.")
     # --- model
-    init_checkpoint: Optional[str] = _f(None, "Weights to start from: a Hugging Face BERT folder (its tokenizer and config are used), an "
+    init_checkpoint: Optional[str] = _f(None, "Weights to start from: a Hugging Face BERT / ModernBERT folder (its tokenizer and config are used), an "
                                               "NVIDIA .pt or a checkpoint of this bundle; none = random init (needs --config_file, --vocab_file).")
-    config_file: Optional[str] = _f(None, "BERT config JSON or a shipped name (tiny, base, large); default: the init model's.")
+    config_file: Optional[str] = _f(None, "Model config JSON (its model_type: bert, modernbert) or a shipped name; default: the init model's.")
     vocab_file: Optional[str] = _f(None, "WordPiece vocab.txt; default: the tokenizer of the --init_checkpoint folder.")
     do_lower_case: Optional[bool] = _f(None, "Lower-case text with --vocab_file (default: true).")
     dropout: Optional[float] = _f(None, "Override hidden, attention and classifier dropout.")
@@ -103,6 +105,7 @@ class FinetuneConfig:
     eval_batch_size: int = _f(64, "Sequences per evaluation batch.")
     # --- backend / precision / checkpoints (as in pretraining)
     backend: Backend = _f("ort", "ort = ORTModule (torch-ort), eager = plain PyTorch, compile = torch.compile.")
+    attention: Attention = _f("auto", "Attention kernel: eager, sdpa, or auto (the measured faster one for the architecture and device).")
     precision: Precision = _f("fp32", "fp32, fp16 (dynamic loss scaling) or bf16.")
     ort_optimizations: bool = _f(True, "ORT's compute optimizer.")
     checkpoint_activations: bool = _f(False, "Recompute activations in the backward pass (less memory).")
@@ -216,8 +219,8 @@ def predict(model, split, batch_size: int, device: torch.device) -> np.ndarray:
         for start in range(0, len(split), batch_size):
             b = split.batch(slice(start, start + batch_size))
             width = int(b["input_mask"].sum(1).max())  # padding past the longest is masked anyway: skip it
-            logits = model(input_ids=b["input_ids"][:, :width].to(device), token_type_ids=b["segment_ids"][:, :width].to(device),
-                           attention_mask=b["input_mask"][:, :width].to(device)).logits
+            logits = family_of(model.config).seq_logits(model, b["input_ids"][:, :width].to(device), b["segment_ids"][:, :width].to(device),
+                                                        b["input_mask"][:, :width].to(device))
             sums.index_add_(0, split.doc_index[start:start + batch_size], torch.softmax(logits.float(), -1).double().cpu())
     finally:
         model.train(was_training)
@@ -237,12 +240,13 @@ def resolve_model_source(cfg: FinetuneConfig) -> tuple[str, Optional[str]]:
         return resolve_config_file(cfg.config_file), fmt
     if fmt == "hf":
         return str(hf_config_path(cfg.init_checkpoint)), fmt
-    if fmt == "bundle":  # the checkpoint carries its BERT config
-        saved = dict(load_checkpoint(cfg.init_checkpoint)["bert_config"])
+    if fmt == "bundle":  # the checkpoint carries its model config ("bert_config" before the model seam)
+        ckpt = load_checkpoint(cfg.init_checkpoint)
+        saved = dict(ckpt.get("model_config") or ckpt["bert_config"])
         saved["vocab_size"] = saved.pop("original_vocab_size", saved["vocab_size"])
         for key in ("architectures", "id2label", "label2id", "num_labels", "problem_type", "_name_or_path"):
             saved.pop(key, None)
-        path = Path(cfg.output_dir) / "init_bert_config.json"
+        path = Path(cfg.output_dir) / "init_model_config.json"
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(path, json.dumps(saved, indent=2) + "\n")
         return str(path), fmt
@@ -340,14 +344,14 @@ class EarlyStopping:
         step = trainer.global_step
         if step % self.cfg.eval_steps and step != trainer.cfg.max_steps:
             return
-        rec = {"step": step, **self.evaluate(trainer.model.bert)}
+        rec = {"step": step, **self.evaluate(trainer.model.hf_model)}
         improved = self._update(rec)
         self.history.append(rec)
         if self.is_main:
             with open(self.path, "a") as fh:
                 fh.write(json.dumps(rec) + "\n")
             if improved:
-                save_best(trainer.model.bert, self.out / BEST_DIR, rec)
+                save_best(trainer.model.hf_model, self.out / BEST_DIR, rec)
         logger.info("step %d validation: macro-F1 %.4f accuracy %.4f loss %.4f%s", step, rec["macro_f1"], rec["accuracy"],
                     rec["loss"], " (best)" if improved else f" (best {self.best['macro_f1']:.4f} at step {self.best['step']}; "
                                                             f"{self.bad}/{self.cfg.patience or 'inf'} without improvement)")
@@ -365,7 +369,7 @@ def save_best(hf_model, folder: Path, record: dict) -> None:
 
 
 def export_best(trainer, tokenizer, out_dir: Path) -> Path:
-    """hf_model/: BertForSequenceClassification (vocab rows trimmed to the tokenizer) + the tokenizer."""
+    """hf_model/: the family's *ForSequenceClassification (vocab rows trimmed to the tokenizer) + the tokenizer."""
     from .export import export_hf
 
     return export_hf(trainer.model, out_dir, tokenizer=tokenizer)
@@ -388,14 +392,10 @@ def run(cfg: FinetuneConfig) -> dict:
     env = resolve_dist_env(os.environ)
     config_file, fmt = resolve_model_source(cfg)
     tokenizer = load_tokenizer(cfg)
-    from .model import load_bert_config
-
-    bert_config = load_bert_config(config_file)
-    if len(tokenizer) > bert_config.original_vocab_size:
-        raise ValueError(f"the tokenizer has {len(tokenizer)} tokens but the model config {config_file} has vocab_size "
-                         f"{bert_config.original_vocab_size}; use the vocab the model was trained with")
-    if cfg.max_seq_length > bert_config.max_position_embeddings:
-        raise ValueError(f"--max_seq_length {cfg.max_seq_length} > max_position_embeddings {bert_config.max_position_embeddings} of {config_file}")
+    model_config = load_model_config(config_file)
+    check_vocab_fits(len(tokenizer), "the tokenizer", model_config, config_file)
+    if cfg.max_seq_length > model_config.max_position_embeddings:
+        raise ValueError(f"--max_seq_length {cfg.max_seq_length} > max_position_embeddings {model_config.max_position_embeddings} of {config_file}")
 
     labels, tables = load_splits(cfg)
     # Training batches are padded to the longest training text (fixed for the run: one ORT export).
@@ -422,7 +422,7 @@ def run(cfg: FinetuneConfig) -> dict:
         gradient_accumulation_steps=cfg.gradient_accumulation_steps, learning_rate=cfg.learning_rate,
         warmup_proportion=cfg.warmup_proportion, max_steps=max_steps, weight_decay=cfg.weight_decay,
         max_grad_norm=cfg.max_grad_norm, seed=cfg.seed, dropout=cfg.dropout, checkpoint_activations=cfg.checkpoint_activations,
-        precision=cfg.precision, backend=cfg.backend, ort_optimizations=cfg.ort_optimizations,
+        precision=cfg.precision, backend=cfg.backend, attention=cfg.attention, ort_optimizations=cfg.ort_optimizations,
         resume_from_checkpoint=cfg.resume_from_checkpoint, num_steps_per_checkpoint=cfg.num_steps_per_checkpoint,
         keep_checkpoints=cfg.keep_checkpoints, skip_hf_export=True, deepspeed=cfg.deepspeed, log_freq=cfg.log_freq,
         disable_progress_bar=cfg.disable_progress_bar, prefetch=False)
@@ -457,7 +457,7 @@ def finish(cfg, trainer, tokenizer, labels, tables, splits, stopper, summary) ->
     if stopper.best is None or best is None or best["step"] != stopper.best["step"]:
         raise RuntimeError(f"{out / BEST_DIR}: holds step {best and best['step']}, but the validation record's best is step "
                            f"{stopper.best and stopper.best['step']}; the folder was changed by another run. Start in a new --output_dir")
-    model = trainer.model.bert
+    model = trainer.model.hf_model
     model.load_state_dict(torch.load(best_file, map_location="cpu", weights_only=True))
     export_best(trainer, tokenizer, out / "hf_model")
     result = {**summary, "best_step": best["step"], "validation": {k: best[k] for k in ("macro_f1", "accuracy", "auroc_ovr", "loss")},
@@ -487,7 +487,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m ort_training.finetune",
         description="Fine-tune BERT for text classification (CSV / parquet / jsonl) with the pretraining loop "
                     "(ORT / eager / torch.compile), early stopping on validation macro-F1, a test report and a "
-                    "Hugging Face BertForSequenceClassification export.")
+                    "Hugging Face *ForSequenceClassification export (BERT, ModernBERT: the config's model_type).")
     add_arguments(parser, FinetuneConfig, required=("train_file",))
     return parser
 

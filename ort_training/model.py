@@ -1,5 +1,5 @@
-"""The trained module (a Hugging Face BERT with its objective's loss inside forward) and the backend
-wrap: ORTModule, eager PyTorch or torch.compile."""
+"""The trained module (a Hugging Face model of the config's family with its objective's loss inside
+forward) and the backend wrap: ORTModule, eager PyTorch or torch.compile."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Literal
 
 import torch
 from torch import nn
-from transformers import BertConfig
+from transformers import PretrainedConfig
 
 from .objectives import Objective, get_objective
 
@@ -22,53 +22,44 @@ ORT_INSTALL_HINT = (
 )
 
 
-def load_bert_config(path: str, dropout: float | None = None) -> BertConfig:
-    """Read a bert_config.json and pad the vocab to a multiple of 8 (tensor-core friendly, as NVIDIA does)."""
-    from .config import resolve_config_file
-
-    path = resolve_config_file(path)
-    try:
-        config = BertConfig.from_json_file(path)
-    except (OSError, ValueError) as exc:  # json.JSONDecodeError is a ValueError
-        raise ValueError(f"--config_file {path}: not a readable BERT config JSON ({exc})") from None
-    config.original_vocab_size = config.vocab_size
-    if config.vocab_size % 8:
-        config.vocab_size += 8 - config.vocab_size % 8
-    if dropout is not None:
-        config.hidden_dropout_prob = config.attention_probs_dropout_prob = dropout
-    # SDPA attention fails in ORT's gradient builder; the eager attention exports cleanly.
-    config._attn_implementation = "eager"
-    return config
-
-
-def check_vocab_fits(vocab_file: str, config: BertConfig, config_file: str) -> None:
-    """A vocab larger than the config's vocab_size gives token ids past the embedding table (an
-    index error deep in training, or garbage after the export trims the rows): refuse it up front."""
-    with open(vocab_file, encoding="utf-8") as fh:
-        n_tokens = sum(1 for _ in fh)  # one token per line, as BertTokenizer reads it
+def check_vocab_fits(n_tokens: int, tokenizer_source: str, config: PretrainedConfig, config_file: str) -> None:
+    """A tokenizer larger than the config's vocab_size gives token ids past the embedding table (an index
+    error deep in training, or garbage after the export trims the rows): refuse it up front."""
     limit = getattr(config, "original_vocab_size", config.vocab_size)
     if n_tokens > limit:
-        raise ValueError(f"--vocab_file {vocab_file} has {n_tokens} tokens but --config_file {config_file} has vocab_size "
-                         f"{limit}; use a BERT config with vocab_size >= {n_tokens} (the vocab the HDF5 data was made with)")
+        raise ValueError(f"{tokenizer_source} has {n_tokens} tokens but --config_file {config_file} has vocab_size "
+                         f"{limit}; use a config with vocab_size >= {n_tokens} (the tokenizer the data was made with)")
 
 
-class BertPretrainingModel(nn.Module):
-    """A Hugging Face BERT (`self.bert`, of the objective's class) whose forward computes the
-    objective's loss: forward(*objective.batch_keys) -> (loss, stats). See objectives.py."""
+class PretrainingModel(nn.Module):
+    """A Hugging Face model (`self.hf_model`, the objective's class for the config's architecture family)
+    whose forward computes the objective's loss: forward(*objective.batch_keys) -> (loss, stats). See
+    objectives.py and models/."""
 
-    def __init__(self, config: BertConfig, dense_seq_output: bool = True, objective: str | Objective = "mlm_nsp"):
+    def __init__(self, config: PretrainedConfig, dense_seq_output: bool = True, objective: str | Objective = "mlm_nsp"):
         super().__init__()
         self.config = config
         self.dense_seq_output = dense_seq_output
         self.objective = get_objective(objective) if isinstance(objective, str) else objective
-        self.bert = self.objective.build(config)
+        self.hf_model = self.objective.build(config)
+        self.family = self.objective.family
+        self._register_load_state_dict_pre_hook(_rename_legacy_keys)
 
     def forward(self, *inputs):
-        return self.objective.forward(self.bert, self.dense_seq_output, *inputs)
+        return self.objective.forward(self.hf_model, self.dense_seq_output, *inputs)
 
     def inputs(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, ...]:
         """Positional inputs in forward's order (ORTModule exports positional args most reliably)."""
         return self.objective.inputs(batch)
+
+
+LEGACY_PREFIX = "bert."
+"""Checkpoints written before the model seam kept the Hugging Face model under `bert.` (now `hf_model.`)."""
+
+
+def _rename_legacy_keys(state_dict, prefix, *args) -> None:
+    for key in [k for k in state_dict if k.startswith(prefix + LEGACY_PREFIX)]:
+        state_dict[prefix + "hf_model." + key[len(prefix + LEGACY_PREFIX):]] = state_dict.pop(key)
 
 
 def ort_env(memory_opt_level: int) -> dict[str, str]:

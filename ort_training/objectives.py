@@ -1,4 +1,5 @@
-"""Training objectives: which Hugging Face model holds the weights, which batch keys the loss reads,
+"""Training objectives: which Hugging Face model holds the weights (the config's architecture family
+answers that, models/), which batch keys the loss reads,
 the loss itself, and the metrics it reports.
 
 The trainer, the metrics log, the plots and the evaluation follow the objective chosen by
@@ -17,29 +18,47 @@ from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
-from transformers import BertConfig, BertForMaskedLM, BertForPreTraining, BertForSequenceClassification, PreTrainedModel
+from transformers import PretrainedConfig, PreTrainedModel
 
 from .data import IGNORE_INDEX
+from .models import ModelFamily, family_of
 
 
 class Objective(ABC):
     name: ClassVar[str]
-    hf_class: ClassVar[type[PreTrainedModel]]
-    """The Hugging Face class that holds the weights; also the class of the export."""
-    batch_keys: ClassVar[tuple[str, ...]]
-    """Batch entries forward takes, in this order (ORTModule exports positional inputs most reliably)."""
+    inputs_keys: ClassVar[tuple[str, ...]]
+    """Batch entries forward takes, in this order (ORTModule exports positional inputs most reliably);
+    `segment_ids` is left out for families without segment ids (`batch_keys`)."""
     stat_names: ClassVar[tuple[str, ...]]
     curves: ClassVar[tuple[str, ...]]
     """Metrics drawn in training_curves.png beside the loss."""
+    family: ModelFamily | None = None
+    """Set by `build`: the architecture family of the config."""
 
-    def build(self, config: BertConfig) -> PreTrainedModel:
-        return self.hf_class(config)
+    @property
+    def batch_keys(self) -> tuple[str, ...]:
+        if self.family is not None and not self.family.token_types:
+            return tuple(k for k in self.inputs_keys if k != "segment_ids")
+        return self.inputs_keys
+
+    def build(self, config: PretrainedConfig) -> PreTrainedModel:
+        """The config's family's Hugging Face class for this objective (also the class of the export)."""
+        self.family = family_of(config)
+        return self.family.hf_class(self.name)(config)
 
     def inputs(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, ...]:
         missing = [k for k in self.batch_keys if k not in batch]
         if missing:
             raise KeyError(f"objective {self.name!r} needs batch keys {missing}; the data holds {sorted(batch)}")
         return tuple(batch[k] for k in self.batch_keys)
+
+    def _encoder_inputs(self, inputs: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, tuple]:
+        """(input_ids, segment_ids or None, input_mask, the rest) of forward's positional inputs."""
+        if self.family.token_types:
+            input_ids, segment_ids, input_mask, *rest = inputs
+        else:
+            (input_ids, input_mask, *rest), segment_ids = inputs, None
+        return input_ids, segment_ids, input_mask, tuple(rest)
 
     @abstractmethod
     def forward(self, model: PreTrainedModel, dense_seq_output: bool, *inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -79,16 +98,21 @@ class MaskedLMWithNSP(Objective):
     """BERT's original objective: masked LM + next-sentence prediction (NVIDIA's recipe)."""
 
     name = "mlm_nsp"
-    hf_class = BertForPreTraining
-    batch_keys = ("input_ids", "segment_ids", "input_mask", "masked_lm_positions", "masked_lm_labels", "next_sentence_labels")
+    inputs_keys = ("input_ids", "segment_ids", "input_mask", "masked_lm_positions", "masked_lm_labels", "next_sentence_labels")
     stat_names = ("mlm_loss", "nsp_loss", "mlm_correct", "mlm_count")
     curves = ("mlm_loss", "nsp_loss")
 
-    def forward(self, model, dense_seq_output, input_ids, segment_ids, input_mask, masked_lm_positions, masked_lm_labels,
-                next_sentence_labels):
-        sequence_output, pooled_output = model.bert(input_ids=input_ids, token_type_ids=segment_ids, attention_mask=input_mask,
-                                                    return_dict=False)[:2]
-        mlm_loss, correct, count = masked_lm_loss(model.cls.predictions, sequence_output, masked_lm_positions, masked_lm_labels,
+    def build(self, config):
+        family = family_of(config)
+        if self.name not in family.task_classes:
+            raise ValueError(f"--objective mlm_nsp needs a next-sentence head, which {family.name} has not; "
+                             f"train {family.name} with --objective mlm")
+        return super().build(config)
+
+    def forward(self, model, dense_seq_output, *inputs):
+        input_ids, segment_ids, input_mask, (masked_lm_positions, masked_lm_labels, next_sentence_labels) = self._encoder_inputs(inputs)
+        sequence_output, pooled_output = self.family.encode(model, input_ids, segment_ids, input_mask)
+        mlm_loss, correct, count = masked_lm_loss(self.family.mlm_head(model), sequence_output, masked_lm_positions, masked_lm_labels,
                                                   dense_seq_output)
         nsp_loss = F.cross_entropy(model.cls.seq_relationship(pooled_output).float(), next_sentence_labels.reshape(-1))
         return mlm_loss + nsp_loss, torch.stack([mlm_loss.detach(), nsp_loss.detach(), correct.detach(), count.detach()])
@@ -99,18 +123,17 @@ class MaskedLMWithNSP(Objective):
 
 
 class MaskedLM(Objective):
-    """Masked LM only (RoBERTa, NYUTron): no NSP head, no pooler; next_sentence_labels are not read."""
+    """Masked LM only (RoBERTa, NYUTron, ModernBERT): no NSP head, no pooler; next_sentence_labels are not read."""
 
     name = "mlm"
-    hf_class = BertForMaskedLM
-    batch_keys = ("input_ids", "segment_ids", "input_mask", "masked_lm_positions", "masked_lm_labels")
+    inputs_keys = ("input_ids", "segment_ids", "input_mask", "masked_lm_positions", "masked_lm_labels")
     stat_names = ("mlm_loss", "mlm_correct", "mlm_count")
     curves = ("mlm_loss",)
 
-    def forward(self, model, dense_seq_output, input_ids, segment_ids, input_mask, masked_lm_positions, masked_lm_labels):
-        sequence_output = model.bert(input_ids=input_ids, token_type_ids=segment_ids, attention_mask=input_mask,
-                                     return_dict=False)[0]
-        mlm_loss, correct, count = masked_lm_loss(model.cls.predictions, sequence_output, masked_lm_positions, masked_lm_labels,
+    def forward(self, model, dense_seq_output, *inputs):
+        input_ids, segment_ids, input_mask, (masked_lm_positions, masked_lm_labels) = self._encoder_inputs(inputs)
+        sequence_output, _ = self.family.encode(model, input_ids, segment_ids, input_mask)
+        mlm_loss, correct, count = masked_lm_loss(self.family.mlm_head(model), sequence_output, masked_lm_positions, masked_lm_labels,
                                                   dense_seq_output)
         return mlm_loss, torch.stack([mlm_loss.detach(), correct.detach(), count.detach()])
 
@@ -119,16 +142,16 @@ class MaskedLM(Objective):
 
 
 class SequenceClassification(Objective):
-    """Fine-tuning: [CLS] pooled output -> linear classifier, cross-entropy over `num_labels` classes
-    (`python -m ort_training.finetune`). The labels (id2label / label2id) go into the config, so the
-    export is a Hugging Face `BertForSequenceClassification` that names its classes.
+    """Fine-tuning: the family's sequence classifier ([CLS] pooled output for BERT, the config's pooling for
+    ModernBERT) -> cross-entropy over `num_labels` classes (`python -m ort_training.finetune`). The labels
+    (id2label / label2id) go into the config, so the export is a Hugging Face `*ForSequenceClassification`
+    that names its classes.
 
-    `init_checkpoint`: weights for the encoder (and pooler) from anything `weights_import.load_into`
-    reads (Hugging Face folder, NVIDIA .pt, this bundle's checkpoint); the classifier starts fresh."""
+    `init_checkpoint`: weights for the encoder from anything `weights_import.load_into` reads (Hugging Face
+    folder, NVIDIA .pt, this bundle's checkpoint); the classifier starts fresh."""
 
     name = "sequence_classification"
-    hf_class = BertForSequenceClassification
-    batch_keys = ("input_ids", "segment_ids", "input_mask", "labels")
+    inputs_keys = ("input_ids", "segment_ids", "input_mask", "labels")
     stat_names = ("correct", "count")
     curves = ()
 
@@ -139,26 +162,27 @@ class SequenceClassification(Objective):
         self.init_checkpoint = init_checkpoint
         self.import_report = None
 
-    def build(self, config: BertConfig) -> PreTrainedModel:
+    def build(self, config: PretrainedConfig) -> PreTrainedModel:
         config.num_labels = len(self.labels)
         config.id2label = dict(enumerate(self.labels))
         config.label2id = {label: i for i, label in enumerate(self.labels)}
         config.problem_type = "single_label_classification"
-        model = BertForSequenceClassification(config)
+        model = super().build(config)
         if self.init_checkpoint:
             from .weights_import import load_into
 
-            # load_into fills a pretraining model (it knows every source's naming); the classifier
-            # shares its encoder and pooler. A source without a pooler keeps the fresh one (logged there).
-            source = BertForPreTraining(config)
+            # load_into fills a pretraining model (it knows every source's naming); the classifier shares
+            # its base model (and BERT's pooler). A source without a pooler keeps the fresh one (logged there).
+            pretraining_task = next(t for t in ("mlm_nsp", "mlm") if t in self.family.task_classes)
+            source = self.family.hf_class(pretraining_task)(config)
             self.import_report = load_into(source, self.init_checkpoint)
-            model.bert.load_state_dict(source.bert.state_dict())
+            base = self.family.weights.prefix.rstrip(".")
+            getattr(model, base).load_state_dict(getattr(source, base).state_dict())
         return model
 
-    def forward(self, model, dense_seq_output, input_ids, segment_ids, input_mask, labels):
-        pooled_output = model.bert(input_ids=input_ids, token_type_ids=segment_ids, attention_mask=input_mask,
-                                   return_dict=False)[1]
-        logits = model.classifier(model.dropout(pooled_output)).float()
+    def forward(self, model, dense_seq_output, *inputs):
+        input_ids, segment_ids, input_mask, (labels,) = self._encoder_inputs(inputs)
+        logits = self.family.seq_logits(model, input_ids, segment_ids, input_mask).float()
         loss = F.cross_entropy(logits, labels.reshape(-1))
         correct = (logits.argmax(-1) == labels.reshape(-1)).sum().float()
         count = (labels >= 0).sum().float()

@@ -118,7 +118,7 @@ def phase_configs(recipe: Recipe, both: dict | None = None, phase1: dict | None 
     p1, p2 = configs
     p2.phase1_end_step = p1.max_steps
     if p2.config_file is None and p1.init_checkpoint:  # phase 1 took its architecture from the published model
-        p2.config_file = p1.bert_config_path()
+        p2.config_file = p1.model_config_path()
     return p1, p2
 
 

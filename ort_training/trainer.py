@@ -25,7 +25,8 @@ from .data import DataError, PretrainingDataLoader, list_hdf5_files, read_data_m
 from .engine import build_engine
 from .evaluate import held_out_batches, mlm_accuracy
 from .metrics import MetricsLogger, read_metrics
-from .model import BertPretrainingModel, check_vocab_fits, load_bert_config, wrap_model
+from .model import PretrainingModel, check_vocab_fits, wrap_model
+from .models import family_of_file
 from .optim import build_optimizer, build_scheduler
 from .run_status import EXPORT_DIR, PREEMPTED_MARKER, phase_finished
 
@@ -86,16 +87,20 @@ class Trainer:
 
         # Same seed on every rank for the weights; then a per-rank seed so dropout differs by rank.
         seed_everything(cfg.seed)
-        self.bert_config = load_bert_config(cfg.bert_config_path(), cfg.dropout)
+        config_file = cfg.model_config_path()
+        family = family_of_file(config_file)
+        family.check_backend(cfg.backend)
+        self.attention = family.resolve_attention(cfg.attention, cfg.backend, self.device.type)
+        self.model_config = family.load_config(config_file, cfg.dropout, self.attention)
         self.vocab_file = cfg.vocab_file  # or the vocab data_prep recorded for the data (_adopt_data_manifest)
         if cfg.export_onnx:
             from .export import check_onnx_available
 
             check_onnx_available()
-        self.model = BertPretrainingModel(self.bert_config, cfg.dense_seq_output, objective or cfg.objective).to(self.device)
+        self.model = PretrainingModel(self.model_config, cfg.dense_seq_output, objective or cfg.objective).to(self.device)
         self.objective = self.model.objective
         if cfg.checkpoint_activations and cfg.backend != "ort":  # ORT recomputes inside its graph instead (wrap_model)
-            self.model.bert.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            self.model.hf_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         seed_everything(cfg.seed + self.env.rank)
 
         self.optimizer = build_optimizer(self.model, cfg.learning_rate, cfg.weight_decay, cfg.max_grad_norm)
@@ -112,12 +117,14 @@ class Trainer:
             self._check_shapes(files[0])
             self._adopt_data_manifest(files)
         if self.vocab_file:
-            check_vocab_fits(self.vocab_file, self.bert_config, cfg.bert_config_path())
+            with open(self.vocab_file, encoding="utf-8") as fh:
+                n_tokens = sum(1 for _ in fh)  # one token per line, as BertTokenizer reads it
+            check_vocab_fits(n_tokens, f"--vocab_file {self.vocab_file}", self.model_config, config_file)
         elif self.is_main and not cfg.skip_hf_export:
             logger.warning("no --vocab_file and no data_prep manifest naming one: the Hugging Face export will have no tokenizer")
         if loader is None:
             self.loader = PretrainingDataLoader(files, cfg.micro_batch_size, cfg.seed, self.env.rank, self.env.world_size, cfg.prefetch,
-                                                vocab_size=self.bert_config.original_vocab_size)
+                                                vocab_size=self.model_config.original_vocab_size)
         if self.is_main:
             for folder in (Path(cfg.output_dir), Path(cfg.output_dir) / "checkpoints"):
                 clean_stale_temps(folder)  # what a killed export or checkpoint save left (.hf_model.tmp-PID, ...)
@@ -135,8 +142,9 @@ class Trainer:
                                      truncate_after=self.global_step if cfg.resume_from_checkpoint and not self.already_finished else None)
         if self.is_main:
             logger.info(
-                "phase %d | backend %s | %s | %d files | batch %d/rank x %d ranks (micro-batch %d x %d accumulation) | steps %d..%d",
-                self.phase, cfg.backend, cfg.precision, len(files), cfg.train_batch_size, self.env.world_size,
+                "phase %d | %s | backend %s | attention %s | %s | %d files | batch %d/rank x %d ranks (micro-batch %d x %d "
+                "accumulation) | steps %d..%d",
+                self.phase, self.model.family.name, cfg.backend, self.attention, cfg.precision, len(files), cfg.train_batch_size, self.env.world_size,
                 cfg.micro_batch_size, cfg.gradient_accumulation_steps, self.phase_step, cfg.max_steps,
             )
 
@@ -194,7 +202,7 @@ class Trainer:
             # Ranks read different files with different batch counts: keep every rank's position.
             "data": distributed.all_gather_object(self.loader.state_dict()),
             "rng": distributed.all_gather_object(rng_state()),  # per rank: dropout streams differ by rank
-            "bert_config": self.bert_config.to_dict(),
+            "model_config": self.model_config.to_dict(),
         }
 
     def _resume_settings(self) -> dict:
@@ -241,7 +249,7 @@ class Trainer:
             from .weights_import import detect_format, load_into
 
             if detect_format(cfg.init_checkpoint) != "bundle":  # a published BERT: weights only
-                load_into(self.model.bert, cfg.init_checkpoint)
+                load_into(self.model.hf_model, cfg.init_checkpoint)
                 return
             ckpt = load_checkpoint(cfg.init_checkpoint)
         if ckpt is None:
@@ -436,9 +444,9 @@ class Trainer:
         like `python -m ort_training.evaluate` computes it for an export."""
         files = list_hdf5_files(self.cfg.eval_dir, "test", require_match=True)
         held_out = held_out_batches(files, self.cfg.micro_batch_size, self.cfg.eval_batches * self.cfg.micro_batch_size,
-                                    self.bert_config.original_vocab_size)  # each sequence at most once
+                                    self.model_config.original_vocab_size)  # each sequence at most once
         try:
-            result = mlm_accuracy(self.model.bert, ({k: v.to(self.device) for k, v in b.items()} for b in held_out))
+            result = mlm_accuracy(self.model.hf_model, ({k: v.to(self.device) for k, v in b.items()} for b in held_out))
         finally:
             self.model.train()
         return {"eval_mlm_accuracy": result["mlm_accuracy"], "eval_mlm_loss": result["mlm_loss"], "eval_masked_tokens": result["masked_tokens"]}

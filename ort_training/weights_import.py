@@ -1,12 +1,15 @@
-"""Initialise a Hugging Face `BertForPreTraining` from any published BERT checkpoint, without running code.
+"""Initialise a Hugging Face pretraining model (BERT's `BertForPreTraining` / `BertForMaskedLM`, ModernBERT's
+`ModernBertForMaskedLM`) from a published checkpoint of its family, without running code. The tensor names
+each family needs (prefix, vocab rows, heads, NVIDIA's renames) are facts of the family (models/).
 
 Three source formats, told apart by what is at the path (`detect_format`):
 
 - ``bundle``: this project's checkpoints (`checkpoints/step-N/checkpoint.pt`, a step folder, an output
-  dir): the `BertPretrainingModel` state dict, keys ``bert.<HF key>``.
+  dir): the `PretrainingModel` state dict, keys ``hf_model.<HF key>`` (``bert.<HF key>`` before the model seam).
 - ``hf``: a Hugging Face model folder, ``config.json`` + ``model.safetensors`` / ``pytorch_model.bin``
-  (sharded ``*.index.json`` too): `BertForPreTraining`, `BertForMaskedLM`, or a bare `BertModel`
-  whose keys have no ``bert.`` prefix (sentence-transformers BERTs such as all-MiniLM-L6-v2).
+  (sharded ``*.index.json`` too): `BertForPreTraining`, `BertForMaskedLM`, `ModernBertForMaskedLM`, or a
+  bare base model whose keys lack the ``bert.`` / ``model.`` prefix (sentence-transformers BERTs such as
+  all-MiniLM-L6-v2).
 - ``nvidia``: a torch file holding ``{"model": state_dict, ...}`` (or a bare state dict) in NVIDIA
   DeepLearningExamples `modeling.py` naming (``dense_act``, no decoder bias, vocab padded to a multiple
   of 8), including the ORT bioBERT example's ``model_.`` prefix and ``Moment_*`` optimizer entries.
@@ -33,6 +36,7 @@ from typing import Literal
 import torch
 
 from .checkpoint import CKPT_FILE, list_checkpoints, resolve_checkpoint
+from .models import BERT, ModelFamily, WeightNames, family_of
 
 logger = logging.getLogger(__name__)
 
@@ -42,25 +46,14 @@ HF_WEIGHTS = ("model.safetensors", "pytorch_model.bin")
 HF_INDEXES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
 TORCH_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".tar")
 
-# Rows indexed by token id: their first dimension is the vocab and may differ by padding only.
-VOCAB_KEYS = ("bert.embeddings.word_embeddings.weight", "cls.predictions.decoder.weight",
-              "cls.predictions.bias", "cls.predictions.decoder.bias")
-# What a source may lack: heads (MLM, NSP, pooler). Missing encoder/embedding tensors are an error.
-HEAD_PREFIXES = ("cls.", "bert.pooler.")
-# Heads a source may have that the model does not (a BertForMaskedLM has no pooler and no NSP head).
-HEAD_GROUPS = ("cls.predictions.", "cls.seq_relationship.", "bert.pooler.")
 # Prefixes wrappers add: DDP / DataParallel, the ORT bioBERT example, torch.compile.
 WRAPPER_PREFIXES = ("module.", "model_.", "_orig_mod.")
-# NVIDIA modeling.py -> HF names (the published differences).
-NVIDIA_RENAMES = ((".intermediate.dense_act.", ".intermediate.dense."),
-                  ("bert.pooler.dense_act.", "bert.pooler.dense."),
-                  ("cls.predictions.transform.dense_act.", "cls.predictions.transform.dense."))
+# The trainer's own prefix for its Hugging Face model, now and before the model seam.
+BUNDLE_PREFIXES = ("hf_model.", "bert.")
 # Optimizer / trainer entries that ORT training checkpoints keep beside the weights.
 _OPTIMIZER_KEY = re.compile(r"^(Moment_\d+_|Update_Count_|Step$|Round$|Loss_Scale|loss_scale$|global_step$)")
 # Buffers older HF checkpoints saved that current transformers recompute.
 _IGNORED_BUFFERS = re.compile(r"(^|\.)embeddings\.(position_ids|token_type_ids)$")
-# Config fields that change the computation without changing any tensor's shape.
-_CONFIG_MUST_MATCH = ("num_attention_heads", "hidden_act", "position_embedding_type")
 
 
 @dataclass
@@ -225,8 +218,8 @@ def read_state_dict(path: str | Path, fmt: Format | None = None) -> tuple[dict[s
 
 
 # ----------------------------------------------------------------------------- key mapping
-def normalise_keys(state: dict[str, torch.Tensor], fmt: Format) -> tuple[dict[str, torch.Tensor], int, list[str]]:
-    """Source keys -> HF `BertForPreTraining` keys. Returns (state, number renamed, dropped keys)."""
+def normalise_keys(state: dict[str, torch.Tensor], fmt: Format, names: WeightNames = BERT.weights) -> tuple[dict[str, torch.Tensor], int, list[str]]:
+    """Source keys -> the family's HF pretraining keys. Returns (state, number renamed, dropped keys)."""
     out: dict[str, torch.Tensor] = {}
     renamed, dropped = 0, []
     for key, value in state.items():
@@ -243,17 +236,17 @@ def normalise_keys(state: dict[str, torch.Tensor], fmt: Format) -> tuple[dict[st
         if _OPTIMIZER_KEY.match(new):
             dropped.append(key)
             continue
-        if fmt == "bundle" and new.startswith("bert."):
-            new = new[len("bert."):]  # BertPretrainingModel.bert is the BertForPreTraining
-        for old, repl in NVIDIA_RENAMES:
+        if fmt == "bundle" and new.startswith(BUNDLE_PREFIXES):
+            new = new.split(".", 1)[1]  # PretrainingModel.hf_model is the Hugging Face model
+        for old, repl in names.renames:
             new = new.replace(old, repl)
         new = re.sub(r"LayerNorm\.gamma$", "LayerNorm.weight", new)
         new = re.sub(r"LayerNorm\.beta$", "LayerNorm.bias", new)
         renamed += new != key
         out[new] = value
-    # A bare BertModel (sentence-transformers, AutoModel.save_pretrained): no "bert." prefix.
-    if not any(k.startswith("bert.") for k in out) and any(k.startswith(("embeddings.", "encoder.")) for k in out):
-        out = {f"bert.{k}": v for k, v in out.items()}
+    # A bare base model (sentence-transformers, AutoModel.save_pretrained): no "bert." / "model." prefix.
+    if not any(k.startswith(names.prefix) for k in out) and any(k.startswith(names.bare_markers) for k in out):
+        out = {f"{names.prefix}{k}": v for k, v in out.items()}
         renamed += len(out)
     return out, renamed, dropped
 
@@ -272,13 +265,14 @@ def _group(names: list[str]) -> str:
     return ", ".join(f"{g} ({c})" for g, c in groups.items())
 
 
-def _check_config(model_config, source_config: Path | None) -> None:
+def _check_config(model_config, source_config: Path | None, family: ModelFamily) -> None:
     if source_config is None:
         return
     src = json.loads(source_config.read_text())
-    if src.get("model_type", "bert") != "bert":
-        raise ValueError(f"{source_config}: model_type {src['model_type']!r} is not BERT; only BERT checkpoints can be imported")
-    for name in _CONFIG_MUST_MATCH:
+    if src.get("model_type", "bert") != family.model_type:
+        raise ValueError(f"{source_config}: model_type {src.get('model_type')!r} is not the model's ({family.model_type}); "
+                         f"use that checkpoint's config.json as --config_file (the architecture follows the config)")
+    for name in family.weights.config_must_match:
         if name in src and getattr(model_config, name, src[name]) != src[name]:
             raise ValueError(f"{source_config}: {name} is {src[name]!r} but the model's config has "
                              f"{getattr(model_config, name)!r}; use the source's config.json as --config_file")
@@ -287,30 +281,33 @@ def _check_config(model_config, source_config: Path | None) -> None:
 def load_into(model, path: str | Path) -> ImportReport:
     """Fill `model` in place from the checkpoint at `path` (formats: see the module docstring).
 
-    `model` is a `transformers.BertForPreTraining` (MLM + NSP objective) or `BertForMaskedLM` (MLM
-    only), or this project's `BertPretrainingModel` holding one as `.bert`. Missing heads (MLM / NSP /
-    pooler) keep their fresh initialisation and are listed in one log line; source heads the model
-    lacks (NSP, pooler for a BertForMaskedLM) are skipped and listed likewise. A missing embedding /
-    encoder tensor, an unexpected key or a shape mismatch other than vocab padding raises ValueError
-    naming the tensor (and both shapes)."""
-    from transformers import BertForMaskedLM, BertForPreTraining
+    `model` is a Hugging Face pretraining model of a family (`BertForPreTraining`, `BertForMaskedLM`,
+    `ModernBertForMaskedLM`), or this project's `PretrainingModel` holding one as `.hf_model`. Missing
+    heads (MLM / NSP / pooler) keep their fresh initialisation and are listed in one log line; source
+    heads the model lacks (NSP, pooler for a BertForMaskedLM) are skipped and listed likewise. A missing
+    embedding / encoder tensor, an unexpected key or a shape mismatch other than vocab padding raises
+    ValueError naming the tensor (and both shapes)."""
+    from transformers import PreTrainedModel
 
-    kinds = (BertForPreTraining, BertForMaskedLM)
-    target = model if isinstance(model, kinds) else getattr(model, "bert", None)
+    target = model if isinstance(model, PreTrainedModel) else getattr(model, "hf_model", None)
+    family = family_of(target.config) if isinstance(target, PreTrainedModel) else None
+    kinds = tuple(family.task_classes[t] for t in ("mlm_nsp", "mlm") if t in family.task_classes) if family else ()
     if not isinstance(target, kinds):
-        raise TypeError(f"load_into needs a transformers BertForPreTraining or BertForMaskedLM, got {type(model).__name__}")
+        raise TypeError(f"load_into needs a Hugging Face pretraining model (BertForPreTraining, BertForMaskedLM, "
+                        f"ModernBertForMaskedLM), got {type(model).__name__}")
+    names = family.weights
     path = Path(path)
     raw, fmt, files = read_state_dict(path)
     config_file = hf_config_path(path) if fmt == "hf" else None
-    _check_config(target.config, config_file)
-    state, renamed, dropped = normalise_keys(raw, fmt)
+    _check_config(target.config, config_file, family)
+    state, renamed, dropped = normalise_keys(raw, fmt, names)
     source = ", ".join(map(str, files))
 
     own = target.state_dict()
     tied = bool(getattr(target.config, "tie_word_embeddings", True))
-    emb_key, dec_key = "bert.embeddings.word_embeddings.weight", "cls.predictions.decoder.weight"
-    # The decoder bias is cls.predictions.bias under another name (NVIDIA and safetensors omit one).
-    for a, b in (("cls.predictions.bias", "cls.predictions.decoder.bias"), ("cls.predictions.decoder.bias", "cls.predictions.bias")):
+    emb_key, dec_key = names.embedding, names.decoder
+    # One tensor under two names (BERT's decoder bias is cls.predictions.bias; NVIDIA and safetensors omit one).
+    for a, b in (*names.bias_aliases, *((b, a) for a, b in names.bias_aliases)):
         if a in state and b not in state and b in own:
             state[b] = state[a]
     if tied and dec_key in own:
@@ -320,14 +317,14 @@ def load_into(model, path: str | Path) -> ImportReport:
         if emb_key in state:
             state[dec_key] = state[emb_key]
 
-    absent_heads = tuple(g for g in HEAD_GROUPS if not any(k.startswith(g) for k in own))
+    absent_heads = tuple(g for g in names.head_groups if not any(k.startswith(g) for k in own))
     unused = sorted(k for k in state if k not in own and k.startswith(absent_heads)) if absent_heads else []
     unexpected = sorted(k for k in state if k not in own and not _IGNORED_BUFFERS.search(k) and k not in unused)
     if unexpected:
         raise ValueError(f"{source}: {len(unexpected)} unexpected tensor(s) not in {type(target).__name__}: "
                          f"{', '.join(unexpected[:10])}{' ...' if len(unexpected) > 10 else ''}")
     missing = sorted(k for k in own if k not in state)
-    core_missing = [k for k in missing if not k.startswith(HEAD_PREFIXES)]
+    core_missing = [k for k in missing if not k.startswith(names.head_prefixes)]
     if core_missing:
         raise ValueError(f"{source}: lacks {len(core_missing)} encoder/embedding tensor(s) of the model, e.g. "
                          f"{', '.join(core_missing[:5])}; is --config_file the source's (num_hidden_layers, sizes)?")
@@ -340,7 +337,7 @@ def load_into(model, path: str | Path) -> ImportReport:
         want = own[key].shape
         if value.shape == want:
             continue
-        if key in VOCAB_KEYS and value.shape[1:] == want[1:] and _vocab_padding_only(value.shape[0], want[0]):
+        if key in names.vocab_keys and value.shape[1:] == want[1:] and _vocab_padding_only(value.shape[0], want[0]):
             vocab = (value.shape[0], want[0])
             continue
         errors.append(f"{key}: checkpoint {tuple(value.shape)} vs model {tuple(want)}")

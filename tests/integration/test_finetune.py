@@ -15,7 +15,8 @@ from ort_training import finetune
 from ort_training.checkpoint import list_checkpoints, save_checkpoint
 from ort_training.export import save_tokenizer, wordpiece_tokenizer
 from ort_training.metrics import read_metrics
-from ort_training.model import BertPretrainingModel, load_bert_config
+from ort_training.model import PretrainingModel
+from ort_training.models import load_model_config
 
 FILLER = "the a patient was seen today for follow up and her his history is noted with no change in plan".split()
 KEYS = {"infection": ["fever", "cough", "sputum"], "cardiac": ["chest", "palpitations", "syncope"],
@@ -136,9 +137,9 @@ def test_from_hf_folder_multiclass_given_files_windows(task, tmp_path):
 
 def test_from_bundle_checkpoint(task, tmp_path):
     """A pretraining checkpoint of this bundle (its BERT config inside): encoder weights loaded exactly."""
-    config = load_bert_config(task["config"])
+    config = load_model_config(task["config"])
     torch.manual_seed(1)
-    model = BertPretrainingModel(config, objective="mlm")
+    model = PretrainingModel(config, objective="mlm")
     save_checkpoint(tmp_path / "pre", 5, {"model": model.state_dict(), "train_state": {"global_step": 5, "phase": 1},
                                           "bert_config": config.to_dict()}, keep=1)
     out = tmp_path / "run"
@@ -146,7 +147,7 @@ def test_from_bundle_checkpoint(task, tmp_path):
                      eval_steps=1, learning_rate=1e-9, warmup_proportion=0.0)
     assert finetune.main(argv) == 0
     exported = AutoModelForSequenceClassification.from_pretrained(out / "hf_model")
-    src = model.bert.bert.embeddings.word_embeddings.weight[:task["n_vocab"]]
+    src = model.hf_model.bert.embeddings.word_embeddings.weight[:task["n_vocab"]]
     assert torch.allclose(exported.bert.embeddings.word_embeddings.weight, src, atol=1e-6)  # lr 1e-9: one negligible step
 
 

@@ -45,7 +45,7 @@ def test_phase2_continues_numbering_with_fresh_optimizer(two_phase):
     # Fresh schedule: the scheduler counted only phase-2 steps.
     assert ckpt["scheduler"]["last_epoch"] == 3
     # Phase 2 started from phase 1's weights and trained them further.
-    key = "bert.bert.encoder.layer.0.attention.self.query.weight"
+    key = "hf_model.bert.encoder.layer.0.attention.self.query.weight"
     assert not torch.equal(ckpt["model"][key], two_phase["phase1"]["model"][key])
     summary = json.loads((out / "summary.json").read_text())
     assert summary["phase"] == 2 and summary["global_step"] == 7
@@ -68,7 +68,7 @@ def test_hf_export_loads_offline_with_fill_mask(two_phase, monkeypatch):
     tok = AutoTokenizer.from_pretrained(hf_dir)
     assert model.config.vocab_size == len(tok) == 1003  # padding trimmed back to the real vocab
     ckpt = load_checkpoint(two_phase["out"])["model"]
-    emb = ckpt["bert.bert.embeddings.word_embeddings.weight"]
+    emb = ckpt["hf_model.bert.embeddings.word_embeddings.weight"]
     assert torch.equal(model.bert.embeddings.word_embeddings.weight.detach(), emb[:1003])
     fill = pipeline("fill-mask", model=model, tokenizer=tok)
     preds = fill("w1 w2 [MASK] w3", top_k=3)

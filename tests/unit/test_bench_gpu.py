@@ -48,11 +48,12 @@ def test_smoke_runs_every_phase_and_head_on_cpu_and_writes_json(tmp_path):
 def test_model_flops_count_the_real_encoder_weights():
     """The dense term must be 6 x (the encoder's weight-matrix parameters) x tokens: count them on a real BERT."""
     bench = load()
-    from ort_training.model import BertPretrainingModel, load_bert_config
+    from ort_training.model import PretrainingModel
+    from ort_training.models import load_model_config
 
-    config = load_bert_config("tiny")
-    model = BertPretrainingModel(config)
-    encoder_weights = sum(p.numel() for n, p in model.bert.bert.encoder.named_parameters() if n.endswith(".weight") and p.dim() == 2)
+    config = load_model_config("tiny")
+    model = PretrainingModel(config)
+    encoder_weights = sum(p.numel() for n, p in model.hf_model.bert.encoder.named_parameters() if n.endswith(".weight") and p.dim() == 2)
     seq, max_pred = 128, 20
     flops = bench.model_flops_per_sequence(config, seq, max_pred)
     attention = 12 * config.num_hidden_layers * config.hidden_size * seq * seq
@@ -60,7 +61,7 @@ def test_model_flops_count_the_real_encoder_weights():
     assert flops == 6 * encoder_weights * seq + attention + head
     # BERT-large, phase 1: ~2.4e11 FLOPs per training sequence (6 x 302M x 128 + attention + head), so
     # NVIDIA's 580 seq/s on an A100 is ~45% of its 312 TFLOP/s.
-    large = load_bert_config("large")
+    large = load_model_config("large")
     assert 2.3e11 < bench.model_flops_per_sequence(large, 128, 20) < 2.5e11
 
 

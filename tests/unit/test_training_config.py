@@ -5,7 +5,7 @@ import json
 import pytest
 
 from ort_training.config import PACKAGE_CONFIGS, parse_config, resolve_config_file
-from ort_training.model import load_bert_config
+from ort_training.models import load_model_config
 
 
 def test_nvidia_flags_parse():
@@ -65,5 +65,5 @@ def test_shipped_configs(name, layers, hidden):
     path = PACKAGE_CONFIGS / f"bert_{name}_config.json"
     raw = json.loads(path.read_text())
     assert (raw["num_hidden_layers"], raw["hidden_size"], raw["vocab_size"]) == (layers, hidden, 30522)
-    cfg = load_bert_config(str(path))
+    cfg = load_model_config(str(path))
     assert cfg.vocab_size == 30528 and cfg.original_vocab_size == 30522

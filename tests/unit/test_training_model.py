@@ -5,7 +5,8 @@ import torch
 
 from ort_training.config import PretrainConfig
 from ort_training.data import PretrainingDataLoader, list_hdf5_files
-from ort_training.model import BertPretrainingModel, load_bert_config
+from ort_training.model import PretrainingModel
+from ort_training.models import load_model_config
 from ort_training.synthetic import tiny_setup
 from ort_training.trainer import Trainer
 
@@ -22,16 +23,16 @@ def make_trainer(setup, out, **kw):
 
 
 def test_vocab_padded_to_multiple_of_8(setup):
-    cfg = load_bert_config(setup["config_file"])
+    cfg = load_model_config(setup["config_file"])
     assert cfg.vocab_size == 1008 and cfg.original_vocab_size == 1003
     assert cfg._attn_implementation == "eager"
 
 
 def test_masked_only_head_equals_full_head(setup):
     torch.manual_seed(0)
-    cfg = load_bert_config(setup["config_file"], dropout=0.0)
-    dense = BertPretrainingModel(cfg, dense_seq_output=True)
-    full = BertPretrainingModel(cfg, dense_seq_output=False)
+    cfg = load_model_config(setup["config_file"], dropout=0.0)
+    dense = PretrainingModel(cfg, dense_seq_output=True)
+    full = PretrainingModel(cfg, dense_seq_output=False)
     full.load_state_dict(dense.state_dict())
     loader = PretrainingDataLoader(list_hdf5_files(setup["input_dir"]), 8, seed=0, prefetch=False)
     batch = next(iter(loader))
@@ -88,7 +89,7 @@ def test_missing_torch_ort_says_how_to_fix(setup, monkeypatch):
     from ort_training.model import wrap_model
 
     monkeypatch.setitem(sys.modules, "torch_ort", None)  # as if torch-ort were not installed
-    model = BertPretrainingModel(load_bert_config(setup["config_file"]))
+    model = PretrainingModel(load_model_config(setup["config_file"]))
     with pytest.raises(RuntimeError, match="--backend ort needs torch-ort.*pip install .*torch_ort.configure.*--backend eager"):
         wrap_model(model, "ort")
 
@@ -107,13 +108,13 @@ def test_unbuilt_ort_extensions_say_how_to_fix(setup, monkeypatch):
 
     # What onnxruntime.training.ortmodule records at import when `python -m torch_ort.configure` never ran.
     monkeypatch.setattr(ortmodule, "_FALLBACK_INIT_EXCEPTION", RuntimeError("ORTModule's extensions were not detected"))
-    model = BertPretrainingModel(load_bert_config(setup["config_file"]))
+    model = PretrainingModel(load_model_config(setup["config_file"]))
     with pytest.raises(RuntimeError, match="extensions were not detected.*torch_ort.configure"):
         wrap_model(model, "ort")
 
 
 def test_vocab_larger_than_config_fails_at_start_up(setup, tmp_path):
-    n = load_bert_config(setup["config_file"]).original_vocab_size
+    n = load_model_config(setup["config_file"]).original_vocab_size
     big = tmp_path / "vocab.txt"
     big.write_text("".join(f"tok{i}\n" for i in range(n + 1)))
     with pytest.raises(ValueError, match=f"vocab.txt has {n + 1} tokens but --config_file .* has vocab_size {n}"):
@@ -161,7 +162,7 @@ def test_checkpoint_activations_same_loss_less_memory(setup, tmp_path):
 
 def test_mlm_objective_has_no_nsp_head_and_trains(setup, tmp_path):
     tr = make_trainer(setup, tmp_path, objective="mlm", max_steps=3)
-    assert type(tr.model.bert).__name__ == "BertForMaskedLM"
+    assert type(tr.model.hf_model).__name__ == "BertForMaskedLM"
     assert not any("seq_relationship" in n or "pooler" in n for n, _ in tr.model.named_parameters())
     records = []
     tr.hooks.append(lambda _, rec: records.append(rec))

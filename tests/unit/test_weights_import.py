@@ -12,7 +12,8 @@ import torch
 from transformers import BertConfig, BertForMaskedLM, BertForPreTraining, BertModel
 
 from ort_training.checkpoint import save_checkpoint
-from ort_training.model import BertPretrainingModel, load_bert_config
+from ort_training.model import PretrainingModel
+from ort_training.models import load_model_config
 from ort_training.weights_import import detect_format, hf_config_path, load_into
 
 VOCAB = 1003  # not a multiple of 8: the training config pads it to 1008
@@ -34,9 +35,9 @@ def source_model(cls=BertForPreTraining, seed=0, **kw):
 
 
 def target_from(config_json: Path) -> BertForPreTraining:
-    """What the trainer builds: the config read with load_bert_config (vocab padded to a multiple of 8)."""
+    """What the trainer builds: the config read with load_model_config (vocab padded to a multiple of 8)."""
     torch.manual_seed(123)
-    return BertForPreTraining(load_bert_config(str(config_json))).eval()
+    return BertForPreTraining(load_model_config(str(config_json))).eval()
 
 
 def batch():
@@ -136,7 +137,7 @@ def test_real_published_minilm_encoder():
     folder = weights.parent
     assert detect_format(folder) == "hf" and detect_format(weights) == "hf"
     dst = target_from(hf_config_path(folder))
-    assert dst.config.vocab_size == 30528  # padded by load_bert_config
+    assert dst.config.vocab_size == 30528  # padded by load_model_config
     report = load_into(dst, folder)
     assert report.vocab == (30522, 30528)
     assert set(report.initialised) == {k for k in dst.state_dict() if k.startswith("cls.")} - {"cls.predictions.decoder.weight"}
@@ -267,9 +268,9 @@ def test_nothing_recognisable_is_an_error(tmp_path):
 
 # ----------------------------------------------------------------------------- this project's checkpoints
 def test_bundle_checkpoint_folders_and_file(tmp_path):
-    cfg = load_bert_config(str(write_config(tmp_path / "cfg", tiny_config())))
+    cfg = load_model_config(str(write_config(tmp_path / "cfg", tiny_config())))
     torch.manual_seed(3)
-    src = BertPretrainingModel(cfg).eval()
+    src = PretrainingModel(cfg).eval()
     ckpt = save_checkpoint(tmp_path / "out", 12, {"model": src.state_dict(), "train_state": {"global_step": 12, "phase": 1}}, keep=2)
     for p in (tmp_path / "out", ckpt, ckpt / "checkpoint.pt", tmp_path / "out" / "checkpoints"):
         assert detect_format(p) == "bundle", p
@@ -277,19 +278,19 @@ def test_bundle_checkpoint_folders_and_file(tmp_path):
     report = load_into(dst, tmp_path / "out")
     assert report.format == "bundle" and report.initialised == [] and report.vocab is None
     with torch.no_grad():
-        a, b = src.bert(**batch()), dst(**batch())
+        a, b = src.hf_model(**batch()), dst(**batch())
     torch.testing.assert_close(b.prediction_logits, a.prediction_logits, atol=1e-6, rtol=0)
-    # load_into also takes the trainer's BertPretrainingModel itself.
-    wrapper = BertPretrainingModel(cfg).eval()
+    # load_into also takes the trainer's PretrainingModel itself.
+    wrapper = PretrainingModel(cfg).eval()
     load_into(wrapper, ckpt / "checkpoint.pt")
-    torch.testing.assert_close(hidden(wrapper.bert), hidden(src.bert), atol=0, rtol=0)
+    torch.testing.assert_close(hidden(wrapper.hf_model), hidden(src.hf_model), atol=0, rtol=0)
 
 
 def test_nvidia_checkpoint_into_mlm_only_model(tmp_path, caplog):
     """The MLM-only objective trains a BertForMaskedLM: the source's NSP head and pooler are skipped, listed in one line."""
     src = source_model()
     torch.save({"model": nvidia_state(src)}, tmp_path / "nv.pt")
-    config = load_bert_config(str(write_config(tmp_path / "cfg", tiny_config())))
+    config = load_model_config(str(write_config(tmp_path / "cfg", tiny_config())))
     dst = BertForMaskedLM(config).eval()
     with caplog.at_level(logging.INFO, logger="ort_training.weights_import"):
         report = load_into(dst, tmp_path / "nv.pt")

@@ -1,0 +1,131 @@
+"""What an architecture family owns, in one object: its config class and how its config is read (vocab
+padding, dropout, attention), the Hugging Face class for each task, which backends and attention kernels
+it runs with, the tensor names weight import needs, and the two calls the objectives make of it (the
+encoder's hidden states and the MLM head).
+
+The training loop never names an architecture; objectives ask the family of the config they build.
+A new family is a new module beside bert.py and modernbert.py, registered in models/__init__.py
+(docs/ort_training.md, "Adding an architecture", shows where a decoder or an encoder-decoder would go).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, ClassVar
+
+import torch
+from transformers import PretrainedConfig, PreTrainedModel
+
+ATTENTION_CHOICES = ("auto", "eager", "sdpa")
+BACKENDS = ("ort", "eager", "compile")
+VOCAB_MULTIPLE = 8
+"""Training pads the embedding rows to a multiple of this (tensor-core friendly, as NVIDIA does); the export trims them."""
+
+
+@dataclass(frozen=True)
+class WeightNames:
+    """Tensor names `weights_import` needs to map a published checkpoint onto the family's HF classes."""
+
+    prefix: str
+    """The base model's attribute in the task classes ('bert.', 'model.'); a bare base model lacks it."""
+    bare_markers: tuple[str, ...]
+    """Key beginnings that mark a bare base model (no prefix: sentence-transformers, AutoModel)."""
+    vocab_keys: tuple[str, ...]
+    """Tensors whose first dimension is the vocabulary (may differ by padding only)."""
+    head_prefixes: tuple[str, ...]
+    """What a source may lack: heads. Missing tensors elsewhere are an error."""
+    head_groups: tuple[str, ...]
+    """Head groups a source may have that the model does not (skipped and listed)."""
+    embedding: str
+    decoder: str
+    """The MLM decoder weight tied to `embedding`."""
+    bias_aliases: tuple[tuple[str, str], ...] = ()
+    """Pairs of names for one tensor (a checkpoint may store either)."""
+    renames: tuple[tuple[str, str], ...] = ()
+    """Substring renames of a foreign naming (NVIDIA's modeling.py) to HF's."""
+    config_must_match: tuple[str, ...] = ()
+    """Config fields that change the computation without changing a tensor's shape."""
+
+
+@dataclass(frozen=True)
+class ModelFamily:
+    name: str
+    model_type: str
+    """The `model_type` of its Hugging Face config.json."""
+    config_class: type[PretrainedConfig]
+    task_classes: dict[str, type[PreTrainedModel]]
+    """Objective/task name -> the HF class that holds the weights (and is exported)."""
+    backends: tuple[str, ...]
+    backend_refusal: str = ""
+    """Why the other backends cannot train this family (said at start-up)."""
+    attention: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    """Backend -> the attention implementations it can run."""
+    auto_attention: dict[str, str] = field(default_factory=dict)
+    """Device type -> what `--attention auto` picks, from benchmarks/bench_backends.py's measurements."""
+    token_types: bool = True
+    """Whether the model reads segment ids (token_type_ids)."""
+    dropout_fields: tuple[str, ...] = ()
+    special_token_fields: dict[str, str] = field(default_factory=dict)
+    """config field -> tokenizer special token role ('pad', 'cls', 'sep', 'mask') the config must agree with."""
+    weights: WeightNames | None = None
+    shipped_configs: tuple[str, ...] = ()
+    encode: Callable = None
+    """encode(hf_model, input_ids, token_type_ids, attention_mask) -> (sequence_output, pooled_output or None)."""
+    mlm_head: Callable = None
+    """mlm_head(hf_model) -> the module mapping hidden states to vocabulary scores."""
+
+    SHIPPED: ClassVar[Path] = Path(__file__).resolve().parents[1] / "configs"
+
+    def hf_class(self, task: str) -> type[PreTrainedModel]:
+        try:
+            return self.task_classes[task]
+        except KeyError:
+            raise ValueError(f"{self.name} has no {task!r} model here; it supports {', '.join(self.task_classes)}") from None
+
+    def check_backend(self, backend: str) -> None:
+        if backend not in self.backends:
+            raise ValueError(f"--backend {backend} cannot train {self.name}: {self.backend_refusal} "
+                             f"Use --backend {' or --backend '.join(self.backends)}.")
+
+    def resolve_attention(self, requested: str, backend: str, device_type: str) -> str:
+        """The attention implementation to build with: `auto` takes the measured default of the device,
+        limited to what the backend can run; an explicit choice the backend cannot run is refused."""
+        allowed = self.attention.get(backend, ())
+        if requested == "auto":
+            choice = self.auto_attention.get(device_type, "eager")
+            return choice if choice in allowed else allowed[0]
+        if requested not in allowed:
+            raise ValueError(f"--attention {requested} is not available for {self.name} under --backend {backend} "
+                             f"(it runs {', '.join(allowed)}); use --attention auto")
+        return requested
+
+    def load_config(self, path: str | Path, dropout: float | None = None, attention: str = "eager") -> PretrainedConfig:
+        """The config at `path` with the vocab padded to a multiple of VOCAB_MULTIPLE (the real size kept
+        as `original_vocab_size`), dropout overridden when given, and the attention implementation set."""
+        try:
+            config = self.config_class.from_json_file(str(path))
+        except (OSError, ValueError) as exc:
+            raise ValueError(f"--config_file {path}: not a readable {self.name} config JSON ({exc})") from None
+        config.original_vocab_size = config.vocab_size
+        config.vocab_size += -config.vocab_size % VOCAB_MULTIPLE
+        if dropout is not None:
+            for name in self.dropout_fields:
+                setattr(config, name, dropout)
+        config._attn_implementation = attention
+        return config
+
+    def seq_logits(self, model: PreTrainedModel, input_ids, token_type_ids, attention_mask) -> torch.Tensor:
+        """Logits of a task model's own forward (classification heads pool as the family defines)."""
+        kwargs = {"input_ids": input_ids, "attention_mask": attention_mask, "return_dict": False}
+        if self.token_types:
+            kwargs["token_type_ids"] = token_type_ids
+        return model(**kwargs)[0]
+
+
+def read_config_json(path: str | Path) -> dict:
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"--config_file {path}: not a readable config JSON ({exc})") from None

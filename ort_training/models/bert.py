@@ -1,0 +1,47 @@
+"""BERT (Devlin et al. 2019; NVIDIA's and the ORT bioBERT recipe): every backend, segment ids, MLM + NSP."""
+
+from __future__ import annotations
+
+from transformers import BertConfig, BertForMaskedLM, BertForPreTraining, BertForSequenceClassification
+
+from .base import ModelFamily, WeightNames
+
+
+def _encode(model, input_ids, token_type_ids, attention_mask):
+    out = model.bert(input_ids=input_ids, token_type_ids=token_type_ids, attention_mask=attention_mask, return_dict=False)
+    return out[0], (out[1] if model.bert.pooler is not None else None)
+
+
+BERT = ModelFamily(
+    name="bert",
+    model_type="bert",
+    config_class=BertConfig,
+    task_classes={"mlm_nsp": BertForPreTraining, "mlm": BertForMaskedLM, "sequence_classification": BertForSequenceClassification},
+    backends=("ort", "eager", "compile"),
+    # SDPA fails in ORT's gradient builder; the eager attention exports cleanly.
+    attention={"ort": ("eager",), "eager": ("eager", "sdpa"), "compile": ("eager", "sdpa")},
+    # Measured (benchmarks/bench_backends.py --sweep): on 2 CPU cores SDPA ran 0.36-0.39x eager at 512 tokens;
+    # on GPUs SDPA dispatches to FlashAttention / memory-efficient kernels.
+    auto_attention={"cpu": "eager", "cuda": "sdpa"},
+    token_types=True,
+    dropout_fields=("hidden_dropout_prob", "attention_probs_dropout_prob"),
+    weights=WeightNames(
+        prefix="bert.",
+        bare_markers=("embeddings.", "encoder."),
+        vocab_keys=("bert.embeddings.word_embeddings.weight", "cls.predictions.decoder.weight",
+                    "cls.predictions.bias", "cls.predictions.decoder.bias"),
+        head_prefixes=("cls.", "bert.pooler."),
+        head_groups=("cls.predictions.", "cls.seq_relationship.", "bert.pooler."),
+        embedding="bert.embeddings.word_embeddings.weight",
+        decoder="cls.predictions.decoder.weight",
+        bias_aliases=(("cls.predictions.bias", "cls.predictions.decoder.bias"),),
+        # NVIDIA modeling.py -> HF names (the published differences).
+        renames=((".intermediate.dense_act.", ".intermediate.dense."),
+                 ("bert.pooler.dense_act.", "bert.pooler.dense."),
+                 ("cls.predictions.transform.dense_act.", "cls.predictions.transform.dense.")),
+        config_must_match=("num_attention_heads", "hidden_act", "position_embedding_type"),
+    ),
+    shipped_configs=("tiny", "base", "large"),
+    encode=_encode,
+    mlm_head=lambda model: model.cls.predictions,
+)
