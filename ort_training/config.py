@@ -17,7 +17,7 @@ import yaml
 
 from bundle.cli import add_arguments, from_dict, parse_into
 
-from .models import ATTENTION_CHOICES, CONFIG_DIR, SHIPPED_CONFIGS, resolve_config_file
+from .models import ATTENTION_CHOICES, CONFIG_DIR, SHIPPED_CONFIGS, family_of_file, resolve_config_file
 
 PACKAGE_CONFIGS = CONFIG_DIR
 
@@ -130,6 +130,8 @@ class PretrainConfig:
             raise ValueError("--phase2 needs --resume_from_checkpoint (same output dir) or --init_checkpoint PATH")
         if self.config_file is not None:
             resolve_config_file(self.config_file)  # checked now; kept as given, so a command line stays portable
+        if self.config_file is not None or (self.init_checkpoint and Path(self.init_checkpoint).exists()):
+            self.check_architecture()
         if self.deepspeed is not None:
             resolve_deepspeed_config(self.deepspeed)
 
@@ -144,6 +146,17 @@ class PretrainConfig:
             if found is not None:
                 return str(found)
         return resolve_config_file("base")
+
+    def check_architecture(self) -> None:
+        """The config's family must run this backend, attention choice and objective: said at start-up."""
+        family = family_of_file(self.model_config_path())
+        family.check_backend(self.backend)
+        if self.attention != "auto":
+            family.resolve_attention(self.attention, self.backend, "cpu")  # explicit choices do not depend on the device
+        if self.objective not in family.task_classes:
+            raise ValueError(f"--objective {self.objective} is not available for {family.name} (it trains "
+                             f"{', '.join(t for t in family.task_classes if t != 'sequence_classification')}); "
+                             f"pass --objective mlm")
 
     @property
     def micro_batch_size(self) -> int:
