@@ -3,5 +3,7 @@
 - `cli`: typed dataclass configs -> argparse flags (one helper for every entry point);
 - `atomic`: write-then-rename for files and folders (nothing half-written under a final name);
 - `locking`: one run per output folder (a second run stops with a message naming the holder);
-- `hdf5_schema`: NVIDIA's pretraining HDF5 schema, used by the writer, the reader and the tests.
+- `hdf5_schema`: NVIDIA's pretraining HDF5 schema, used by the writer, the reader and the tests;
+- `packed_schema`: the packed token sequences format (long sequences, masked at load time), its writer,
+  reader, validation and folder name.
 """

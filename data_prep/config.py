@@ -13,11 +13,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Optional, get_args
 
+from bundle import packed_schema
+
 from .manifest import ConfigError
 
 Corpus = Literal["pubmed", "pmc", "wikipedia", "text", "jsonl", "csv", "parquet"]
 Splitter = Literal["punkt", "punkt-trained", "blingfire"]
 Objective = Literal["nsp", "mlm"]
+TokenizerType = Literal["wordpiece", "bpe"]
 
 
 def default_processes() -> int:
@@ -133,17 +136,23 @@ class VocabConfig:
     shard_dir: Path = Path("shards")
     """Training shards to learn the vocabulary from (*training*.txt)."""
     out_dir: Path = Path("vocab")
-    """Receives vocab.txt and tokenizer.json."""
+    """Receives vocab.txt and tokenizer.json (WordPiece), or a Hugging Face tokenizer folder (BPE)."""
     vocab_file: Optional[Path] = None
-    """Use this existing vocab.txt instead of training one."""
+    """Adopt this existing tokenizer instead of training one: a WordPiece vocab.txt, a tokenizer.json or a
+    Hugging Face tokenizer folder (e.g. ModernBERT's BPE)."""
+    tokenizer_type: TokenizerType = "wordpiece"
+    """Kind to train: wordpiece (BERT's, NVIDIA's recipe; vocab.txt) or bpe (byte-level, as RoBERTa and
+    ModernBERT; a tokenizer folder for the packed stage)."""
     vocab_size: int = 30522
-    """Size of the trained WordPiece vocabulary."""
+    """Size of the trained vocabulary."""
     lower_case: bool = True
     """Uncased (lower-case and strip accents) or --no-lower-case for cased; must match the vocabulary."""
     min_frequency: int = 2
     """Pieces seen fewer times are not added."""
 
     def __post_init__(self):
+        if self.tokenizer_type not in get_args(TokenizerType):
+            raise ConfigError(f"--tokenizer-type {self.tokenizer_type!r}: choose one of {list(get_args(TokenizerType))}")
         _at_least("vocab_size", self.vocab_size, len(("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")) + 1)
         _at_least("min_frequency", self.min_frequency, 1)
 
@@ -225,4 +234,36 @@ class Hdf5Config:
         if not 0 <= self.short_seq_prob <= 1:
             raise ConfigError(f"--short-seq-prob {self.short_seq_prob}: must be in [0, 1]")
         for name in ("dupe_factor", "chunk_documents", "processes"):
+            _at_least(name, getattr(self, name), 1)
+
+
+@dataclass
+class PackedConfig:
+    """Stage ``packed``: long token sequences, tokenized once, no masks (the loader masks when it reads)."""
+
+    shard_dir: Path = Path("shards")
+    """Output of the shard stage."""
+    tokenizer: Path = field(default=Path("vocab"), metadata={"aliases": ("--vocab-file",)})
+    """A WordPiece vocab.txt, a Hugging Face tokenizer.json or a tokenizer folder (the vocab stage's output)."""
+    out_root: Path = field(default=Path("."), metadata={"aliases": ("--out-dir",)})
+    """Parent of the packed_seq_len_<L> folder."""
+    dataset_name: str = "pubmed"
+    """Name used in shard and file names."""
+    max_seq_length: int = field(default=packed_schema.DEFAULT_MAX_SEQ_LENGTH, metadata={"aliases": ("--max_seq_length",)})
+    """Tokens per packed sequence including [CLS] and the [SEP]s (at most 8192)."""
+    lower_case: bool = True
+    """For a vocab.txt: uncased (lower-case and strip accents) or --no-lower-case; a tokenizer.json carries its own."""
+    chunk_documents: int = 2000
+    """Documents tokenized per batch; with --buffer-tokens, what bounds a worker's memory."""
+    buffer_tokens: int = 1 << 20
+    """Packed tokens held before they are appended to the file."""
+    processes: int = 1
+    """Worker processes (one shard each)."""
+    skip_bad: bool = False
+    """Log and list unreadable shards instead of stopping."""
+
+    def __post_init__(self):
+        if not 8 <= self.max_seq_length <= packed_schema.MAX_SEQ_LENGTH:
+            raise ConfigError(f"--max-seq-length {self.max_seq_length}: must be in [8, {packed_schema.MAX_SEQ_LENGTH}]")
+        for name in ("chunk_documents", "buffer_tokens", "processes"):
             _at_least(name, getattr(self, name), 1)

@@ -12,6 +12,7 @@ Output layout is NVIDIA's::
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import time
@@ -30,7 +31,7 @@ from .instances import MaskingConfig, SpecialIds, build_instances
 from .manifest import (DataPrepError, file_fingerprint, finished_manifest, invalidate, is_complete, read_json, remove_temps,
                        write_manifest)
 from .shard import existing_shards, interrupted_temps
-from .tokenizer import WordTokenizer, check_has_words, clean_sentences, load_vocab, vocab_hash
+from .tokenizer import WordTokenizer, check_has_words, clean_sentences, load_vocab, vocab_hash, wordpiece_vocab_file
 
 log = logging.getLogger(__name__)
 
@@ -180,7 +181,9 @@ def process_shard(task: tuple) -> dict:
 
 def run_hdf5(cfg: Hdf5Config) -> dict[str, Path]:
     """Build every phase; returns {phase folder name: folder with the .hdf5 files}."""
-    vocab_path = Path(cfg.vocab_file)
+    vocab_path = wordpiece_vocab_file(cfg.vocab_file)  # a folder holding a vocab.txt is fine; BPE is refused here
+    if vocab_path != Path(cfg.vocab_file):
+        cfg = dataclasses.replace(cfg, vocab_file=vocab_path)
     vocab = load_vocab(vocab_path)
     n_upper = sum(1 for t in vocab if t != t.lower() and not t.startswith("["))
     if cfg.lower_case and n_upper > len(vocab) // 20:

@@ -1,4 +1,6 @@
-"""Stage ``vocab`` (train or adopt a WordPiece vocabulary) and the fast batch tokenizer of stage ``hdf5``.
+"""Stage ``vocab`` (train or adopt a tokenizer), the one tokenizer loader of the later stages
+(``load_tokenizer``: a WordPiece vocab.txt, a Hugging Face tokenizer.json or tokenizer folder) and the
+fast batch tokenizer of stage ``hdf5``.
 
 Tokenization is HF ``tokenizers`` (Rust) WordPiece with BERT's normalizer/pre-tokenizer. BERT's
 pre-tokenizer splits on whitespace first, so a sentence's ids are the concatenation of the ids of its
@@ -16,13 +18,14 @@ import re
 import shutil
 import unicodedata
 from collections import Counter
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from itertools import chain
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from bundle.atomic import atomic_path, atomic_write_text
+from bundle.atomic import atomic_path, atomic_write_text, tmp_name
 
 from .config import VocabConfig
 from .manifest import (DataPrepError, file_sha256, finished_manifest, invalidate, is_complete, read_json,
@@ -32,6 +35,129 @@ from .text import clean_text
 log = logging.getLogger(__name__)
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
+ROLE_TOKENS = {"cls": ("[CLS]", "<s>"), "sep": ("[SEP]", "</s>"), "pad": ("[PAD]", "<pad>"), "mask": ("[MASK]", "<mask>")}
+"""What a masked-LM tokenizer must have, by role: BERT's name or RoBERTa/ModernBERT-style BPE's."""
+TOKENIZER_JSON = "tokenizer.json"
+VOCAB_TXT = "vocab.txt"
+HF_TOKENIZER_FILES = (TOKENIZER_JSON, "tokenizer_config.json", "special_tokens_map.json")
+"""A Hugging Face tokenizer folder's files that ``PreTrainedTokenizerFast`` / AutoTokenizer read."""
+
+
+@dataclass(frozen=True)
+class LoadedTokenizer:
+    """A tokenizer with the ids masked-LM data needs, whatever file it came from."""
+
+    tokenizer: Any
+    """A ``tokenizers.Tokenizer`` (padding and truncation off)."""
+    kind: str
+    """Its model: WordPiece, BPE, Unigram, WordLevel."""
+    source: Path
+    """The file that defines it: a vocab.txt or a tokenizer.json."""
+    sha256: str
+    vocab_size: int
+    cls_id: int
+    sep_id: int
+    pad_id: int
+    mask_id: int
+    special_ids: tuple[int, ...]
+    """Ids never masked and never drawn as random replacements."""
+    folder: Path | None
+    """The Hugging Face tokenizer folder it was loaded from (what an export copies), if any."""
+
+    @property
+    def vocab_txt(self) -> Path | None:
+        """The WordPiece vocab.txt, for the NVIDIA HDF5 path and BERT exports; None for tokenizer.json."""
+        return self.source if self.source.suffix != ".json" else None
+
+    @property
+    def wordpiece_vocab(self) -> Path | None:
+        """A WordPiece vocab.txt that gives these ids: the source, or the one beside a WordPiece tokenizer.json
+        in its folder (the vocab stage writes both). What a BERT export's tokenizer is built from."""
+        if self.vocab_txt is not None:
+            return self.vocab_txt
+        beside = self.source.parent / VOCAB_TXT
+        return beside if self.kind == "WordPiece" and beside.is_file() else None
+
+
+def _resolve_tokenizer_file(path: Path, flag: str, prefer: str = TOKENIZER_JSON) -> Path:
+    """The defining file of ``path``: itself, or a folder's tokenizer.json / vocab.txt (``prefer`` first)."""
+    if path.is_dir():
+        order = (prefer, VOCAB_TXT if prefer == TOKENIZER_JSON else TOKENIZER_JSON)
+        for name in order:
+            if (path / name).is_file():
+                return path / name
+        raise DataPrepError(f"{flag} {path}: a folder with neither {TOKENIZER_JSON} (a Hugging Face tokenizer) nor "
+                            f"{VOCAB_TXT} (a WordPiece vocabulary)")
+    if not path.exists():
+        raise DataPrepError(f"{flag} {path}: no such file or folder; pass a WordPiece vocab.txt, a tokenizer.json or "
+                            f"a Hugging Face tokenizer folder (train one with `python -m data_prep vocab`)")
+    return path
+
+
+def _is_json(path: Path) -> bool:
+    if path.suffix == ".json":
+        return True
+    with open(path, "rb") as fh:
+        return fh.read(64).lstrip().startswith(b"{")
+
+
+def load_tokenizer(path: str | Path, lower_case: bool = True, flag: str = "--vocab-file") -> LoadedTokenizer:
+    """The one loader for every stage after ``vocab``: a WordPiece vocab.txt (``lower_case`` applies), a
+    tokenizer.json, or a folder holding either (tokenizer.json first: it is the whole definition).
+
+    Every refusal is a ``DataPrepError`` naming ``flag`` and the file: one line from the CLI, exit 2."""
+    given = Path(path)
+    source = _resolve_tokenizer_file(given, flag)
+    folder = given if given.is_dir() else None
+    if not _is_json(source):
+        try:
+            vocab = load_vocab(source)
+            check_has_words(vocab, source)
+        except DataPrepError as e:
+            raise DataPrepError(f"{flag}: {e}") from None
+        tok = build_tokenizer(source, lower_case)
+        # Bracketed entries ([PAD], [unused12]) never occur in text: never masked, never random replacements.
+        special = [i for t, i in vocab.items() if t.startswith("[") and t.endswith("]")]
+        ids = {role: vocab[names[0]] for role, names in ROLE_TOKENS.items()}
+        return LoadedTokenizer(tok, "WordPiece", source, file_sha256(source), max(vocab.values()) + 1, ids["cls"],
+                               ids["sep"], ids["pad"], ids["mask"], tuple(sorted(special)), folder)
+    from tokenizers import Tokenizer
+
+    try:
+        tok = Tokenizer.from_file(str(source))
+    except Exception as e:  # noqa: BLE001 -- the Rust loader raises a bare Exception for any malformed file
+        raise DataPrepError(f"{flag} {source}: not a Hugging Face tokenizer.json ({str(e).splitlines()[0][:200]})") from None
+    tok.no_padding()
+    tok.no_truncation()
+    ids, missing = {}, []
+    for role, names in ROLE_TOKENS.items():
+        found = [i for i in map(tok.token_to_id, names) if i is not None]
+        if found:
+            ids[role] = found[0]
+        else:
+            missing.append(" or ".join(names))
+    if missing:
+        raise DataPrepError(f"{flag} {source}: the tokenizer lacks {', '.join(missing)}; masked-LM data needs a "
+                            f"[CLS]/<s>, [SEP]/</s>, [PAD]/<pad> and [MASK]/<mask> token")
+    special = {i for i, t in tok.get_added_tokens_decoder().items() if getattr(t, "special", True)} | set(ids.values())
+    unk = [i for i in map(tok.token_to_id, ("[UNK]", "<unk>")) if i is not None]
+    vocab_size = max(tok.get_vocab(with_added_tokens=True).values()) + 1
+    kind = type(tok.model).__name__
+    return LoadedTokenizer(tok, kind, source, file_sha256(source), vocab_size, ids["cls"], ids["sep"], ids["pad"],
+                           ids["mask"], tuple(sorted(special | set(unk))), folder)
+
+
+def wordpiece_vocab_file(path: str | Path, flag: str = "--vocab-file") -> Path:
+    """The vocab.txt behind ``path`` (a vocab.txt, or a folder holding one), for NVIDIA's HDF5 instances.
+    Anything else is refused in one line: that stage needs WordPiece, see the message."""
+    source = _resolve_tokenizer_file(Path(path), flag, prefer=VOCAB_TXT)
+    if not _is_json(source):
+        return source
+    kind = load_tokenizer(source, flag=flag).kind
+    raise DataPrepError(f"{flag} {source}: a {kind} tokenizer.json, but the hdf5 stage needs a WordPiece vocab.txt "
+                        f"(its word cache and whole-word masking follow BERT's pre-tokenizer and ## pieces, and "
+                        f"NVIDIA's recipe is WordPiece); pass a vocab.txt, or use `python -m data_prep packed`, "
+                        f"which takes any tokenizer")
 
 
 def load_vocab(path: Path) -> dict[str, int]:
@@ -217,26 +343,76 @@ def write_vocab(out_dir: Path, tokens: list[str], lower_case: bool) -> Path:
     return vocab_path
 
 
+def train_bpe(files: list[Path], vocab_size: int, lower_case: bool, min_frequency: int):
+    """A byte-level BPE (RoBERTa's and ModernBERT's kind) trained on ``files``, with BERT's special tokens
+    first (so [PAD] is id 0, as NVIDIA's padding assumes) and BERT's ``[CLS] A [SEP] (B [SEP])`` template."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+
+    tok = Tokenizer(models.BPE())
+    if lower_case:
+        tok.normalizer = normalizers.Lowercase()
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=min_frequency, show_progress=False,
+                                  special_tokens=list(SPECIAL_TOKENS), initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train([str(f) for f in files], trainer)
+    cls_id, sep_id = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
+    tok.post_processor = processors.TemplateProcessing(single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+                                                       special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)])
+    return tok
+
+
+def write_tokenizer_folder(out_dir: Path, tok) -> Path:
+    """``tokenizer.json`` + ``tokenizer_config.json`` + ``special_tokens_map.json``: a folder that
+    ``PreTrainedTokenizerFast`` / AutoTokenizer load with [CLS] [SEP] [PAD] [MASK] [UNK] set, so an export can
+    carry it as it is. Written by ``save_pretrained`` into a hidden temporary folder, then renamed file by file."""
+    from transformers import PreTrainedTokenizerFast
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", cls_token="[CLS]", sep_token="[SEP]",
+                                   pad_token="[PAD]", mask_token="[MASK]")
+    tmp = tmp_name(out_dir / "hf_tokenizer")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        fast.save_pretrained(str(tmp))
+        for name in HF_TOKENIZER_FILES:
+            with atomic_path(out_dir / name) as t:
+                shutil.copyfile(tmp / name, t)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out_dir
+
+
 def run_vocab(cfg: VocabConfig) -> dict:
-    """Adopt ``cfg.vocab_file`` or train a WordPiece vocabulary on the training shards (deterministically)."""
+    """Adopt ``cfg.vocab_file`` (vocab.txt, tokenizer.json or tokenizer folder) or train a tokenizer on the
+    training shards: WordPiece (deterministically; the default, as NVIDIA's recipe) or byte-level BPE."""
     out_dir = Path(cfg.out_dir)
-    vocab_path = out_dir / "vocab.txt"
+    vocab_path = out_dir / VOCAB_TXT
     manifest_path = out_dir / "manifest.json"
     # A killed run's .vocab.txt.tmp-<pid>, and earlier versions' tempfile folders (.tmp-<random>).
     remove_temps(out_dir)
-    if cfg.vocab_file is not None:
-        check_has_words(load_vocab(cfg.vocab_file), cfg.vocab_file)
-        expected = {"stage": "vocab", "source": "file", "source_sha256": vocab_hash(cfg.vocab_file)}
+    adopted = load_tokenizer(cfg.vocab_file, cfg.lower_case) if cfg.vocab_file is not None else None
+    if adopted is not None and adopted.vocab_txt is None and adopted.wordpiece_vocab is not None:
+        # A BERT folder (vocab.txt beside a WordPiece tokenizer.json): adopt its vocab.txt, as the hdf5 stage needs.
+        adopted = load_tokenizer(adopted.wordpiece_vocab, cfg.lower_case)
+    if adopted is not None and adopted.vocab_txt is None:
+        return _adopt_tokenizer_json(cfg, adopted, manifest_path)
+    if adopted is None and cfg.tokenizer_type == "bpe":
+        return _train_bpe(cfg, manifest_path)
+    if adopted is not None:
+        expected = {"stage": "vocab", "source": "file", "source_sha256": adopted.sha256}
         if is_complete(manifest_path, expected):
             return read_json(manifest_path)
         invalidate(manifest_path)
+        _remove_other_kind(out_dir, keep=(VOCAB_TXT,))
         with atomic_path(vocab_path) as tmp:
-            shutil.copyfile(cfg.vocab_file, tmp)
+            shutil.copyfile(adopted.source, tmp)
     else:
         files = _training_shards(Path(cfg.shard_dir))
         if not files:
             raise DataPrepError(f"{cfg.shard_dir}: no *training*.txt shards; run `python -m data_prep shard` first")
-        sig = hashlib.sha256(repr([(f.name, f.stat().st_size) for f in files]).encode()).hexdigest()
+        sig = _shards_signature(files)
         params = {k: v for k, v in asdict(cfg).items() if k in ("vocab_size", "lower_case", "min_frequency")}
         expected = {"stage": "vocab", "source": "trained", "trainer": "deterministic-1", "shards": sig, "params": params}
         if is_complete(manifest_path, expected):
@@ -246,6 +422,7 @@ def run_vocab(cfg: VocabConfig) -> dict:
         log.info("vocab: training WordPiece (size %d, %s) on %d shards", cfg.vocab_size,
                  "uncased" if cfg.lower_case else "cased", len(files))
         tokens = train_wordpiece(files, cfg.vocab_size, cfg.lower_case, cfg.min_frequency)
+        _remove_other_kind(out_dir, keep=(VOCAB_TXT, TOKENIZER_JSON))
         write_vocab(out_dir, tokens, cfg.lower_case)
     vocab = load_vocab(vocab_path)
     check_has_words(vocab, vocab_path)
@@ -253,6 +430,69 @@ def run_vocab(cfg: VocabConfig) -> dict:
     body = dict(expected, vocab_size=n, vocab_sha256=vocab_hash(vocab_path), lower_case=cfg.lower_case)
     log.info("vocab: %s (%d tokens)", vocab_path, n)
     return write_manifest(manifest_path, body, [vocab_path])
+
+
+def _shards_signature(files: list[Path]) -> str:
+    return hashlib.sha256(repr([(f.name, f.stat().st_size) for f in files]).encode()).hexdigest()
+
+
+def _remove_other_kind(out_dir: Path, keep: tuple[str, ...]) -> None:
+    """A folder switching kind (WordPiece <-> BPE) must not keep the other kind's files: a later stage
+    reading the folder would take a stale vocab.txt or tokenizer.json."""
+    for name in (VOCAB_TXT, *HF_TOKENIZER_FILES):
+        if name not in keep:
+            (out_dir / name).unlink(missing_ok=True)
+
+
+def _tokenizer_manifest(cfg: VocabConfig, expected: dict, manifest_path: Path) -> dict:
+    out_dir = Path(cfg.out_dir)
+    lt = load_tokenizer(out_dir, cfg.lower_case)
+    outputs = [out_dir / n for n in HF_TOKENIZER_FILES if (out_dir / n).is_file()]
+    body = dict(expected, tokenizer_kind=lt.kind, vocab_size=lt.vocab_size, tokenizer_file=str(lt.source),
+                tokenizer_sha256=lt.sha256, lower_case=cfg.lower_case)
+    log.info("vocab: %s (%s, %d tokens)", out_dir, lt.kind, lt.vocab_size)
+    return write_manifest(manifest_path, body, outputs)
+
+
+def _adopt_tokenizer_json(cfg: VocabConfig, adopted: LoadedTokenizer, manifest_path: Path) -> dict:
+    """Copy a tokenizer.json (and its folder's tokenizer_config.json / special_tokens_map.json) into out_dir."""
+    out_dir = Path(cfg.out_dir)
+    expected = {"stage": "vocab", "source": "file", "source_sha256": adopted.sha256}
+    if is_complete(manifest_path, expected):
+        return read_json(manifest_path)
+    invalidate(manifest_path)
+    _remove_other_kind(out_dir, keep=HF_TOKENIZER_FILES)
+    src_dir = adopted.source.parent
+    for name in HF_TOKENIZER_FILES:
+        src = adopted.source if name == TOKENIZER_JSON else src_dir / name
+        if src.is_file():
+            with atomic_path(out_dir / name) as tmp:
+                shutil.copyfile(src, tmp)
+    return _tokenizer_manifest(cfg, expected, manifest_path)
+
+
+def _train_bpe(cfg: VocabConfig, manifest_path: Path) -> dict:
+    files = _training_shards(Path(cfg.shard_dir))
+    if not files:
+        raise DataPrepError(f"{cfg.shard_dir}: no *training*.txt shards; run `python -m data_prep shard` first")
+    params = {k: v for k, v in asdict(cfg).items() if k in ("vocab_size", "lower_case", "min_frequency", "tokenizer_type")}
+    expected = {"stage": "vocab", "source": "trained", "trainer": "bpe-1", "shards": _shards_signature(files),
+                "params": params}
+    if is_complete(manifest_path, expected):
+        log.info("vocab: %s is complete (manifest matches); skipping", cfg.out_dir)
+        return read_json(manifest_path)
+    invalidate(manifest_path)
+    log.info("vocab: training byte-level BPE (size %d, %s) on %d shards", cfg.vocab_size,
+             "uncased" if cfg.lower_case else "cased", len(files))
+    tok = train_bpe(files, cfg.vocab_size, cfg.lower_case, cfg.min_frequency)
+    _remove_other_kind(Path(cfg.out_dir), keep=HF_TOKENIZER_FILES)
+    write_tokenizer_folder(Path(cfg.out_dir), tok)
+    return _tokenizer_manifest(cfg, expected, manifest_path)
+
+
+def vocab_output(cfg: VocabConfig, manifest: dict) -> Path:
+    """What the vocab stage made, for the next stage's --vocab-file: vocab.txt, or the tokenizer folder."""
+    return Path(cfg.out_dir) / VOCAB_TXT if "tokenizer_kind" not in manifest else Path(cfg.out_dir)
 
 
 def check_has_words(vocab: dict[str, int], path: Path) -> None:
