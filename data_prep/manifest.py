@@ -8,7 +8,6 @@ recorded arguments match; anything else is rebuilt.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -17,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from bundle.atomic import TMP_MARK, atomic_write_text
+from bundle.digest import file_sha256  # noqa: F401 -- the digest manifests record, defined once in bundle/
 
 MANIFEST_VERSION = 1
 
@@ -51,14 +51,6 @@ def _jsonable(obj: Any) -> Any:
     if isinstance(obj, Path):
         return str(obj)
     return obj
-
-
-def file_sha256(path: Path, block: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(block):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def file_fingerprint(path: Path) -> dict:

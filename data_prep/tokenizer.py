@@ -26,6 +26,8 @@ from typing import Any
 import numpy as np
 
 from bundle.atomic import atomic_path, atomic_write_text, tmp_name
+from bundle.digest import ROLE_TOKENS as BUNDLE_ROLE_TOKENS
+from bundle.digest import TOKENIZER_JSON, VOCAB_TXT, tokenizer_file
 
 from .config import VocabConfig
 from .manifest import (DataPrepError, file_sha256, finished_manifest, invalidate, is_complete, read_json,
@@ -35,10 +37,8 @@ from .text import clean_text
 log = logging.getLogger(__name__)
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
-ROLE_TOKENS = {"cls": ("[CLS]", "<s>"), "sep": ("[SEP]", "</s>"), "pad": ("[PAD]", "<pad>"), "mask": ("[MASK]", "<mask>")}
-"""What a masked-LM tokenizer must have, by role: BERT's name or RoBERTa/ModernBERT-style BPE's."""
-TOKENIZER_JSON = "tokenizer.json"
-VOCAB_TXT = "vocab.txt"
+ROLE_TOKENS = {role: names for role, names in BUNDLE_ROLE_TOKENS.items() if role != "unk"}
+"""The roles a masked-LM tokenizer must have (bundle.digest.ROLE_TOKENS less the optional unk)."""
 HF_TOKENIZER_FILES = (TOKENIZER_JSON, "tokenizer_config.json", "special_tokens_map.json")
 """A Hugging Face tokenizer folder's files that ``PreTrainedTokenizerFast`` / AutoTokenizer read."""
 
@@ -82,12 +82,11 @@ class LoadedTokenizer:
 def _resolve_tokenizer_file(path: Path, flag: str, prefer: str = TOKENIZER_JSON) -> Path:
     """The defining file of ``path``: itself, or a folder's tokenizer.json / vocab.txt (``prefer`` first)."""
     if path.is_dir():
-        order = (prefer, VOCAB_TXT if prefer == TOKENIZER_JSON else TOKENIZER_JSON)
-        for name in order:
-            if (path / name).is_file():
-                return path / name
-        raise DataPrepError(f"{flag} {path}: a folder with neither {TOKENIZER_JSON} (a Hugging Face tokenizer) nor "
-                            f"{VOCAB_TXT} (a WordPiece vocabulary)")
+        found = tokenizer_file(path, prefer)
+        if found is None:
+            raise DataPrepError(f"{flag} {path}: a folder with neither {TOKENIZER_JSON} (a Hugging Face tokenizer) nor "
+                                f"{VOCAB_TXT} (a WordPiece vocabulary)")
+        return found
     if not path.exists():
         raise DataPrepError(f"{flag} {path}: no such file or folder; pass a WordPiece vocab.txt, a tokenizer.json or "
                             f"a Hugging Face tokenizer folder (train one with `python -m data_prep vocab`)")

@@ -36,18 +36,23 @@ class PretrainConfig:
     it has the flag; a recipe's numbers live in its file under ort_training/recipes/, not here."""
 
     # --- data / io
-    input_dir: Optional[str] = _f(None, "Folder with NVIDIA-schema HDF5 shards (`*training*.hdf5`, searched recursively).")
+    input_dir: Optional[str] = _f(None, "Folder of data_prep's training files (`*training*.hdf5`, searched recursively): NVIDIA-schema "
+                                        "HDF5 (masks stored) or packed token sequences (`data_prep packed`: masked as read).")
     output_dir: str = _f("results", "Where checkpoints/, hf_model/, metrics and the summary are written.")
     config_file: Optional[str] = _f(None, "Model config JSON; its model_type picks the architecture (bert, modernbert; none: BERT). "
                                           "Or a shipped name: " + ", ".join(SHIPPED_CONFIGS) + " (default: the config.json of "
                                           "a Hugging Face --init_checkpoint, else base).")
-    vocab_file: Optional[str] = _f(None, "WordPiece vocab.txt; used for the HF tokenizer export (config vocab_size may be padded).")
+    vocab_file: Optional[str] = _f(None, "The tokenizer the data was made with, carried by the HF export: a WordPiece vocab.txt, a "
+                                         "tokenizer.json or a Hugging Face tokenizer folder (BPE: ModernBERT). Default: the one "
+                                         "data_prep's manifest names.", aliases=("--tokenizer",))
     do_lower_case: bool = _f(True, "Tokenizer lower-cases text (written into the exported tokenizer).")
     eval_dir: Optional[str] = _f(None, "Optional folder of held-out HDF5 shards; MLM accuracy is reported at the end of the phase.")
     eval_batches: int = _f(20, "At most this many micro-batches of --eval_dir are evaluated, each held-out sequence once.")
     log_dir: Optional[str] = _f(None, "TensorBoard folder (default OUTPUT_DIR/tensorboard).")
     max_seq_length: Optional[int] = _f(None, "Expected sequence length of the HDF5 (checked when the data is opened).")
     max_predictions_per_seq: Optional[int] = _f(None, "Expected masked positions per sequence of the HDF5 (checked likewise).")
+    mask_rate: Optional[float] = _f(None, "Packed data: fraction of tokens masked each time a sequence is read, 80/10/10 (default: the "
+                                          "architecture's: 0.15 BERT, 0.30 ModernBERT). NVIDIA HDF5 stores its masks.")
     # --- objective / optimisation
     objective: str = _f("mlm_nsp", "Training objective: mlm_nsp (BERT: masked LM + next sentence) or mlm (masked LM only).")
     train_batch_size: int = _f(64, "Sequences per rank per optimizer step (split into --gradient_accumulation_steps micro-batches).")
@@ -119,6 +124,8 @@ class PretrainConfig:
             raise ValueError(f"--learning_rate must be > 0, got {self.learning_rate}")
         if not 0.0 <= self.warmup_proportion < 1.0:
             raise ValueError(f"--warmup_proportion must be in [0, 1), got {self.warmup_proportion}")
+        if self.mask_rate is not None and not 0.0 < self.mask_rate < 1.0:
+            raise ValueError(f"--mask_rate must be in (0, 1), got {self.mask_rate}")
         for name in ("max_seq_length", "max_predictions_per_seq"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"--{name} must be >= 1, got {getattr(self, name)}")

@@ -21,6 +21,7 @@ import torch
 from transformers import AutoModelForMaskedLM, BertTokenizerFast, PreTrainedModel
 
 from bundle.atomic import atomic_dir
+from bundle.digest import ROLE_TOKENS, VOCAB_TXT, tokenizer_file
 
 from .model import PretrainingModel
 from .models import family_of
@@ -33,6 +34,27 @@ def wordpiece_tokenizer(vocab_file: str | Path, do_lower_case: bool = True) -> B
     with tempfile.TemporaryDirectory() as folder:
         shutil.copyfile(vocab_file, Path(folder) / "vocab.txt")
         return BertTokenizerFast.from_pretrained(folder, do_lower_case=do_lower_case)
+
+
+def load_tokenizer(source: str | Path, do_lower_case: bool = True):
+    """The Hugging Face fast tokenizer of what made the data, for the export and fine-tuning: a WordPiece
+    vocab.txt, a tokenizer.json (BPE: ModernBERT), or a folder holding either (its tokenizer_config.json
+    when present). Never runs code from the folder."""
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    path = Path(source)
+    defining = tokenizer_file(path)
+    if defining is None or not defining.is_file():
+        raise ValueError(f"--vocab_file {source}: neither a vocab.txt, a tokenizer.json nor a folder holding one")
+    if defining.name == VOCAB_TXT or defining.suffix != ".json":
+        return wordpiece_tokenizer(defining, do_lower_case)
+    if (defining.parent / "tokenizer_config.json").is_file():
+        return AutoTokenizer.from_pretrained(str(defining.parent), trust_remote_code=False)
+    tok = PreTrainedTokenizerFast(tokenizer_file=str(defining))
+    vocab = tok.get_vocab()
+    roles = {f"{role}_token": next((n for n in names if n in vocab), None) for role, names in ROLE_TOKENS.items()}
+    tok.add_special_tokens({k: v for k, v in roles.items() if v is not None})
+    return tok
 
 
 def save_tokenizer(tokenizer, folder: Path) -> None:
@@ -52,7 +74,7 @@ def export_hf(model: PretrainingModel, out_dir: str | Path, vocab_file: str | No
     out = Path(out_dir)
     vocab_size = getattr(model.config, "original_vocab_size", model.config.vocab_size)
     if tokenizer is None and vocab_file:
-        tokenizer = wordpiece_tokenizer(vocab_file, do_lower_case)
+        tokenizer = load_tokenizer(vocab_file, do_lower_case)
     if tokenizer is not None:
         vocab_size = len(tokenizer)
     config = copy.deepcopy(model.config)

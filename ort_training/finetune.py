@@ -255,21 +255,18 @@ def resolve_model_source(cfg: FinetuneConfig) -> tuple[str, Optional[str]]:
 
 
 def load_tokenizer(cfg: FinetuneConfig):
-    from transformers import AutoTokenizer
-
-    from .export import wordpiece_tokenizer
+    """--vocab_file (a vocab.txt, tokenizer.json or tokenizer folder), else the --init_checkpoint folder's."""
+    from .export import load_tokenizer as load_source
 
     if cfg.vocab_file:
-        if not Path(cfg.vocab_file).is_file():
-            raise ValueError(f"--vocab_file {cfg.vocab_file}: no such file")
-        return wordpiece_tokenizer(cfg.vocab_file, True if cfg.do_lower_case is None else cfg.do_lower_case)
+        if not Path(cfg.vocab_file).exists():
+            raise ValueError(f"--vocab_file {cfg.vocab_file}: no such file or folder")
+        return load_source(cfg.vocab_file, True if cfg.do_lower_case is None else cfg.do_lower_case)
     folder = Path(cfg.init_checkpoint)
     folder = folder if folder.is_dir() else folder.parent
     if not any((folder / f).is_file() for f in ("vocab.txt", "tokenizer.json")):
         raise ValueError(f"--init_checkpoint {cfg.init_checkpoint}: no tokenizer there (vocab.txt / tokenizer.json); pass --vocab_file")
-    tok = AutoTokenizer.from_pretrained(str(folder), use_fast=True)
-    if not tok.is_fast:
-        raise ValueError(f"{folder}: its tokenizer has no fast version; pass --vocab_file")
+    tok = load_source(folder)
     if cfg.do_lower_case is not None and hasattr(tok, "do_lower_case") and tok.do_lower_case != cfg.do_lower_case:
         logger.warning("--do_lower_case %s ignored: the tokenizer of %s has do_lower_case=%s", cfg.do_lower_case, folder, tok.do_lower_case)
     return tok

@@ -228,3 +228,19 @@ class PackedDataLoader:
     def close(self) -> None:
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+def held_out_packed_batches(files: list[Path], batch_size: int, max_sequences: int | None, seed: int, mask_rate: float,
+                            vocab_size: int | None = None) -> Iterator[dict[str, torch.Tensor]]:
+    """Evaluation batches of packed held-out files: each sequence at most once (no cycling), in file order,
+    masked as the training loader masks epoch 0 of `seed` (the same masks at every evaluation)."""
+    loader = PackedDataLoader(files, batch_size, seed, prefetch=False, mask_rate=mask_rate, vocab_size=vocab_size)
+    left = max_sequences if max_sequences is not None else float("inf")
+    for path in files:
+        data = loader._get(Shard(path))
+        for start in range(0, len(data), batch_size):
+            if left <= 0:
+                return
+            rows = np.arange(start, min(start + batch_size, len(data), start + int(min(left, batch_size))))
+            left -= len(rows)
+            yield loader.make_batch(data, rows, epoch=0)

@@ -15,13 +15,15 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from bundle import packed_schema
 from bundle.atomic import atomic_write_text, clean_stale_temps
-from data_prep.manifest import file_sha256  # the digest data_prep records for the vocab
+from bundle.digest import file_sha256, tokenizer_file  # the digests data_prep records for the tokenizer
 
 from . import distributed
 from .checkpoint import list_checkpoints, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .config import PretrainConfig
 from .data import DataError, PretrainingDataLoader, list_hdf5_files, read_data_manifest
+from .packed_data import PackedDataLoader, held_out_packed_batches, is_packed_folder
 from .engine import build_engine
 from .evaluate import held_out_batches, mlm_accuracy
 from .metrics import MetricsLogger, read_metrics
@@ -92,11 +94,26 @@ class Trainer:
         family.check_backend(cfg.backend)
         self.attention = family.resolve_attention(cfg.attention, cfg.backend, self.device.type)
         self.model_config = family.load_config(config_file, cfg.dropout, self.attention)
-        self.vocab_file = cfg.vocab_file  # or the vocab data_prep recorded for the data (_adopt_data_manifest)
+        self.vocab_file = cfg.vocab_file  # or the tokenizer data_prep recorded for the data (_adopt_data_manifest)
         if cfg.export_onnx:
             from .export import check_onnx_available
 
             check_onnx_available()
+        # The data first: packed data carries the tokenizer's special ids, which a from-scratch config must take.
+        files, self.packed_attrs = [], None
+        if loader is not None:
+            files, self.loader = list(getattr(loader, "files", [])), loader
+        else:
+            if cfg.input_dir is None:
+                raise ValueError("--input_dir is required (folder of HDF5 files written by data_prep)")
+            files = list_hdf5_files(cfg.input_dir, "training")
+            if cfg.eval_dir:  # checked now, not after hours of training
+                list_hdf5_files(cfg.eval_dir, "test", require_match=True)
+            if is_packed_folder(files):
+                self.packed_attrs = self._check_packed(files[0], family)
+            else:
+                self._check_shapes(files[0])
+            self._adopt_data_manifest(files, objective.name if objective is not None else cfg.objective)
         self.model = PretrainingModel(self.model_config, cfg.dense_seq_output, objective or cfg.objective).to(self.device)
         self.objective = self.model.objective
         if cfg.checkpoint_activations and cfg.backend != "ort":  # ORT recomputes inside its graph instead (wrap_model)
@@ -106,25 +123,21 @@ class Trainer:
         self.optimizer = build_optimizer(self.model, cfg.learning_rate, cfg.weight_decay, cfg.max_grad_norm)
         self.scheduler = build_scheduler(self.optimizer, cfg.warmup_proportion, cfg.max_steps)
 
-        if loader is not None:
-            files, self.loader = list(getattr(loader, "files", [])), loader
-        else:
-            if cfg.input_dir is None:
-                raise ValueError("--input_dir is required (folder of HDF5 files written by data_prep)")
-            files = list_hdf5_files(cfg.input_dir, "training")
-            if cfg.eval_dir:  # checked now, not after hours of training
-                list_hdf5_files(cfg.eval_dir, "test", require_match=True)
-            self._check_shapes(files[0])
-            self._adopt_data_manifest(files)
         if self.vocab_file:
-            with open(self.vocab_file, encoding="utf-8") as fh:
-                n_tokens = sum(1 for _ in fh)  # one token per line, as BertTokenizer reads it
+            from .export import load_tokenizer
+
+            n_tokens = len(load_tokenizer(self.vocab_file, cfg.do_lower_case))
             check_vocab_fits(n_tokens, f"--vocab_file {self.vocab_file}", self.model_config, config_file)
         elif self.is_main and not cfg.skip_hf_export:
             logger.warning("no --vocab_file and no data_prep manifest naming one: the Hugging Face export will have no tokenizer")
-        if loader is None:
+        vocab_size = self.model_config.original_vocab_size
+        if loader is None and self.packed_attrs is not None:
+            self.mask_rate = cfg.mask_rate or family.mask_rate
+            self.loader = PackedDataLoader(files, cfg.micro_batch_size, cfg.seed, self.env.rank, self.env.world_size,
+                                           self.packed_attrs.max_seq_length, self.mask_rate, cfg.prefetch, vocab_size=vocab_size)
+        elif loader is None:
             self.loader = PretrainingDataLoader(files, cfg.micro_batch_size, cfg.seed, self.env.rank, self.env.world_size, cfg.prefetch,
-                                                vocab_size=self.model_config.original_vocab_size)
+                                                vocab_size=vocab_size)
         if self.is_main:
             for folder in (Path(cfg.output_dir), Path(cfg.output_dir) / "checkpoints"):
                 clean_stale_temps(folder)  # what a killed export or checkpoint save left (.hf_model.tmp-PID, ...)
@@ -152,7 +165,30 @@ class Trainer:
     def global_step(self) -> int:
         return self.step_offset + self.phase_step
 
-    def _adopt_data_manifest(self, files: list[Path]) -> None:
+    def _check_packed(self, path: Path, family) -> "packed_schema.PackedAttrs":
+        """Packed data: its length must fit the model's positions and --max_seq_length, and the config must use the
+        tokenizer's special ids (a from-scratch config takes them; a published model's must already agree)."""
+        attrs = packed_schema.read_attrs(path)
+        cfg, config = self.cfg, self.model_config
+        if cfg.max_seq_length is not None and cfg.max_seq_length != attrs.max_seq_length:
+            raise DataError(f"--max_seq_length {cfg.max_seq_length} but {path} holds packed sequences of up to {attrs.max_seq_length} "
+                            f"tokens; pass the folder `data_prep packed --max-seq-length {cfg.max_seq_length}` wrote, or fix the flag")
+        if attrs.max_seq_length > config.max_position_embeddings:
+            raise DataError(f"{path}: sequences of up to {attrs.max_seq_length} tokens, but the model has max_position_embeddings "
+                            f"{config.max_position_embeddings}; use shorter data or a config with more positions")
+        ids = {"pad": attrs.pad_id, "cls": attrs.cls_id, "sep": attrs.sep_id, "mask": attrs.mask_id}
+        changed = {f: ids[role] for f, role in family.special_token_fields.items() if getattr(config, f, None) != ids[role]}
+        if changed and cfg.init_checkpoint and not cfg.phase2:
+            raise DataError(f"{path}: the data's tokenizer has special ids {changed}, but the model config from {cfg.model_config_path()} "
+                            f"has {({f: getattr(config, f, None) for f in changed})}: the data was made with another tokenizer "
+                            "than the model's. Rebuild it with the model's tokenizer (data_prep packed --tokenizer MODEL_FOLDER)")
+        for field_name, value in changed.items():
+            setattr(config, field_name, value)
+        if changed:
+            logger.info("model config takes the data tokenizer's special ids: %s", changed)
+        return attrs
+
+    def _adopt_data_manifest(self, files: list[Path], objective_name: str) -> None:
         """data_prep's manifest knows the vocab and the objective the HDF5 was made with: take the vocab when
         none is given (so every export carries its tokenizer), refuse a different one, refuse a mismatched objective."""
         manifest = read_data_manifest(files)
@@ -160,15 +196,19 @@ class Trainer:
             return
         where = Path(files[0]).parent / "manifest.json"
         made_for = manifest.get("objective")
-        if made_for == "mlm" and self.objective.name == "mlm_nsp":
+        if made_for == "mlm" and objective_name == "mlm_nsp":
             raise DataError(f"{where}: this HDF5 was written for --objective mlm (no next-sentence pairs; every NSP label is 0); "
                             "train it with --objective mlm, or rebuild the data with data_prep's default objective")
         recorded, digest = manifest.get("vocab_file"), manifest.get("vocab_sha256")
+        if isinstance(manifest.get("tokenizer"), dict):  # the packed stage: any tokenizer kind
+            tok = manifest["tokenizer"]
+            recorded, digest = tok.get("folder") or tok.get("file"), tok.get("sha256")
         if self.vocab_file:
-            if digest and file_sha256(self.vocab_file) != digest:
+            given = tokenizer_file(self.vocab_file)
+            if digest and (given is None or not given.is_file() or file_sha256(given) != digest):
                 raise DataError(f"--vocab_file {self.vocab_file} is not the vocab the HDF5 in {where.parent} was made with "
                                 f"({recorded}); token ids would mean other words. Pass that vocab, or rebuild the data with this one")
-        elif recorded and Path(recorded).is_file() and (not digest or file_sha256(recorded) == digest):
+        elif recorded and (found := tokenizer_file(recorded)) is not None and found.is_file() and (not digest or file_sha256(found) == digest):
             logger.info("vocab from the data's manifest: %s", recorded)
             self.vocab_file = recorded
             self.cfg.do_lower_case = bool(manifest.get("args", {}).get("lower_case", self.cfg.do_lower_case))
@@ -209,8 +249,11 @@ class Trainer:
         """Settings a checkpoint is only valid with: the data position counts micro-batches of one size
         in one seed's file order on one number of ranks, and the schedule's lambda reads lr/steps/warm-up."""
         cfg = self.cfg
-        return {"world_size": self.env.world_size, "micro_batch_size": cfg.micro_batch_size, "seed": cfg.seed,
-                "learning_rate": cfg.learning_rate, "max_steps": cfg.max_steps, "warmup_proportion": cfg.warmup_proportion}
+        settings = {"world_size": self.env.world_size, "micro_batch_size": cfg.micro_batch_size, "seed": cfg.seed,
+                    "learning_rate": cfg.learning_rate, "max_steps": cfg.max_steps, "warmup_proportion": cfg.warmup_proportion}
+        if self.packed_attrs is not None:  # packed data is masked as read: another rate is other batches
+            settings["mask_rate"] = self.mask_rate
+        return settings
 
     def _check_resume_settings(self, saved: dict) -> None:
         flags = {"world_size": "number of ranks (WORLD_SIZE)", "micro_batch_size": "--train_batch_size / --gradient_accumulation_steps"}
@@ -443,8 +486,12 @@ class Trainer:
         """Held-out MLM accuracy of the current weights on --eval_dir (eager model, rank 0), computed
         like `python -m ort_training.evaluate` computes it for an export."""
         files = list_hdf5_files(self.cfg.eval_dir, "test", require_match=True)
-        held_out = held_out_batches(files, self.cfg.micro_batch_size, self.cfg.eval_batches * self.cfg.micro_batch_size,
-                                    self.model_config.original_vocab_size)  # each sequence at most once
+        limit, vocab = self.cfg.eval_batches * self.cfg.micro_batch_size, self.model_config.original_vocab_size
+        if is_packed_folder(files):  # masked once, as training masks (seed, epoch 0): the same masks every evaluation
+            held_out = held_out_packed_batches(files, self.cfg.micro_batch_size, limit, self.cfg.seed,
+                                               self.cfg.mask_rate or self.model.family.mask_rate, vocab)
+        else:
+            held_out = held_out_batches(files, self.cfg.micro_batch_size, limit, vocab)  # each sequence at most once
         try:
             result = mlm_accuracy(self.model.hf_model, ({k: v.to(self.device) for k, v in b.items()} for b in held_out))
         finally:

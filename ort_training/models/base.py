@@ -66,6 +66,8 @@ class ModelFamily:
     """Device type -> what `--attention auto` picks, from benchmarks/bench_backends.py's measurements."""
     token_types: bool = True
     """Whether the model reads segment ids (token_type_ids)."""
+    mask_rate: float = 0.15
+    """Fraction of tokens masked when packed data is read (--mask_rate's default for the family)."""
     dropout_fields: tuple[str, ...] = ()
     special_token_fields: dict[str, str] = field(default_factory=dict)
     """config field -> tokenizer special token role ('pad', 'cls', 'sep', 'mask') the config must agree with."""

@@ -30,6 +30,7 @@ MODERNBERT = ModelFamily(
     # 2.28x at 2,048; on GPUs SDPA dispatches to FlashAttention / memory-efficient kernels.
     auto_attention={"cpu": "sdpa", "cuda": "sdpa"},
     token_types=False,
+    mask_rate=0.30,  # ModernBERT and MosaicBERT mask 30% (answerdotai/ModernBERT's training configs)
     dropout_fields=("embedding_dropout", "attention_dropout", "mlp_dropout"),
     # The tokenizer decides these ids; a config from elsewhere (ModernBERT's 50,368-token BPE) would point past a
     # corpus-trained vocabulary.

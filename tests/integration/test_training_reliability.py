@@ -82,7 +82,7 @@ def test_killed_during_the_export_a_rerun_writes_what_is_missing(setup, tmp_path
 
 
 def test_export_takes_the_vocab_from_the_data_manifest_and_refuses_another(setup, tmp_path):
-    from data_prep.manifest import file_sha256
+    from bundle.digest import file_sha256
 
     data = tmp_path / "data"
     shutil.copytree(setup["input_dir"], data)
