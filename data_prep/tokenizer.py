@@ -362,7 +362,7 @@ def train_bpe(files: list[Path], vocab_size: int, lower_case: bool, min_frequenc
 
 
 def write_tokenizer_folder(out_dir: Path, tok) -> Path:
-    """``tokenizer.json`` + ``tokenizer_config.json`` + ``special_tokens_map.json``: a folder that
+    """``tokenizer.json`` + ``tokenizer_config.json`` (+ ``special_tokens_map.json`` on transformers 4): a folder that
     ``PreTrainedTokenizerFast`` / AutoTokenizer load with [CLS] [SEP] [PAD] [MASK] [UNK] set, so an export can
     carry it as it is. Written by ``save_pretrained`` into a hidden temporary folder, then renamed file by file."""
     from transformers import PreTrainedTokenizerFast
@@ -376,6 +376,9 @@ def write_tokenizer_folder(out_dir: Path, tok) -> Path:
     try:
         fast.save_pretrained(str(tmp))
         for name in HF_TOKENIZER_FILES:
+            if not (tmp / name).is_file():  # transformers 5 keeps the special tokens in tokenizer_config.json only
+                (out_dir / name).unlink(missing_ok=True)
+                continue
             with atomic_path(out_dir / name) as t:
                 shutil.copyfile(tmp / name, t)
     finally:
