@@ -15,17 +15,14 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from bundle import packed_schema
 from bundle.atomic import atomic_write_text, clean_stale_temps
-from bundle.digest import file_sha256, tokenizer_file  # the digests data_prep records for the tokenizer
 
 from . import distributed
 from .checkpoint import list_checkpoints, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .config import PretrainConfig
-from .data import DataError, PretrainingDataLoader, list_hdf5_files, read_data_manifest
-from .packed_data import PackedDataLoader, held_out_packed_batches, is_packed_folder
+from .data_inputs import held_out_input, open_training_input
 from .engine import build_engine
-from .evaluate import held_out_batches, mlm_accuracy
+from .evaluate import mlm_accuracy
 from .metrics import MetricsLogger, read_metrics
 from .model import PretrainingModel, check_vocab_fits, wrap_model
 from .models import family_of_file
@@ -94,26 +91,18 @@ class Trainer:
         family.check_backend(cfg.backend)
         self.attention = family.resolve_attention(cfg.attention, cfg.backend, self.device.type)
         self.model_config = family.load_config(config_file, cfg.dropout, self.attention)
-        self.vocab_file = cfg.vocab_file  # or the tokenizer data_prep recorded for the data (_adopt_data_manifest)
+        self.vocab_file = cfg.vocab_file  # or the tokenizer data_prep recorded for the data (data_inputs)
         if cfg.export_onnx:
             from .export import check_onnx_available
 
             check_onnx_available()
         # The data first: packed data carries the tokenizer's special ids, which a from-scratch config must take.
-        files, self.packed_attrs = [], None
+        self.input = None
         if loader is not None:
             files, self.loader = list(getattr(loader, "files", [])), loader
         else:
-            if cfg.input_dir is None:
-                raise ValueError("--input_dir is required (folder of HDF5 files written by data_prep)")
-            files = list_hdf5_files(cfg.input_dir, "training")
-            if cfg.eval_dir:  # checked now, not after hours of training
-                list_hdf5_files(cfg.eval_dir, "test", require_match=True)
-            if is_packed_folder(files):
-                self.packed_attrs = self._check_packed(files[0], family)
-            else:
-                self._check_shapes(files[0])
-            self._adopt_data_manifest(files, objective.name if objective is not None else cfg.objective)
+            self.input = open_training_input(cfg, family, self.model_config, objective.name if objective is not None else cfg.objective)
+            files, self.vocab_file = self.input.files, self.input.tokenizer
         self.model = PretrainingModel(self.model_config, cfg.dense_seq_output, objective or cfg.objective).to(self.device)
         self.objective = self.model.objective
         if cfg.checkpoint_activations and cfg.backend != "ort":  # ORT recomputes inside its graph instead (wrap_model)
@@ -130,14 +119,8 @@ class Trainer:
             check_vocab_fits(n_tokens, f"--vocab_file {self.vocab_file}", self.model_config, config_file)
         elif self.is_main and not cfg.skip_hf_export:
             logger.warning("no --vocab_file and no data_prep manifest naming one: the Hugging Face export will have no tokenizer")
-        vocab_size = self.model_config.original_vocab_size
-        if loader is None and self.packed_attrs is not None:
-            self.mask_rate = cfg.mask_rate or family.mask_rate
-            self.loader = PackedDataLoader(files, cfg.micro_batch_size, cfg.seed, self.env.rank, self.env.world_size,
-                                           self.packed_attrs.max_seq_length, self.mask_rate, cfg.prefetch, vocab_size=vocab_size)
-        elif loader is None:
-            self.loader = PretrainingDataLoader(files, cfg.micro_batch_size, cfg.seed, self.env.rank, self.env.world_size, cfg.prefetch,
-                                                vocab_size=vocab_size)
+        if self.input is not None:
+            self.loader = self.input.loader(cfg, self.env, self.model_config.original_vocab_size)
         if self.is_main:
             for folder in (Path(cfg.output_dir), Path(cfg.output_dir) / "checkpoints"):
                 clean_stale_temps(folder)  # what a killed export or checkpoint save left (.hf_model.tmp-PID, ...)
@@ -165,71 +148,6 @@ class Trainer:
     def global_step(self) -> int:
         return self.step_offset + self.phase_step
 
-    def _check_packed(self, path: Path, family) -> "packed_schema.PackedAttrs":
-        """Packed data: its length must fit the model's positions and --max_seq_length, and the config must use the
-        tokenizer's special ids (a from-scratch config takes them; a published model's must already agree)."""
-        attrs = packed_schema.read_attrs(path)
-        cfg, config = self.cfg, self.model_config
-        if cfg.max_seq_length is not None and cfg.max_seq_length != attrs.max_seq_length:
-            raise DataError(f"--max_seq_length {cfg.max_seq_length} but {path} holds packed sequences of up to {attrs.max_seq_length} "
-                            f"tokens; pass the folder `data_prep packed --max-seq-length {cfg.max_seq_length}` wrote, or fix the flag")
-        if attrs.max_seq_length > config.max_position_embeddings:
-            raise DataError(f"{path}: sequences of up to {attrs.max_seq_length} tokens, but the model has max_position_embeddings "
-                            f"{config.max_position_embeddings}; use shorter data or a config with more positions")
-        ids = {"pad": attrs.pad_id, "cls": attrs.cls_id, "sep": attrs.sep_id, "mask": attrs.mask_id}
-        changed = {f: ids[role] for f, role in family.special_token_fields.items() if getattr(config, f, None) != ids[role]}
-        if changed and cfg.init_checkpoint and not cfg.phase2:
-            raise DataError(f"{path}: the data's tokenizer has special ids {changed}, but the model config from {cfg.model_config_path()} "
-                            f"has {({f: getattr(config, f, None) for f in changed})}: the data was made with another tokenizer "
-                            "than the model's. Rebuild it with the model's tokenizer (data_prep packed --tokenizer MODEL_FOLDER)")
-        for field_name, value in changed.items():
-            setattr(config, field_name, value)
-        if changed:
-            logger.info("model config takes the data tokenizer's special ids: %s", changed)
-        return attrs
-
-    def _adopt_data_manifest(self, files: list[Path], objective_name: str) -> None:
-        """data_prep's manifest knows the vocab and the objective the HDF5 was made with: take the vocab when
-        none is given (so every export carries its tokenizer), refuse a different one, refuse a mismatched objective."""
-        manifest = read_data_manifest(files)
-        if manifest is None:
-            return
-        where = Path(files[0]).parent / "manifest.json"
-        made_for = manifest.get("objective")
-        if made_for == "mlm" and objective_name == "mlm_nsp":
-            raise DataError(f"{where}: this HDF5 was written for --objective mlm (no next-sentence pairs; every NSP label is 0); "
-                            "train it with --objective mlm, or rebuild the data with data_prep's default objective")
-        recorded, digest = manifest.get("vocab_file"), manifest.get("vocab_sha256")
-        if isinstance(manifest.get("tokenizer"), dict):  # the packed stage: any tokenizer kind
-            tok = manifest["tokenizer"]
-            recorded, digest = tok.get("folder") or tok.get("file"), tok.get("sha256")
-        if self.vocab_file:
-            given = tokenizer_file(self.vocab_file)
-            if digest and (given is None or not given.is_file() or file_sha256(given) != digest):
-                raise DataError(f"--vocab_file {self.vocab_file} is not the vocab the HDF5 in {where.parent} was made with "
-                                f"({recorded}); token ids would mean other words. Pass that vocab, or rebuild the data with this one")
-        elif recorded and (found := tokenizer_file(recorded)) is not None and found.is_file() and (not digest or file_sha256(found) == digest):
-            logger.info("vocab from the data's manifest: %s", recorded)
-            self.vocab_file = recorded
-            self.cfg.do_lower_case = bool(manifest.get("args", {}).get("lower_case", self.cfg.do_lower_case))
-        elif recorded:
-            logger.warning("%s names the vocab %s, which is missing or changed; pass --vocab_file for the export's tokenizer", where, recorded)
-
-    def _check_shapes(self, path: Path) -> None:
-        """--max_seq_length / --max_predictions_per_seq (NVIDIA's flags) must describe the data."""
-        import h5py
-
-        expected = {"input_ids": self.cfg.max_seq_length, "masked_lm_positions": self.cfg.max_predictions_per_seq}
-        if all(v is None for v in expected.values()):
-            return
-        with h5py.File(path, "r") as f:
-            for key, want in expected.items():
-                have = f[key].shape[1] if key in f else None
-                if want is not None and have != want:
-                    flag = "--max_seq_length" if key == "input_ids" else "--max_predictions_per_seq"
-                    raise DataError(f"{flag} {want} but {path} has {key} of width {have}; pass the HDF5 folder made for "
-                                    f"{flag} {want} (data_prep writes one folder per phase) or fix the flag")
-
     # ---------------------------------------------------------------- checkpoint state
     def state_dict(self) -> dict:
         return {
@@ -251,8 +169,8 @@ class Trainer:
         cfg = self.cfg
         settings = {"world_size": self.env.world_size, "micro_batch_size": cfg.micro_batch_size, "seed": cfg.seed,
                     "learning_rate": cfg.learning_rate, "max_steps": cfg.max_steps, "warmup_proportion": cfg.warmup_proportion}
-        if self.packed_attrs is not None:  # packed data is masked as read: another rate is other batches
-            settings["mask_rate"] = self.mask_rate
+        if self.input is not None and self.input.mask_rate is not None:  # masked as read: another rate is other batches
+            settings["mask_rate"] = self.input.mask_rate
         return settings
 
     def _check_resume_settings(self, saved: dict) -> None:
@@ -485,13 +403,7 @@ class Trainer:
     def evaluate(self) -> dict:
         """Held-out MLM accuracy of the current weights on --eval_dir (eager model, rank 0), computed
         like `python -m ort_training.evaluate` computes it for an export."""
-        files = list_hdf5_files(self.cfg.eval_dir, "test", require_match=True)
-        limit, vocab = self.cfg.eval_batches * self.cfg.micro_batch_size, self.model_config.original_vocab_size
-        if is_packed_folder(files):  # masked once, as training masks (seed, epoch 0): the same masks every evaluation
-            held_out = held_out_packed_batches(files, self.cfg.micro_batch_size, limit, self.cfg.seed,
-                                               self.cfg.mask_rate or self.model.family.mask_rate, vocab)
-        else:
-            held_out = held_out_batches(files, self.cfg.micro_batch_size, limit, vocab)  # each sequence at most once
+        held_out = held_out_input(self.cfg, self.model.family, self.model_config.original_vocab_size)  # each sequence at most once
         try:
             result = mlm_accuracy(self.model.hf_model, ({k: v.to(self.device) for k, v in b.items()} for b in held_out))
         finally:

@@ -10,6 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from bundle import layout
 from cli_runs import run_data_prep
 from ort_training.checkpoint import load_checkpoint
 from ort_training.config import PretrainConfig
@@ -35,8 +36,8 @@ def data(tmp_path_factory):
                   local_attention=16, vocab_size=600, max_position_embeddings=256, pad_token_id=50, cls_token_id=51,
                   sep_token_id=52, bos_token_id=51, eos_token_id=52)  # wrong ids on purpose: the data's tokenizer sets them
     (w / "modernbert.json").write_text(json.dumps(config))
-    return {"w": w, "config": str(w / "modernbert.json"), "p1": str(w / "packed_seq_len_64" / "pubmed"),
-            "p2": str(w / "packed_seq_len_128" / "pubmed")}
+    return {"w": w, "config": str(w / "modernbert.json"), "p1": str(layout.find_data_dir(w, format="packed", seq_len=64)),
+            "p2": str(layout.find_data_dir(w, format="packed", seq_len=128))}
 
 
 def train(data, out, phase2=False, **kw):
@@ -60,7 +61,7 @@ def scratch(data, tmp_path_factory):
     for attention in ("sdpa", "eager"):
         out = tmp_path_factory.mktemp(attention)
         summary1, losses1, tr = train(data, out, attention=attention, eval_dir=data["p1"], eval_batches=2)
-        runs[attention] = {"out": out, "losses": losses1, "summary": summary1, "attention": tr.attention, "mask_rate": tr.mask_rate,
+        runs[attention] = {"out": out, "losses": losses1, "summary": summary1, "attention": tr.attention, "mask_rate": tr.input.mask_rate,
                            "export1": {k: v.clone() for k, v in load_file(str(out / "hf_model" / "model.safetensors")).items()},
                            "config1": json.loads((out / "hf_model" / "config.json").read_text())}
         if attention == "sdpa":

@@ -1,0 +1,135 @@
+"""A training run's input, checked before the model is built: the files of --input_dir in either format
+(NVIDIA HDF5 with stored masks, or packed sequences masked as read), what data_prep's manifest says about
+them (the tokenizer, the objective), and the loader that reads them. The trainer asks this module; it
+holds no h5py, manifest or format knowledge of its own."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from bundle import packed_schema
+from bundle.digest import file_sha256, tokenizer_file
+
+from .config import PretrainConfig
+from .data import DataError, PretrainingDataLoader, list_hdf5_files, read_data_manifest
+from .evaluate import held_out_batches
+from .models import ModelFamily
+from .packed_data import PackedDataLoader, held_out_packed_batches, is_packed_folder
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainingInput:
+    files: list[Path]
+    tokenizer: str | None
+    """The tokenizer the export carries: --vocab_file, or the one data_prep's manifest names."""
+    packed: packed_schema.PackedAttrs | None
+    """The packed files' attributes; None for NVIDIA HDF5."""
+    mask_rate: float | None
+    """Packed data: the rate the loader masks at (--mask_rate or the family's)."""
+
+    def loader(self, cfg: PretrainConfig, env, vocab_size: int):
+        if self.packed is not None:
+            return PackedDataLoader(self.files, cfg.micro_batch_size, cfg.seed, env.rank, env.world_size, self.packed.max_seq_length,
+                                    self.mask_rate, cfg.prefetch, vocab_size=vocab_size)
+        return PretrainingDataLoader(self.files, cfg.micro_batch_size, cfg.seed, env.rank, env.world_size, cfg.prefetch,
+                                     vocab_size=vocab_size)
+
+
+def open_training_input(cfg: PretrainConfig, family: ModelFamily, model_config, objective_name: str) -> TrainingInput:
+    """List and check --input_dir (and --eval_dir, now rather than after hours of training). Packed data may
+    set the config's special-token ids (`check_packed`); the manifest may set cfg.do_lower_case."""
+    if cfg.input_dir is None:
+        raise ValueError("--input_dir is required (folder of HDF5 files written by data_prep)")
+    files = list_hdf5_files(cfg.input_dir, "training")
+    if cfg.eval_dir:
+        list_hdf5_files(cfg.eval_dir, "test", require_match=True)
+    packed = None
+    if is_packed_folder(files):
+        packed = check_packed(files[0], cfg, family, model_config)
+    else:
+        check_shapes(files[0], cfg)
+    tokenizer = adopt_manifest(files, cfg, objective_name)
+    return TrainingInput(files, tokenizer, packed, (cfg.mask_rate or family.mask_rate) if packed is not None else None)
+
+
+def held_out_input(cfg: PretrainConfig, family: ModelFamily, vocab_size: int):
+    """Evaluation batches of --eval_dir (at most --eval_batches micro-batches, each sequence at most once), either format."""
+    files = list_hdf5_files(cfg.eval_dir, "test", require_match=True)
+    limit = cfg.eval_batches * cfg.micro_batch_size
+    if is_packed_folder(files):  # masked as training masks epoch 0 of the seed: the same masks at every evaluation
+        return held_out_packed_batches(files, cfg.micro_batch_size, limit, cfg.seed, cfg.mask_rate or family.mask_rate, vocab_size)
+    return held_out_batches(files, cfg.micro_batch_size, limit, vocab_size)
+
+
+def check_shapes(path: Path, cfg: PretrainConfig) -> None:
+    """--max_seq_length / --max_predictions_per_seq (NVIDIA's flags) must describe the data."""
+    import h5py
+
+    expected = {"input_ids": cfg.max_seq_length, "masked_lm_positions": cfg.max_predictions_per_seq}
+    if all(v is None for v in expected.values()):
+        return
+    with h5py.File(path, "r") as f:
+        for key, want in expected.items():
+            have = f[key].shape[1] if key in f else None
+            if want is not None and have != want:
+                flag = "--max_seq_length" if key == "input_ids" else "--max_predictions_per_seq"
+                raise DataError(f"{flag} {want} but {path} has {key} of width {have}; pass the HDF5 folder made for "
+                                f"{flag} {want} (data_prep writes one folder per phase) or fix the flag")
+
+
+def check_packed(path: Path, cfg: PretrainConfig, family: ModelFamily, config) -> packed_schema.PackedAttrs:
+    """Packed data: its length must fit the model's positions and --max_seq_length, and the config must use the
+    tokenizer's special ids (a from-scratch config takes them; a published model's must already agree)."""
+    attrs = packed_schema.read_attrs(path)
+    if cfg.max_seq_length is not None and cfg.max_seq_length != attrs.max_seq_length:
+        raise DataError(f"--max_seq_length {cfg.max_seq_length} but {path} holds packed sequences of up to {attrs.max_seq_length} "
+                        f"tokens; pass the folder `data_prep packed --max-seq-length {cfg.max_seq_length}` wrote, or fix the flag")
+    if attrs.max_seq_length > config.max_position_embeddings:
+        raise DataError(f"{path}: sequences of up to {attrs.max_seq_length} tokens, but the model has max_position_embeddings "
+                        f"{config.max_position_embeddings}; use shorter data or a config with more positions")
+    ids = {"pad": attrs.pad_id, "cls": attrs.cls_id, "sep": attrs.sep_id, "mask": attrs.mask_id}
+    changed = {f: ids[role] for f, role in family.special_token_fields.items() if getattr(config, f, None) != ids[role]}
+    if changed and cfg.init_checkpoint and not cfg.phase2:
+        raise DataError(f"{path}: the data's tokenizer has special ids {changed}, but the model config from {cfg.model_config_path()} "
+                        f"has {({f: getattr(config, f, None) for f in changed})}: the data was made with another tokenizer "
+                        "than the model's. Rebuild it with the model's tokenizer (data_prep packed --tokenizer MODEL_FOLDER)")
+    for field_name, value in changed.items():
+        setattr(config, field_name, value)
+    if changed:
+        logger.info("model config takes the data tokenizer's special ids: %s", changed)
+    return attrs
+
+
+def adopt_manifest(files: list[Path], cfg: PretrainConfig, objective_name: str) -> str | None:
+    """data_prep's manifest knows the tokenizer and the objective the data was made with: take the tokenizer when
+    none is given (so every export carries it), refuse a different one, refuse a mismatched objective. Returns
+    the tokenizer to export (or None)."""
+    manifest = read_data_manifest(files)
+    if manifest is None:
+        return cfg.vocab_file
+    where = Path(files[0]).parent / "manifest.json"
+    if manifest.get("objective") == "mlm" and objective_name == "mlm_nsp":
+        raise DataError(f"{where}: this data was written for --objective mlm (no next-sentence pairs); "
+                        "train it with --objective mlm, or rebuild the data with data_prep's hdf5 stage and its default objective")
+    recorded, digest = manifest.get("vocab_file"), manifest.get("vocab_sha256")
+    if isinstance(manifest.get("tokenizer"), dict):  # the packed stage: any tokenizer kind
+        tok = manifest["tokenizer"]
+        recorded, digest = tok.get("folder") or tok.get("file"), tok.get("sha256")
+    if cfg.vocab_file:
+        given = tokenizer_file(cfg.vocab_file)
+        if digest and (given is None or not given.is_file() or file_sha256(given) != digest):
+            raise DataError(f"--vocab_file {cfg.vocab_file} is not the vocab the HDF5 in {where.parent} was made with "
+                            f"({recorded}); token ids would mean other words. Pass that one, or rebuild the data with this one")
+        return cfg.vocab_file
+    if recorded and (found := tokenizer_file(recorded)) is not None and found.is_file() and (not digest or file_sha256(found) == digest):
+        logger.info("tokenizer from the data's manifest: %s", recorded)
+        cfg.do_lower_case = bool(manifest.get("args", {}).get("lower_case", cfg.do_lower_case))
+        return recorded
+    if recorded:
+        logger.warning("%s names the tokenizer %s, which is missing or changed; pass --vocab_file for the export's tokenizer",
+                       where, recorded)
+    return None
