@@ -5,5 +5,7 @@
 - `locking`: one run per output folder (a second run stops with a message naming the holder);
 - `hdf5_schema`: NVIDIA's pretraining HDF5 schema, used by the writer, the reader and the tests;
 - `packed_schema`: the packed token sequences format (long sequences, masked at load time), its writer,
-  reader, validation and folder name.
+  reader and validation;
+- `layout`: data_prep's folder names (hdf5 and packed) and the lookup of finished data folders from their
+  manifests (`python -m bundle.layout data-dir`), which scripts and tests ask instead of globbing names.
 """

@@ -32,6 +32,9 @@ import numpy as np
 
 from bundle import hdf5_schema
 from bundle.atomic import atomic_path
+# The folder naming rule (``packed_seq_len_<L>/<dataset>/``) lives with data_prep's other folder names in
+# bundle.layout; re-exported here, where the format's readers and writers have always found it.
+from bundle.layout import packed_data_dir, packed_dir_name  # noqa: F401
 
 FORMAT = "packed_tokens"
 FORMAT_VERSION = 1
@@ -54,17 +57,6 @@ DATASETS: tuple[DatasetSpec, ...] = (TOKENS, OFFSETS)
 
 class SchemaError(hdf5_schema.SchemaError):
     """A packed file does not follow the format; the message names the file and the dataset or attribute."""
-
-
-def packed_dir_name(max_seq_length: int) -> str:
-    """The folder (under data_prep's work dir) holding one sequence length's packed files: the one naming
-    rule, asked by data_prep, scripts and tests instead of globbing."""
-    return f"packed_seq_len_{int(max_seq_length)}"
-
-
-def packed_data_dir(out_root: str | os.PathLike, max_seq_length: int, dataset_name: str) -> Path:
-    """What a trainer's ``--input_dir`` points at: ``<out_root>/packed_seq_len_<L>/<dataset>/``."""
-    return Path(out_root) / packed_dir_name(max_seq_length) / dataset_name
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,7 @@ from typing import Iterator
 import numpy as np
 from tqdm import tqdm
 
+from bundle import layout
 
 from .config import Hdf5Config, PhaseConfig
 from .hdf5_writer import Hdf5InstanceWriter
@@ -37,11 +38,12 @@ log = logging.getLogger(__name__)
 
 
 def phase_dir_name(cfg: Hdf5Config, phase: PhaseConfig) -> str:
-    name = (f"hdf5_lower_case_{int(cfg.lower_case)}_seq_len_{phase.max_seq_length}"
-            f"_max_pred_{phase.max_predictions_per_seq}_masked_lm_prob_{cfg.masked_lm_prob}"
-            f"_random_seed_{cfg.random_seed}_dupe_factor_{cfg.dupe_factor}")
-    # NVIDIA's name, plus markers for what its scripts cannot make (so two kinds never share a folder).
-    return name + ("_whole_word_mask" if cfg.whole_word_mask else "") + ("_mlm_only" if cfg.objective == "mlm" else "")
+    """The phase's folder under ``out_root``: the naming rule lives in ``bundle.layout`` (NVIDIA's name)."""
+    return layout.hdf5_dir_name(lower_case=cfg.lower_case, max_seq_length=phase.max_seq_length,
+                                max_predictions_per_seq=phase.max_predictions_per_seq,
+                                masked_lm_prob=cfg.masked_lm_prob, random_seed=cfg.random_seed,
+                                dupe_factor=cfg.dupe_factor, whole_word_mask=cfg.whole_word_mask,
+                                objective=cfg.objective)
 
 
 def phase_data_dir(cfg: Hdf5Config, phase: PhaseConfig) -> Path:

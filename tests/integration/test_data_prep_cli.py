@@ -10,6 +10,7 @@ import h5py
 import numpy as np
 import pytest
 
+from bundle import layout
 from bundle.locking import RunLock
 
 from cli_runs import run_data_prep as _run
@@ -22,8 +23,9 @@ SMALL = ["all", "--input", ASSETS / "update_sample.xml", "--vocab-file", VOCAB, 
          "--max-predictions", "10", "--test-fraction", "0", "--num-shards", "1", "--processes", "1"]
 
 
-def _phase_dir(w: Path, suffix: str = "", L: int = 64, P: int = 10, dupe: int = 5) -> Path:
-    return w / f"hdf5_lower_case_1_seq_len_{L}_max_pred_{P}_masked_lm_prob_0.15_random_seed_12345_dupe_factor_{dupe}{suffix}" / "pubmed"
+def _phase_dir(w: Path, L: int = 64, **kw) -> Path:
+    """The one finished HDF5 folder of sequence length L, found from data_prep's manifests (bundle.layout)."""
+    return layout.find_data_dir(w, format="hdf5", seq_len=L, **kw)
 
 
 @pytest.mark.parametrize(("extra", "message"), [
@@ -103,7 +105,7 @@ def test_mlm_only_objective_end_to_end(tmp_path):
     _run("all", "--input", ASSETS / "pubmed20n0014_sample.xml.gz", "--work-dir", w, "--vocab-file", VOCAB,
          "--max-seq-lengths", "128", "--max-predictions", "20", "--num-shards", "2", "--test-fraction", "0.1",
          "--dupe-factor", "2", "--processes", "2", "--splitter", "blingfire", "--objective", "mlm")
-    d = _phase_dir(w, "_mlm_only", 128, 20, 2)
+    d = _phase_dir(w, 128, objective="mlm")
     m = json.loads((d / "manifest.json").read_text())
     assert m["objective"] == "mlm" and m["instances"] > 100
     files = list_hdf5_files(d)
@@ -124,7 +126,7 @@ def test_same_inputs_give_identical_vocab_and_hdf5(tmp_path):
         _run("all", "--input", ASSETS / "pubmed20n0014_sample.xml.gz", "--work-dir", w, "--vocab-size", "1500",
              "--max-seq-lengths", "64", "--max-predictions", "10", "--num-shards", "1", "--test-fraction", "0",
              "--dupe-factor", "1", "--processes", "1", "--splitter", "blingfire")
-        with h5py.File(_phase_dir(w, dupe=1) / "pubmed_training_0.hdf5", "r") as f:
+        with h5py.File(_phase_dir(w) / "pubmed_training_0.hdf5", "r") as f:
             outs.append(((w / "vocab" / "vocab.txt").read_bytes(), {k: f[k][:] for k in f}))
     assert outs[0][0] == outs[1][0]
     assert all(np.array_equal(outs[0][1][k], outs[1][1][k]) for k in outs[0][1])

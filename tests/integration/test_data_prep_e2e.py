@@ -6,6 +6,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from bundle import layout
 from cli_runs import run_data_prep as _run
 
 
@@ -33,7 +34,7 @@ def test_all_trained_vocab_both_phases_and_resume(tmp_path):
     assert 1000 < len(vocab) <= 2000
     dirs = {}
     for L, P in [(128, 20), (512, 80)]:
-        d = w / f"hdf5_lower_case_1_seq_len_{L}_max_pred_{P}_masked_lm_prob_0.15_random_seed_12345_dupe_factor_2" / "pubmed"
+        d = layout.find_data_dir(w, format="hdf5", seq_len=L, max_pred=P)
         assert str(d) in p.stdout, p.stdout  # the CLI prints where each phase went
         files = sorted(d.glob("*training*.hdf5"))
         assert len(files) == 2
@@ -56,7 +57,8 @@ def test_all_with_existing_vocab_single_phase_and_errors(tmp_path):
     _run("all", "--input", ASSETS / "update_sample.xml", "--work-dir", w, "--vocab-file",
          ASSETS / "bert-base-uncased-vocab.txt", "--max-seq-lengths", "64", "--max-predictions", "10",
          "--test-fraction", "0", "--num-shards", "1", "--processes", "1", "--whole-word-mask")
-    d = w / "hdf5_lower_case_1_seq_len_64_max_pred_10_masked_lm_prob_0.15_random_seed_12345_dupe_factor_5_whole_word_mask" / "pubmed"
+    d = layout.find_data_dir(w, format="hdf5", seq_len=64)
+    assert d.parent.name.endswith("_whole_word_mask")  # a folder of its own: never mixed with plain masking
     assert [p.name for p in d.glob("*.hdf5")] == ["pubmed_training_0.hdf5"]
     bad = _run("hdf5", "--shard-dir", w / "shards", "--vocab-file", w / "text" / "update_sample.txt",
                "--out-dir", tmp_path / "x", check=False)

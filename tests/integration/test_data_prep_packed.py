@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from bundle import layout
 from bundle import packed_schema as ps
 from cli_runs import run_data_prep as _run
 
@@ -64,7 +65,7 @@ def test_packed_stage_with_wordpiece_vocab_and_resume(work):
     out = _run("packed", "--shard-dir", work / "shards", "--out-dir", work, "--tokenizer", VOCAB,
                "--max-seq-length", "256", "--processes", "2").stdout
     d = ps.packed_data_dir(work, 256, "pubmed")
-    assert f"packed: {d}" in out
+    assert f"packed: {d}" in out and layout.find_data_dir(work, format="packed", seq_len=256) == d
     m = _check_folder(d, load_tokenizer(VOCAB), 256, work / "shards")
     assert m["vocab_file"] == str(VOCAB) and m["tokens"] > 0.6 * m["sequences"] * 256  # WordPiece: the export's vocab
     files = list_hdf5_files(d)

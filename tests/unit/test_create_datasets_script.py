@@ -11,6 +11,8 @@ from pathlib import Path
 import h5py
 import pytest
 
+from bundle import layout
+
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "scripts" / "create_datasets_from_start.sh"
 SETTINGS = ("INPUT", "MAX_FILES", "BASE_URL", "VOCAB_FILE", "VOCAB_SIZE", "NUM_SHARDS", "PROCESSES", "EXTRA_ARGS", "WORK_DIR")
@@ -68,7 +70,9 @@ def test_real_sample_run_gives_phase1_and_phase2_hdf5(tmp_path):
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     printed = dict(line.split(": ", 1) for line in proc.stdout.splitlines() if line.startswith("phase-"))
     phase1, phase2 = Path(printed["phase-1 HDF5"]), Path(printed["phase-2 HDF5"])
-    assert "seq_len_128_max_pred_20" in phase1.name and "seq_len_512_max_pred_80" in phase2.name
+    # The folders data_prep's manifests describe as phase 1 (128 tokens, 20 predictions) and phase 2 (512, 80).
+    assert phase1 == layout.find_data_dir(work, format="hdf5", seq_len=128, max_pred=20)
+    assert phase2 == layout.find_data_dir(work, format="hdf5", seq_len=512, max_pred=80)
     for folder, seq_len, max_pred in ((phase1, 128, 20), (phase2, 512, 80)):
         (shard,) = folder.rglob("*training*.hdf5")
         with h5py.File(shard) as fh:
