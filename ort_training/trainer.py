@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import random
-import signal
-import threading
 import time
 from pathlib import Path
 from typing import Callable
@@ -27,6 +25,7 @@ from .metrics import MetricsLogger, read_metrics
 from .model import PretrainingModel, check_vocab_fits, wrap_model
 from .models import family_of_file
 from .optim import build_optimizer, build_scheduler
+from .preemption import Preemption
 from .run_status import EXPORT_DIR, PREEMPTED_MARKER, phase_finished
 
 logger = logging.getLogger(__name__)
@@ -51,16 +50,11 @@ class Trainer:
         """`objective` (an Objective instance, default: cfg.objective by name) and `loader` (default: the
         HDF5 reader of cfg.input_dir; any iterable of batch dicts with close/state_dict/load_state_dict)
         let other tasks reuse this loop: fine-tuning passes its own (ort_training/finetune.py)."""
-        # SIGTERM is caught from the first moment, so a preemption during start-up (loading, the ORT export)
-        # also ends with the 143 contract instead of the default kill.
-        self._stop_requested = False
-        self._prev_sigterm = None
-        if threading.current_thread() is threading.main_thread():
-            self._prev_sigterm = signal.signal(signal.SIGTERM, self._on_sigterm)
+        self.preemption = Preemption()  # from the first moment: a SIGTERM during start-up also ends with the 143 contract
         try:
             self._setup(cfg, objective, loader)
         except BaseException:
-            self._restore_sigterm()
+            self.preemption.restore()
             raise
 
     def _setup(self, cfg: PretrainConfig, objective, loader) -> None:
@@ -258,11 +252,7 @@ class Trainer:
     # ---------------------------------------------------------------- loop
     def request_stop(self) -> None:
         """Checkpoint after the current step and end with the preemption contract (what SIGTERM does)."""
-        self._stop_requested = True
-
-    def _on_sigterm(self, signum, frame) -> None:
-        logger.warning("SIGTERM: checkpointing after the current step and exiting")
-        self._stop_requested = True
+        self.preemption.request()
 
     def _micro_batches(self, it):
         for i in range(self.cfg.gradient_accumulation_steps):
@@ -321,7 +311,7 @@ class Trainer:
         last_record: dict = {}
         saved_at = -1
         self.engine.model.train()
-        while self.phase_step < cfg.max_steps and not self._stop_requested and not self.finished_early:
+        while self.phase_step < cfg.max_steps and not self.preemption.requested and not self.finished_early:
             t0 = time.perf_counter()
             out = self.train_step(it)
             if not out["skipped"] and not bool(torch.isfinite(out["totals"][0])):  # fp16 overflow steps are skipped, not errors
@@ -338,18 +328,13 @@ class Trainer:
             bar.update(1)
             for hook in self.hooks:
                 hook(self, last_record)
-            # Every rank must agree on whether to checkpoint (the save has a barrier).
-            stop = self._stop_requested
-            if self.env.is_distributed:
-                flag = torch.tensor([float(stop)], device=self.device)
-                torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
-                stop = self._stop_requested = bool(flag.item())
+            stop = self.preemption.agreed(self.env, self.device)
             if self.phase_step % cfg.num_steps_per_checkpoint == 0 or stop or self.finished_early or self.phase_step == cfg.max_steps:
                 self.save()
                 saved_at = self.phase_step
         bar.close()
         t_end = time.perf_counter()
-        if self._stop_requested:
+        if self.preemption.requested:
             if saved_at != self.phase_step and self.phase_step != start_step:  # nothing new to save if stopped before a step
                 self.save()
             # Every step of this attempt is in a checkpoint (saved at the stop, or earlier when none was trained).
@@ -410,13 +395,8 @@ class Trainer:
             self.model.train()
         return {"eval_mlm_accuracy": result["mlm_accuracy"], "eval_mlm_loss": result["mlm_loss"], "eval_masked_tokens": result["masked_tokens"]}
 
-    def _restore_sigterm(self) -> None:
-        if self._prev_sigterm is not None:
-            signal.signal(signal.SIGTERM, self._prev_sigterm)
-            self._prev_sigterm = None
-
     def close(self) -> None:
-        self._restore_sigterm()
+        self.preemption.restore()
         self.loader.close()
         self.metrics.close()
         if not self.cfg.deepspeed:  # DeepSpeed caches its groups per process: leave its process group alive
