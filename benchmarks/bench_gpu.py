@@ -1,12 +1,14 @@
-"""BERT-large pretraining step throughput on one GPU, beside NVIDIA's published A100-80GB figures.
+"""BERT-large (eager and SDPA attention) and ModernBERT-base pretraining step throughput on one GPU,
+beside NVIDIA's published A100-80GB figures for BERT-large.
 
     PYTHONPATH=. python benchmarks/bench_gpu.py                      # the full matrix (~20-30 min on one GPU)
     PYTHONPATH=. python benchmarks/bench_gpu.py --phases 1 --precisions bf16 --backends eager,compile
+    PYTHONPATH=. python benchmarks/bench_gpu.py --models modernbert --precisions bf16 --heads masked
     PYTHONPATH=. python benchmarks/bench_gpu.py --smoke              # tiny model on CPU, seconds (CI runs it)
 
 Runs from a plain checkout with whatever recent torch and transformers are installed (no venv, no
 internet, no ONNX Runtime needed): the model is the trainer's own (`ort_training.model`:
-PretrainingModel on load_model_config("large"), MLM + NSP loss inside forward, LAMB from
+PretrainingModel on load_model_config("large"), the family's loss inside forward, LAMB from
 ort_training.optim), fed random NVIDIA-schema batches already on the device. One subprocess per
 variant (torch.compile caches, an OOM, or ORT's environment switches do not leak into the next);
 --smoke runs its variants in one process.
@@ -15,13 +17,20 @@ Variants: phase 1 (seq 128, 20 predictions) and phase 2 (seq 512, 80) at NVIDIA'
 micro-batches for A100-80GB (DeepLearningExamples' dgxa100-80g configs: fp16 256 / 32, TF32 128 / 16;
 bf16 uses the fp16 ones) x precision bf16 | fp16 (autocast + GradScaler) | tf32 (fp32 weights, TF32
 matmuls) x backend eager | compile | ort (where onnxruntime-training imports) x MLM head on the masked
-positions only ("masked", the trainer's default) or on every position ("full").
+positions only ("masked", the trainer's default) or on every position ("full"), for BERT-large
+(MLM + NSP) x attention eager | sdpa (--attentions; ORT runs eager only: models/bert.py). ModernBERT-base
+(--modernbert-config; MLM, 30% of positions predicted) runs its two sequence-length phases, 1,024 and
+8,192 tokens, at 32,768 tokens per micro-batch (32 x 1,024, 4 x 8,192: a choice of this benchmark, not a
+published recipe), SDPA attention only (eager attention would hold a seq x seq score matrix per head and
+layer: 4 x 12 x 8,192^2 scores, 6 GiB in bf16, per layer at 8,192) and the eager / compile backends only (ORTModule cannot build
+ModernBERT's graph: models/modernbert.py). --models picks bert, modernbert or both.
 
 Reported per variant: sequences/s (after --warmup untimed steps), peak GPU memory, and model-FLOPs
 utilisation: 6 x (non-embedding parameters) x tokens + attention (12 x layers x hidden x seq^2) +
 the MLM head on the predicted positions, per sequence, over the device's dense peak for that
-precision. The same FLOP count is used for both heads (the full head's extra work is waste), so MFU
-compares them directly. NVIDIA's figures (per A100-80GB, from its BERT README) are printed beside.
+precision (ModernBERT: GLU MLP weights, and its local layers count their 128-token window, not seq).
+The same FLOP count is used for both heads (the full head's extra work is waste), so MFU compares them
+directly. NVIDIA's figures (per A100-80GB, from its BERT README) are printed beside.
 Results go to --json (default benchmarks/results/bench_gpu.json).
 """
 
@@ -44,6 +53,12 @@ NVIDIA_A100_80GB = {(1, "fp16"): 580, (1, "tf32"): 317, (2, "fp16"): 210, (2, "t
 # Per-GPU micro-batches of NVIDIA's A100-80GB configs (train_batch_size / gradient_accumulation_steps).
 MICRO_BATCH = {(1, "fp16"): 256, (1, "bf16"): 256, (1, "tf32"): 128, (2, "fp16"): 32, (2, "bf16"): 32, (2, "tf32"): 16}
 PHASE = {1: {"seq": 128, "max_pred": 20}, 2: {"seq": 512, "max_pred": 80}}
+# ModernBERT's sequence-length phases (answerdotai/ModernBERT: 1,024 then 8,192), its 30% masking, and
+# this benchmark's micro-batch in tokens (not from a published per-GPU recipe).
+MODERNBERT_PHASE_SEQ = {1: 1024, 2: 8192}
+MODERNBERT_MASK = 0.3
+MODERNBERT_TOKENS = 32768
+MODELS = ("bert", "modernbert")
 # Dense (no sparsity) tensor-core peaks, TFLOP/s: (16-bit, TF32). Matched against the device name.
 PEAK_TFLOPS = [
     ("H200", (989.0, 494.5)), ("H100 PCIe", (756.0, 378.0)), ("H100", (989.0, 494.5)), ("H800", (989.0, 494.5)),
@@ -56,6 +71,13 @@ PEAK_TFLOPS = [
 def model_flops_per_sequence(config, seq: int, max_pred: int) -> float:
     """Training FLOPs (forward + backward = 3 x forward) of one sequence, MLM head on the predictions only."""
     h, layers, inter = config.hidden_size, config.num_hidden_layers, config.intermediate_size
+    if getattr(config, "model_type", "bert") == "modernbert":
+        # GLU MLP (Wi: h x 2*inter, Wo: inter x h); layer i is global when i % global_attn_every_n_layers == 0,
+        # the others attend a window of local_attention tokens; head = dense transform + decoder, no pooler.
+        per_layer = 4 * h * h + 3 * h * inter
+        n_global = len(range(0, layers, config.global_attn_every_n_layers))
+        span = n_global * seq + (layers - n_global) * min(seq, config.local_attention)
+        return float(6 * layers * per_layer * seq + 12 * h * seq * span + 6 * (h * h + h * config.vocab_size) * max_pred)
     per_layer = 4 * h * h + 2 * h * inter  # QKV + output projection, and the two FFN matrices (weights)
     dense = 6 * layers * per_layer * seq  # 2 FLOPs per weight per token, x3 for training
     attention = 12 * layers * h * seq * seq  # QK^T and AV: 2 x 2 x seq^2 x h forward, x3
@@ -85,13 +107,18 @@ def random_batch(batch: int, seq: int, max_pred: int, vocab: int, device):
     return {k: v.to(device) for k, v in cpu.items()}
 
 
-def build_model(config_name: str, dense_head: bool):
-    """The trainer's model: ort_training.model's PretrainingModel (MLM + NSP loss in forward)."""
+def build_model(config_name: str, dense_head: bool, attention: str = "eager", backend: str = "eager", device_type: str = "cpu"):
+    """The trainer's model: ort_training.model's PretrainingModel with the family's pretraining loss in forward
+    (MLM + NSP where the family has a next-sentence head, MLM otherwise), the config's own dropout."""
     from ort_training.model import PretrainingModel
-    from ort_training.models import load_model_config
+    from ort_training.models import family_of_file, load_model_config
 
-    config = load_model_config(config_name, dropout=0.1)
-    return PretrainingModel(config, dense_seq_output=dense_head), config
+    family = family_of_file(config_name)
+    family.check_backend(backend)
+    attention = family.resolve_attention(attention, backend, device_type)
+    config = load_model_config(config_name, attention=attention)
+    objective = "mlm_nsp" if "mlm_nsp" in family.task_classes else "mlm"
+    return PretrainingModel(config, dense_seq_output=dense_head, objective=objective), config
 
 
 def worker(v: dict) -> dict:
@@ -104,7 +131,7 @@ def worker(v: dict) -> dict:
     torch.manual_seed(0)
     torch.backends.cuda.matmul.allow_tf32 = v["precision"] == "tf32"
     torch.backends.cudnn.allow_tf32 = v["precision"] == "tf32"
-    model, config = build_model(v["config"], v["head"] == "masked")
+    model, config = build_model(v["config"], v["head"] == "masked", v.get("attention", "eager"), v["backend"], device.type)
     model.to(device).train()
     if v["backend"] == "compile":
         wrapped = torch.compile(model)
@@ -162,16 +189,32 @@ def ort_available() -> bool:
 
 
 def variants(args) -> list[dict]:
+    """BERT: phase x precision x backend x attention x head; ModernBERT: phase x precision x backend x head, SDPA.
+    Which backends and attention kernels a family runs is asked of the family (ort_training.models)."""
+    from ort_training.models import family_of_file
+
     out = []
-    for phase in args.phases:
-        for precision in args.precisions:
-            for backend in args.backends:
-                for head in args.heads:
-                    seq, max_pred = (args.smoke_seq, 5) if args.smoke else (PHASE[phase]["seq"], PHASE[phase]["max_pred"])
-                    batch = args.batch_size or (4 if args.smoke else MICRO_BATCH[(phase, precision)])
-                    out.append(dict(phase=phase, precision=precision, backend=backend, head=head, seq=seq, max_pred=max_pred,
-                                    batch=batch, config=args.config, device=args.device, warmup=args.warmup, steps=args.steps,
-                                    peak_tflops=args.peak_tflops))
+    common = dict(device=args.device, warmup=args.warmup, steps=args.steps, peak_tflops=args.peak_tflops)
+    for model in args.models:
+        config = args.config if model == "bert" else args.modernbert_config
+        family = family_of_file(config)
+        for phase in args.phases:
+            if args.smoke:
+                seq, max_pred = args.smoke_seq, 5
+            elif model == "bert":
+                seq, max_pred = PHASE[phase]["seq"], PHASE[phase]["max_pred"]
+            else:
+                seq = MODERNBERT_PHASE_SEQ[phase]
+                max_pred = round(MODERNBERT_MASK * seq)
+            for precision in args.precisions:
+                batch = args.batch_size or (4 if args.smoke else MICRO_BATCH[(phase, precision)] if model == "bert"
+                                            else MODERNBERT_TOKENS // seq)
+                for backend in (b for b in args.backends if b in family.backends):
+                    attentions = args.attentions if model == "bert" else ["sdpa"]
+                    for attention in (a for a in attentions if a in family.attention.get(backend, ())):
+                        for head in args.heads:
+                            out.append(dict(model=model, phase=phase, precision=precision, backend=backend, attention=attention,
+                                            head=head, seq=seq, max_pred=max_pred, batch=batch, config=config, **common))
     return out
 
 
@@ -195,18 +238,21 @@ def run_variant(v: dict, timeout: float, in_process: bool = False) -> dict:
 
 
 def table(results: list[dict]) -> str:
-    head = f"{'phase':>5} {'prec':>5} {'backend':>8} {'head':>6} {'batch':>5} {'seq/s':>9} {'ms/step':>8} {'mem GiB':>8} {'MFU':>6} {'NVIDIA A100':>12}"
+    head = (f"{'model':>10} {'phase':>5} {'seq':>5} {'prec':>5} {'backend':>8} {'attn':>5} {'head':>6} {'batch':>5} {'seq/s':>9} "
+            f"{'ms/step':>8} {'mem GiB':>8} {'MFU':>6} {'NVIDIA A100':>12}")
     lines = [head, "-" * len(head)]
     for r in results:
-        ref = NVIDIA_A100_80GB.get((r["phase"], r["precision"]))
+        model = r.get("model", "bert")
+        ref = NVIDIA_A100_80GB.get((r["phase"], r["precision"])) if model == "bert" else None
         ref_s = f"{ref}" if ref else "-"
+        key = (f"{model:>10} {r['phase']:>5} {r['seq']:>5} {r['precision']:>5} {r['backend']:>8} {r.get('attention', 'eager'):>5} "
+               f"{r['head']:>6} {r['batch']:>5}")
         if "error" in r:
-            lines.append(f"{r['phase']:>5} {r['precision']:>5} {r['backend']:>8} {r['head']:>6} {r['batch']:>5}  {r['error'][:90]}")
+            lines.append(f"{key}  {r['error'][:90]}")
             continue
         mem = f"{r['peak_mem_gib']:.1f}" if r["peak_mem_gib"] is not None else "-"
         mfu = f"{100 * r['mfu']:.1f}%" if r["mfu"] is not None else "-"
-        lines.append(f"{r['phase']:>5} {r['precision']:>5} {r['backend']:>8} {r['head']:>6} {r['batch']:>5} {r['seq_per_s']:>9.1f} "
-                     f"{r['step_ms']:>8.1f} {mem:>8} {mfu:>6} {ref_s:>12}")
+        lines.append(f"{key} {r['seq_per_s']:>9.1f} {r['step_ms']:>8.1f} {mem:>8} {mfu:>6} {ref_s:>12}")
     return "\n".join(lines)
 
 
@@ -218,18 +264,22 @@ def parse_args(argv=None):
     p.add_argument("--backends", type=csv(str), default=None, help="default: eager,compile, plus ort where it imports")
     p.add_argument("--heads", type=csv(str), default=["masked", "full"], help="MLM head on the masked positions only, or every position")
     p.add_argument("--batch-size", type=int, default=None, help="override NVIDIA's per-GPU micro-batch")
+    p.add_argument("--models", type=csv(str), default=list(MODELS), help="bert (BERT-large, --config) and/or modernbert (--modernbert-config)")
+    p.add_argument("--attentions", type=csv(str), default=["eager", "sdpa"], help="BERT's attention kernels (ModernBERT: sdpa)")
     p.add_argument("--config", default="large", help="BERT config (tiny/base/large or a JSON path)")
+    p.add_argument("--modernbert-config", default="modernbert_base", help="ModernBERT config (modernbert_tiny/base/large or a JSON path)")
     p.add_argument("--device", default=None, help="default cuda (cpu with --smoke)")
     p.add_argument("--warmup", type=int, default=None, help="untimed steps first (compilation, ORT export); default 3")
     p.add_argument("--steps", type=int, default=None, help="timed steps; default 10")
     p.add_argument("--peak-tflops", type=float, default=None, help="the device's dense peak for the precision, when not in the table")
     p.add_argument("--timeout", type=float, default=900, help="seconds per variant")
     p.add_argument("--json", type=Path, default=REPO / "benchmarks" / "results" / "bench_gpu.json")
-    p.add_argument("--smoke", action="store_true", help="tiny BERT on CPU, fp32 only, 1 warm-up + 2 steps (CI)")
+    p.add_argument("--smoke", action="store_true", help="tiny BERT and ModernBERT on CPU, fp32 only, 1 warm-up + 2 steps (CI)")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.smoke:
         args.config = "tiny" if args.config == "large" else args.config
+        args.modernbert_config = "modernbert_tiny" if args.modernbert_config == "modernbert_base" else args.modernbert_config
         args.device = args.device or "cpu"
         args.precisions = ["tf32"] if args.precisions == ["bf16", "fp16", "tf32"] else args.precisions
         args.backends = args.backends or ["eager"]
@@ -241,7 +291,8 @@ def parse_args(argv=None):
     args.steps = args.steps or 10
     if args.backends is None:
         args.backends = ["eager", "compile"] + (["ort"] if ort_available() else [])
-    for name, allowed in (("precisions", {"bf16", "fp16", "tf32"}), ("backends", {"eager", "compile", "ort"}), ("heads", {"masked", "full"})):
+    for name, allowed in (("precisions", {"bf16", "fp16", "tf32"}), ("backends", {"eager", "compile", "ort"}), ("heads", {"masked", "full"}),
+                          ("models", set(MODELS)), ("attentions", {"eager", "sdpa"})):
         bad = set(getattr(args, name)) - allowed
         if bad:
             p.error(f"--{name}: unknown {sorted(bad)}; choose from {sorted(allowed)}")

@@ -36,6 +36,9 @@ def test_smoke_runs_every_phase_and_head_on_cpu_and_writes_json(tmp_path):
     data = json.loads(out.read_text())
     results = data["results"]
     assert {(r["phase"], r["head"]) for r in results} == {(1, "masked"), (1, "full"), (2, "masked"), (2, "full")}
+    # BERT with both attention kernels, ModernBERT (MLM only, no segment ids) with SDPA, both phases each.
+    assert {(r["model"], r["attention"], r["phase"]) for r in results} == {
+        (m, a, p) for m, a in (("bert", "eager"), ("bert", "sdpa"), ("modernbert", "sdpa")) for p in (1, 2)}
     for r in results:
         assert "error" not in r, r
         assert r["seq_per_s"] > 0 and r["step_ms"] > 0 and r["model_tflops_per_s"] > 0
@@ -72,9 +75,38 @@ def test_nvidia_micro_batches_and_device_peaks():
     assert bench.peak_tflops("NVIDIA H100 PCIe", "tf32") == 378.0
     assert bench.peak_tflops("NVIDIA A100-SXM4-80GB", "fp16") == 312.0
     assert bench.peak_tflops("Some Future GPU", "bf16") is None
-    args = bench.parse_args(["--phases", "2", "--precisions", "tf32", "--backends", "eager", "--heads", "masked"])
+    args = bench.parse_args(["--phases", "2", "--precisions", "tf32", "--backends", "eager", "--heads", "masked", "--models", "bert",
+                             "--attentions", "eager"])
     [v] = bench.variants(args)
     assert (v["seq"], v["max_pred"], v["batch"], v["device"]) == (512, 80, 16, "cuda")
+
+
+def test_gpu_matrix_adds_bert_sdpa_and_modernbert_base_at_1024_and_8192():
+    """ORT runs neither SDPA nor ModernBERT (the families say so); ModernBERT holds 32,768 tokens per micro-batch."""
+    bench = load()
+    args = bench.parse_args(["--precisions", "bf16", "--backends", "eager,compile,ort", "--heads", "masked"])
+    got = {(v["model"], v["phase"], v["seq"], v["backend"], v["attention"], v["batch"]) for v in bench.variants(args)}
+    bert = {("bert", p, s, b, a, bs) for p, s, bs in ((1, 128, 256), (2, 512, 32)) for b in ("eager", "compile") for a in ("eager", "sdpa")}
+    bert |= {("bert", 1, 128, "ort", "eager", 256), ("bert", 2, 512, "ort", "eager", 32)}
+    modern = {("modernbert", p, s, b, "sdpa", 32768 // s) for p, s in ((1, 1024), (2, 8192)) for b in ("eager", "compile")}
+    assert got == bert | modern
+    assert {v["config"] for v in bench.variants(args) if v["model"] == "modernbert"} == {"modernbert_base"}
+    assert {v["max_pred"] for v in bench.variants(args) if v["model"] == "modernbert"} == {307, 2458}
+
+
+def test_modernbert_flops_count_glu_weights_and_local_windows():
+    bench = load()
+    from ort_training.model import PretrainingModel
+    from ort_training.models import load_model_config
+
+    config = load_model_config("modernbert_tiny")
+    model = PretrainingModel(config, objective="mlm")
+    layer_weights = sum(p.numel() for n, p in model.hf_model.model.layers.named_parameters() if n.endswith(".weight") and p.dim() == 2)
+    h, seq, max_pred = config.hidden_size, 1024, 300
+    n_global = len(range(0, config.num_hidden_layers, config.global_attn_every_n_layers))
+    attention = 12 * h * seq * (n_global * seq + (config.num_hidden_layers - n_global) * config.local_attention)
+    head = 6 * (h * h + h * config.vocab_size) * max_pred
+    assert bench.model_flops_per_sequence(config, seq, max_pred) == 6 * layer_weights * seq + attention + head
 
 
 def test_refusals_are_clear():
