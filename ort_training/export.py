@@ -57,6 +57,16 @@ def load_tokenizer(source: str | Path, do_lower_case: bool = True):
     return tok
 
 
+def tokenizer_size(source: str | Path, do_lower_case: bool = True) -> int:
+    """Token ids the tokenizer at `source` can produce: a vocab.txt's lines (one id per line, as BertTokenizer
+    and data_prep read it), else the loaded tokenizer's length."""
+    defining = tokenizer_file(source)
+    if defining is not None and defining.is_file() and defining.suffix != ".json":
+        with open(defining, encoding="utf-8") as fh:
+            return sum(1 for _ in fh)
+    return len(load_tokenizer(source, do_lower_case))
+
+
 def save_tokenizer(tokenizer, folder: Path) -> None:
     """save_pretrained, plus for WordPiece the vocab.txt that BERT tooling reads (transformers 5.x writes only
     tokenizer.json)."""
@@ -226,3 +236,42 @@ def verify_onnx(onnx_path: str | Path, model: PreTrainedModel, atol: float = 1e-
                            "the ONNX export is wrong, do not use it")
     logger.info("ONNX export %s verified in onnxruntime (max |logit diff| %.2g)", onnx_path, diff)
     return diff
+
+
+def export_onnx_classifier(model: PreTrainedModel, onnx_path: str | Path, opset: int = 17, seq_len: int = 16) -> Path:
+    """ONNX of a loaded *ForSequenceClassification (BERT, ModernBERT) for inference: inputs input_ids /
+    attention_mask (and token_type_ids for families that read them), output logits [batch, classes];
+    batch and sequence axes dynamic.
+
+    The TorchScript exporter with torch.onnx's standard symbolics (`standard_onnx_symbolics`), as
+    `export_onnx_model` does; build `model` with attn_implementation="eager" and call `.eval()` first.
+    The file holds standard ONNX operators only (checked); comparing its logits with PyTorch's is the
+    caller's (ort_training/inference.py checks every variant it makes)."""
+    check_onnx_available()
+    names = _onnx_inputs(model)
+    seq_len = max(2, min(seq_len, model.config.max_position_embeddings))
+    exporter = {"dynamo": False} if "dynamo" in inspect.signature(torch.onnx.export).parameters else {}
+    # A batch of 2 with one padded row: nothing batch- or padding-specific is traced in as a constant.
+    ids = torch.full((2, seq_len), 5, dtype=torch.long)
+    mask = torch.ones_like(ids)
+    mask[1, seq_len // 2:] = 0
+    axes = {0: "batch", 1: "sequence"}
+    onnx_path = Path(onnx_path)
+    with standard_onnx_symbolics(), torch.no_grad():
+        torch.onnx.export(
+            model,
+            (ids, mask, torch.zeros_like(ids))[:len(names)],
+            str(onnx_path),
+            input_names=list(names),
+            output_names=["logits"],
+            dynamic_axes={**{name: axes for name in names}, "logits": {0: "batch"}},
+            opset_version=opset,
+            operator_export_type=torch.onnx.OperatorExportTypes.ONNX,
+            do_constant_folding=True,
+            **exporter,
+        )
+    bad = nonstandard_ops(onnx_path)
+    if bad:
+        raise RuntimeError(f"{onnx_path}: the export holds operators a plain onnxruntime cannot run ({bad}); "
+                           "a custom torch.onnx symbolic was active during the export")
+    return onnx_path

@@ -107,9 +107,9 @@ class Trainer:
         self.scheduler = build_scheduler(self.optimizer, cfg.warmup_proportion, cfg.max_steps)
 
         if self.vocab_file:
-            from .export import load_tokenizer
+            from .export import tokenizer_size
 
-            n_tokens = len(load_tokenizer(self.vocab_file, cfg.do_lower_case))
+            n_tokens = tokenizer_size(self.vocab_file, cfg.do_lower_case)
             check_vocab_fits(n_tokens, f"--vocab_file {self.vocab_file}", self.model_config, config_file)
         elif self.is_main and not cfg.skip_hf_export:
             logger.warning("no --vocab_file and no data_prep manifest naming one: the Hugging Face export will have no tokenizer")
