@@ -21,6 +21,8 @@ from .config import parse_config  # noqa: E402
 from .run_status import PREEMPTED_EXIT_CODE  # noqa: E402
 
 NON_FINITE_EXIT_CODE = 3
+USAGE_EXIT_CODE = 2
+"""Bad flags or data: one line naming the flag or file, no traceback (as data_prep and argparse do)."""
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -52,6 +54,9 @@ def main(argv: list[str] | None = None) -> int:
         except NonFiniteError as exc:
             log.error("%s", exc)
             return NON_FINITE_EXIT_CODE
+        except (ValueError, FileNotFoundError, FileExistsError) as exc:  # bad flags or data (DataError is a ValueError)
+            log.error("%s", exc)
+            return USAGE_EXIT_CODE
     finally:
         if lock is not None:
             lock.release()
