@@ -31,3 +31,24 @@ def tokenizer_file(path: str | Path, prefer: str = TOKENIZER_JSON) -> Path | Non
         if (path / name).is_file():
             return path / name
     return None
+
+
+REMOTE_CODE_FILES = ("config.json", "tokenizer_config.json")
+
+
+def refuse_remote_code(folder: str | Path) -> None:
+    """A Hugging Face folder whose config or tokenizer_config names custom code (`auto_map`) is refused: the
+    bundle never runs code from a model folder (transformers would ask on a terminal, and `y` runs it)."""
+    import json
+
+    for name in REMOTE_CODE_FILES:
+        path = Path(folder) / name
+        if not path.is_file():
+            continue
+        try:
+            content = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue  # unreadable: the loader that reads it names the file
+        if isinstance(content, dict) and "auto_map" in content:
+            raise ValueError(f"{path}: names custom code (auto_map: {sorted(content['auto_map'])}), which this bundle never "
+                             "runs; use a folder of a standard architecture (BERT, ModernBERT) or remove auto_map")

@@ -30,6 +30,7 @@ from bundle import hdf5_schema
 
 from .data import IGNORE_INDEX, Shard, list_hdf5_files, load_shard
 from .models import family_of
+from bundle.digest import refuse_remote_code
 
 logger = logging.getLogger(__name__)
 
@@ -132,9 +133,10 @@ def _token_text(model_dir: str, token_id: int) -> str | None:
 
 
 def evaluate(cfg: EvalConfig) -> dict:
+    refuse_remote_code(cfg.model_dir)
     if cfg.untrained:  # same architecture, random weights: the baseline the trained model is compared with
         torch.manual_seed(cfg.seed)
-        model = AutoModelForMaskedLM.from_config(AutoConfig.from_pretrained(cfg.model_dir))
+        model = AutoModelForMaskedLM.from_config(AutoConfig.from_pretrained(cfg.model_dir, trust_remote_code=False))
     else:
         model = AutoModelForMaskedLM.from_pretrained(cfg.model_dir, trust_remote_code=False)
     files = list_hdf5_files(cfg.input_dir, cfg.split, require_match=True)

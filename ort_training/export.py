@@ -21,7 +21,7 @@ import torch
 from transformers import AutoModelForMaskedLM, BertTokenizerFast, PreTrainedModel
 
 from bundle.atomic import atomic_dir
-from bundle.digest import ROLE_TOKENS, VOCAB_TXT, tokenizer_file
+from bundle.digest import ROLE_TOKENS, VOCAB_TXT, refuse_remote_code, tokenizer_file
 
 from .model import PretrainingModel
 from .models import family_of
@@ -33,7 +33,7 @@ def wordpiece_tokenizer(vocab_file: str | Path, do_lower_case: bool = True) -> B
     the constructor and silently builds a 5-token vocabulary; loading a folder works on both)."""
     with tempfile.TemporaryDirectory() as folder:
         shutil.copyfile(vocab_file, Path(folder) / "vocab.txt")
-        return BertTokenizerFast.from_pretrained(folder, do_lower_case=do_lower_case)
+        return BertTokenizerFast.from_pretrained(folder, do_lower_case=do_lower_case, trust_remote_code=False)
 
 
 def load_tokenizer(source: str | Path, do_lower_case: bool = True):
@@ -49,6 +49,7 @@ def load_tokenizer(source: str | Path, do_lower_case: bool = True):
     if defining.name == VOCAB_TXT or defining.suffix != ".json":
         return wordpiece_tokenizer(defining, do_lower_case)
     if (defining.parent / "tokenizer_config.json").is_file():
+        refuse_remote_code(defining.parent)
         return AutoTokenizer.from_pretrained(str(defining.parent), trust_remote_code=False)
     tok = PreTrainedTokenizerFast(tokenizer_file=str(defining))
     vocab = tok.get_vocab()
@@ -177,6 +178,7 @@ def export_onnx_model(hf_dir: str | Path, onnx_path: str | Path, seq_len: int = 
     the file is checked to hold standard ONNX operators only and its logits are compared with PyTorch's
     in an onnxruntime InferenceSession; a mismatch raises instead of leaving a broken model.onnx."""
     check_onnx_available()
+    refuse_remote_code(hf_dir)
     model = AutoModelForMaskedLM.from_pretrained(hf_dir, attn_implementation="eager", trust_remote_code=False).eval()
     names = _onnx_inputs(model)
     seq_len = max(2, min(seq_len, model.config.max_position_embeddings))

@@ -35,6 +35,8 @@ from typing import Literal
 
 import torch
 
+from bundle.digest import refuse_remote_code
+
 from .checkpoint import CKPT_FILE, list_checkpoints, resolve_checkpoint
 from .models import BERT, ModelFamily, WeightNames, family_of
 
@@ -299,6 +301,8 @@ def load_into(model, path: str | Path) -> ImportReport:
     path = Path(path)
     raw, fmt, files = read_state_dict(path)
     config_file = hf_config_path(path) if fmt == "hf" else None
+    if config_file is not None:
+        refuse_remote_code(config_file.parent)
     _check_config(target.config, config_file, family)
     state, renamed, dropped = normalise_keys(raw, fmt, names)
     source = ", ".join(map(str, files))
