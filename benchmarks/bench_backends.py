@@ -62,7 +62,7 @@ def worker(args) -> dict:
     import torch
 
     from ort_training.config import PretrainConfig
-    from ort_training.trainer import Trainer
+    from ort_training.loop.trainer import Trainer
 
     backend, dense, ort_opt = VARIANTS[args.worker]
     cfg = PretrainConfig(input_dir=args.input_dir, config_file=args.config_file, output_dir=args.output_dir, backend=backend,
@@ -131,9 +131,9 @@ def sweep_worker(spec: dict) -> dict:
     import torch
 
     from benchmarks.bench_gpu import random_batch
-    from ort_training.model import PretrainingModel
+    from ort_training.loop.optim import build_optimizer
     from ort_training.models import load_model_config
-    from ort_training.optim import build_optimizer
+    from ort_training.models.pretraining import PretrainingModel
 
     torch.manual_seed(0)
     device = torch.device(spec["device"])
@@ -380,7 +380,7 @@ def main(argv=None) -> list[dict] | dict:
         print("RESULT " + json.dumps(worker(args)), flush=True)
         return []
 
-    from ort_training.synthetic import write_bert_config, write_dataset
+    from ort_training.data.synthetic import write_bert_config, write_dataset
 
     tmp = Path(tempfile.mkdtemp(prefix="bench_backends_"))
     if args.input_dir is None:

@@ -7,9 +7,9 @@ beside NVIDIA's published A100-80GB figures for BERT-large.
     PYTHONPATH=. python benchmarks/bench_gpu.py --smoke              # tiny model on CPU, seconds (CI runs it)
 
 Runs from a plain checkout with whatever recent torch and transformers are installed (no venv, no
-internet, no ONNX Runtime needed): the model is the trainer's own (`ort_training.model`:
+internet, no ONNX Runtime needed): the model is the trainer's own (`ort_training.models.pretraining`:
 PretrainingModel on load_model_config("large"), the family's loss inside forward, LAMB from
-ort_training.optim), fed random NVIDIA-schema batches already on the device. One subprocess per
+ort_training.loop.optim), fed random NVIDIA-schema batches already on the device. One subprocess per
 variant (torch.compile caches, an OOM, or ORT's environment switches do not leak into the next);
 --smoke runs its variants in one process.
 
@@ -108,10 +108,10 @@ def random_batch(batch: int, seq: int, max_pred: int, vocab: int, device):
 
 
 def build_model(config_name: str, dense_head: bool, attention: str = "eager", backend: str = "eager", device_type: str = "cpu"):
-    """The trainer's model: ort_training.model's PretrainingModel with the family's pretraining loss in forward
+    """The trainer's model: ort_training.models.pretraining's PretrainingModel with the family's pretraining loss in forward
     (MLM + NSP where the family has a next-sentence head, MLM otherwise), the config's own dropout."""
-    from ort_training.model import PretrainingModel
     from ort_training.models import family_of_file, load_model_config
+    from ort_training.models.pretraining import PretrainingModel
 
     family = family_of_file(config_name)
     family.check_backend(backend)
@@ -124,7 +124,7 @@ def build_model(config_name: str, dense_head: bool, attention: str = "eager", ba
 def worker(v: dict) -> dict:
     import torch
 
-    from ort_training.optim import build_optimizer
+    from ort_training.loop.optim import build_optimizer
 
     device = torch.device(v["device"])
     cuda = device.type == "cuda"
@@ -136,7 +136,7 @@ def worker(v: dict) -> dict:
     if v["backend"] == "compile":
         wrapped = torch.compile(model)
     elif v["backend"] == "ort":
-        from ort_training.model import wrap_model
+        from ort_training.loop.backends import wrap_model
 
         wrapped = wrap_model(model, "ort")
     else:

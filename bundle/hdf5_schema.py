@@ -1,5 +1,5 @@
 """NVIDIA's BERT pretraining HDF5 schema, defined once: data_prep writes it, ort_training reads it,
-the test fixtures and ``ort_training.synthetic`` build it from here.
+the test fixtures and ``ort_training.data.synthetic`` build it from here.
 
 One file holds N instances of length L with at most P masked positions:
 

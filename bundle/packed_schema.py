@@ -1,5 +1,5 @@
 """The "packed token sequences" HDF5 format, defined once: data_prep's ``packed`` stage writes it,
-``ort_training.packed_data`` reads it and masks at load time, the tests build it from here.
+``ort_training.data.packed`` reads it and masks at load time, the tests build it from here.
 
 One file holds N variable-length sequences, tokenized once, with no padding, masks or segment ids:
 
@@ -17,7 +17,7 @@ A sequence is ``[CLS] doc [SEP] doc [SEP] ...``: whole documents packed greedily
 chunks, each starting a new sequence; only the chunk holding the document's end carries its
 ``[SEP]``, so a ``[SEP]`` always means "a document ended here". HDF5 through h5py rather than a new
 format: the bundle already depends on it, and files named like NVIDIA's (``<name>_training_<i>.hdf5``)
-go through ``ort_training.data.list_hdf5_files`` and data_prep's manifests unchanged.
+go through ``ort_training.data.hdf5.list_hdf5_files`` and data_prep's manifests unchanged.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ import numpy as np
 
 from bundle import hdf5_schema
 from bundle.atomic import atomic_path
+
 # The folder naming rule (``packed_seq_len_<L>/<dataset>/``) lives with data_prep's other folder names in
 # bundle.layout; re-exported here, where the format's readers and writers have always found it.
 from bundle.layout import packed_data_dir, packed_dir_name  # noqa: F401
@@ -90,7 +91,7 @@ class PackedAttrs:
     def from_h5(cls, attrs, path: str | os.PathLike) -> "PackedAttrs":
         if _text(attrs.get("format")) != FORMAT:
             raise SchemaError(f"{path}: attribute format is {_text(attrs.get('format'))!r}, not {FORMAT!r}: not a "
-                              f"packed token file (NVIDIA-schema files are read by ort_training.data)")
+                              f"packed token file (NVIDIA-schema files are read by ort_training.data.hdf5)")
         version = int(attrs.get("format_version", -1))
         if version != FORMAT_VERSION:
             raise SchemaError(f"{path}: format_version {version}; this reader knows {FORMAT_VERSION}: regenerate it "

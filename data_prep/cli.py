@@ -23,8 +23,7 @@ from typing import Any, Literal
 from bundle import cli as bundle_cli
 from bundle.locking import RunLock, RunLockedError
 
-from .config import (DownloadConfig, FormatConfig, Hdf5Config, PackedConfig, PhaseFlags, ShardConfig, VocabConfig,
-                     default_processes)
+from .config import DownloadConfig, FormatConfig, Hdf5Config, PackedConfig, PhaseFlags, ShardConfig, VocabConfig, default_processes
 from .manifest import ConfigError, DataPrepError
 
 log = logging.getLogger("data_prep")

@@ -29,8 +29,7 @@ from bundle import layout
 from .config import Hdf5Config, PhaseConfig
 from .hdf5_writer import Hdf5InstanceWriter
 from .instances import MaskingConfig, SpecialIds, build_instances
-from .manifest import (DataPrepError, file_fingerprint, finished_manifest, invalidate, is_complete, read_json, remove_temps,
-                       write_manifest)
+from .manifest import DataPrepError, file_fingerprint, finished_manifest, invalidate, is_complete, read_json, remove_temps, write_manifest
 from .shard import existing_shards, interrupted_temps
 from .tokenizer import WordTokenizer, check_has_words, clean_sentences, load_vocab, vocab_hash, wordpiece_vocab_file
 

@@ -3,7 +3,7 @@
 Each document is tokenized once (HF ``tokenizers``, ``encode_batch_fast`` over ``chunk_documents``
 documents at a time) and packed greedily into ``[CLS] doc [SEP] doc [SEP] ...`` sequences of at most
 ``max_seq_length`` tokens. Nothing is masked here and no document is stored twice: the loader
-(``ort_training.packed_data``) masks each time it reads a sequence, which replaces NVIDIA's
+(``ort_training.data.packed``) masks each time it reads a sequence, which replaces NVIDIA's
 ``dupe_factor`` copies. One file per shard, one shard per worker process, the same folders,
 manifests and resume rules as the ``hdf5`` stage::
 

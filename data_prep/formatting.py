@@ -22,13 +22,12 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from bundle.atomic import atomic_path
+
 from .config import FormatConfig
 from .corpora import SUFFIXES, Deletion, Document, Skip, get_reader, input_stem
 from .downstream import exclude_records
-from bundle.atomic import atomic_path
-
-from .manifest import (DataPrepError, file_fingerprint, invalidate, is_complete, read_json, remove_temps,
-                       write_manifest)
+from .manifest import DataPrepError, file_fingerprint, invalidate, is_complete, read_json, remove_temps, write_manifest
 
 log = logging.getLogger(__name__)
 

@@ -20,9 +20,9 @@ from typing import Iterator
 import numpy as np
 from tqdm import tqdm
 
-from .config import ShardConfig
 from bundle.atomic import tmp_name
 
+from .config import ShardConfig
 from .manifest import DataPrepError, finished_manifest, invalidate, is_complete, read_json, write_manifest
 from .text import make_splitter, train_punkt_params
 

@@ -30,8 +30,7 @@ from bundle.digest import ROLE_TOKENS as BUNDLE_ROLE_TOKENS
 from bundle.digest import TOKENIZER_JSON, VOCAB_TXT, tokenizer_file
 
 from .config import VocabConfig
-from .manifest import (DataPrepError, file_sha256, finished_manifest, invalidate, is_complete, read_json,
-                       remove_temps, write_manifest)
+from .manifest import DataPrepError, file_sha256, finished_manifest, invalidate, is_complete, read_json, remove_temps, write_manifest
 from .text import clean_text
 
 log = logging.getLogger(__name__)

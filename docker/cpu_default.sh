@@ -22,7 +22,7 @@ if ! has_shards "${phase1}" || ! has_shards "${phase2}"; then
     "(mount real ones with docker/launch.sh)" >&2
   python - "${synthetic}" <<'PY'
 import sys
-from ort_training.synthetic import write_dataset, write_vocab
+from ort_training.data.synthetic import write_dataset, write_vocab
 root = sys.argv[1]
 write_dataset(f"{root}/phase1", 2, 32, seq_len=128, max_pred=20, vocab_size=1000, seed=1)
 write_dataset(f"{root}/phase2", 2, 16, seq_len=512, max_pred=80, vocab_size=1000, seed=2)

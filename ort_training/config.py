@@ -16,8 +16,7 @@ from typing import Literal, Optional
 import yaml
 
 from bundle.cli import add_arguments, from_dict, parse_into
-
-from .models import ATTENTION_CHOICES, CONFIG_DIR, SHIPPED_CONFIGS, family_of_file, resolve_config_file
+from ort_training.models import ATTENTION_CHOICES, CONFIG_DIR, SHIPPED_CONFIGS, family_of_file, resolve_config_file
 
 PACKAGE_CONFIGS = CONFIG_DIR
 
@@ -129,7 +128,7 @@ class PretrainConfig:
         for name in ("max_seq_length", "max_predictions_per_seq"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"--{name} must be >= 1, got {getattr(self, name)}")
-        from .objectives import OBJECTIVES  # the one list of objectives
+        from ort_training.objectives import OBJECTIVES  # the one list of objectives
 
         if self.objective not in OBJECTIVES:
             raise ValueError(f"--objective {self.objective!r}: choose one of {sorted(OBJECTIVES)}")
@@ -147,7 +146,7 @@ class PretrainConfig:
         if self.config_file is not None:
             return resolve_config_file(self.config_file)
         if self.init_checkpoint:
-            from .weights_import import hf_config_path
+            from ort_training.weights_import import hf_config_path
 
             found = hf_config_path(self.init_checkpoint)
             if found is not None:

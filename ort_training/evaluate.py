@@ -27,10 +27,9 @@ import torch
 from transformers import AutoConfig, AutoModelForMaskedLM
 
 from bundle import hdf5_schema
-
-from .data import IGNORE_INDEX, Shard, list_hdf5_files, load_shard
-from .models import family_of
 from bundle.digest import refuse_remote_code
+from ort_training.data.hdf5 import IGNORE_INDEX, Shard, list_hdf5_files, load_shard
+from ort_training.models import family_of
 
 logger = logging.getLogger(__name__)
 

@@ -22,9 +22,8 @@ from transformers import AutoModelForMaskedLM, BertTokenizerFast, PreTrainedMode
 
 from bundle.atomic import atomic_dir
 from bundle.digest import ROLE_TOKENS, VOCAB_TXT, refuse_remote_code, tokenizer_file
-
-from .model import PretrainingModel
-from .models import family_of
+from ort_training.models import family_of
+from ort_training.models.pretraining import PretrainingModel
 
 logger = logging.getLogger(__name__)
 

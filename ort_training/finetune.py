@@ -37,16 +37,14 @@ import torch
 
 from bundle.atomic import atomic_path, atomic_write_text
 from bundle.cli import add_arguments, from_dict, parse_into
-
-from .checkpoint import list_checkpoints, load_checkpoint
-from .config import Attention, Backend, Precision, PretrainConfig
-from .model import check_vocab_fits
-from .models import family_of, load_model_config, resolve_config_file
-from .distributed import resolve_dist_env
-from .objectives import SequenceClassification
-from .run_status import PREEMPTED_EXIT_CODE
-from .text_data import (LabelSet, TextClassificationLoader, TextDataError, encode_split, longest_tokens, read_table,
-                        split_rows)
+from ort_training.config import Attention, Backend, Precision, PretrainConfig
+from ort_training.data.text import LabelSet, TextClassificationLoader, TextDataError, encode_split, longest_tokens, read_table, split_rows
+from ort_training.loop.checkpoint import list_checkpoints, load_checkpoint
+from ort_training.loop.distributed import resolve_dist_env
+from ort_training.models import family_of, load_model_config, resolve_config_file
+from ort_training.models.pretraining import check_vocab_fits
+from ort_training.objectives import SequenceClassification
+from ort_training.run_status import PREEMPTED_EXIT_CODE
 
 logger = logging.getLogger(__name__)
 
@@ -233,7 +231,7 @@ def resolve_model_source(cfg: FinetuneConfig) -> tuple[str, Optional[str]]:
     """(config file for the trainer, init format) from --config_file / --init_checkpoint."""
     if not cfg.init_checkpoint:
         return resolve_config_file(cfg.config_file), None
-    from .weights_import import detect_format, hf_config_path
+    from ort_training.weights_import import detect_format, hf_config_path
 
     fmt = detect_format(cfg.init_checkpoint)
     if cfg.config_file:
@@ -256,7 +254,7 @@ def resolve_model_source(cfg: FinetuneConfig) -> tuple[str, Optional[str]]:
 
 def load_tokenizer(cfg: FinetuneConfig):
     """--vocab_file (a vocab.txt, tokenizer.json or tokenizer folder), else the --init_checkpoint folder's."""
-    from .export import load_tokenizer as load_source
+    from ort_training.export import load_tokenizer as load_source
 
     if cfg.vocab_file:
         if not Path(cfg.vocab_file).exists():
@@ -367,7 +365,7 @@ def save_best(hf_model, folder: Path, record: dict) -> None:
 
 def export_best(trainer, tokenizer, out_dir: Path) -> Path:
     """hf_model/: the family's *ForSequenceClassification (vocab rows trimmed to the tokenizer) + the tokenizer."""
-    from .export import export_hf
+    from ort_training.export import export_hf
 
     return export_hf(trainer.model, out_dir, tokenizer=tokenizer)
 
@@ -383,7 +381,7 @@ def write_predictions(path: Path, table, probs: np.ndarray, labels: list[str]) -
 
 # ----------------------------------------------------------------------------- the run
 def run(cfg: FinetuneConfig) -> dict:
-    from .trainer import Trainer
+    from ort_training.loop.trainer import Trainer
 
     out = Path(cfg.output_dir)
     env = resolve_dist_env(os.environ)

@@ -20,8 +20,8 @@ import torch
 import torch.nn.functional as F
 from transformers import PretrainedConfig, PreTrainedModel
 
-from .data import IGNORE_INDEX
-from .models import ModelFamily, family_of
+from ort_training.data.hdf5 import IGNORE_INDEX
+from ort_training.models import ModelFamily, family_of
 
 
 class Objective(ABC):
@@ -169,7 +169,7 @@ class SequenceClassification(Objective):
         config.problem_type = "single_label_classification"
         model = super().build(config)
         if self.init_checkpoint:
-            from .weights_import import load_into
+            from ort_training.weights_import import load_into
 
             # load_into fills a pretraining model (it knows every source's naming); the classifier shares
             # its base model (and BERT's pooler). A source without a pooler keeps the fresh one (logged there).

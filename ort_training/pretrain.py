@@ -23,10 +23,9 @@ import sys
 from pathlib import Path
 
 from bundle.cli import add_arguments, from_dict, nest
-
-from .config import PretrainConfig
-from .recipe import PHASES, LaunchConfig, load_recipe, phase_command, phase_configs, quote
-from .run_status import PREEMPTED_EXIT_CODE, PREEMPTED_MARKER, phase_finished
+from ort_training.config import PretrainConfig
+from ort_training.recipe import PHASES, LaunchConfig, load_recipe, phase_command, phase_configs, quote
+from ort_training.run_status import PREEMPTED_EXIT_CODE, PREEMPTED_MARKER, phase_finished
 
 logger = logging.getLogger("ort_training.pretrain")
 
@@ -76,7 +75,7 @@ def check_devices(launch: LaunchConfig) -> None:
 
 
 def check_data(cfg: PretrainConfig, phase: str) -> None:
-    from .data import list_hdf5_files
+    from ort_training.data.hdf5 import list_hdf5_files
 
     if cfg.input_dir is None:
         raise ValueError(f"--{phase}.input_dir is required (the folder of that phase's HDF5 shards written by data_prep)")

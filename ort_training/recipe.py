@@ -15,8 +15,7 @@ from pathlib import Path
 from typing import Literal, Optional
 
 from bundle.cli import from_dict, to_argv
-
-from .config import PretrainConfig, merge_settings, read_yaml
+from ort_training.config import PretrainConfig, merge_settings, read_yaml
 
 RECIPES_DIR = Path(__file__).parent / "recipes"
 PHASES = ("phase1", "phase2")

@@ -16,9 +16,8 @@ import logging  # noqa: E402
 import os  # noqa: E402
 
 from bundle.locking import RunLock, RunLockedError  # noqa: E402
-
-from .config import parse_config  # noqa: E402
-from .run_status import PREEMPTED_EXIT_CODE  # noqa: E402
+from ort_training.config import parse_config  # noqa: E402
+from ort_training.run_status import PREEMPTED_EXIT_CODE  # noqa: E402
 
 NON_FINITE_EXIT_CODE = 3
 USAGE_EXIT_CODE = 2
@@ -41,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
         log.error("%s", exc)
         return 2
     try:
-        from .trainer import NonFiniteError, Trainer
+        from ort_training.loop.trainer import NonFiniteError, Trainer
 
         try:
             trainer = Trainer(cfg)

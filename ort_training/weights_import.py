@@ -36,9 +36,8 @@ from typing import Literal
 import torch
 
 from bundle.digest import refuse_remote_code
-
-from .checkpoint import CKPT_FILE, list_checkpoints, resolve_checkpoint
-from .models import BERT, ModelFamily, WeightNames, family_of
+from ort_training.loop.checkpoint import CKPT_FILE, list_checkpoints, resolve_checkpoint
+from ort_training.models import BERT, ModelFamily, WeightNames, family_of
 
 logger = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 def _ort_usable() -> str | None:
     """None if ORTModule can run here, else why not (the current stack has no ONNX Runtime training)."""
     try:
-        from ort_training.model import import_ortmodule
+        from ort_training.loop.backends import import_ortmodule
 
         import_ortmodule()
     except Exception as exc:  # noqa: BLE001 -- any reason is a reason to skip

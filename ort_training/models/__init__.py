@@ -7,9 +7,9 @@ from pathlib import Path
 
 from transformers import PretrainedConfig
 
-from .base import ATTENTION_CHOICES, BACKENDS, VOCAB_MULTIPLE, ModelFamily, WeightNames, read_config_json
-from .bert import BERT
-from .modernbert import MODERNBERT
+from ort_training.models.base import ATTENTION_CHOICES, BACKENDS, VOCAB_MULTIPLE, ModelFamily, WeightNames, read_config_json
+from ort_training.models.bert import BERT
+from ort_training.models.modernbert import MODERNBERT
 
 FAMILIES: dict[str, ModelFamily] = {f.model_type: f for f in (BERT, MODERNBERT)}
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from transformers import ModernBertConfig, ModernBertForMaskedLM, ModernBertForSequenceClassification
 
-from .base import ModelFamily, WeightNames
+from ort_training.models.base import ModelFamily, WeightNames
 
 
 def _encode(model, input_ids, token_type_ids, attention_mask):

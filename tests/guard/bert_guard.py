@@ -6,7 +6,7 @@ alter the numbers, and say why in the commit):
 
     PYTHONPATH=. .venv/bin/python tests/guard/bert_guard.py --write
 
-The runs: synthetic NVIDIA-schema data (ort_training.synthetic, fixed seeds), a 2-layer hidden-32 BERT with
+The runs: synthetic NVIDIA-schema data (ort_training.data.synthetic, fixed seeds), a 2-layer hidden-32 BERT with
 dropout 0.1, phase 1 (4 steps, seq 32) then phase 2 (3 steps, seq 64) in one output dir, for each case below.
 """
 
@@ -47,9 +47,9 @@ def weight_fingerprint(folder: Path) -> dict:
 
 def run_case(root: Path, backend: str, objective: str) -> dict:
     """Train both phases; the per-step losses of metrics.jsonl and the phase-2 export's fingerprint."""
-    from ort_training.metrics import read_metrics
+    from ort_training.data.synthetic import tiny_setup, write_dataset
+    from ort_training.loop.metrics import read_metrics
     from ort_training.run_pretraining import main as pretrain_main
-    from ort_training.synthetic import tiny_setup, write_dataset
 
     setup = tiny_setup(root, n_files=2, n_per_file=32, seq_len=32, max_pred=5, hidden=32, dropout=0.1)
     phase2_data = write_dataset(root / "data64", 2, 16, seq_len=64, max_pred=8, vocab_size=1003, seed=9)
@@ -81,7 +81,7 @@ def stack_key() -> str:
 
 def ort_usable() -> bool:
     try:
-        from ort_training.model import import_ortmodule
+        from ort_training.loop.backends import import_ortmodule
 
         import_ortmodule()
         return True

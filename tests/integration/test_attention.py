@@ -8,9 +8,9 @@ import torch
 from safetensors.torch import load_file
 
 from ort_training.config import PretrainConfig
+from ort_training.data.synthetic import tiny_setup
+from ort_training.loop.trainer import Trainer
 from ort_training.models import BERT, MODERNBERT
-from ort_training.synthetic import tiny_setup
-from ort_training.trainer import Trainer
 
 
 def _train(setup, out, attention):

@@ -9,12 +9,10 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
+from cli_runs import run_data_prep as _run
 
 from bundle import layout
 from bundle.locking import RunLock
-
-from cli_runs import run_data_prep as _run
-
 
 ROOT = Path(__file__).parents[2]
 ASSETS = ROOT / "tests" / "assets" / "pubmed"
@@ -42,8 +40,8 @@ def test_flags_are_checked_by_the_configs(tmp_path, extra, message):
 
 
 def test_help_comes_from_the_config_docstrings():
-    from data_prep.config import Hdf5Config
     from bundle.cli import field_docs
+    from data_prep.config import Hdf5Config
 
     out = _run("hdf5", "--help").stdout
     assert " ".join(field_docs(Hdf5Config)["objective"].split()[:6]) in " ".join(out.split())
@@ -99,7 +97,7 @@ def test_stale_temporaries_of_killed_stages_are_cleaned(tmp_path):
 def test_mlm_only_objective_end_to_end(tmp_path):
     """Issue 9: `--objective mlm` writes FULL-SENTENCES instances in NVIDIA's schema; the manifest says so, and the
     trainer's reader (and an NVIDIA-style h5py reader) loads them unchanged."""
-    from ort_training.data import Shard, list_hdf5_files, load_shard
+    from ort_training.data.hdf5 import Shard, list_hdf5_files, load_shard
 
     w = tmp_path / "w"
     _run("all", "--input", ASSETS / "pubmed20n0014_sample.xml.gz", "--work-dir", w, "--vocab-file", VOCAB,

@@ -5,10 +5,9 @@ from pathlib import Path
 
 import h5py
 import numpy as np
-
-from bundle import layout
 from cli_runs import run_data_prep as _run
 
+from bundle import layout
 
 ROOT = Path(__file__).parents[2]
 ASSETS = ROOT / "tests" / "assets" / "pubmed"

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from cli_runs import run_data_prep as _run
 
 from bundle import layout
 from bundle import packed_schema as ps
-from cli_runs import run_data_prep as _run
 
 ROOT = Path(__file__).parents[2]
 ASSETS = ROOT / "tests" / "assets" / "pubmed"
@@ -59,8 +59,8 @@ def _check_folder(d: Path, tok, L: int, shards: Path) -> dict:
 
 def test_packed_stage_with_wordpiece_vocab_and_resume(work):
     from data_prep.tokenizer import load_tokenizer
-    from ort_training.data import list_hdf5_files
-    from ort_training.packed_data import PackedDataLoader, is_packed_folder
+    from ort_training.data.hdf5 import list_hdf5_files
+    from ort_training.data.packed import PackedDataLoader, is_packed_folder
 
     out = _run("packed", "--shard-dir", work / "shards", "--out-dir", work, "--tokenizer", VOCAB,
                "--max-seq-length", "256", "--processes", "2").stdout
@@ -80,8 +80,8 @@ def test_packed_stage_with_wordpiece_vocab_and_resume(work):
 
 def test_packed_stage_with_a_trained_bpe_tokenizer(work):
     from data_prep.tokenizer import load_tokenizer
-    from ort_training.data import list_hdf5_files
-    from ort_training.packed_data import PackedDataLoader
+    from ort_training.data.hdf5 import list_hdf5_files
+    from ort_training.data.packed import PackedDataLoader
 
     out = _run("vocab", "--shard-dir", work / "shards", "--out-dir", work / "bpe", "--tokenizer-type", "bpe",
                "--vocab-size", "1200").stdout

@@ -12,11 +12,11 @@ import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, BertConfig, BertForPreTraining
 
 from ort_training import finetune
-from ort_training.checkpoint import list_checkpoints, save_checkpoint
 from ort_training.export import save_tokenizer, wordpiece_tokenizer
-from ort_training.metrics import read_metrics
-from ort_training.model import PretrainingModel
+from ort_training.loop.checkpoint import list_checkpoints, save_checkpoint
+from ort_training.loop.metrics import read_metrics
 from ort_training.models import load_model_config
+from ort_training.models.pretraining import PretrainingModel
 
 FILLER = "the a patient was seen today for follow up and her his history is noted with no change in plan".split()
 KEYS = {"infection": ["fever", "cough", "sputum"], "cardiac": ["chest", "palpitations", "syncope"],

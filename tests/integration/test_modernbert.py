@@ -8,14 +8,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from cli_runs import run_data_prep
 from safetensors.torch import load_file
 
 from bundle import layout
-from cli_runs import run_data_prep
-from ort_training.checkpoint import load_checkpoint
 from ort_training.config import PretrainConfig
+from ort_training.loop.checkpoint import load_checkpoint
+from ort_training.loop.trainer import Trainer
 from ort_training.models import CONFIG_DIR
-from ort_training.trainer import Trainer
 
 ASSETS = Path(__file__).parents[1] / "assets" / "pubmed"
 

@@ -22,8 +22,8 @@ import psutil
 import pytest
 import torch
 
-from ort_training.checkpoint import list_checkpoints, load_checkpoint
-from ort_training.synthetic import tiny_setup
+from ort_training.data.synthetic import tiny_setup
+from ort_training.loop.checkpoint import list_checkpoints, load_checkpoint
 
 REPO = Path(__file__).resolve().parents[2]
 STEPS, EVERY = 200, 20

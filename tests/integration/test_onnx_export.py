@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 import torch
 
+from ort_training.data.synthetic import tiny_setup
 from ort_training.export import export_onnx_model, nonstandard_ops, standard_onnx_symbolics, verify_onnx
 from ort_training.run_pretraining import main as pretrain_main
-from ort_training.synthetic import tiny_setup
 
 pytestmark = [pytest.mark.ort, pytest.mark.onnx]
 
@@ -25,7 +25,7 @@ VOCAB = 1003
 
 @pytest.fixture(scope="module")
 def ort_run(tmp_path_factory):
-    from ort_training.model import import_ortmodule
+    from ort_training.loop.backends import import_ortmodule
 
     try:
         import_ortmodule()

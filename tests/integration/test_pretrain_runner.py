@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from ort_training.data.synthetic import tiny_setup, write_dataset
 from ort_training.recipe import load_recipe
-from ort_training.synthetic import tiny_setup, write_dataset
 
 REPO = Path(__file__).resolve().parents[2]
 ENV = dict(os.environ, PYTHONPATH=str(REPO), HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from ort_training.synthetic import write_dataset, write_vocab
+from ort_training.data.synthetic import write_dataset, write_vocab
 
 REPO = Path(__file__).resolve().parents[2]
 DAEMONS = ("munged", "slurmctld", "slurmd")

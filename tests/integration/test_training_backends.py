@@ -3,8 +3,8 @@
 import pytest
 
 from ort_training.config import PretrainConfig
-from ort_training.synthetic import tiny_setup
-from ort_training.trainer import Trainer
+from ort_training.data.synthetic import tiny_setup
+from ort_training.loop.trainer import Trainer
 
 
 def run_losses(setup, out, backend, steps=20, **kw):

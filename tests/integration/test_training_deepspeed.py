@@ -6,12 +6,12 @@ import socket
 import pytest
 
 from ort_training.config import PretrainConfig
-from ort_training.deepspeed_support import load_deepspeed_config
+from ort_training.loop.deepspeed_support import load_deepspeed_config
 
 deepspeed = pytest.importorskip("deepspeed", reason="DeepSpeed is an optional extra: pip install '.[deepspeed]'")
 
-from ort_training.synthetic import tiny_setup  # noqa: E402
-from ort_training.trainer import Trainer  # noqa: E402
+from ort_training.data.synthetic import tiny_setup  # noqa: E402
+from ort_training.loop.trainer import Trainer  # noqa: E402
 
 
 @pytest.fixture

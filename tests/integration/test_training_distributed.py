@@ -11,15 +11,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from ort_training.distributed import DistEnv, resolve_dist_env
-from ort_training.synthetic import tiny_setup
+from ort_training.data.synthetic import tiny_setup
+from ort_training.loop.distributed import DistEnv, resolve_dist_env
 
 REPO = Path(__file__).resolve().parents[2]
 
 WORKER = r'''
 import json, sys, torch
 from ort_training.config import PretrainConfig
-from ort_training.trainer import Trainer
+from ort_training.loop.trainer import Trainer
 setup, out, backend, opts = json.loads(sys.argv[1]), sys.argv[2], sys.argv[3], json.loads(sys.argv[4])
 cfg = PretrainConfig(**setup, output_dir=out, backend=backend, max_steps=opts.get("max_steps", 4), train_batch_size=8,
                      gradient_accumulation_steps=2, learning_rate=1e-2, disable_progress_bar=True, skip_hf_export=True,

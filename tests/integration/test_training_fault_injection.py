@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from ort_training.checkpoint import list_checkpoints
-from ort_training.synthetic import tiny_setup
+from ort_training.data.synthetic import tiny_setup
+from ort_training.loop.checkpoint import list_checkpoints
 
 REPO = Path(__file__).resolve().parents[2]
 ENV = dict(os.environ, PYTHONPATH=str(REPO), HF_HUB_OFFLINE="1")

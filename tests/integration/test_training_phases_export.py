@@ -6,11 +6,11 @@ import json
 import pytest
 import torch
 
-from ort_training.checkpoint import list_checkpoints, load_checkpoint
+from ort_training.data.synthetic import tiny_setup, write_dataset
 from ort_training.evaluate import main as evaluate_main
-from ort_training.metrics import read_metrics
+from ort_training.loop.checkpoint import list_checkpoints, load_checkpoint
+from ort_training.loop.metrics import read_metrics
 from ort_training.run_pretraining import main as pretrain_main
-from ort_training.synthetic import tiny_setup, write_dataset
 
 # The ONNX export needs onnx + onnxruntime (the pinned stack has both); the rest of this flow does not.
 ONNX_FLAG = ["--export_onnx"] if all(importlib.util.find_spec(m) for m in ("onnx", "onnxruntime")) else []

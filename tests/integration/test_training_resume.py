@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from ort_training.checkpoint import list_checkpoints, resolve_checkpoint
 from ort_training.config import PretrainConfig
-from ort_training.metrics import read_metrics
-from ort_training.synthetic import tiny_setup
-from ort_training.trainer import Trainer
+from ort_training.data.synthetic import tiny_setup
+from ort_training.loop.checkpoint import list_checkpoints, resolve_checkpoint
+from ort_training.loop.metrics import read_metrics
+from ort_training.loop.trainer import Trainer
 
 REPO = Path(__file__).resolve().parents[2]
 STEPS = 10

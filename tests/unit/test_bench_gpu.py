@@ -51,8 +51,8 @@ def test_smoke_runs_every_phase_and_head_on_cpu_and_writes_json(tmp_path):
 def test_model_flops_count_the_real_encoder_weights():
     """The dense term must be 6 x (the encoder's weight-matrix parameters) x tokens: count them on a real BERT."""
     bench = load()
-    from ort_training.model import PretrainingModel
     from ort_training.models import load_model_config
+    from ort_training.models.pretraining import PretrainingModel
 
     config = load_model_config("tiny")
     model = PretrainingModel(config)
@@ -96,8 +96,8 @@ def test_gpu_matrix_adds_bert_sdpa_and_modernbert_base_at_1024_and_8192():
 
 def test_modernbert_flops_count_glu_weights_and_local_windows():
     bench = load()
-    from ort_training.model import PretrainingModel
     from ort_training.models import load_model_config
+    from ort_training.models.pretraining import PretrainingModel
 
     config = load_model_config("modernbert_tiny")
     model = PretrainingModel(config, objective="mlm")

@@ -1,8 +1,8 @@
 """Corpus readers on real PubMed / PMC records and small own-corpus files."""
 
 import gzip
-import re
 import json
+import re
 from pathlib import Path
 
 import pytest

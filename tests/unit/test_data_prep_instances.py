@@ -9,8 +9,7 @@ import pytest
 from data_prep.corpora import Document
 from data_prep.corpora.pubmed import read_medline_xml
 from data_prep.create_hdf5 import _vocab_arrays
-from data_prep.instances import (MaskingConfig, Plan, build_instances, document_stream, plan_instances,
-                                 truncate_pairs)
+from data_prep.instances import MaskingConfig, Plan, build_instances, document_stream, plan_instances, truncate_pairs
 from data_prep.text import make_splitter
 from data_prep.tokenizer import WordTokenizer, load_vocab
 

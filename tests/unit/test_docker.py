@@ -153,7 +153,7 @@ def in_build_context(path: str) -> bool:
 
 def test_dockerignore_matcher_follows_docker_rules():
     assert not in_build_context(".venv/bin/python") and not in_build_context(".git/HEAD")
-    assert in_build_context("ort_training/model.py")
+    assert in_build_context("ort_training/models/pretraining.py")
 
 
 def test_build_context_holds_every_tracked_file_and_no_local_state():

@@ -9,8 +9,7 @@ from pathlib import Path
 import pytest
 
 from data_prep.corpora import Document, Skip
-from data_prep.downstream import (LABELS, DownstreamConfig, TaskError, build_task, exclude_records, main, pmids_fingerprint,
-                                  read_pmids, split_of)
+from data_prep.downstream import LABELS, DownstreamConfig, TaskError, build_task, exclude_records, main, pmids_fingerprint, read_pmids, split_of
 
 
 def article(pmid, sections=None, title="A title."):

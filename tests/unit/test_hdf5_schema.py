@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from bundle import hdf5_schema
-from ort_training.data import DataError, Shard, list_hdf5_files, load_shard
-from ort_training.synthetic import write_dataset, write_shard
+from ort_training.data.hdf5 import DataError, Shard, list_hdf5_files, load_shard
+from ort_training.data.synthetic import write_dataset, write_shard
 
 
 def test_schema_is_nvidias():

@@ -9,12 +9,11 @@ import sys
 from pathlib import Path
 
 import pytest
+from cli_runs import run_data_prep
 
 from bundle import layout, packed_schema
 from data_prep.config import Hdf5Config, PhaseConfig
 from data_prep.create_hdf5 import phase_data_dir, phase_dir_name
-
-from cli_runs import run_data_prep
 
 REPO = Path(__file__).resolve().parents[2]
 ASSETS = REPO / "tests" / "assets" / "pubmed"

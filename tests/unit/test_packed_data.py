@@ -1,4 +1,4 @@
-"""The packed-sequence loader (ort_training.packed_data): load-time masking rule and rates, 80/10/10,
+"""The packed-sequence loader (ort_training.data.packed): load-time masking rule and rates, 80/10/10,
 specials never masked, batch format identical to the NVIDIA reader's, determinism and exact resume."""
 
 import itertools
@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from bundle import hdf5_schema, packed_schema as ps
-from ort_training.data import IGNORE_INDEX, DataError, PretrainingDataLoader
-from ort_training.packed_data import PackedDataLoader, is_packed_folder, max_predictions
+from bundle import hdf5_schema
+from bundle import packed_schema as ps
+from ort_training.data.hdf5 import IGNORE_INDEX, DataError, PretrainingDataLoader
+from ort_training.data.packed import PackedDataLoader, is_packed_folder, max_predictions
 
 V, L = 1000, 64
 PAD, UNK, CLS, SEP, MASK = range(5)

@@ -4,7 +4,8 @@ import h5py
 import numpy as np
 import pytest
 
-from bundle import hdf5_schema, packed_schema as ps
+from bundle import hdf5_schema
+from bundle import packed_schema as ps
 
 CLS, SEP, PAD, MASK = 2, 3, 0, 4
 ATTRS = ps.PackedAttrs(max_seq_length=10, vocab_size=100, cls_id=CLS, sep_id=SEP, pad_id=PAD, mask_id=MASK,

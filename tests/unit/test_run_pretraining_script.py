@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from ort_training.config import parse_config
-from ort_training.synthetic import write_dataset
+from ort_training.data.synthetic import write_dataset
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "scripts" / "run_pretraining_ort.sh"

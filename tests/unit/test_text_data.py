@@ -10,10 +10,9 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
+from ort_training.data.text import LabelSet, TextClassificationLoader, TextDataError, encode_split, read_table, split_rows
 from ort_training.export import wordpiece_tokenizer
 from ort_training.finetune import classification_metrics
-from ort_training.text_data import (LabelSet, TextClassificationLoader, TextDataError, encode_split, read_table,
-                                    split_rows)
 
 WORDS = "the patient was seen for fever cough chest pain and follow up today".split()
 ROWS = [{"note": f"{WORDS[i % len(WORDS)]} text {i}", "dx": ["a", "b", "c"][i % 3]} for i in range(30)]

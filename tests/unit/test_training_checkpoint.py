@@ -1,6 +1,6 @@
 """checkpoint.save_checkpoint pruning: the newest K are kept, and never at the cost of the one just written."""
 
-from ort_training.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
+from ort_training.loop.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
 
 
 def steps(out):

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from ort_training.data import IGNORE_INDEX, DataError, PretrainingDataLoader, Shard, list_hdf5_files, load_shard, rank_shards
-from ort_training.synthetic import write_dataset, write_shard
+from ort_training.data.hdf5 import IGNORE_INDEX, DataError, PretrainingDataLoader, Shard, list_hdf5_files, load_shard, rank_shards
+from ort_training.data.synthetic import write_dataset, write_shard
 
 
 def _files(n):

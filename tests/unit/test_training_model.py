@@ -4,11 +4,11 @@ import pytest
 import torch
 
 from ort_training.config import PretrainConfig
-from ort_training.data import PretrainingDataLoader, list_hdf5_files
-from ort_training.model import PretrainingModel
+from ort_training.data.hdf5 import PretrainingDataLoader, list_hdf5_files
+from ort_training.data.synthetic import tiny_setup
+from ort_training.loop.trainer import Trainer
 from ort_training.models import load_model_config
-from ort_training.synthetic import tiny_setup
-from ort_training.trainer import Trainer
+from ort_training.models.pretraining import PretrainingModel
 
 
 @pytest.fixture(scope="module")
@@ -86,7 +86,7 @@ def test_bf16_trains_on_cpu(setup, tmp_path):
 def test_missing_torch_ort_says_how_to_fix(setup, monkeypatch):
     import sys
 
-    from ort_training.model import wrap_model
+    from ort_training.loop.backends import wrap_model
 
     monkeypatch.setitem(sys.modules, "torch_ort", None)  # as if torch-ort were not installed
     model = PretrainingModel(load_model_config(setup["config_file"]))
@@ -104,7 +104,7 @@ def test_ort_mixed_precision_on_cpu_is_refused_clearly(setup, tmp_path):
 def test_unbuilt_ort_extensions_say_how_to_fix(setup, monkeypatch):
     from onnxruntime.training import ortmodule
 
-    from ort_training.model import wrap_model
+    from ort_training.loop.backends import wrap_model
 
     # What onnxruntime.training.ortmodule records at import when `python -m torch_ort.configure` never ran.
     monkeypatch.setattr(ortmodule, "_FALLBACK_INIT_EXCEPTION", RuntimeError("ORTModule's extensions were not detected"))

@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from ort_training.optim import Lamb, build_scheduler, param_groups, poly_warmup
+from ort_training.loop.optim import Lamb, build_scheduler, param_groups, poly_warmup
 
 
 def reference_lamb_step(params, grads, states, lr, wd_per_param, betas=(0.9, 0.999), eps=1e-6, max_grad_norm=1.0):

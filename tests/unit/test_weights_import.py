@@ -11,9 +11,9 @@ import pytest
 import torch
 from transformers import BertConfig, BertForMaskedLM, BertForPreTraining, BertModel
 
-from ort_training.checkpoint import save_checkpoint
-from ort_training.model import PretrainingModel
+from ort_training.loop.checkpoint import save_checkpoint
 from ort_training.models import load_model_config
+from ort_training.models.pretraining import PretrainingModel
 from ort_training.weights_import import detect_format, hf_config_path, load_into
 
 VOCAB = 1003  # not a multiple of 8: the training config pads it to 1008

@@ -1,5 +1,5 @@
-"""The trained module (a Hugging Face model of the config's family with its objective's loss inside
-forward) and the backend wrap: ORTModule, eager PyTorch or torch.compile."""
+"""The backend wrap of the trained module: ORTModule (torch-ort, ONNX Runtime training), eager PyTorch or
+torch.compile, and the check of whether this stack can run ORT at all."""
 
 from __future__ import annotations
 
@@ -9,9 +9,6 @@ from typing import Literal
 
 import torch
 from torch import nn
-from transformers import PretrainedConfig
-
-from .objectives import Objective, get_objective
 
 logger = logging.getLogger(__name__)
 
@@ -20,46 +17,6 @@ ORT_INSTALL_HINT = (
     "and build its extensions with `python -m torch_ort.configure` (or scripts/bootstrap_env.sh); "
     "or run with --backend eager"
 )
-
-
-def check_vocab_fits(n_tokens: int, tokenizer_source: str, config: PretrainedConfig, config_file: str) -> None:
-    """A tokenizer larger than the config's vocab_size gives token ids past the embedding table (an index
-    error deep in training, or garbage after the export trims the rows): refuse it up front."""
-    limit = getattr(config, "original_vocab_size", config.vocab_size)
-    if n_tokens > limit:
-        raise ValueError(f"{tokenizer_source} has {n_tokens} tokens but --config_file {config_file} has vocab_size "
-                         f"{limit}; use a config with vocab_size >= {n_tokens} (the tokenizer the data was made with)")
-
-
-class PretrainingModel(nn.Module):
-    """A Hugging Face model (`self.hf_model`, the objective's class for the config's architecture family)
-    whose forward computes the objective's loss: forward(*objective.batch_keys) -> (loss, stats). See
-    objectives.py and models/."""
-
-    def __init__(self, config: PretrainedConfig, dense_seq_output: bool = True, objective: str | Objective = "mlm_nsp"):
-        super().__init__()
-        self.config = config
-        self.dense_seq_output = dense_seq_output
-        self.objective = get_objective(objective) if isinstance(objective, str) else objective
-        self.hf_model = self.objective.build(config)
-        self.family = self.objective.family
-        self._register_load_state_dict_pre_hook(_rename_legacy_keys)
-
-    def forward(self, *inputs):
-        return self.objective.forward(self.hf_model, self.dense_seq_output, *inputs)
-
-    def inputs(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, ...]:
-        """Positional inputs in forward's order (ORTModule exports positional args most reliably)."""
-        return self.objective.inputs(batch)
-
-
-LEGACY_PREFIX = "bert."
-"""Checkpoints written before the model seam kept the Hugging Face model under `bert.` (now `hf_model.`)."""
-
-
-def _rename_legacy_keys(state_dict, prefix, *args) -> None:
-    for key in [k for k in state_dict if k.startswith(prefix + LEGACY_PREFIX)]:
-        state_dict[prefix + "hf_model." + key[len(prefix + LEGACY_PREFIX):]] = state_dict.pop(key)
 
 
 def ort_env(memory_opt_level: int) -> dict[str, str]:

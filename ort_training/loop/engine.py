@@ -13,8 +13,8 @@ import contextlib
 import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from .config import PretrainConfig
-from .distributed import DistEnv
+from ort_training.config import PretrainConfig
+from ort_training.loop.distributed import DistEnv
 
 
 class PlainEngine:
@@ -67,7 +67,7 @@ class DeepSpeedEngine:
 
     def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, cfg: PretrainConfig, env: DistEnv,
                  device: torch.device):
-        from .deepspeed_support import initialize_deepspeed
+        from ort_training.loop.deepspeed_support import initialize_deepspeed
 
         self.optimizer = optimizer
         self.fp16 = cfg.precision == "fp16"

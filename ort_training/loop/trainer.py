@@ -14,19 +14,19 @@ import torch
 from tqdm import tqdm
 
 from bundle.atomic import atomic_write_text, clean_stale_temps
-
-from . import distributed
-from .checkpoint import list_checkpoints, load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from .config import PretrainConfig
-from .data_inputs import held_out_input, open_training_input
-from .engine import build_engine
-from .evaluate import mlm_accuracy
-from .metrics import MetricsLogger, read_metrics
-from .model import PretrainingModel, check_vocab_fits, wrap_model
-from .models import family_of_file
-from .optim import build_optimizer, build_scheduler
-from .preemption import Preemption
-from .run_status import EXPORT_DIR, PREEMPTED_MARKER, phase_finished
+from ort_training.config import PretrainConfig
+from ort_training.data.inputs import held_out_input, open_training_input
+from ort_training.evaluate import mlm_accuracy
+from ort_training.loop import distributed
+from ort_training.loop.backends import wrap_model
+from ort_training.loop.checkpoint import list_checkpoints, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from ort_training.loop.engine import build_engine
+from ort_training.loop.metrics import MetricsLogger, read_metrics
+from ort_training.loop.optim import build_optimizer, build_scheduler
+from ort_training.loop.preemption import Preemption
+from ort_training.models import family_of_file
+from ort_training.models.pretraining import PretrainingModel, check_vocab_fits
+from ort_training.run_status import EXPORT_DIR, PREEMPTED_MARKER, phase_finished
 
 logger = logging.getLogger(__name__)
 
@@ -87,7 +87,7 @@ class Trainer:
         self.model_config = family.load_config(config_file, cfg.dropout, self.attention)
         self.vocab_file = cfg.vocab_file  # or the tokenizer data_prep recorded for the data (data_inputs)
         if cfg.export_onnx:
-            from .export import check_onnx_available
+            from ort_training.export import check_onnx_available
 
             check_onnx_available()
         # The data first: packed data carries the tokenizer's special ids, which a from-scratch config must take.
@@ -107,7 +107,7 @@ class Trainer:
         self.scheduler = build_scheduler(self.optimizer, cfg.warmup_proportion, cfg.max_steps)
 
         if self.vocab_file:
-            from .export import tokenizer_size
+            from ort_training.export import tokenizer_size
 
             n_tokens = tokenizer_size(self.vocab_file, cfg.do_lower_case)
             check_vocab_fits(n_tokens, f"--vocab_file {self.vocab_file}", self.model_config, config_file)
@@ -201,7 +201,7 @@ class Trainer:
             else:
                 logger.info("--resume_from_checkpoint: no checkpoint in %s yet, starting from scratch", cfg.output_dir)
         if ckpt is None and cfg.init_checkpoint:
-            from .weights_import import detect_format, load_into
+            from ort_training.weights_import import detect_format, load_into
 
             if detect_format(cfg.init_checkpoint) != "bundle":  # a published BERT: weights only
                 load_into(self.model.hf_model, cfg.init_checkpoint)
@@ -364,7 +364,7 @@ class Trainer:
         """The export, then the summary: a phase counts as finished only once both exist (run_status)."""
         cfg = self.cfg
         if not cfg.skip_hf_export:
-            from .export import export_hf
+            from ort_training.export import export_hf
 
             export_hf(self.model, Path(cfg.output_dir) / EXPORT_DIR, self.vocab_file, cfg.do_lower_case, cfg.export_onnx)
         if cfg.eval_dir:

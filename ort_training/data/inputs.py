@@ -11,12 +11,11 @@ from pathlib import Path
 
 from bundle import packed_schema
 from bundle.digest import file_sha256, tokenizer_file
-
-from .config import PretrainConfig
-from .data import DataError, PretrainingDataLoader, list_hdf5_files, read_data_manifest
-from .evaluate import held_out_batches
-from .models import ModelFamily
-from .packed_data import PackedDataLoader, held_out_packed_batches, is_packed_folder
+from ort_training.config import PretrainConfig
+from ort_training.data.hdf5 import DataError, PretrainingDataLoader, list_hdf5_files, read_data_manifest
+from ort_training.data.packed import PackedDataLoader, held_out_packed_batches, is_packed_folder
+from ort_training.evaluate import held_out_batches
+from ort_training.models import ModelFamily
 
 logger = logging.getLogger(__name__)
 

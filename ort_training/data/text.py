@@ -23,7 +23,7 @@ from typing import Iterator, Literal, Sequence
 import numpy as np
 import torch
 
-from .data import DataError
+from ort_training.data.hdf5 import DataError
 
 logger = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """Reader of packed token sequences (``bundle.packed_schema``), masked at load time, split across ranks,
 resumable: the loader for ModernBERT-style (30%) and RoBERTa/BERT-style (15%) masked-LM training.
 
-Same interface and batch format as ``ort_training.data.PretrainingDataLoader`` (the NVIDIA-schema
+Same interface and batch format as ``ort_training.data.hdf5.PretrainingDataLoader`` (the NVIDIA-schema
 reader), so the trainer, objectives and metrics take either: ``input_ids``, ``input_mask``,
 ``segment_ids`` (0), ``masked_lm_positions`` [B, P] (ascending, unused slots 0), ``masked_lm_labels``
 [B, P] (``IGNORE_INDEX`` in unused slots) and ``next_sentence_labels`` (0), all int64, padded to
@@ -28,8 +28,7 @@ import numpy as np
 import torch
 
 from bundle import packed_schema
-
-from .data import IGNORE_INDEX, DataError, DataState, Shard, rank_shards
+from ort_training.data.hdf5 import IGNORE_INDEX, DataError, DataState, Shard, rank_shards
 
 logger = logging.getLogger(__name__)
 

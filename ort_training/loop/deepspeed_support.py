@@ -14,8 +14,8 @@ import os
 
 import torch
 
-from .config import PretrainConfig, resolve_deepspeed_config
-from .distributed import free_port
+from ort_training.config import PretrainConfig, resolve_deepspeed_config
+from ort_training.loop.distributed import free_port
 
 logger = logging.getLogger(__name__)
 

@@ -9,8 +9,6 @@ kernels on CUDA and as one C++ loop per op on CPU.
 
 from __future__ import annotations
 
-
-
 import torch
 from torch import nn
 from torch.optim import Optimizer
