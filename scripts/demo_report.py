@@ -6,6 +6,9 @@
 
 `finetune` reads each run's test_report.json (written by `python -m ort_training.finetune`) and writes
 DIR/downstream_results.{md,json,png}: test macro-F1 and accuracy per model, as a table and a bar chart.
+A row is one fine-tuning output folder, or a folder of several (`seed_<N>/`, one per fine-tuning seed; or the
+same LABEL given to several --run): the row is then the mean, ± the sample standard deviation over the seeds,
+with each seed's macro-F1 listed and drawn as an error bar plus one dot per seed.
 `mlm` prints one line: untrained, most-frequent-token and trained held-out MLM accuracy (from
 `python -m ort_training.evaluate` outputs).
 """
@@ -21,7 +24,7 @@ REPORT_FILE = "test_report.json"
 
 
 def read_run(label: str, folder: str | Path) -> dict:
-    """One table row from a fine-tuning output folder."""
+    """One fine-tuning run (one seed) from its output folder."""
     folder = Path(folder)
     path = folder / REPORT_FILE
     try:
@@ -35,16 +38,64 @@ def read_run(label: str, folder: str | Path) -> dict:
     return {"model": label, "macro_f1": report["macro_f1"], "accuracy": report["accuracy"], "auroc_ovr": report.get("auroc_ovr"),
             "test_sentences": report["documents"], "best_step": report.get("best_step"), "steps": summary.get("global_step"),
             "init_checkpoint": report.get("init_checkpoint"), "learning_rate": config.get("learning_rate"),
-            "output_dir": str(folder)}
+            "seed": config.get("seed"), "output_dir": str(folder)}
+
+
+def run_folders(folder: str | Path) -> list[Path]:
+    """A fine-tuning output folder, or the `seed_<N>` folders inside one (sorted by N)."""
+    folder = Path(folder)
+    if (folder / REPORT_FILE).is_file():
+        return [folder]
+    seeds = sorted((p for p in folder.glob("seed_*") if p.is_dir()), key=lambda p: (len(p.name), p.name))
+    if not seeds:
+        raise SystemExit(f"demo_report: {folder / REPORT_FILE} is missing and {folder} holds no seed_*/ runs; "
+                         f"did `python -m ort_training.finetune --output_dir {folder}` finish?")
+    return seeds
+
+
+def _mean_std(values: list[float]) -> tuple[float, float | None]:
+    """Mean and sample standard deviation (n - 1; None for a single value)."""
+    import statistics
+
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else None)
+
+
+def summarize(label: str, runs: list[dict]) -> dict:
+    """One table row from the runs (seeds) of one starting point: means, spreads and the per-seed values."""
+    f1, f1_std = _mean_std([r["macro_f1"] for r in runs])
+    acc, acc_std = _mean_std([r["accuracy"] for r in runs])
+    sentences = {r["test_sentences"] for r in runs}
+    if len(sentences) != 1:
+        raise SystemExit(f"demo_report: the runs of {label!r} were tested on different test sets ({sorted(sentences)} sentences)")
+    first = runs[0]
+    return {"model": label, "macro_f1": f1, "macro_f1_std": f1_std, "accuracy": acc, "accuracy_std": acc_std,
+            "auroc_ovr": first["auroc_ovr"] if len(runs) == 1 else None, "test_sentences": first["test_sentences"],
+            "seeds": [r["seed"] for r in runs], "n_seeds": len(runs), "steps": first["steps"], "best_step": first["best_step"],
+            "init_checkpoint": first["init_checkpoint"], "learning_rate": first["learning_rate"],
+            "output_dir": first["output_dir"] if len(runs) == 1 else str(Path(first["output_dir"]).parent), "runs": runs}
+
+
+def _value(mean: float, std: float | None) -> str:
+    return f"{mean:.3f}" if std is None else f"{mean:.3f} ± {std:.3f}"
 
 
 def table(rows: list[dict], baseline: int = 0) -> str:
-    """Markdown table; the last column is macro-F1 relative to row `baseline` in points."""
+    """Markdown table; the fourth column is macro-F1 relative to row `baseline` in points (difference of the means),
+    the last each seed's macro-F1 where a row has several."""
     base = rows[baseline]["macro_f1"]
-    lines = ["| model | test macro-F1 | test accuracy | macro-F1 vs (a), points |", "|---|---:|---:|---:|"]
+    seeded = any(len(r.get("runs", ())) > 1 for r in rows)
+    head = "| model | test macro-F1 | test accuracy | macro-F1 vs (a), points |"
+    rule = "|---|---:|---:|---:|"
+    if seeded:
+        head, rule = head + " macro-F1 per seed |", rule + "---|"
+    lines = [head, rule]
     for i, r in enumerate(rows):
         delta = "" if i == baseline else f"{100 * (r['macro_f1'] - base):+.1f}"
-        lines.append(f"| {r['model']} | {r['macro_f1']:.3f} | {r['accuracy']:.3f} | {delta} |")
+        line = f"| {r['model']} | {_value(r['macro_f1'], r.get('macro_f1_std'))} | {_value(r['accuracy'], r.get('accuracy_std'))} | {delta} |"
+        if seeded:
+            line += " " + ", ".join(f"{run['macro_f1']:.3f}" + (f" (seed {run['seed']})" if run.get("seed") is not None else "")
+                                    for run in r.get("runs", ())) + " |"
+        lines.append(line)
     return "\n".join(lines)
 
 
@@ -58,11 +109,18 @@ def bar_chart(rows: list[dict], path: Path, title: str) -> Path:
     x = np.arange(len(rows))
     fig, ax = plt.subplots(figsize=(max(6.0, 1.9 * len(rows) + 1.5), 4.2))
     for offset, key, name in ((-0.2, "macro_f1", "macro-F1"), (0.2, "accuracy", "accuracy")):
-        bars = ax.bar(x + offset, [r[key] for r in rows], width=0.4, label=name)
+        spread = [r.get(f"{key}_std") or 0.0 for r in rows]
+        bars = ax.bar(x + offset, [r[key] for r in rows], width=0.4, label=name,
+                      yerr=spread if any(spread) else None, capsize=3, error_kw={"elinewidth": 1})
         ax.bar_label(bars, fmt="%.3f", fontsize=8, padding=2)
+        for i, r in enumerate(rows):  # one dot per fine-tuning seed
+            runs = r.get("runs", ())
+            if len(runs) > 1:
+                ax.plot([x[i] + offset] * len(runs), [run[key] for run in runs], "k.", markersize=4, zorder=3)
     ax.set_xticks(x, [r["model"].replace(": ", ":\n", 1) for r in rows], fontsize=8)
     ax.set_ylim(0, 1)
-    ax.set_ylabel("test set")
+    ax.set_ylabel("test set" + (f" (mean ± sd over {max(len(r.get('runs', ())) for r in rows)} seeds; dots: seeds)"
+                                if any(len(r.get("runs", ())) > 1 for r in rows) else ""), fontsize=8)
     ax.set_title(title, fontsize=10)
     ax.legend(loc="upper left", fontsize=8)
     fig.tight_layout()
@@ -73,7 +131,11 @@ def bar_chart(rows: list[dict], path: Path, title: str) -> Path:
 
 
 def finetune_report(out: Path, runs: list[tuple[str, str]], task: Path | None = None) -> dict:
-    rows = [read_run(label, folder) for label, folder in runs]
+    """`runs`: (label, folder) pairs; a folder may hold seed_<N>/ runs, and a label given twice adds runs to its row."""
+    grouped: dict[str, list[dict]] = {}
+    for label, folder in runs:
+        grouped.setdefault(label, []).extend(read_run(label, f) for f in run_folders(folder))
+    rows = [summarize(label, group) for label, group in grouped.items()]
     sentences = {r["test_sentences"] for r in rows}
     if len(sentences) != 1:
         raise SystemExit(f"demo_report: the runs were tested on different test sets ({sorted(sentences)} sentences)")
@@ -121,7 +183,8 @@ def main(argv: list[str] | None = None) -> int:
     sub = p.add_subparsers(dest="command", required=True)
     f = sub.add_parser("finetune", help="table + bar chart of fine-tuning runs")
     f.add_argument("--out", type=Path, required=True, help="folder for downstream_results.{md,json,png}")
-    f.add_argument("--run", action="append", required=True, metavar="LABEL=DIR", help="a row: its label and fine-tuning output dir")
+    f.add_argument("--run", action="append", required=True, metavar="LABEL=DIR", help="a row: its label and fine-tuning output dir (or a dir of "
+                   "seed_<N>/ runs; a label given again adds that run to its row)")
     f.add_argument("--task", type=Path, default=None, help="the task folder (data_prep.downstream) for its counts")
     m = sub.add_parser("mlm", help="the held-out MLM accuracy line")
     m.add_argument("--untrained", type=Path, required=True)

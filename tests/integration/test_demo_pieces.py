@@ -4,6 +4,7 @@ reports the most-frequent-token baseline; the fine-tuning table/bar chart (scrip
 
 import importlib.util
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -17,7 +18,7 @@ import torch
 from transformers import BertConfig, BertForMaskedLM
 
 from ort_training import evaluate
-from ort_training.synthetic import write_shard, write_vocab
+from ort_training.data.synthetic import write_shard, write_vocab
 
 REPO = Path(__file__).resolve().parents[2]
 spec = importlib.util.spec_from_file_location("demo_report", REPO / "scripts" / "demo_report.py")
@@ -104,7 +105,7 @@ def rct_task(tmp_path_factory):
 
 def test_finetune_table_and_chart_from_real_runs(rct_task, tmp_path):
     from ort_training import finetune
-    from ort_training.synthetic import write_bert_config
+    from ort_training.data.synthetic import write_bert_config
 
     vocab = REPO / "tests" / "assets" / "pubmed" / "bert-base-uncased-vocab.txt"
     config = write_bert_config(tmp_path / "config.json", vocab_size=30522, hidden=32, layers=1, heads=2, max_position=64)
@@ -144,20 +145,82 @@ def test_report_refuses_runs_on_different_test_sets(tmp_path):
         demo_report.read_run("z", tmp_path / "z")
 
 
+def _fake_run(folder, macro_f1, accuracy, seed, documents=1031):
+    folder.mkdir(parents=True)
+    (folder / "test_report.json").write_text(json.dumps({"macro_f1": macro_f1, "accuracy": accuracy, "documents": documents}))
+    (folder / "finetune_config.json").write_text(json.dumps({"seed": seed, "learning_rate": 2e-3}))
+
+
+def test_report_mean_and_spread_over_seeds(tmp_path):
+    """Rows of several fine-tuning seeds (seed_<N>/ folders, or one label given again): mean ± sample sd, each seed
+    listed, the difference of means in points, error bars in the chart; a single run keeps the plain format."""
+    f1 = {"a": (0.20, 0.26, 0.23), "e": (0.40, 0.36, 0.38)}
+    for name, values in f1.items():
+        for seed, value in zip((1, 2, 11), values):  # seed 11 sorts after 2
+            _fake_run(tmp_path / name / f"seed_{seed}", value, value + 0.2, seed)
+    _fake_run(tmp_path / "single", 0.5, 0.6, 42)
+    _fake_run(tmp_path / "x1", 0.30, 0.5, 7)
+    _fake_run(tmp_path / "x2", 0.34, 0.5, 8)
+    runs = [("(a) random", tmp_path / "a"), ("(e) modern", tmp_path / "e"), ("(s) single", tmp_path / "single"),
+            ("(x) by label", tmp_path / "x1"), ("(x) by label", tmp_path / "x2")]
+    result = demo_report.finetune_report(tmp_path / "report", runs)
+    rows = {r["model"]: r for r in result["rows"]}
+    assert list(rows) == ["(a) random", "(e) modern", "(s) single", "(x) by label"]
+    a, e = rows["(a) random"], rows["(e) modern"]
+    assert a["seeds"] == [1, 2, 11] and a["n_seeds"] == 3
+    assert a["macro_f1"] == pytest.approx(0.23) and a["macro_f1_std"] == pytest.approx(0.03)  # n - 1: sd of 0.20/0.26/0.23
+    assert e["macro_f1"] == pytest.approx(0.38) and e["accuracy"] == pytest.approx(0.58) and e["accuracy_std"] == pytest.approx(0.02)
+    assert rows["(s) single"]["macro_f1_std"] is None and rows["(x) by label"]["seeds"] == [7, 8]
+    md = (tmp_path / "report" / "downstream_results.md").read_text()
+    assert "| (a) random | 0.230 ± 0.030 | 0.430 ± 0.030 |  | 0.200 (seed 1), 0.260 (seed 2), 0.230 (seed 11) |" in md
+    assert "| (e) modern | 0.380 ± 0.020 | 0.580 ± 0.020 | +15.0 | 0.400 (seed 1), 0.360 (seed 2), 0.380 (seed 11) |" in md
+    assert "| (s) single | 0.500 | 0.600 | +27.0 | 0.500 (seed 42) |" in md
+    assert "macro-F1 per seed" in md.splitlines()[2]
+    saved = json.loads((tmp_path / "report" / "downstream_results.json").read_text())
+    assert [r["macro_f1"] for r in saved["rows"][1]["runs"]] == [0.40, 0.36, 0.38]
+    png = tmp_path / "report" / "downstream_results.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
+    # One run per row: the table as before (no per-seed column).
+    plain = demo_report.table([demo_report.summarize("(s)", [demo_report.read_run("(s)", tmp_path / "single")])])
+    assert plain.splitlines()[0].endswith("vs (a), points |") and "| (s) | 0.500 | 0.600 |  |" in plain
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(SystemExit, match="no seed_"):
+        demo_report.finetune_report(tmp_path / "r2", [("(z)", tmp_path / "empty")])
+
+
 def test_demo_script_wiring():
     """The demo excludes the task's held-out PMIDs, trains (c) from the published folder with the no-config
-    recipe, fine-tunes all four starting points and reports them; bash -n and shellcheck pass."""
+    recipe and (e) with the ModernBERT recipe on packed BPE data, fine-tunes all five starting points over the
+    seeds and reports them; bash -n and shellcheck pass."""
     script = (REPO / "scripts" / "demo.sh").read_text()
     assert "--exclude-ids \"$task/heldout_pmids.txt\"" in script
     assert "--recipe demo_continued" in script and "--phase1.init_checkpoint \"$published\"" in script
-    for name in ("a_random_init", "b_pretrained_here", "c_published_continued", "d_published"):
+    assert "--recipe demo_modernbert" in script and "--tokenizer-type bpe" in script and "data_prep packed" in script
+    for name in ("a_random_init", "b_pretrained_here", "c_published_continued", "d_published", "e_modernbert_pretrained_here"):
         assert script.count(name) == 2
+    assert '--seed "$seed"' in script and 'DEMO_FT_SEEDS:-1 2 3' in script
     from ort_training.recipe import load_recipe
 
     cont = load_recipe("demo_continued")
     assert "config_file" not in {**cont.both, **cont.phase1, **cont.phase2}  # architecture from the init folder
+    # (e): the numbers live in the recipe (the script passes data folders and only the overrides a user sets).
+    modern = load_recipe("demo_modernbert")
+    assert modern.both["config_file"] == "modernbert_tiny" and modern.both["objective"] == "mlm"
+    assert modern.both["backend"] == "eager" and modern.both["attention"] == "sdpa" and modern.both["mask_rate"] == pytest.approx(0.30)
+    assert modern.phase1["max_steps"] > 0 and modern.phase2["max_steps"] > 0
+    assert not re.search(r"DEMO_(MODERN_|CONT_)?(PHASE[12]_STEPS|BATCH[12]):-", script)  # no copy of a recipe number as a default
     subprocess.run(["bash", "-n", str(REPO / "scripts" / "demo.sh")], check=True)
     exe = shutil.which("shellcheck", path=str(Path(sys.executable).parent)) or shutil.which("shellcheck")
     if exe:
         proc = subprocess.run([exe, "-s", "bash", "scripts/demo.sh"], cwd=REPO, capture_output=True, text=True)
         assert proc.returncode == 0, proc.stdout
+
+
+def test_demo_refuses_bad_seeds(tmp_path):
+    """A bad DEMO_FT_SEEDS stops the demo before any work, with one line naming it."""
+    import os
+
+    env = {**os.environ, "DEMO_FT_SEEDS": "1 two", "DEMO_OUTPUT": str(tmp_path / "out"), "PYTHON": sys.executable}
+    proc = subprocess.run(["bash", str(REPO / "scripts" / "demo.sh")], env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1 and proc.stderr.strip().splitlines() == ["demo: DEMO_FT_SEEDS='1 two': 'two' is not a non-negative integer"]
+    assert not (tmp_path / "out").exists()
