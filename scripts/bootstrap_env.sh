@@ -11,8 +11,9 @@
 #   BERT_STACK=pinned  (default) constraints.txt: torch 2.6.0, onnxruntime-training 1.19.2 and
 #                      torch-ort (ORT training's last release: Python <= 3.11, torch < 2.7), transformers 4.x.
 #   BERT_STACK=current constraints-current.txt: a recent torch and transformers 5.x for the eager and
-#                      compile backends, no ONNX Runtime (`--backend ort` stops and says why);
-#                      `make test-current` runs the backend-independent tests there.
+#                      compile backends, and ONNX Runtime *inference* (onnxruntime, onnx: scoring with
+#                      `python -m ort_training.predict`) but no ONNX Runtime training (`--backend ort`
+#                      stops and says why); `make test-current` runs the backend-independent tests there.
 #
 # Environment (all optional):
 #   BERT_STACK        pinned | current (see above)
@@ -43,6 +44,10 @@ esac
 # `torch` would pull a multi-GB CUDA build.
 CURRENT_TORCH=${CURRENT_TORCH:-torch==2.13.0}
 CURRENT_TRANSFORMERS=${CURRENT_TRANSFORMERS:-transformers>=5,<6}
+# ONNX Runtime inference for the current stack (the pinned stack's onnxruntime-training-cpu wheel holds the
+# same `onnxruntime` module, so these stay out of pyproject's dependencies: a plain `onnxruntime` installed
+# beside it would overwrite it).
+CURRENT_INFERENCE=${CURRENT_INFERENCE:-onnx onnxruntime}
 print_only=0 relock=0
 case "${1:-}" in
   --print-path) print_only=1 ;;
@@ -119,9 +124,10 @@ pip=("$venv/bin/python" -m pip --disable-pip-version-check)
 # The current stack replaces pyproject's torch and transformers ranges (the pinned stack's ceilings).
 reqs="$venv/requirements.txt"
 late_reqs="$venv/requirements-no-build-isolation.txt"
-"$venv/bin/python" - "$repo/pyproject.toml" "$device" "$extras" "$late_reqs" "$stack" "$CURRENT_TORCH" "$CURRENT_TRANSFORMERS" >"$reqs" <<'EOF'
+"$venv/bin/python" - "$repo/pyproject.toml" "$device" "$extras" "$late_reqs" "$stack" "$CURRENT_TORCH" "$CURRENT_TRANSFORMERS" \
+  "$CURRENT_INFERENCE" >"$reqs" <<'EOF'
 import re, sys, tomllib
-pyproject, device, extras, late_file, stack, current_torch, current_transformers = sys.argv[1:8]
+pyproject, device, extras, late_file, stack, current_torch, current_transformers, current_inference = sys.argv[1:9]
 project = tomllib.load(open(pyproject, "rb"))["project"]
 optional = project["optional-dependencies"]
 wanted = [e for e in extras.split(",") if e]
@@ -137,6 +143,7 @@ if stack == "current":
     def name(req):
         return re.match(r"[A-Za-z0-9_.-]+", req).group(0).lower()
     deps = [r for r in deps if name(r) not in {"torch", "transformers"}] + [current_torch, current_transformers]
+    deps += current_inference.split()
 late = {"deepspeed"}
 print("\n".join(deps + [r for e in wanted if e not in late for r in optional[e]]))
 open(late_file, "w").write("".join(r + "\n" for e in wanted if e in late for r in optional[e]))
@@ -148,7 +155,8 @@ if [[ $relock == 1 ]]; then
   "${pip[@]}" install -r "$reqs"
   {
     echo "# The current stack (BERT_STACK=current scripts/bootstrap_env.sh): a recent torch and transformers 5.x"
-    echo "# for the eager and compile backends; no ONNX Runtime training (frozen at 1.19.2, torch < 2.7)."
+    echo "# for the eager and compile backends, ONNX Runtime inference (onnxruntime, onnx) for scoring; no ONNX"
+    echo "# Runtime training (frozen at 1.19.2, torch < 2.7)."
     echo "# Regenerate: BERT_STACK=current scripts/bootstrap_env.sh --relock (resolved on Python $("$venv/bin/python" -c 'import platform; print(platform.python_version())'), $device)."
     "$venv/bin/python" -m pip freeze --exclude-editable | sed -E 's/^(torch==[^+]+)\+.*/\1/'
   } >"$lock.tmp"
