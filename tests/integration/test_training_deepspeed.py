@@ -34,7 +34,7 @@ def run(setup, out, ds_json=None, stop_at=None, resume=False):
     def hook(t, rec):
         losses[rec["step"]] = rec["loss"]
         if stop_at == t.global_step:
-            t._stop_requested = True  # the SIGTERM handler's flag (the signal itself is tested elsewhere)
+            t.request_stop()  # what the SIGTERM handler does (the signal itself is tested elsewhere)
 
     tr.hooks.append(hook)
     try:

@@ -34,7 +34,7 @@ def recording(it):  # fingerprints of the samples this rank actually trained on
 tr._micro_batches = recording
 def stop(t, rec):
     if t.global_step == opts.get("stop_at"):
-        t._stop_requested = True  # what the SIGTERM handler sets (all ranks agree through an all-reduce)
+        t.request_stop()  # what the SIGTERM handler does (all ranks agree through an all-reduce)
 tr.hooks.append(stop)
 tr.train()
 rank = tr.env.rank
