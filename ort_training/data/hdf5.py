@@ -46,7 +46,8 @@ def list_hdf5_files(input_dir: str | Path, split: str = "training", require_matc
     files of different sequence lengths or prediction widths mixed in one input."""
     root = Path(input_dir)
     if not root.is_dir():
-        raise DataError(f"{root}: input directory does not exist; pass the folder written by data_prep")
+        what = "is a file, not a folder" if root.exists() else "input directory does not exist"
+        raise DataError(f"{root}: {what}; pass the folder written by data_prep")
     # Hidden paths are temporaries and bookkeeping (data_prep's .progress/, atomic-write leftovers).
     files = sorted(f for f in root.rglob("*.hdf5") if not any(p.startswith(".") for p in f.relative_to(root).parts))
     matching = [f for f in files if split in f.name]
