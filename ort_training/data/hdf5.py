@@ -183,7 +183,29 @@ class DataState:
     batch_index: int = 0
 
 
-class PretrainingDataLoader:
+class ShardedReader:
+    """What every reader here shares: its position (`DataState`, the whole resume state), this rank's shards
+    per epoch, and the one-thread prefetch pool. Subclasses set files/seed/rank/world_size/state/_pool."""
+
+    def state_dict(self) -> dict:
+        return asdict(self.state)
+
+    def load_state_dict(self, state: dict) -> None:
+        self.state = DataState(**state)
+
+    def _shards(self, epoch: int) -> list[Shard]:
+        return rank_shards(self.files, epoch, self.seed, self.rank, self.world_size)
+
+    def _next_shard(self, epoch: int, file_index: int) -> Shard:
+        shards = self._shards(epoch)
+        return shards[file_index + 1] if file_index + 1 < len(shards) else self._shards(epoch + 1)[0]
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+class PretrainingDataLoader(ShardedReader):
     """Infinite iterator of micro-batches for one rank (epochs roll over; the trainer stops at max_steps).
 
     Incomplete trailing batches of a file are dropped so every batch has the same shape (ORT and
@@ -200,21 +222,6 @@ class PretrainingDataLoader:
         self.state = DataState()
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hdf5-prefetch") if prefetch else None
         self._pending: dict[Shard, Future] = {}
-
-    def state_dict(self) -> dict:
-        return asdict(self.state)
-
-    def load_state_dict(self, state: dict) -> None:
-        self.state = DataState(**state)
-
-    def _shards(self, epoch: int) -> list[Shard]:
-        return rank_shards(self.files, epoch, self.seed, self.rank, self.world_size)
-
-    def _next_shard(self, epoch: int, file_index: int) -> Shard:
-        shards = self._shards(epoch)
-        if file_index + 1 < len(shards):
-            return shards[file_index + 1]
-        return self._shards(epoch + 1)[0]
 
     def _get(self, shard: Shard) -> dict[str, torch.Tensor]:
         fut = self._pending.pop(shard, None)
@@ -248,7 +255,3 @@ class PretrainingDataLoader:
                 self.state.batch_index += 1  # advanced before yielding: a checkpoint taken now resumes after this batch
                 yield {k: v[idx] for k, v in data.items()}
             self.state = DataState(self.state.epoch, self.state.file_index + 1, 0)
-
-    def close(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=False, cancel_futures=True)

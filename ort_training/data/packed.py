@@ -20,7 +20,7 @@ import logging
 import math
 import zlib
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from bundle import packed_schema
-from ort_training.data.hdf5 import IGNORE_INDEX, DataError, DataState, Shard, rank_shards
+from ort_training.data.hdf5 import DataError, DataState, IGNORE_INDEX, Shard, ShardedReader
 
 logger = logging.getLogger(__name__)
 
@@ -128,7 +128,7 @@ def sample_rng(seed: int, epoch: int, path: Path, sample_index: int) -> np.rando
     return np.random.default_rng([seed, epoch, zlib.crc32(Path(path).name.encode()), int(sample_index)])
 
 
-class PackedDataLoader:
+class PackedDataLoader(ShardedReader):
     """Infinite iterator of masked micro-batches for one rank, over packed token files (epochs roll over; the
     trainer stops at max_steps). Incomplete trailing batches of a file are dropped, as the NVIDIA reader does."""
 
@@ -152,19 +152,6 @@ class PackedDataLoader:
         self.state = DataState()
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="packed-prefetch") if prefetch else None
         self._pending: dict[Shard, Future] = {}
-
-    def state_dict(self) -> dict:
-        return asdict(self.state)
-
-    def load_state_dict(self, state: dict) -> None:
-        self.state = DataState(**state)
-
-    def _shards(self, epoch: int) -> list[Shard]:
-        return rank_shards(self.files, epoch, self.seed, self.rank, self.world_size)
-
-    def _next_shard(self, epoch: int, file_index: int) -> Shard:
-        shards = self._shards(epoch)
-        return shards[file_index + 1] if file_index + 1 < len(shards) else self._shards(epoch + 1)[0]
 
     def _get(self, shard: Shard) -> PackedShard:
         fut = self._pending.pop(shard, None)
@@ -223,10 +210,6 @@ class PackedDataLoader:
                 self.state.batch_index += 1  # advanced before yielding: a checkpoint taken now resumes after this batch
                 yield self.make_batch(data, rows, epoch)
             self.state = DataState(self.state.epoch, self.state.file_index + 1, 0)
-
-    def close(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=False, cancel_futures=True)
 
 
 def held_out_packed_batches(files: list[Path], batch_size: int, max_sequences: int | None, seed: int, mask_rate: float,
