@@ -20,7 +20,7 @@
 #   BERT_ORT_DEVICE   cpu | cuda    ORT/torch flavour (default: cuda if nvidia-smi sees a GPU, else cpu)
 #   BERT_ORT_VENV     path          exact venv location (default: $BERT_ORT_VENV_ROOT/venv-<hash>)
 #   BERT_ORT_VENV_ROOT path         cache folder for keyed venvs (default: ~/.cache/ort-bert-pretraining)
-#   BERT_ORT_EXTRAS   a,b,c         pyproject extras to add (default: dev,azureml,deepspeed; current: dev,azureml)
+#   BERT_ORT_EXTRAS   a,b,c         pyproject extras to add (default: dev,azureml,deepspeed; current: dev,azureml,inference)
 #   BERT_ORT_SKIP_CONFIGURE=1       skip building ORTModule's C++ extensions (not recommended)
 #   PYTHON            interpreter   pinned: Python 3.10 or 3.11 (default: python3.11, else python3);
 #                                   current: 3.10 or newer
@@ -44,10 +44,6 @@ esac
 # `torch` would pull a multi-GB CUDA build.
 CURRENT_TORCH=${CURRENT_TORCH:-torch==2.13.0}
 CURRENT_TRANSFORMERS=${CURRENT_TRANSFORMERS:-transformers>=5,<6}
-# ONNX Runtime inference for the current stack (the pinned stack's onnxruntime-training-cpu wheel holds the
-# same `onnxruntime` module, so these stay out of pyproject's dependencies: a plain `onnxruntime` installed
-# beside it would overwrite it).
-CURRENT_INFERENCE=${CURRENT_INFERENCE:-onnx onnxruntime}
 print_only=0 relock=0
 case "${1:-}" in
   --print-path) print_only=1 ;;
@@ -69,7 +65,7 @@ if [[ -z "$device" ]]; then
   if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then device=cuda; else device=cpu; fi
 fi
 case "$device" in cpu|cuda) ;; *) die "BERT_ORT_DEVICE must be 'cpu' or 'cuda', got '$device'" ;; esac
-if [[ $stack == current ]]; then extras=${BERT_ORT_EXTRAS-dev,azureml}; else extras=${BERT_ORT_EXTRAS-dev,azureml,deepspeed}; fi
+if [[ $stack == current ]]; then extras=${BERT_ORT_EXTRAS-dev,azureml,inference}; else extras=${BERT_ORT_EXTRAS-dev,azureml,deepspeed}; fi
 
 python=${PYTHON:-}
 if [[ -z "$python" ]]; then
@@ -125,13 +121,15 @@ pip=("$venv/bin/python" -m pip --disable-pip-version-check)
 reqs="$venv/requirements.txt"
 late_reqs="$venv/requirements-no-build-isolation.txt"
 "$venv/bin/python" - "$repo/pyproject.toml" "$device" "$extras" "$late_reqs" "$stack" "$CURRENT_TORCH" "$CURRENT_TRANSFORMERS" \
-  "$CURRENT_INFERENCE" >"$reqs" <<'EOF'
+  >"$reqs" <<'EOF'
 import re, sys, tomllib
-pyproject, device, extras, late_file, stack, current_torch, current_transformers, current_inference = sys.argv[1:9]
+pyproject, device, extras, late_file, stack, current_torch, current_transformers = sys.argv[1:8]
 project = tomllib.load(open(pyproject, "rb"))["project"]
 optional = project["optional-dependencies"]
 wanted = [e for e in extras.split(",") if e]
 if stack == "pinned":
+    if "inference" in wanted:
+        sys.exit("the pinned stack's onnxruntime-training wheel already holds ONNX Runtime inference; drop 'inference' from the extras")
     wanted = ["ort-" + device] + wanted
 elif any(e.startswith("ort-") or e == "deepspeed" for e in wanted):
     sys.exit(f"the current stack has no ONNX Runtime training and no DeepSpeed build; drop them from the extras {wanted}")
@@ -143,7 +141,6 @@ if stack == "current":
     def name(req):
         return re.match(r"[A-Za-z0-9_.-]+", req).group(0).lower()
     deps = [r for r in deps if name(r) not in {"torch", "transformers"}] + [current_torch, current_transformers]
-    deps += current_inference.split()
 late = {"deepspeed"}
 print("\n".join(deps + [r for e in wanted if e not in late for r in optional[e]]))
 open(late_file, "w").write("".join(r + "\n" for e in wanted if e in late for r in optional[e]))
