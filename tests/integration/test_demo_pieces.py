@@ -191,13 +191,16 @@ def test_report_mean_and_spread_over_seeds(tmp_path):
 def test_demo_script_wiring():
     """The demo excludes the task's held-out PMIDs, trains (c) from the published folder with the no-config
     recipe and (e) with the ModernBERT recipe on packed BPE data, fine-tunes all five starting points over the
-    seeds and reports them; bash -n and shellcheck pass."""
+    seeds (with the random-init control (f) of (e)'s architecture) and reports them, then scores the test file with
+    (c)'s classifier on each engine; bash -n and shellcheck pass."""
     script = (REPO / "scripts" / "demo.sh").read_text()
     assert "--exclude-ids \"$task/heldout_pmids.txt\"" in script
     assert "--recipe demo_continued" in script and "--phase1.init_checkpoint \"$published\"" in script
     assert "--recipe demo_modernbert" in script and "--tokenizer-type bpe" in script and "data_prep packed" in script
-    for name in ("a_random_init", "b_pretrained_here", "c_published_continued", "d_published", "e_modernbert_pretrained_here"):
-        assert script.count(name) == 2
+    for name in ("a_random_init", "b_pretrained_here", "c_published_continued", "d_published", "e_modernbert_pretrained_here",
+                 "f_modernbert_random_init"):
+        assert script.count(name) >= 2  # fine-tuned and reported
+    assert "for engine in torch onnx onnx-int8" in script and "demo_report.py scoring" in script
     assert '--seed "$seed"' in script and 'DEMO_FT_SEEDS:-1 2 3' in script
     from ort_training.recipe import load_recipe
 

@@ -258,3 +258,29 @@ def test_optimizer_imports_twice_in_one_process():
     from ort_training.inference import _import_optimizer
 
     assert _import_optimizer() is _import_optimizer()
+
+
+@pytest.mark.onnx
+def test_demo_scoring_table_from_real_runs(model, tmp_path):
+    """`make demo`'s last step: the engines' outputs side by side, macro-F1 against the labels of the scored file."""
+    import importlib.util
+    from pathlib import Path
+
+    from sklearn.metrics import f1_score
+
+    spec = importlib.util.spec_from_file_location("demo_report", Path(__file__).resolve().parents[2] / "scripts" / "demo_report.py")
+    demo_report = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(demo_report)
+    outputs = []
+    for engine in ("torch", "onnx-int8"):
+        score(model, tmp_path / f"{engine}.csv", engine=engine, id_column="note_id")
+        outputs.append((engine, tmp_path / f"{engine}.csv"))
+    md = demo_report.scoring_report(Path(model["test"]), "dx", outputs, tmp_path / "report")
+    result = json.loads((tmp_path / "report" / "scoring_results.json").read_text())
+    gold = [r["dx"] for r in read(model["test"])]
+    torch_row, int8_row = result["rows"]
+    assert torch_row["macro_f1"] == pytest.approx(f1_score(gold, [r["predicted"] for r in read(outputs[0][1])], average="macro"))
+    assert torch_row["agreement"] == 1.0 and 0.9 <= int8_row["agreement"] <= 1.0
+    assert all(r["rows_per_s"] > 0 for r in result["rows"]) and "| onnx-int8 |" in md
+    with pytest.raises(SystemExit, match="predictions for the 12 rows"):
+        demo_report.scoring_report(Path(model["root"] / "dev.csv"), "dx", outputs, tmp_path / "bad")
