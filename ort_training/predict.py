@@ -10,7 +10,7 @@
   `encode_split` and scored by finetune's `predict` (softmax per window, averaged per document), so a
   document gets the probabilities fine-tuning's test report gives it;
 - engines: torch (PyTorch eager), onnx (ONNX Runtime, fp32, fused graph), onnx-int8 (int8 dynamic
-  quantization): see ort_training/inference.py (export, checks against PyTorch, cache in MODEL/onnx/);
+  quantization), onnx-fp16 (float16 on a CUDA GPU): see ort_training/inference.py (export, checks against PyTorch, cache in MODEL/onnx/);
 - output: a CSV with id, predicted, p_<class> per class (6 decimals), and OUTPUT.json beside it (model digest,
   engine, settings, input sha256, rows, throughput);
 - resumable: every chunk is written whole (write-then-rename) into OUTPUT.parts/ with state.json; a killed
@@ -49,6 +49,7 @@ from ort_training.data.text import SUFFIXES, Table, TextDataError, _rows_csv, en
 from ort_training.inference import (
     ENGINES,
     DriftError,
+    Engine,
     ModelFolderError,
     labels_of,
     load_engine,
@@ -78,8 +79,8 @@ class PredictConfig:
     text_column: str = _f("text", "Column holding the text.", aliases=("--text-column",))
     id_column: Optional[str] = _f(None, "Column whose value identifies each row in the output (default: the row number, from 0).",
                                   aliases=("--id-column",))
-    engine: Literal["torch", "onnx", "onnx-int8"] = _f("onnx", "torch = PyTorch eager; onnx = ONNX Runtime fp32 with the transformer "
-                                                               "optimizer's fused graph; onnx-int8 = int8 dynamic quantization (CPU).")
+    engine: Engine = _f("onnx", "torch = PyTorch eager; onnx = ONNX Runtime fp32 with the transformer optimizer's fused graph; "
+                                "onnx-int8 = int8 dynamic quantization (CPU); onnx-fp16 = float16 on ONNX Runtime's CUDA provider (GPU).")
     max_seq_length: Optional[int] = _f(None, "Tokens per window; default: the fine-tuning run's (finetune_config.json), else 128.")
     long_text: Optional[Literal["truncate", "window"]] = _f(None, "Texts longer than --max_seq_length: truncate or window "
                                                                   "(probabilities averaged per document); default: the fine-tuning run's.")

@@ -284,3 +284,29 @@ def test_demo_scoring_table_from_real_runs(model, tmp_path):
     assert all(r["rows_per_s"] > 0 for r in result["rows"]) and "| onnx-int8 |" in md
     with pytest.raises(SystemExit, match="predictions for the 12 rows"):
         demo_report.scoring_report(Path(model["root"] / "dev.csv"), "dx", outputs, tmp_path / "bad")
+
+
+@pytest.mark.onnx
+def test_fp16_variant_needs_cuda_and_converts(model, tmp_path, capsys):
+    """onnx-fp16 is for a GPU: without ONNX Runtime's CUDA provider it is refused before anything is written (one
+    line, exit 2); the conversion itself (fused graph -> float16, int64 inputs and float32 logits kept) runs anywhere."""
+    import onnx
+    import onnxruntime
+
+    from ort_training import inference
+
+    if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
+        pytest.skip("this onnxruntime offers CUDA: the GPU path is exercised by test_onnx_engines_agree_with_pytorch's engines")
+    out = tmp_path / "fp16.csv"
+    code = predict.main(["--model_dir", str(model["hf"]), "--input_file", model["test"], "--output_file", str(out), "--text_column", "note",
+                         "--engine", "onnx-fp16", "--cache_dir", str(tmp_path / "cache")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "--engine onnx-fp16 needs ONNX Runtime's CUDAExecutionProvider" in err[0], err
+    assert not out.exists() and not (tmp_path / "cache").exists()
+    fused, _ = inference.ensure_variant(model["hf"], "onnx", model["root"] / "onnx_cache")
+    how = inference._to_fp16(fused, tmp_path / "model-fp16.onnx")
+    graph = onnx.load(str(tmp_path / "model-fp16.onnx")).graph
+    assert "float16" in how and {i.type.tensor_type.elem_type for i in graph.input} == {onnx.TensorProto.INT64}
+    assert graph.output[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    float_inits = [i for i in graph.initializer if i.data_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16)]
+    assert float_inits and all(i.data_type == onnx.TensorProto.FLOAT16 for i in float_inits)
