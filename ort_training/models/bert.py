@@ -20,8 +20,9 @@ BERT = ModelFamily(
     backends=("ort", "eager", "compile"),
     # SDPA fails in ORT's gradient builder; the eager attention exports cleanly.
     attention={"ort": ("eager",), "eager": ("eager", "sdpa"), "compile": ("eager", "sdpa")},
-    # Measured (benchmarks/bench_backends.py --sweep): on 2 CPU cores SDPA ran 0.36-0.39x eager at 512 tokens;
-    # on GPUs SDPA dispatches to FlashAttention / memory-efficient kernels.
+    # CPU: eager, from probes on 2 cores (torch 2.6; SDPA ran 0.36-0.39x eager at 512 tokens); GPU: SDPA, which
+    # dispatches to FlashAttention / memory-efficient kernels. benchmarks/bench_backends.py --sweep re-measures both
+    # kernels per length and says whether this choice is ever the slower one (docs/ort_training.md, "Benchmark").
     auto_attention={"cpu": "eager", "cuda": "sdpa"},
     token_types=True,
     dropout_fields=("hidden_dropout_prob", "attention_probs_dropout_prob"),
