@@ -1,13 +1,15 @@
 """What both halves agree on about the files they exchange: a file's sha256 (recorded by data_prep, compared
-by the trainer), which file defines a tokenizer, how a WordPiece vocab.txt is read (``read_vocab``), and the
+by the trainer), which files an input folder holds (``list_files``), which file defines a tokenizer, how a WordPiece vocab.txt is read (``read_vocab``), and the
 special-token names a masked-LM tokenizer uses."""
 
 from __future__ import annotations
 
 import codecs
 import hashlib
+import os
 import unicodedata
 from pathlib import Path
+from typing import Callable
 
 TOKENIZER_JSON = "tokenizer.json"
 VOCAB_TXT = "vocab.txt"
@@ -22,6 +24,44 @@ def file_sha256(path: str | Path, block: int = 1 << 20) -> str:
         while chunk := f.read(block):
             h.update(chunk)
     return h.hexdigest()
+
+
+def list_files(root: str | Path, keep: Callable[[str], bool] = lambda name: True,
+               prune: Callable[[Path], bool] = lambda folder: False) -> list[Path]:
+    """The files under ``root`` whose name ``keep`` accepts, sorted: the one listing rule of data_prep's ``--input``
+    folders and the trainer's ``--input_dir``.
+
+    Symbolic links are followed alike, to files and to folders (each real folder is walked once, so a link to a
+    parent cannot loop, and a file reached by two paths is listed once, under its first path in sorted order).
+    Hidden names (a leading dot: temporaries, .progress/, .git/) are skipped, and so are folders ``prune`` rejects.
+    A dangling link that ``keep`` accepts is a ``FileNotFoundError`` naming it, not a silently missing file."""
+    root = Path(root)
+    walked: set[str] = set()
+    found: list[Path] = []
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        folder = Path(dirpath)
+        real = os.path.realpath(folder)
+        if real in walked or (folder != root and prune(folder)):
+            dirnames[:] = []
+            continue
+        walked.add(real)
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for name in filenames:
+            if name.startswith(".") or not keep(name):
+                continue
+            path = folder / name
+            if not path.exists():
+                raise FileNotFoundError(f"{path}: a symbolic link to {os.readlink(path)}, which does not exist; remove "
+                                        f"the link or restore its target")
+            found.append(path)
+    listed: set[str] = set()
+    out = []
+    for path in sorted(found):
+        real = os.path.realpath(path)
+        if real not in listed:
+            listed.add(real)
+            out.append(path)
+    return out
 
 
 def tokenizer_file(path: str | Path, prefer: str = TOKENIZER_JSON) -> Path | None:

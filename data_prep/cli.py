@@ -153,7 +153,7 @@ def run(stage: str, cfgs: dict[str, Any]) -> int:
 
         print(f"packed: {run_packed(cfgs['packed'])}")
     else:  # all
-        s = run_format(cfgs["format"])
+        s = run_format(cfgs["format"], later_outputs=[cfgs["shard"].out_dir, cfgs["vocab"].out_dir])
         run_shard(cfgs["shard"])
         run_vocab(cfgs["vocab"])
         hcfg = cfgs["hdf5"]
