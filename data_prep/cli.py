@@ -153,7 +153,7 @@ def run(stage: str, cfgs: dict[str, Any]) -> int:
 
         print(f"packed: {run_packed(cfgs['packed'])}")
     else:  # all
-        s = run_format(cfgs["format"])
+        s = run_format(cfgs["format"], later_outputs=[cfgs["shard"].out_dir, cfgs["vocab"].out_dir])
         run_shard(cfgs["shard"])
         run_vocab(cfgs["vocab"])
         hcfg = cfgs["hdf5"]
@@ -166,9 +166,26 @@ def run(stage: str, cfgs: dict[str, Any]) -> int:
     return 0
 
 
-# Environment failures a user fixes outside the program: one line naming the path, not a traceback.
-_ENV_ERRORS = {errno.ENOSPC: "no space left on device", errno.EDQUOT: "disk quota exceeded",
-               errno.EROFS: "read-only file system", errno.EACCES: "permission denied", errno.EPERM: "not permitted"}
+# Environment failures a user fixes outside the program: one line naming the path, not a traceback (exit 2, as
+# every refusal of data_prep; docs/refused_inputs.md lists them).
+_FIX_SPACE = "free space or fix the folder's permissions, then re-run the same command (finished work is kept)"
+_FIX_PATH = "a file stands where data_prep needs a folder (or the reverse); move it or choose another output folder"
+_ENV_ERRORS = {errno.ENOSPC: ("no space left on device", _FIX_SPACE), errno.EDQUOT: ("disk quota exceeded", _FIX_SPACE),
+               errno.EROFS: ("read-only file system", _FIX_SPACE), errno.EACCES: ("permission denied", _FIX_SPACE),
+               errno.EPERM: ("not permitted", _FIX_SPACE), errno.EEXIST: ("a file is in the way", _FIX_PATH),
+               errno.ENOTDIR: ("a file is in the way", _FIX_PATH), errno.EISDIR: ("a folder is in the way", _FIX_PATH)}
+_OUTPUT_FLAG = {"all": "--work-dir", "hdf5": "--out-dir", "packed": "--out-dir"}
+
+
+def output_problem(stage: str, folder: Path) -> str | None:
+    """Why ``folder`` cannot be the run's output folder (it, or a parent, is a file), or None."""
+    for p in (folder, *folder.parents):
+        if p.exists():
+            if p.is_dir():
+                return None
+            what = "is a file" if p == folder else f"is inside {p}, which is a file"
+            return f"{_OUTPUT_FLAG.get(stage, '--out-dir')} {folder}: {what}, not a folder; pass a folder (it is created)"
+    return None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -179,11 +196,13 @@ def main(argv: list[str] | None = None) -> int:
         cfgs = configs(stage, ns)
     except ValueError as e:
         subs[stage].error(str(e))
+    folder = output_folder(stage, cfgs, ns)
+    if problem := output_problem(stage, folder):
+        subs[stage].error(problem)
     logging.basicConfig(level=getattr(logging, ns.get("log_level", "INFO")),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # Set before any worker is forked: HF tokenizers' own threads deadlock in forked children.
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    folder = output_folder(stage, cfgs, ns)
     try:
         with RunLock(folder, "data_prep"):
             return run(stage, cfgs)
@@ -194,7 +213,8 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as e:
         if e.errno not in _ENV_ERRORS:
             raise
+        log.debug("details", exc_info=True)
+        what, fix = _ENV_ERRORS[e.errno]
         where = e.filename or f"a file under {folder}"
-        print(f"error: {_ENV_ERRORS[e.errno]} while writing {where}; free space or fix the folder's permissions, then "
-              f"re-run the same command (finished work is kept)", file=sys.stderr)
+        print(f"error: {what} while writing {where}; {fix}", file=sys.stderr)
         return 2

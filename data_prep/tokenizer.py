@@ -27,7 +27,7 @@ import numpy as np
 
 from bundle.atomic import atomic_path, atomic_write_text, tmp_name
 from bundle.digest import ROLE_TOKENS as BUNDLE_ROLE_TOKENS
-from bundle.digest import TOKENIZER_JSON, VOCAB_TXT, tokenizer_file
+from bundle.digest import TOKENIZER_JSON, VOCAB_TXT, VocabError, read_vocab, tokenizer_file
 
 from .config import VocabConfig
 from .manifest import DataPrepError, file_sha256, finished_manifest, invalidate, is_complete, read_json, remove_temps, write_manifest
@@ -159,22 +159,21 @@ def wordpiece_vocab_file(path: str | Path, flag: str = "--vocab-file") -> Path:
 
 
 def load_vocab(path: Path) -> dict[str, int]:
-    """Read a ``vocab.txt`` (one token per line, id = line number) and check BERT's special tokens."""
+    """Read a ``vocab.txt`` (``bundle.digest.read_vocab``: the rule the export's BertTokenizerFast shares; ambiguous
+    lines are refused naming the line) and check BERT's special tokens."""
     path = Path(path)
     try:
-        tokens = path.read_text(encoding="utf-8").splitlines()
+        tokens = read_vocab(path)
     except FileNotFoundError as e:
         raise DataPrepError(f"vocab file {path} does not exist; train one with `python -m data_prep vocab` "
                             f"or pass --vocab-file") from e
-    except UnicodeDecodeError as e:
-        raise DataPrepError(f"vocab file {path}: not UTF-8 ({e})") from e
+    except VocabError as e:
+        raise DataPrepError(f"vocab file {e}") from None
     vocab = {t: i for i, t in enumerate(tokens)}
     missing = [t for t in SPECIAL_TOKENS if t not in vocab]
     if missing:
         raise DataPrepError(f"vocab file {path} lacks the special tokens {missing}; a BERT vocabulary needs "
                             f"all of {list(SPECIAL_TOKENS)} (one token per line)")
-    if len(vocab) != len(tokens):
-        raise DataPrepError(f"vocab file {path} has duplicate lines; each token must appear once")
     return vocab
 
 

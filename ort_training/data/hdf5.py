@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import random
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
@@ -24,6 +25,7 @@ import numpy as np
 import torch
 
 from bundle import hdf5_schema
+from bundle.digest import list_files
 
 logger = logging.getLogger(__name__)
 
@@ -43,13 +45,18 @@ def list_hdf5_files(input_dir: str | Path, split: str = "training", require_matc
 
     Refused, each with what was found: training asked of a folder holding only *test* files; a folder
     data_prep had not finished (its temporary files or progress records without a matching manifest);
-    files of different sequence lengths or prediction widths mixed in one input."""
+    files of different sequence lengths or prediction widths mixed in one input; a dataset that is an HDF5 external
+    link or a virtual dataset reading a file outside the input folder. Folders and files are listed by
+    bundle.digest.list_files (symbolic links to files and to folders are followed alike)."""
     root = Path(input_dir)
     if not root.is_dir():
         what = "is a file, not a folder" if root.exists() else "input directory does not exist"
         raise DataError(f"{root}: {what}; pass the folder written by data_prep")
     # Hidden paths are temporaries and bookkeeping (data_prep's .progress/, atomic-write leftovers).
-    files = sorted(f for f in root.rglob("*.hdf5") if not any(p.startswith(".") for p in f.relative_to(root).parts))
+    try:
+        files = list_files(root, keep=lambda name: name.endswith(".hdf5"))
+    except FileNotFoundError as exc:
+        raise DataError(str(exc)) from None
     matching = [f for f in files if split in f.name]
     if require_match and files and not matching:
         raise DataError(f"{root}: no *.hdf5 file has '{split}' in its name ({len(files)} other *.hdf5 files found); "
@@ -67,8 +74,50 @@ def list_hdf5_files(input_dir: str | Path, split: str = "training", require_matc
         raise DataError(f"{root}: no *.hdf5 files found; run data_prep first or point --input_dir at its output")
     for folder in sorted({f.parent for f in files}):
         _check_complete(folder)
+    for f in files:
+        _check_no_outside_links(root, f)
     _check_one_shape(root, files)
     return files
+
+
+def _check_no_outside_links(root: Path, path: Path) -> None:
+    """An HDF5 dataset can be an external link or a virtual dataset that reads another file: one outside --input_dir
+    (the folder the run was pointed at, and checked) is refused. Read with h5py's link API, nothing followed."""
+    inside = Path(os.path.realpath(root))
+
+    def outside(target: str) -> str | None:
+        if target in ("", "."):  # the file itself
+            return None
+        real = Path(os.path.realpath(path.parent / target))
+        return None if real == inside or inside in real.parents else str(real)
+
+    def walk(group, prefix: str) -> None:
+        for name in group:
+            link = group.get(name, getlink=True)
+            where = f"{prefix}{name}"
+            if isinstance(link, h5py.ExternalLink):
+                if (target := outside(link.filename)) is not None:
+                    raise DataError(f"{path}: dataset '{where}' is an HDF5 external link to {target}, outside {root}; "
+                                    f"copy the data into the file (h5py: f.copy) or pass a folder that holds it")
+                continue
+            if not isinstance(link, h5py.HardLink):
+                continue  # a soft link names an object of this same file
+            obj = group[name]
+            if isinstance(obj, h5py.Group):
+                walk(obj, f"{where}/")
+            elif isinstance(obj, h5py.Dataset) and obj.is_virtual:
+                for source in obj.virtual_sources():
+                    if (target := outside(source.file_name)) is not None:
+                        raise DataError(f"{path}: dataset '{where}' is a virtual dataset reading {target}, outside {root}; "
+                                        f"materialize it (copy its values into the file) or pass a folder that holds it")
+
+    try:
+        with h5py.File(path, "r") as f:
+            walk(f, "")
+    except DataError:
+        raise
+    except Exception:  # noqa: BLE001 -- unreadable or not HDF5: load_shard names the file with the details
+        return
 
 
 def _check_complete(folder: Path) -> None:

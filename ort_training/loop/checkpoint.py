@@ -78,13 +78,24 @@ def save_checkpoint(output_dir: str | Path, step: int, state: dict, keep: int) -
     """Write step-N atomically (temp folder + rename); keep it and the `keep` - 1 newest others."""
     final = Path(output_dir) / "checkpoints" / f"step-{step}"
     with atomic_dir(final) as tmp:
-        torch.save(state, tmp / CKPT_FILE)
+        _write(state, tmp / CKPT_FILE, final / CKPT_FILE)
     # Never the one just written, even when older runs left higher step numbers in the folder.
     others = [d for _, d in list_checkpoints(output_dir) if d != final]
     for old in others[:max(len(others) - (keep - 1), 0)]:
         shutil.rmtree(old, ignore_errors=True)
     logger.info("saved checkpoint %s", final)
     return final
+
+
+def _write(state: dict, tmp: Path, final: Path) -> None:
+    """torch.save through a Python file: a full disk is then an OSError with its errno (ENOSPC) naming the
+    checkpoint, where torch.save(path) raised "unexpected pos N vs M". The temporary folder is removed by
+    atomic_dir and the older checkpoints stay as they were."""
+    try:
+        with open(tmp, "wb") as fh:
+            torch.save(state, fh)
+    except OSError as exc:
+        raise OSError(exc.errno, exc.strerror or str(exc), str(final)) from None
 
 
 def load_checkpoint(path: str | Path, step: int | None = None) -> dict:
