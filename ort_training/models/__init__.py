@@ -10,6 +10,7 @@ from transformers import PretrainedConfig
 from ort_training.models.base import ATTENTION_CHOICES, BACKENDS, VOCAB_MULTIPLE, ModelFamily, WeightNames, read_config_json
 from ort_training.models.bert import BERT
 from ort_training.models.modernbert import MODERNBERT
+from ort_training.errors import UsageError
 
 FAMILIES: dict[str, ModelFamily] = {f.model_type: f for f in (BERT, MODERNBERT)}
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
@@ -24,7 +25,7 @@ def family_of(config: PretrainedConfig | dict) -> ModelFamily:
     try:
         return FAMILIES[model_type or "bert"]
     except KeyError:
-        raise ValueError(f"model_type {model_type!r} is not supported; this bundle trains {', '.join(FAMILIES)}") from None
+        raise UsageError(f"model_type {model_type!r} is not supported; this bundle trains {', '.join(FAMILIES)}") from None
 
 
 def resolve_config_file(name: str) -> str:
@@ -34,7 +35,7 @@ def resolve_config_file(name: str) -> str:
     for cand in (CONFIG_DIR / name, CONFIG_DIR / f"{name}_config.json", CONFIG_DIR / f"bert_{name}_config.json"):
         if cand.is_file():
             return str(cand)
-    raise ValueError(f"--config_file {name}: no such file (shipped: {', '.join(SHIPPED_CONFIGS)})")
+    raise UsageError(f"--config_file {name}: no such file (shipped: {', '.join(SHIPPED_CONFIGS)})")
 
 
 def family_of_file(path: str | Path) -> ModelFamily:
