@@ -37,6 +37,7 @@ import torch
 
 from bundle.atomic import atomic_path, atomic_write_text
 from bundle.cli import add_arguments, from_dict, parse_into
+from bundle.locking import RunLock
 from ort_training.config import Attention, Backend, Precision, PretrainConfig, check_optimisation
 from ort_training.data.text import (LabelSet, TextClassificationLoader, TextDataError, encode_split, input_identity, longest_tokens,
                                       read_table, split_rows)
@@ -504,8 +505,15 @@ def main(argv: list[str] | None = None) -> int:
     rank = resolve_dist_env(os.environ).rank
     logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
                         format=f"%(asctime)s [rank {rank}] %(levelname)s %(name)s: %(message)s")
+    lock = RunLock(cfg.output_dir, "fine-tuning") if rank == 0 else None  # one run per output dir, as in pretraining
     try:
-        result = run(cfg)
+        if lock is not None:
+            lock.acquire()
+        try:
+            result = run(cfg)
+        finally:
+            if lock is not None:
+                lock.release()
     except EXPECTED_ERRORS as exc:  # bad flags, data, checkpoint or folder: one line, exit 2 (errors.py)
         return report("finetune", exc)
     if result.get("preempted"):

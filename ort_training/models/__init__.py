@@ -39,11 +39,18 @@ def resolve_config_file(name: str) -> str:
 
 
 def family_of_file(path: str | Path) -> ModelFamily:
-    """The family of a config JSON (a path or a shipped name)."""
-    return family_of(read_config_json(resolve_config_file(str(path))))
+    """The family of a config JSON (a path or a shipped name); an unknown model_type is an error naming the file."""
+    path = resolve_config_file(str(path))
+    config = read_config_json(path)
+    if not isinstance(config, dict):
+        raise UsageError(f"{path}: expected a JSON object of config fields, got {type(config).__name__}")
+    try:
+        return family_of(config)
+    except UsageError as exc:
+        raise UsageError(f"{path}: {exc}") from None
 
 
 def load_model_config(path: str | Path, dropout: float | None = None, attention: str = "eager") -> PretrainedConfig:
     """Read a config JSON of any family (see ModelFamily.load_config)."""
     path = resolve_config_file(str(path))
-    return family_of(read_config_json(path)).load_config(path, dropout, attention)
+    return family_of_file(path).load_config(path, dropout, attention)
