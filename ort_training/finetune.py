@@ -37,14 +37,17 @@ import torch
 
 from bundle.atomic import atomic_path, atomic_write_text
 from bundle.cli import add_arguments, from_dict, parse_into
-from ort_training.config import Attention, Backend, Precision, PretrainConfig
-from ort_training.data.text import LabelSet, TextClassificationLoader, TextDataError, encode_split, longest_tokens, read_table, split_rows
+from bundle.locking import RunLock
+from ort_training.config import Attention, Backend, Precision, PretrainConfig, check_optimisation
+from ort_training.data.text import (LabelSet, TextClassificationLoader, TextDataError, encode_split, input_identity, longest_tokens,
+                                      read_table, split_rows)
 from ort_training.loop.checkpoint import list_checkpoints, load_checkpoint
 from ort_training.loop.distributed import resolve_dist_env
 from ort_training.models import family_of, load_model_config, resolve_config_file
 from ort_training.models.pretraining import check_vocab_fits
 from ort_training.objectives import SequenceClassification
 from ort_training.run_status import PREEMPTED_EXIT_CODE
+from ort_training.errors import EXPECTED_ERRORS, UsageError, report
 
 logger = logging.getLogger(__name__)
 
@@ -117,7 +120,8 @@ class FinetuneConfig:
     def __post_init__(self) -> None:
         if not self.train_file:
             raise ValueError("--train_file is required")
-        for name in ("max_seq_length", "eval_steps", "eval_batch_size", "train_batch_size"):
+        check_optimisation(self)  # batch, accumulation, learning rate: the trainer's checks (config.py)
+        for name in ("max_seq_length", "eval_steps", "eval_batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name} must be >= 1, got {getattr(self, name)}")
         if self.max_seq_length < 8:
@@ -139,8 +143,8 @@ class FinetuneConfig:
             resolve_config_file(self.config_file)
         if self.max_steps is not None and self.max_steps < 1:
             raise ValueError(f"--max_steps must be >= 1, got {self.max_steps}")
-        if not self.num_train_epochs > 0:
-            raise ValueError(f"--num_train_epochs must be > 0, got {self.num_train_epochs}")
+        if not (math.isfinite(self.num_train_epochs) and self.num_train_epochs > 0):
+            raise ValueError(f"--num_train_epochs must be > 0 and finite, got {self.num_train_epochs}")
 
 
 # ----------------------------------------------------------------------------- metrics
@@ -248,7 +252,7 @@ def resolve_model_source(cfg: FinetuneConfig) -> tuple[str, Optional[str]]:
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(path, json.dumps(saved, indent=2) + "\n")
         return str(path), fmt
-    raise ValueError(f"--init_checkpoint {cfg.init_checkpoint} is an NVIDIA checkpoint without a config: pass --config_file "
+    raise UsageError(f"--init_checkpoint {cfg.init_checkpoint} is an NVIDIA checkpoint without a config: pass --config_file "
                      "(its bert_config.json)")
 
 
@@ -258,12 +262,12 @@ def load_tokenizer(cfg: FinetuneConfig):
 
     if cfg.vocab_file:
         if not Path(cfg.vocab_file).exists():
-            raise ValueError(f"--vocab_file {cfg.vocab_file}: no such file or folder")
+            raise UsageError(f"--vocab_file {cfg.vocab_file}: no such file or folder")
         return load_source(cfg.vocab_file, True if cfg.do_lower_case is None else cfg.do_lower_case)
     folder = Path(cfg.init_checkpoint)
     folder = folder if folder.is_dir() else folder.parent
     if not any((folder / f).is_file() for f in ("vocab.txt", "tokenizer.json")):
-        raise ValueError(f"--init_checkpoint {cfg.init_checkpoint}: no tokenizer there (vocab.txt / tokenizer.json); pass --vocab_file")
+        raise UsageError(f"--init_checkpoint {cfg.init_checkpoint}: no tokenizer there (vocab.txt / tokenizer.json); pass --vocab_file")
     tok = load_source(folder)
     if cfg.do_lower_case is not None and hasattr(tok, "do_lower_case") and tok.do_lower_case != cfg.do_lower_case:
         logger.warning("--do_lower_case %s ignored: the tokenizer of %s has do_lower_case=%s", cfg.do_lower_case, folder, tok.do_lower_case)
@@ -294,6 +298,15 @@ def load_splits(cfg: FinetuneConfig):
             raise TextDataError(f"{table.path}: the {name} split is empty; give a larger file or fraction")
         labels.encode(table)  # unknown labels: an error naming the file and column
     return labels, {name: tables[name] for name in ("train", "validation", "test") if name in tables}
+
+
+def training_identity(cfg: FinetuneConfig) -> dict:
+    """The training file's sha256 and the settings that pick its rows and cut its texts: checkpoints record it, and a
+    resume on another file (even one of the same length) is refused naming both."""
+    split = {"split_seed": cfg.split_seed, **({"validation_fraction": cfg.validation_fraction} if not cfg.validation_file else {}),
+             **({"test_fraction": cfg.test_fraction} if not cfg.test_file else {})}
+    return input_identity(cfg.train_file, text_column=cfg.text_column, label_column=cfg.label_column, max_seq_length=cfg.max_seq_length,
+                          long_text=cfg.long_text, **({"stride": cfg.stride} if cfg.long_text == "window" else {}), **split)
 
 
 # ----------------------------------------------------------------------------- validation and early stopping
@@ -389,8 +402,7 @@ def run(cfg: FinetuneConfig) -> dict:
     tokenizer = load_tokenizer(cfg)
     model_config = load_model_config(config_file)
     check_vocab_fits(len(tokenizer), "the tokenizer", model_config, config_file)
-    if cfg.max_seq_length > model_config.max_position_embeddings:
-        raise ValueError(f"--max_seq_length {cfg.max_seq_length} > max_position_embeddings {model_config.max_position_embeddings} of {config_file}")
+    family_of(model_config).check_sequence_length(model_config, cfg.max_seq_length, f"--max_seq_length {cfg.max_seq_length}", config_file)
 
     labels, tables = load_splits(cfg)
     # Training batches are padded to the longest training text (fixed for the run: one ORT export).
@@ -403,11 +415,8 @@ def run(cfg: FinetuneConfig) -> dict:
         logger.info("%s: %s, %d documents, %d sequences of %d tokens%s", name, s.path, s.num_docs, len(s), s.input_ids.shape[1],
                     f", {s.truncated} documents longer than {cfg.max_seq_length} tokens "
                     f"({'windowed' if cfg.long_text == 'window' else 'truncated'})" if s.truncated else "")
-    micro = cfg.train_batch_size // cfg.gradient_accumulation_steps if cfg.train_batch_size % cfg.gradient_accumulation_steps == 0 else None
-    if micro is None:
-        raise ValueError(f"--train_batch_size {cfg.train_batch_size} must be divisible by --gradient_accumulation_steps "
-                         f"{cfg.gradient_accumulation_steps}")
-    loader = TextClassificationLoader(splits["train"], micro, cfg.seed, env.rank, env.world_size)
+    micro = cfg.train_batch_size // cfg.gradient_accumulation_steps  # divisible: FinetuneConfig checked it
+    loader = TextClassificationLoader(splits["train"], micro, cfg.seed, env.rank, env.world_size, identity=training_identity(cfg))
     max_steps = cfg.max_steps or max(1, math.ceil(cfg.num_train_epochs * loader.batches_per_epoch / cfg.gradient_accumulation_steps))
 
     resuming = cfg.resume_from_checkpoint and bool(list_checkpoints(out))
@@ -450,7 +459,7 @@ def finish(cfg, trainer, tokenizer, labels, tables, splits, stopper, summary) ->
     best_file = out / BEST_DIR / "model.pt"
     best = json.loads((out / BEST_DIR / "best.json").read_text()) if best_file.is_file() else None
     if stopper.best is None or best is None or best["step"] != stopper.best["step"]:
-        raise RuntimeError(f"{out / BEST_DIR}: holds step {best and best['step']}, but the validation record's best is step "
+        raise UsageError(f"{out / BEST_DIR}: holds step {best and best['step']}, but the validation record's best is step "
                            f"{stopper.best and stopper.best['step']}; the folder was changed by another run. Start in a new --output_dir")
     model = trainer.model.hf_model
     model.load_state_dict(torch.load(best_file, map_location="cpu", weights_only=True))
@@ -496,11 +505,17 @@ def main(argv: list[str] | None = None) -> int:
     rank = resolve_dist_env(os.environ).rank
     logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
                         format=f"%(asctime)s [rank {rank}] %(levelname)s %(name)s: %(message)s")
+    lock = RunLock(cfg.output_dir, "fine-tuning") if rank == 0 else None  # one run per output dir, as in pretraining
     try:
-        result = run(cfg)
-    except (TextDataError, ValueError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        if lock is not None:
+            lock.acquire()
+        try:
+            result = run(cfg)
+        finally:
+            if lock is not None:
+                lock.release()
+    except EXPECTED_ERRORS as exc:  # bad flags, data, checkpoint or folder: one line, exit 2 (errors.py)
+        return report("finetune", exc)
     if result.get("preempted"):
         logger.warning("preempted at step %d: checkpoint written; rerun with --resume_from_checkpoint", result["global_step"])
         return PREEMPTED_EXIT_CODE

@@ -36,6 +36,7 @@ import torch
 from bundle.atomic import atomic_path, atomic_write_text
 from bundle.digest import file_sha256
 from ort_training.models import FAMILIES, family_of
+from ort_training.errors import UsageError
 
 logger = logging.getLogger(__name__)
 
@@ -77,7 +78,7 @@ CHECK_SENTENCES = (
 )
 
 
-class ModelFolderError(ValueError):
+class ModelFolderError(UsageError):
     """The model folder is not a loadable sequence classifier (message names the folder and what is wrong)."""
 
 
@@ -159,7 +160,10 @@ def load_torch_classifier(folder: str | Path, attention: str | None = None):
     """The PyTorch classifier in eval mode (attention: None = transformers' default, or eager / sdpa)."""
     from transformers import AutoModelForSequenceClassification
 
+    from ort_training.weights_import import check_weight_files
+
     read_classifier_config(folder)
+    check_weight_files(folder)  # a corrupt header: an error naming the file
     kw = {"attn_implementation": attention} if attention else {}
     return AutoModelForSequenceClassification.from_pretrained(str(folder), trust_remote_code=False, **kw).eval()
 
@@ -439,7 +443,7 @@ class OnnxClassifier:
 def load_engine(model_dir: str | Path, engine: str, cache_dir: str | Path | None = None, threads: int | None = None):
     """(model for finetune.predict, info dict for the record) of `engine` for a classifier folder."""
     if engine not in ENGINES:
-        raise ValueError(f"--engine must be one of {', '.join(ENGINES)}, got {engine!r}")
+        raise UsageError(f"--engine must be one of {', '.join(ENGINES)}, got {engine!r}")
     read_classifier_config(model_dir)
     provider = None if engine == "torch" else require_provider(engine)
     info = {"engine": engine, "torch": torch.__version__}

@@ -22,6 +22,7 @@ from transformers import PretrainedConfig, PreTrainedModel
 
 from ort_training.data.hdf5 import IGNORE_INDEX
 from ort_training.models import ModelFamily, family_of
+from ort_training.errors import UsageError
 
 
 class Objective(ABC):
@@ -105,7 +106,7 @@ class MaskedLMWithNSP(Objective):
     def build(self, config):
         family = family_of(config)
         if self.name not in family.task_classes:
-            raise ValueError(f"--objective mlm_nsp needs a next-sentence head, which {family.name} has not; "
+            raise UsageError(f"--objective mlm_nsp needs a next-sentence head, which {family.name} has not; "
                              f"train {family.name} with --objective mlm")
         return super().build(config)
 
@@ -157,7 +158,7 @@ class SequenceClassification(Objective):
 
     def __init__(self, labels: list[str] | tuple[str, ...] = ("0", "1"), init_checkpoint: str | None = None):
         if len(labels) < 2:
-            raise ValueError(f"sequence classification needs at least 2 classes, got {list(labels)}")
+            raise UsageError(f"sequence classification needs at least 2 classes, got {list(labels)}")
         self.labels = [str(label) for label in labels]
         self.init_checkpoint = init_checkpoint
         self.import_report = None
@@ -199,4 +200,4 @@ def get_objective(name: str) -> Objective:
     try:
         return OBJECTIVES[name]()
     except KeyError:
-        raise ValueError(f"--objective {name!r} is not known; choose one of {sorted(OBJECTIVES)}") from None
+        raise UsageError(f"--objective {name!r} is not known; choose one of {sorted(OBJECTIVES)}") from None

@@ -44,13 +44,12 @@ import torch
 from bundle.atomic import atomic_path, atomic_write_text
 from bundle.cli import add_arguments, from_dict, parse_into
 from bundle.digest import file_sha256
-from bundle.locking import RunLock, RunLockedError
+from bundle.locking import RunLock
 from ort_training.data.text import SUFFIXES, Table, TextDataError, _rows_csv, encode_split
 from ort_training.inference import (
     ENGINES,
     DriftError,
     Engine,
-    ModelFolderError,
     labels_of,
     load_engine,
     load_tokenizer,
@@ -58,6 +57,7 @@ from ort_training.inference import (
     read_classifier_config,
     tokenizer_digest,
 )
+from ort_training.errors import EXPECTED_ERRORS, UsageError, report
 
 logger = logging.getLogger(__name__)
 
@@ -119,9 +119,9 @@ def text_settings(cfg: PredictConfig, model_dir: Path, max_positions: int) -> di
          "stride": cfg.stride if cfg.stride is not None else ft.get("stride", 32),
          "from": str(ft_file) if ft else "defaults"}
     if s["max_seq_length"] > max_positions:
-        raise ValueError(f"--max_seq_length {s['max_seq_length']} > the model's max_position_embeddings {max_positions}")
+        raise UsageError(f"--max_seq_length {s['max_seq_length']} > the model's max_position_embeddings {max_positions}")
     if s["long_text"] == "window" and not 0 <= s["stride"] < s["max_seq_length"] - 2:
-        raise ValueError(f"--stride {s['stride']} must be >= 0 and < --max_seq_length - 2 ({s['max_seq_length'] - 2})")
+        raise UsageError(f"--stride {s['stride']} must be >= 0 and < --max_seq_length - 2 ({s['max_seq_length'] - 2})")
     return s
 
 
@@ -274,7 +274,7 @@ def sidecar(output: Path) -> Path:
     return output.with_suffix(".json")
 
 
-class OutputExistsError(ValueError):
+class OutputExistsError(UsageError):
     """The output is already there (finished) or half-made with other settings."""
 
 
@@ -384,9 +384,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         summary = run(cfg)
-    except (TextDataError, ModelFolderError, DriftError, RunLockedError, ValueError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    except (*EXPECTED_ERRORS, DriftError) as exc:  # bad input or model folder, or an ONNX variant that drifted: one line, exit 2
+        return report("predict", exc)
     except KeyboardInterrupt:
         print(f"interrupted: the chunks written so far are kept in {parts_dir(Path(cfg.output_file))}; rerun the same command to continue",
               file=sys.stderr)

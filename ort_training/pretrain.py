@@ -26,10 +26,10 @@ from bundle.cli import add_arguments, from_dict, nest
 from ort_training.config import PretrainConfig
 from ort_training.recipe import PHASES, LaunchConfig, load_recipe, phase_command, phase_configs, quote
 from ort_training.run_status import PREEMPTED_EXIT_CODE, PREEMPTED_MARKER, phase_finished
+from ort_training.errors import UsageError, exit_on_expected
 
 logger = logging.getLogger("ort_training.pretrain")
 
-USAGE_ERROR = 2
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -54,7 +54,10 @@ def resolve(argv: list[str] | None = None):
     dry_run = ns.pop("dry_run")
     launch_fields = set(LaunchConfig.__dataclass_fields__)
     launch_values = {**recipe.launch, **{k: ns.pop(k) for k in list(ns) if k in launch_fields}}
-    launch = from_dict(LaunchConfig, launch_values, source=f"recipe {recipe.name} [launch]")
+    try:
+        launch = from_dict(LaunchConfig, launch_values, source=f"recipe {recipe.name} [launch]")
+    except ValueError as exc:  # bundle.cli's unknown or mistyped setting: the user's recipe or flag
+        raise UsageError(str(exc)) from None
     nested = nest(ns)
     per_phase = {name: nested.pop(name, {}) for name in PHASES}
     p1, p2 = phase_configs(recipe, nested, per_phase["phase1"], per_phase["phase2"], resume=launch.resume)
@@ -69,7 +72,7 @@ def check_devices(launch: LaunchConfig) -> None:
 
     have = torch.cuda.device_count()
     if have < launch.nproc_per_node:
-        raise ValueError(f"the recipe asks for {launch.nproc_per_node} GPU processes per node (--nproc_per_node) but this machine "
+        raise UsageError(f"the recipe asks for {launch.nproc_per_node} GPU processes per node (--nproc_per_node) but this machine "
                          f"has {have} CUDA device(s); pass --nproc_per_node {max(have, 1)}" +
                          ("" if have else " --device cpu (or use a GPU machine)"))
 
@@ -78,7 +81,7 @@ def check_data(cfg: PretrainConfig, phase: str) -> None:
     from ort_training.data.hdf5 import list_hdf5_files
 
     if cfg.input_dir is None:
-        raise ValueError(f"--{phase}.input_dir is required (the folder of that phase's HDF5 shards written by data_prep)")
+        raise UsageError(f"--{phase}.input_dir is required (the folder of that phase's HDF5 shards written by data_prep)")
     list_hdf5_files(cfg.input_dir, "training")
 
 
@@ -120,19 +123,19 @@ def run_phase(cmd: list[str], log_file: Path | None, env: dict[str, str]) -> int
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        recipe, launch, p1, p2, dry_run = resolve(argv)
-        check_data(p1, "phase1")
-        check_data(p2, "phase2")
-    except (ValueError, FileNotFoundError) as exc:
-        print(f"pretrain: error: {exc}", file=sys.stderr)
-        return USAGE_ERROR
+    return exit_on_expected("pretrain", lambda: _run(argv))
+
+
+def _run(argv: list[str] | None) -> int:
+    recipe, launch, p1, p2, dry_run = resolve(argv)
+    check_data(p1, "phase1")
+    check_data(p2, "phase2")
     try:
         check_devices(launch)
-    except ValueError as exc:
-        print(f"pretrain: {'warning' if dry_run else 'error'}: {exc}", file=sys.stderr)
-        if not dry_run:  # a dry run prints the commands for the machine they are meant for
-            return USAGE_ERROR
+    except UsageError as exc:
+        if not dry_run:
+            raise
+        print(f"pretrain: warning: {exc}", file=sys.stderr)  # a dry run prints the commands for the machine they are meant for
     commands = [phase_command(cfg, launch) for cfg in (p1, p2)]
     if dry_run:
         for name, cmd in zip(PHASES, commands):

@@ -16,6 +16,7 @@ from typing import Literal, Optional
 
 from bundle.cli import from_dict, to_argv
 from ort_training.config import PretrainConfig, merge_settings, read_yaml
+from ort_training.errors import UsageError
 
 RECIPES_DIR = Path(__file__).parent / "recipes"
 PHASES = ("phase1", "phase2")
@@ -51,9 +52,9 @@ class LaunchConfig:
     def __post_init__(self) -> None:
         for name in ("nproc_per_node", "nnodes"):
             if getattr(self, name) < 1:
-                raise ValueError(f"--{name} must be >= 1, got {getattr(self, name)}")
+                raise UsageError(f"--{name} must be >= 1, got {getattr(self, name)}")
         if self.max_restarts < 0:
-            raise ValueError(f"--max_restarts must be >= 0, got {self.max_restarts}")
+            raise UsageError(f"--max_restarts must be >= 0, got {self.max_restarts}")
 
     @property
     def distributed(self) -> bool:
@@ -78,7 +79,7 @@ def recipe_path(name_or_path: str | Path) -> Path:
     if shipped.is_file():
         return shipped
     names = sorted(f.stem for f in RECIPES_DIR.glob("*.yaml") if "vm_sizes" not in f.stem)
-    raise ValueError(f"--recipe {name_or_path}: no such file and no shipped recipe of that name (shipped: {', '.join(names)})")
+    raise UsageError(f"--recipe {name_or_path}: no such file and no shipped recipe of that name (shipped: {', '.join(names)})")
 
 
 def load_recipe(name_or_path: str | Path) -> Recipe:
@@ -86,11 +87,11 @@ def load_recipe(name_or_path: str | Path) -> Recipe:
     raw = read_yaml(path)
     unknown = set(raw) - {"description", "launch", "both", *PHASES}
     if unknown:
-        raise ValueError(f"{path}: unknown sections {sorted(unknown)}; a recipe has description, launch, both, phase1, phase2")
+        raise UsageError(f"{path}: unknown sections {sorted(unknown)}; a recipe has description, launch, both, phase1, phase2")
     sections = {k: raw.get(k) or {} for k in ("launch", "both", *PHASES)}
     for key, value in sections.items():
         if not isinstance(value, dict):
-            raise ValueError(f"{path}: section {key!r} must be a mapping of settings")
+            raise UsageError(f"{path}: section {key!r} must be a mapping of settings")
     return Recipe(path.stem, raw.get("description", ""), **sections)
 
 
@@ -112,7 +113,7 @@ def phase_configs(recipe: Recipe, both: dict | None = None, phase1: dict | None 
         try:
             cfg = from_dict(PretrainConfig, values, source=f"recipe {recipe.name} [{name}]")
         except ValueError as exc:
-            raise ValueError(f"{name}: {exc}") from None
+            raise UsageError(f"{name}: {exc}") from None
         configs.append(cfg)
     p1, p2 = configs
     p2.phase1_end_step = p1.max_steps

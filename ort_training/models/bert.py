@@ -42,6 +42,8 @@ BERT = ModelFamily(
                  ("cls.predictions.transform.dense_act.", "cls.predictions.transform.dense.")),
         config_must_match=("num_attention_heads", "hidden_act", "position_embedding_type"),
     ),
+    architecture_fields=("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
+                         "max_position_embeddings", "type_vocab_size"),
     shipped_configs=("tiny", "base", "large"),
     encode=_encode,
     mlm_head=lambda model: model.cls.predictions,

@@ -125,6 +125,9 @@ def test_empty_slots_take_the_recipe(layout):
     ({5: "1.5"}, {}, "--warmup_proportion must be in [0, 1)"),
     ({3: "fp8"}, {}, "invalid choice: 'fp8'"),
     ({2: "-1"}, {}, "--learning_rate must be > 0"),
+    ({2: "inf"}, {}, "--learning_rate must be > 0 and finite, got inf"),
+    ({11: "0"}, {}, "phase1: --gradient_accumulation_steps must be >= 1, got 0"),  # slot 11: the trainer's check, asked through the runner
+    ({21: "0"}, {}, "phase2: --gradient_accumulation_steps must be >= 1, got 0"),
     ({8: "maybe"}, {}, "--resume"),
     ({23: "/nonexistent/phase2"}, {}, "/nonexistent/phase2"),
     ({}, {"BACKEND": "tensorrt"}, "invalid choice: 'tensorrt'"),
