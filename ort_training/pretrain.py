@@ -41,6 +41,14 @@ logger = logging.getLogger("ort_training.pretrain")
 USAGE_ERROR = 2
 
 
+class _RecipeDefaults:
+    """--help shows no dataclass default for an override: an unset flag takes the recipe's value (then the
+    trainer's default), which `--recipe R --dry-run` prints."""
+
+    def __getattr__(self, name: str) -> None:
+        return None
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m ort_training.pretrain", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -49,15 +57,17 @@ def build_parser() -> argparse.ArgumentParser:
                         "run nothing. Data folders may not exist yet (their checks are skipped, with a note).")
     sizing = parser.add_argument_group("sizing estimate (with --dry-run)")
     add_arguments(sizing, CorpusSize)
-    launch = parser.add_argument_group("launch (defaults from the recipe's launch: section)")
-    add_arguments(launch, LaunchConfig)
-    both = parser.add_argument_group("both phases (any trainer flag)")
-    add_arguments(both, BatchConfig)
-    add_arguments(both, PretrainConfig)
+    unset = _RecipeDefaults()
+    launch = parser.add_argument_group("launch (unset: the recipe's launch: section)")
+    add_arguments(launch, LaunchConfig, defaults=unset)
+    both = parser.add_argument_group("both phases, any trainer flag (unset: the recipe's value, else the trainer's default; "
+                                     "--dry-run prints the resolved commands)")
+    add_arguments(both, BatchConfig, defaults=unset)
+    add_arguments(both, PretrainConfig, defaults=unset)
     for name in PHASES:
         group = parser.add_argument_group(f"{name} only (--{name}.FLAG)")
-        add_arguments(group, BatchConfig, prefix=f"{name}.")
-        add_arguments(group, PretrainConfig, prefix=f"{name}.")
+        add_arguments(group, BatchConfig, prefix=f"{name}.", defaults=unset)
+        add_arguments(group, PretrainConfig, prefix=f"{name}.", defaults=unset)
     return parser
 
 
@@ -169,10 +179,10 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         recipe, launch, p1, p2, dry_run, plans, corpus = resolve(argv)
-        notes = [check_data(p1, "phase1", dry_run), check_data(p2, "phase2", dry_run)]
         tokens = corpus.tokens()
         if tokens is not None and not dry_run:
             raise ValueError("--corpus_tokens / --corpus_documents are for planning: add --dry-run")
+        notes = [check_data(p1, "phase1", dry_run), check_data(p2, "phase2", dry_run)]
     except (ValueError, FileNotFoundError) as exc:
         print(f"pretrain: error: {exc}", file=sys.stderr)
         return USAGE_ERROR
