@@ -93,8 +93,9 @@ class DownstreamConfig:
 
 
 # ----------------------------------------------------------------------------- PMIDs
-def read_pmids(path: str | Path) -> set[str]:
-    """PMIDs from a file with one per line (blank lines and '#' comments ignored), e.g. test_pmids.txt."""
+def read_pmids(path: str | Path, digits_only: bool = True) -> set[str]:
+    """PMIDs from a file with one per line (blank lines and '#' comments ignored), e.g. test_pmids.txt;
+    digits_only=False: any document ids (a table corpus's --id-column values, e.g. note or patient ids)."""
     p = Path(path)
     try:
         lines = p.read_text(encoding="utf-8").splitlines()
@@ -103,16 +104,16 @@ def read_pmids(path: str | Path) -> set[str]:
                         "python -m data_prep.downstream") from e
     pmids = {ln.split("#", 1)[0].strip() for ln in lines}
     pmids.discard("")
-    bad = sorted(x for x in pmids if not x.isdigit())[:5]
+    bad = sorted(x for x in pmids if not x.isdigit())[:5] if digits_only else []
     if bad:
         raise TaskError(f"{p}: not PMIDs (expected digits, one per line): {bad}")
     return pmids
 
 
-def pmids_fingerprint(path: str | Path) -> str:
+def pmids_fingerprint(path: str | Path, digits_only: bool = True) -> str:
     """sha256 of the sorted PMIDs in a list file: what a stage's manifest records, so a changed
     exclusion list invalidates a finished stage (the file's mtime or order does not)."""
-    return hashlib.sha256("\n".join(sorted(read_pmids(path))).encode()).hexdigest()
+    return hashlib.sha256("\n".join(sorted(read_pmids(path, digits_only))).encode()).hexdigest()
 
 
 def exclude_records(records, pmids: set[str]):

@@ -493,15 +493,38 @@ def build_parser() -> argparse.ArgumentParser:
                     "(ORT / eager / torch.compile), early stopping on validation macro-F1, a test report and a "
                     "Hugging Face *ForSequenceClassification export (BERT, ModernBERT: the config's model_type).")
     add_arguments(parser, FinetuneConfig, required=("train_file",))
+    parser.add_argument("--dry-run", action="store_true", default=argparse.SUPPRESS,
+                        help="Check the settings and that the files and folders exist, print the outputs; train nothing.")
     return parser
 
 
 def parse_config(argv: list[str] | None = None) -> FinetuneConfig:
-    return parse_into(build_parser(), lambda ns: from_dict(FinetuneConfig, ns, source="flags"), argv)
+    return parse_into(build_parser(), lambda ns: from_dict(FinetuneConfig, {k: v for k, v in ns.items() if k != "dry_run"},
+                                                           source="flags"), argv)
+
+
+def dry_run(cfg: FinetuneConfig) -> int:
+    """What a run would read and write. A missing model or vocab is refused (exit 2); data files that do not exist
+    yet are a note (their checks are skipped), so a run can be planned before its data."""
+    for flag in ("init_checkpoint", "vocab_file"):
+        value = getattr(cfg, flag)
+        if value and not Path(value).exists():
+            print(f"error: --{flag} {value}: no such file or folder", file=sys.stderr)
+            return 2
+    for flag in ("train_file", "validation_file", "test_file"):
+        value = getattr(cfg, flag)
+        if value and not Path(value).exists():
+            print(f"note: --{flag} {value} does not exist yet: its checks (columns, labels) were skipped")
+    out = Path(cfg.output_dir)
+    print(f"dry run: settings checked; would write {out / 'hf_model'}, {out / REPORT_FILE} (accuracy, macro-F1, AUROC), "
+          f"{out / 'test_predictions.csv'}, {out / 'confusion_matrix.png'}, {out / 'finetune_summary.json'}")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     cfg = parse_config(argv)
+    if "--dry-run" in (sys.argv[1:] if argv is None else argv):
+        return dry_run(cfg)
     rank = resolve_dist_env(os.environ).rank
     logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
                         format=f"%(asctime)s [rank {rank}] %(levelname)s %(name)s: %(message)s")

@@ -149,6 +149,12 @@ def adopt_manifest(files: list[Path], cfg: PretrainConfig, objective_name: str) 
     if manifest is None:
         return cfg.vocab_file
     where = Path(files[0]).parent / "manifest.json"
+    # One case setting: the data's. Token ids were made with it; the export's tokenizer must case text the same way.
+    data_lower = manifest.get("args", {}).get("lower_case")
+    if data_lower is not None and bool(data_lower) != cfg.do_lower_case:
+        logger.info("do_lower_case=%s from the data's manifest (data_prep %s)", bool(data_lower),
+                    "--lower-case" if data_lower else "--no-lower-case")
+        cfg.do_lower_case = bool(data_lower)
     if manifest.get("objective") == "mlm" and objective_name == "mlm_nsp":
         raise DataError(f"{where}: this data was written for --objective mlm (no next-sentence pairs); "
                         "train it with --objective mlm, or rebuild the data with data_prep's hdf5 stage and its default objective")
@@ -162,9 +168,10 @@ def adopt_manifest(files: list[Path], cfg: PretrainConfig, objective_name: str) 
             raise DataError(f"--vocab_file {cfg.vocab_file} is not the vocab the HDF5 in {where.parent} was made with "
                             f"({recorded}); token ids would mean other words. Pass that one, or rebuild the data with this one")
         return cfg.vocab_file
+    if recorded:  # data_prep names the copy in the data folder relatively (an absolute path of older manifests stays as it is)
+        recorded = str(where.parent / recorded)
     if recorded and (found := tokenizer_file(recorded)) is not None and found.is_file() and (not digest or file_sha256(found) == digest):
         logger.info("tokenizer from the data's manifest: %s", recorded)
-        cfg.do_lower_case = bool(manifest.get("args", {}).get("lower_case", cfg.do_lower_case))
         return recorded
     if recorded:
         logger.warning("%s names the tokenizer %s, which is missing or changed; pass --vocab_file for the export's tokenizer",
