@@ -178,7 +178,9 @@ class SequenceClassification(Objective):
             source = self.family.hf_class(pretraining_task)(config)
             self.import_report = load_into(source, self.init_checkpoint)
             base = self.family.weights.prefix.rstrip(".")
-            getattr(model, base).load_state_dict(getattr(source, base).state_dict())
+            target = getattr(model, base)
+            # A token classifier's encoder has no pooler (BertForTokenClassification): take only what it holds.
+            target.load_state_dict({k: v for k, v in getattr(source, base).state_dict().items() if k in target.state_dict()})
         return model
 
     def forward(self, model, dense_seq_output, *inputs):
@@ -193,7 +195,36 @@ class SequenceClassification(Objective):
         return {"train_accuracy": sums["correct"] / max(sums["count"], 1.0)}
 
 
-OBJECTIVES: dict[str, type[Objective]] = {cls.name: cls for cls in (MaskedLMWithNSP, MaskedLM, SequenceClassification)}
+class TokenClassification(SequenceClassification):
+    """Fine-tuning for entity tagging: the family's token classifier (a linear layer over every position's hidden
+    state) -> cross-entropy over the IOB2 tags of the labelled sub-tokens (IGNORE_INDEX elsewhere; see
+    data/tagged.py). The export is a Hugging Face `*ForTokenClassification` whose config names its tags, so
+    `pipeline("token-classification")` reads it. Encoder initialisation as in SequenceClassification."""
+
+    name = "token_classification"
+
+    def build(self, config: PretrainedConfig) -> PreTrainedModel:
+        model = super().build(config)
+        model.config.problem_type = None  # the sequence classifier's single-label setting means nothing per token
+        return model
+
+    def forward(self, model, dense_seq_output, *inputs):
+        input_ids, segment_ids, input_mask, (labels,) = self._encoder_inputs(inputs)
+        logits = self.family.seq_logits(model, input_ids, segment_ids, input_mask).float()
+        labels = labels.reshape(-1)
+        logits = logits.reshape(labels.shape[0], -1)
+        valid = labels != IGNORE_INDEX
+        count = valid.sum().float()
+        # Mean over the labelled sub-tokens; a micro-batch with none gives 0, not NaN.
+        loss = F.cross_entropy(logits, labels, ignore_index=IGNORE_INDEX, reduction="sum") / count.clamp(min=1.0)
+        correct = ((logits.argmax(-1) == labels) & valid).sum().float()
+        return loss, torch.stack([correct.detach(), count.detach()])
+
+    def metrics(self, sums, micro_batches):
+        return {"train_token_accuracy": sums["correct"] / max(sums["count"], 1.0)}
+
+
+OBJECTIVES: dict[str, type[Objective]] = {cls.name: cls for cls in (MaskedLMWithNSP, MaskedLM, SequenceClassification, TokenClassification)}
 
 
 def get_objective(name: str) -> Objective:

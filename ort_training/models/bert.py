@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from transformers import BertConfig, BertForMaskedLM, BertForPreTraining, BertForSequenceClassification
+from transformers import BertConfig, BertForMaskedLM, BertForPreTraining, BertForSequenceClassification, BertForTokenClassification
 
 from ort_training.models.base import ModelFamily, WeightNames
 
@@ -16,7 +16,8 @@ BERT = ModelFamily(
     name="bert",
     model_type="bert",
     config_class=BertConfig,
-    task_classes={"mlm_nsp": BertForPreTraining, "mlm": BertForMaskedLM, "sequence_classification": BertForSequenceClassification},
+    task_classes={"mlm_nsp": BertForPreTraining, "mlm": BertForMaskedLM, "sequence_classification": BertForSequenceClassification,
+                  "token_classification": BertForTokenClassification},
     backends=("ort", "eager", "compile"),
     # SDPA fails in ORT's gradient builder; the eager attention exports cleanly.
     attention={"ort": ("eager",), "eager": ("eager", "sdpa"), "compile": ("eager", "sdpa")},
