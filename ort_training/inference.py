@@ -334,8 +334,18 @@ def _quantize(src: Path, dst: Path) -> str:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     # Shape inference cannot type the outputs of the optimizer's com.microsoft ops: tell it they are float.
-    quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
-    return "quantize_dynamic, int8 weights (QInt8), activations quantized per batch at run time"
+    # Per-channel weight scales: on the demo's fine-tuned MiniLM-L6 the check batch's max |prob diff| was 0.169 with
+    # one scale per tensor (refused) and 0.020 per channel. The quantizer logs every tensor at INFO on the root
+    # logger: kept quiet.
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(max(level, logging.WARNING))
+    try:
+        quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, per_channel=True,
+                         extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
+    finally:
+        root.setLevel(level)
+    return "quantize_dynamic, int8 weights (QInt8, per-channel scales), activations quantized per batch at run time"
 
 
 def _to_fp16(src: Path, dst: Path) -> str:
