@@ -163,7 +163,11 @@ def evaluate(cfg: EvalConfig) -> dict:
         model = AutoModelForMaskedLM.from_pretrained(cfg.model_dir, trust_remote_code=False)
     files = list_hdf5_files(cfg.input_dir, cfg.split, require_match=True)
     family = family_of(model.config)
-    family.check_sequence_length(model.config, hdf5_schema.read_shape(files[0])[1], str(files[0]), f"{cfg.model_dir}/config.json")
+    try:
+        seq_len = hdf5_schema.read_shape(files[0])[1]
+    except Exception:  # noqa: BLE001 -- corrupt or not the schema: load_shard names the problem when it reads the file
+        seq_len = 0
+    family.check_sequence_length(model.config, seq_len, str(files[0]), f"{cfg.model_dir}/config.json")
     base = most_frequent_token(cfg.input_dir, files, cfg.baseline_max_files)
     base["token"] = _token_text(cfg.model_dir, base["token_id"])
     batches = held_out_batches(files, cfg.batch_size, cfg.max_sequences, model.config.vocab_size,
