@@ -31,7 +31,7 @@ test-current: env-current  ## the test suite on the current stack (PYTEST_ARGS a
 lint: env  ## ruff (configured in pyproject.toml)
 	$(PYTHON) -m ruff check .
 
-demo: env  ## PubMed sample -> HDF5 -> two ORT phases on CPU -> HF model -> fine-tuned on a PubMed task, 4-model table
+demo: env  ## PubMed sample -> HDF5 / packed -> BERT (ORT) and ModernBERT pretraining on CPU -> 6-row fine-tuning table over 3 seeds -> ORT int8 scoring
 	bash scripts/demo.sh $(DEMO_ARGS)
 
 bench: env  ## benchmarks: data_prep throughput/memory and training backends side by side

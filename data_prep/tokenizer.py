@@ -328,6 +328,14 @@ def train_wordpiece(files: list[Path], vocab_size: int, lower_case: bool, min_fr
     return sorted(vocab, key=vocab.__getitem__)
 
 
+def looks_like_identifier(token: str) -> bool:
+    """A vocabulary piece that is mostly digits (3 or more, at least half its characters): record numbers, dates,
+    phone numbers or ids of a clinical corpus. Single digits stay, so every number still tokenizes, digit by digit."""
+    core = token[2:] if token.startswith("##") else token
+    digits = sum(c.isdigit() for c in core)
+    return digits >= 3 and 2 * digits >= len(core)
+
+
 def write_vocab(out_dir: Path, tokens: list[str], lower_case: bool) -> Path:
     """``vocab.txt`` and the matching ``tokenizer.json`` (built from vocab.txt alone, so the trainer's
     reserved ``##c`` entries are plain vocabulary there, not special tokens), each written atomically."""
@@ -414,6 +422,8 @@ def run_vocab(cfg: VocabConfig) -> dict:
             raise DataPrepError(f"{cfg.shard_dir}: no *training*.txt shards; run `python -m data_prep shard` first")
         sig = _shards_signature(files)
         params = {k: v for k, v in asdict(cfg).items() if k in ("vocab_size", "lower_case", "min_frequency")}
+        if cfg.drop_identifier_pieces:  # recorded only when set: vocabularies made before the option keep their manifest
+            params["drop_identifier_pieces"] = True
         expected = {"stage": "vocab", "source": "trained", "trainer": "deterministic-1", "shards": sig, "params": params}
         if is_complete(manifest_path, expected):
             log.info("vocab: %s is complete (manifest matches); skipping", vocab_path)
@@ -422,6 +432,11 @@ def run_vocab(cfg: VocabConfig) -> dict:
         log.info("vocab: training WordPiece (size %d, %s) on %d shards", cfg.vocab_size,
                  "uncased" if cfg.lower_case else "cased", len(files))
         tokens = train_wordpiece(files, cfg.vocab_size, cfg.lower_case, cfg.min_frequency)
+        if cfg.drop_identifier_pieces:
+            kept = [t for t in tokens if not looks_like_identifier(t)]
+            log.info("vocab: --drop-identifier-pieces removed %d digit-heavy pieces (record numbers, dates, ids)",
+                     len(tokens) - len(kept))
+            tokens = kept
         _remove_other_kind(out_dir, keep=(VOCAB_TXT, TOKENIZER_JSON))
         write_vocab(out_dir, tokens, cfg.lower_case)
     vocab = load_vocab(vocab_path)

@@ -21,9 +21,10 @@ import torch
 from transformers import AutoModelForMaskedLM, BertTokenizerFast, PreTrainedModel
 
 from bundle.atomic import atomic_dir
-from bundle.digest import ROLE_TOKENS, VOCAB_TXT, read_vocab, refuse_remote_code, tokenizer_file
+from bundle.digest import ROLE_TOKENS, VOCAB_TXT, read_vocab, tokenizer_file
 from ort_training.models import family_of
 from ort_training.models.pretraining import PretrainingModel
+from ort_training.errors import refuse_remote_code, MissingDependencyError, UsageError
 
 logger = logging.getLogger(__name__)
 
@@ -46,7 +47,7 @@ def load_tokenizer(source: str | Path, do_lower_case: bool = True):
     path = Path(source)
     defining = tokenizer_file(path)
     if defining is None or not defining.is_file():
-        raise ValueError(f"--vocab_file {source}: neither a vocab.txt, a tokenizer.json nor a folder holding one")
+        raise UsageError(f"--vocab_file {source}: neither a vocab.txt, a tokenizer.json nor a folder holding one")
     if defining.name == VOCAB_TXT or defining.suffix != ".json":
         return wordpiece_tokenizer(defining, do_lower_case)
     if (defining.parent / "tokenizer_config.json").is_file():
@@ -165,7 +166,7 @@ def check_onnx_available() -> None:
     """--export_onnx writes with onnx and verifies with onnxruntime: say so at start-up, not after training."""
     missing = [m for m in ("onnx", "onnxruntime") if importlib.util.find_spec(m) is None]
     if missing:
-        raise RuntimeError(f"--export_onnx needs {' and '.join(missing)}: pip install onnx onnxruntime (the pinned stack has "
+        raise MissingDependencyError(f"--export_onnx needs {' and '.join(missing)}: pip install onnx onnxruntime (the pinned stack has "
                            "both), or leave --export_onnx off")
 
 

@@ -91,7 +91,20 @@ def read_txt(path: Path, max_document_chars: int | None = None, **_unused) -> It
         raise _decode_error(path, e) from e
 
 
-def read_jsonl(path: Path, text_column: str = "text", max_document_chars: int | None = None, **_unused) -> Iterator[Record]:
+def _id_key(names, id_column: str | None, need_ids: bool, path: Path) -> str | None:
+    """The id column of a table corpus: --id-column (must exist), else 'id' where present. With --exclude-ids an id
+    column is required: without one nothing would be excluded, silently."""
+    key = id_column or "id"
+    if key in names:
+        return key
+    if id_column is not None or need_ids:
+        raise DataPrepError(f"{path}: no id column {key!r} (columns: {list(names)}); name the column holding patient or note ids "
+                            "with --id-column (--exclude-ids matches its values)")
+    return None
+
+
+def read_jsonl(path: Path, text_column: str = "text", id_column: str | None = None, need_ids: bool = False,
+               max_document_chars: int | None = None, **_unused) -> Iterator[Record]:
     path = Path(path)
     opener = gzip.open if str(path).endswith(".gz") else open
     try:
@@ -108,12 +121,14 @@ def read_jsonl(path: Path, text_column: str = "text", max_document_chars: int | 
                     raise DataPrepError(f"{path}:{i + 1}: not valid JSON ({e})") from e
                 if not isinstance(obj, dict) or text_column not in obj:
                     raise DataPrepError(f"{path}:{i + 1}: no key {text_column!r}; choose it with --text-column")
-                yield _text_record(str(obj.get("id", f"{path.stem}:{i}")), obj[text_column], f"{path}:{i + 1}")
+                key = _id_key(obj, id_column, need_ids, Path(f"{path}:{i + 1}"))
+                yield _text_record(str(obj[key]) if key else f"{path.stem}:{i}", obj[text_column], f"{path}:{i + 1}")
     except UnicodeDecodeError as e:
         raise _decode_error(path, e) from e
 
 
-def read_csv(path: Path, text_column: str = "text", **_unused) -> Iterator[Record]:
+def read_csv(path: Path, text_column: str = "text", id_column: str | None = None, need_ids: bool = False,
+             **_unused) -> Iterator[Record]:
     path = Path(path)
     csv.field_size_limit(sys.maxsize)  # clinical notes exceed the 128 KB default
     try:
@@ -126,8 +141,9 @@ def read_csv(path: Path, text_column: str = "text", **_unused) -> Iterator[Recor
                 if reader.fieldnames is None or text_column not in reader.fieldnames:
                     raise DataPrepError(f"{path}: no column {text_column!r} (columns: {reader.fieldnames}); "
                                         f"choose it with --text-column")
+                key = _id_key(reader.fieldnames, id_column, need_ids, path)
                 for i, row in enumerate(reader):
-                    yield _text_record(row.get("id") or f"{path.stem}:{i}", row[text_column], f"{path}:{start}")
+                    yield _text_record((row[key] if key else None) or f"{path.stem}:{i}", row[text_column], f"{path}:{start}")
                     start = reader.line_num + 1
             except csv.Error as e:
                 raise DataPrepError(f"{path}: line {start}: malformed CSV ({e}); most likely a quote opened in the "
@@ -137,7 +153,8 @@ def read_csv(path: Path, text_column: str = "text", **_unused) -> Iterator[Recor
         raise _decode_error(path, e) from e
 
 
-def read_parquet(path: Path, text_column: str = "text", **_unused) -> Iterator[Record]:
+def read_parquet(path: Path, text_column: str = "text", id_column: str | None = None, need_ids: bool = False,
+                 **_unused) -> Iterator[Record]:
     path = Path(path)
     try:
         import pyarrow.parquet as pq
@@ -150,11 +167,12 @@ def read_parquet(path: Path, text_column: str = "text", **_unused) -> Iterator[R
     names = pf.schema_arrow.names
     if text_column not in names:
         raise DataPrepError(f"{path}: no column {text_column!r} (columns: {names}); choose it with --text-column")
-    cols = [text_column] + (["id"] if "id" in names and text_column != "id" else [])
+    key = _id_key(names, id_column, need_ids, path)
+    cols = [text_column] + ([key] if key and key != text_column else [])
     i = 0
     for batch in pf.iter_batches(columns=cols, batch_size=4096):  # streamed, never the whole file
         data = batch.to_pydict()
-        ids = data.get("id")
+        ids = data.get(key) if key else None
         for j, raw in enumerate(data[text_column]):
             yield _text_record(str(ids[j]) if ids else f"{path.stem}:{i}", raw, f"{path}: row {i}")
             i += 1

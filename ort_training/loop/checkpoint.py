@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from bundle.atomic import atomic_dir
+from ort_training.errors import UsageError
 
 logger = logging.getLogger(__name__)
 
@@ -113,7 +114,7 @@ def load_checkpoint(path: str | Path, step: int | None = None) -> dict:
                 return torch.load(ckpt, map_location="cpu", weights_only=True)
             except Exception as exc:  # truncated zip, bad pickle, I/O error
                 if i + 1 == len(candidates):
-                    raise RuntimeError(f"{ckpt}: cannot read checkpoint ({exc}) and no older complete one exists; "
+                    raise UsageError(f"{ckpt}: cannot read checkpoint ({exc}) and no older complete one exists; "
                                        "start a new --output_dir") from exc
                 logger.warning("%s: cannot read checkpoint (%s); falling back to %s", ckpt, exc, candidates[i + 1])
     else:

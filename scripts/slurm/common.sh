@@ -12,6 +12,10 @@
 #   PYTHON          interpreter with the project's dependencies (default $CODEDIR/.venv/bin/python, else python3)
 #   EXTRA_ARGS      more flags for `python -m ort_training.pretrain` (e.g. "--phase1.max_steps 100")
 #
+# Batch: the runner splits the recipe's global batch (sequences per optimizer step) over GPUS_PER_NODE x
+# nodes, so 4 nodes train with the batch the learning rate was tuned for, not 4x it; a GPU count it does
+# not divide is refused with the arithmetic. Check first: python -m ort_training.recipe batch --recipe R --gpus 8 --nodes 4
+#
 # Preemption contract: Slurm signals the batch shell (--signal=B:TERM@SECONDS before the time limit,
 # or SIGTERM on preemption/scancel --signal=TERM --batch); the shell forwards SIGTERM to the runner,
 # every rank checkpoints and the runner exits 143; the job then requeues itself (`scontrol requeue`,
