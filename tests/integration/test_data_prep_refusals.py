@@ -45,9 +45,10 @@ def _corpus(folder: Path, files: int = 2, docs: int = 30) -> None:
         (folder / f"notes_{i}.txt").write_text(text + "\n", encoding="utf-8")
 
 
-def _shards(tmp_path: Path) -> Path:
-    """A finished shard folder (format + shard) for the stages under test."""
-    w = tmp_path / "w"
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory) -> Path:
+    """A finished shard folder (format + shard) for the stages under test; each test checks it is left unchanged."""
+    w = tmp_path_factory.mktemp("earlier_stages")
     _run("format", "--input", ASSETS / "pubmed20n0014_sample.xml.gz", "--out-dir", w / "text")
     _run("shard", "--text-dir", w / "text", "--out-dir", w / "shards", "--num-shards", "1", "--test-fraction", "0",
          "--splitter", "blingfire")
@@ -112,13 +113,13 @@ def test_folder_and_file_symlinks_are_followed_alike_and_loops_end(tmp_path):
     assert f"{inp / 'dangling.txt'}: a symbolic link to {tmp_path / 'gone.txt'}, which does not exist" in _error_line(p)
 
 
-def test_trainer_listing_follows_folder_links_and_refuses_hdf5_links_outside_input_dir(tmp_path):
+def test_trainer_listing_follows_folder_links_and_refuses_hdf5_links_outside_input_dir(tmp_path, shards):
     """The trainer's --input_dir listing uses the same rule; an HDF5 external link or virtual dataset that reads a file
     outside --input_dir is refused naming that file (found through h5py's link API, never followed)."""
     from ort_training.data.hdf5 import DataError, list_hdf5_files
 
     w = tmp_path / "w"
-    _run("hdf5", "--shard-dir", _shards(tmp_path), "--vocab-file", VOCAB, "--out-dir", w, *PHASE)
+    _run("hdf5", "--shard-dir", shards, "--vocab-file", VOCAB, "--out-dir", w, *PHASE)
     (src,) = [f for f in w.rglob("*.hdf5") if not f.name.startswith(".")]
     linked = tmp_path / "linked_input"
     linked.mkdir()
@@ -172,10 +173,9 @@ def _vocab_variant(tmp_path: Path, kind: str) -> Path:
     ("empty", "line 2001 is empty"),
     ("duplicate", "line 2001 repeats"),
 ])
-def test_ambiguous_vocab_lines_are_refused_by_data_prep_and_the_export_alike(tmp_path, kind, message):
+def test_ambiguous_vocab_lines_are_refused_by_data_prep_and_the_export_alike(tmp_path, shards, kind, message):
     from ort_training.export import load_tokenizer
 
-    shards = _shards(tmp_path)
     before = _snapshot(shards)
     vocab = _vocab_variant(tmp_path, kind)
     p = _run("hdf5", "--shard-dir", shards, "--vocab-file", vocab, "--out-dir", tmp_path / "out", *PHASE, check=False)
@@ -199,9 +199,8 @@ def test_crlf_vocab_gives_the_same_ids_in_data_prep_and_the_export(tmp_path):
 
 # --- class 7: the environment says no -----------------------------------------------------------------------------
 
-def test_full_disk_while_writing_hdf5_is_one_line_and_leaves_nothing_half_written(tmp_path):
+def test_full_disk_while_writing_hdf5_is_one_line_and_leaves_nothing_half_written(tmp_path, shards):
     """Before: 24 h5py destructor tracebacks, then a segfault (exit 139). Now: exit 2, one line naming the file."""
-    shards = _shards(tmp_path)
     before = _snapshot(shards)
     with _tmpfs(tmp_path / "small", "256k") as small:
         p = _run("hdf5", "--shard-dir", shards, "--vocab-file", VOCAB, "--out-dir", small, "--max-seq-lengths", "128",
@@ -213,8 +212,7 @@ def test_full_disk_while_writing_hdf5_is_one_line_and_leaves_nothing_half_writte
     assert _snapshot(shards) == before
 
 
-def test_read_only_output_folder_and_a_file_in_the_way_are_one_line(tmp_path):
-    shards = _shards(tmp_path)
+def test_read_only_output_folder_and_a_file_in_the_way_are_one_line(tmp_path, shards):
     blocker = tmp_path / "a_file"
     blocker.write_text("not a folder")
     p = _run("hdf5", "--shard-dir", shards, "--vocab-file", VOCAB, "--out-dir", blocker, *PHASE, check=False)
