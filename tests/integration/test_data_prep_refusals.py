@@ -262,6 +262,7 @@ def test_oversized_documents_are_skipped_and_counted_and_huge_text_nodes_refused
     sentence = "The patient received the drug and improved over two weeks of therapy. "
     normal = f"<AbstractText>{sentence * 3}</AbstractText>"
     big = "".join(f"<AbstractText>{sentence * 1000}</AbstractText>" for _ in range(20))  # 1.4 M chars in sections
+    (tmp_path / "in").mkdir()
     _medline(tmp_path / "in" / "a.xml.gz", [normal, big, normal])
     with open(tmp_path / "in" / "b.jsonl", "w") as f:
         for text in ("A normal note about the patient.", "x" * 7_000_000, "Another normal note."):
