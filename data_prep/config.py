@@ -16,6 +16,7 @@ from typing import Literal, Optional, get_args
 from bundle import packed_schema
 
 from .manifest import ConfigError
+from .text import PIECE_CHARS
 
 Corpus = Literal["pubmed", "pmc", "wikipedia", "text", "jsonl", "csv", "parquet"]
 Splitter = Literal["punkt", "punkt-trained", "blingfire"]
@@ -80,6 +81,9 @@ class FormatConfig:
     """Prepend the article title to the text (--no-title leaves it out)."""
     min_chars: int = 20
     """Documents shorter than this (after cleaning) are skipped as 'too_short'."""
+    max_document_chars: int = 1_000_000
+    """Documents longer than this are skipped and counted as 'over_max_document_chars' in text/manifest.json; the
+    readers stop collecting a document's text past this size, so memory follows it, not the input."""
     max_documents: Optional[int] = None
     """Keep at most this many documents overall (first in input order, after updates and deletions);
     for demos and tests. PubMed / PMC inputs are still parsed in full, as a later record may replace one."""
@@ -101,6 +105,7 @@ class FormatConfig:
         _at_least("max_documents", self.max_documents, 1)
         _at_least("processes", self.processes, 1)
         _at_least("min_chars", self.min_chars, 0)
+        _at_least("max_document_chars", self.max_document_chars, max(self.min_chars, 1))
 
 
 @dataclass
@@ -124,10 +129,14 @@ class ShardConfig:
     """Documents with fewer sentences are dropped (BERT needs >= 2 for a pair, but 1 still feeds random-next)."""
     seed: int = field(default=12345, metadata={"aliases": ("--split-seed",)})
     """Seed of the train/test split."""
+    piece_chars: int = PIECE_CHARS
+    """A longer document is cut at a space into pieces of at most this many characters before sentence splitting
+    (deterministic): bounds the splitter's time and memory per call (NLTK stops a regex after 5 s)."""
     processes: int = 1
     """Worker processes."""
 
     def __post_init__(self):
+        _at_least("piece_chars", self.piece_chars, 1000)
         _at_least("num_shards", self.num_shards, 1)
         _at_least("num_test_shards", self.num_test_shards, 0)
         _at_least("processes", self.processes, 1)

@@ -27,7 +27,7 @@ from bundle.atomic import atomic_path
 from bundle.digest import list_files
 
 from .config import FormatConfig
-from .corpora import SUFFIXES, Deletion, Document, Skip, get_reader, input_stem
+from .corpora import SUFFIXES, TOO_LONG, Deletion, Document, Skip, get_reader, input_stem
 from .downstream import exclude_records
 from .manifest import DataPrepError, file_fingerprint, invalidate, is_complete, read_json, remove_temps, write_manifest
 
@@ -100,7 +100,8 @@ def resolve_inputs(corpus: str, inputs: list, own: list[Path] = ()) -> list[Path
 
 def _reader_args(cfg: FormatConfig) -> dict:
     args = {"abstract_labels": cfg.abstract_labels, "include_title": cfg.title,
-            "text_column": cfg.text_column, "min_chars": cfg.min_chars, "max_documents": cfg.max_documents}
+            "text_column": cfg.text_column, "min_chars": cfg.min_chars, "max_documents": cfg.max_documents,
+            "max_document_chars": cfg.max_document_chars}
     if cfg.id_column is not None or cfg.exclude_ids is not None:  # set only when used: older runs keep their fingerprint
         args.update(id_column=cfg.id_column, need_ids=cfg.exclude_ids is not None)
     return args
@@ -146,6 +147,9 @@ def _parse_one(task: tuple) -> dict:
                 if isinstance(rec, Document):
                     if len(rec.text) < args["min_chars"]:
                         skipped["too_short"] += 1
+                        continue
+                    if len(rec.text) > args["max_document_chars"]:
+                        skipped[TOO_LONG] += 1
                         continue
                     fi.write(rec.id.replace("\n", " ") + "\n")
                     fd.write(rec.text + "\n")  # clean_text already removed newlines

@@ -15,7 +15,28 @@ from typing import Iterator
 
 from ..manifest import DataPrepError
 from ..text import clean_text
-from . import Document, Record, Skip
+from . import TOO_LONG, Document, Record, Skip
+
+
+def _lines(f, limit: int | None):
+    """The lines of a text file as iteration gives them, except that a line longer than ``limit`` characters is
+    read through in bounded pieces and given as None: memory follows ``limit``, not the longest line."""
+    if limit is None:
+        yield from f
+        return
+    while line := f.readline(limit + 1):
+        if len(line) > limit and not line.endswith("\n"):
+            while line and not line.endswith("\n"):
+                line = f.readline(limit + 1)
+            yield None
+        else:
+            yield line
+
+
+def _json_line_limit(max_document_chars: int | None) -> int | None:
+    """A .jsonl line longer than this holds a text over the limit even at JSON's worst escaping (\\uXXXX, 6 characters
+    per character) plus 1 MiB of other fields: skipped unparsed."""
+    return None if max_document_chars is None else 6 * max_document_chars + (1 << 20)
 
 
 def _decode_error(path: Path, e: UnicodeDecodeError) -> DataPrepError:
@@ -45,23 +66,27 @@ def _text_record(doc_id: str, raw, where: str = "") -> Record:
     return Document(doc_id, text) if text else Skip("empty")
 
 
-def read_txt(path: Path, **_unused) -> Iterator[Record]:
+def read_txt(path: Path, max_document_chars: int | None = None, **_unused) -> Iterator[Record]:
     path = Path(path)
     stem = path.stem
     lines: list[str] = []
+    chars, too_long = 0, False  # a document past max_document_chars stops collecting and is skipped as TOO_LONG
     n = 0
     try:
         with open(path, encoding="utf-8", errors="strict") as f:
-            for line in f:
-                if line.strip():
-                    lines.append(line)
+            for line in _lines(f, max_document_chars):
+                if line is None or line.strip():
+                    chars += len(line) if line is not None else 0
+                    too_long = too_long or line is None or (max_document_chars is not None and chars > max_document_chars)
+                    if not too_long:
+                        lines.append(line)
                     continue
-                if lines:
-                    yield _text_record(f"{stem}:{n}", " ".join(lines))
+                if lines or too_long:
+                    yield Skip(TOO_LONG) if too_long else _text_record(f"{stem}:{n}", " ".join(lines))
                     n += 1
-                    lines = []
-            if lines:
-                yield _text_record(f"{stem}:{n}", " ".join(lines))
+                    lines, chars, too_long = [], 0, False
+            if lines or too_long:
+                yield Skip(TOO_LONG) if too_long else _text_record(f"{stem}:{n}", " ".join(lines))
     except UnicodeDecodeError as e:
         raise _decode_error(path, e) from e
 
@@ -79,12 +104,15 @@ def _id_key(names, id_column: str | None, need_ids: bool, path: Path) -> str | N
 
 
 def read_jsonl(path: Path, text_column: str = "text", id_column: str | None = None, need_ids: bool = False,
-               **_unused) -> Iterator[Record]:
+               max_document_chars: int | None = None, **_unused) -> Iterator[Record]:
     path = Path(path)
     opener = gzip.open if str(path).endswith(".gz") else open
     try:
         with opener(path, "rt", encoding="utf-8", errors="strict") as f:
-            for i, line in enumerate(f):
+            for i, line in enumerate(_lines(f, _json_line_limit(max_document_chars))):
+                if line is None:
+                    yield Skip(TOO_LONG)
+                    continue
                 if not line.strip():
                     continue
                 try:

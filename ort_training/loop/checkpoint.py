@@ -8,6 +8,7 @@ position and the RNG states of torch, CUDA, numpy and Python's `random`.
 
 from __future__ import annotations
 
+import errno
 import logging
 import random
 import re
@@ -88,15 +89,44 @@ def save_checkpoint(output_dir: str | Path, step: int, state: dict, keep: int) -
     return final
 
 
+class _WholeWrites:
+    """The file torch.save writes to: every write() writes all its bytes or raises the OSError (ENOSPC), and keeps it.
+    torch's own writer turned a short write on a full disk into "unexpected pos N vs M"."""
+
+    def __init__(self, raw):
+        self.raw, self.error = raw, None
+
+    def write(self, data) -> int:
+        view = memoryview(data).cast("B")
+        done = 0
+        try:
+            while done < len(view):
+                n = self.raw.write(view[done:])
+                if not n:
+                    raise OSError(errno.ENOSPC, "No space left on device")
+                done += n
+        except OSError as exc:
+            self.error = self.error or exc
+            raise
+        return done
+
+    def flush(self) -> None:
+        self.raw.flush()
+
+
 def _write(state: dict, tmp: Path, final: Path) -> None:
-    """torch.save through a Python file: a full disk is then an OSError with its errno (ENOSPC) naming the
-    checkpoint, where torch.save(path) raised "unexpected pos N vs M". The temporary folder is removed by
-    atomic_dir and the older checkpoints stay as they were."""
+    """torch.save through `_WholeWrites`: a full disk is an OSError with its errno (ENOSPC) naming the checkpoint. The
+    temporary folder is removed by atomic_dir and the older checkpoints stay as they were."""
+    out = None
     try:
-        with open(tmp, "wb") as fh:
-            torch.save(state, fh)
-    except OSError as exc:
-        raise OSError(exc.errno, exc.strerror or str(exc), str(final)) from None
+        with open(tmp, "wb", buffering=0) as raw:
+            out = _WholeWrites(raw)
+            torch.save(state, out)
+    except (OSError, RuntimeError) as exc:
+        error = exc if isinstance(exc, OSError) else (out.error if out is not None else None)
+        if error is None:
+            raise
+        raise OSError(error.errno, error.strerror or str(error), str(final)) from None
 
 
 def load_checkpoint(path: str | Path, step: int | None = None) -> dict:
