@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import signal
 import subprocess
@@ -137,7 +138,7 @@ def sizing_lines(p1: PretrainConfig, p2: PretrainConfig, plans: list, launch: La
             lines.append(f"{name}: no max_seq_length in the recipe: no estimate")
             continue
         global_batch = plan.global_batch_size if plan else cfg.train_batch_size * ranks
-        max_pred = cfg.max_predictions_per_seq or max(1, round(cfg.max_seq_length * 0.15))
+        max_pred = cfg.max_predictions_per_seq or math.ceil(cfg.max_seq_length * 0.15)  # data_prep: 20 at 128
         lines.append(phase_size(name, tokens, cfg.max_seq_length, max_pred, global_batch, cfg.max_steps).describe())
     return lines
 

@@ -65,7 +65,7 @@ class PhaseSize:
     def describe(self) -> str:
         return (f"{self.phase}: seq {self.max_seq_length}: ~{self.instances:,} instances (dupe factor {DUPE_FACTOR}), "
                 f"HDF5 <= {self.disk_bytes / 1e9:,.1f} GB uncompressed; trains {self.sequences_trained:,} sequences "
-                f"= {self.epochs:,.2f} epochs of that data")
+                f"= {self.epochs:,.3g} epochs of that data")
 
 
 def instance_bytes(max_seq_length: int, max_predictions: int) -> int:

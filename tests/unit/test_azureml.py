@@ -8,7 +8,9 @@ Everything runs offline: the dry run needs no credentials, and a dead proxy make
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import io
 import os
 import subprocess
 import sys
@@ -28,19 +30,38 @@ PHASE1 = "azureml://datastores/workspaceblobstore/paths/bert/hdf5/phase1/"
 PHASE2 = "azureml:pubmed-phase2-hdf5:3"
 
 
+def load_submit():
+    # Loaded by path: the folder is not a package (an azureml/__init__.py would shadow the azureml namespace of azureml-mlflow).
+    if "bert_azureml_submit" not in sys.modules:
+        spec = importlib.util.spec_from_file_location("bert_azureml_submit", SUBMIT)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module  # dataclasses resolve annotations through sys.modules
+        spec.loader.exec_module(module)
+    return sys.modules["bert_azureml_submit"]
+
+
 @pytest.fixture(scope="module")
 def submit_module():
-    # Loaded by path: the folder is not a package (an azureml/__init__.py would shadow the azureml namespace of azureml-mlflow).
-    spec = importlib.util.spec_from_file_location("bert_azureml_submit", SUBMIT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses resolve annotations through sys.modules
-    spec.loader.exec_module(module)
-    return module
+    return load_submit()
 
 
 def run_submit(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    env = dict(os.environ, **OFFLINE)
-    return subprocess.run([sys.executable, str(SUBMIT), *args], env=env, cwd=cwd, capture_output=True, text=True, timeout=120)
+    """submit.py's main() in this process (the SDK is imported once), in `cwd`, with a dead proxy: a network call fails."""
+    old_env, old_cwd = os.environ.copy(), Path.cwd()
+    out, err = io.StringIO(), io.StringIO()
+    os.environ.update(OFFLINE)
+    os.chdir(cwd)
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                rc = load_submit().main(list(args))
+            except SystemExit as exc:
+                rc = exc.code
+    finally:
+        os.chdir(old_cwd)
+        os.environ.clear()
+        os.environ.update(old_env)
+    return subprocess.CompletedProcess(list(args), rc, out.getvalue(), err.getvalue())
 
 
 @pytest.fixture(scope="module")

@@ -35,7 +35,7 @@ OFFLINE = {"HTTPS_PROXY": "http://127.0.0.1:9", "HTTP_PROXY": "http://127.0.0.1:
 
 # Module -> how it is checked. "dry": --dry-run must exit 0; "run": run as documented (no side effects); "help": flags only.
 MODULES = {"data_prep": "dry", "data_prep.cli": "dry", "ort_training.pretrain": "dry", "ort_training.finetune": "dry",
-           "ort_training.recipe": "run", "bundle.layout": "run", "ort_training.predict": "help", "ort_training.evaluate": "help",
+           "ort_training.recipe": "run", "bundle.layout": "help", "ort_training.predict": "help", "ort_training.evaluate": "help",
            "data_prep.downstream": "help", "ort_training.run_pretraining": "help"}
 SCRIPTS = {"scripts/run_pretraining_ort.sh": "dry-env", "scripts/create_datasets_from_start.sh": "dry-env",
            "azureml/submit.py": "dry-yaml"}
@@ -128,11 +128,24 @@ def _provide(sandbox: Path, argv: list[str]) -> None:
             shutil.copyfile(VOCAB, target / "vocab.txt")
 
 
-def _in_process(module: str, argv: list[str], sandbox: Path) -> tuple[int, str]:
+def _load_script(relative: str):
+    """A script of the checkout as a module (its main() is then run like the entry points')."""
+    import importlib.util
+
+    name = "doc_script_" + re.sub(r"\W", "_", relative)
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, REPO / relative)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module  # dataclasses resolve annotations through sys.modules
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+def _in_process(module, argv: list[str], sandbox: Path) -> tuple[int, str]:
     """Run MODULE.main(argv) here (torch is imported once for all commands), in the sandbox folder."""
     import importlib
 
-    main = importlib.import_module(module if module != "data_prep" else "data_prep.cli").main
+    main = (importlib.import_module(module if module != "data_prep" else "data_prep.cli") if isinstance(module, str) else module).main
     out, old = io.StringIO(), Path.cwd()
     os.chdir(sandbox)
     try:
@@ -179,21 +192,21 @@ def test_documented_command(where, command, tmp_path):
         return
     if program in ("python", "python3", ".venv/bin/python") and len(words) > 1 and words[1].endswith(".py"):
         script, argv = words[1], words[2:]
-        if script in SCRIPTS:  # azureml/submit.py
+        if script in SCRIPTS:  # azureml/submit.py, loaded by path (azureml/ is no package) and run here
             _provide(tmp_path, argv)
-            argv = [a for a in argv if a != "--stream"] + (["--dry-run", "--output-yaml", str(tmp_path / "job.yaml")]
-                                                            if "--dry-run" not in argv else [])
-            if "--output-yaml" not in argv:
-                argv += ["--output-yaml", str(tmp_path / "job.yaml")]
-            cmd, run_env = [sys.executable, str(REPO / script), *argv], {}
-        else:  # benchmarks: flags only
-            assert script.startswith("benchmarks/"), f"{where}: script {script} is not classified: {command}"
-            proc = subprocess.run([sys.executable, str(REPO / script), "--help"], cwd=REPO, capture_output=True, text=True,
-                                  timeout=300, env=dict(os.environ, PYTHONPATH=str(REPO), **OFFLINE))
-            assert proc.returncode == 0, proc.stderr
-            unknown = [f for f in _flags(argv) if f not in proc.stdout]
-            assert not unknown, f"{where}: {unknown} not accepted by {script}: {command}"
+            argv = [a for a in argv if a != "--stream"]
+            argv += [] if "--dry-run" in argv else ["--dry-run"]
+            argv += [] if "--output-yaml" in argv else ["--output-yaml", str(tmp_path / "job.yaml")]
+            rc, out = _in_process(_load_script(script), argv, tmp_path)
+            assert rc == 0 and "Traceback" not in out, f"{where}: `{command}` exited {rc}:\n{out}"
             return
+        # benchmarks: flags only
+        assert script.startswith("benchmarks/"), f"{where}: script {script} is not classified: {command}"
+        rc, out = _in_process(_load_script(script), ["--help"], tmp_path)
+        assert rc == 0, out
+        unknown = [f for f in _flags(argv) if f not in out]
+        assert not unknown, f"{where}: {unknown} not accepted by {script}: {command}"
+        return
     elif program in SCRIPTS:
         cmd, argv = ["bash", str(REPO / program), *words[1:]], words[1:]
         run_env = {"DRY_RUN": "1", "PYTHON": sys.executable}
