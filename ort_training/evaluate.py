@@ -16,6 +16,7 @@ import argparse
 import itertools
 import json
 import logging
+import sys
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -150,7 +151,8 @@ def evaluate(cfg: EvalConfig) -> dict:
             "most_frequent_token": base}
 
 
-def main(argv: list[str] | None = None) -> dict:
+def report(argv: list[str] | None = None) -> dict:
+    """Parse the flags, evaluate, print the result as one JSON line and return it."""
     p = argparse.ArgumentParser(prog="python -m ort_training.evaluate", description=__doc__.strip().splitlines()[0])
     p.add_argument("--model_dir", required=True, help="Hugging Face export folder (OUTPUT_DIR/hf_model).")
     p.add_argument("--input_dir", required=True, help="Folder of held-out NVIDIA-schema HDF5 files.")
@@ -173,5 +175,12 @@ def main(argv: list[str] | None = None) -> dict:
     return result
 
 
+def main(argv: list[str] | None = None) -> int:
+    """`python -m ort_training.evaluate` and the `bert-evaluate` console script (whose wrapper passes this value to
+    sys.exit: a dict there exited 1)."""
+    report(argv)
+    return 0
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

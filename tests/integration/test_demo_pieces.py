@@ -52,17 +52,17 @@ def _labels(path):
 def test_evaluation_reads_each_held_out_sequence_once(mlm_setup):
     labels = _labels(mlm_setup["data"] / "pubmed_test_0.hdf5")
     args = ["--model_dir", str(mlm_setup["model"]), "--input_dir", str(mlm_setup["data"]), "--batch_size", "8"]
-    full = evaluate.main(args)
+    full = evaluate.report(args)
     assert full["sequences"] == 37 and full["masked_tokens"] == len(labels)  # 4 full batches + a partial one, no wrap-around
     # Asking for more batches than the file holds still reads it once (the old reader cycled: 50 x 32 from 1,551).
-    capped = evaluate.main(args + ["--max_batches", "50"])
+    capped = evaluate.report(args + ["--max_batches", "50"])
     assert capped["sequences"] == 37 and capped["mlm_accuracy"] == full["mlm_accuracy"]
-    two = evaluate.main(args + ["--max_batches", "2"])
+    two = evaluate.report(args + ["--max_batches", "2"])
     assert two["sequences"] == 16
-    some = evaluate.main(args + ["--max_sequences", "20"])
+    some = evaluate.report(args + ["--max_sequences", "20"])
     assert some["sequences"] == 20
     # The per-batch pieces add up to the whole: one pass with batch 37 gives the same counts.
-    one = evaluate.main(args[:-1] + ["37"])
+    one = evaluate.report(args[:-1] + ["37"])
     assert one["masked_tokens"] == full["masked_tokens"] and one["mlm_accuracy"] == pytest.approx(full["mlm_accuracy"])
 
 
@@ -79,12 +79,12 @@ def test_most_frequent_token_baseline(mlm_setup):
     train = np.concatenate([_labels(mlm_setup["data"] / f"pubmed_training_{i}.hdf5") for i in range(2)])
     test = _labels(mlm_setup["data"] / "pubmed_test_0.hdf5")
     token, _ = Counter(train.tolist()).most_common(1)[0]
-    result = evaluate.main(["--model_dir", str(mlm_setup["model"]), "--input_dir", str(mlm_setup["data"])])
+    result = evaluate.report(["--model_dir", str(mlm_setup["model"]), "--input_dir", str(mlm_setup["data"])])
     base = result["most_frequent_token"]
     assert base["token_id"] == token and base["token"] == f"w{token - 5}"
     assert base["source"].startswith("training masked labels") and "2 files" in base["source"]
     assert base["accuracy"] == pytest.approx(float((test == token).mean()))
-    untrained = evaluate.main(["--model_dir", str(mlm_setup["model"]), "--input_dir", str(mlm_setup["data"]), "--untrained"])
+    untrained = evaluate.report(["--model_dir", str(mlm_setup["model"]), "--input_dir", str(mlm_setup["data"]), "--untrained"])
     line = demo_report.mlm_line(untrained, result)
     assert f"most frequent training token ('w{token - 5}') {base['accuracy']:.3f}" in line and "each once" in line
 
