@@ -407,8 +407,14 @@ def load_best(out: Path, trainer, stopper) -> dict:
 def export_best(trainer, tokenizer, out_dir: Path) -> Path:
     """hf_model/: the objective's class of the family (*ForSequenceClassification, *ForTokenClassification; vocab rows
     trimmed to the tokenizer) + the tokenizer."""
+    import copy
+
     from ort_training.export import export_hf
 
+    if not trainer.model.family.token_types:
+        # A pipeline passes every input the tokenizer names; ModernBERT's forward (transformers 4.x) refuses token_type_ids.
+        tokenizer = copy.deepcopy(tokenizer)
+        tokenizer.model_input_names = tokenizer.init_kwargs["model_input_names"] = ["input_ids", "attention_mask"]
     return export_hf(trainer.model, out_dir, tokenizer=tokenizer)
 
 
