@@ -82,7 +82,7 @@ class ModelFolderError(UsageError):
     """The model folder is not a loadable sequence classifier (message names the folder and what is wrong)."""
 
 
-class EngineUnavailableError(ValueError):
+class EngineUnavailableError(UsageError):
     """The engine needs an execution provider this onnxruntime does not offer (fp16 without CUDA)."""
 
 
