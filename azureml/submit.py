@@ -325,7 +325,25 @@ def write_job_yaml(cfg: SubmitConfig, path: str | os.PathLike) -> Path:
     job = build_pipeline_job(cfg)
     with atomic_path(path) as tmp:
         job.dump(tmp)  # the temporary name does not exist yet: dump() refuses to overwrite a file
+        _unprefix_local_inputs(Path(tmp))
     return path
+
+
+def _unprefix_local_inputs(path: Path) -> None:
+    """azure-ai-ml 1.35's dump() writes a local input as `azureml:/abs/path`, which reads back as the name of
+    a workspace asset that does not exist; the pipeline's inputs get their plain local path back (uploaded at
+    submission). Datastore URIs (azureml://) and assets (azureml:<name>:<version>) never start with one slash."""
+    import yaml
+
+    raw = yaml.safe_load(path.read_text())
+    fixed = False
+    for spec in (raw.get("inputs") or {}).values():
+        value = spec.get("path") if isinstance(spec, dict) else None
+        if isinstance(value, str) and re.match(r"^azureml:/[^/]", value):
+            spec["path"] = value.removeprefix("azureml:")
+            fixed = True
+    if fixed:
+        path.write_text(yaml.safe_dump(raw, sort_keys=False))
 
 
 def ml_client(cfg: SubmitConfig):

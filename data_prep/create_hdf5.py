@@ -236,8 +236,11 @@ def run_hdf5(cfg: Hdf5Config) -> dict[str, Path]:
                 old.unlink()
         # The tokenizer travels with the data (a cloud job mounts this folder, not the prep machine's disk):
         # a copy next to the HDF5, named relatively by the manifest.
-        with atomic_path(data_dir / DATA_VOCAB) as tmp:
-            tmp.write_bytes(vocab_path.read_bytes())
+        # Rewritten only when it differs, so a rerun leaves finished outputs untouched.
+        copy = data_dir / DATA_VOCAB
+        if not copy.is_file() or copy.read_bytes() != vocab_path.read_bytes():
+            with atomic_path(copy) as tmp:
+                tmp.write_bytes(vocab_path.read_bytes())
         # "objective" at the top level: what a trainer checks before it trains (NSP head or MLM only).
         body = {"stage": "hdf5", "objective": cfg.objective, "args": asdict(cfg) | {"phases": None}, "phase": asdict(p),
                 "vocab_sha256": vhash, "vocab_source": str(vocab_path),

@@ -134,7 +134,6 @@ def test_empty_slots_take_the_recipe(layout):
     ({11: "0"}, {}, "phase1: --gradient_accumulation_steps must be >= 1, got 0"),  # slot 11: the trainer's check, asked through the runner
     ({21: "0"}, {}, "phase2: --gradient_accumulation_steps must be >= 1, got 0"),
     ({8: "maybe"}, {}, "--resume"),
-    ({23: "/nonexistent/phase2"}, {}, "/nonexistent/phase2"),
     ({}, {"BACKEND": "tensorrt"}, "invalid choice: 'tensorrt'"),
 ])
 def test_bad_values_stop_before_any_work(layout, overrides, env, message):
@@ -142,6 +141,14 @@ def test_bad_values_stop_before_any_work(layout, overrides, env, message):
     assert proc.returncode == 2 and message in proc.stderr, proc.stderr
     assert "Traceback" not in proc.stderr
     assert not (layout / "results").exists()
+
+
+def test_missing_data_is_refused_by_a_run_and_noted_by_a_dry_run(layout):
+    real = run(positional({23: "/nonexistent/phase2"}, layout), layout, RECIPE="tiny_cpu", DRY_RUN="0")
+    assert real.returncode == 2 and "/nonexistent/phase2" in real.stderr and "Traceback" not in real.stderr, real.stderr
+    assert not (layout / "results").exists()
+    plan = run(positional({23: "/nonexistent/phase2"}, layout), layout, RECIPE="tiny_cpu")  # planning before the data exists
+    assert plan.returncode == 0 and "# note: phase2: /nonexistent/phase2 does not exist yet" in plan.stdout, plan.stderr
 
 
 def test_fewer_gpus_than_asked_is_one_clear_message(layout):
