@@ -128,7 +128,7 @@ def test_bad_files_exit_2_with_one_line(task, tmp_path, capsys, name, body, mess
     (tmp_path / name).write_text(body)
     rc = finetune.main(args(task, tmp_path / "out", train_file=tmp_path / name, config_file="tiny", vocab_file=VOCAB))
     err = capsys.readouterr().err.strip().splitlines()
-    assert rc == 2 and len(err) == 1 and err[0].startswith("error: ") and message in err[0] and str(tmp_path) in err[0]
+    assert rc == 2 and len(err) == 1 and err[0].startswith("finetune: error: ") and message in err[0] and str(tmp_path) in err[0]
 
 
 def test_unknown_tag_in_the_test_file(task, tmp_path, capsys):
