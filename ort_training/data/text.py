@@ -45,13 +45,15 @@ class Table:
     labels: list[str]
     text_column: str
     label_column: str
+    groups: list[str] | None = None
+    """A subgroup per row (fine-tuning's --group_column), carried through splits."""
 
     def __len__(self) -> int:
         return len(self.texts)
 
     def subset(self, index: Sequence[int], name: str) -> "Table":
         return Table(Path(f"{self.path} ({name})"), [self.texts[i] for i in index], [self.labels[i] for i in index],
-                     self.text_column, self.label_column)
+                     self.text_column, self.label_column, None if self.groups is None else [self.groups[i] for i in index])
 
 
 def _rows_csv(path: Path, delimiter: str) -> tuple[list[str], Iterator[dict]]:
@@ -105,7 +107,7 @@ def _columns_parquet(path: Path, text_column: str, label_column: str) -> tuple[l
     return columns, rows
 
 
-def read_table(path: str | Path, text_column: str, label_column: str) -> Table:
+def read_table(path: str | Path, text_column: str, label_column: str, label_flag: str = "--label_column") -> Table:
     """The text and label columns of a .csv / .tsv / .parquet / .jsonl (.json) file.
 
     A missing file or column, an empty text or label, or an empty file is a TextDataError naming the file
@@ -125,7 +127,7 @@ def read_table(path: str | Path, text_column: str, label_column: str) -> Table:
             columns, rows = _rows_jsonl(path)
         else:
             raise TextDataError(f"{path}: unknown file type {suffix!r}; use one of {', '.join(SUFFIXES)}")
-        for col, flag in ((text_column, "--text_column"), (label_column, "--label_column")):
+        for col, flag in ((text_column, "--text_column"), (label_column, label_flag)):
             if col not in columns:
                 raise TextDataError(f"{path}: no column {col!r} ({flag}); the file has columns {columns}")
         texts, labels = [], []
@@ -133,7 +135,7 @@ def read_table(path: str | Path, text_column: str, label_column: str) -> Table:
             text, label = row.get(text_column), row.get(label_column)
             where = f"row {i}" + (" (after the header)" if suffix in (".csv", ".tsv") else "")
             if label is None or (isinstance(label, float) and math.isnan(label)) or str(label).strip() == "":
-                raise TextDataError(f"{path}: {where} has no value in column {label_column!r} (--label_column)")
+                raise TextDataError(f"{path}: {where} has no value in column {label_column!r} ({label_flag})")
             if text is None or (isinstance(text, float) and math.isnan(text)):
                 raise TextDataError(f"{path}: {where} has no value in column {text_column!r} (--text_column)")
             texts.append(str(text))
@@ -148,7 +150,9 @@ def read_table(path: str | Path, text_column: str, label_column: str) -> Table:
 
 
 def _label_str(value) -> str:
-    """1, 1.0 and "1" are one class; anything else its string."""
+    """1, 1.0 and "1" are one class; a list (multi-label jsonl / parquet) its JSON; anything else its string."""
+    if isinstance(value, (list, tuple)):
+        return json.dumps([_label_str(v) for v in value], ensure_ascii=False)
     if isinstance(value, bool):
         return str(value).lower()
     if isinstance(value, float) and value.is_integer():
