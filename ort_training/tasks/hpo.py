@@ -117,7 +117,10 @@ def search(cfg) -> dict:
                       "of": "each trial's best evaluation (the weights early stopping keeps)"}
     with RunLock(out, "hyperparameter search"):
         storage = f"sqlite:///{(out / STUDY_FILE).resolve()}"
-        study = optuna.load_study(study_name=STUDY_NAME, storage=storage) if (out / STUDY_FILE).is_file() else None
+        try:
+            study = optuna.load_study(study_name=STUDY_NAME, storage=storage) if (out / STUDY_FILE).is_file() else None
+        except KeyError:  # killed between creating the file and the study
+            study = None
         if study is not None:
             saved = study.user_attrs.get("objective"), study.user_attrs.get("space")
             if saved != (objective_desc, space):
