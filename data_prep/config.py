@@ -16,6 +16,7 @@ from typing import Literal, Optional, get_args
 from bundle import packed_schema
 
 from .manifest import ConfigError
+from .text import PIECE_CHARS
 
 Corpus = Literal["pubmed", "pmc", "wikipedia", "text", "jsonl", "csv", "parquet"]
 Splitter = Literal["punkt", "punkt-trained", "blingfire"]
@@ -71,12 +72,18 @@ class FormatConfig:
     """One <input stem>.txt per input file: one document per line."""
     text_column: str = "text"
     """Column / JSON key holding the text for csv, parquet and jsonl corpora."""
+    id_column: Optional[str] = None
+    """Column / JSON key holding each document's id (patient, note) for csv, parquet and jsonl corpora, matched by
+    --exclude-ids (default: an 'id' column where there is one). With --exclude-ids the column must exist."""
     abstract_labels: Literal["drop", "keep"] = "drop"
     """Structured abstracts: drop section labels (BACKGROUND, METHODS) or keep them as 'Methods: ...'."""
     title: bool = True
     """Prepend the article title to the text (--no-title leaves it out)."""
     min_chars: int = 20
     """Documents shorter than this (after cleaning) are skipped as 'too_short'."""
+    max_document_chars: int = 1_000_000
+    """Documents longer than this are skipped and counted as 'over_max_document_chars' in text/manifest.json; the
+    readers stop collecting a document's text past this size, so memory follows it, not the input."""
     max_documents: Optional[int] = None
     """Keep at most this many documents overall (first in input order, after updates and deletions);
     for demos and tests. PubMed / PMC inputs are still parsed in full, as a later record may replace one."""
@@ -86,7 +93,8 @@ class FormatConfig:
     """Log and list unreadable inputs (truncated .gz, bad UTF-8, empty, malformed) instead of stopping."""
     exclude_ids: Optional[Path] = None
     """File with one PMID (document id) per line to leave out of the corpus, e.g. a downstream task's
-    test_pmids.txt (python -m data_prep.downstream); counted as 'excluded_pmid'. Its PMIDs' fingerprint
+    test_pmids.txt (python -m data_prep.downstream) or held-out patients' note ids (csv/parquet/jsonl: the
+    --id-column values); counted as 'excluded_pmid'. Its PMIDs' fingerprint
     is recorded, so a changed list redoes the stage."""
 
     def __post_init__(self):
@@ -97,6 +105,7 @@ class FormatConfig:
         _at_least("max_documents", self.max_documents, 1)
         _at_least("processes", self.processes, 1)
         _at_least("min_chars", self.min_chars, 0)
+        _at_least("max_document_chars", self.max_document_chars, max(self.min_chars, 1))
 
 
 @dataclass
@@ -120,10 +129,14 @@ class ShardConfig:
     """Documents with fewer sentences are dropped (BERT needs >= 2 for a pair, but 1 still feeds random-next)."""
     seed: int = field(default=12345, metadata={"aliases": ("--split-seed",)})
     """Seed of the train/test split."""
+    piece_chars: int = PIECE_CHARS
+    """A longer document is cut at a space into pieces of at most this many characters before sentence splitting
+    (deterministic): bounds the splitter's time and memory per call (NLTK stops a regex after 5 s)."""
     processes: int = 1
     """Worker processes."""
 
     def __post_init__(self):
+        _at_least("piece_chars", self.piece_chars, 1000)
         _at_least("num_shards", self.num_shards, 1)
         _at_least("num_test_shards", self.num_test_shards, 0)
         _at_least("processes", self.processes, 1)
@@ -148,9 +161,16 @@ class VocabConfig:
     lower_case: bool = True
     """Uncased (lower-case and strip accents) or --no-lower-case for cased; must match the vocabulary."""
     min_frequency: int = 2
-    """Pieces seen fewer times are not added."""
+    """Pieces seen fewer times are not added. Clinical notes: a vocabulary is shipped with every model and can hold
+    names or record numbers that occur in a few notes; raise it (e.g. 20) and see docs/data_prep.md (PHI)."""
+    drop_identifier_pieces: bool = False
+    """WordPiece: leave out pieces that are mostly digits (3+ digits: record numbers, dates, ids); numbers then
+    tokenize digit by digit. For vocabularies trained on clinical text."""
 
     def __post_init__(self):
+        if self.drop_identifier_pieces and self.tokenizer_type != "wordpiece":
+            raise ConfigError("--drop-identifier-pieces works on WordPiece vocabularies (--tokenizer-type wordpiece): "
+                              "removing BPE tokens would break its merges")
         if self.tokenizer_type not in get_args(TokenizerType):
             raise ConfigError(f"--tokenizer-type {self.tokenizer_type!r}: choose one of {list(get_args(TokenizerType))}")
         _at_least("vocab_size", self.vocab_size, len(("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")) + 1)

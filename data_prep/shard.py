@@ -31,9 +31,9 @@ log = logging.getLogger(__name__)
 _split = None  # the worker's sentence splitter, built once per process by _init_worker
 
 
-def _init_worker(name: str, trained: dict | None) -> None:
+def _init_worker(name: str, trained: dict | None, piece_chars: int) -> None:
     global _split
-    _split = make_splitter(name, trained)
+    _split = make_splitter(name, trained, piece_chars)
 
 
 def _split_batch(docs: list[str]) -> list[list[str]]:
@@ -116,7 +116,7 @@ def run_shard(cfg: ShardConfig) -> dict:
     trained = None
     if cfg.splitter == "punkt-trained":
         log.info("shard: training Punkt on the corpus (first 20 MB)")
-        trained = train_punkt_params(iter_documents(files))
+        trained = train_punkt_params(iter_documents(files), piece_chars=cfg.piece_chars)
 
     n_test = cfg.num_test_shards if cfg.test_fraction > 0 else 0
     splits = {"training": shard_paths(out_dir, cfg.dataset_name, "training", cfg.num_shards),
@@ -135,10 +135,10 @@ def run_shard(cfg: ShardConfig) -> dict:
         if cfg.processes > 1:
             import multiprocessing as mp
             pool = stack.enter_context(mp.get_context("fork").Pool(cfg.processes, _init_worker,
-                                                                   (cfg.splitter, trained)))
+                                                                   (cfg.splitter, trained, cfg.piece_chars)))
             results = pool.imap(_split_batch, _batches(iter_documents(files), 256))
         else:
-            _init_worker(cfg.splitter, trained)
+            _init_worker(cfg.splitter, trained, cfg.piece_chars)
             results = map(_split_batch, _batches(iter_documents(files), 256))
         for batch in tqdm(results, desc="shard: split sentences", unit="batch"):
             # One draw per document, in input order, whatever the process count: deterministic.

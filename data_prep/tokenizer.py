@@ -27,7 +27,7 @@ import numpy as np
 
 from bundle.atomic import atomic_path, atomic_write_text, tmp_name
 from bundle.digest import ROLE_TOKENS as BUNDLE_ROLE_TOKENS
-from bundle.digest import TOKENIZER_JSON, VOCAB_TXT, tokenizer_file
+from bundle.digest import TOKENIZER_JSON, VOCAB_TXT, VocabError, read_vocab, tokenizer_file
 
 from .config import VocabConfig
 from .manifest import DataPrepError, file_sha256, finished_manifest, invalidate, is_complete, read_json, remove_temps, write_manifest
@@ -159,22 +159,21 @@ def wordpiece_vocab_file(path: str | Path, flag: str = "--vocab-file") -> Path:
 
 
 def load_vocab(path: Path) -> dict[str, int]:
-    """Read a ``vocab.txt`` (one token per line, id = line number) and check BERT's special tokens."""
+    """Read a ``vocab.txt`` (``bundle.digest.read_vocab``: the rule the export's BertTokenizerFast shares; ambiguous
+    lines are refused naming the line) and check BERT's special tokens."""
     path = Path(path)
     try:
-        tokens = path.read_text(encoding="utf-8").splitlines()
+        tokens = read_vocab(path)
     except FileNotFoundError as e:
         raise DataPrepError(f"vocab file {path} does not exist; train one with `python -m data_prep vocab` "
                             f"or pass --vocab-file") from e
-    except UnicodeDecodeError as e:
-        raise DataPrepError(f"vocab file {path}: not UTF-8 ({e})") from e
+    except VocabError as e:
+        raise DataPrepError(f"vocab file {e}") from None
     vocab = {t: i for i, t in enumerate(tokens)}
     missing = [t for t in SPECIAL_TOKENS if t not in vocab]
     if missing:
         raise DataPrepError(f"vocab file {path} lacks the special tokens {missing}; a BERT vocabulary needs "
                             f"all of {list(SPECIAL_TOKENS)} (one token per line)")
-    if len(vocab) != len(tokens):
-        raise DataPrepError(f"vocab file {path} has duplicate lines; each token must appear once")
     return vocab
 
 
@@ -329,6 +328,14 @@ def train_wordpiece(files: list[Path], vocab_size: int, lower_case: bool, min_fr
     return sorted(vocab, key=vocab.__getitem__)
 
 
+def looks_like_identifier(token: str) -> bool:
+    """A vocabulary piece that is mostly digits (3 or more, at least half its characters): record numbers, dates,
+    phone numbers or ids of a clinical corpus. Single digits stay, so every number still tokenizes, digit by digit."""
+    core = token[2:] if token.startswith("##") else token
+    digits = sum(c.isdigit() for c in core)
+    return digits >= 3 and 2 * digits >= len(core)
+
+
 def write_vocab(out_dir: Path, tokens: list[str], lower_case: bool) -> Path:
     """``vocab.txt`` and the matching ``tokenizer.json`` (built from vocab.txt alone, so the trainer's
     reserved ``##c`` entries are plain vocabulary there, not special tokens), each written atomically."""
@@ -415,6 +422,8 @@ def run_vocab(cfg: VocabConfig) -> dict:
             raise DataPrepError(f"{cfg.shard_dir}: no *training*.txt shards; run `python -m data_prep shard` first")
         sig = _shards_signature(files)
         params = {k: v for k, v in asdict(cfg).items() if k in ("vocab_size", "lower_case", "min_frequency")}
+        if cfg.drop_identifier_pieces:  # recorded only when set: vocabularies made before the option keep their manifest
+            params["drop_identifier_pieces"] = True
         expected = {"stage": "vocab", "source": "trained", "trainer": "deterministic-1", "shards": sig, "params": params}
         if is_complete(manifest_path, expected):
             log.info("vocab: %s is complete (manifest matches); skipping", vocab_path)
@@ -423,6 +432,11 @@ def run_vocab(cfg: VocabConfig) -> dict:
         log.info("vocab: training WordPiece (size %d, %s) on %d shards", cfg.vocab_size,
                  "uncased" if cfg.lower_case else "cased", len(files))
         tokens = train_wordpiece(files, cfg.vocab_size, cfg.lower_case, cfg.min_frequency)
+        if cfg.drop_identifier_pieces:
+            kept = [t for t in tokens if not looks_like_identifier(t)]
+            log.info("vocab: --drop-identifier-pieces removed %d digit-heavy pieces (record numbers, dates, ids)",
+                     len(tokens) - len(kept))
+            tokens = kept
         _remove_other_kind(out_dir, keep=(VOCAB_TXT, TOKENIZER_JSON))
         write_vocab(out_dir, tokens, cfg.lower_case)
     vocab = load_vocab(vocab_path)

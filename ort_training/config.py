@@ -9,6 +9,7 @@ defaults, help text and choices live in one place. Flag names follow NVIDIA's
 from __future__ import annotations
 
 import argparse
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Optional
@@ -17,6 +18,7 @@ import yaml
 
 from bundle.cli import add_arguments, from_dict, parse_into
 from ort_training.models import ATTENTION_CHOICES, CONFIG_DIR, SHIPPED_CONFIGS, family_of_file, resolve_config_file
+from ort_training.errors import UsageError
 
 PACKAGE_CONFIGS = CONFIG_DIR
 
@@ -103,37 +105,28 @@ class PretrainConfig:
 
     def __post_init__(self) -> None:
         if self.fp16 and self.bf16:
-            raise ValueError("--fp16 and --bf16 are mutually exclusive")
+            raise UsageError("--fp16 and --bf16 are mutually exclusive")
         if self.fp16:
             self.precision = "fp16"
         elif self.bf16:
             self.precision = "bf16"
         self.fp16 = self.precision == "fp16"
         self.bf16 = self.precision == "bf16"
-        if self.train_batch_size % self.gradient_accumulation_steps:
-            raise ValueError(
-                f"--train_batch_size {self.train_batch_size} must be divisible by "
-                f"--gradient_accumulation_steps {self.gradient_accumulation_steps}"
-            )
-        for name in ("max_steps", "train_batch_size", "gradient_accumulation_steps", "num_steps_per_checkpoint", "log_freq",
-                     "keep_checkpoints", "eval_batches"):
+        check_optimisation(self)
+        for name in ("max_steps", "num_steps_per_checkpoint", "log_freq", "keep_checkpoints", "eval_batches"):
             if getattr(self, name) < 1:
-                raise ValueError(f"--{name} must be >= 1, got {getattr(self, name)}")
-        if not self.learning_rate > 0:
-            raise ValueError(f"--learning_rate must be > 0, got {self.learning_rate}")
-        if not 0.0 <= self.warmup_proportion < 1.0:
-            raise ValueError(f"--warmup_proportion must be in [0, 1), got {self.warmup_proportion}")
+                raise UsageError(f"--{name} must be >= 1, got {getattr(self, name)}")
         if self.mask_rate is not None and not 0.0 < self.mask_rate < 1.0:
-            raise ValueError(f"--mask_rate must be in (0, 1), got {self.mask_rate}")
+            raise UsageError(f"--mask_rate must be in (0, 1), got {self.mask_rate}")
         for name in ("max_seq_length", "max_predictions_per_seq"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
-                raise ValueError(f"--{name} must be >= 1, got {getattr(self, name)}")
+                raise UsageError(f"--{name} must be >= 1, got {getattr(self, name)}")
         from ort_training.objectives import OBJECTIVES  # the one list of objectives
 
         if self.objective not in OBJECTIVES:
-            raise ValueError(f"--objective {self.objective!r}: choose one of {sorted(OBJECTIVES)}")
+            raise UsageError(f"--objective {self.objective!r}: choose one of {sorted(OBJECTIVES)}")
         if self.phase2 and not (self.resume_from_checkpoint or self.init_checkpoint):
-            raise ValueError("--phase2 needs --resume_from_checkpoint (same output dir) or --init_checkpoint PATH")
+            raise UsageError("--phase2 needs --resume_from_checkpoint (same output dir) or --init_checkpoint PATH")
         if self.config_file is not None:
             resolve_config_file(self.config_file)  # checked now; kept as given, so a command line stays portable
         if self.config_file is not None or (self.init_checkpoint and Path(self.init_checkpoint).exists()):
@@ -160,13 +153,34 @@ class PretrainConfig:
         if self.attention != "auto":
             family.resolve_attention(self.attention, self.backend, "cpu")  # explicit choices do not depend on the device
         if self.objective not in family.task_classes:
-            raise ValueError(f"--objective {self.objective} is not available for {family.name} (it trains "
+            raise UsageError(f"--objective {self.objective} is not available for {family.name} (it trains "
                              f"{', '.join(t for t in family.task_classes if t != 'sequence_classification')}); "
                              f"pass --objective mlm")
 
     @property
     def micro_batch_size(self) -> int:
         return self.train_batch_size // self.gradient_accumulation_steps
+
+
+def check_optimisation(cfg) -> None:
+    """The batch and optimizer settings every training entry point shares (pretraining, fine-tuning and, through
+    them, the launchers): checked here once. `cfg` has train_batch_size, gradient_accumulation_steps,
+    learning_rate, warmup_proportion, weight_decay, max_grad_norm and dropout, named as the flags."""
+    for name in ("train_batch_size", "gradient_accumulation_steps"):  # before the division below
+        if getattr(cfg, name) < 1:
+            raise UsageError(f"--{name} must be >= 1, got {getattr(cfg, name)}")
+    if cfg.train_batch_size % cfg.gradient_accumulation_steps:
+        raise UsageError(f"--train_batch_size {cfg.train_batch_size} must be divisible by --gradient_accumulation_steps "
+                         f"{cfg.gradient_accumulation_steps}")
+    if not (math.isfinite(cfg.learning_rate) and cfg.learning_rate > 0):  # nan and inf fail here, not as NaN weights later
+        raise UsageError(f"--learning_rate must be > 0 and finite, got {cfg.learning_rate}")
+    if not 0.0 <= cfg.warmup_proportion < 1.0:
+        raise UsageError(f"--warmup_proportion must be in [0, 1), got {cfg.warmup_proportion}")
+    for name in ("weight_decay", "max_grad_norm"):
+        if not (math.isfinite(getattr(cfg, name)) and getattr(cfg, name) >= 0):
+            raise UsageError(f"--{name} must be >= 0 and finite, got {getattr(cfg, name)}")
+    if cfg.dropout is not None and not 0.0 <= cfg.dropout < 1.0:
+        raise UsageError(f"--dropout must be in [0, 1), got {cfg.dropout}")
 
 
 SHIPPED_DEEPSPEED = ("zero1", "zero2")
@@ -180,7 +194,7 @@ def resolve_deepspeed_config(name: str) -> str:
     shipped = PACKAGE_CONFIGS / f"deepspeed_{name}.json"
     if shipped.is_file():
         return str(shipped)
-    raise ValueError(f"--deepspeed {name}: no such file (shipped: {', '.join(SHIPPED_DEEPSPEED)})")
+    raise UsageError(f"--deepspeed {name}: no such file (shipped: {', '.join(SHIPPED_DEEPSPEED)})")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -200,13 +214,13 @@ def read_yaml(path: str | Path) -> dict:
         with open(path) as fh:
             loaded = yaml.safe_load(fh)
     except OSError as exc:
-        raise ValueError(f"{path}: cannot read ({exc.strerror})") from None
+        raise UsageError(f"{path}: cannot read ({exc.strerror})") from None
     except yaml.YAMLError as exc:
-        raise ValueError(f"{path}: not valid YAML ({exc})") from None
+        raise UsageError(f"{path}: not valid YAML ({exc})") from None
     if loaded is None:
         return {}
     if not isinstance(loaded, dict):
-        raise ValueError(f"{path}: expected a mapping of settings, got {type(loaded).__name__}")
+        raise UsageError(f"{path}: expected a mapping of settings, got {type(loaded).__name__}")
     return loaded
 
 

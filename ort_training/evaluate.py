@@ -16,6 +16,7 @@ import argparse
 import itertools
 import json
 import logging
+import sys
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,9 +28,9 @@ import torch
 from transformers import AutoConfig, AutoModelForMaskedLM
 
 from bundle import hdf5_schema
-from bundle.digest import refuse_remote_code
 from ort_training.data.hdf5 import IGNORE_INDEX, Shard, list_hdf5_files, load_shard
 from ort_training.models import family_of
+from ort_training.errors import refuse_remote_code, UsageError, exit_on_expected
 
 logger = logging.getLogger(__name__)
 
@@ -48,12 +49,12 @@ class EvalConfig:
 
 
 def held_out_batches(files: list[Path], batch_size: int, max_sequences: int | None = None,
-                     vocab_size: int | None = None) -> Iterator[dict[str, torch.Tensor]]:
+                     vocab_size: int | None = None, type_vocab_size: int | None = None) -> Iterator[dict[str, torch.Tensor]]:
     """Every sequence of `files` once, in file order, in batches of `batch_size` (the last one of each
     file may be smaller); stops after `max_sequences`. Unlike the training reader, never cycles."""
     left = max_sequences
     for path in files:
-        data = load_shard(Shard(Path(path)), vocab_size)
+        data = load_shard(Shard(Path(path)), vocab_size, type_vocab_size)
         n = data["input_ids"].shape[0]
         if left is not None:
             n = min(n, left)
@@ -84,7 +85,7 @@ def most_frequent_token(input_dir: str | Path, held_out: list[Path], max_files: 
     files, source = (train[:max_files], "training") if train else (held_out, "held-out")
     counts = masked_label_counts(files)
     if not counts:
-        raise ValueError(f"{input_dir}: no masked-LM labels in {[str(f) for f in files]}")
+        raise UsageError(f"{input_dir}: no masked-LM labels in {[str(f) for f in files]}")
     token_id, n = counts.most_common(1)[0]
     return {"token_id": int(token_id), "source": f"{source} masked labels ({sum(counts.values())} in {len(files)} files)",
             "share_in_source": n / sum(counts.values())}
@@ -131,17 +132,46 @@ def _token_text(model_dir: str, token_id: int) -> str | None:
     return None
 
 
+def check_model_dir(model_dir: str | Path) -> None:
+    """A folder with a readable config.json of a family this bundle knows and no custom code, said by name before
+    transformers tries it (its errors name neither the file nor what to pass)."""
+    path = Path(model_dir) / "config.json"
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except OSError:
+        raise UsageError(f"--model_dir {model_dir}: no readable config.json; pass the hf_model folder a training run exported") from None
+    except ValueError as exc:
+        raise UsageError(f"{path}: not valid JSON ({exc}); export the model again") from None
+    if not isinstance(config, dict):
+        raise UsageError(f"{path}: expected a JSON object, got {type(config).__name__}")
+    try:
+        family_of(config)
+    except UsageError as exc:
+        raise UsageError(f"{path}: {exc}") from None
+    refuse_remote_code(model_dir)
+
+
 def evaluate(cfg: EvalConfig) -> dict:
-    refuse_remote_code(cfg.model_dir)
+    check_model_dir(cfg.model_dir)
     if cfg.untrained:  # same architecture, random weights: the baseline the trained model is compared with
         torch.manual_seed(cfg.seed)
         model = AutoModelForMaskedLM.from_config(AutoConfig.from_pretrained(cfg.model_dir, trust_remote_code=False))
     else:
+        from ort_training.weights_import import check_weight_files
+
+        check_weight_files(cfg.model_dir)
         model = AutoModelForMaskedLM.from_pretrained(cfg.model_dir, trust_remote_code=False)
     files = list_hdf5_files(cfg.input_dir, cfg.split, require_match=True)
+    family = family_of(model.config)
+    try:
+        seq_len = hdf5_schema.read_shape(files[0])[1]
+    except Exception:  # noqa: BLE001 -- corrupt or not the schema: load_shard names the problem when it reads the file
+        seq_len = 0
+    family.check_sequence_length(model.config, seq_len, str(files[0]), f"{cfg.model_dir}/config.json")
     base = most_frequent_token(cfg.input_dir, files, cfg.baseline_max_files)
     base["token"] = _token_text(cfg.model_dir, base["token_id"])
-    batches = held_out_batches(files, cfg.batch_size, cfg.max_sequences, model.config.vocab_size)
+    batches = held_out_batches(files, cfg.batch_size, cfg.max_sequences, model.config.vocab_size,
+                               model.config.type_vocab_size if family.token_types else None)
     if cfg.max_batches is not None:
         batches = itertools.islice(batches, cfg.max_batches)
     result = mlm_accuracy(model, batches, base["token_id"])
@@ -150,7 +180,7 @@ def evaluate(cfg: EvalConfig) -> dict:
             "most_frequent_token": base}
 
 
-def main(argv: list[str] | None = None) -> dict:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m ort_training.evaluate", description=__doc__.strip().splitlines()[0])
     p.add_argument("--model_dir", required=True, help="Hugging Face export folder (OUTPUT_DIR/hf_model).")
     p.add_argument("--input_dir", required=True, help="Folder of held-out NVIDIA-schema HDF5 files.")
@@ -164,14 +194,25 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--seed", type=int, default=0, help="Seed for the --untrained weights.")
     p.add_argument("--baseline_max_files", type=int, default=8,
                    help="Training files read for the most-frequent-token baseline (their masked_lm_ids only).")
+    return p
+
+
+def run(argv: list[str] | None = None) -> dict:
+    """Parse the flags, evaluate, print the result as one JSON line and return it (main's work, for callers in Python)."""
+    p = build_parser()
     args = p.parse_args(argv)
     if args.batch_size < 1 or any(v is not None and v < 1 for v in (args.max_sequences, args.max_batches)):
         p.error("--batch_size, --max_sequences and --max_batches must be >= 1")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     result = evaluate(EvalConfig(**vars(args)))
-    print(json.dumps(result))
+    print(json.dumps(result), flush=True)
     return result
 
 
+def main(argv: list[str] | None = None) -> int:
+    """`bert-evaluate`: the JSON on stdout, exit 0; a bad folder or file is one line on stderr, exit 2."""
+    return exit_on_expected("evaluate", lambda: run(argv) and 0)
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

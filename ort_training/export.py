@@ -21,15 +21,18 @@ import torch
 from transformers import AutoModelForMaskedLM, BertTokenizerFast, PreTrainedModel
 
 from bundle.atomic import atomic_dir
-from bundle.digest import ROLE_TOKENS, VOCAB_TXT, refuse_remote_code, tokenizer_file
+from bundle.digest import ROLE_TOKENS, VOCAB_TXT, read_vocab, tokenizer_file
 from ort_training.models import family_of
 from ort_training.models.pretraining import PretrainingModel
+from ort_training.errors import refuse_remote_code, MissingDependencyError, UsageError
 
 logger = logging.getLogger(__name__)
 
 def wordpiece_tokenizer(vocab_file: str | Path, do_lower_case: bool = True) -> BertTokenizerFast:
     """BertTokenizerFast from a vocab.txt on transformers 4.x and 5.x alike (5.x ignores `vocab_file=` in
-    the constructor and silently builds a 5-token vocabulary; loading a folder works on both)."""
+    the constructor and silently builds a 5-token vocabulary; loading a folder works on both). The file is read
+    by bundle.digest.read_vocab first, as data_prep reads it: a line the two would read differently is refused."""
+    read_vocab(vocab_file)
     with tempfile.TemporaryDirectory() as folder:
         shutil.copyfile(vocab_file, Path(folder) / "vocab.txt")
         return BertTokenizerFast.from_pretrained(folder, do_lower_case=do_lower_case, trust_remote_code=False)
@@ -44,7 +47,7 @@ def load_tokenizer(source: str | Path, do_lower_case: bool = True):
     path = Path(source)
     defining = tokenizer_file(path)
     if defining is None or not defining.is_file():
-        raise ValueError(f"--vocab_file {source}: neither a vocab.txt, a tokenizer.json nor a folder holding one")
+        raise UsageError(f"--vocab_file {source}: neither a vocab.txt, a tokenizer.json nor a folder holding one")
     if defining.name == VOCAB_TXT or defining.suffix != ".json":
         return wordpiece_tokenizer(defining, do_lower_case)
     if (defining.parent / "tokenizer_config.json").is_file():
@@ -62,8 +65,7 @@ def tokenizer_size(source: str | Path, do_lower_case: bool = True) -> int:
     and data_prep read it), else the loaded tokenizer's length."""
     defining = tokenizer_file(source)
     if defining is not None and defining.is_file() and defining.suffix != ".json":
-        with open(defining, encoding="utf-8") as fh:
-            return sum(1 for _ in fh)
+        return len(read_vocab(defining))
     return len(load_tokenizer(source, do_lower_case))
 
 
@@ -164,7 +166,7 @@ def check_onnx_available() -> None:
     """--export_onnx writes with onnx and verifies with onnxruntime: say so at start-up, not after training."""
     missing = [m for m in ("onnx", "onnxruntime") if importlib.util.find_spec(m) is None]
     if missing:
-        raise RuntimeError(f"--export_onnx needs {' and '.join(missing)}: pip install onnx onnxruntime (the pinned stack has "
+        raise MissingDependencyError(f"--export_onnx needs {' and '.join(missing)}: pip install onnx onnxruntime (the pinned stack has "
                            "both), or leave --export_onnx off")
 
 

@@ -11,9 +11,10 @@ bitwise resume, DDP, all as in pretraining. This module adds what a downstream t
   init folder or `--vocab_file`;
 - long texts: `--long_text truncate` (cut at --max_seq_length) or `window` (overlapping windows sharing
   `--stride` tokens; probabilities averaged per document);
-- tasks (`--task`, ort_training/tasks/sequence.py): single_label (softmax), multi_label (sigmoid, per-label
-  thresholds chosen on validation) and regression (MSE); each names the validation metric that early stopping
-  and the hyperparameter search (`--hpo_trials`, tasks/hpo.py) follow;
+- tasks (`--task`): single_label (softmax), multi_label (sigmoid, per-label thresholds chosen on validation)
+  and regression (MSE) in ort_training/tasks/sequence.py, token_classification (entity tagging) in
+  ort_training/tasks/token_classification.py; each names the validation metric that early stopping and the
+  hyperparameter search (`--hpo_trials`, tasks/hpo.py) follow;
 - the validation metric every `--eval_steps` steps, early stopping after `--patience` evaluations without
   improvement, the best weights kept (OUTPUT_DIR/best_model/); `--temperature_scaling` calibrates them on
   validation, `--group_column` adds every test metric per subgroup, and classification reports carry the
@@ -42,14 +43,16 @@ import torch
 
 from bundle.atomic import atomic_path, atomic_write_text
 from bundle.cli import add_arguments, from_dict, parse_into
-from ort_training.config import Attention, Backend, Precision, PretrainConfig
-from ort_training.data.text import TextClassificationLoader, TextDataError, encode_split, longest_tokens
+from bundle.locking import RunLock
+from ort_training.config import Attention, Backend, Precision, PretrainConfig, check_optimisation
+from ort_training.data.text import TextClassificationLoader, encode_split, input_identity, longest_tokens
 from ort_training.loop.checkpoint import list_checkpoints, load_checkpoint
 from ort_training.loop.distributed import resolve_dist_env
 from ort_training.models import family_of, load_model_config, resolve_config_file
 from ort_training.models.pretraining import check_vocab_fits
 from ort_training.objectives import SequenceClassification
 from ort_training.run_status import PREEMPTED_EXIT_CODE
+from ort_training.errors import EXPECTED_ERRORS, UsageError, report
 
 logger = logging.getLogger(__name__)
 
@@ -67,11 +70,14 @@ class FinetuneConfig:
     """Settings of one fine-tuning run (flags generated from these fields)."""
 
     # --- task
-    task: Literal["single_label", "multi_label", "regression", "token_classification"] = "single_label"
-    """single_label: one class per text; multi_label: a set of labels per text; regression: a number per text
-    (ort_training/tasks/sequence.py); token_classification: a tag per word."""
+    task: Literal["single_label", "multi_label", "regression", "token_classification"] = _f(
+        "single_label", "single_label: one class per text (--label_column); multi_label: a set of labels per text (sigmoid + "
+                        "BCE, per-label thresholds chosen on validation); regression: a number per text (MSE on z-scores; "
+                        "ort_training/tasks/sequence.py); token_classification: entity tagging of words (CoNLL-style or JSONL "
+                        "files of tokens + IOB2 tags; entity-level F1 with seqeval; ort_training/tasks/token_classification.py).")
     # --- data
-    train_file: str = _f(None, "Training data: .csv / .tsv / .parquet / .jsonl with a text and a label column.")
+    train_file: str = _f(None, "Training data: .csv / .tsv / .parquet / .jsonl with a text and a label column (token_classification: "
+                               "CoNLL-style .conll/.iob/.bio/.tsv/.txt or .jsonl with --tokens_column / --tags_column).")
     validation_file: Optional[str] = _f(None, "Validation data (early stopping); default: --validation_fraction of --train_file.")
     test_file: Optional[str] = _f(None, "Test data (the final report); default: --test_fraction of --train_file (0: no test report).")
     text_column: str = _f("text", "Column holding the text.", aliases=("--text-column",))
@@ -81,12 +87,18 @@ class FinetuneConfig:
     label_separator: str = _f("|", "--task multi_label: separator of a label list written as a string (a|b); a JSON list is read as one.")
     group_column: Optional[str] = _f(None, "Column of a subgroup (site, age band, journal ...): every test metric per group in test_report.json.")
     temperature_scaling: bool = _f(False, "Classification: fit a temperature on the validation set and fold it into the exported classifier.")
+    tokens_column: str = _f("tokens", "token_classification, JSONL: column holding the list of words.")
+    tags_column: str = _f("tags", "token_classification, JSONL: column holding the list of IOB2 tags (one per word).")
+    label_all_subtokens: bool = _f(False, "token_classification: train on every sub-token of a word (B- turned into I- after the "
+                                          "first), not only the first; predictions read the first sub-token either way.")
     validation_fraction: float = _f(0.1, "Fraction of --train_file held out for validation when --validation_file is not given.")
     test_fraction: float = _f(0.1, "Fraction of --train_file held out for the test report when --test_file is not given.")
     split_seed: int = _f(12345, "Seed of the stratified split of --train_file.")
     max_seq_length: int = _f(128, "Tokens per sequence ([CLS] and [SEP] included).")
-    long_text: Literal["truncate", "window"] = _f("truncate", "Texts longer than --max_seq_length: truncate (keep the start) or window "
-                                                              "(overlapping windows; predictions averaged per document).")
+    long_text: Optional[Literal["truncate", "window"]] = _f(None, "Texts longer than --max_seq_length: truncate (keep the start) or "
+                                                                  "window (overlapping windows; predictions averaged per document, or "
+                                                                  "per word read from its most central window). Default: window for "
+                                                                  "token_classification, else truncate.")
     stride: int = _f(32, "With --long_text window: tokens shared by consecutive windows.")
     # --- model
     init_checkpoint: Optional[str] = _f(None, "Weights to start from: a Hugging Face BERT / ModernBERT folder (its tokenizer and config are used), an "
@@ -135,6 +147,11 @@ class FinetuneConfig:
     def __post_init__(self) -> None:
         if not self.train_file:
             raise ValueError("--train_file is required")
+        if self.task == "token_classification":
+            for flag in ("temperature_scaling", "group_column"):
+                if getattr(self, flag):
+                    raise ValueError(f"--{flag} applies to the text-level tasks (single_label, multi_label, regression), "
+                                     "not --task token_classification")
         if self.task == "regression" and self.temperature_scaling:
             raise ValueError("--temperature_scaling calibrates class probabilities; --task regression has none")
         if self.hpo_trials < 0:
@@ -143,7 +160,10 @@ class FinetuneConfig:
             raise ValueError("--hpo_space without --hpo_trials N: say how many trials to run")
         if self.hpo_space and not Path(self.hpo_space).is_file():
             raise ValueError(f"--hpo_space {self.hpo_space}: no such file")
-        for name in ("max_seq_length", "eval_steps", "eval_batch_size", "train_batch_size"):
+        check_optimisation(self)  # batch, accumulation, learning rate: the trainer's checks (config.py)
+        if self.long_text is None:
+            self.long_text = "window" if self.task == "token_classification" else "truncate"
+        for name in ("max_seq_length", "eval_steps", "eval_batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name} must be >= 1, got {getattr(self, name)}")
         if self.max_seq_length < 8:
@@ -165,8 +185,8 @@ class FinetuneConfig:
             resolve_config_file(self.config_file)
         if self.max_steps is not None and self.max_steps < 1:
             raise ValueError(f"--max_steps must be >= 1, got {self.max_steps}")
-        if not self.num_train_epochs > 0:
-            raise ValueError(f"--num_train_epochs must be > 0, got {self.num_train_epochs}")
+        if not (math.isfinite(self.num_train_epochs) and self.num_train_epochs > 0):
+            raise ValueError(f"--num_train_epochs must be > 0 and finite, got {self.num_train_epochs}")
 
 
 # ----------------------------------------------------------------------------- metrics
@@ -294,7 +314,7 @@ def resolve_model_source(cfg: FinetuneConfig) -> tuple[str, Optional[str]]:
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(path, json.dumps(saved, indent=2) + "\n")
         return str(path), fmt
-    raise ValueError(f"--init_checkpoint {cfg.init_checkpoint} is an NVIDIA checkpoint without a config: pass --config_file "
+    raise UsageError(f"--init_checkpoint {cfg.init_checkpoint} is an NVIDIA checkpoint without a config: pass --config_file "
                      "(its bert_config.json)")
 
 
@@ -304,35 +324,50 @@ def load_tokenizer(cfg: FinetuneConfig):
 
     if cfg.vocab_file:
         if not Path(cfg.vocab_file).exists():
-            raise ValueError(f"--vocab_file {cfg.vocab_file}: no such file or folder")
+            raise UsageError(f"--vocab_file {cfg.vocab_file}: no such file or folder")
         return load_source(cfg.vocab_file, True if cfg.do_lower_case is None else cfg.do_lower_case)
     folder = Path(cfg.init_checkpoint)
     folder = folder if folder.is_dir() else folder.parent
     if not any((folder / f).is_file() for f in ("vocab.txt", "tokenizer.json")):
-        raise ValueError(f"--init_checkpoint {cfg.init_checkpoint}: no tokenizer there (vocab.txt / tokenizer.json); pass --vocab_file")
+        raise UsageError(f"--init_checkpoint {cfg.init_checkpoint}: no tokenizer there (vocab.txt / tokenizer.json); pass --vocab_file")
     tok = load_source(folder)
     if cfg.do_lower_case is not None and hasattr(tok, "do_lower_case") and tok.do_lower_case != cfg.do_lower_case:
         logger.warning("--do_lower_case %s ignored: the tokenizer of %s has do_lower_case=%s", cfg.do_lower_case, folder, tok.do_lower_case)
     return tok
 
 
+def held_out_fractions(cfg: FinetuneConfig) -> dict[str, float]:
+    """The splits taken from --train_file: validation unless --validation_file is given, test unless --test_file is
+    given or --test_fraction is 0; each task's loader splits by these."""
+    return {**({"validation": cfg.validation_fraction} if not cfg.validation_file else {}),
+            **({"test": cfg.test_fraction} if not cfg.test_file and cfg.test_fraction > 0 else {})}
+
+
+def training_identity(cfg: FinetuneConfig) -> dict:
+    """The training file's sha256 and the settings that pick its rows and cut its texts: checkpoints record it, and a
+    resume on another file (even one of the same length) is refused naming both."""
+    split = {"split_seed": cfg.split_seed, **({"validation_fraction": cfg.validation_fraction} if not cfg.validation_file else {}),
+             **({"test_fraction": cfg.test_fraction} if not cfg.test_file else {})}
+    return input_identity(cfg.train_file, text_column=cfg.text_column, label_column=cfg.label_column, max_seq_length=cfg.max_seq_length,
+                          long_text=cfg.long_text, **({"stride": cfg.stride} if cfg.long_text == "window" else {}),
+                          **({"label_separator": cfg.label_separator} if cfg.task == "multi_label" else {}), **split)
+
+
 # ----------------------------------------------------------------------------- validation and early stopping
 class EarlyStopping:
-    """Trainer hook: the task's validation metric every --eval_steps steps (macro-F1, micro-F1 or RMSE; its
-    direction is the task's, tasks/sequence.py); best weights to OUTPUT_DIR/best_model; stop after --patience
-    evaluations without improvement. Its record (validation.jsonl) is cut back to the resumed step on resume,
-    and the evaluations after it are redone (the resumed run is bitwise the same), so the best step and the
-    patience count are those of an uninterrupted run. `on_evaluation(step, value)` (the hyperparameter
-    search's pruner) may answer True: the run stops there, marked pruned."""
+    """Trainer hook: validation every --eval_steps steps (`evaluate`: the task's figures); best weights to
+    OUTPUT_DIR/best_model; stop after --patience evaluations without improvement of `metric` (in the direction
+    `higher_is_better` gives). Its record (validation.jsonl) is cut back to the resumed step on resume, and the
+    evaluations after it are redone (the resumed run is bitwise the same), so the best step and the patience
+    count are those of an uninterrupted run. `on_evaluation(step, value)` (the hyperparameter search's pruner)
+    may answer True: the run stops there, marked pruned."""
 
-    def __init__(self, cfg: FinetuneConfig, split, is_main: bool, device: torch.device, resumed_step: int | None, task=None,
-                 y=None, on_evaluation=None):
-        from ort_training.tasks.sequence import get_task
+    metric: str
+    """The validation figure that picks the best step; `evaluate` returns it."""
+    higher_is_better: bool = True
 
+    def __init__(self, cfg: FinetuneConfig, split, is_main: bool, device: torch.device, resumed_step: int | None, on_evaluation=None):
         self.cfg, self.split, self.is_main, self.device = cfg, split, is_main, device
-        self.task = task or get_task(cfg)
-        self.y = split.doc_labels if y is None else y
-        self.metric, self.higher = self.task.metric, self.task.higher_is_better
         self.on_evaluation = on_evaluation
         self.pruned = False
         self.out = Path(cfg.output_dir)
@@ -348,8 +383,8 @@ class EarlyStopping:
             self._update(r)
 
     def _update(self, record: dict) -> bool:
-        value, delta = record[self.metric], self.cfg.min_delta
-        improved = self.best is None or (value > self.best[self.metric] + delta if self.higher else value < self.best[self.metric] - delta)
+        value, best, delta = record[self.metric], self.best and self.best[self.metric], self.cfg.min_delta
+        improved = self.best is None or (value > best + delta if self.higher_is_better else value < best - delta)
         if improved:
             self.best, self.bad = record, 0
         else:
@@ -361,7 +396,8 @@ class EarlyStopping:
         return self.cfg.patience > 0 and self.bad >= self.cfg.patience
 
     def evaluate(self, hf_model) -> dict:
-        return self.task.validation(self.y, self.task.outputs(predict(hf_model, self.split, self.cfg.eval_batch_size, self.device)))
+        """One validation pass: a record holding `metric` and `loss`."""
+        raise NotImplementedError
 
     def __call__(self, trainer, record: dict) -> None:
         step = trainer.global_step
@@ -375,16 +411,41 @@ class EarlyStopping:
                 fh.write(json.dumps(rec) + "\n")
             if improved:
                 save_best(trainer.model.hf_model, self.out / BEST_DIR, rec)
-        m = self.metric
-        logger.info("step %d validation: %s %.4f loss %.4f%s", step, m, rec[m], rec["loss"],
-                    " (best)" if improved else f" (best {self.best[m]:.4f} at step {self.best['step']}; "
+        logger.info("step %d validation: %s%s", step, " ".join(f"{k} {v:.4f}" for k, v in rec.items() if isinstance(v, float)),
+                    " (best)" if improved else f" (best {self.metric} {self.best[self.metric]:.4f} at step {self.best['step']}; "
                                                f"{self.bad}/{self.cfg.patience or 'inf'} without improvement)")
         if self.exhausted:
-            logger.info("early stopping at step %d: no better validation %s in %d evaluations", step, m, self.bad)
+            logger.info("early stopping at step %d: no better validation %s in %d evaluations", step, self.metric, self.bad)
             trainer.finished_early = True
-        if self.on_evaluation is not None and self.on_evaluation(step, rec[m]):
-            logger.info("pruned at step %d (validation %s %.4f)", step, m, rec[m])
+        if self.on_evaluation is not None and self.on_evaluation(step, rec[self.metric]):
+            logger.info("pruned at step %d (validation %s %.4f)", step, self.metric, rec[self.metric])
             self.pruned = trainer.finished_early = True
+
+
+class SequenceEarlyStopping(EarlyStopping):
+    """EarlyStopping on a text-level task's validation metric and direction (tasks/sequence.py: macro-F1 or micro-F1
+    maximised, RMSE minimised); `y`: the validation split's truth as the task's metrics read it."""
+
+    def __init__(self, cfg: FinetuneConfig, split, is_main: bool, device: torch.device, resumed_step: int | None, task, y,
+                 on_evaluation=None):
+        self.task, self.y = task, y
+        self.metric, self.higher_is_better = task.metric, task.higher_is_better
+        super().__init__(cfg, split, is_main, device, resumed_step, on_evaluation)
+
+    def evaluate(self, hf_model) -> dict:
+        return self.task.validation(self.y, self.task.outputs(predict(hf_model, self.split, self.cfg.eval_batch_size, self.device)))
+
+
+def validation_metric(cfg: FinetuneConfig) -> tuple[str, bool]:
+    """(metric, higher_is_better): what early stopping (and the hyperparameter search) follows for --task."""
+    if cfg.task == "token_classification":
+        from ort_training.tasks.token_classification import EntityEarlyStopping
+
+        return EntityEarlyStopping.metric, EntityEarlyStopping.higher_is_better
+    from ort_training.tasks.sequence import get_task
+
+    task = get_task(cfg)
+    return task.metric, task.higher_is_better
 
 
 def save_best(hf_model, folder: Path, record: dict) -> None:
@@ -395,10 +456,28 @@ def save_best(hf_model, folder: Path, record: dict) -> None:
     atomic_write_text(folder / "best.json", json.dumps(record) + "\n")
 
 
+def load_best(out: Path, trainer, stopper) -> dict:
+    """Put the best validation step's weights (OUTPUT_DIR/best_model) into the trainer's model; its record."""
+    best_file = out / BEST_DIR / "model.pt"
+    best = json.loads((out / BEST_DIR / "best.json").read_text()) if best_file.is_file() else None
+    if stopper.best is None or best is None or best["step"] != stopper.best["step"]:
+        raise UsageError(f"{out / BEST_DIR}: holds step {best and best['step']}, but the validation record's best is step "
+                           f"{stopper.best and stopper.best['step']}; the folder was changed by another run. Start in a new --output_dir")
+    trainer.model.hf_model.load_state_dict(torch.load(best_file, map_location="cpu", weights_only=True))
+    return best
+
+
 def export_best(trainer, tokenizer, out_dir: Path) -> Path:
-    """hf_model/: the family's *ForSequenceClassification (vocab rows trimmed to the tokenizer) + the tokenizer."""
+    """hf_model/: the objective's class of the family (*ForSequenceClassification, *ForTokenClassification; vocab rows
+    trimmed to the tokenizer) + the tokenizer."""
+    import copy
+
     from ort_training.export import export_hf
 
+    if not trainer.model.family.token_types:
+        # A pipeline passes every input the tokenizer names; ModernBERT's forward (transformers 4.x) refuses token_type_ids.
+        tokenizer = copy.deepcopy(tokenizer)
+        tokenizer.model_input_names = tokenizer.init_kwargs["model_input_names"] = ["input_ids", "attention_mask"]
     return export_hf(trainer.model, out_dir, tokenizer=tokenizer)
 
 
@@ -412,20 +491,30 @@ def write_predictions(path: Path, table, probs: np.ndarray, labels: list[str]) -
 
 
 # ----------------------------------------------------------------------------- the run
-def run(cfg: FinetuneConfig, on_evaluation=None) -> dict:
-    """One fine-tuning run (see the module doc); `on_evaluation(step, value)`: EarlyStopping's."""
-    from ort_training.loop.trainer import Trainer
-    from ort_training.tasks.sequence import get_task
-
-    out = Path(cfg.output_dir)
-    env = resolve_dist_env(os.environ)
+def model_and_tokenizer(cfg: FinetuneConfig) -> tuple[str, object]:
+    """(config file for the trainer, tokenizer), checked against each other and --max_seq_length."""
     config_file, fmt = resolve_model_source(cfg)
     tokenizer = load_tokenizer(cfg)
     model_config = load_model_config(config_file)
     check_vocab_fits(len(tokenizer), "the tokenizer", model_config, config_file)
-    if cfg.max_seq_length > model_config.max_position_embeddings:
-        raise ValueError(f"--max_seq_length {cfg.max_seq_length} > max_position_embeddings {model_config.max_position_embeddings} of {config_file}")
+    family_of(model_config).check_sequence_length(model_config, cfg.max_seq_length, f"--max_seq_length {cfg.max_seq_length}", config_file)
+    return config_file, tokenizer
 
+
+def micro_batch_size(cfg: FinetuneConfig) -> int:
+    return cfg.train_batch_size // cfg.gradient_accumulation_steps  # divisible: FinetuneConfig checked it (check_optimisation)
+
+
+def run(cfg: FinetuneConfig, on_evaluation=None) -> dict:
+    """One fine-tuning run (see the module doc); `on_evaluation(step, value)`: EarlyStopping's."""
+    if cfg.task == "token_classification":
+        from ort_training.tasks.token_classification import run_token_classification
+
+        return run_token_classification(cfg, on_evaluation)
+    from ort_training.tasks.sequence import get_task
+
+    env = resolve_dist_env(os.environ)
+    config_file, tokenizer = model_and_tokenizer(cfg)
     task = get_task(cfg)
     tables = task.load_splits()
     targets = {name: task.encode(t) for name, t in tables.items()}
@@ -439,16 +528,29 @@ def run(cfg: FinetuneConfig, on_evaluation=None) -> dict:
         logger.info("%s: %s, %d documents, %d sequences of %d tokens%s", name, s.path, s.num_docs, len(s), s.input_ids.shape[1],
                     f", {s.truncated} documents longer than {cfg.max_seq_length} tokens "
                     f"({'windowed' if cfg.long_text == 'window' else 'truncated'})" if s.truncated else "")
-    micro = cfg.train_batch_size // cfg.gradient_accumulation_steps if cfg.train_batch_size % cfg.gradient_accumulation_steps == 0 else None
-    if micro is None:
-        raise ValueError(f"--train_batch_size {cfg.train_batch_size} must be divisible by --gradient_accumulation_steps "
-                         f"{cfg.gradient_accumulation_steps}")
-    loader = TextClassificationLoader(splits["train"], micro, cfg.seed, env.rank, env.world_size)
-    max_steps = cfg.max_steps or max(1, math.ceil(cfg.num_train_epochs * loader.batches_per_epoch / cfg.gradient_accumulation_steps))
+    loader = TextClassificationLoader(splits["train"], micro_batch_size(cfg), cfg.seed, env.rank, env.world_size,
+                                      identity=training_identity(cfg))
+    y_val = task.truth(tables["validation"])
+    trainer, stopper, summary = train(
+        cfg, config_file, loader, lambda init: SequenceClassification(task.labels, init_checkpoint=init, problem_type=task.problem_type),
+        lambda is_main, device, resumed_step: SequenceEarlyStopping(cfg, splits["validation"], is_main, device, resumed_step, task,
+                                                                    y_val, on_evaluation),
+        {"labels": task.labels, "train_sequence_length": pad_to})
+    if summary.get("preempted") or not trainer.is_main or summary["pruned"]:
+        return summary
+    return finish(cfg, trainer, tokenizer, task, tables, splits, stopper, summary)
 
+
+def train(cfg: FinetuneConfig, config_file: str, loader, make_objective, make_stopper, run_info: dict):
+    """The Trainer run every task shares: steps (--max_steps, or epochs of `loader`), the objective
+    (`make_objective(init_checkpoint)`; None when resuming), the early-stopping hook (`make_stopper(is_main,
+    device, resumed_step)`), finetune_config.json (the settings plus `run_info`). Returns (trainer, stopper, summary)."""
+    from ort_training.loop.trainer import Trainer
+
+    out = Path(cfg.output_dir)
+    max_steps = cfg.max_steps or max(1, math.ceil(cfg.num_train_epochs * loader.batches_per_epoch / cfg.gradient_accumulation_steps))
     resuming = cfg.resume_from_checkpoint and bool(list_checkpoints(out))
-    objective = SequenceClassification(task.labels, init_checkpoint=None if resuming else cfg.init_checkpoint,
-                                       problem_type=task.problem_type)
+    objective = make_objective(None if resuming else cfg.init_checkpoint)
     pcfg = PretrainConfig(
         output_dir=str(out), config_file=config_file, objective=objective.name, train_batch_size=cfg.train_batch_size,
         gradient_accumulation_steps=cfg.gradient_accumulation_steps, learning_rate=cfg.learning_rate,
@@ -461,10 +563,8 @@ def run(cfg: FinetuneConfig, on_evaluation=None) -> dict:
     trainer = Trainer(pcfg, objective=objective, loader=loader)
     try:
         if trainer.is_main:
-            atomic_write_text(out / "finetune_config.json", json.dumps({**asdict(cfg), "max_steps": max_steps, "labels": task.labels,
-                                                                        "train_sequence_length": pad_to}, indent=2) + "\n")
-        stopper = EarlyStopping(cfg, splits["validation"], trainer.is_main, trainer.device, trainer.global_step if resuming else None,
-                                task, task.truth(tables["validation"]), on_evaluation)
+            atomic_write_text(out / "finetune_config.json", json.dumps({**asdict(cfg), "max_steps": max_steps, **run_info}, indent=2) + "\n")
+        stopper = make_stopper(trainer.is_main, trainer.device, trainer.global_step if resuming else None)
         trainer.hooks.append(stopper)
         if stopper.exhausted:
             logger.info("this run already stopped early at step %d (best step %d)", trainer.global_step, stopper.best["step"])
@@ -473,13 +573,10 @@ def run(cfg: FinetuneConfig, on_evaluation=None) -> dict:
             summary = trainer.train()
     finally:
         trainer.close()
-    if summary.get("preempted"):
-        return summary
-    summary.update(finished_early=stopper.exhausted, max_steps=max_steps, pruned=stopper.pruned,
-                   best_validation=stopper.best and stopper.best[stopper.metric])
-    if not trainer.is_main or stopper.pruned:
-        return summary
-    return finish(cfg, trainer, tokenizer, task, tables, splits, stopper, summary)
+    if not summary.get("preempted"):
+        summary.update(finished_early=stopper.exhausted, max_steps=max_steps, pruned=stopper.pruned,
+                       best_validation=stopper.best and stopper.best[stopper.metric])
+    return trainer, stopper, summary
 
 
 def finish(cfg, trainer, tokenizer, task, tables, splits, stopper, summary) -> dict:
@@ -489,13 +586,8 @@ def finish(cfg, trainer, tokenizer, task, tables, splits, stopper, summary) -> d
     from ort_training.tasks.sequence import by_group
 
     out = Path(cfg.output_dir)
-    best_file = out / BEST_DIR / "model.pt"
-    best = json.loads((out / BEST_DIR / "best.json").read_text()) if best_file.is_file() else None
-    if stopper.best is None or best is None or best["step"] != stopper.best["step"]:
-        raise RuntimeError(f"{out / BEST_DIR}: holds step {best and best['step']}, but the validation record's best is step "
-                           f"{stopper.best and stopper.best['step']}; the folder was changed by another run. Start in a new --output_dir")
+    best = load_best(out, trainer, stopper)
     model = trainer.model.hf_model
-    model.load_state_dict(torch.load(best_file, map_location="cpu", weights_only=True))
     multi = task.problem_type == "multi_label_classification"
     val_split, y_val = splits["validation"], stopper.y
     learnt: dict = {}
@@ -550,28 +642,67 @@ def build_parser() -> argparse.ArgumentParser:
                     "(ORT / eager / torch.compile), early stopping on validation macro-F1, a test report and a "
                     "Hugging Face *ForSequenceClassification export (BERT, ModernBERT: the config's model_type).")
     add_arguments(parser, FinetuneConfig, required=("train_file",))
+    parser.add_argument("--dry-run", action="store_true", default=argparse.SUPPRESS,
+                        help="Check the settings and that the files and folders exist, print the outputs; train nothing.")
     return parser
 
 
 def parse_config(argv: list[str] | None = None) -> FinetuneConfig:
-    return parse_into(build_parser(), lambda ns: from_dict(FinetuneConfig, ns, source="flags"), argv)
+    return parse_into(build_parser(), lambda ns: from_dict(FinetuneConfig, {k: v for k, v in ns.items() if k != "dry_run"},
+                                                           source="flags"), argv)
+
+
+def dry_run(cfg: FinetuneConfig) -> int:
+    """What a run would read and write. A missing model or vocab is refused (exit 2); data files that do not exist
+    yet are a note (their checks are skipped), so a run can be planned before its data."""
+    for flag in ("init_checkpoint", "vocab_file"):
+        value = getattr(cfg, flag)
+        if value and not Path(value).exists():
+            print(f"error: --{flag} {value}: no such file or folder", file=sys.stderr)
+            return 2
+    for flag in ("train_file", "validation_file", "test_file"):
+        value = getattr(cfg, flag)
+        if value and not Path(value).exists():
+            print(f"note: --{flag} {value} does not exist yet: its checks (columns, labels) were skipped")
+    from ort_training.tasks import hpo
+
+    out = Path(cfg.output_dir)
+    metric, higher_is_better = validation_metric(cfg)
+    writes = (f"{cfg.hpo_trials} trials under {out / hpo.TRIALS_DIR} (each a run's outputs), {out / hpo.STUDY_FILE}, "
+              f"{out / hpo.REPORT_FILE} and the best trial's {out / 'hf_model'}" if cfg.hpo_trials else
+              f"{out / 'hf_model'}, {out / REPORT_FILE}, the test predictions and plots, {out / 'finetune_summary.json'}")
+    print(f"dry run: settings checked; --task {cfg.task} keeps the step with the {'highest' if higher_is_better else 'lowest'} "
+          f"validation {metric}; would write {writes}")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     cfg = parse_config(argv)
+    if "--dry-run" in (sys.argv[1:] if argv is None else argv):
+        return dry_run(cfg)
     rank = resolve_dist_env(os.environ).rank
     logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
                         format=f"%(asctime)s [rank {rank}] %(levelname)s %(name)s: %(message)s")
+    # One run (or search) per output dir, as in pretraining; a search's trials run in its subfolders.
+    lock = RunLock(cfg.output_dir, "hyperparameter search" if cfg.hpo_trials else "fine-tuning") if rank == 0 else None
     try:
-        if cfg.hpo_trials:
-            from ort_training.tasks.hpo import search
+        if lock is not None:
+            lock.acquire()
+        try:
+            if cfg.hpo_trials:
+                from ort_training.tasks.hpo import search
 
-            result = search(cfg)
-        else:
-            result = run(cfg)
-    except (TextDataError, ValueError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+                result = search(cfg)
+            else:
+                result = run(cfg)
+        finally:
+            if lock is not None:
+                lock.release()
+    except EXPECTED_ERRORS as exc:  # bad flags, data, checkpoint or folder: one line, exit 2 (errors.py)
+        return report("finetune", exc)
+    except InterruptedError as exc:  # a search's trial preempted (tasks/hpo.py): the study is kept, a rerun continues it
+        logger.warning("%s", exc)
+        return PREEMPTED_EXIT_CODE
     if result.get("preempted"):
         logger.warning("preempted at step %d: checkpoint written; rerun with --resume_from_checkpoint", result["global_step"])
         return PREEMPTED_EXIT_CODE

@@ -6,7 +6,9 @@ so windowing and per-document averaging are fine-tuning's own code whatever the 
 - `torch`: the Hugging Face *ForSequenceClassification in PyTorch, eager mode (no torch.compile);
 - `onnx`: ONNX Runtime, fp32, the graph fused by onnxruntime's transformer optimizer (BERT: attention,
   SkipLayerNormalization, bias-GELU; ModernBERT: onnxruntime's own graph optimizations only, see OPTIMIZER);
-- `onnx-int8`: that graph with int8 dynamic quantization of its weights (CPU).
+- `onnx-int8`: that graph with int8 dynamic quantization of its weights (CPU);
+- `onnx-fp16`: that graph in float16 (inputs and logits stay int64 / float32), run by ONNX Runtime's CUDA
+  execution provider: for a GPU with onnxruntime-gpu; refused with one line where CUDA is not offered.
 
 Every ONNX variant is made once per (weights digest, onnxruntime version) into MODEL/onnx/<key>/ and checked
 against PyTorch's logits on a fixed check batch when it is made (tolerances in TOLERANCES); one that drifts
@@ -24,6 +26,7 @@ import json
 import logging
 import os
 import time
+import typing
 from pathlib import Path
 from typing import Literal
 
@@ -33,12 +36,17 @@ import torch
 from bundle.atomic import atomic_path, atomic_write_text
 from bundle.digest import file_sha256
 from ort_training.models import FAMILIES, family_of
+from ort_training.errors import UsageError
 
 logger = logging.getLogger(__name__)
 
-Engine = Literal["torch", "onnx", "onnx-int8"]
-ENGINES: tuple[str, ...] = ("torch", "onnx", "onnx-int8")
-VARIANT_FILES = {"fp32": "model.onnx", "onnx": "model-optimized.onnx", "onnx-int8": "model-int8.onnx"}
+Engine = Literal["torch", "onnx", "onnx-int8", "onnx-fp16"]
+ENGINES: tuple[str, ...] = typing.get_args(Engine)
+VARIANT_FILES = {"fp32": "model.onnx", "onnx": "model-optimized.onnx", "onnx-int8": "model-int8.onnx", "onnx-fp16": "model-fp16.onnx"}
+MADE_FROM = {"fp32": None, "onnx": "fp32", "onnx-int8": "onnx", "onnx-fp16": "onnx"}
+"""Each ONNX variant is made from the one named here (the export itself from PyTorch)."""
+PROVIDERS = {"onnx-fp16": "CUDAExecutionProvider"}
+"""The execution provider a variant needs (the others run on CPUExecutionProvider)."""
 MANIFEST = "manifest.json"
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 
@@ -50,6 +58,8 @@ TOLERANCES = {
     # int8 weights change the numbers: compare what a user reads. Probabilities within 0.1 of PyTorch's, and
     # the same predicted class on every check row where PyTorch's top class beats the next by >= 0.1.
     "onnx-int8": {"max_abs_prob": 0.10, "decisive_margin": 0.10},
+    # float16 activations and weights: logits to ~1e-2, so bound what a user reads, tighter than int8.
+    "onnx-fp16": {"max_abs_prob": 0.02, "decisive_margin": 0.05},
 }
 OPTIMIZER = {"bert": "transformer optimizer, model_type bert (attention, SkipLayerNorm, bias-GELU fused)",
              "modernbert": "onnxruntime's own graph optimizations (ORT_ENABLE_EXTENDED), saved; the transformer optimizer's "
@@ -68,8 +78,12 @@ CHECK_SENTENCES = (
 )
 
 
-class ModelFolderError(ValueError):
+class ModelFolderError(UsageError):
     """The model folder is not a loadable sequence classifier (message names the folder and what is wrong)."""
+
+
+class EngineUnavailableError(UsageError):
+    """The engine needs an execution provider this onnxruntime does not offer (fp16 without CUDA)."""
 
 
 class DriftError(RuntimeError):
@@ -146,7 +160,10 @@ def load_torch_classifier(folder: str | Path, attention: str | None = None):
     """The PyTorch classifier in eval mode (attention: None = transformers' default, or eager / sdpa)."""
     from transformers import AutoModelForSequenceClassification
 
+    from ort_training.weights_import import check_weight_files
+
     read_classifier_config(folder)
+    check_weight_files(folder)  # a corrupt header: an error naming the file
     kw = {"attn_implementation": attention} if attention else {}
     return AutoModelForSequenceClassification.from_pretrained(str(folder), trust_remote_code=False, **kw).eval()
 
@@ -208,21 +225,48 @@ def compare(variant: str, got: np.ndarray, want: np.ndarray) -> dict:
 
 
 # ----------------------------------------------------------------------------- ONNX variants
+def _import_onnxruntime():
+    """onnxruntime. On the pinned stack the training wheel's import runs torch.utils.cpp_extension, which prints
+    "No CUDA runtime is found, using CUDA_HOME=..." to stderr on every CPU machine: kept out of the user's output
+    (errors still raise)."""
+    import contextlib
+    import io
+    import sys
+
+    if "onnxruntime" not in sys.modules:
+        with contextlib.redirect_stderr(io.StringIO()):
+            import onnxruntime  # noqa: F401
+    return sys.modules["onnxruntime"]
+
+
 def ort_version() -> str:
-    import onnxruntime
+    onnxruntime = _import_onnxruntime()
 
     return onnxruntime.__version__
 
 
-def session(path: str | Path, threads: int | None = None):
-    """A CPU InferenceSession with all graph optimizations (threads: intra-op threads, default onnxruntime's)."""
-    import onnxruntime
+def require_provider(variant: str) -> str:
+    """The execution provider `variant` runs on; EngineUnavailableError (one line) when onnxruntime lacks it."""
+    onnxruntime = _import_onnxruntime()
+
+    provider = PROVIDERS.get(variant, "CPUExecutionProvider")
+    offered = onnxruntime.get_available_providers()
+    if provider not in offered:
+        raise EngineUnavailableError(
+            f"--engine {variant} needs ONNX Runtime's {provider} (onnxruntime-gpu on a CUDA machine); this onnxruntime "
+            f"{ort_version()} offers {', '.join(offered)}: use --engine onnx or onnx-int8 on a CPU")
+    return provider
+
+
+def session(path: str | Path, threads: int | None = None, provider: str = "CPUExecutionProvider"):
+    """An InferenceSession with all graph optimizations (threads: intra-op threads, default onnxruntime's)."""
+    onnxruntime = _import_onnxruntime()
 
     opts = onnxruntime.SessionOptions()
     opts.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
     if threads:
         opts.intra_op_num_threads = threads
-    return onnxruntime.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+    return onnxruntime.InferenceSession(str(path), sess_options=opts, providers=[provider])
 
 
 def onnx_logits(sess, feed: dict[str, np.ndarray]) -> np.ndarray:
@@ -235,7 +279,7 @@ def verify_variant(path: str | Path, variant: str, model, feed: dict[str, np.nda
     DriftError when out of TOLERANCES[variant]."""
     if want is None:
         want = torch_logits(model, feed)
-    got = onnx_logits(session(path), feed)
+    got = onnx_logits(session(path, provider=require_provider(variant)), feed)
     result = compare(variant, got, want)
     if not result["ok"]:
         raise DriftError(f"{path}: the {variant} ONNX variant drifts from PyTorch beyond its tolerance {result['tolerance']} "
@@ -259,7 +303,7 @@ def _optimize(src: Path, dst: Path, config) -> str:
         fused = {k: v for k, v in opt.get_fused_operator_statistics().items() if v}
         logger.info("transformer optimizer fused: %s", fused)
         return OPTIMIZER["bert"] + f"; fused {fused}"
-    import onnxruntime
+    onnxruntime = _import_onnxruntime()
 
     opts = onnxruntime.SessionOptions()
     opts.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
@@ -290,8 +334,28 @@ def _quantize(src: Path, dst: Path) -> str:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     # Shape inference cannot type the outputs of the optimizer's com.microsoft ops: tell it they are float.
-    quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
-    return "quantize_dynamic, int8 weights (QInt8), activations quantized per batch at run time"
+    # Per-channel weight scales: on the demo's fine-tuned MiniLM-L6 the check batch's max |prob diff| was 0.169 with
+    # one scale per tensor (refused) and 0.020 per channel. The quantizer logs every tensor at INFO on the root
+    # logger: kept quiet.
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(max(level, logging.WARNING))
+    try:
+        quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, per_channel=True,
+                         extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
+    finally:
+        root.setLevel(level)
+    return "quantize_dynamic, int8 weights (QInt8, per-channel scales), activations quantized per batch at run time"
+
+
+def _to_fp16(src: Path, dst: Path) -> str:
+    from onnxruntime.transformers.onnx_model import OnnxModel
+    import onnx
+
+    model = OnnxModel(onnx.load(str(src)))
+    model.convert_float_to_float16(keep_io_types=True)
+    model.save_model_to_file(str(dst))
+    return "onnxruntime.transformers OnnxModel.convert_float_to_float16 (keep_io_types: int64 inputs, float32 logits)"
 
 
 def _tmp(path: Path) -> Path:
@@ -299,9 +363,10 @@ def _tmp(path: Path) -> Path:
 
 
 def ensure_variant(model_dir: str | Path, variant: str, cache_dir: str | Path | None = None) -> tuple[Path, dict]:
-    """The checked ONNX file of `variant` ('fp32', 'onnx', 'onnx-int8') for the folder: from the cache when its
-    sha256 matches the manifest, else made (and the variants it is made from), checked and cached.
+    """The checked ONNX file of `variant` (a key of VARIANT_FILES) for the folder: from the cache when its
+    sha256 matches the manifest, else made (and the variants it is made from, MADE_FROM), checked and cached.
     Returns (path, its manifest entry)."""
+    require_provider(variant)
     model_dir = Path(model_dir)
     config_dict = read_classifier_config(model_dir)
     digest = model_digest(model_dir)
@@ -310,7 +375,9 @@ def ensure_variant(model_dir: str | Path, variant: str, cache_dir: str | Path | 
     manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
     if manifest.get("model_digest") not in (None, digest):
         manifest = {}
-    order = ["fp32", "onnx", "onnx-int8"][:["fp32", "onnx", "onnx-int8"].index(variant) + 1]
+    order = [variant]
+    while MADE_FROM[order[0]]:
+        order.insert(0, MADE_FROM[order[0]])
 
     def cached(v: str) -> bool:
         entry, path = manifest.get("variants", {}).get(v), folder / VARIANT_FILES[v]
@@ -342,6 +409,8 @@ def ensure_variant(model_dir: str | Path, variant: str, cache_dir: str | Path | 
                 how = "torch.onnx.export (TorchScript exporter), opset 17, dynamic batch and sequence axes"
             elif v == "onnx":
                 how = _optimize(folder / VARIANT_FILES["fp32"], tmp, eager.config)
+            elif v == "onnx-fp16":
+                how = _to_fp16(folder / VARIANT_FILES["onnx"], tmp)
             else:
                 how = _quantize(folder / VARIANT_FILES["onnx"], tmp)
             result = verify_variant(tmp, v, eager, feed, want)
@@ -365,9 +434,9 @@ class OnnxClassifier:
 
     training = False
 
-    def __init__(self, path: str | Path, config, threads: int | None = None):
+    def __init__(self, path: str | Path, config, threads: int | None = None, provider: str = "CPUExecutionProvider"):
         self.path, self.config = Path(path), config
-        self.session = session(path, threads)
+        self.session = session(path, threads, provider)
         self.input_names = [i.name for i in self.session.get_inputs()]
 
     def eval(self):
@@ -384,8 +453,9 @@ class OnnxClassifier:
 def load_engine(model_dir: str | Path, engine: str, cache_dir: str | Path | None = None, threads: int | None = None):
     """(model for finetune.predict, info dict for the record) of `engine` for a classifier folder."""
     if engine not in ENGINES:
-        raise ValueError(f"--engine must be one of {', '.join(ENGINES)}, got {engine!r}")
+        raise UsageError(f"--engine must be one of {', '.join(ENGINES)}, got {engine!r}")
     read_classifier_config(model_dir)
+    provider = None if engine == "torch" else require_provider(engine)
     info = {"engine": engine, "torch": torch.__version__}
     if engine == "torch":
         if threads:
@@ -397,8 +467,9 @@ def load_engine(model_dir: str | Path, engine: str, cache_dir: str | Path | None
 
     path, entry = ensure_variant(model_dir, engine, cache_dir)
     config = AutoConfig.from_pretrained(str(model_dir), trust_remote_code=False)
-    info.update(onnxruntime=ort_version(), onnx_file=str(path), onnx_sha256=entry["sha256"], how=entry["how"], check=entry["check"])
-    return OnnxClassifier(path, config, threads), info
+    info.update(onnxruntime=ort_version(), provider=provider, onnx_file=str(path), onnx_sha256=entry["sha256"], how=entry["how"],
+                check=entry["check"])
+    return OnnxClassifier(path, config, threads, provider), info
 
 
 def write_json(path: Path, data: dict) -> None:

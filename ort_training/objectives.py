@@ -22,6 +22,7 @@ from transformers import PretrainedConfig, PreTrainedModel
 
 from ort_training.data.hdf5 import IGNORE_INDEX
 from ort_training.models import ModelFamily, family_of
+from ort_training.errors import UsageError
 
 
 class Objective(ABC):
@@ -105,7 +106,7 @@ class MaskedLMWithNSP(Objective):
     def build(self, config):
         family = family_of(config)
         if self.name not in family.task_classes:
-            raise ValueError(f"--objective mlm_nsp needs a next-sentence head, which {family.name} has not; "
+            raise UsageError(f"--objective mlm_nsp needs a next-sentence head, which {family.name} has not; "
                              f"train {family.name} with --objective mlm")
         return super().build(config)
 
@@ -167,11 +168,11 @@ class SequenceClassification(Objective):
         if problem_type not in self.PROBLEM_TYPES:
             raise ValueError(f"problem_type {problem_type!r}: choose one of {self.PROBLEM_TYPES}")
         if problem_type == "regression" and len(labels) != 1:
-            raise ValueError(f"regression predicts one value, got targets {list(labels)}")
+            raise UsageError(f"regression predicts one value, got targets {list(labels)}")
         if problem_type == "multi_label_classification" and len(labels) < 1:
-            raise ValueError("multi-label classification needs at least 1 label")
+            raise UsageError("multi-label classification needs at least 1 label")
         if problem_type == "single_label_classification" and len(labels) < 2:
-            raise ValueError(f"sequence classification needs at least 2 classes, got {list(labels)}")
+            raise UsageError(f"sequence classification needs at least 2 classes, got {list(labels)}")
         self.labels = [str(label) for label in labels]
         self.init_checkpoint = init_checkpoint
         self.problem_type = problem_type
@@ -196,7 +197,9 @@ class SequenceClassification(Objective):
             source = self.family.hf_class(pretraining_task)(config)
             self.import_report = load_into(source, self.init_checkpoint)
             base = self.family.weights.prefix.rstrip(".")
-            getattr(model, base).load_state_dict(getattr(source, base).state_dict())
+            target = getattr(model, base)
+            # A token classifier's encoder has no pooler (BertForTokenClassification): take only what it holds.
+            target.load_state_dict({k: v for k, v in getattr(source, base).state_dict().items() if k in target.state_dict()})
         return model
 
     def forward(self, model, dense_seq_output, *inputs):
@@ -224,11 +227,40 @@ class SequenceClassification(Objective):
         return {"train_accuracy": sums["correct"] / max(sums["count"], 1.0)}
 
 
-OBJECTIVES: dict[str, type[Objective]] = {cls.name: cls for cls in (MaskedLMWithNSP, MaskedLM, SequenceClassification)}
+class TokenClassification(SequenceClassification):
+    """Fine-tuning for entity tagging: the family's token classifier (a linear layer over every position's hidden
+    state) -> cross-entropy over the IOB2 tags of the labelled sub-tokens (IGNORE_INDEX elsewhere; see
+    data/tagged.py). The export is a Hugging Face `*ForTokenClassification` whose config names its tags, so
+    `pipeline("token-classification")` reads it. Encoder initialisation as in SequenceClassification."""
+
+    name = "token_classification"
+
+    def build(self, config: PretrainedConfig) -> PreTrainedModel:
+        model = super().build(config)
+        model.config.problem_type = None  # the sequence classifier's single-label setting means nothing per token
+        return model
+
+    def forward(self, model, dense_seq_output, *inputs):
+        input_ids, segment_ids, input_mask, (labels,) = self._encoder_inputs(inputs)
+        logits = self.family.seq_logits(model, input_ids, segment_ids, input_mask).float()
+        labels = labels.reshape(-1)
+        logits = logits.reshape(labels.shape[0], -1)
+        valid = labels != IGNORE_INDEX
+        count = valid.sum().float()
+        # Mean over the labelled sub-tokens; a micro-batch with none gives 0, not NaN.
+        loss = F.cross_entropy(logits, labels, ignore_index=IGNORE_INDEX, reduction="sum") / count.clamp(min=1.0)
+        correct = ((logits.argmax(-1) == labels) & valid).sum().float()
+        return loss, torch.stack([correct.detach(), count.detach()])
+
+    def metrics(self, sums, micro_batches):
+        return {"train_token_accuracy": sums["correct"] / max(sums["count"], 1.0)}
+
+
+OBJECTIVES: dict[str, type[Objective]] = {cls.name: cls for cls in (MaskedLMWithNSP, MaskedLM, SequenceClassification, TokenClassification)}
 
 
 def get_objective(name: str) -> Objective:
     try:
         return OBJECTIVES[name]()
     except KeyError:
-        raise ValueError(f"--objective {name!r} is not known; choose one of {sorted(OBJECTIVES)}") from None
+        raise UsageError(f"--objective {name!r} is not known; choose one of {sorted(OBJECTIVES)}") from None

@@ -10,7 +10,7 @@
   `encode_split` and scored by finetune's `predict` (softmax per window, averaged per document), so a
   document gets the probabilities fine-tuning's test report gives it;
 - engines: torch (PyTorch eager), onnx (ONNX Runtime, fp32, fused graph), onnx-int8 (int8 dynamic
-  quantization): see ort_training/inference.py (export, checks against PyTorch, cache in MODEL/onnx/);
+  quantization), onnx-fp16 (float16 on a CUDA GPU): see ort_training/inference.py (export, checks against PyTorch, cache in MODEL/onnx/);
 - output: a CSV with id, predicted, p_<class> per class (6 decimals), and OUTPUT.json beside it (model digest,
   engine, settings, input sha256, rows, throughput). A multi-label model (`--task multi_label`): predicted is
   the labels whose probability reaches the label's threshold from the folder's config (`label_thresholds`,
@@ -46,12 +46,12 @@ import torch
 from bundle.atomic import atomic_path, atomic_write_text
 from bundle.cli import add_arguments, from_dict, parse_into
 from bundle.digest import file_sha256
-from bundle.locking import RunLock, RunLockedError
+from bundle.locking import RunLock
 from ort_training.data.text import SUFFIXES, Table, TextDataError, _rows_csv, encode_split
 from ort_training.inference import (
     ENGINES,
     DriftError,
-    ModelFolderError,
+    Engine,
     labels_of,
     load_engine,
     load_tokenizer,
@@ -59,6 +59,7 @@ from ort_training.inference import (
     read_classifier_config,
     tokenizer_digest,
 )
+from ort_training.errors import EXPECTED_ERRORS, UsageError, report
 
 logger = logging.getLogger(__name__)
 
@@ -80,8 +81,8 @@ class PredictConfig:
     text_column: str = _f("text", "Column holding the text.", aliases=("--text-column",))
     id_column: Optional[str] = _f(None, "Column whose value identifies each row in the output (default: the row number, from 0).",
                                   aliases=("--id-column",))
-    engine: Literal["torch", "onnx", "onnx-int8"] = _f("onnx", "torch = PyTorch eager; onnx = ONNX Runtime fp32 with the transformer "
-                                                               "optimizer's fused graph; onnx-int8 = int8 dynamic quantization (CPU).")
+    engine: Engine = _f("onnx", "torch = PyTorch eager; onnx = ONNX Runtime fp32 with the transformer optimizer's fused graph; "
+                                "onnx-int8 = int8 dynamic quantization (CPU); onnx-fp16 = float16 on ONNX Runtime's CUDA provider (GPU).")
     max_seq_length: Optional[int] = _f(None, "Tokens per window; default: the fine-tuning run's (finetune_config.json), else 128.")
     long_text: Optional[Literal["truncate", "window"]] = _f(None, "Texts longer than --max_seq_length: truncate or window "
                                                                   "(probabilities averaged per document); default: the fine-tuning run's.")
@@ -120,9 +121,9 @@ def text_settings(cfg: PredictConfig, model_dir: Path, max_positions: int) -> di
          "stride": cfg.stride if cfg.stride is not None else ft.get("stride", 32),
          "from": str(ft_file) if ft else "defaults"}
     if s["max_seq_length"] > max_positions:
-        raise ValueError(f"--max_seq_length {s['max_seq_length']} > the model's max_position_embeddings {max_positions}")
+        raise UsageError(f"--max_seq_length {s['max_seq_length']} > the model's max_position_embeddings {max_positions}")
     if s["long_text"] == "window" and not 0 <= s["stride"] < s["max_seq_length"] - 2:
-        raise ValueError(f"--stride {s['stride']} must be >= 0 and < --max_seq_length - 2 ({s['max_seq_length'] - 2})")
+        raise UsageError(f"--stride {s['stride']} must be >= 0 and < --max_seq_length - 2 ({s['max_seq_length'] - 2})")
     return s
 
 
@@ -293,7 +294,7 @@ def sidecar(output: Path) -> Path:
     return output.with_suffix(".json")
 
 
-class OutputExistsError(ValueError):
+class OutputExistsError(UsageError):
     """The output is already there (finished) or half-made with other settings."""
 
 
@@ -405,9 +406,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         summary = run(cfg)
-    except (TextDataError, ModelFolderError, DriftError, RunLockedError, ValueError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    except (*EXPECTED_ERRORS, DriftError) as exc:  # bad input or model folder, or an ONNX variant that drifted: one line, exit 2
+        return report("predict", exc)
     except KeyboardInterrupt:
         print(f"interrupted: the chunks written so far are kept in {parts_dir(Path(cfg.output_file))}; rerun the same command to continue",
               file=sys.stderr)

@@ -9,6 +9,14 @@ Overrides: `--FLAG V` applies to both phases, `--phase1.FLAG V` / `--phase2.FLAG
 after phase 1 finished; a phase stopped by SIGTERM has checkpointed and this exits 143 (rerun the same
 command to continue); a finished phase is skipped on a rerun; `--dry-run` checks both phases with the
 trainer's own config classes and prints the two commands without running anything.
+
+`--dry-run` plans as well as checks: data folders that do not exist yet are allowed (their checks are
+skipped, and it says so), a missing --init_checkpoint or --vocab_file is refused, each phase's batch split
+is printed, and `--corpus_tokens N` (or `--corpus_documents N --tokens_per_document M`) adds a sizing
+estimate: shards, instances, disk and epochs per phase (ort_training/sizing.py).
+
+    python -m ort_training.pretrain --recipe bert_large_biobert --phase1.input_dir data/p1 \
+        --phase2.input_dir data/p2 --dry-run --corpus_documents 2000000 --tokens_per_document 1500
 """
 
 from __future__ import annotations
@@ -16,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import signal
 import subprocess
@@ -24,41 +33,67 @@ from pathlib import Path
 
 from bundle.cli import add_arguments, from_dict, nest
 from ort_training.config import PretrainConfig
-from ort_training.recipe import PHASES, LaunchConfig, load_recipe, phase_command, phase_configs, quote
+from ort_training.recipe import PHASES, BatchConfig, LaunchConfig, load_recipe, phase_command, phase_configs, quote
 from ort_training.run_status import PREEMPTED_EXIT_CODE, PREEMPTED_MARKER, phase_finished
+from ort_training.errors import UsageError, exit_on_expected
+from ort_training.sizing import CorpusSize, phase_size, recommended_shards
 
 logger = logging.getLogger("ort_training.pretrain")
 
-USAGE_ERROR = 2
+
+
+class _RecipeDefaults:
+    """--help shows no dataclass default for an override: an unset flag takes the recipe's value (then the
+    trainer's default), which `--recipe R --dry-run` prints."""
+
+    def __getattr__(self, name: str) -> None:
+        return None
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m ort_training.pretrain", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--recipe", required=True, help="A shipped recipe (ort_training/recipes/NAME.yaml) or a YAML path.")
-    parser.add_argument("--dry-run", action="store_true", help="Check both phases and print their commands; run nothing.")
-    launch = parser.add_argument_group("launch (defaults from the recipe's launch: section)")
-    add_arguments(launch, LaunchConfig)
-    both = parser.add_argument_group("both phases (any trainer flag)")
-    add_arguments(both, PretrainConfig)
+    parser.add_argument("--dry-run", action="store_true", help="Check both phases and print their batch split and commands; "
+                        "run nothing. Data folders may not exist yet (their checks are skipped, with a note).")
+    sizing = parser.add_argument_group("sizing estimate (with --dry-run)")
+    add_arguments(sizing, CorpusSize)
+    unset = _RecipeDefaults()
+    launch = parser.add_argument_group("launch (unset: the recipe's launch: section)")
+    add_arguments(launch, LaunchConfig, defaults=unset)
+    both = parser.add_argument_group("both phases, any trainer flag (unset: the recipe's value, else the trainer's default; "
+                                     "--dry-run prints the resolved commands)")
+    add_arguments(both, BatchConfig, defaults=unset)
+    add_arguments(both, PretrainConfig, defaults=unset)
     for name in PHASES:
         group = parser.add_argument_group(f"{name} only (--{name}.FLAG)")
-        add_arguments(group, PretrainConfig, prefix=f"{name}.")
+        add_arguments(group, BatchConfig, prefix=f"{name}.", defaults=unset)
+        add_arguments(group, PretrainConfig, prefix=f"{name}.", defaults=unset)
     return parser
 
 
 def resolve(argv: list[str] | None = None):
-    """(recipe, launch, phase-1 config, phase-2 config, dry_run) from the command line; ValueError names the flag."""
+    """(recipe, launch, phase-1 config, phase-2 config, dry_run) from the command line; ValueError names the flag.
+    Each phase's per-GPU batch and accumulation follow from its global batch and --nproc_per_node x --nnodes."""
     ns = vars(build_parser().parse_args(argv))
     recipe = load_recipe(ns.pop("recipe"))
     dry_run = ns.pop("dry_run")
+    corpus = CorpusSize(**{k: ns.pop(k) for k in list(ns) if k in CorpusSize.__dataclass_fields__})
     launch_fields = set(LaunchConfig.__dataclass_fields__)
     launch_values = {**recipe.launch, **{k: ns.pop(k) for k in list(ns) if k in launch_fields}}
-    launch = from_dict(LaunchConfig, launch_values, source=f"recipe {recipe.name} [launch]")
+    try:
+        launch = from_dict(LaunchConfig, launch_values, source=f"recipe {recipe.name} [launch]")
+    except ValueError as exc:  # bundle.cli's unknown or mistyped setting: the user's recipe or flag
+        raise UsageError(str(exc)) from None
     nested = nest(ns)
     per_phase = {name: nested.pop(name, {}) for name in PHASES}
-    p1, p2 = phase_configs(recipe, nested, per_phase["phase1"], per_phase["phase2"], resume=launch.resume)
-    return recipe, launch, p1, p2, dry_run
+    plans: list = []
+    p1, p2 = phase_configs(recipe, nested, per_phase["phase1"], per_phase["phase2"], resume=launch.resume,
+                           nproc_per_node=launch.nproc_per_node, nnodes=launch.nnodes, plans=plans)
+    for plan in plans:
+        if plan is not None and not dry_run:
+            logger.info("%s", plan.describe())
+    return recipe, launch, p1, p2, dry_run, plans, corpus
 
 
 def check_devices(launch: LaunchConfig) -> None:
@@ -69,17 +104,43 @@ def check_devices(launch: LaunchConfig) -> None:
 
     have = torch.cuda.device_count()
     if have < launch.nproc_per_node:
-        raise ValueError(f"the recipe asks for {launch.nproc_per_node} GPU processes per node (--nproc_per_node) but this machine "
+        raise UsageError(f"the recipe asks for {launch.nproc_per_node} GPU processes per node (--nproc_per_node) but this machine "
                          f"has {have} CUDA device(s); pass --nproc_per_node {max(have, 1)}" +
                          ("" if have else " --device cpu (or use a GPU machine)"))
 
 
-def check_data(cfg: PretrainConfig, phase: str) -> None:
+def check_data(cfg: PretrainConfig, phase: str, dry_run: bool = False) -> str | None:
+    """Refuse what is certainly wrong; in a dry run a data folder that does not exist yet is a note (returned), not an error."""
     from ort_training.data.hdf5 import list_hdf5_files
 
+    for flag, value in (("init_checkpoint", cfg.init_checkpoint if phase == "phase1" else None), ("vocab_file", cfg.vocab_file)):
+        if value and not Path(value).exists():
+            raise ValueError(f"--{phase}.{flag} {value}: no such file or folder" if flag == "init_checkpoint" and phase == "phase1"
+                             else f"--{flag} {value}: no such file or folder")
     if cfg.input_dir is None:
-        raise ValueError(f"--{phase}.input_dir is required (the folder of that phase's HDF5 shards written by data_prep)")
+        if dry_run:
+            return f"{phase}: no --{phase}.input_dir given: its data checks were skipped"
+        raise UsageError(f"--{phase}.input_dir is required (the folder of that phase's HDF5 shards written by data_prep)")
+    if dry_run and not Path(cfg.input_dir).exists():
+        return (f"{phase}: {cfg.input_dir} does not exist yet: its data checks (files, sequence length, tokenizer) were skipped; "
+                "they run when the phase starts")
     list_hdf5_files(cfg.input_dir, "training")
+    return None
+
+
+def sizing_lines(p1: PretrainConfig, p2: PretrainConfig, plans: list, launch: LaunchConfig, tokens: int) -> list[str]:
+    """The dry run's sizing estimate, one line per fact."""
+    ranks = launch.nproc_per_node * launch.nnodes
+    lines = [f"corpus: {tokens:,} tokens; data_prep shard --num-shards {recommended_shards(tokens, ranks)} "
+             f"(one per ~25M tokens, a multiple of the {ranks} GPU process(es)) and --processes up to the CPU cores"]
+    for name, cfg, plan in zip(PHASES, (p1, p2), plans):
+        if cfg.max_seq_length is None:
+            lines.append(f"{name}: no max_seq_length in the recipe: no estimate")
+            continue
+        global_batch = plan.global_batch_size if plan else cfg.train_batch_size * ranks
+        max_pred = cfg.max_predictions_per_seq or math.ceil(cfg.max_seq_length * 0.15)  # data_prep: 20 at 128
+        lines.append(phase_size(name, tokens, cfg.max_seq_length, max_pred, global_batch, cfg.max_steps).describe())
+    return lines
 
 
 def child_env(launch: LaunchConfig) -> dict[str, str]:
@@ -120,21 +181,36 @@ def run_phase(cmd: list[str], log_file: Path | None, env: dict[str, str]) -> int
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        recipe, launch, p1, p2, dry_run = resolve(argv)
-        check_data(p1, "phase1")
-        check_data(p2, "phase2")
-    except (ValueError, FileNotFoundError) as exc:
-        print(f"pretrain: error: {exc}", file=sys.stderr)
-        return USAGE_ERROR
+    return exit_on_expected("pretrain", lambda: _run(argv))
+
+
+def _run(argv: list[str] | None) -> int:
+    try:  # settings and data checks: a ValueError here names the user's flag, recipe value or file
+        recipe, launch, p1, p2, dry_run, plans, corpus = resolve(argv)
+        tokens = corpus.tokens()
+        if tokens is not None and not dry_run:
+            raise UsageError("--corpus_tokens / --corpus_documents are for planning: add --dry-run")
+        notes = [check_data(p1, "phase1", dry_run), check_data(p2, "phase2", dry_run)]
+    except ValueError as exc:
+        raise exc if isinstance(exc, UsageError) else UsageError(str(exc)) from None
     try:
         check_devices(launch)
-    except ValueError as exc:
-        print(f"pretrain: {'warning' if dry_run else 'error'}: {exc}", file=sys.stderr)
-        if not dry_run:  # a dry run prints the commands for the machine they are meant for
-            return USAGE_ERROR
+    except UsageError as exc:
+        if not dry_run:
+            raise
+        print(f"pretrain: warning: {exc}", file=sys.stderr)  # a dry run prints the commands for the machine they are meant for
     commands = [phase_command(cfg, launch) for cfg in (p1, p2)]
     if dry_run:
+        print(f"# recipe {recipe.name}: {recipe.description}")
+        for plan in plans:
+            if plan is not None:
+                print(f"# {plan.describe()}")
+        for note in notes:
+            if note:
+                print(f"# note: {note}")
+        if tokens is not None:
+            for line in sizing_lines(p1, p2, plans, launch, tokens):
+                print(f"# sizing: {line}")
         for name, cmd in zip(PHASES, commands):
             print(f"# {name}")
             print(quote(cmd))

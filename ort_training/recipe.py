@@ -1,13 +1,21 @@
 """Recipes: a two-phase run described once, in a YAML file under ort_training/recipes/.
 
 A recipe has `both:` (settings of both phases), `phase1:` and `phase2:` (each a PretrainConfig
-section) and `launch:` (a LaunchConfig: device, processes per node). Every entry point builds its
-phase commands from a recipe plus overrides through `phase_configs` and `phase_command`, so the
-launcher script, Azure ML and `python -m ort_training.pretrain` run the same two commands.
+section plus the phase's batch: `global_batch_size`, sequences per optimizer step over all GPUs, and
+`micro_batch_size`, the most sequences one GPU computes at once) and `launch:` (a LaunchConfig: device,
+processes per node). Every entry point builds its phase commands from a recipe plus overrides through
+`phase_configs` and `phase_command`, so the launcher script, Slurm, Azure ML and `python -m
+ort_training.pretrain` run the same two commands; `plan_batch` turns the global batch into the per-GPU
+batch and accumulation for the GPUs x nodes actually used, so the learning rate and warm-up a recipe
+was tuned for always see the batch they were tuned for.
+
+    python -m ort_training.recipe batch --recipe bert_large_biobert --gpus 8 --nodes 4   # the arithmetic
 """
 
 from __future__ import annotations
 
+import argparse
+import logging
 import shlex
 import sys
 from dataclasses import dataclass
@@ -16,6 +24,9 @@ from typing import Literal, Optional
 
 from bundle.cli import from_dict, to_argv
 from ort_training.config import PretrainConfig, merge_settings, read_yaml
+from ort_training.errors import UsageError
+
+logger = logging.getLogger("ort_training.recipe")
 
 RECIPES_DIR = Path(__file__).parent / "recipes"
 PHASES = ("phase1", "phase2")
@@ -51,13 +62,70 @@ class LaunchConfig:
     def __post_init__(self) -> None:
         for name in ("nproc_per_node", "nnodes"):
             if getattr(self, name) < 1:
-                raise ValueError(f"--{name} must be >= 1, got {getattr(self, name)}")
+                raise UsageError(f"--{name} must be >= 1, got {getattr(self, name)}")
         if self.max_restarts < 0:
-            raise ValueError(f"--max_restarts must be >= 0, got {self.max_restarts}")
+            raise UsageError(f"--max_restarts must be >= 0, got {self.max_restarts}")
 
     @property
     def distributed(self) -> bool:
         return self.nproc_per_node > 1 or self.nnodes > 1
+
+
+@dataclass
+class BatchConfig:
+    """A phase's batch as a recipe states it (flags --global_batch_size, --phase1.micro_batch_size, ...)."""
+
+    global_batch_size: Optional[int] = None
+    """Sequences per optimizer step over all GPUs and nodes (the number a learning rate is tuned for); the per-GPU
+    --train_batch_size and --gradient_accumulation_steps are derived from it for the GPUs x nodes used."""
+    micro_batch_size: Optional[int] = None
+    """At most this many sequences per GPU per forward pass (the memory bound); accumulation makes up the rest."""
+
+
+BATCH_KEYS = tuple(BatchConfig.__dataclass_fields__)
+
+
+@dataclass(frozen=True)
+class BatchPlan:
+    """How one phase's global batch is split: ranks x micro-batch x accumulation."""
+
+    phase: str
+    global_batch_size: int
+    ranks: int
+    train_batch_size: int
+    """Sequences per rank per optimizer step (the trainer's --train_batch_size)."""
+    micro_batch_size: int
+    gradient_accumulation_steps: int
+
+    def describe(self) -> str:
+        return (f"{self.phase}: global batch {self.global_batch_size:,} = {self.ranks} GPU process(es) x "
+                f"{self.micro_batch_size} sequences x {self.gradient_accumulation_steps} accumulation steps "
+                f"(--train_batch_size {self.train_batch_size} per GPU)")
+
+
+def largest_divisor_at_most(n: int, bound: int) -> int:
+    return max(d for d in range(1, min(n, bound) + 1) if n % d == 0)
+
+
+def plan_batch(global_batch_size: int, micro_batch_size: Optional[int], nproc_per_node: int, nnodes: int,
+               phase: str = "phase1") -> BatchPlan:
+    """Per-GPU batch and accumulation that give exactly `global_batch_size` sequences per step on
+    nproc_per_node x nnodes GPUs, the micro-batch at most `micro_batch_size`; ValueError shows the
+    arithmetic when the global batch does not split evenly over the GPUs."""
+    ranks = nproc_per_node * nnodes
+    for name, value in (("global_batch_size", global_batch_size), ("micro_batch_size", micro_batch_size)):
+        if value is not None and value < 1:
+            raise ValueError(f"--{phase}.{name} must be >= 1, got {value}")
+    if global_batch_size % ranks:
+        lower, upper = global_batch_size // ranks * ranks, -(-global_batch_size // ranks) * ranks
+        raise ValueError(
+            f"{phase}: the global batch of {global_batch_size:,} sequences does not split over {nproc_per_node} GPU(s) x "
+            f"{nnodes} node(s) = {ranks} processes ({global_batch_size:,} / {ranks} = {global_batch_size / ranks:,.2f}); "
+            f"use a GPU count that divides it, or set --{phase}.global_batch_size to a multiple of {ranks} "
+            f"(e.g. {lower or upper:,} or {upper:,}) knowing the recipe's learning rate was tuned for {global_batch_size:,}")
+    per_rank = global_batch_size // ranks
+    micro = largest_divisor_at_most(per_rank, micro_batch_size or per_rank)
+    return BatchPlan(phase, global_batch_size, ranks, per_rank, micro, per_rank // micro)
 
 
 @dataclass
@@ -78,7 +146,7 @@ def recipe_path(name_or_path: str | Path) -> Path:
     if shipped.is_file():
         return shipped
     names = sorted(f.stem for f in RECIPES_DIR.glob("*.yaml") if "vm_sizes" not in f.stem)
-    raise ValueError(f"--recipe {name_or_path}: no such file and no shipped recipe of that name (shipped: {', '.join(names)})")
+    raise UsageError(f"--recipe {name_or_path}: no such file and no shipped recipe of that name (shipped: {', '.join(names)})")
 
 
 def load_recipe(name_or_path: str | Path) -> Recipe:
@@ -86,25 +154,68 @@ def load_recipe(name_or_path: str | Path) -> Recipe:
     raw = read_yaml(path)
     unknown = set(raw) - {"description", "launch", "both", *PHASES}
     if unknown:
-        raise ValueError(f"{path}: unknown sections {sorted(unknown)}; a recipe has description, launch, both, phase1, phase2")
+        raise UsageError(f"{path}: unknown sections {sorted(unknown)}; a recipe has description, launch, both, phase1, phase2")
     sections = {k: raw.get(k) or {} for k in ("launch", "both", *PHASES)}
     for key, value in sections.items():
         if not isinstance(value, dict):
-            raise ValueError(f"{path}: section {key!r} must be a mapping of settings")
+            raise UsageError(f"{path}: section {key!r} must be a mapping of settings")
     return Recipe(path.stem, raw.get("description", ""), **sections)
 
 
+def phase_batch(recipe_values: dict, overrides: dict, nproc_per_node: int, nnodes: int, phase: str) -> BatchPlan | None:
+    """Pop the batch keys from `recipe_values` (recipe < overrides, merged) and set the trainer's
+    train_batch_size / gradient_accumulation_steps from them. An explicit --train_batch_size wins (the
+    global batch then follows from it, with a warning where it differs from the recipe's); None where the
+    phase states no global batch (a recipe of per-GPU numbers, as before)."""
+    batch = {k: recipe_values.pop(k, None) for k in BATCH_KEYS}
+    if batch["global_batch_size"] is None:
+        return None
+    ranks = nproc_per_node * nnodes
+    given_accumulation = overrides.get("gradient_accumulation_steps")
+    if "train_batch_size" in overrides:
+        per_rank = int(recipe_values["train_batch_size"])
+        if per_rank < 1 or (given_accumulation is not None and int(given_accumulation) < 1):
+            return None  # PretrainConfig refuses the value, naming the flag
+        accumulation = int(given_accumulation) if given_accumulation is not None else \
+            per_rank // largest_divisor_at_most(per_rank, batch["micro_batch_size"] or per_rank)
+        plan = BatchPlan(phase, per_rank * ranks, ranks, per_rank, max(per_rank // accumulation, 1), accumulation)
+        if plan.global_batch_size != batch["global_batch_size"]:
+            logger.warning("%s: --train_batch_size %d x %d processes = %s sequences per step, but the recipe's global batch is %s "
+                           "(its learning rate and warm-up were tuned for that)", phase, per_rank, ranks,
+                           f"{plan.global_batch_size:,}", f"{batch['global_batch_size']:,}")
+    else:
+        plan = plan_batch(int(batch["global_batch_size"]), batch["micro_batch_size"] and int(batch["micro_batch_size"]),
+                          nproc_per_node, nnodes, phase)
+        if given_accumulation is not None:  # the user's accumulation, the recipe's global batch
+            accumulation = int(given_accumulation)
+            if accumulation < 1:
+                recipe_values["train_batch_size"] = plan.train_batch_size
+                return None
+            plan = BatchPlan(phase, plan.global_batch_size, ranks, plan.train_batch_size,
+                             max(plan.train_batch_size // accumulation, 1), accumulation)
+    recipe_values["train_batch_size"] = plan.train_batch_size
+    recipe_values["gradient_accumulation_steps"] = plan.gradient_accumulation_steps
+    return plan
+
+
 def phase_configs(recipe: Recipe, both: dict | None = None, phase1: dict | None = None, phase2: dict | None = None,
-                  output_dir: str | None = None, resume: bool = True) -> tuple[PretrainConfig, PretrainConfig]:
-    """The two phases' configs: recipe < overrides, plus the wiring that makes them one run. Phase 2
-    starts from phase 1's newest checkpoint (fresh optimizer and schedule) and numbers its steps after
-    phase 1's; each phase keeps its own output folder, so phase 1's model, metrics and summary stay."""
-    both = {**recipe.both, **(both or {})}
+                  output_dir: str | None = None, resume: bool = True, nproc_per_node: int = 1, nnodes: int = 1,
+                  plans: list | None = None) -> tuple[PretrainConfig, PretrainConfig]:
+    """The two phases' configs: recipe < overrides, plus the wiring that makes them one run. Each
+    phase's per-GPU batch and accumulation come from its global batch for nproc_per_node x nnodes GPUs
+    (`plans`, when given, receives the BatchPlan of each phase). Phase 2 starts from phase 1's newest
+    checkpoint (fresh optimizer and schedule) and numbers its steps after phase 1's; each phase keeps its
+    own output folder, so phase 1's model, metrics and summary stay."""
+    overrides_both = dict(both or {})
+    both = {**recipe.both, **overrides_both}
     out = Path(output_dir or both.pop("output_dir", None) or "results")
     both.pop("output_dir", None)
     configs = []
     for name, extra in zip(PHASES, (phase1, phase2)):
         values = merge_settings(both, getattr(recipe, name), extra or {})
+        plan = phase_batch(values, {**overrides_both, **(extra or {})}, nproc_per_node, nnodes, name)
+        if plans is not None:
+            plans.append(plan)
         values["output_dir"] = str(out / name)
         values["resume_from_checkpoint"] = resume or values.get("resume_from_checkpoint", False)
         if name == "phase2":
@@ -112,7 +223,7 @@ def phase_configs(recipe: Recipe, both: dict | None = None, phase1: dict | None 
         try:
             cfg = from_dict(PretrainConfig, values, source=f"recipe {recipe.name} [{name}]")
         except ValueError as exc:
-            raise ValueError(f"{name}: {exc}") from None
+            raise UsageError(f"{name}: {exc}") from None
         configs.append(cfg)
     p1, p2 = configs
     p2.phase1_end_step = p1.max_steps
@@ -147,4 +258,31 @@ def phase_command(cfg: PretrainConfig, launch: LaunchConfig) -> list[str]:
 
 def quote(cmd: list[str]) -> str:
     return " ".join(shlex.quote(c) for c in cmd)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`batch`: a recipe's per-GPU batch and accumulation for a GPU count (what every launcher runs)."""
+    parser = argparse.ArgumentParser(prog="python -m ort_training.recipe", description=main.__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    batch = sub.add_parser("batch", help="print each phase's batch split for --gpus x --nodes")
+    batch.add_argument("--recipe", required=True, help="a shipped recipe name or a YAML path")
+    batch.add_argument("--gpus", type=int, default=None, help="GPU processes per node (default: the recipe's nproc_per_node)")
+    batch.add_argument("--nodes", type=int, default=1, help="nodes (default 1)")
+    args = parser.parse_args(argv)
+    try:
+        recipe = load_recipe(args.recipe)
+        gpus = args.gpus if args.gpus is not None else int(recipe.launch.get("nproc_per_node", 1))
+        launch = LaunchConfig(nproc_per_node=gpus, nnodes=args.nodes)
+        plans: list = []
+        phase_configs(recipe, nproc_per_node=launch.nproc_per_node, nnodes=launch.nnodes, plans=plans)
+    except ValueError as exc:
+        print(f"recipe: error: {exc}", file=sys.stderr)
+        return 2
+    for name, plan in zip(PHASES, plans):
+        print(plan.describe() if plan else f"{name}: no global batch in the recipe (per-GPU numbers as written)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
 

@@ -15,13 +15,13 @@ import json  # noqa: E402
 import logging  # noqa: E402
 import os  # noqa: E402
 
-from bundle.locking import RunLock, RunLockedError  # noqa: E402
+from bundle.locking import RunLock  # noqa: E402
 from ort_training.config import parse_config  # noqa: E402
+from ort_training.errors import exit_on_expected  # noqa: E402
 from ort_training.run_status import PREEMPTED_EXIT_CODE  # noqa: E402
 
 NON_FINITE_EXIT_CODE = 3
-USAGE_EXIT_CODE = 2
-"""Bad flags or data: one line naming the flag or file, no traceback (as data_prep and argparse do)."""
+PROG = "run_pretraining"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -31,14 +31,15 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.INFO if rank == 0 else logging.WARNING,
         format=f"%(asctime)s [rank {rank}] %(levelname)s %(name)s: %(message)s",
     )
+    # Bad flags, data, checkpoints or a locked output dir: one line naming the file or flag, exit 2 (errors.py).
+    return exit_on_expected(PROG, lambda: _run(cfg, rank))
+
+
+def _run(cfg, rank: int) -> int:
     log = logging.getLogger(__name__)
     lock = RunLock(cfg.output_dir, "training") if rank == 0 else None  # one run per output dir (rank 0 holds it)
-    try:
-        if lock is not None:
-            lock.acquire()
-    except RunLockedError as exc:
-        log.error("%s", exc)
-        return 2
+    if lock is not None:
+        lock.acquire()
     try:
         from ort_training.loop.trainer import NonFiniteError, Trainer
 
@@ -53,9 +54,6 @@ def main(argv: list[str] | None = None) -> int:
         except NonFiniteError as exc:
             log.error("%s", exc)
             return NON_FINITE_EXIT_CODE
-        except (ValueError, FileNotFoundError, FileExistsError) as exc:  # bad flags or data (DataError is a ValueError)
-            log.error("%s", exc)
-            return USAGE_EXIT_CODE
     finally:
         if lock is not None:
             lock.release()
@@ -67,6 +65,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(summary), flush=True)  # the last line of stdout: wrappers parse it
     # The checkpoint is on disk; a non-zero status keeps wrappers from treating a preempted phase as done.
     return PREEMPTED_EXIT_CODE if summary.get("preempted") else 0
+
 
 if __name__ == "__main__":
     status = main()

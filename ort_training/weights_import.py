@@ -35,9 +35,9 @@ from typing import Literal
 
 import torch
 
-from bundle.digest import refuse_remote_code
 from ort_training.loop.checkpoint import CKPT_FILE, list_checkpoints, resolve_checkpoint
 from ort_training.models import BERT, ModelFamily, WeightNames, family_of
+from ort_training.errors import refuse_remote_code, UsageError, one_line
 
 logger = logging.getLogger(__name__)
 
@@ -95,8 +95,11 @@ def _hf_weight_files(folder: Path) -> list[Path] | None:
             return [folder / name]
     for name in HF_INDEXES:
         if (folder / name).is_file():
-            index = json.loads((folder / name).read_text())
-            return [folder / f for f in sorted(set(index["weight_map"].values()))]
+            try:
+                index = json.loads((folder / name).read_text())
+                return [folder / f for f in sorted(set(index["weight_map"].values()))]
+            except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+                raise UsageError(f"{folder / name}: not a readable weight index ({one_line(exc)}); download the model again") from None
     return None
 
 
@@ -134,8 +137,8 @@ def detect_format(path: str | Path) -> Format:
         if (p / CKPT_FILE).is_file() or list_checkpoints(p) or list_checkpoints(p.parent) and p.name == "checkpoints":
             return "bundle"
         if (p / "config.json").is_file():
-            raise ValueError(f"{p}: has config.json but no {' / '.join(HF_WEIGHTS)}; download the weights into it")
-        raise ValueError(f"{p}: neither a Hugging Face model folder (config.json + {' or '.join(HF_WEIGHTS)}) nor a "
+            raise UsageError(f"{p}: has config.json but no {' / '.join(HF_WEIGHTS)}; download the weights into it")
+        raise UsageError(f"{p}: neither a Hugging Face model folder (config.json + {' or '.join(HF_WEIGHTS)}) nor a "
                          f"checkpoint folder of this project (checkpoints/step-N/{CKPT_FILE}); pass one of those or an "
                          "NVIDIA .pt file")
     if p.name in HF_WEIGHTS or p.suffix == ".safetensors":
@@ -178,17 +181,40 @@ def torch_load_weights(path: Path) -> dict:
     except pickle.UnpicklingError as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         detail = re.search(r"(Unsupported global|Unsupported operand|Trying to load unsupported object)[^\n]*", str(exc))
-        raise ValueError(f"{path}: refused to load: the file pickles objects other than tensors "
+        raise UsageError(f"{path}: refused to load: the file pickles objects other than tensors "
                          f"({detail.group(0) if detail else first}); loading it would run code from the file. "
                          f"If you trust it, {_convert_hint(path)}") from None
     except (RuntimeError, EOFError) as exc:
-        raise ValueError(f"{path}: not a readable torch file ({exc}); pass a safetensors / torch state dict file") from None
+        raise UsageError(f"{path}: not a readable torch file ({exc}); pass a safetensors / torch state dict file") from None
+
+
+def _unreadable_safetensors(path: Path, exc: Exception) -> UsageError:
+    return UsageError(f"{path}: not a readable safetensors file ({one_line(exc)}); it is truncated or corrupt: download or "
+                      "export the model again")
 
 
 def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 
-    return load_file(str(path), device="cpu")
+    try:
+        return load_file(str(path), device="cpu")
+    except Exception as exc:  # noqa: BLE001 -- SafetensorError (bad header, short file) or OSError; its message names no file
+        raise _unreadable_safetensors(path, exc) from None
+
+
+def check_weight_files(folder: str | Path) -> None:
+    """Read the header of every safetensors file of a Hugging Face folder (no tensor data) before transformers loads
+    it: a corrupt header is then an error naming the file, not a bare "Error while deserializing header"."""
+    from safetensors import safe_open
+
+    for path in _hf_weight_files(Path(folder)) or ():
+        if path.suffix != ".safetensors":
+            continue
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                f.keys()
+        except Exception as exc:  # noqa: BLE001 -- as in _load_safetensors
+            raise _unreadable_safetensors(path, exc) from None
 
 
 def read_state_dict(path: str | Path, fmt: Format | None = None) -> tuple[dict[str, torch.Tensor], Format, list[Path]]:
@@ -199,7 +225,7 @@ def read_state_dict(path: str | Path, fmt: Format | None = None) -> tuple[dict[s
         ckpt_file = resolve_checkpoint(p)
         ckpt = torch_load_weights(ckpt_file)
         if "model" not in ckpt:
-            raise ValueError(f"{ckpt_file}: no 'model' entry; not a checkpoint of this project")
+            raise UsageError(f"{ckpt_file}: no 'model' entry; not a checkpoint of this project")
         return dict(ckpt["model"]), fmt, [ckpt_file]
     if fmt == "hf":
         files = [p] if p.is_file() else _hf_weight_files(p)
@@ -213,7 +239,7 @@ def read_state_dict(path: str | Path, fmt: Format | None = None) -> tuple[dict[s
     elif isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
         obj = obj["state_dict"]
     if not isinstance(obj, dict) or not any(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise ValueError(f"{p}: expected a torch file holding {{'model': state_dict, ...}} or a state dict; "
+        raise UsageError(f"{p}: expected a torch file holding {{'model': state_dict, ...}} or a state dict; "
                          f"found {type(obj).__name__} with keys {sorted(map(str, obj))[:8] if isinstance(obj, dict) else '-'}")
     return obj, fmt, [p]
 
@@ -271,11 +297,11 @@ def _check_config(model_config, source_config: Path | None, family: ModelFamily)
         return
     src = json.loads(source_config.read_text())
     if src.get("model_type", "bert") != family.model_type:
-        raise ValueError(f"{source_config}: model_type {src.get('model_type')!r} is not the model's ({family.model_type}); "
+        raise UsageError(f"{source_config}: model_type {src.get('model_type')!r} is not the model's ({family.model_type}); "
                          f"use that checkpoint's config.json as --config_file (the architecture follows the config)")
     for name in family.weights.config_must_match:
         if name in src and getattr(model_config, name, src[name]) != src[name]:
-            raise ValueError(f"{source_config}: {name} is {src[name]!r} but the model's config has "
+            raise UsageError(f"{source_config}: {name} is {src[name]!r} but the model's config has "
                              f"{getattr(model_config, name)!r}; use the source's config.json as --config_file")
 
 
@@ -315,7 +341,7 @@ def load_into(model, path: str | Path) -> ImportReport:
             state[b] = state[a]
     if tied and dec_key in own:
         if dec_key in state and emb_key in state and not torch.equal(state[dec_key], state[emb_key]):
-            raise ValueError(f"{source}: {dec_key} differs from {emb_key}, but the model ties the MLM decoder to the word "
+            raise UsageError(f"{source}: {dec_key} differs from {emb_key}, but the model ties the MLM decoder to the word "
                              "embeddings; set tie_word_embeddings=false in the config or import a tied checkpoint")
         if emb_key in state:
             state[dec_key] = state[emb_key]
@@ -324,12 +350,12 @@ def load_into(model, path: str | Path) -> ImportReport:
     unused = sorted(k for k in state if k not in own and k.startswith(absent_heads)) if absent_heads else []
     unexpected = sorted(k for k in state if k not in own and not _IGNORED_BUFFERS.search(k) and k not in unused)
     if unexpected:
-        raise ValueError(f"{source}: {len(unexpected)} unexpected tensor(s) not in {type(target).__name__}: "
+        raise UsageError(f"{source}: {len(unexpected)} unexpected tensor(s) not in {type(target).__name__}: "
                          f"{', '.join(unexpected[:10])}{' ...' if len(unexpected) > 10 else ''}")
     missing = sorted(k for k in own if k not in state)
     core_missing = [k for k in missing if not k.startswith(names.head_prefixes)]
     if core_missing:
-        raise ValueError(f"{source}: lacks {len(core_missing)} encoder/embedding tensor(s) of the model, e.g. "
+        raise UsageError(f"{source}: lacks {len(core_missing)} encoder/embedding tensor(s) of the model, e.g. "
                          f"{', '.join(core_missing[:5])}; is --config_file the source's (num_hidden_layers, sizes)?")
 
     vocab = None
@@ -345,7 +371,7 @@ def load_into(model, path: str | Path) -> ImportReport:
             continue
         errors.append(f"{key}: checkpoint {tuple(value.shape)} vs model {tuple(want)}")
     if errors:
-        raise ValueError(f"{source}: shape mismatch for {len(errors)} tensor(s): " + "; ".join(errors[:10]))
+        raise UsageError(f"{source}: shape mismatch for {len(errors)} tensor(s): " + "; ".join(errors[:10]))
 
     loaded = 0
     with torch.no_grad():

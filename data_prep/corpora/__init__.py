@@ -4,7 +4,9 @@
 - ``Skip(reason)`` for a record it dropped (counted in the format summary),
 - ``Deletion(id)`` for a record a later file withdraws (PubMed ``DeleteCitation``).
 
-Readers raise ``DataPrepError`` naming the file for input they cannot read.
+Readers raise ``DataPrepError`` naming the file for input they cannot read. A reader given ``max_document_chars``
+stops collecting a document's text past that size where its format allows (PubMed abstracts, .txt, .jsonl lines)
+and yields ``Skip(TOO_LONG)``, so memory follows the setting rather than the input.
 """
 
 from __future__ import annotations
@@ -12,6 +14,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Union
+
+
+TOO_LONG = "over_max_document_chars"
+"""The skip reason of a document longer than --max-document-chars (a count in text/manifest.json)."""
 
 
 @dataclass(frozen=True)

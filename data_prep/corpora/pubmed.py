@@ -17,7 +17,7 @@ from lxml import etree
 
 from ..manifest import DataPrepError
 from ..text import clean_text
-from . import Deletion, Document, Record, Skip
+from . import TOO_LONG, Deletion, Document, Record, Skip
 
 # Labels that carry no meaning as text ("UNLABELLED" is NLM's placeholder).
 _NOISE_LABELS = {"", "UNLABELLED", "UNASSIGNED"}
@@ -84,22 +84,36 @@ def article_document(article, abstract_labels: str = "drop", include_title: bool
 
 
 def read_medline_xml(path: Path, abstract_labels: str = "drop", include_title: bool = True,
-                     **_unused) -> Iterator[Record]:
-    """Yield a record per citation of a MEDLINE XML file (``.xml.gz`` or ``.xml``), then its deletions."""
+                     max_document_chars: int | None = None, **_unused) -> Iterator[Record]:
+    """Yield a record per citation of a MEDLINE XML file (``.xml.gz`` or ``.xml``), then its deletions.
+
+    Memory is bounded: libxml2's own limit on one text node (10 MB, ``huge_tree`` off) and, per article, the
+    abstract text collected so far: past ``max_document_chars`` its sections are dropped as they end and the article
+    is skipped as ``TOO_LONG`` (a 2.7 MB gzip whose one abstract expands to 0.9 GB drove this past 4 GB)."""
     path = Path(path)
+    limit = max_document_chars
+    chars, oversized = 0, False
     try:
         with _open(path) as f:
-            ctx = etree.iterparse(f, events=("end",), tag=("PubmedArticle", "DeleteCitation", "BookDocument"),
-                                  resolve_entities=False, no_network=True, load_dtd=False, huge_tree=True)
+            ctx = etree.iterparse(f, events=("end",), tag=("PubmedArticle", "DeleteCitation", "BookDocument", "AbstractText"),
+                                  resolve_entities=False, no_network=True, load_dtd=False, huge_tree=False)
             for _, elem in ctx:
+                if elem.tag == "AbstractText":
+                    if limit is not None:
+                        chars += sum(map(len, elem.itertext()))
+                        if chars > limit:
+                            oversized = True
+                            elem.clear()
+                    continue
                 if elem.tag == "PubmedArticle":
-                    yield article_document(elem, abstract_labels, include_title)
+                    yield Skip(TOO_LONG) if oversized else article_document(elem, abstract_labels, include_title)
                 elif elem.tag == "DeleteCitation":
                     for p in elem.iterfind("PMID"):
                         if p.text:
                             yield Deletion(p.text.strip())
                 else:
                     yield Skip("book_document")
+                chars, oversized = 0, False
                 # Free what has been read so memory stays flat over a whole baseline file.
                 elem.clear()
                 while elem.getprevious() is not None:
@@ -108,5 +122,8 @@ def read_medline_xml(path: Path, abstract_labels: str = "drop", include_title: b
         raise DataPrepError(f"{path}: truncated or corrupt gzip ({e}); download it again "
                             f"(python -m data_prep download re-fetches files failing their .md5)") from e
     except etree.XMLSyntaxError as e:
+        if "huge" in str(e).lower():
+            raise DataPrepError(f"{path}: a text node over libxml2's 10 MB limit ({e}); no PubMed record is that "
+                                f"large: pass --skip-bad to leave this file out") from None
         raise DataPrepError(f"{path}: not well-formed MEDLINE XML ({e}); the file may be truncated or "
                             f"not UTF-8; download it again or pass --skip-bad") from e

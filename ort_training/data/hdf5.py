@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import random
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
@@ -24,6 +25,8 @@ import numpy as np
 import torch
 
 from bundle import hdf5_schema
+from bundle.digest import list_files
+from ort_training.errors import UsageError
 
 logger = logging.getLogger(__name__)
 
@@ -33,7 +36,7 @@ DATA_PREP_MANIFEST = "manifest.json"
 """Written last by data_prep into each folder of .hdf5 files: present and matching = the folder is complete."""
 
 
-class DataError(ValueError):
+class DataError(UsageError):
     """A data file is missing, unreadable or does not follow the schema."""
 
 
@@ -43,13 +46,18 @@ def list_hdf5_files(input_dir: str | Path, split: str = "training", require_matc
 
     Refused, each with what was found: training asked of a folder holding only *test* files; a folder
     data_prep had not finished (its temporary files or progress records without a matching manifest);
-    files of different sequence lengths or prediction widths mixed in one input."""
+    files of different sequence lengths or prediction widths mixed in one input; a dataset that is an HDF5 external
+    link or a virtual dataset reading a file outside the input folder. Folders and files are listed by
+    bundle.digest.list_files (symbolic links to files and to folders are followed alike)."""
     root = Path(input_dir)
     if not root.is_dir():
         what = "is a file, not a folder" if root.exists() else "input directory does not exist"
         raise DataError(f"{root}: {what}; pass the folder written by data_prep")
     # Hidden paths are temporaries and bookkeeping (data_prep's .progress/, atomic-write leftovers).
-    files = sorted(f for f in root.rglob("*.hdf5") if not any(p.startswith(".") for p in f.relative_to(root).parts))
+    try:
+        files = list_files(root, keep=lambda name: name.endswith(".hdf5"))
+    except FileNotFoundError as exc:
+        raise DataError(str(exc)) from None
     matching = [f for f in files if split in f.name]
     if require_match and files and not matching:
         raise DataError(f"{root}: no *.hdf5 file has '{split}' in its name ({len(files)} other *.hdf5 files found); "
@@ -67,8 +75,50 @@ def list_hdf5_files(input_dir: str | Path, split: str = "training", require_matc
         raise DataError(f"{root}: no *.hdf5 files found; run data_prep first or point --input_dir at its output")
     for folder in sorted({f.parent for f in files}):
         _check_complete(folder)
+    for f in files:
+        _check_no_outside_links(root, f)
     _check_one_shape(root, files)
     return files
+
+
+def _check_no_outside_links(root: Path, path: Path) -> None:
+    """An HDF5 dataset can be an external link or a virtual dataset that reads another file: one outside --input_dir
+    (the folder the run was pointed at, and checked) is refused. Read with h5py's link API, nothing followed."""
+    inside = Path(os.path.realpath(root))
+
+    def outside(target: str) -> str | None:
+        if target in ("", "."):  # the file itself
+            return None
+        real = Path(os.path.realpath(path.parent / target))
+        return None if real == inside or inside in real.parents else str(real)
+
+    def walk(group, prefix: str) -> None:
+        for name in group:
+            link = group.get(name, getlink=True)
+            where = f"{prefix}{name}"
+            if isinstance(link, h5py.ExternalLink):
+                if (target := outside(link.filename)) is not None:
+                    raise DataError(f"{path}: dataset '{where}' is an HDF5 external link to {target}, outside {root}; "
+                                    f"copy the data into the file (h5py: f.copy) or pass a folder that holds it")
+                continue
+            if not isinstance(link, h5py.HardLink):
+                continue  # a soft link names an object of this same file
+            obj = group[name]
+            if isinstance(obj, h5py.Group):
+                walk(obj, f"{where}/")
+            elif isinstance(obj, h5py.Dataset) and obj.is_virtual:
+                for source in obj.virtual_sources():
+                    if (target := outside(source.file_name)) is not None:
+                        raise DataError(f"{path}: dataset '{where}' is a virtual dataset reading {target}, outside {root}; "
+                                        f"materialize it (copy its values into the file) or pass a folder that holds it")
+
+    try:
+        with h5py.File(path, "r") as f:
+            walk(f, "")
+    except DataError:
+        raise
+    except Exception:  # noqa: BLE001 -- unreadable or not HDF5: load_shard names the file with the details
+        return
 
 
 def _check_complete(folder: Path) -> None:
@@ -148,9 +198,10 @@ def rank_shards(files: list[Path], epoch: int, seed: int, rank: int, world_size:
     return [Shard(p, rank, world_size) for p in order]
 
 
-def load_shard(shard: Shard, vocab_size: int | None = None) -> dict[str, torch.Tensor]:
-    """Read and validate one file (shapes, dtypes, value ranges; token ids against `vocab_size` when given);
-    returns int64 tensors incl. `masked_lm_labels` (ignore index padded)."""
+def load_shard(shard: Shard, vocab_size: int | None = None, type_vocab_size: int | None = None) -> dict[str, torch.Tensor]:
+    """Read and validate one file (shapes, dtypes, value ranges; token ids against `vocab_size` and segment ids
+    against the model's `type_vocab_size` when given; the masking invariants, `check_masking`); returns int64
+    tensors incl. `masked_lm_labels` (ignore index padded)."""
     path = shard.path
     try:
         with h5py.File(path, "r") as f:
@@ -166,12 +217,41 @@ def load_shard(shard: Shard, vocab_size: int | None = None) -> dict[str, torch.T
         hdf5_schema.validate(arrays, path, vocab_size)
     except hdf5_schema.SchemaError as exc:
         raise DataError(str(exc)) from None
+    check_masking(arrays, shard)
+    if type_vocab_size is not None and arrays["segment_ids"].size and int(arrays["segment_ids"].max()) >= type_vocab_size:
+        row = shard.start + shard.step * int(np.argwhere(arrays["segment_ids"] >= type_vocab_size)[0][0])
+        raise DataError(f"{path}: row {row} has segment id {int(arrays['segment_ids'].max())}, but the model config has "
+                        f"type_vocab_size {type_vocab_size} (segment ids 0..{type_vocab_size - 1}); sentence pairs need "
+                        "type_vocab_size 2: fix the config (--config_file)")
     out = {k: torch.from_numpy(arrays[k].astype(np.int64)) for k in KEYS}
     out["next_sentence_labels"] = out["next_sentence_labels"].reshape(-1)
     # Unused slots hold position 0 ([CLS] is never masked): turn them into ignored labels.
     out["masked_lm_labels"] = torch.where(out["masked_lm_positions"] > hdf5_schema.PAD_POSITION, out["masked_lm_ids"], IGNORE_INDEX)
     del out["masked_lm_ids"]
     return out
+
+
+def check_masking(arrays: dict[str, np.ndarray], shard: Shard) -> None:
+    """The schema's masking invariants, which the range checks cannot see (vectorised: O(rows x max_pred)):
+    used prediction slots come first, then zero-padding (position 0 and label 0); used positions are strictly
+    ascending and point at real tokens (input_mask 1), never at padding. A file that breaks them would train
+    on [PAD] targets or silently drop predictions; the message names the file and the row."""
+    pos, ids, mask = arrays["masked_lm_positions"], arrays["masked_lm_ids"], arrays["input_mask"]
+    if pos.size == 0:
+        return
+    used = pos > hdf5_schema.PAD_POSITION
+    problems = (
+        (used[:, 1:] & ~used[:, :-1], "a used prediction slot after an unused one (position 0 must only pad the end)"),
+        (used[:, 1:] & (pos[:, 1:] <= pos[:, :-1]), "masked positions are not strictly ascending"),
+        (used & (np.take_along_axis(mask, pos.astype(np.int64), axis=1) == 0), "a masked position points at padding (input_mask 0)"),
+        (~used & (ids != 0), "an unused prediction slot (position 0) holds a label other than 0"),
+    )
+    for bad, what in problems:
+        if bad.any():
+            i, slot = (int(x) for x in np.argwhere(bad)[0])
+            row = shard.start + shard.step * i
+            raise DataError(f"{shard.path}: row {row}: {what} (masked_lm_positions {pos[i].tolist()[:slot + 2]}...); the file breaks "
+                            "the pretraining schema: regenerate it with data_prep")
 
 
 @dataclass
@@ -213,23 +293,24 @@ class PretrainingDataLoader(ShardedReader):
     """
 
     def __init__(self, files: list[Path], batch_size: int, seed: int, rank: int = 0, world_size: int = 1, prefetch: bool = True,
-                 vocab_size: int | None = None):
+                 vocab_size: int | None = None, type_vocab_size: int | None = None):
         if not files:
             raise DataError("no input files")
         self.files, self.batch_size, self.seed = list(files), batch_size, seed
         self.rank, self.world_size = rank, world_size
         self.vocab_size = vocab_size  # token ids at or past it are refused when a file is opened
+        self.type_vocab_size = type_vocab_size  # segment ids likewise (a config with type_vocab_size 1)
         self.state = DataState()
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hdf5-prefetch") if prefetch else None
         self._pending: dict[Shard, Future] = {}
 
     def _get(self, shard: Shard) -> dict[str, torch.Tensor]:
         fut = self._pending.pop(shard, None)
-        return fut.result() if fut is not None else load_shard(shard, self.vocab_size)
+        return fut.result() if fut is not None else load_shard(shard, self.vocab_size, self.type_vocab_size)
 
     def _prefetch(self, shard: Shard) -> None:
         if self._pool is not None and shard not in self._pending:
-            self._pending[shard] = self._pool.submit(load_shard, shard, self.vocab_size)
+            self._pending[shard] = self._pool.submit(load_shard, shard, self.vocab_size, self.type_vocab_size)
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         empty_epochs = 0

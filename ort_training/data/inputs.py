@@ -5,17 +5,19 @@ holds no h5py, manifest or format knowledge of its own."""
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from bundle import packed_schema
+from bundle import hdf5_schema, packed_schema
 from bundle.digest import file_sha256, tokenizer_file
 from ort_training.config import PretrainConfig
 from ort_training.data.hdf5 import DataError, PretrainingDataLoader, list_hdf5_files, read_data_manifest
 from ort_training.data.packed import PackedDataLoader, held_out_packed_batches, is_packed_folder
 from ort_training.evaluate import held_out_batches
 from ort_training.models import ModelFamily
+from ort_training.errors import UsageError
 
 logger = logging.getLogger(__name__)
 
@@ -29,20 +31,50 @@ class TrainingInput:
     """The packed files' attributes; None for NVIDIA HDF5."""
     mask_rate: float | None
     """Packed data: the rate the loader masks at (--mask_rate or the family's)."""
+    root: Path
+    """--input_dir: the files are named relative to it in the input's identity."""
+    type_vocab_size: int | None = None
+    """Segment ids must be below it (the model reads segment ids); None: not read."""
 
     def loader(self, cfg: PretrainConfig, env, vocab_size: int):
         if self.packed is not None:
             return PackedDataLoader(self.files, cfg.micro_batch_size, cfg.seed, env.rank, env.world_size, self.packed.max_seq_length,
                                     self.mask_rate, cfg.prefetch, vocab_size=vocab_size)
         return PretrainingDataLoader(self.files, cfg.micro_batch_size, cfg.seed, env.rank, env.world_size, cfg.prefetch,
-                                     vocab_size=vocab_size)
+                                     vocab_size=vocab_size, type_vocab_size=self.type_vocab_size)
+
+    def identity(self) -> dict:
+        """What this run trains on, recorded in its checkpoints (files_identity)."""
+        return files_identity(self.root, self.files)
+
+
+IDENTITY_EDGE = 64 * 1024
+"""Bytes hashed at each end of a file for its identity: bounded, whatever the data's size."""
+
+
+def files_identity(root: Path, files: list[Path]) -> dict:
+    """A bounded fingerprint of a training input: each file's name (relative to `root`, so a moved folder keeps it),
+    size and the sha256 of its first and last IDENTITY_EDGE bytes (HDF5 metadata and the first and last data
+    chunks), not a full hash: reading terabytes at every start-up is not an option. {"digest", "describe"}."""
+    h = hashlib.sha256()
+    total = 0
+    for f in files:
+        size = f.stat().st_size
+        total += size
+        h.update(f"{f.relative_to(root) if f.is_relative_to(root) else f.name}\0{size}\0".encode())
+        with open(f, "rb") as fh:
+            h.update(fh.read(IDENTITY_EDGE))
+            if size > 2 * IDENTITY_EDGE:
+                fh.seek(size - IDENTITY_EDGE)
+                h.update(fh.read(IDENTITY_EDGE))
+    return {"digest": h.hexdigest()[:16], "describe": f"{root} ({len(files)} files, {total} bytes, digest {h.hexdigest()[:12]})"}
 
 
 def open_training_input(cfg: PretrainConfig, family: ModelFamily, model_config, objective_name: str) -> TrainingInput:
     """List and check --input_dir (and --eval_dir, now rather than after hours of training). Packed data may
     set the config's special-token ids (`check_packed`); the manifest may set cfg.do_lower_case."""
     if cfg.input_dir is None:
-        raise ValueError("--input_dir is required (folder of HDF5 files written by data_prep)")
+        raise UsageError("--input_dir is required (folder of HDF5 files written by data_prep)")
     files = list_hdf5_files(cfg.input_dir, "training")
     if cfg.eval_dir:
         list_hdf5_files(cfg.eval_dir, "test", require_match=True)
@@ -50,24 +82,32 @@ def open_training_input(cfg: PretrainConfig, family: ModelFamily, model_config, 
     if is_packed_folder(files):
         packed = check_packed(files[0], cfg, family, model_config)
     else:
-        check_shapes(files[0], cfg)
+        check_shapes(files[0], cfg, family, model_config)
     tokenizer = adopt_manifest(files, cfg, objective_name)
-    return TrainingInput(files, tokenizer, packed, (cfg.mask_rate or family.mask_rate) if packed is not None else None)
+    return TrainingInput(files, tokenizer, packed, (cfg.mask_rate or family.mask_rate) if packed is not None else None, Path(cfg.input_dir),
+                         model_config.type_vocab_size if family.token_types and packed is None else None)
 
 
-def held_out_input(cfg: PretrainConfig, family: ModelFamily, vocab_size: int):
+def held_out_input(cfg: PretrainConfig, family: ModelFamily, vocab_size: int, type_vocab_size: int | None = None):
     """Evaluation batches of --eval_dir (at most --eval_batches micro-batches, each sequence at most once), either format."""
     files = list_hdf5_files(cfg.eval_dir, "test", require_match=True)
     limit = cfg.eval_batches * cfg.micro_batch_size
     if is_packed_folder(files):  # masked as training masks epoch 0 of the seed: the same masks at every evaluation
         return held_out_packed_batches(files, cfg.micro_batch_size, limit, cfg.seed, cfg.mask_rate or family.mask_rate, vocab_size)
-    return held_out_batches(files, cfg.micro_batch_size, limit, vocab_size)
+    return held_out_batches(files, cfg.micro_batch_size, limit, vocab_size, type_vocab_size if family.token_types else None)
 
 
-def check_shapes(path: Path, cfg: PretrainConfig) -> None:
-    """--max_seq_length / --max_predictions_per_seq (NVIDIA's flags) must describe the data."""
+def check_shapes(path: Path, cfg: PretrainConfig, family: ModelFamily, config) -> None:
+    """--max_seq_length / --max_predictions_per_seq (NVIDIA's flags) must describe the data, and the model must have
+    positions for its sequences."""
     import h5py
 
+    try:
+        _, seq_len, _ = hdf5_schema.read_shape(path)
+    except Exception:  # noqa: BLE001 -- corrupt or not the schema: load_shard names the problem when it opens the file
+        seq_len = None
+    if seq_len is not None:
+        family.check_sequence_length(config, seq_len, str(path), cfg.model_config_path())
     expected = {"input_ids": cfg.max_seq_length, "masked_lm_positions": cfg.max_predictions_per_seq}
     if all(v is None for v in expected.values()):
         return
@@ -87,9 +127,7 @@ def check_packed(path: Path, cfg: PretrainConfig, family: ModelFamily, config) -
     if cfg.max_seq_length is not None and cfg.max_seq_length != attrs.max_seq_length:
         raise DataError(f"--max_seq_length {cfg.max_seq_length} but {path} holds packed sequences of up to {attrs.max_seq_length} "
                         f"tokens; pass the folder `data_prep packed --max-seq-length {cfg.max_seq_length}` wrote, or fix the flag")
-    if attrs.max_seq_length > config.max_position_embeddings:
-        raise DataError(f"{path}: sequences of up to {attrs.max_seq_length} tokens, but the model has max_position_embeddings "
-                        f"{config.max_position_embeddings}; use shorter data or a config with more positions")
+    family.check_sequence_length(config, attrs.max_seq_length, str(path), cfg.model_config_path())
     ids = {"pad": attrs.pad_id, "cls": attrs.cls_id, "sep": attrs.sep_id, "mask": attrs.mask_id}
     changed = {f: ids[role] for f, role in family.special_token_fields.items() if getattr(config, f, None) != ids[role]}
     if changed and cfg.init_checkpoint and not cfg.phase2:
@@ -111,6 +149,12 @@ def adopt_manifest(files: list[Path], cfg: PretrainConfig, objective_name: str) 
     if manifest is None:
         return cfg.vocab_file
     where = Path(files[0]).parent / "manifest.json"
+    # One case setting: the data's. Token ids were made with it; the export's tokenizer must case text the same way.
+    data_lower = manifest.get("args", {}).get("lower_case")
+    if data_lower is not None and bool(data_lower) != cfg.do_lower_case:
+        logger.info("do_lower_case=%s from the data's manifest (data_prep %s)", bool(data_lower),
+                    "--lower-case" if data_lower else "--no-lower-case")
+        cfg.do_lower_case = bool(data_lower)
     if manifest.get("objective") == "mlm" and objective_name == "mlm_nsp":
         raise DataError(f"{where}: this data was written for --objective mlm (no next-sentence pairs); "
                         "train it with --objective mlm, or rebuild the data with data_prep's hdf5 stage and its default objective")
@@ -124,9 +168,10 @@ def adopt_manifest(files: list[Path], cfg: PretrainConfig, objective_name: str) 
             raise DataError(f"--vocab_file {cfg.vocab_file} is not the vocab the HDF5 in {where.parent} was made with "
                             f"({recorded}); token ids would mean other words. Pass that one, or rebuild the data with this one")
         return cfg.vocab_file
+    if recorded:  # data_prep names the copy in the data folder relatively (an absolute path of older manifests stays as it is)
+        recorded = str(where.parent / recorded)
     if recorded and (found := tokenizer_file(recorded)) is not None and found.is_file() and (not digest or file_sha256(found) == digest):
         logger.info("tokenizer from the data's manifest: %s", recorded)
-        cfg.do_lower_case = bool(manifest.get("args", {}).get("lower_case", cfg.do_lower_case))
         return recorded
     if recorded:
         logger.warning("%s names the tokenizer %s, which is missing or changed; pass --vocab_file for the export's tokenizer",

@@ -13,6 +13,7 @@ Every error names the file and, where it applies, the column (`TextDataError`, a
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import logging
 import math
@@ -23,7 +24,9 @@ from typing import Iterator, Literal, Sequence
 import numpy as np
 import torch
 
+from bundle.digest import file_sha256
 from ort_training.data.hdf5 import DataError
+from ort_training.errors import UsageError
 
 logger = logging.getLogger(__name__)
 
@@ -107,11 +110,24 @@ def _columns_parquet(path: Path, text_column: str, label_column: str) -> tuple[l
     return columns, rows
 
 
+MISSING_LABELS = ("", "nan", "na", "n/a", "null", "none", "<na>", "#n/a")
+"""Label cells that mean "no label" in every format: empty, or (case-insensitive) what pandas, R and spreadsheets
+write for a missing value. A CSV holds only strings, so `NaN` there is the null of parquet and jsonl; the same
+rule applies to string cells of every format, so a file converted from one format to another reads the same."""
+
+
+def is_missing(value, markers: tuple[str, ...] = ("",)) -> bool:
+    """None, a float NaN, or a string that is (stripped, case-insensitive) one of `markers`."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return True
+    return isinstance(value, str) and value.strip().lower() in markers
+
+
 def read_table(path: str | Path, text_column: str, label_column: str, label_flag: str = "--label_column") -> Table:
     """The text and label columns of a .csv / .tsv / .parquet / .jsonl (.json) file.
 
-    A missing file or column, an empty text or label, or an empty file is a TextDataError naming the file
-    (and the column and row)."""
+    A missing file or column, a missing label (null, NaN or a MISSING_LABELS cell, in any format), a missing or
+    blank text, or an empty file is a TextDataError naming the file (and the column and row)."""
     path = Path(path)
     if not path.is_file():
         raise TextDataError(f"{path}: no such file")
@@ -134,10 +150,11 @@ def read_table(path: str | Path, text_column: str, label_column: str, label_flag
         for i, row in enumerate(rows, 1):
             text, label = row.get(text_column), row.get(label_column)
             where = f"row {i}" + (" (after the header)" if suffix in (".csv", ".tsv") else "")
-            if label is None or (isinstance(label, float) and math.isnan(label)) or str(label).strip() == "":
-                raise TextDataError(f"{path}: {where} has no value in column {label_column!r} ({label_flag})")
-            if text is None or (isinstance(text, float) and math.isnan(text)):
-                raise TextDataError(f"{path}: {where} has no value in column {text_column!r} (--text_column)")
+            if is_missing(label, MISSING_LABELS):
+                raise TextDataError(f"{path}: {where} has no value in column {label_column!r} ({label_flag}): {label!r} "
+                                    "means a missing label in every format; label the row or remove it")
+            if is_missing(text):
+                raise TextDataError(f"{path}: {where} has no value in column {text_column!r} (--text_column); fill it or remove the row")
             texts.append(str(text))
             labels.append(_label_str(label))
     except UnicodeDecodeError as exc:
@@ -158,6 +175,16 @@ def _label_str(value) -> str:
     if isinstance(value, float) and value.is_integer():
         return str(int(value))
     return str(value).strip()
+
+
+def input_identity(path: str | Path, **settings) -> dict:
+    """What a fine-tuning run trains on, for its checkpoints: the training file's sha256 and the settings that pick
+    and cut its rows. {"digest", "describe"}, compared by the trainer on resume."""
+    sha = file_sha256(path)
+    chosen = json.dumps(settings, sort_keys=True, default=str)
+    digest = hashlib.sha256(f"{sha}\0{chosen}".encode()).hexdigest()[:16]
+    shown = ", ".join(f"{k} {v}" for k, v in sorted(settings.items()))
+    return {"digest": digest, "describe": f"{path} (sha256 {sha[:12]}{'; ' + shown if shown else ''})"}
 
 
 # ----------------------------------------------------------------------------- labels and splits
@@ -226,6 +253,22 @@ def split_rows(table: Table, fractions: dict[str, float], seed: int) -> tuple[Ta
             {name: table.subset(sorted(ix), f"{name} split") for name, ix in taken.items()})
 
 
+def random_split(table, fractions: dict[str, float], seed: int):
+    """A seeded random split of a table's documents (a `Table`, a tagged table: anything with `len` and `subset`),
+    for labels too many to stratify by (label sets, values, tag sequences): the rest of `table`, and a table per
+    name with about that fraction of the documents (at least one)."""
+    order = np.random.default_rng(seed).permutation(len(table))
+    held, start = {}, 0
+    for name, fraction in fractions.items():
+        n = max(1, int(round(fraction * len(table))))
+        held[name] = table.subset(sorted(order[start:start + n].tolist()), f"{name} split")
+        start += n
+    if start >= len(table):
+        raise TextDataError(f"{table.path}: {len(table)} documents leave none for training after the {', '.join(fractions)} split; "
+                            "give a larger file, smaller fractions, or --validation_file / --test_file")
+    return table.subset(sorted(order[start:].tolist()), "train split"), held
+
+
 # ----------------------------------------------------------------------------- tokenizing
 @dataclass
 class EncodedSplit:
@@ -263,9 +306,9 @@ def encode_split(name: str, table: Table, label_ids: np.ndarray, tokenizer, max_
     if not getattr(tokenizer, "is_fast", False):
         raise TypeError("a Hugging Face fast tokenizer is needed (BertTokenizerFast)")
     if long_text not in ("truncate", "window"):
-        raise ValueError(f"--long_text must be truncate or window, got {long_text!r}")
+        raise UsageError(f"--long_text must be truncate or window, got {long_text!r}")
     if long_text == "window" and not 0 <= stride < max_seq_length - 2:
-        raise ValueError(f"--stride {stride} must be >= 0 and < --max_seq_length - 2 ({max_seq_length - 2}) with --long_text window")
+        raise UsageError(f"--stride {stride} must be >= 0 and < --max_seq_length - 2 ({max_seq_length - 2}) with --long_text window")
     pad_to = pad_to or max_seq_length
     enc = tokenizer(table.texts, truncation=True, max_length=max_seq_length, padding="max_length",
                     return_overflowing_tokens=long_text == "window", stride=stride if long_text == "window" else 0,
@@ -298,8 +341,9 @@ class TextClassificationLoader:
     state is (epoch, batch index), like `PretrainingDataLoader`'s, plus the number of windows so that a
     checkpoint is not resumed on different data."""
 
-    def __init__(self, split: EncodedSplit, batch_size: int, seed: int, rank: int = 0, world_size: int = 1):
+    def __init__(self, split: EncodedSplit, batch_size: int, seed: int, rank: int = 0, world_size: int = 1, identity: dict | None = None):
         self.split, self.batch_size, self.seed = split, batch_size, seed
+        self.identity = identity  # what the trainer records in checkpoints and compares on resume (input_identity)
         self.rank, self.world_size = rank, world_size
         self.files = [Path(split.path)]
         self.epoch = self.batch_index = 0

@@ -9,6 +9,7 @@ from typing import Literal
 
 import torch
 from torch import nn
+from ort_training.errors import MissingDependencyError, UsageError
 
 logger = logging.getLogger(__name__)
 
@@ -50,17 +51,17 @@ def ort_stack_problem() -> str | None:
 def import_ortmodule():
     """ORTModule class, or a RuntimeError that says why not and how to fix it."""
     if (problem := ort_stack_problem()) is not None:
-        raise RuntimeError(problem)
+        raise MissingDependencyError(problem)
     try:
         from onnxruntime.training import ortmodule
         from torch_ort import ORTModule
     except Exception as exc:  # ImportError, or RuntimeError/OSError from a broken install
-        raise RuntimeError(f"--backend ort needs torch-ort / onnxruntime-training, which failed to import ({exc}); {ORT_INSTALL_HINT}") from exc
+        raise MissingDependencyError(f"--backend ort needs torch-ort / onnxruntime-training, which failed to import ({exc}); {ORT_INSTALL_HINT}") from exc
     # ORT records a missing C++ extension build at import time and raises it only inside
     # ORTModule(...); check it up front so the message says how to fix it.
     if ortmodule._FALLBACK_INIT_EXCEPTION is not None:
         exc = ortmodule._FALLBACK_INIT_EXCEPTION
-        raise RuntimeError(f"--backend ort: ORTModule is not usable ({exc}); {ORT_INSTALL_HINT}") from exc
+        raise MissingDependencyError(f"--backend ort: ORTModule is not usable ({exc}); {ORT_INSTALL_HINT}") from exc
     return ORTModule
 
 
@@ -92,4 +93,4 @@ def wrap_model(
                 opts.enable_compute_optimizer = False
                 opts.enable_label_sparse_optimizer = False
         return ort_model
-    raise ValueError(f"--backend must be ort, eager or compile, got {backend!r}")
+    raise UsageError(f"--backend must be ort, eager or compile, got {backend!r}")

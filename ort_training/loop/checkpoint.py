@@ -8,6 +8,7 @@ position and the RNG states of torch, CUDA, numpy and Python's `random`.
 
 from __future__ import annotations
 
+import errno
 import logging
 import random
 import re
@@ -18,6 +19,7 @@ import numpy as np
 import torch
 
 from bundle.atomic import atomic_dir
+from ort_training.errors import UsageError
 
 logger = logging.getLogger(__name__)
 
@@ -78,13 +80,53 @@ def save_checkpoint(output_dir: str | Path, step: int, state: dict, keep: int) -
     """Write step-N atomically (temp folder + rename); keep it and the `keep` - 1 newest others."""
     final = Path(output_dir) / "checkpoints" / f"step-{step}"
     with atomic_dir(final) as tmp:
-        torch.save(state, tmp / CKPT_FILE)
+        _write(state, tmp / CKPT_FILE, final / CKPT_FILE)
     # Never the one just written, even when older runs left higher step numbers in the folder.
     others = [d for _, d in list_checkpoints(output_dir) if d != final]
     for old in others[:max(len(others) - (keep - 1), 0)]:
         shutil.rmtree(old, ignore_errors=True)
     logger.info("saved checkpoint %s", final)
     return final
+
+
+class _WholeWrites:
+    """The file torch.save writes to: every write() writes all its bytes or raises the OSError (ENOSPC), and keeps it.
+    torch's own writer turned a short write on a full disk into "unexpected pos N vs M"."""
+
+    def __init__(self, raw):
+        self.raw, self.error = raw, None
+
+    def write(self, data) -> int:
+        view = memoryview(data).cast("B")
+        done = 0
+        try:
+            while done < len(view):
+                n = self.raw.write(view[done:])
+                if not n:
+                    raise OSError(errno.ENOSPC, "No space left on device")
+                done += n
+        except OSError as exc:
+            self.error = self.error or exc
+            raise
+        return done
+
+    def flush(self) -> None:
+        self.raw.flush()
+
+
+def _write(state: dict, tmp: Path, final: Path) -> None:
+    """torch.save through `_WholeWrites`: a full disk is an OSError with its errno (ENOSPC) naming the checkpoint. The
+    temporary folder is removed by atomic_dir and the older checkpoints stay as they were."""
+    out = None
+    try:
+        with open(tmp, "wb", buffering=0) as raw:
+            out = _WholeWrites(raw)
+            torch.save(state, out)
+    except (OSError, RuntimeError) as exc:
+        error = exc if isinstance(exc, OSError) else (out.error if out is not None else None)
+        if error is None:
+            raise
+        raise OSError(error.errno, error.strerror or str(error), str(final)) from None
 
 
 def load_checkpoint(path: str | Path, step: int | None = None) -> dict:
@@ -102,7 +144,7 @@ def load_checkpoint(path: str | Path, step: int | None = None) -> dict:
                 return torch.load(ckpt, map_location="cpu", weights_only=True)
             except Exception as exc:  # truncated zip, bad pickle, I/O error
                 if i + 1 == len(candidates):
-                    raise RuntimeError(f"{ckpt}: cannot read checkpoint ({exc}) and no older complete one exists; "
+                    raise UsageError(f"{ckpt}: cannot read checkpoint ({exc}) and no older complete one exists; "
                                        "start a new --output_dir") from exc
                 logger.warning("%s: cannot read checkpoint (%s); falling back to %s", ckpt, exc, candidates[i + 1])
     else:

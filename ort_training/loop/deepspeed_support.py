@@ -16,6 +16,7 @@ import torch
 
 from ort_training.config import PretrainConfig, resolve_deepspeed_config
 from ort_training.loop.distributed import free_port
+from ort_training.errors import MissingDependencyError, UsageError
 
 logger = logging.getLogger(__name__)
 
@@ -26,20 +27,20 @@ def load_deepspeed_config(cfg: PretrainConfig, world_size: int) -> dict:
         with open(path) as fh:
             ds = json.load(fh)
     except ValueError as exc:
-        raise ValueError(f"--deepspeed {path}: not valid JSON ({exc})") from None
+        raise UsageError(f"--deepspeed {path}: not valid JSON ({exc})") from None
     stage = ds.get("zero_optimization", {}).get("stage", 0)
     if stage not in (0, 1, 2):
-        raise ValueError(f"--deepspeed {cfg.deepspeed}: ZeRO stage {stage} is not supported (use 1 or 2)")
+        raise UsageError(f"--deepspeed {cfg.deepspeed}: ZeRO stage {stage} is not supported (use 1 or 2)")
     if stage >= 1 and world_size > 1:
         # Not implemented yet: with ZeRO each rank holds only its partition of the optimizer state, but
         # our checkpoint is written by rank 0 alone (so a resume would give every rank rank 0's
         # partition), and LAMB's global-norm clip would see only the local partition's gradients.
-        raise ValueError(f"--deepspeed {cfg.deepspeed}: ZeRO stage {stage} with {world_size} ranks is not supported: checkpoints "
+        raise UsageError(f"--deepspeed {cfg.deepspeed}: ZeRO stage {stage} with {world_size} ranks is not supported: checkpoints "
                          "would keep only rank 0's optimizer partition and LAMB's gradient-norm clip would cover one partition. "
                          "Use ZeRO stage 0 or plain DDP (no --deepspeed) for several ranks")
     for key in ("optimizer", "scheduler"):
         if key in ds:
-            raise ValueError(f"--deepspeed {cfg.deepspeed}: remove the '{key}' section; LAMB and the poly schedule come from our flags")
+            raise UsageError(f"--deepspeed {cfg.deepspeed}: remove the '{key}' section; LAMB and the poly schedule come from our flags")
     ds["train_micro_batch_size_per_gpu"] = cfg.micro_batch_size
     ds["gradient_accumulation_steps"] = cfg.gradient_accumulation_steps
     ds["train_batch_size"] = cfg.train_batch_size * world_size
@@ -56,7 +57,7 @@ def initialize_deepspeed(model: torch.nn.Module, optimizer: torch.optim.Optimize
     try:
         import deepspeed
     except ImportError as exc:
-        raise RuntimeError("--deepspeed needs DeepSpeed: pip install 'deepspeed>=0.15' (the [deepspeed] extra)") from exc
+        raise MissingDependencyError("--deepspeed needs DeepSpeed: pip install 'deepspeed>=0.15' (the [deepspeed] extra)") from exc
     world = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
     if not torch.distributed.is_initialized():
         # DeepSpeed always needs a process group and the variables torchrun sets (it asserts LOCAL_RANK),

@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 
 from bundle.atomic import atomic_path, atomic_write_text
+from ort_training.errors import UsageError
 
 logger = logging.getLogger(__name__)
 
@@ -130,6 +131,6 @@ def _records(path: Path) -> list[dict]:
             if i == len(lines) - 1:
                 logger.warning("%s: dropping a torn last line (%s)", path, exc)
                 break
-            raise ValueError(f"{path}: line {i + 1} is not a metrics record ({exc}); remove the line or the file") from None
+            raise UsageError(f"{path}: line {i + 1} is not a metrics record ({exc}); remove the line or the file") from None
         records.append(r)
     return records

@@ -27,10 +27,17 @@ from ort_training.loop.preemption import Preemption
 from ort_training.models import family_of_file
 from ort_training.models.pretraining import PretrainingModel, check_vocab_fits
 from ort_training.run_status import EXPORT_DIR, PREEMPTED_MARKER, phase_finished
+from ort_training.errors import UsageError
 
 logger = logging.getLogger(__name__)
 
 _DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def _describe(architecture: dict) -> str:
+    """'BertForPreTraining (bert: hidden_size 32, num_hidden_layers 2, ...)'."""
+    fields = ", ".join(f"{k} {v}" for k, v in architecture.items() if k not in ("family", "class"))
+    return f"{architecture.get('class', 'model')} ({architecture.get('family', '?')}: {fields})"
 
 
 class NonFiniteError(RuntimeError):
@@ -67,7 +74,7 @@ class Trainer:
         if cfg.backend == "ort" and self.device.type == "cpu" and cfg.precision != "fp32":
             # onnxruntime-training 1.19.2 on CPU fails to build the graph of an autocast model
             # ("LayerNormalization bound to different types (bfloat16 and float)").
-            raise ValueError(f"--backend ort on CPU trains in fp32 only (got --precision {cfg.precision}); "
+            raise UsageError(f"--backend ort on CPU trains in fp32 only (got --precision {cfg.precision}); "
                              "use --backend eager or compile for bf16 on CPU, or a GPU for ORT mixed precision")
         self.phase = 2 if cfg.phase2 else 1
         self.step_offset = cfg.phase1_end_step if cfg.phase2 else 0
@@ -92,11 +99,15 @@ class Trainer:
             check_onnx_available()
         # The data first: packed data carries the tokenizer's special ids, which a from-scratch config must take.
         self.input = None
+        self._input_identity = None  # what this run trains on (rank 0 records and checks it)
         if loader is not None:
             files, self.loader = list(getattr(loader, "files", [])), loader
+            self._input_identity = getattr(loader, "identity", None)
         else:
             self.input = open_training_input(cfg, family, self.model_config, objective.name if objective is not None else cfg.objective)
             files, self.vocab_file = self.input.files, self.input.tokenizer
+            if self.is_main:
+                self._input_identity = self.input.identity()
         self.model = PretrainingModel(self.model_config, cfg.dense_seq_output, objective or cfg.objective).to(self.device)
         self.objective = self.model.objective
         if cfg.checkpoint_activations and cfg.backend != "ort":  # ORT recomputes inside its graph instead (wrap_model)
@@ -155,7 +166,12 @@ class Trainer:
             "data": distributed.all_gather_object(self.loader.state_dict()),
             "rng": distributed.all_gather_object(rng_state()),  # per rank: dropout streams differ by rank
             "model_config": self.model_config.to_dict(),
+            "architecture": self.architecture(),
         }
+
+    def architecture(self) -> dict:
+        """The family, task class and shape fields of the weights (ModelFamily.architecture)."""
+        return self.model.family.architecture(self.model_config, type(self.model.hf_model).__name__)
 
     def _resume_settings(self) -> dict:
         """Settings a checkpoint is only valid with: the data position counts micro-batches of one size
@@ -165,14 +181,22 @@ class Trainer:
                     "learning_rate": cfg.learning_rate, "max_steps": cfg.max_steps, "warmup_proportion": cfg.warmup_proportion}
         if self.input is not None and self.input.mask_rate is not None:  # masked as read: another rate is other batches
             settings["mask_rate"] = self.input.mask_rate
+        if self._input_identity is not None:  # the same position in other data is other samples
+            settings["inputs"] = self._input_identity
         return settings
 
     def _check_resume_settings(self, saved: dict) -> None:
         flags = {"world_size": "number of ranks (WORLD_SIZE)", "micro_batch_size": "--train_batch_size / --gradient_accumulation_steps"}
         for key, now in self._resume_settings().items():
+            if key == "inputs":
+                if "inputs" in saved and saved["inputs"]["digest"] != now["digest"]:
+                    raise UsageError(f"--resume_from_checkpoint: the checkpoint in {self.cfg.output_dir} was trained on "
+                                     f"{saved['inputs']['describe']}, this run reads {now['describe']}; resuming would continue "
+                                     "on other data. Resume with the checkpoint's input, or start in a new --output_dir")
+                continue
             if key in saved and saved[key] != now:  # older checkpoints lack some keys: nothing to compare
                 what = flags.get(key, f"--{key}")
-                raise ValueError(f"--resume_from_checkpoint: the checkpoint in {self.cfg.output_dir} was written with {key}="
+                raise UsageError(f"--resume_from_checkpoint: the checkpoint in {self.cfg.output_dir} was written with {key}="
                                  f"{saved[key]}, this run has {now} ({what}); resuming would skip or repeat samples or change "
                                  f"the schedule. Use the checkpoint's value, or start in a new --output_dir.")
 
@@ -209,8 +233,11 @@ class Trainer:
             ckpt = load_checkpoint(cfg.init_checkpoint)
         if ckpt is None:
             return
-        self.model.load_state_dict(ckpt["model"])
+        source = cfg.output_dir if full or (cfg.phase2 and not cfg.init_checkpoint) else cfg.init_checkpoint
         state = ckpt["train_state"]
+        if full:
+            self._check_resume_settings(state)
+        self._load_weights(ckpt, source)
         if not full:  # phase 2 / init_checkpoint: weights only, fresh optimizer, schedule and data order
             logger.info("initialised weights from a phase-%d checkpoint (step %d)", state["phase"], state["global_step"])
             if cfg.phase2 and state["phase"] == 1:
@@ -220,7 +247,6 @@ class Trainer:
                 elif state["global_step"] != cfg.phase1_end_step:
                     logger.warning("phase-1 checkpoint is step %d but --phase1_end_step is %d", state["global_step"], cfg.phase1_end_step)
             return
-        self._check_resume_settings(state)
         # Loaded by the engine once it exists (DeepSpeed regroups the optimizer's parameters when it wraps it).
         self._restored_optimizer_state = ckpt["optimizer"]
         self._restored_engine_state = ckpt["scaler"]
@@ -233,6 +259,26 @@ class Trainer:
         if self.phase_step >= cfg.max_steps:  # a rerun of a finished phase: keep its export and summary
             logger.info("phase %d already finished (checkpoint at its last step %d)", self.phase, self.global_step)
             self.already_finished = self._finished_here = True
+
+    def _load_weights(self, ckpt: dict, source) -> None:
+        """The checkpoint's weights, refused by name when they are another architecture's (family, task class,
+        sizes) rather than as load_state_dict's list of tensor mismatches."""
+        now = self.architecture()
+        saved = ckpt.get("architecture")
+        if saved is None:  # written before checkpoints recorded it: the shape fields of its model config
+            config = ckpt.get("model_config") or ckpt.get("bert_config") or {}
+            saved = {k: config[k] for k in now if k in config}
+        differ = {k: (saved[k], now[k]) for k in now if k in saved and saved[k] != now[k]}
+        if differ:
+            raise UsageError(f"{source}: the checkpoint holds a {_describe(saved)}, this run builds a {_describe(now)} "
+                             f"(differ: {', '.join(f'{k} {a} vs {b}' for k, (a, b) in differ.items())}); pass the checkpoint's "
+                             "--config_file / --objective, or start in a new --output_dir")
+        try:
+            self.model.load_state_dict(ckpt["model"])
+        except RuntimeError as exc:  # same record, other tensors (a hand-edited config or checkpoint)
+            first = str(exc).strip().splitlines()
+            raise UsageError(f"{source}: the checkpoint's weights do not fit this model ({' '.join(first[:3])[:400]}); pass the "
+                             "checkpoint's --config_file / --objective, or start in a new --output_dir") from None
 
     def _check_finite_weights(self) -> None:
         """Never checkpoint or export non-finite weights: keep-last-K would prune the last good checkpoint."""
@@ -388,7 +434,8 @@ class Trainer:
     def evaluate(self) -> dict:
         """Held-out MLM accuracy of the current weights on --eval_dir (eager model, rank 0), computed
         like `python -m ort_training.evaluate` computes it for an export."""
-        held_out = held_out_input(self.cfg, self.model.family, self.model_config.original_vocab_size)  # each sequence at most once
+        held_out = held_out_input(self.cfg, self.model.family, self.model_config.original_vocab_size,  # each sequence at most once
+                                  getattr(self.model_config, "type_vocab_size", None))
         try:
             result = mlm_accuracy(self.model.hf_model, ({k: v.to(self.device) for k, v in b.items()} for b in held_out))
         finally:

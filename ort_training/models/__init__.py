@@ -10,6 +10,7 @@ from transformers import PretrainedConfig
 from ort_training.models.base import ATTENTION_CHOICES, BACKENDS, VOCAB_MULTIPLE, ModelFamily, WeightNames, read_config_json
 from ort_training.models.bert import BERT
 from ort_training.models.modernbert import MODERNBERT
+from ort_training.errors import UsageError
 
 FAMILIES: dict[str, ModelFamily] = {f.model_type: f for f in (BERT, MODERNBERT)}
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
@@ -24,7 +25,7 @@ def family_of(config: PretrainedConfig | dict) -> ModelFamily:
     try:
         return FAMILIES[model_type or "bert"]
     except KeyError:
-        raise ValueError(f"model_type {model_type!r} is not supported; this bundle trains {', '.join(FAMILIES)}") from None
+        raise UsageError(f"model_type {model_type!r} is not supported; this bundle trains {', '.join(FAMILIES)}") from None
 
 
 def resolve_config_file(name: str) -> str:
@@ -34,15 +35,22 @@ def resolve_config_file(name: str) -> str:
     for cand in (CONFIG_DIR / name, CONFIG_DIR / f"{name}_config.json", CONFIG_DIR / f"bert_{name}_config.json"):
         if cand.is_file():
             return str(cand)
-    raise ValueError(f"--config_file {name}: no such file (shipped: {', '.join(SHIPPED_CONFIGS)})")
+    raise UsageError(f"--config_file {name}: no such file (shipped: {', '.join(SHIPPED_CONFIGS)})")
 
 
 def family_of_file(path: str | Path) -> ModelFamily:
-    """The family of a config JSON (a path or a shipped name)."""
-    return family_of(read_config_json(resolve_config_file(str(path))))
+    """The family of a config JSON (a path or a shipped name); an unknown model_type is an error naming the file."""
+    path = resolve_config_file(str(path))
+    config = read_config_json(path)
+    if not isinstance(config, dict):
+        raise UsageError(f"{path}: expected a JSON object of config fields, got {type(config).__name__}")
+    try:
+        return family_of(config)
+    except UsageError as exc:
+        raise UsageError(f"{path}: {exc}") from None
 
 
 def load_model_config(path: str | Path, dropout: float | None = None, attention: str = "eager") -> PretrainedConfig:
     """Read a config JSON of any family (see ModelFamily.load_config)."""
     path = resolve_config_file(str(path))
-    return family_of(read_config_json(path)).load_config(path, dropout, attention)
+    return family_of_file(path).load_config(path, dropout, attention)

@@ -17,6 +17,7 @@ from typing import Callable, ClassVar
 
 import torch
 from transformers import PretrainedConfig, PreTrainedModel
+from ort_training.errors import UsageError
 
 ATTENTION_CHOICES = ("auto", "eager", "sdpa")
 BACKENDS = ("ort", "eager", "compile")
@@ -72,6 +73,10 @@ class ModelFamily:
     special_token_fields: dict[str, str] = field(default_factory=dict)
     """config field -> tokenizer special token role ('pad', 'cls', 'sep', 'mask') the config must agree with."""
     weights: WeightNames | None = None
+    architecture_fields: tuple[str, ...] = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
+                                            "intermediate_size", "max_position_embeddings")
+    """Config fields that fix the parameters' shapes and how they are read: checked when a config is loaded and
+    recorded by checkpoints, so a resume with another architecture is refused by name (`architecture`)."""
     shipped_configs: tuple[str, ...] = ()
     encode: Callable = None
     """encode(hf_model, input_ids, token_type_ids, attention_mask) -> (sequence_output, pooled_output or None)."""
@@ -84,11 +89,11 @@ class ModelFamily:
         try:
             return self.task_classes[task]
         except KeyError:
-            raise ValueError(f"{self.name} has no {task!r} model here; it supports {', '.join(self.task_classes)}") from None
+            raise UsageError(f"{self.name} has no {task!r} model here; it supports {', '.join(self.task_classes)}") from None
 
     def check_backend(self, backend: str) -> None:
         if backend not in self.backends:
-            raise ValueError(f"--backend {backend} cannot train {self.name}: {self.backend_refusal} "
+            raise UsageError(f"--backend {backend} cannot train {self.name}: {self.backend_refusal} "
                              f"Use --backend {' or --backend '.join(self.backends)}.")
 
     def resolve_attention(self, requested: str, backend: str, device_type: str) -> str:
@@ -99,7 +104,7 @@ class ModelFamily:
             choice = self.auto_attention.get(device_type, "eager")
             return choice if choice in allowed else allowed[0]
         if requested not in allowed:
-            raise ValueError(f"--attention {requested} is not available for {self.name} under --backend {backend} "
+            raise UsageError(f"--attention {requested} is not available for {self.name} under --backend {backend} "
                              f"(it runs {', '.join(allowed)}); use --attention auto")
         return requested
 
@@ -109,7 +114,8 @@ class ModelFamily:
         try:
             config = self.config_class.from_json_file(str(path))
         except (OSError, ValueError) as exc:
-            raise ValueError(f"--config_file {path}: not a readable {self.name} config JSON ({exc})") from None
+            raise UsageError(f"--config_file {path}: not a readable {self.name} config JSON ({exc})") from None
+        self.check_config(config, path)
         config.original_vocab_size = config.vocab_size
         config.vocab_size += -config.vocab_size % VOCAB_MULTIPLE
         if dropout is not None:
@@ -117,6 +123,34 @@ class ModelFamily:
                 setattr(config, name, dropout)
         config._attn_implementation = attention
         return config
+
+    def check_config(self, config: PretrainedConfig, path: str | Path) -> None:
+        """The sizes must be positive integers and the hidden size split evenly over the heads: said here, naming
+        the file, instead of as a division error deep in the model's attention."""
+        for name in self.architecture_fields:
+            value = getattr(config, name, None)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise UsageError(f"{path}: {name} must be a positive integer, got {value!r}")
+        if config.hidden_size % config.num_attention_heads:
+            raise UsageError(f"{path}: hidden_size {config.hidden_size} is not divisible by num_attention_heads "
+                             f"{config.num_attention_heads}; each head takes hidden_size / num_attention_heads dimensions")
+
+    def check_sequence_length(self, config: PretrainedConfig, seq_len: int, source: str, config_source: str) -> None:
+        """Sequences of `seq_len` tokens need at least that many positions: refused by name rather than as an index
+        error in the position embeddings (or, for rotary positions, lengths the model was never built for)."""
+        if seq_len > config.max_position_embeddings:
+            raise UsageError(f"{source}: sequences of {seq_len} tokens, but {config_source} has max_position_embeddings "
+                             f"{config.max_position_embeddings}; use a config with max_position_embeddings >= {seq_len}, "
+                             "or shorter sequences")
+
+    def architecture(self, config: PretrainedConfig | dict, task_class: str) -> dict:
+        """What a checkpoint's weights are: the family, the task's Hugging Face class and the architecture fields
+        (vocab_size as trained: padded). Two equal records load into each other."""
+        get = config.get if isinstance(config, dict) else lambda k, d=None: getattr(config, k, d)
+        record = {"family": self.name, "class": task_class, **{k: get(k) for k in self.architecture_fields}}
+        if task_class.endswith("ForSequenceClassification"):
+            record["num_labels"] = len(get("id2label") or {}) or get("num_labels")
+        return record
 
     def seq_logits(self, model: PreTrainedModel, input_ids, token_type_ids, attention_mask) -> torch.Tensor:
         """Logits of a task model's own forward (classification heads pool as the family defines)."""
@@ -130,4 +164,4 @@ def read_config_json(path: str | Path) -> dict:
     try:
         return json.loads(Path(path).read_text())
     except (OSError, ValueError) as exc:
-        raise ValueError(f"--config_file {path}: not a readable config JSON ({exc})") from None
+        raise UsageError(f"--config_file {path}: not a readable config JSON ({exc})") from None

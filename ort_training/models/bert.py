@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from transformers import BertConfig, BertForMaskedLM, BertForPreTraining, BertForSequenceClassification
+from transformers import BertConfig, BertForMaskedLM, BertForPreTraining, BertForSequenceClassification, BertForTokenClassification
 
 from ort_training.models.base import ModelFamily, WeightNames
 
@@ -16,12 +16,14 @@ BERT = ModelFamily(
     name="bert",
     model_type="bert",
     config_class=BertConfig,
-    task_classes={"mlm_nsp": BertForPreTraining, "mlm": BertForMaskedLM, "sequence_classification": BertForSequenceClassification},
+    task_classes={"mlm_nsp": BertForPreTraining, "mlm": BertForMaskedLM, "sequence_classification": BertForSequenceClassification,
+                  "token_classification": BertForTokenClassification},
     backends=("ort", "eager", "compile"),
     # SDPA fails in ORT's gradient builder; the eager attention exports cleanly.
     attention={"ort": ("eager",), "eager": ("eager", "sdpa"), "compile": ("eager", "sdpa")},
-    # Measured (benchmarks/bench_backends.py --sweep): on 2 CPU cores SDPA ran 0.36-0.39x eager at 512 tokens;
-    # on GPUs SDPA dispatches to FlashAttention / memory-efficient kernels.
+    # CPU: eager, from probes on 2 cores (torch 2.6; SDPA ran 0.36-0.39x eager at 512 tokens); GPU: SDPA, which
+    # dispatches to FlashAttention / memory-efficient kernels. benchmarks/bench_backends.py --sweep re-measures both
+    # kernels per length and says whether this choice is ever the slower one (docs/ort_training.md, "Benchmark").
     auto_attention={"cpu": "eager", "cuda": "sdpa"},
     token_types=True,
     dropout_fields=("hidden_dropout_prob", "attention_probs_dropout_prob"),
@@ -41,6 +43,8 @@ BERT = ModelFamily(
                  ("cls.predictions.transform.dense_act.", "cls.predictions.transform.dense.")),
         config_must_match=("num_attention_heads", "hidden_act", "position_embedding_type"),
     ),
+    architecture_fields=("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
+                         "max_position_embeddings", "type_vocab_size"),
     shipped_configs=("tiny", "base", "large"),
     encode=_encode,
     mlm_head=lambda model: model.cls.predictions,

@@ -4,7 +4,7 @@ build its graph."""
 
 from __future__ import annotations
 
-from transformers import ModernBertConfig, ModernBertForMaskedLM, ModernBertForSequenceClassification
+from transformers import ModernBertConfig, ModernBertForMaskedLM, ModernBertForSequenceClassification, ModernBertForTokenClassification
 
 from ort_training.models.base import ModelFamily, WeightNames
 
@@ -21,13 +21,15 @@ MODERNBERT = ModelFamily(
     name="modernbert",
     model_type="modernbert",
     config_class=ModernBertConfig,
-    task_classes={"mlm": ModernBertForMaskedLM, "sequence_classification": ModernBertForSequenceClassification},
+    task_classes={"mlm": ModernBertForMaskedLM, "sequence_classification": ModernBertForSequenceClassification,
+                  "token_classification": ModernBertForTokenClassification},
     backends=("eager", "compile"),
     backend_refusal=("ONNX Runtime training (ORTModule, frozen at 1.19.2) cannot build ModernBERT's training graph "
                      "(\"This is an invalid model. Error: Duplicate definition of name (_grad)\")."),
     attention={"eager": ("eager", "sdpa"), "compile": ("eager", "sdpa")},
-    # Measured (benchmarks/bench_backends.py --sweep): on 2 CPU cores SDPA ran 1.14x eager at 512 tokens and
-    # 2.28x at 2,048; on GPUs SDPA dispatches to FlashAttention / memory-efficient kernels.
+    # CPU: SDPA, from probes on 2 cores (torch 2.6; 1.14x eager at 512 tokens, 2.28x at 2,048); GPU: SDPA
+    # (FlashAttention / memory-efficient kernels). benchmarks/bench_backends.py --sweep re-measures both kernels
+    # per length and says whether this choice is ever the slower one (docs/ort_training.md, "Benchmark").
     auto_attention={"cpu": "sdpa", "cuda": "sdpa"},
     token_types=False,
     mask_rate=0.30,  # ModernBERT and MosaicBERT mask 30% (answerdotai/ModernBERT's training configs)

@@ -8,6 +8,7 @@ from torch import nn
 from transformers import PretrainedConfig
 
 from ort_training.objectives import Objective, get_objective
+from ort_training.errors import UsageError
 
 
 def check_vocab_fits(n_tokens: int, tokenizer_source: str, config: PretrainedConfig, config_file: str) -> None:
@@ -15,7 +16,7 @@ def check_vocab_fits(n_tokens: int, tokenizer_source: str, config: PretrainedCon
     error deep in training, or garbage after the export trims the rows): refuse it up front."""
     limit = getattr(config, "original_vocab_size", config.vocab_size)
     if n_tokens > limit:
-        raise ValueError(f"{tokenizer_source} has {n_tokens} tokens but --config_file {config_file} has vocab_size "
+        raise UsageError(f"{tokenizer_source} has {n_tokens} tokens but --config_file {config_file} has vocab_size "
                          f"{limit}; use a config with vocab_size >= {n_tokens} (the tokenizer the data was made with)")
 
 

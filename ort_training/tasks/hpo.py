@@ -1,9 +1,10 @@
 """Hyperparameter search for fine-tuning with optuna: `python -m ort_training.finetune ... --hpo_trials N`.
 
-- objective: the validation metric the run early-stops on (tasks/sequence.py: macro-F1 / micro-F1
-  maximised, RMSE minimised), the best evaluation of each trial (the weights it keeps). Named and given
-  its direction explicitly, never a sum of metrics (transformers' `hyperparameter_search` without
-  `compute_objective` minimises precision + recall + F1 + ..., keeping the worst trial);
+- objective: the validation metric the run early-stops on (finetune.validation_metric: macro-F1 / micro-F1
+  maximised, RMSE minimised, entity F1 maximised for token_classification), the best evaluation of each
+  trial (the weights it keeps). Named and given its direction explicitly, never a sum of metrics
+  (transformers' `hyperparameter_search` without `compute_objective` minimises precision + recall + F1 +
+  ..., keeping the worst trial);
 - space: learning rate, batch size, warm-up, weight decay, epochs (DEFAULT_SPACE) or the `hpo` section of
   a YAML file (`--hpo_space`): `name: {low, high[, log][, step]}` or `name: {choices: [...]}`;
 - pruning: every validation evaluation is reported to optuna's MedianPruner through EarlyStopping's
@@ -25,7 +26,7 @@ import shutil
 from pathlib import Path
 
 from bundle.atomic import atomic_dir, atomic_write_text
-from bundle.locking import RunLock
+from ort_training.errors import UsageError
 
 logger = logging.getLogger(__name__)
 
@@ -57,27 +58,27 @@ def load_space(path: str | None) -> dict[str, dict]:
     try:
         data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
-        raise ValueError(f"{where}: not valid YAML ({str(exc).splitlines()[0]})") from None
+        raise UsageError(f"{where}: not valid YAML ({str(exc).splitlines()[0]})") from None
     space = data.get("hpo", data) if isinstance(data, dict) else None
     if not isinstance(space, dict) or not space:
-        raise ValueError(f"{where}: expected a mapping (an 'hpo' section) of parameter: {{low, high}} or {{choices: [...]}}")
+        raise UsageError(f"{where}: expected a mapping (an 'hpo' section) of parameter: {{low, high}} or {{choices: [...]}}")
     out = {}
     for name, spec in space.items():
         if name not in SEARCHABLE:
-            raise ValueError(f"{where}: {name!r} cannot be searched; choose among {', '.join(SEARCHABLE)}")
+            raise UsageError(f"{where}: {name!r} cannot be searched; choose among {', '.join(SEARCHABLE)}")
         if not isinstance(spec, dict) or not ("choices" in spec or {"low", "high"} <= set(spec)):
-            raise ValueError(f"{where}: {name}: give {{low: .., high: ..}} (optional log: true, step: ..) or {{choices: [..]}}")
+            raise UsageError(f"{where}: {name}: give {{low: .., high: ..}} (optional log: true, step: ..) or {{choices: [..]}}")
         if "choices" in spec:
             if not isinstance(spec["choices"], list) or not spec["choices"]:
-                raise ValueError(f"{where}: {name}: choices must be a non-empty list")
+                raise UsageError(f"{where}: {name}: choices must be a non-empty list")
             out[name] = {"choices": spec["choices"]}
             continue
         try:  # YAML 1.1 reads 1e-5 (no dot) as a string
             low, high = float(spec["low"]), float(spec["high"])
         except (TypeError, ValueError):
-            raise ValueError(f"{where}: {name}: low and high must be numbers, got {spec['low']!r}, {spec['high']!r}") from None
+            raise UsageError(f"{where}: {name}: low and high must be numbers, got {spec['low']!r}, {spec['high']!r}") from None
         if not low < high or (spec.get("log") and low <= 0):
-            raise ValueError(f"{where}: {name}: need low < high (and low > 0 with log: true), got {low}, {high}")
+            raise UsageError(f"{where}: {name}: need low < high (and low > 0 with log: true), got {low}, {high}")
         out[name] = {"low": low, "high": high, "log": bool(spec.get("log", False)),
                      **({"step": float(spec["step"])} if spec.get("step") is not None else {})}
     return out
@@ -103,68 +104,68 @@ def _trial_row(t) -> dict:
 
 
 def search(cfg) -> dict:
-    """Run (or continue) the study; returns the best trial's summary (see the module doc)."""
+    """Run (or continue) the study; returns the best trial's summary (see the module doc). The caller
+    (finetune.main) holds OUTPUT_DIR's run lock."""
     import optuna
 
-    from ort_training.finetune import run
-    from ort_training.tasks.sequence import get_task
+    from ort_training.finetune import run, validation_metric
 
     out = Path(cfg.output_dir)
     space = load_space(cfg.hpo_space)
-    task = get_task(cfg)
-    direction = "maximize" if task.higher_is_better else "minimize"
-    objective_desc = {"metric": task.metric, "direction": direction, "split": "validation",
+    metric, higher_is_better = validation_metric(cfg)
+    direction = "maximize" if higher_is_better else "minimize"
+    objective_desc = {"metric": metric, "direction": direction, "split": "validation",
                       "of": "each trial's best evaluation (the weights early stopping keeps)"}
-    with RunLock(out, "hyperparameter search"):
-        storage = f"sqlite:///{(out / STUDY_FILE).resolve()}"
-        try:
-            study = optuna.load_study(study_name=STUDY_NAME, storage=storage) if (out / STUDY_FILE).is_file() else None
-        except KeyError:  # killed between creating the file and the study
-            study = None
-        if study is not None:
-            saved = study.user_attrs.get("objective"), study.user_attrs.get("space")
-            if saved != (objective_desc, space):
-                raise ValueError(f"{out / STUDY_FILE}: a study of {saved[0]} over {saved[1]} is there; this run's objective or "
-                                 "--hpo_space differs. Rerun with the same settings, or use a new --output_dir")
-        redo = _take_back_interrupted(study) if study is not None else []
-        so_far = len(study.trials) if study is not None else 0
-        study = optuna.create_study(
-            study_name=STUDY_NAME, storage=storage, load_if_exists=True, direction=direction,
-            sampler=optuna.samplers.TPESampler(seed=cfg.seed + so_far),
-            pruner=optuna.pruners.MedianPruner(n_startup_trials=PRUNER_STARTUP_TRIALS, n_warmup_steps=0))
-        study.set_user_attr("objective", objective_desc)
-        study.set_user_attr("space", space)
-        for t in redo:
-            study.enqueue_trial(t.params, user_attrs={"redo_of": t.number})
-        finished = [t for t in study.trials if t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)]
-        todo = max(0, cfg.hpo_trials - len(finished))
-        logger.info("hyperparameter search: %s of validation %s; %d trials finished, %d to run (study %s)",
-                    direction, task.metric, len(finished), todo, out / STUDY_FILE)
+    out.mkdir(parents=True, exist_ok=True)
+    storage = f"sqlite:///{(out / STUDY_FILE).resolve()}"
+    try:
+        study = optuna.load_study(study_name=STUDY_NAME, storage=storage) if (out / STUDY_FILE).is_file() else None
+    except KeyError:  # killed between creating the file and the study
+        study = None
+    if study is not None:
+        saved = study.user_attrs.get("objective"), study.user_attrs.get("space")
+        if saved != (objective_desc, space):
+            raise UsageError(f"{out / STUDY_FILE}: a study of {saved[0]} over {saved[1]} is there; this run's objective or "
+                             "--hpo_space differs. Rerun with the same settings, or use a new --output_dir")
+    redo = _take_back_interrupted(study) if study is not None else []
+    so_far = len(study.trials) if study is not None else 0
+    study = optuna.create_study(
+        study_name=STUDY_NAME, storage=storage, load_if_exists=True, direction=direction,
+        sampler=optuna.samplers.TPESampler(seed=cfg.seed + so_far),
+        pruner=optuna.pruners.MedianPruner(n_startup_trials=PRUNER_STARTUP_TRIALS, n_warmup_steps=0))
+    study.set_user_attr("objective", objective_desc)
+    study.set_user_attr("space", space)
+    for t in redo:
+        study.enqueue_trial(t.params, user_attrs={"redo_of": t.number})
+    finished = [t for t in study.trials if t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)]
+    todo = max(0, cfg.hpo_trials - len(finished))
+    logger.info("hyperparameter search: %s of validation %s; %d trials finished, %d to run (study %s)",
+                direction, metric, len(finished), todo, out / STUDY_FILE)
 
-        def objective(trial):
-            params = suggest(trial, space, cfg)
-            folder = out / TRIALS_DIR / f"trial-{trial.number:03d}"
-            trial.set_user_attr("output_dir", str(folder))
-            logger.info("trial %d: %s", trial.number, params)
-            tcfg = dataclasses.replace(cfg, output_dir=str(folder), hpo_trials=0, hpo_space=None, resume_from_checkpoint=False, **params)
+    def objective(trial):
+        params = suggest(trial, space, cfg)
+        folder = out / TRIALS_DIR / f"trial-{trial.number:03d}"
+        trial.set_user_attr("output_dir", str(folder))
+        logger.info("trial %d: %s", trial.number, params)
+        tcfg = dataclasses.replace(cfg, output_dir=str(folder), hpo_trials=0, hpo_space=None, resume_from_checkpoint=False, **params)
 
-            def report(step: int, value: float) -> bool:
-                trial.report(value, step)
-                return trial.should_prune()
+        def report(step: int, value: float) -> bool:
+            trial.report(value, step)
+            return trial.should_prune()
 
-            result = run(tcfg, on_evaluation=report)
-            if result.get("preempted"):
-                trial.set_user_attr("interrupted", True)
-                raise InterruptedError(f"trial {trial.number} was preempted; rerun the same command to continue the search")
-            if result["pruned"]:
-                raise optuna.TrialPruned()
-            trial.set_user_attr("best_step", result["best_step"])
-            trial.set_user_attr("test", result.get("test"))
-            return result["validation"][task.metric]
+        result = run(tcfg, on_evaluation=report)
+        if result.get("preempted"):
+            trial.set_user_attr("interrupted", True)
+            raise InterruptedError(f"trial {trial.number} was preempted; rerun the same command to continue the search")
+        if result["pruned"]:
+            raise optuna.TrialPruned()
+        trial.set_user_attr("best_step", result["best_step"])
+        trial.set_user_attr("test", result.get("test"))
+        return result["validation"][metric]
 
-        if todo:
-            study.optimize(objective, n_trials=todo, catch=())
-        return write_report(cfg, study, space, objective_desc)
+    if todo:
+        study.optimize(objective, n_trials=todo, catch=())
+    return write_report(cfg, study, space, objective_desc)
 
 
 def _take_back_interrupted(study) -> list:
@@ -193,7 +194,7 @@ def write_report(cfg, study, space: dict, objective_desc: dict) -> dict:
     out = Path(cfg.output_dir)
     complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     if not complete:
-        raise ValueError(f"{out / STUDY_FILE}: no trial finished (all pruned or failed); see {out / TRIALS_DIR}")
+        raise UsageError(f"{out / STUDY_FILE}: no trial finished (all pruned or failed); see {out / TRIALS_DIR}")
     best = study.best_trial
     src = Path(best.user_attrs["output_dir"])
     with atomic_dir(out / "hf_model") as tmp:

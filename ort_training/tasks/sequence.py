@@ -18,7 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ort_training.data.text import LabelSet, Table, TextDataError, read_table, split_rows
+from ort_training.data.text import LabelSet, Table, TextDataError, random_split, read_table, split_rows
+from ort_training.errors import UsageError
 from ort_training.tasks import calibration, multilabel, regression
 
 
@@ -40,16 +41,7 @@ class SequenceTask:
 
     def split(self, table: Table, fractions: dict[str, float], seed: int) -> tuple[Table, dict[str, Table]]:
         """Seeded random split (the label sets or values are too many to stratify by)."""
-        total = sum(fractions.values())
-        if not 0 <= total < 1:
-            raise TextDataError(f"{table.path}: split fractions {fractions} must add up to less than 1")
-        order = np.random.default_rng(seed).permutation(len(table))
-        held, start = {}, 0
-        for name, frac in fractions.items():
-            n = min(max(int(round(frac * len(table))), 1 if frac > 0 else 0), len(table) - start - 1)
-            held[name] = table.subset(sorted(order[start:start + n].tolist()), f"{name} split")
-            start += n
-        return table.subset(sorted(order[start:].tolist()), "train split"), held
+        return random_split(table, fractions, seed)
 
     def fit_labels(self, train: Table) -> None:
         raise NotImplementedError
@@ -65,16 +57,14 @@ class SequenceTask:
     def load_splits(self) -> dict[str, Table]:
         """{"train"|"validation"|"test": Table}, split from --train_file where a file is not given, each checked
         against the training labels; with --group_column the test table carries each row's group."""
+        from ort_training.finetune import held_out_fractions
+
         cfg = self.cfg
         train = self.read(cfg.train_file)
         need_groups = bool(cfg.group_column)
         if need_groups and not cfg.test_file:
             train.groups = self._groups(cfg.train_file)
-        fractions = {}
-        if not cfg.validation_file:
-            fractions["validation"] = cfg.validation_fraction
-        if not cfg.test_file and cfg.test_fraction > 0:
-            fractions["test"] = cfg.test_fraction
+        fractions = held_out_fractions(cfg)
         tables = {}
         if fractions:
             self.fit_labels(train)  # one class only: say so about the file, before splitting
@@ -241,7 +231,7 @@ def get_task(cfg) -> SequenceTask:
     try:
         return TASKS[cfg.task](cfg)
     except KeyError:
-        raise ValueError(f"--task {cfg.task!r} is not a sequence task here; choose one of {sorted(TASKS)}") from None
+        raise UsageError(f"--task {cfg.task!r} is not a sequence task here; choose one of {sorted(TASKS)}") from None
 
 
 def by_group(task: SequenceTask, groups: list[str], y: np.ndarray, out: np.ndarray) -> dict:

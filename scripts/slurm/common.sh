@@ -11,6 +11,11 @@
 #   CODEDIR         the checkout (default: the folder sbatch was called from)
 #   PYTHON          interpreter with the project's dependencies (default $CODEDIR/.venv/bin/python, else python3)
 #   EXTRA_ARGS      more flags for `python -m ort_training.pretrain` (e.g. "--phase1.max_steps 100")
+#   CONTAINER_IMAGE an Apptainer/Singularity image (.sif) to run in: `apptainer exec --nv IMAGE ...` (container_wrap)
+#
+# Batch: the runner splits the recipe's global batch (sequences per optimizer step) over GPUS_PER_NODE x
+# nodes, so 4 nodes train with the batch the learning rate was tuned for, not 4x it; a GPU count it does
+# not divide is refused with the arithmetic. Check first: python -m ort_training.recipe batch --recipe R --gpus 8 --nodes 4
 #
 # Preemption contract: Slurm signals the batch shell (--signal=B:TERM@SECONDS before the time limit,
 # or SIGTERM on preemption/scancel --signal=TERM --batch); the shell forwards SIGTERM to the runner,
@@ -71,4 +76,30 @@ run_with_requeue() { # COMMAND...: run it, forward SIGTERM, requeue the job on t
   fi
   if ((rc != 0)); then slurm_log "failed with exit status ${rc}; see ${OUTPUT_DIR}/phase*/train.log"; exit "${rc}"; fi
   slurm_log "both phases done: ${OUTPUT_DIR}/phase2/hf_model"
+}
+
+container_wrap() { # CONTAINER_IMAGE=path.sif: run PRETRAIN_CMD inside it, `apptainer exec --nv IMAGE python -m ...`
+  # The image brings the environment (its python: CONTAINER_PYTHON, default `python` on the image's PATH);
+  # the checkout's code runs (CODEDIR on PYTHONPATH, as without a container). CODEDIR, the data, vocab
+  # and output folders are bound at their own paths; CONTAINER_BIND adds more (apptainer's --bind syntax).
+  # CONTAINER_RUNTIME: apptainer (default, else singularity when only that is installed).
+  [[ -n "${CONTAINER_IMAGE:-}" ]] || return 0
+  [[ -e "${CONTAINER_IMAGE}" ]] || { slurm_log "error: CONTAINER_IMAGE=${CONTAINER_IMAGE} does not exist (apptainer build: docs/clusters.md)"; exit 2; }
+  local runtime=${CONTAINER_RUNTIME:-apptainer}
+  if [[ -z "${CONTAINER_RUNTIME:-}" ]] && ! command -v apptainer >/dev/null 2>&1 && command -v singularity >/dev/null 2>&1; then runtime=singularity; fi
+  command -v "${runtime}" >/dev/null 2>&1 || { slurm_log "error: CONTAINER_IMAGE is set but '${runtime}' is not on PATH (module load apptainer?)"; exit 2; }
+  mkdir -p "${OUTPUT_DIR}"
+  local -a wrap=("${runtime}" exec) binds=("${CODEDIR}" "${PHASE1_DIR}" "${PHASE2_DIR}" "${OUTPUT_DIR}")
+  [[ "${DEVICE:-auto}" == cpu ]] || wrap+=(--nv) # the host's NVIDIA driver libraries and GPUs
+  [[ -n "${VOCAB_FILE:-}" ]] && binds+=("$(dirname "${VOCAB_FILE}")")
+  local path seen=" "
+  for path in "${binds[@]}"; do
+    path=$(realpath -s -m "${path}")
+    [[ "${seen}" == *" ${path} "* ]] || wrap+=(--bind "${path}")
+    seen+="${path} "
+  done
+  [[ -n "${CONTAINER_BIND:-}" ]] && wrap+=(--bind "${CONTAINER_BIND}")
+  # --env: the image's own PYTHONPATH would otherwise win over the host's.
+  wrap+=(--env "PYTHONPATH=${PYTHONPATH:-}" "${CONTAINER_IMAGE}" "${CONTAINER_PYTHON:-python}")
+  PRETRAIN_CMD=("${wrap[@]}" "${PRETRAIN_CMD[@]:1}")
 }

@@ -52,17 +52,17 @@ def _labels(path):
 def test_evaluation_reads_each_held_out_sequence_once(mlm_setup):
     labels = _labels(mlm_setup["data"] / "pubmed_test_0.hdf5")
     args = ["--model_dir", str(mlm_setup["model"]), "--input_dir", str(mlm_setup["data"]), "--batch_size", "8"]
-    full = evaluate.main(args)
+    full = evaluate.run(args)
     assert full["sequences"] == 37 and full["masked_tokens"] == len(labels)  # 4 full batches + a partial one, no wrap-around
     # Asking for more batches than the file holds still reads it once (the old reader cycled: 50 x 32 from 1,551).
-    capped = evaluate.main(args + ["--max_batches", "50"])
+    capped = evaluate.run(args + ["--max_batches", "50"])
     assert capped["sequences"] == 37 and capped["mlm_accuracy"] == full["mlm_accuracy"]
-    two = evaluate.main(args + ["--max_batches", "2"])
+    two = evaluate.run(args + ["--max_batches", "2"])
     assert two["sequences"] == 16
-    some = evaluate.main(args + ["--max_sequences", "20"])
+    some = evaluate.run(args + ["--max_sequences", "20"])
     assert some["sequences"] == 20
     # The per-batch pieces add up to the whole: one pass with batch 37 gives the same counts.
-    one = evaluate.main(args[:-1] + ["37"])
+    one = evaluate.run(args[:-1] + ["37"])
     assert one["masked_tokens"] == full["masked_tokens"] and one["mlm_accuracy"] == pytest.approx(full["mlm_accuracy"])
 
 
@@ -79,12 +79,12 @@ def test_most_frequent_token_baseline(mlm_setup):
     train = np.concatenate([_labels(mlm_setup["data"] / f"pubmed_training_{i}.hdf5") for i in range(2)])
     test = _labels(mlm_setup["data"] / "pubmed_test_0.hdf5")
     token, _ = Counter(train.tolist()).most_common(1)[0]
-    result = evaluate.main(["--model_dir", str(mlm_setup["model"]), "--input_dir", str(mlm_setup["data"])])
+    result = evaluate.run(["--model_dir", str(mlm_setup["model"]), "--input_dir", str(mlm_setup["data"])])
     base = result["most_frequent_token"]
     assert base["token_id"] == token and base["token"] == f"w{token - 5}"
     assert base["source"].startswith("training masked labels") and "2 files" in base["source"]
     assert base["accuracy"] == pytest.approx(float((test == token).mean()))
-    untrained = evaluate.main(["--model_dir", str(mlm_setup["model"]), "--input_dir", str(mlm_setup["data"]), "--untrained"])
+    untrained = evaluate.run(["--model_dir", str(mlm_setup["model"]), "--input_dir", str(mlm_setup["data"]), "--untrained"])
     line = demo_report.mlm_line(untrained, result)
     assert f"most frequent training token ('w{token - 5}') {base['accuracy']:.3f}" in line and "each once" in line
 
@@ -191,13 +191,16 @@ def test_report_mean_and_spread_over_seeds(tmp_path):
 def test_demo_script_wiring():
     """The demo excludes the task's held-out PMIDs, trains (c) from the published folder with the no-config
     recipe and (e) with the ModernBERT recipe on packed BPE data, fine-tunes all five starting points over the
-    seeds and reports them; bash -n and shellcheck pass."""
+    seeds (with the random-init control (f) of (e)'s architecture) and reports them, then scores the test file with
+    (c)'s classifier on each engine; bash -n and shellcheck pass."""
     script = (REPO / "scripts" / "demo.sh").read_text()
     assert "--exclude-ids \"$task/heldout_pmids.txt\"" in script
     assert "--recipe demo_continued" in script and "--phase1.init_checkpoint \"$published\"" in script
     assert "--recipe demo_modernbert" in script and "--tokenizer-type bpe" in script and "data_prep packed" in script
-    for name in ("a_random_init", "b_pretrained_here", "c_published_continued", "d_published", "e_modernbert_pretrained_here"):
-        assert script.count(name) == 2
+    for name in ("a_random_init", "b_pretrained_here", "c_published_continued", "d_published", "e_modernbert_pretrained_here",
+                 "f_modernbert_random_init"):
+        assert script.count(name) >= 2  # fine-tuned and reported
+    assert "for engine in torch onnx onnx-int8" in script and "demo_report.py scoring" in script
     assert '--seed "$seed"' in script and 'DEMO_FT_SEEDS:-1 2 3' in script
     from ort_training.recipe import load_recipe
 

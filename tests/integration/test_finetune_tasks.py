@@ -169,6 +169,8 @@ def test_single_label_calibration_and_subgroups(data, tmp_path):
     assert (out / "reliability.png").is_file() and (out / "confusion_matrix.png").is_file()
     with pytest.raises(SystemExit):
         finetune.parse_config(argv(tmp_path / "x", data, train_file=data["csv"], task="regression", temperature_scaling=True))
+    with pytest.raises(SystemExit):  # text-level flags on the tagging task
+        finetune.parse_config(argv(tmp_path / "x", data, train_file=data["csv"], task="token_classification", group_column="country"))
 
 
 @pytest.mark.ort

@@ -258,3 +258,55 @@ def test_optimizer_imports_twice_in_one_process():
     from ort_training.inference import _import_optimizer
 
     assert _import_optimizer() is _import_optimizer()
+
+
+@pytest.mark.onnx
+def test_demo_scoring_table_from_real_runs(model, tmp_path):
+    """`make demo`'s last step: the engines' outputs side by side, macro-F1 against the labels of the scored file."""
+    import importlib.util
+    from pathlib import Path
+
+    from sklearn.metrics import f1_score
+
+    spec = importlib.util.spec_from_file_location("demo_report", Path(__file__).resolve().parents[2] / "scripts" / "demo_report.py")
+    demo_report = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(demo_report)
+    outputs = []
+    for engine in ("torch", "onnx-int8"):
+        score(model, tmp_path / f"{engine}.csv", engine=engine, id_column="note_id")
+        outputs.append((engine, tmp_path / f"{engine}.csv"))
+    md = demo_report.scoring_report(Path(model["test"]), "dx", outputs, tmp_path / "report")
+    result = json.loads((tmp_path / "report" / "scoring_results.json").read_text())
+    gold = [r["dx"] for r in read(model["test"])]
+    torch_row, int8_row = result["rows"]
+    assert torch_row["macro_f1"] == pytest.approx(f1_score(gold, [r["predicted"] for r in read(outputs[0][1])], average="macro"))
+    assert torch_row["agreement"] == 1.0 and 0.9 <= int8_row["agreement"] <= 1.0
+    assert all(r["rows_per_s"] > 0 for r in result["rows"]) and "| onnx-int8 |" in md
+    with pytest.raises(SystemExit, match="predictions for the 12 rows"):
+        demo_report.scoring_report(Path(model["root"] / "dev.csv"), "dx", outputs, tmp_path / "bad")
+
+
+@pytest.mark.onnx
+def test_fp16_variant_needs_cuda_and_converts(model, tmp_path, capsys):
+    """onnx-fp16 is for a GPU: without ONNX Runtime's CUDA provider it is refused before anything is written (one
+    line, exit 2); the conversion itself (fused graph -> float16, int64 inputs and float32 logits kept) runs anywhere."""
+    import onnx
+    import onnxruntime
+
+    from ort_training import inference
+
+    if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
+        pytest.skip("this onnxruntime offers CUDA: the GPU path is exercised by test_onnx_engines_agree_with_pytorch's engines")
+    out = tmp_path / "fp16.csv"
+    code = predict.main(["--model_dir", str(model["hf"]), "--input_file", model["test"], "--output_file", str(out), "--text_column", "note",
+                         "--engine", "onnx-fp16", "--cache_dir", str(tmp_path / "cache")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "--engine onnx-fp16 needs ONNX Runtime's CUDAExecutionProvider" in err[0], err
+    assert not out.exists() and not (tmp_path / "cache").exists()
+    fused, _ = inference.ensure_variant(model["hf"], "onnx", model["root"] / "onnx_cache")
+    how = inference._to_fp16(fused, tmp_path / "model-fp16.onnx")
+    graph = onnx.load(str(tmp_path / "model-fp16.onnx")).graph
+    assert "float16" in how and {i.type.tensor_type.elem_type for i in graph.input} == {onnx.TensorProto.INT64}
+    assert graph.output[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    float_inits = [i for i in graph.initializer if i.data_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16)]
+    assert float_inits and all(i.data_type == onnx.TensorProto.FLOAT16 for i in float_inits)

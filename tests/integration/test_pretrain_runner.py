@@ -70,9 +70,8 @@ def test_launcher_runner_and_azureml_run_the_same_two_commands(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert [without_paths(c) for c in printed_commands(proc.stdout)] == from_runner
 
-    # Azure ML: the same recipe with the same per-GPU batch (its VM table would otherwise pick its own).
-    batches = [f"--{p}.{k.replace('_', '-')}={getattr(recipe, p)[k]}" for p in ("phase1", "phase2")
-               for k in ("train_batch_size", "gradient_accumulation_steps")]
+    # Azure ML: the same recipe and GPU count with the recipe's micro-batch (its VM table would otherwise pick its own).
+    batches = [f"--{p}.micro-batch-size={getattr(recipe, p)['micro_batch_size']}" for p in ("phase1", "phase2")]
     job = tmp_path / "job.yaml"
     proc = subprocess.run([sys.executable, str(REPO / "azureml" / "submit.py"), "--phase1-data", "azureml:p1:1", "--phase2-data",
                            "azureml:p2:1", *batches, "--dry-run", "--output-yaml", str(job)], env=dict(ENV, HTTPS_PROXY="http://127.0.0.1:9"),

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from ort_training.data.synthetic import tiny_setup, write_dataset
-from ort_training.evaluate import main as evaluate_main
+from ort_training.evaluate import run as evaluate_main
 from ort_training.loop.checkpoint import list_checkpoints, load_checkpoint
 from ort_training.loop.metrics import read_metrics
 from ort_training.run_pretraining import main as pretrain_main

@@ -80,6 +80,8 @@ def test_checkpoint_loads_with_weights_only(setup, tmp_path):
     run(setup, tmp_path, "eager")
     ckpt = torch.load(resolve_checkpoint(tmp_path), weights_only=True)
     assert set(ckpt) >= {"model", "optimizer", "scheduler", "scaler", "train_state", "data", "rng"}
+    inputs = ckpt["train_state"].pop("inputs")  # what it was trained on: a resume on other data is refused
+    assert inputs["digest"] and str(setup["input_dir"]) in inputs["describe"]
     assert ckpt["train_state"] == {"global_step": STEPS, "phase_step": STEPS, "phase": 1, "world_size": 1, "micro_batch_size": 4,
                                    "seed": PretrainConfig.seed, "learning_rate": 1e-2, "max_steps": STEPS, "warmup_proportion": 0.2}
     assert not list((tmp_path / "checkpoints").glob(".*tmp*"))  # no temp leftovers

@@ -1,12 +1,16 @@
-"""azureml/: the dry-run pipeline YAML passes Azure ML's own schema (load_job), the VM-size table
-drives batch and accumulation, and the notebook runs end to end in dry-run mode.
+"""azureml/: the dry-run pipeline YAML passes Azure ML's own schema (load_job), the recipe's global batch
+drives per-GPU batch and accumulation for the VM's GPUs x nodes (the VM table gives the micro-batch),
+continued pretraining carries its init checkpoint and tokenizer as job inputs, and the notebook runs
+end to end in dry-run mode.
 
 Everything runs offline: the dry run needs no credentials, and a dead proxy makes any network call fail.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import io
 import os
 import subprocess
 import sys
@@ -26,19 +30,38 @@ PHASE1 = "azureml://datastores/workspaceblobstore/paths/bert/hdf5/phase1/"
 PHASE2 = "azureml:pubmed-phase2-hdf5:3"
 
 
+def load_submit():
+    # Loaded by path: the folder is not a package (an azureml/__init__.py would shadow the azureml namespace of azureml-mlflow).
+    if "bert_azureml_submit" not in sys.modules:
+        spec = importlib.util.spec_from_file_location("bert_azureml_submit", SUBMIT)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module  # dataclasses resolve annotations through sys.modules
+        spec.loader.exec_module(module)
+    return sys.modules["bert_azureml_submit"]
+
+
 @pytest.fixture(scope="module")
 def submit_module():
-    # Loaded by path: the folder is not a package (an azureml/__init__.py would shadow the azureml namespace of azureml-mlflow).
-    spec = importlib.util.spec_from_file_location("bert_azureml_submit", SUBMIT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses resolve annotations through sys.modules
-    spec.loader.exec_module(module)
-    return module
+    return load_submit()
 
 
 def run_submit(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    env = dict(os.environ, **OFFLINE)
-    return subprocess.run([sys.executable, str(SUBMIT), *args], env=env, cwd=cwd, capture_output=True, text=True, timeout=120)
+    """submit.py's main() in this process (the SDK is imported once), in `cwd`, with a dead proxy: a network call fails."""
+    old_env, old_cwd = os.environ.copy(), Path.cwd()
+    out, err = io.StringIO(), io.StringIO()
+    os.environ.update(OFFLINE)
+    os.chdir(cwd)
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                rc = load_submit().main(list(args))
+            except SystemExit as exc:
+                rc = exc.code
+    finally:
+        os.chdir(old_cwd)
+        os.environ.clear()
+        os.environ.update(old_env)
+    return subprocess.CompletedProcess(list(args), rc, out.getvalue(), err.getvalue())
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +103,8 @@ def test_phase2_consumes_phase1_output_and_commands_follow_the_table(dry_run_yam
         assert build["dockerfile_path"] == "docker/Dockerfile" and Path(build["path"]) == REPO
         assert step["resources"]["shm_size"] == "16g"
     cmd1, cmd2 = phase1["component"]["command"].split(), phase2["component"]["command"].split()
-    # Standard_ND40rs_v2 x 4 nodes in the original notebook: 2048/16 (phase 1) and 1024/64 (phase 2).
+    # Standard_ND40rs_v2 x 4 nodes = 32 GPUs: 65,536 / 32 = 2,048 per GPU = 128 x 16 (phase 1), 32,768 / 32 = 1,024
+    # = 16 x 64 (phase 2), the split of the original notebook's table.
     assert cmd1[cmd1.index("--train_batch_size") + 1] == "2048" and cmd1[cmd1.index("--gradient_accumulation_steps") + 1] == "16"
     assert cmd2[cmd2.index("--train_batch_size") + 1] == "1024" and cmd2[cmd2.index("--gradient_accumulation_steps") + 1] == "64"
     assert cmd2[cmd2.index("--init_checkpoint") + 1] == "${{inputs.phase1_output}}" and "--phase2" in cmd2
@@ -89,26 +113,79 @@ def test_phase2_consumes_phase1_output_and_commands_follow_the_table(dry_run_yam
     assert "--phase2" not in cmd1 and cmd1[cmd1.index("--output_dir") + 1] == "${{outputs.output}}"
 
 
-def test_table_rows_are_consistent(submit_module):
-    for (vm, nodes), phases in submit_module.BATCH_DEFAULTS.items():
-        assert vm in submit_module.VM_SIZES
-        for batch, accumulation in phases:
-            assert batch % accumulation == 0, (vm, nodes)
-    assert submit_module.defaults_table().count("\n| Standard_") == len(submit_module.BATCH_DEFAULTS)
+def test_every_table_row_keeps_the_recipes_global_batch(submit_module):
+    recipe = load_recipe(submit_module.TABLE_RECIPE)
+    table = submit_module.defaults_table()
+    rows = [r for r in table.splitlines() if r.startswith("| Standard_")]
+    assert len(rows) >= 2 * len(submit_module.VM_SIZES)
+    for row in rows:
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        for cell, phase in zip(cells[4:], ("phase1", "phase2")):
+            total, product = cell.split(" = ")
+            ranks, micro, accumulation = (int(x) for x in product.split(" x "))
+            assert int(total.replace(",", "")) == ranks * micro * accumulation == getattr(recipe, phase)["global_batch_size"]
+            assert ranks == int(cells[2])
 
 
-def test_explicit_values_override_the_table_and_unknown_sizes_need_them(submit_module):
+def test_explicit_values_override_the_derived_ones_and_unknown_sizes_need_gpus(submit_module):
     cfg = submit_module.SubmitConfig(phase1_data="a", phase2_data="b", vm_size="Standard_NC24rs_v3", nodes=2)
-    cfg.phase1.gradient_accumulation_steps = 85
+    cfg.phase1.gradient_accumulation_steps = 64
     cfg.resolve()
-    assert (cfg.phase1.train_batch_size, cfg.phase1.gradient_accumulation_steps) == (8160, 85)  # batch from the table
-    assert (cfg.phase2.train_batch_size, cfg.phase2.gradient_accumulation_steps) == (4096, 512)
+    assert (cfg.phase1.train_batch_size, cfg.phase1.gradient_accumulation_steps) == (8192, 64)  # 65,536 / 8 GPUs
+    assert (cfg.phase2.train_batch_size, cfg.phase2.gradient_accumulation_steps) == (4096, 512)  # micro 8 (16 GB V100)
     assert cfg.processes_per_node == 4
     with pytest.raises(ValueError, match="pass --gpus-per-node"):
         submit_module.SubmitConfig(phase1_data="a", phase2_data="b", vm_size="Standard_ND96asr_v4").resolve()
-    odd = submit_module.SubmitConfig(phase1_data="a", phase2_data="b", vm_size="Standard_ND96asr_v4", gpus_per_node=8)
-    with pytest.raises(ValueError, match="--phase1.train-batch-size and --phase1.gradient-accumulation-steps"):
-        odd.resolve()
+    a100 = submit_module.SubmitConfig(phase1_data="a", phase2_data="b", vm_size="Standard_ND96asr_v4", gpus_per_node=8, nodes=2)
+    a100.resolve()  # not in the table: the recipe's micro-batch, the recipe's global batch over 16 GPUs
+    assert (a100.phase1.train_batch_size, a100.phase1.gradient_accumulation_steps) == (4096, 64)
+
+
+def test_zero_batch_is_refused_not_replaced_by_a_default(submit_module):
+    cfg = submit_module.SubmitConfig(phase1_data="a", phase2_data="b")
+    cfg.phase1.train_batch_size = 0
+    with pytest.raises(ValueError, match="--train_batch_size must be >= 1, got 0|must be divisible"):
+        cfg.resolve()
+    cfg = submit_module.SubmitConfig(phase1_data="a", phase2_data="b")
+    cfg.phase2.global_batch_size = 0
+    with pytest.raises(ValueError, match="global_batch_size must be >= 1, got 0"):
+        cfg.resolve()
+
+
+def test_continued_pretraining_carries_init_checkpoint_and_tokenizer(tmp_path):
+    from azure.ai.ml import load_job
+
+    model = tmp_path / "my model"  # a local folder with a space: uploaded at submission, quoted nowhere wrongly
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    vocab = tmp_path / "vocab.txt"
+    vocab.write_text("[PAD]\n")
+    out = tmp_path / "job.yaml"
+    proc = run_submit("--recipe", "continued_pretraining", "--phase1-data", PHASE1, "--phase2-data", PHASE2, "--init-checkpoint",
+                      str(model), "--tokenizer", str(vocab), "--bert-config", "base", "--dry-run", "--output-yaml", str(out), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    job = load_job(out)
+    assert job.inputs["init_checkpoint"].path == str(model) and job.inputs["tokenizer"].path == str(vocab)  # local, not azureml:
+    raw = yaml.safe_load(out.read_text())
+    cmd1, cmd2 = raw["jobs"]["phase1"]["component"]["command"], raw["jobs"]["phase2"]["component"]["command"]
+    assert "--init_checkpoint ${{inputs.init_checkpoint}}" in cmd1 and "--vocab_file ${{inputs.tokenizer}}" in cmd1
+    assert "--init_checkpoint ${{inputs.phase1_output}}" in cmd2 and "--vocab_file ${{inputs.tokenizer}}" in cmd2
+    assert raw["jobs"]["phase1"]["inputs"]["init_checkpoint"]["path"] == "${{parent.inputs.init_checkpoint}}"
+
+
+def test_a_local_path_that_does_not_exist_is_refused(tmp_path):
+    proc = run_submit("--phase1-data", str(tmp_path / "nope"), "--phase2-data", PHASE2, "--dry-run", "--output-yaml",
+                      str(tmp_path / "j.yaml"), cwd=tmp_path)
+    assert proc.returncode == 2 and "no such local file or folder" in proc.stderr
+
+
+def test_values_with_spaces_are_quoted_in_the_command(submit_module):
+    cfg = submit_module.SubmitConfig(phase1_data="a", phase2_data="b", bert_config="large")
+    p1, _ = cfg.resolve().phase_configs()
+    import dataclasses
+
+    text = submit_module._train_command(dataclasses.replace(p1, bert_model="my model"))
+    assert "--bert_model 'my model'" in text and "--input_dir ${{inputs.data}}" in text
 
 
 @pytest.mark.parametrize(
@@ -117,8 +194,9 @@ def test_explicit_values_override_the_table_and_unknown_sizes_need_them(submit_m
         (["--phase1-data", PHASE1], "--phase1-data and --phase2-data are required"),
         (["--phase1-data", PHASE1, "--phase2-data", PHASE2, "--dry-run"], "--dry-run needs --output-yaml"),
         (["--phase1-data", PHASE1, "--phase2-data", PHASE2, "--nodes", "3", "--dry-run", "--output-yaml", "j.yaml"],
-         "no batch defaults for Standard_ND40rs_v2 x 3 nodes"),
-        (["--phase1-data", PHASE1, "--phase2-data", PHASE2, "--phase1.train-batch-size", "100", "--dry-run", "--output-yaml", "j.yaml"],
+         "8 GPU(s) x 3 node(s) = 24 processes (65,536 / 24 = 2,730.67)"),
+        (["--phase1-data", PHASE1, "--phase2-data", PHASE2, "--phase1.train-batch-size", "100", "--phase1.gradient-accumulation-steps",
+          "64", "--dry-run", "--output-yaml", "j.yaml"],
          "phase1: --train_batch_size 100 must be divisible by --gradient_accumulation_steps 64"),
         (["--phase1-data", PHASE1, "--phase2-data", PHASE2, "--phase2.learning-rate=-0.001", "--dry-run", "--output-yaml", "j.yaml"],
          "phase2: --learning_rate must be > 0"),

@@ -79,3 +79,10 @@ def test_real_sample_run_gives_phase1_and_phase2_hdf5(tmp_path):
             assert fh["input_ids"].shape[1] == seq_len and fh["masked_lm_positions"].shape[1] == max_pred
             assert fh["input_ids"].shape[0] > 0
     assert (work / "vocab" / "vocab.txt").is_file()
+
+
+def test_help_is_the_header_comment_only():
+    script = Path(__file__).resolve().parents[2] / "scripts" / "create_datasets_from_start.sh"
+    out = subprocess.run(["bash", str(script), "--help"], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0 and out.stdout.rstrip().endswith("validate and print the commands without running them")
+    assert "set -euo" not in out.stdout and not out.stdout.startswith("#!")

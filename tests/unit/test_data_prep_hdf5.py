@@ -131,3 +131,26 @@ def test_kill_between_hdf5_renames_then_rerun_with_changed_settings(shards, tmp_
         for f in files:
             a, b = read_hdf5(d / f), read_hdf5(clean[name] / f)
             assert all(np.array_equal(a[k], b[k]) for k in a)
+
+
+def test_the_vocab_travels_inside_the_data_folder(shards, tmp_path):
+    """A cloud job mounts the data folder, not the prep machine's disk: the tokenizer is copied next to the HDF5,
+    the manifest names it relatively, and the trainer finds it (and the data's case) after the folder moved."""
+    import shutil
+
+    from ort_training.config import PretrainConfig
+    from ort_training.data.inputs import adopt_manifest
+
+    out = run_hdf5(Hdf5Config(shard_dir=shards, vocab_file=VOCAB, out_root=tmp_path / "prep", dupe_factor=1, lower_case=False,
+                              phases=[PhaseConfig(128, 20)]))
+    data = next(iter(out.values()))
+    manifest = json.loads((data / "manifest.json").read_text())
+    assert manifest["vocab_file"] == "vocab.txt" and (data / "vocab.txt").read_bytes() == VOCAB.read_bytes()
+    assert "vocab.txt" in manifest["output_sizes"]
+    moved = tmp_path / "mounted" / "data"
+    shutil.copytree(data, moved)
+    shutil.rmtree(tmp_path / "prep")
+    cfg = PretrainConfig(input_dir=str(moved))
+    assert cfg.do_lower_case  # the trainer's default, before it reads the data's manifest
+    found = adopt_manifest(sorted(moved.glob("*training*.hdf5")), cfg, "mlm_nsp")
+    assert Path(found) == moved / "vocab.txt" and cfg.do_lower_case is False  # one case flag: data_prep's

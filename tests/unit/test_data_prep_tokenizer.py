@@ -82,3 +82,26 @@ def test_vocab_of_only_special_tokens_is_a_clear_error(tmp_path):
         run_vocab(VocabConfig(out_dir=tmp_path / "v", vocab_file=only))
     with pytest.raises(DataPrepError, match=r"vocab.txt holds only special tokens"):
         run_hdf5(Hdf5Config(shard_dir=tmp_path, vocab_file=only, out_root=tmp_path / "o"))
+
+
+def test_identifier_pieces_can_be_left_out_of_a_clinical_vocab(tmp_path):
+    """Record numbers repeated across notes become vocabulary pieces (min_frequency counts them); the option
+    drops digit-heavy pieces, so they tokenize digit by digit and the vocab file carries none of them."""
+    from data_prep.tokenizer import WordTokenizer, looks_like_identifier
+
+    assert looks_like_identifier("4471203") and looks_like_identifier("##5512") and looks_like_identifier("mrn123456")
+    assert not looks_like_identifier("7") and not looks_like_identifier("##12") and not looks_like_identifier("covid19")
+    notes = [f"patient mrn {4471203 + i % 3} seen on 2024-03-{10 + i % 3} for chest pain and shortness of breath" for i in range(60)]
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    (shards / "notes_training_0.txt").write_text("\n".join(notes + _sentences()) + "\n")
+    run_vocab(VocabConfig(shard_dir=shards, out_dir=tmp_path / "v", vocab_size=700))
+    kept = load_vocab(tmp_path / "v" / "vocab.txt")
+    assert any(looks_like_identifier(t) for t in kept)  # without the option the record numbers are pieces
+    m = run_vocab(VocabConfig(shard_dir=shards, out_dir=tmp_path / "clean", vocab_size=700, drop_identifier_pieces=True))
+    clean = load_vocab(tmp_path / "clean" / "vocab.txt")
+    assert m["params"]["drop_identifier_pieces"] and not any(looks_like_identifier(t) for t in clean)
+    ids, _ = WordTokenizer(tmp_path / "clean" / "vocab.txt", True).encode(["mrn 4471203"])
+    assert clean["[UNK]"] not in ids.tolist() and len(ids) > 2  # no [UNK]: the number is spelled out in smaller pieces
+    with pytest.raises(DataPrepError, match="--drop-identifier-pieces works on WordPiece"):
+        VocabConfig(tokenizer_type="bpe", drop_identifier_pieces=True)

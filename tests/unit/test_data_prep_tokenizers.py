@@ -88,7 +88,7 @@ def _tokenizer_json(path: Path, tokens: list[str]) -> Path:
      r"--tokenizer {d}/tokenizer.json: the tokenizer lacks \[MASK\] or <mask>; masked-LM data needs"),
     (lambda d: (d / "notes.txt").write_text("hello\nworld\n") and d / "notes.txt",
      r"--tokenizer: vocab file {d}/notes.txt lacks the special tokens"),
-    (lambda d: (d / "b.bin").write_bytes(b"\xff\xfe\x00\x01") and d / "b.bin", r"--tokenizer: vocab file {d}/b.bin: not UTF-8"),
+    (lambda d: (d / "b.bin").write_bytes(b"\xff\xfe\x00\x01") and d / "b.bin", r"--tokenizer: vocab file {d}/b.bin: line 1: not UTF-8"),
 ])
 def test_bad_tokenizer_inputs_name_the_flag_and_file(tmp_path, make, message):
     path = make(tmp_path)

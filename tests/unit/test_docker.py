@@ -18,13 +18,14 @@ import shlex
 import shutil
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
 from dockerfile_parse import DockerfileParser
 
 REPO = Path(__file__).resolve().parents[2]
-DOCKERFILES = {"gpu": REPO / "docker" / "Dockerfile", "cpu": REPO / "docker" / "Dockerfile.cpu"}
+DOCKERFILES = {"gpu": REPO / "docker" / "Dockerfile", "cpu": REPO / "docker" / "Dockerfile.cpu", "current": REPO / "docker" / "Dockerfile.current"}
 ORT_DIST = {"gpu": "onnxruntime-training", "cpu": "onnxruntime-training-cpu"}
 
 
@@ -34,9 +35,9 @@ def hadolint() -> str:
     return exe
 
 
-def lock_pins() -> dict[str, str]:
+def lock_pins(lock: str = "constraints.txt") -> dict[str, str]:
     pins = {}
-    for line in (REPO / "constraints.txt").read_text().splitlines():
+    for line in (REPO / lock).read_text().splitlines():
         m = re.match(r"^([A-Za-z0-9_.\-]+)==([^\s;#]+)", line.strip())
         if m:
             pins[m.group(1).lower().replace("_", "-")] = m.group(2)
@@ -57,7 +58,7 @@ def build_args(flavour: str) -> dict[str, str]:
     return args
 
 
-@pytest.mark.parametrize("flavour", ["gpu", "cpu"])
+@pytest.mark.parametrize("flavour", ["gpu", "cpu", "current"])
 def test_hadolint_is_clean(flavour):
     proc = subprocess.run([hadolint(), str(DOCKERFILES[flavour])], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -96,7 +97,7 @@ def test_cpu_image_installs_python_on_a_plain_distribution_base():
     assert "dev" in build_args("cpu")["EXTRAS"].split(",")  # pytest, hadolint, shellcheck: the image tests itself
 
 
-@pytest.mark.parametrize("flavour", ["gpu", "cpu"])
+@pytest.mark.parametrize("flavour", ["gpu", "cpu", "current"])
 def test_extra_ca_certificates_are_a_generic_build_arg(flavour):
     """Networks that intercept HTTPS pass their CA as PEM text; no path of any build machine in the file."""
     assert build_args(flavour)["EXTRA_CA_CERTS"] == ""
@@ -112,6 +113,41 @@ def test_cpu_torch_index_is_optional_with_pypi_fallback():
     # Probed first (an unreachable index must not fail the build), then offered as an extra index only.
     assert "urllib.request.urlopen" in run and 'PIP_EXTRA_INDEX_URL="${TORCH_CPU_INDEX}"' in run
     assert "--index-url" not in run
+
+
+def test_current_image_takes_pypi_cuda_torch_from_the_current_lock_and_installs_the_wheel():
+    """Dockerfile.current: the current lock's torch (no local label: PyPI's CUDA build on Linux x86_64, with its
+    nvidia-* wheels), no NVIDIA base image, the bundle installed from its wheel and not on PYTHONPATH."""
+    args, pins = build_args("current"), lock_pins("constraints-current.txt")
+    assert args["TORCH_VERSION"] == pins["torch"] and "+" not in pins["torch"]
+    assert args["PYTHON_VERSION"] == build_args("cpu")["PYTHON_VERSION"]
+    assert re.fullmatch(r"(debian:bookworm(-slim)?|ubuntu:(22|24)\.04)", args["BASE_IMAGE"]), args["BASE_IMAGE"]
+    runs = " ".join(item["value"] for item in parsed("current").structure if item["instruction"] == "RUN")
+    assert "BERT_STACK=current" in runs and "BERT_ORT_DEVICE=cuda" in runs and "scripts/bootstrap_env.sh" in runs
+    assert '"torch==${TORCH_VERSION}"' in runs and "check_gpu_stack.py --stack current" in runs
+    assert "pip wheel --no-deps" in runs and "pip install --no-deps /tmp/dist/*.whl" in runs
+    assert "extra-index-url" not in runs and "download.pytorch.org" not in DOCKERFILES["current"].read_text()
+    envs = " ".join(item["value"] for item in parsed("current").structure if item["instruction"] == "ENV")
+    assert "PYTHONPATH" not in envs  # what runs is the installed package
+    # The optional extras it bakes in exist, and none is an ONNX Runtime training one (no ORT training on this stack).
+    extras = [e for e in args["EXTRAS"].split(",") if e]
+    assert set(extras) <= set(tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"])
+    assert not any(e.startswith("ort-") for e in extras)
+
+
+def test_gpu_stack_check_reports_this_torch_and_fails_what_a_gpu_host_lacks():
+    script = str(REPO / "docker" / "check_gpu_stack.py")
+    proc = subprocess.run([sys.executable, script, "--stack", "current"], capture_output=True, text=True, timeout=300)
+    import torch
+
+    assert f"torch: {torch.__version__}" in proc.stdout and f"torch cuda build: {torch.version.cuda}" in proc.stdout
+    # A CPU build of torch (this machine's current stack) is not a GPU image; PyPI's CUDA build with its libraries is.
+    assert proc.returncode == (1 if torch.version.cuda is None else 0), proc.stdout + proc.stderr
+    if torch.version.cuda is None:
+        assert "CPU-only build" in proc.stderr
+    if not torch.cuda.is_available():
+        gpu = subprocess.run([sys.executable, script, "--stack", "current", "--require-gpu"], capture_output=True, text=True, timeout=300)
+        assert gpu.returncode == 1 and "no CUDA device visible" in gpu.stderr
 
 
 def _dockerignore_patterns() -> list[tuple[bool, re.Pattern]]:
@@ -171,14 +207,15 @@ def test_build_context_holds_every_tracked_file_and_no_local_state():
         assert not in_build_context(local), f"{local} would be copied into the image"
 
 
-@pytest.mark.parametrize("flavour", ["gpu", "cpu"])
+@pytest.mark.parametrize("flavour", ["gpu", "cpu", "current"])
 def test_copy_sources_exist_and_survive_dockerignore(flavour):
     sources = []
     for item in parsed(flavour).structure:
         if item["instruction"] == "COPY":
             words = shlex.split(item["value"])
             sources += [w for w in words[:-1] if not w.startswith("--")]
-    assert "." in sources  # the project itself, after the cached dependency layer
+    # The project itself after the cached dependency layer: the whole checkout, or (current) the package sources.
+    assert "." in sources or {"bundle", "data_prep", "ort_training"} <= set(sources)
     for src in sources:
         if src == ".":
             continue
@@ -186,7 +223,7 @@ def test_copy_sources_exist_and_survive_dockerignore(flavour):
         assert in_build_context(src), f"{src} is dockerignored"
 
 
-@pytest.mark.parametrize("flavour", ["gpu", "cpu"])
+@pytest.mark.parametrize("flavour", ["gpu", "cpu", "current"])
 def test_image_runs_as_a_non_root_user(flavour):
     users = [item["value"] for item in parsed(flavour).structure if item["instruction"] == "USER"]
     assert users and users[-1] not in {"root", "0", "0:0"}
@@ -261,6 +298,8 @@ def test_build_uses_the_repo_root_as_context():
     assert gpu == ["docker", "build", "-f", str(DOCKERFILES["gpu"]), "-t", "ort-bert-pretraining:gpu", str(REPO)]
     cpu = shlex.split(_dry("build.sh", "--cpu", "--tag", "me/bert:cpu", "--", "--pull", EXTRAS="dev").stdout)
     assert cpu == ["docker", "build", "-f", str(DOCKERFILES["cpu"]), "-t", "me/bert:cpu", "--build-arg", "EXTRAS=dev", "--pull", str(REPO)]
+    current = shlex.split(_dry("build.sh", "--current").stdout)
+    assert current == ["docker", "build", "-f", str(DOCKERFILES["current"]), "-t", "ort-bert-pretraining:current", str(REPO)]
 
 
 def shellcheck() -> str:
@@ -296,3 +335,64 @@ def test_cpu_image_default_command_is_cpu_sized_and_parses(tmp_path):
         assert int(argv[argv.index("--max_steps") + 1]) <= 20
         assert argv[argv.index("--vocab_file") + 1] == str(tmp_path / "bert-synthetic" / "vocab.txt")
     assert not (tmp_path / "results").exists()
+
+
+STAND_IN_APPTAINER = r"""#!/usr/bin/env bash
+# Stand-in for apptainer (not packaged in Debian bookworm): records its argv, checks the flags the
+# Slurm scripts use, applies --env, then runs the command after the image as the image would.
+printf '%s\n' "$@" >"${APPTAINER_ARGV_LOG}"
+[[ "$1" == exec ]] || { echo "stand-in apptainer: only 'exec' is expected, got '$1'" >&2; exit 64; }
+shift
+while [[ "$1" == --* ]]; do
+  case "$1" in
+    --nv) shift ;;
+    --bind) [[ -e "${2%%:*}" ]] || { echo "stand-in apptainer: bind source ${2%%:*} does not exist" >&2; exit 65; }; shift 2 ;;
+    --env) export "${2?}"; shift 2 ;;
+    *) echo "stand-in apptainer: unexpected option $1" >&2; exit 64 ;;
+  esac
+done
+[[ -f "$1" ]] || { echo "stand-in apptainer: image $1 is not a file" >&2; exit 66; }
+shift
+exec "$@"
+"""
+
+
+@pytest.mark.parametrize("device", ["cpu", "auto"])
+def test_slurm_script_runs_the_launch_line_inside_the_container_image(tmp_path, device):
+    """CONTAINER_IMAGE wraps the same launch line in `apptainer exec [--nv] --bind ... IMAGE python ...`, with a
+    stand-in apptainer on PATH (it records argv and runs the rest); the runner's --dry-run validates the phases."""
+    from ort_training.data.synthetic import write_dataset, write_vocab
+
+    write_dataset(str(tmp_path / "p1"), 1, 8, seq_len=128, max_pred=20, vocab_size=100, seed=1)
+    write_dataset(str(tmp_path / "p2"), 1, 8, seq_len=512, max_pred=80, vocab_size=100, seed=2)
+    (tmp_path / "vocab").mkdir()
+    write_vocab(str(tmp_path / "vocab" / "vocab.txt"), 100)
+    bin_dir, image, log = tmp_path / "bin", tmp_path / "bert.sif", tmp_path / "argv.txt"
+    bin_dir.mkdir()
+    (bin_dir / "apptainer").write_text(STAND_IN_APPTAINER)
+    (bin_dir / "apptainer").chmod(0o755)
+    image.write_bytes(b"stand-in image")
+    # `python` inside the "image" is this interpreter (the stand-in runs the command on the host).
+    env = dict(os.environ, PATH=f"{bin_dir}:{Path(sys.executable).parent}:{os.environ['PATH']}", CODEDIR=str(REPO),
+               CONTAINER_IMAGE=str(image), APPTAINER_ARGV_LOG=str(log), RECIPE="tiny_cpu", DEVICE=device,
+               PHASE1_DIR=str(tmp_path / "p1"), PHASE2_DIR=str(tmp_path / "p2"), VOCAB_FILE=str(tmp_path / "vocab" / "vocab.txt"),
+               OUTPUT_DIR=str(tmp_path / "out"), GPUS_PER_NODE="1", EXTRA_ARGS="--dry-run", PYTHONPATH="")
+    for name in [k for k in env if k.startswith("SLURM_")]:
+        env.pop(name)
+    proc = subprocess.run(["bash", str(REPO / "scripts" / "slurm" / "pretrain_1node.sbatch")], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "ort_training.run_pretraining" in proc.stdout  # the runner ran (dry) inside the stand-in container
+    argv = log.read_text().splitlines()
+    image_at = argv.index(str(image))
+    assert argv[0] == "exec" and argv[image_at + 1:image_at + 4] == ["python", "-m", "ort_training.pretrain"]
+    assert ("--nv" in argv) == (device != "cpu")
+    binds = {argv[i + 1] for i, a in enumerate(argv[:image_at]) if a == "--bind"}
+    assert binds == {str(REPO), str(tmp_path / "p1"), str(tmp_path / "p2"), str(tmp_path / "out"), str(tmp_path / "vocab")}
+    assert f"PYTHONPATH={REPO}" in argv[:image_at]  # the checkout's code, over the image's own PYTHONPATH
+    rest = argv[image_at + 4:]
+    assert rest[rest.index("--recipe") + 1] == "tiny_cpu" and rest[-2:] == ["--nnodes", "1"]
+
+    missing = subprocess.run(["bash", str(REPO / "scripts" / "slurm" / "pretrain_1node.sbatch")], cwd=tmp_path,
+                             env=dict(env, CONTAINER_IMAGE=str(tmp_path / "nope.sif")), capture_output=True, text=True, timeout=300)
+    assert missing.returncode == 2 and "CONTAINER_IMAGE" in missing.stderr and "does not exist" in missing.stderr

@@ -84,3 +84,51 @@ def test_cli_flag_reaches_the_format_stage(tmp_path):
                            "--exclude-ids", str(listing)]) == 0
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["skipped"]["excluded_pmid"] == 2
+
+
+NOTES = [("N-001", "P7", "Patient admitted with chest pain, troponin negative, discharged home on aspirin."),
+         ("N-002", "P8", "Follow-up visit for type 2 diabetes, metformin dose increased after review."),
+         ("N-003", "P9", "Readmitted with heart failure exacerbation, diuresed with intravenous furosemide.")]
+
+
+def _write_notes(tmp_path: Path, kind: str) -> Path:
+    import csv
+
+    rows = [{"note_id": n, "patient": p, "body": t} for n, p, t in NOTES]
+    path = tmp_path / f"notes.{kind}"
+    if kind == "csv":
+        with open(path, "w", newline="", encoding="utf-8") as f:
+            w = csv.DictWriter(f, fieldnames=list(rows[0]))
+            w.writeheader()
+            w.writerows(rows)
+    elif kind == "jsonl":
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    else:
+        pq = pytest.importorskip("pyarrow.parquet")
+        import pyarrow as pa
+
+        pq.write_table(pa.Table.from_pylist(rows), path)
+    return path
+
+
+@pytest.mark.parametrize("kind", ["csv", "jsonl", "parquet"])
+def test_id_column_keeps_held_out_notes_out_of_a_table_corpus(tmp_path, kind):
+    notes = _write_notes(tmp_path, kind)
+    held_out = tmp_path / "held_out_notes.txt"
+    held_out.write_text("N-002\n", encoding="utf-8")  # clinical ids need not be digits
+    s = run_format(FormatConfig(corpus=kind, inputs=[notes], out_dir=tmp_path / "out", text_column="body", id_column="note_id",
+                                exclude_ids=held_out))
+    assert s["documents"] == 2 and s["skipped"]["excluded_pmid"] == 1
+    assert _ids(tmp_path / "out") == ["N-001", "N-003"]
+    assert "metformin" not in " ".join(_docs(tmp_path / "out", s))
+
+
+@pytest.mark.parametrize("kind", ["csv", "jsonl"])
+def test_exclude_ids_without_an_id_column_is_refused_not_silently_ignored(tmp_path, kind):
+    notes = _write_notes(tmp_path, kind)
+    held_out = tmp_path / "held_out.txt"
+    held_out.write_text("N-002\n", encoding="utf-8")
+    with pytest.raises(DataPrepError, match="no id column 'id'.*--id-column"):
+        run_format(FormatConfig(corpus=kind, inputs=[notes], out_dir=tmp_path / "out", text_column="body", exclude_ids=held_out))
+    with pytest.raises(DataPrepError, match="no id column 'mrn'"):
+        run_format(FormatConfig(corpus=kind, inputs=[notes], out_dir=tmp_path / "o2", text_column="body", id_column="mrn"))

@@ -75,6 +75,9 @@ def test_help_lists_every_slot():
     for slot in [*range(1, 16), *range(17, 28)]:
         assert f"\n{slot} " in out, slot
     assert "TRAIN_BATCH_SIZE_PHASE2" in out and "--phase2.gradient_accumulation_steps" in out
+    assert out.count("Maps the ORT bioBERT example's positional slots") == 1  # the header once
+    assert len([line for line in out.splitlines() if line.split(" ", 1)[0].isdigit()]) == 27  # a row per slot, 16 included
+    assert "GLOBAL_BATCH_SIZE" in out
 
 
 def test_every_slot_reaches_its_flag_and_phase2_gets_slot_21(layout):
@@ -114,9 +117,11 @@ def test_empty_slots_take_the_recipe(layout):
     recipe = load_recipe("bert_large_biobert")
     only_data = positional({i: "" for i in SLOTS}, layout)
     p1, p2 = map(trainer_config, dry_run_commands(run(only_data, layout)))
+    gpus = recipe.launch["nproc_per_node"]  # slot 4 empty: the recipe's GPUs, its global batch split over them
     for cfg, section in ((p1, recipe.phase1), (p2, recipe.phase2)):
-        assert (cfg.learning_rate, cfg.max_steps, cfg.train_batch_size) == (float(section["learning_rate"]), section["max_steps"],
-                                                                            section["train_batch_size"])
+        assert (cfg.learning_rate, cfg.max_steps) == (float(section["learning_rate"]), section["max_steps"])
+        assert cfg.train_batch_size * gpus == section["global_batch_size"]
+        assert cfg.micro_batch_size <= section["micro_batch_size"]
         assert cfg.precision == recipe.both["precision"]
 
 
@@ -125,8 +130,10 @@ def test_empty_slots_take_the_recipe(layout):
     ({5: "1.5"}, {}, "--warmup_proportion must be in [0, 1)"),
     ({3: "fp8"}, {}, "invalid choice: 'fp8'"),
     ({2: "-1"}, {}, "--learning_rate must be > 0"),
+    ({2: "inf"}, {}, "--learning_rate must be > 0 and finite, got inf"),
+    ({11: "0"}, {}, "phase1: --gradient_accumulation_steps must be >= 1, got 0"),  # slot 11: the trainer's check, asked through the runner
+    ({21: "0"}, {}, "phase2: --gradient_accumulation_steps must be >= 1, got 0"),
     ({8: "maybe"}, {}, "--resume"),
-    ({23: "/nonexistent/phase2"}, {}, "/nonexistent/phase2"),
     ({}, {"BACKEND": "tensorrt"}, "invalid choice: 'tensorrt'"),
 ])
 def test_bad_values_stop_before_any_work(layout, overrides, env, message):
@@ -134,6 +141,14 @@ def test_bad_values_stop_before_any_work(layout, overrides, env, message):
     assert proc.returncode == 2 and message in proc.stderr, proc.stderr
     assert "Traceback" not in proc.stderr
     assert not (layout / "results").exists()
+
+
+def test_missing_data_is_refused_by_a_run_and_noted_by_a_dry_run(layout):
+    real = run(positional({23: "/nonexistent/phase2"}, layout), layout, RECIPE="tiny_cpu", DRY_RUN="0")
+    assert real.returncode == 2 and "/nonexistent/phase2" in real.stderr and "Traceback" not in real.stderr, real.stderr
+    assert not (layout / "results").exists()
+    plan = run(positional({23: "/nonexistent/phase2"}, layout), layout, RECIPE="tiny_cpu")  # planning before the data exists
+    assert plan.returncode == 0 and "# note: phase2: /nonexistent/phase2 does not exist yet" in plan.stdout, plan.stderr
 
 
 def test_fewer_gpus_than_asked_is_one_clear_message(layout):
