@@ -318,7 +318,7 @@ def load_into(model, path: str | Path) -> ImportReport:
 
     target = model if isinstance(model, PreTrainedModel) else getattr(model, "hf_model", None)
     family = family_of(target.config) if isinstance(target, PreTrainedModel) else None
-    kinds = tuple(family.task_classes[t] for t in ("mlm_nsp", "mlm") if t in family.task_classes) if family else ()
+    kinds = tuple(family.hf_class(t) for t in ("mlm_nsp", "mlm") if t in family.task_classes) if family else ()
     if not isinstance(target, kinds):
         raise TypeError(f"load_into needs a Hugging Face pretraining model (BertForPreTraining, BertForMaskedLM, "
                         f"ModernBertForMaskedLM), got {type(model).__name__}")

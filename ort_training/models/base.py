@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Callable, ClassVar
 
 import torch
+import transformers
 from transformers import PretrainedConfig, PreTrainedModel
 from ort_training.errors import UsageError
 
@@ -55,9 +56,11 @@ class ModelFamily:
     name: str
     model_type: str
     """The `model_type` of its Hugging Face config.json."""
-    config_class: type[PretrainedConfig]
-    task_classes: dict[str, type[PreTrainedModel]]
-    """Objective/task name -> the HF class that holds the weights (and is exported)."""
+    config_class_name: str
+    """The Hugging Face config class, by name: classes are imported when first used (ModernBERT's modeling
+    module compiles functions at import and starts an inductor worker pool; a BERT run never pays for it)."""
+    task_classes: dict[str, str]
+    """Objective/task name -> the name of the HF class that holds the weights (and is exported)."""
     backends: tuple[str, ...]
     backend_refusal: str = ""
     """Why the other backends cannot train this family (said at start-up)."""
@@ -85,11 +88,16 @@ class ModelFamily:
 
     SHIPPED: ClassVar[Path] = Path(__file__).resolve().parents[1] / "configs"
 
+    @property
+    def config_class(self) -> type[PretrainedConfig]:
+        return getattr(transformers, self.config_class_name)
+
     def hf_class(self, task: str) -> type[PreTrainedModel]:
         try:
-            return self.task_classes[task]
+            name = self.task_classes[task]
         except KeyError:
             raise UsageError(f"{self.name} has no {task!r} model here; it supports {', '.join(self.task_classes)}") from None
+        return getattr(transformers, name)
 
     def check_backend(self, backend: str) -> None:
         if backend not in self.backends:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from transformers import BertConfig, BertForMaskedLM, BertForPreTraining, BertForSequenceClassification, BertForTokenClassification
-
 from ort_training.models.base import ModelFamily, WeightNames
 
 
@@ -15,9 +13,9 @@ def _encode(model, input_ids, token_type_ids, attention_mask):
 BERT = ModelFamily(
     name="bert",
     model_type="bert",
-    config_class=BertConfig,
-    task_classes={"mlm_nsp": BertForPreTraining, "mlm": BertForMaskedLM, "sequence_classification": BertForSequenceClassification,
-                  "token_classification": BertForTokenClassification},
+    config_class_name="BertConfig",
+    task_classes={"mlm_nsp": "BertForPreTraining", "mlm": "BertForMaskedLM",
+                  "sequence_classification": "BertForSequenceClassification", "token_classification": "BertForTokenClassification"},
     backends=("ort", "eager", "compile"),
     # SDPA fails in ORT's gradient builder; the eager attention exports cleanly.
     attention={"ort": ("eager",), "eager": ("eager", "sdpa"), "compile": ("eager", "sdpa")},

@@ -4,8 +4,6 @@ build its graph."""
 
 from __future__ import annotations
 
-from transformers import ModernBertConfig, ModernBertForMaskedLM, ModernBertForSequenceClassification, ModernBertForTokenClassification
-
 from ort_training.models.base import ModelFamily, WeightNames
 
 
@@ -20,9 +18,9 @@ def _mlm_head(model):
 MODERNBERT = ModelFamily(
     name="modernbert",
     model_type="modernbert",
-    config_class=ModernBertConfig,
-    task_classes={"mlm": ModernBertForMaskedLM, "sequence_classification": ModernBertForSequenceClassification,
-                  "token_classification": ModernBertForTokenClassification},
+    config_class_name="ModernBertConfig",
+    task_classes={"mlm": "ModernBertForMaskedLM", "sequence_classification": "ModernBertForSequenceClassification",
+                  "token_classification": "ModernBertForTokenClassification"},
     backends=("eager", "compile"),
     backend_refusal=("ONNX Runtime training (ORTModule, frozen at 1.19.2) cannot build ModernBERT's training graph "
                      "(\"This is an invalid model. Error: Duplicate definition of name (_grad)\")."),
