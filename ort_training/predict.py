@@ -12,7 +12,9 @@
 - engines: torch (PyTorch eager), onnx (ONNX Runtime, fp32, fused graph), onnx-int8 (int8 dynamic
   quantization), onnx-fp16 (float16 on a CUDA GPU): see ort_training/inference.py (export, checks against PyTorch, cache in MODEL/onnx/);
 - output: a CSV with id, predicted, p_<class> per class (6 decimals), and OUTPUT.json beside it (model digest,
-  engine, settings, input sha256, rows, throughput);
+  engine, settings, input sha256, rows, throughput). A multi-label model (`--task multi_label`): predicted is
+  the labels whose probability reaches the label's threshold from the folder's config (`label_thresholds`,
+  chosen on validation; 0.5 where absent), joined by '|'; a regression model: id, predicted (the value);
 - resumable: every chunk is written whole (write-then-rename) into OUTPUT.parts/ with state.json; a killed
   run rerun with the same command skips the chunks on disk and continues, and the final file (header + the
   chunks, renamed into place at the end) is byte-identical to an uninterrupted run's. A finished output
@@ -251,17 +253,35 @@ def score_texts(model, tokenizer, texts: list[str], settings: dict, batch_size: 
     return predict(model, split, batch_size, torch.device("cpu")), len(split)
 
 
-def format_rows(ids: list[str], probs: np.ndarray, labels: list[str]) -> str:
+def output_kind(config: dict) -> tuple[str, list[float] | None]:
+    """(problem_type, per-label thresholds for a multi-label model) of a classifier folder's config."""
+    kind = config.get("problem_type") or "single_label_classification"
+    if kind != "multi_label_classification":
+        return kind, None
+    saved = config.get("label_thresholds") or {}
+    if not saved:
+        logger.warning("multi-label model without label_thresholds in its config: predicting each label at probability >= 0.5")
+    return kind, [float(saved.get(lab, 0.5)) for lab in labels_of(config)]
+
+
+def format_rows(ids: list[str], probs: np.ndarray, labels: list[str], kind: str = "single_label_classification",
+                thresholds: list[float] | None = None) -> str:
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     for i, p in zip(ids, probs):
-        w.writerow([i, labels[int(p.argmax())], *[f"{x:.6f}" for x in p]])
+        if kind == "regression":
+            w.writerow([i, f"{p[0]:.6g}"])
+        elif kind == "multi_label_classification":
+            w.writerow([i, "|".join(lab for lab, x, t in zip(labels, p, thresholds) if x >= t), *[f"{x:.6f}" for x in p]])
+        else:
+            w.writerow([i, labels[int(p.argmax())], *[f"{x:.6f}" for x in p]])
     return buf.getvalue()
 
 
-def header(labels: list[str]) -> str:
+def header(labels: list[str], kind: str = "single_label_classification") -> str:
     buf = io.StringIO()
-    csv.writer(buf, lineterminator="\n").writerow(["id", "predicted", *[f"p_{lab}" for lab in labels]])
+    csv.writer(buf, lineterminator="\n").writerow(["id", "predicted"] if kind == "regression" else
+                                                  ["id", "predicted", *[f"p_{lab}" for lab in labels]])
     return buf.getvalue()
 
 
@@ -289,6 +309,7 @@ def run(cfg: PredictConfig, on_chunk: Callable[[int], None] | None = None) -> di
     model_dir, input_file, output = Path(cfg.model_dir), Path(cfg.input_file), Path(cfg.output_file)
     config = read_classifier_config(model_dir)
     labels = labels_of(config)
+    kind, thresholds = output_kind(config)
     settings = text_settings(cfg, model_dir, int(config.get("max_position_embeddings", 512)))
     rows = scan(input_file, cfg.text_column, cfg.id_column, cfg.chunk_rows)  # bad input stops here, before any writing
     chunks = -(-rows // cfg.chunk_rows)
@@ -302,7 +323,8 @@ def run(cfg: PredictConfig, on_chunk: Callable[[int], None] | None = None) -> di
                 "input_file": str(input_file.resolve()), "input_sha256": file_sha256(input_file), "rows": rows,
                 "text_column": cfg.text_column, "id_column": cfg.id_column,
                 **{k: settings[k] for k in ("max_seq_length", "long_text", "stride")},
-                "batch_size": cfg.batch_size, "chunk_rows": cfg.chunk_rows, "labels": labels}
+                "batch_size": cfg.batch_size, "chunk_rows": cfg.chunk_rows, "labels": labels,
+                **({"problem_type": kind, "thresholds": thresholds} if kind != "single_label_classification" else {})}
     parts = parts_dir(output)
     if output.exists() and not parts.exists():
         previous = json.loads(sidecar(output).read_text()) if sidecar(output).is_file() else {}
@@ -337,7 +359,7 @@ def run(cfg: PredictConfig, on_chunk: Callable[[int], None] | None = None) -> di
                 if not part.is_file():
                     probs, n_windows = score_texts(model, tokenizer, texts, settings, cfg.batch_size, str(input_file))
                     with atomic_path(part) as tmp:
-                        tmp.write_text(format_rows(ids, probs, labels), encoding="utf-8")
+                        tmp.write_text(format_rows(ids, probs, labels, kind, thresholds), encoding="utf-8")
                     scored, windows = scored + len(texts), windows + n_windows
                     if on_chunk is not None:
                         on_chunk(index)
@@ -348,7 +370,7 @@ def run(cfg: PredictConfig, on_chunk: Callable[[int], None] | None = None) -> di
             raise RuntimeError(f"{parts}: chunks {missing[:5]} missing after the pass; the input changed while it was read")
         with atomic_path(output) as tmp:
             with open(tmp, "w", encoding="utf-8", newline="") as out:
-                out.write(header(labels))
+                out.write(header(labels, kind))
                 for i in range(chunks):
                     with open(parts / f"part-{i:08d}.csv", encoding="utf-8", newline="") as fh:
                         shutil.copyfileobj(fh, out)

@@ -48,13 +48,15 @@ class Table:
     labels: list[str]
     text_column: str
     label_column: str
+    groups: list[str] | None = None
+    """A subgroup per row (fine-tuning's --group_column), carried through splits."""
 
     def __len__(self) -> int:
         return len(self.texts)
 
     def subset(self, index: Sequence[int], name: str) -> "Table":
         return Table(Path(f"{self.path} ({name})"), [self.texts[i] for i in index], [self.labels[i] for i in index],
-                     self.text_column, self.label_column)
+                     self.text_column, self.label_column, None if self.groups is None else [self.groups[i] for i in index])
 
 
 def _rows_csv(path: Path, delimiter: str) -> tuple[list[str], Iterator[dict]]:
@@ -121,7 +123,7 @@ def is_missing(value, markers: tuple[str, ...] = ("",)) -> bool:
     return isinstance(value, str) and value.strip().lower() in markers
 
 
-def read_table(path: str | Path, text_column: str, label_column: str) -> Table:
+def read_table(path: str | Path, text_column: str, label_column: str, label_flag: str = "--label_column") -> Table:
     """The text and label columns of a .csv / .tsv / .parquet / .jsonl (.json) file.
 
     A missing file or column, a missing label (null, NaN or a MISSING_LABELS cell, in any format), a missing or
@@ -141,7 +143,7 @@ def read_table(path: str | Path, text_column: str, label_column: str) -> Table:
             columns, rows = _rows_jsonl(path)
         else:
             raise TextDataError(f"{path}: unknown file type {suffix!r}; use one of {', '.join(SUFFIXES)}")
-        for col, flag in ((text_column, "--text_column"), (label_column, "--label_column")):
+        for col, flag in ((text_column, "--text_column"), (label_column, label_flag)):
             if col not in columns:
                 raise TextDataError(f"{path}: no column {col!r} ({flag}); the file has columns {columns}")
         texts, labels = [], []
@@ -149,7 +151,7 @@ def read_table(path: str | Path, text_column: str, label_column: str) -> Table:
             text, label = row.get(text_column), row.get(label_column)
             where = f"row {i}" + (" (after the header)" if suffix in (".csv", ".tsv") else "")
             if is_missing(label, MISSING_LABELS):
-                raise TextDataError(f"{path}: {where} has no value in column {label_column!r} (--label_column): {label!r} "
+                raise TextDataError(f"{path}: {where} has no value in column {label_column!r} ({label_flag}): {label!r} "
                                     "means a missing label in every format; label the row or remove it")
             if is_missing(text):
                 raise TextDataError(f"{path}: {where} has no value in column {text_column!r} (--text_column); fill it or remove the row")
@@ -165,7 +167,9 @@ def read_table(path: str | Path, text_column: str, label_column: str) -> Table:
 
 
 def _label_str(value) -> str:
-    """1, 1.0 and "1" are one class; anything else its string."""
+    """1, 1.0 and "1" are one class; a list (multi-label jsonl / parquet) its JSON; anything else its string."""
+    if isinstance(value, (list, tuple)):
+        return json.dumps([_label_str(v) for v in value], ensure_ascii=False)
     if isinstance(value, bool):
         return str(value).lower()
     if isinstance(value, float) and value.is_integer():
@@ -247,6 +251,22 @@ def split_rows(table: Table, fractions: dict[str, float], seed: int) -> tuple[Ta
         rest += idx[start:].tolist()
     return (table.subset(sorted(rest), "train split"),
             {name: table.subset(sorted(ix), f"{name} split") for name, ix in taken.items()})
+
+
+def random_split(table, fractions: dict[str, float], seed: int):
+    """A seeded random split of a table's documents (a `Table`, a tagged table: anything with `len` and `subset`),
+    for labels too many to stratify by (label sets, values, tag sequences): the rest of `table`, and a table per
+    name with about that fraction of the documents (at least one)."""
+    order = np.random.default_rng(seed).permutation(len(table))
+    held, start = {}, 0
+    for name, fraction in fractions.items():
+        n = max(1, int(round(fraction * len(table))))
+        held[name] = table.subset(sorted(order[start:start + n].tolist()), f"{name} split")
+        start += n
+    if start >= len(table):
+        raise TextDataError(f"{table.path}: {len(table)} documents leave none for training after the {', '.join(fractions)} split; "
+                            "give a larger file, smaller fractions, or --validation_file / --test_file")
+    return table.subset(sorted(order[start:].tolist()), "train split"), held
 
 
 # ----------------------------------------------------------------------------- tokenizing

@@ -26,9 +26,9 @@ import torch
 
 from bundle.atomic import atomic_path, atomic_write_text
 from ort_training.data.tagged import TaggedSplit, TaggedTable, check_known_tags, encode_tagged, longest_window, read_tagged, tag_set
-from ort_training.data.text import TextClassificationLoader, TextDataError
-from ort_training.finetune import (REPORT_FILE, EarlyStopping, FinetuneConfig, export_best, load_best, micro_batch_size, model_and_tokenizer, train,
-                                   training_identity)
+from ort_training.data.text import TextClassificationLoader, random_split
+from ort_training.finetune import (REPORT_FILE, EarlyStopping, FinetuneConfig, export_best, held_out_fractions, load_best, micro_batch_size,
+                                   model_and_tokenizer, train, training_identity)
 from ort_training.loop.distributed import resolve_dist_env
 from ort_training.models import family_of
 from ort_training.objectives import TokenClassification
@@ -105,32 +105,14 @@ class EntityEarlyStopping(EarlyStopping):
 
 
 # ----------------------------------------------------------------------------- data
-def split_documents(table: TaggedTable, fractions: dict[str, float], seed: int) -> tuple[TaggedTable, dict[str, TaggedTable]]:
-    """A seeded random split of the documents: about `fraction` of them per name (at least one), the rest for training."""
-    order = np.random.default_rng(seed).permutation(len(table))
-    held, start = {}, 0
-    for name, fraction in fractions.items():
-        n = max(1, int(round(fraction * len(table))))
-        held[name] = table.subset(sorted(order[start:start + n].tolist()), f"{name} split")
-        start += n
-    if start >= len(table):
-        raise TextDataError(f"{table.path}: {len(table)} documents leave none for training after the {', '.join(fractions)} split; "
-                            "give a larger file, smaller fractions, or --validation_file / --test_file")
-    return table.subset(sorted(order[start:].tolist()), "train split"), held
-
-
 def load_tagged_splits(cfg: FinetuneConfig) -> tuple[list[str], dict[str, TaggedTable]]:
     """(tags, {"train"|"validation"|"test": table}): tags fixed by the training file, the other files checked against them."""
     read = lambda path: read_tagged(path, cfg.tokens_column, cfg.tags_column)  # noqa: E731
     train_table = read(cfg.train_file)
-    fractions = {}
-    if not cfg.validation_file:
-        fractions["validation"] = cfg.validation_fraction
-    if not cfg.test_file and cfg.test_fraction > 0:
-        fractions["test"] = cfg.test_fraction
+    fractions = held_out_fractions(cfg)
     tables = {}
     if fractions:
-        train_table, tables = split_documents(train_table, fractions, cfg.split_seed)
+        train_table, tables = random_split(train_table, fractions, cfg.split_seed)
     tables["train"] = train_table
     if cfg.validation_file:
         tables["validation"] = read(cfg.validation_file)
@@ -143,7 +125,8 @@ def load_tagged_splits(cfg: FinetuneConfig) -> tuple[list[str], dict[str, Tagged
 
 
 # ----------------------------------------------------------------------------- the run
-def run_token_classification(cfg: FinetuneConfig) -> dict:
+def run_token_classification(cfg: FinetuneConfig, on_evaluation=None) -> dict:
+    """One entity-tagging run (see the module doc); `on_evaluation(step, value)`: EarlyStopping's (the search's pruner)."""
     env = resolve_dist_env(os.environ)
     config_file, tokenizer = model_and_tokenizer(cfg)
     labels, tables = load_tagged_splits(cfg)
@@ -160,9 +143,9 @@ def run_token_classification(cfg: FinetuneConfig) -> dict:
                                       identity=training_identity(cfg))
     trainer, stopper, summary = train(
         cfg, config_file, loader, lambda init: TokenClassification(labels, init_checkpoint=init),
-        lambda is_main, device, resumed_step: EntityEarlyStopping(cfg, splits["validation"], is_main, device, resumed_step),
+        lambda is_main, device, resumed_step: EntityEarlyStopping(cfg, splits["validation"], is_main, device, resumed_step, on_evaluation),
         {"labels": labels, "train_sequence_length": pad_to})
-    if summary.get("preempted") or not trainer.is_main:
+    if summary.get("preempted") or not trainer.is_main or summary["pruned"]:
         return summary
     return finish(cfg, trainer, tokenizer, labels, splits, stopper, summary)
 

@@ -118,6 +118,25 @@ def test_ort_backend(task, tmp_path, capfd):
     check_run(task, out, "BertForTokenClassification", capfd)
 
 
+def test_hpo_search_follows_entity_f1(task, tmp_path, capsys):
+    """--hpo_trials on the tagging task: the study maximises the validation entity F1 early stopping keeps, and the
+    best trial's token classifier is exported to OUTPUT_DIR."""
+    space = tmp_path / "space.yaml"
+    space.write_text("hpo:\n  learning_rate: {low: 1.0e-3, high: 1.0e-2, log: true}\n")
+    out = tmp_path / "hpo"
+    assert finetune.main(args(task, out, config_file="tiny", vocab_file=VOCAB, hpo_trials=2, hpo_space=space, max_steps=2, eval_steps=1,
+                              test_file=None, test_fraction=0)) == 0
+    capsys.readouterr()
+    report = json.loads((out / "hpo_report.json").read_text())
+    assert report["objective"]["metric"] == "entity_f1" and report["objective"]["direction"] == "maximize"
+    done = [t for t in report["trials"] if t["state"] == "COMPLETE"]
+    assert len(done) == 2 and report["best_trial"]["number"] == max(done, key=lambda t: t["value"])["number"]
+    for t in done:  # each trial's value is the best validation entity F1 of its run
+        history = [json.loads(line) for line in (Path(t["output_dir"]) / "validation.jsonl").read_text().splitlines()]
+        assert t["value"] == max(r["entity_f1"] for r in history)
+    assert type(AutoModelForTokenClassification.from_pretrained(out / "hf_model")).__name__ == "BertForTokenClassification"
+
+
 @pytest.mark.parametrize("name,body,message", [
     ("train.conll", "Aspirin\tB-CHEMICAL\nwas\tO\ngiven\n", "train.conll: line 3: expected a word and its tag"),
     ("train.jsonl", '{"tokens": ["Aspirin", "was", "given"], "tags": ["B-CHEMICAL", "O"]}\n', "train.jsonl: line 1: 3 tokens but 2 tags"),
