@@ -41,7 +41,7 @@ from typing import Literal, Optional
 import numpy as np
 import torch
 
-from bundle.atomic import atomic_path, atomic_write_text
+from bundle.atomic import atomic_path, atomic_write_text, save_figure
 from bundle.cli import add_arguments, from_dict, parse_into
 from bundle.locking import RunLock
 from ort_training.config import Attention, Backend, Precision, PretrainConfig, check_optimisation
@@ -244,11 +244,7 @@ def plot_confusion_matrix(cm: list[list[int]], labels: list[str], path: Path, ti
     ax.set_ylabel("true")
     ax.set_title(title, fontsize=10)
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="share of the true class")
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 @torch.no_grad()

@@ -47,7 +47,7 @@ from bundle.atomic import atomic_path, atomic_write_text
 from bundle.cli import add_arguments, from_dict, parse_into
 from bundle.digest import file_sha256
 from bundle.locking import RunLock
-from ort_training.data.text import SUFFIXES, Table, TextDataError, _rows_csv, encode_split
+from ort_training.data.text import SUFFIXES, Table, TextDataError, _rows_csv, encode_split, is_json_array, iter_json_lines
 from ort_training.inference import (
     ENGINES,
     DriftError,
@@ -169,9 +169,7 @@ def _check_columns(path: Path, columns: list[str], wanted: list[str], flags: dic
 
 
 def _rows_jsonl(path: Path, wanted: list[str], flags: dict) -> Iterator[dict]:
-    with open(path, encoding="utf-8") as fh:
-        head = fh.read(4096).lstrip()
-    if path.suffix.lower() == ".json" and head.startswith("["):  # a JSON array: read whole (data/text.py's reader)
+    if is_json_array(path):  # a JSON array: read whole (data/text.py's reader)
         from ort_training.data.text import _rows_jsonl as whole
 
         columns, rows = whole(path)
@@ -179,20 +177,11 @@ def _rows_jsonl(path: Path, wanted: list[str], flags: dict) -> Iterator[dict]:
         yield from rows
         return
     first = True
-    with open(path, encoding="utf-8") as fh:
-        for i, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except ValueError as exc:
-                raise TextDataError(f"{path}: line {i} is not a JSON record ({exc}); expected one JSON object per line") from None
-            if not isinstance(row, dict):
-                raise TextDataError(f"{path}: line {i} is a {type(row).__name__}, not a JSON object")
-            if first:
-                _check_columns(path, list(row), wanted, flags)
-                first = False
-            yield row
+    for _, row in iter_json_lines(path):
+        if first:
+            _check_columns(path, list(row), wanted, flags)
+            first = False
+        yield row
 
 
 def iter_chunks(path: Path, text_column: str, id_column: str | None, chunk_rows: int) -> Iterator[tuple[int, list[str], list[str]]]:

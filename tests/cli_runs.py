@@ -18,3 +18,14 @@ def run_data_prep(*args, check: bool = True) -> subprocess.CompletedProcess:
     if check:
         assert p.returncode == 0, p.stderr[-3000:]
     return p
+
+
+def flags(settings: dict) -> list[str]:
+    """{"max_steps": 12, "disable_progress_bar": True, "x": None} -> ["--max_steps", "12", "--disable_progress_bar"]."""
+    argv = []
+    for k, v in settings.items():
+        if v is True:
+            argv.append(f"--{k}")
+        elif v is not None:
+            argv += [f"--{k}", str(v)]
+    return argv

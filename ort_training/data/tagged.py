@@ -15,7 +15,6 @@ For prediction every sub-token is read from the window where it has the most con
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +24,7 @@ import numpy as np
 import torch
 
 from ort_training.data.hdf5 import IGNORE_INDEX
-from ort_training.data.text import LongText, TextDataError
+from ort_training.data.text import LongText, TextDataError, iter_json_lines
 
 CONLL_SUFFIXES = (".conll", ".conllu", ".iob", ".iob2", ".bio", ".tsv", ".txt")
 JSONL_SUFFIXES = (".jsonl", ".ndjson", ".json")
@@ -92,28 +91,19 @@ def _read_conll(path: Path) -> TaggedTable:
 
 def _read_jsonl(path: Path, tokens_column: str, tags_column: str) -> TaggedTable:
     words, tags, lines = [], [], []
-    with open(path, encoding="utf-8") as fh:
-        for number, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except ValueError as exc:
-                raise TextDataError(f"{path}: line {number} is not a JSON record ({exc}); expected one JSON object per line") from None
-            if not isinstance(record, dict):
-                raise TextDataError(f"{path}: line {number}: expected a JSON object, found {type(record).__name__}")
-            for column, flag in ((tokens_column, "--tokens_column"), (tags_column, "--tags_column")):
-                value = record.get(column)
-                if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-                    raise TextDataError(f"{path}: line {number}: column {column!r} ({flag}) must be a list of strings; the record "
-                                        f"has columns {list(record)}")
-            doc_words, doc_tags = record[tokens_column], record[tags_column]
-            if len(doc_words) != len(doc_tags):
-                raise TextDataError(f"{path}: line {number}: {len(doc_words)} tokens but {len(doc_tags)} tags")
-            if not doc_words:
-                continue
-            _check_tags(path, doc_tags, [number] * len(doc_tags))
-            words.append(doc_words), tags.append(doc_tags), lines.append(number)
+    for number, record in iter_json_lines(path):
+        for column, flag in ((tokens_column, "--tokens_column"), (tags_column, "--tags_column")):
+            value = record.get(column)
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                raise TextDataError(f"{path}: line {number}: column {column!r} ({flag}) must be a list of strings; the record "
+                                    f"has columns {list(record)}")
+        doc_words, doc_tags = record[tokens_column], record[tags_column]
+        if len(doc_words) != len(doc_tags):
+            raise TextDataError(f"{path}: line {number}: {len(doc_words)} tokens but {len(doc_tags)} tags")
+        if not doc_words:
+            continue
+        _check_tags(path, doc_tags, [number] * len(doc_tags))
+        words.append(doc_words), tags.append(doc_tags), lines.append(number)
     return TaggedTable(path, words, tags, lines)
 
 

@@ -71,25 +71,40 @@ def _rows_csv(path: Path, delimiter: str) -> tuple[list[str], Iterator[dict]]:
     return columns, rows()
 
 
-def _rows_jsonl(path: Path) -> tuple[list[str], list[dict]]:
-    rows = []
+def iter_json_lines(path: Path) -> Iterator[tuple[int, dict]]:
+    """(line number, record) of a JSON-lines file, one line in memory at a time; blank lines are skipped and a
+    line that is not a JSON object is a TextDataError naming the file and line (every JSONL reader here)."""
     with open(path, encoding="utf-8") as fh:
-        text = fh.read()
-    if path.suffix == ".json" and text.lstrip().startswith("["):  # a JSON array of records
-        try:
-            rows = json.loads(text)
-        except ValueError as exc:
-            raise TextDataError(f"{path}: not valid JSON ({exc})") from None
-    else:
-        for i, line in enumerate(text.splitlines(), 1):
+        for number, line in enumerate(fh, 1):
             if not line.strip():
                 continue
             try:
-                rows.append(json.loads(line))
+                record = json.loads(line)
             except ValueError as exc:
-                raise TextDataError(f"{path}: line {i} is not a JSON record ({exc}); expected one JSON object per line") from None
-    if any(not isinstance(r, dict) for r in rows):
-        raise TextDataError(f"{path}: expected JSON objects (one record per line), found {type(rows[0]).__name__}")
+                raise TextDataError(f"{path}: line {number} is not a JSON record ({exc}); expected one JSON object per line") from None
+            if not isinstance(record, dict):
+                raise TextDataError(f"{path}: line {number}: expected a JSON object, found {type(record).__name__}")
+            yield number, record
+
+
+def is_json_array(path: Path) -> bool:
+    """A .json file holding one JSON array of records (read whole) rather than JSON lines."""
+    if path.suffix.lower() != ".json":
+        return False
+    with open(path, encoding="utf-8") as fh:
+        return fh.read(4096).lstrip().startswith("[")
+
+
+def _rows_jsonl(path: Path) -> tuple[list[str], list[dict]]:
+    if is_json_array(path):
+        try:
+            rows = json.loads(path.read_text(encoding="utf-8"))
+        except ValueError as exc:
+            raise TextDataError(f"{path}: not valid JSON ({exc})") from None
+        if any(not isinstance(r, dict) for r in rows):
+            raise TextDataError(f"{path}: expected a JSON array of objects, found {type(rows[0]).__name__}")
+    else:
+        rows = [record for _, record in iter_json_lines(path)]
     columns: list[str] = []
     for r in rows:
         columns += [c for c in r if c not in columns]

@@ -7,7 +7,7 @@ import logging
 import os
 from pathlib import Path
 
-from bundle.atomic import atomic_path, atomic_write_text
+from bundle.atomic import atomic_write_text, save_figure
 from ort_training.errors import UsageError
 
 logger = logging.getLogger(__name__)
@@ -92,10 +92,7 @@ class MetricsLogger:
         ax2.plot(steps, [r["lr"] for r in records])
         ax2.set_xlabel("step")
         ax2.set_ylabel("learning rate")
-        fig.tight_layout()
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, dpi=100, format="png")
-        plt.close(fig)
+        save_figure(fig, path, dpi=100)
 
     def close(self) -> None:
         if self._fh is not None:

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bundle.atomic import atomic_path
+from bundle.atomic import save_figure
 
 BINS = 15
 """Equal-width confidence bins of the ECE and the diagram (Guo et al.'s choice)."""
@@ -66,11 +66,7 @@ def plot_reliability(rel: dict, path: Path, title: str, what: str) -> Path:
     axn.set_xlabel("predicted probability (confidence)")
     axn.set_ylabel("count")
     axn.set_yscale("log")
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def fit_temperature(logits: torch.Tensor, doc_index: torch.Tensor, y: np.ndarray, multi_label: bool) -> float:

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bundle.atomic import atomic_path
+from bundle.atomic import atomic_path, save_figure
 from ort_training.data.text import Table, TextDataError
 
 
@@ -89,11 +89,7 @@ def plot_scatter(y: np.ndarray, pred: np.ndarray, path: Path, title: str) -> Pat
     ax.set_ylabel("predicted")
     ax.set_title(title, fontsize=9)
     ax.legend(loc="upper left", fontsize=8)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def write_predictions(path: Path, table: Table, pred: np.ndarray) -> None:

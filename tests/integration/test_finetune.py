@@ -11,6 +11,7 @@ import pytest
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, BertConfig, BertForPreTraining
 
+from cli_runs import flags
 from ort_training import finetune
 from ort_training.export import save_tokenizer, wordpiece_tokenizer
 from ort_training.loop.checkpoint import list_checkpoints, save_checkpoint
@@ -63,14 +64,7 @@ def task(tmp_path_factory):
 def base_args(out, **kw):
     args = {"text_column": "note", "label_column": "dx", "output_dir": str(out), "max_seq_length": 32,
             "train_batch_size": 16, "eval_steps": 10, "disable_progress_bar": True, "backend": "eager"}
-    args.update(kw)
-    argv = []
-    for k, v in args.items():
-        if v is True:
-            argv.append(f"--{k}")
-        elif v is not None:
-            argv += [f"--{k}", str(v)]
-    return argv
+    return flags(args | kw)
 
 
 def test_random_init_learns_the_rule(task, tmp_path, capsys):

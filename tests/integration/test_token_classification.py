@@ -11,6 +11,7 @@ import pytest
 import torch
 from transformers import AutoModelForTokenClassification, AutoTokenizer, BertConfig, BertForPreTraining, pipeline
 
+from cli_runs import flags
 from data_prep.downstream import DownstreamConfig, build_task
 from data_prep.tokenizer import train_bpe, write_tokenizer_folder
 from ort_training import finetune
@@ -37,14 +38,7 @@ def args(task, out, **kw):
     a = {"task": "token_classification", "train_file": task["dir"] / "train.jsonl", "validation_file": task["dir"] / "dev.jsonl",
          "test_file": task["dir"] / "test.jsonl", "output_dir": out, "max_seq_length": 64, "stride": 16, "train_batch_size": 16,
          "max_steps": 12, "eval_steps": 6, "patience": 0, "learning_rate": 3e-3, "backend": "eager", "disable_progress_bar": True}
-    a.update(kw)
-    argv = []
-    for k, v in a.items():
-        if v is True:
-            argv.append(f"--{k}")
-        elif v is not None:
-            argv += [f"--{k}", str(v)]
-    return argv
+    return flags(a | kw)
 
 
 def check_run(task, out, family_class, capsys):

@@ -240,3 +240,15 @@ def test_step_commands_parse_with_the_trainer_parser(dry_run_yaml):
         cfg = parse_config(argv[3:])  # SystemExit on a flag the trainer lacks or a value it refuses
         assert cfg.precision == "fp16" and cfg.backend == "ort" and cfg.config_file == "large"
         assert cfg.resume_from_checkpoint is True  # retries continue instead of restarting
+
+
+def test_the_code_snapshot_leaves_out_every_venv_and_local_state():
+    """Azure ML hashes (and uploads) the code folder minus .amlignore: a venv left in would be ~300,000 files
+    (a dry run took minutes; a submission would upload it)."""
+    from azure.ai.ml._utils._asset_utils import get_ignore_file
+
+    ignore = get_ignore_file(str(REPO))
+    for left_out in (".venv/bin/python", ".venv-current/lib/x.py", ".git/HEAD", "demo_output/x.json", "ort_training/x.pt"):
+        assert ignore.is_file_excluded(str(REPO / left_out)), left_out
+    for kept in ("ort_training/finetune.py", "docker/Dockerfile", "constraints.txt"):
+        assert not ignore.is_file_excluded(str(REPO / kept)), kept
