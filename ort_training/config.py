@@ -17,7 +17,7 @@ from typing import Literal, Optional
 import yaml
 
 from bundle.cli import add_arguments, from_dict, parse_into
-from ort_training.models import ATTENTION_CHOICES, CONFIG_DIR, SHIPPED_CONFIGS, family_of_file, resolve_config_file
+from ort_training.models import ATTENTION_CHOICES, CONFIG_DIR, FAMILIES, SHIPPED_CONFIGS, family_of_file, resolve_config_file
 from ort_training.errors import UsageError
 
 PACKAGE_CONFIGS = CONFIG_DIR
@@ -121,10 +121,9 @@ class PretrainConfig:
         for name in ("max_seq_length", "max_predictions_per_seq"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise UsageError(f"--{name} must be >= 1, got {getattr(self, name)}")
-        from ort_training.objectives import OBJECTIVES  # the one list of objectives
-
-        if self.objective not in OBJECTIVES:
-            raise UsageError(f"--objective {self.objective!r}: choose one of {sorted(OBJECTIVES)}")
+        objectives = sorted({task for family in FAMILIES.values() for task in family.task_classes})  # ort_training.objectives' names
+        if self.objective not in objectives:
+            raise UsageError(f"--objective {self.objective!r}: choose one of {objectives}")
         if self.phase2 and not (self.resume_from_checkpoint or self.init_checkpoint):
             raise UsageError("--phase2 needs --resume_from_checkpoint (same output dir) or --init_checkpoint PATH")
         if self.config_file is not None:

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from transformers import PretrainedConfig, PreTrainedModel
 
 from ort_training.data.hdf5 import IGNORE_INDEX
-from ort_training.models import ModelFamily, family_of
+from ort_training.models import FAMILIES, ModelFamily, family_of
 from ort_training.errors import UsageError
 
 
@@ -257,6 +257,7 @@ class TokenClassification(SequenceClassification):
 
 
 OBJECTIVES: dict[str, type[Objective]] = {cls.name: cls for cls in (MaskedLMWithNSP, MaskedLM, SequenceClassification, TokenClassification)}
+assert set(OBJECTIVES) == {task for family in FAMILIES.values() for task in family.task_classes}, "an objective per family task"
 
 
 def get_objective(name: str) -> Objective:

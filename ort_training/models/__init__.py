@@ -4,13 +4,15 @@ do); NVIDIA's bert_config.json files carry no model_type and are BERT."""
 from __future__ import annotations
 
 from pathlib import Path
-
-from transformers import PretrainedConfig
+from typing import TYPE_CHECKING
 
 from ort_training.models.base import ATTENTION_CHOICES, BACKENDS, VOCAB_MULTIPLE, ModelFamily, WeightNames, read_config_json
 from ort_training.models.bert import BERT
 from ort_training.models.modernbert import MODERNBERT
 from ort_training.errors import UsageError
+
+if TYPE_CHECKING:
+    from transformers import PretrainedConfig
 
 FAMILIES: dict[str, ModelFamily] = {f.model_type: f for f in (BERT, MODERNBERT)}
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"

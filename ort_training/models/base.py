@@ -13,12 +13,13 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, ClassVar
+from typing import TYPE_CHECKING, Callable, ClassVar
 
-import torch
-import transformers
-from transformers import PretrainedConfig, PreTrainedModel
 from ort_training.errors import UsageError
+
+if TYPE_CHECKING:  # transformers (and torch) load when a class is first asked for: a launcher or dry run never needs them
+    import torch
+    from transformers import PretrainedConfig, PreTrainedModel
 
 ATTENTION_CHOICES = ("auto", "eager", "sdpa")
 BACKENDS = ("ort", "eager", "compile")
@@ -90,6 +91,8 @@ class ModelFamily:
 
     @property
     def config_class(self) -> type[PretrainedConfig]:
+        import transformers
+
         return getattr(transformers, self.config_class_name)
 
     def hf_class(self, task: str) -> type[PreTrainedModel]:
@@ -97,6 +100,8 @@ class ModelFamily:
             name = self.task_classes[task]
         except KeyError:
             raise UsageError(f"{self.name} has no {task!r} model here; it supports {', '.join(self.task_classes)}") from None
+        import transformers
+
         return getattr(transformers, name)
 
     def check_backend(self, backend: str) -> None:
