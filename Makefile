@@ -20,13 +20,14 @@ test: env lint  ## lint, then the test suite (PYTEST_ARGS="-k lamb" to select)
 env-current:  ## create the current-stack venv .venv-current (recent torch, transformers 5.x, no ORT)
 	@BERT_STACK=current scripts/bootstrap_env.sh >/dev/null
 
-# The backend-independent tests on the current stack: tests that need ONNX Runtime training skip
-# there with the reason. Not collected: the environment check (it pins the ORT stack), the image's
-# in-image checks (the image holds the pinned stack) and the Slurm cluster test (the batch scripts
-# do not depend on the stack; its ~7 minutes run once, in `make test`).
+# The tests of what depends on the stack (models, objectives, the training loop, exact resume,
+# fine-tuning, export, inference, the installed wheel), on the current stack: tests that need ONNX
+# Runtime training skip there with the reason. Deselected: `stack_free` tests (data_prep, launchers,
+# Slurm, multi-node and kill orchestration, Azure ML, Docker files: they ran once, in `make test`).
+# Not collected: the environment check (it pins the ORT stack) and the image's in-image checks.
 test-current: env-current  ## the test suite on the current stack (PYTEST_ARGS as for test)
-	.venv-current/bin/python -m pytest --ignore=tests/test_environment.py --ignore=tests/integration/test_docker_image.py \
-		--ignore=tests/integration/test_slurm.py $(PYTEST_ARGS)
+	.venv-current/bin/python -m pytest -m "not stack_free" --ignore=tests/test_environment.py \
+		--ignore=tests/integration/test_docker_image.py $(PYTEST_ARGS)
 
 lint: env  ## ruff (configured in pyproject.toml)
 	$(PYTHON) -m ruff check .

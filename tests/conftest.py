@@ -13,6 +13,13 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+def pytest_configure(config):
+    # Registered here, not in pyproject.toml: the environments are keyed by a hash of that file.
+    config.addinivalue_line("markers", "stack_free: tests nothing that torch or transformers do (data_prep, launchers, Slurm, "
+                            "multi-node and kill orchestration, Azure ML, Docker files): run once, by `make test`; "
+                            "`make test-current` deselects them")
+
+
 def _ort_usable() -> str | None:
     """None if ORTModule can run here, else why not (the current stack has no ONNX Runtime training)."""
     try:

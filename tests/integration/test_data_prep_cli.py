@@ -14,6 +14,8 @@ from cli_runs import run_data_prep as _run
 from bundle import layout
 from bundle.locking import RunLock
 
+pytestmark = pytest.mark.stack_free  # no torch/transformers in what it tests: `make test` runs it, `make test-current` does not
+
 ROOT = Path(__file__).parents[2]
 ASSETS = ROOT / "tests" / "assets" / "pubmed"
 VOCAB = ASSETS / "bert-base-uncased-vocab.txt"

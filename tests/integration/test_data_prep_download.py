@@ -13,6 +13,8 @@ from data_prep.config import DownloadConfig
 from data_prep.download import run_download
 from data_prep.manifest import DataPrepError
 
+pytestmark = pytest.mark.stack_free  # no torch/transformers in what it tests: `make test` runs it, `make test-current` does not
+
 ASSETS = Path(__file__).parents[1] / "assets" / "pubmed"
 
 

@@ -5,9 +5,12 @@ from pathlib import Path
 
 import h5py
 import numpy as np
+import pytest
 from cli_runs import run_data_prep as _run
 
 from bundle import layout
+
+pytestmark = pytest.mark.stack_free  # no torch/transformers in what it tests: `make test` runs it, `make test-current` does not
 
 ROOT = Path(__file__).parents[2]
 ASSETS = ROOT / "tests" / "assets" / "pubmed"

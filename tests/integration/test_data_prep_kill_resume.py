@@ -10,6 +10,9 @@ import time
 from pathlib import Path
 
 import h5py
+import pytest
+
+pytestmark = pytest.mark.stack_free  # no torch/transformers in what it tests: `make test` runs it, `make test-current` does not
 
 ROOT = Path(__file__).parents[2]
 ASSETS = ROOT / "tests" / "assets" / "pubmed"

@@ -27,7 +27,7 @@ from ort_training.loop.checkpoint import list_checkpoints, load_checkpoint
 
 REPO = Path(__file__).resolve().parents[2]
 STEPS, EVERY = 200, 20
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.stack_free]
 
 
 def free_port() -> int:

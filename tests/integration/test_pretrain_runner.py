@@ -53,6 +53,7 @@ def without_paths(argv: list[str]) -> list[str]:
     return [("PATH" if prev in ("--input_dir", "--output_dir", "--init_checkpoint") else a) for prev, a in zip([""] + argv, argv)]
 
 
+@pytest.mark.stack_free  # launcher, runner and signal orchestration: once, in `make test`
 def test_launcher_runner_and_azureml_run_the_same_two_commands(tmp_path):
     pytest.importorskip("azure.ai.ml")
     recipe = load_recipe("bert_large_biobert")
@@ -152,6 +153,7 @@ def test_deepspeed_from_a_plain_process(tiny, tmp_path):
     assert json.loads(proc.stdout.strip().splitlines()[-1])["global_step"] == 2
 
 
+@pytest.mark.stack_free  # launcher, runner and signal orchestration: once, in `make test`
 def test_preempted_phase_exits_143_and_a_rerun_finishes(tiny, tmp_path):
     # Long enough that the SIGTERM lands mid-phase-1 even where a tiny step takes ~10 ms.
     args = tiny_args(tiny, tmp_path, "--phase1.max_steps", "400", "--phase1.num_steps_per_checkpoint", "1000")

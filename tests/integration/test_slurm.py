@@ -26,7 +26,7 @@ from ort_training.data.synthetic import write_dataset, write_vocab
 
 REPO = Path(__file__).resolve().parents[2]
 DAEMONS = ("munged", "slurmctld", "slurmd")
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.stack_free]
 
 
 def _which(name: str) -> str | None:

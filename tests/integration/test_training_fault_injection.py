@@ -20,6 +20,8 @@ import torch
 from ort_training.data.synthetic import tiny_setup
 from ort_training.loop.checkpoint import list_checkpoints
 
+pytestmark = pytest.mark.stack_free  # no torch/transformers in what it tests: `make test` runs it, `make test-current` does not
+
 REPO = Path(__file__).resolve().parents[2]
 ENV = dict(os.environ, PYTHONPATH=str(REPO), HF_HUB_OFFLINE="1")
 STEPS = 8

@@ -21,6 +21,8 @@ import yaml
 
 from ort_training.recipe import load_recipe
 
+pytestmark = pytest.mark.stack_free  # no torch/transformers in what it tests: `make test` runs it, `make test-current` does not
+
 pytest.importorskip("azure.ai.ml", reason="azure-ai-ml is in the azureml extra")
 
 REPO = Path(__file__).resolve().parents[2]

@@ -13,6 +13,8 @@ import pytest
 
 from bundle import layout
 
+pytestmark = pytest.mark.stack_free  # no torch/transformers in what it tests: `make test` runs it, `make test-current` does not
+
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "scripts" / "create_datasets_from_start.sh"
 SETTINGS = ("INPUT", "MAX_FILES", "BASE_URL", "VOCAB_FILE", "VOCAB_SIZE", "NUM_SHARDS", "PROCESSES", "EXTRA_ARGS", "WORK_DIR")

@@ -24,6 +24,8 @@ from pathlib import Path
 import pytest
 from dockerfile_parse import DockerfileParser
 
+pytestmark = pytest.mark.stack_free  # no torch/transformers in what it tests: `make test` runs it, `make test-current` does not
+
 REPO = Path(__file__).resolve().parents[2]
 DOCKERFILES = {"gpu": REPO / "docker" / "Dockerfile", "cpu": REPO / "docker" / "Dockerfile.cpu", "current": REPO / "docker" / "Dockerfile.current"}
 ORT_DIST = {"gpu": "onnxruntime-training", "cpu": "onnxruntime-training-cpu"}

@@ -15,6 +15,8 @@ from bundle import layout, packed_schema
 from data_prep.config import Hdf5Config, PhaseConfig
 from data_prep.create_hdf5 import phase_data_dir, phase_dir_name
 
+pytestmark = pytest.mark.stack_free  # no torch/transformers in what it tests: `make test` runs it, `make test-current` does not
+
 REPO = Path(__file__).resolve().parents[2]
 ASSETS = REPO / "tests" / "assets" / "pubmed"
 VOCAB = ASSETS / "bert-base-uncased-vocab.txt"

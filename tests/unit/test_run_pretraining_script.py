@@ -18,6 +18,8 @@ import pytest
 from ort_training.config import parse_config
 from ort_training.data.synthetic import write_dataset
 
+pytestmark = pytest.mark.stack_free  # no torch/transformers in what it tests: `make test` runs it, `make test-current` does not
+
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "scripts" / "run_pretraining_ort.sh"
 
