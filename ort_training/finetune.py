@@ -340,11 +340,11 @@ def held_out_fractions(cfg: FinetuneConfig) -> dict[str, float]:
 
 
 def training_identity(cfg: FinetuneConfig) -> dict:
-    """The training file's sha256 and the settings that pick its rows and cut its texts: checkpoints record it, and a
-    resume on another file (even one of the same length) is refused naming both."""
+    """The task, the training file's sha256 and the settings that pick its rows and cut its texts: checkpoints record
+    it, and a resume on another file (even one of the same length) or as another task is refused naming both."""
     split = {"split_seed": cfg.split_seed, **({"validation_fraction": cfg.validation_fraction} if not cfg.validation_file else {}),
              **({"test_fraction": cfg.test_fraction} if not cfg.test_file else {})}
-    return input_identity(cfg.train_file, text_column=cfg.text_column, label_column=cfg.label_column, max_seq_length=cfg.max_seq_length,
+    return input_identity(cfg.train_file, task=cfg.task, text_column=cfg.text_column, label_column=cfg.label_column, max_seq_length=cfg.max_seq_length,
                           long_text=cfg.long_text, **({"stride": cfg.stride} if cfg.long_text == "window" else {}),
                           **({"label_separator": cfg.label_separator} if cfg.task == "multi_label" else {}), **split)
 

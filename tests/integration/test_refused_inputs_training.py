@@ -143,7 +143,7 @@ def finetune_argv(task, out: Path, train_file: str, *extra: str) -> list[str]:
             "--max_steps", "2", "--eval_steps", "2", "--test_fraction", "0", "--backend", "eager", "--disable_progress_bar", *extra]
 
 
-def test_finetune_resumed_on_another_file_of_the_same_length_is_refused(task, tmp_path):
+def test_finetune_resumed_on_another_file_of_the_same_length_is_refused(task, tmp_path, capfd):
     train = tmp_path / "train.csv"
     out = tmp_path / "ft"
     write_notes(train, 40, seed=0)
@@ -154,6 +154,11 @@ def test_finetune_resumed_on_another_file_of_the_same_length_is_refused(task, tm
     before = snapshot(out)
     rc, err = subprocess_run("ort_training.finetune", finetune_argv(task, out, str(train), "--resume_from_checkpoint"))
     assert_refused(rc, err, str(train), old_sha[:12], new_sha[:12], "--output_dir")
+    assert snapshot(out) == before
+    # The same file resumed as another task (one label per row reads as a one-label list): refused, naming both tasks.
+    write_notes(train, 40, seed=0)
+    rc, err = in_process(finetune.main, finetune_argv(task, out, str(train), "--resume_from_checkpoint", "--task", "multi_label"), capfd)
+    assert_refused(rc, err, "task multi_label", "task single_label")
     assert snapshot(out) == before
     # A second fine-tune into the same folder without --resume_from_checkpoint: one line, nothing touched.
     rc, err = subprocess_run("ort_training.finetune", finetune_argv(task, out, str(train)))
