@@ -624,9 +624,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(str(e))
     try:
         manifest = build_task(cfg)
-    except TaskError as e:
-        log.error("%s", e)
-        return 1
+    except TaskError as e:  # bad input, named by the error: one line, exit 2 (as every entry point)
+        print(f"downstream: error: {e}", file=sys.stderr)
+        return 2
     shown = ("abstracts", "sentences", "labels_per_split", "rows_with_labels", "mentions", "chemical_list")
     print(json.dumps({k: manifest[k] for k in shown if k in manifest}))
     return 0

@@ -150,7 +150,7 @@ def test_cli_jsonl_exclusion_and_errors(handmade, tmp_path, capsys):
         main(["--inputs", str(handmade[0]), "--dev-fraction", "0.6", "--test-fraction", "0.5"])
     assert e.value.code == 2
     assert "must be < 1" in capsys.readouterr().err
-    assert main(["--inputs", str(tmp_path / "missing.xml"), "--out-dir", str(tmp_path / "x")]) == 1
+    assert main(["--inputs", str(tmp_path / "missing.xml"), "--out-dir", str(tmp_path / "x")]) == 2  # bad input: one line, exit 2, as every entry point
 
 
 def test_input_errors_name_the_file(tmp_path):
