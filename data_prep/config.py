@@ -15,6 +15,7 @@ from typing import Literal, Optional, get_args
 
 from bundle import packed_schema
 
+from .corpora import MAX_DOCUMENT_CHARS
 from .manifest import ConfigError
 from .text import PIECE_CHARS
 
@@ -81,7 +82,7 @@ class FormatConfig:
     """Prepend the article title to the text (--no-title leaves it out)."""
     min_chars: int = 20
     """Documents shorter than this (after cleaning) are skipped as 'too_short'."""
-    max_document_chars: int = 1_000_000
+    max_document_chars: int = MAX_DOCUMENT_CHARS
     """Documents longer than this are skipped and counted as 'over_max_document_chars' in text/manifest.json; the
     readers stop collecting a document's text past this size, so memory follows it, not the input."""
     max_documents: Optional[int] = None

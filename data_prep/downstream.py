@@ -38,13 +38,11 @@ from __future__ import annotations
 
 import argparse
 import csv
-import gzip
 import hashlib
 import json
 import logging
 import re
 import sys
-import zlib
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -213,31 +211,24 @@ class Abstract:
     """(label, cleaned text) of the labelled sections, in order."""
 
 
-def iter_citations(path: Path, article) -> Iterator:
+def iter_citations(path: Path, article, skipped: Counter) -> Iterator:
     """Stream a MEDLINE XML file: `article(elem)` per PubmedArticle (None results dropped) and the PMID (a str)
-    of each DeleteCitation entry; each element is freed once read, so memory does not grow with the file."""
-    from lxml import etree
-
-    from .corpora.pubmed import _open
+    of each DeleteCitation entry. Memory is bounded as in pretraining's reader (`corpora.pubmed.iter_medline`): an
+    abstract over MAX_DOCUMENT_CHARS is counted in `skipped` as over_max_document_chars, unparsed, as books are."""
+    from .corpora import MAX_DOCUMENT_CHARS, Deletion, Skip
+    from .corpora.pubmed import iter_medline
+    from .manifest import DataPrepError
 
     try:
-        with _open(path) as f:
-            ctx = etree.iterparse(f, events=("end",), tag=("PubmedArticle", "DeleteCitation"),
-                                  resolve_entities=False, no_network=True, load_dtd=False, huge_tree=True)
-            for _, elem in ctx:
-                if elem.tag == "DeleteCitation":
-                    for p in elem.iterfind("PMID"):
-                        if p.text:
-                            yield p.text.strip()
-                elif (item := article(elem)) is not None:
-                    yield item
-                elem.clear()
-                while elem.getprevious() is not None:
-                    del elem.getparent()[0]
-    except (EOFError, zlib.error, gzip.BadGzipFile) as e:
-        raise TaskError(f"{path}: truncated or corrupt gzip ({e}); download it again") from e
-    except etree.XMLSyntaxError as e:
-        raise TaskError(f"{path}: not well-formed MEDLINE XML ({e}); download it again or leave it out") from e
+        for item in iter_medline(path, MAX_DOCUMENT_CHARS, leave_out="leave it out of --inputs"):
+            if isinstance(item, Deletion):
+                yield item.id
+            elif isinstance(item, Skip):
+                skipped[item.reason] += 1
+            elif (value := article(item)) is not None:
+                yield value
+    except DataPrepError as e:
+        raise TaskError(str(e)) from None
 
 
 def iter_abstracts(path: Path, skipped: Counter, require_all_labelled: bool = False) -> Iterator[Abstract | str]:
@@ -273,7 +264,7 @@ def iter_abstracts(path: Path, skipped: Counter, require_all_labelled: bool = Fa
             return Abstract(pmid, sections)
         return None
 
-    return iter_citations(path, article)
+    return iter_citations(path, article, skipped)
 
 
 def abstract_rows(abstract: Abstract, split, min_chars: int) -> list[dict]:
@@ -443,7 +434,7 @@ def iter_chemical_abstracts(path: Path, stats: Counter) -> Iterator[ChemicalAbst
         stats["with_chemical_list_and_abstract"] += 1
         return ChemicalAbstract(doc.id, doc.text, names)
 
-    return iter_citations(path, article)
+    return iter_citations(path, article, stats)
 
 
 def _name_regex(name: str) -> re.Pattern:
@@ -563,7 +554,7 @@ def iter_indexed_abstracts(path: Path, skipped: Counter) -> Iterator[IndexedAbst
             return IndexedAbstract(doc.id, doc.text, major)
         return None
 
-    return iter_citations(path, article)
+    return iter_citations(path, article, skipped)
 
 
 def build_mesh_task(cfg: DownstreamConfig) -> dict:

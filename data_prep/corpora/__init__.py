@@ -18,6 +18,9 @@ from typing import Callable, Iterator, Union
 
 TOO_LONG = "over_max_document_chars"
 """The skip reason of a document longer than --max-document-chars (a count in text/manifest.json)."""
+MAX_DOCUMENT_CHARS = 1_000_000
+"""--max-document-chars' default, also the cap on one abstract in data_prep.downstream: far above any real abstract or
+clinical note (a long discharge summary is ~50,000 characters), far below what would strain a worker's memory."""
 
 
 @dataclass(frozen=True)

@@ -127,15 +127,37 @@ def read_jsonl(path: Path, text_column: str = "text", id_column: str | None = No
         raise _decode_error(path, e) from e
 
 
+def _csv_field_limit(max_document_chars: int | None) -> int:
+    """The longest CSV field read, in characters: the document limit plus room for whitespace cleaning removes."""
+    return sys.maxsize if max_document_chars is None else 2 * max_document_chars + (1 << 20)
+
+
 def read_csv(path: Path, text_column: str = "text", id_column: str | None = None, need_ids: bool = False,
-             **_unused) -> Iterator[Record]:
+             max_document_chars: int | None = None, **_unused) -> Iterator[Record]:
+    """Rows of a CSV file with a header. Memory follows --max-document-chars: a field (or a physical line) longer
+    than ``_csv_field_limit`` is refused, naming the line, instead of read whole. It cannot be skipped: past that
+    point the csv module would resume mid-field and turn the rest of an oversized quoted note into rows."""
     path = Path(path)
-    csv.field_size_limit(sys.maxsize)  # clinical notes exceed the 128 KB default
+    limit = _csv_field_limit(max_document_chars)
+    csv.field_size_limit(limit)  # module-wide; each reader sets its own before reading
+    too_long = (f"a field longer than {limit:,} characters (twice --max-document-chars {max_document_chars} plus "
+                f"1 MiB), so it is refused rather than read into memory; raise --max-document-chars, split that "
+                f"note, or pass --skip-bad to leave this file out")
     try:
         with open(path, encoding="utf-8", errors="strict", newline="") as f:
+            physical = 0
+
+            def lines():
+                nonlocal physical
+                for line in _lines(f, None if max_document_chars is None else limit):
+                    physical += 1
+                    if line is None:
+                        raise DataPrepError(f"{path}: line {physical}: {too_long}")
+                    yield line
+
             # strict: an unterminated quote is an error at the end of the file, instead of a field that silently
             # swallows every line after it.
-            reader = csv.DictReader(f, strict=True)
+            reader = csv.DictReader(lines(), strict=True)
             start = 1
             try:
                 if reader.fieldnames is None or text_column not in reader.fieldnames:
@@ -146,6 +168,8 @@ def read_csv(path: Path, text_column: str = "text", id_column: str | None = None
                     yield _text_record((row[key] if key else None) or f"{path.stem}:{i}", row[text_column], f"{path}:{start}")
                     start = reader.line_num + 1
             except csv.Error as e:
+                if "field larger than field limit" in str(e):
+                    raise DataPrepError(f"{path}: line {start}: {too_long}") from None
                 raise DataPrepError(f"{path}: line {start}: malformed CSV ({e}); most likely a quote opened in the "
                                     f"record starting on that line is never closed. Fix the quoting or pass "
                                     f"--skip-bad") from e
@@ -154,9 +178,14 @@ def read_csv(path: Path, text_column: str = "text", id_column: str | None = None
 
 
 def read_parquet(path: Path, text_column: str = "text", id_column: str | None = None, need_ids: bool = False,
-                 **_unused) -> Iterator[Record]:
+                 max_document_chars: int | None = None, **_unused) -> Iterator[Record]:
+    """Rows of a parquet file, streamed in record batches. A text over --max-document-chars is skipped as TOO_LONG
+    before it becomes a Python string; the unit pyarrow decodes (a page of the column) is the writer's choice, the
+    only part of memory that follows the file rather than the settings."""
     path = Path(path)
     try:
+        import pyarrow as pa
+        import pyarrow.compute as pc
         import pyarrow.parquet as pq
     except ImportError as e:
         raise DataPrepError("reading .parquet needs pyarrow: pip install pyarrow") from e
@@ -170,9 +199,15 @@ def read_parquet(path: Path, text_column: str = "text", id_column: str | None = 
     key = _id_key(names, id_column, need_ids, path)
     cols = [text_column] + ([key] if key and key != text_column else [])
     i = 0
-    for batch in pf.iter_batches(columns=cols, batch_size=4096):  # streamed, never the whole file
-        data = batch.to_pydict()
-        ids = data.get(key) if key else None
-        for j, raw in enumerate(data[text_column]):
-            yield _text_record(str(ids[j]) if ids else f"{path.stem}:{i}", raw, f"{path}: row {i}")
+    for batch in pf.iter_batches(columns=cols, batch_size=1024):  # streamed, never the whole file
+        texts = batch.column(text_column)
+        over = [False] * len(texts)
+        if max_document_chars is not None and (pa.types.is_string(texts.type) or pa.types.is_large_string(texts.type)):
+            mask = pc.fill_null(pc.greater(pc.utf8_length(texts), max_document_chars), False)
+            over = mask.to_pylist()
+            texts = pc.if_else(mask, pa.scalar(None, texts.type), texts)
+        ids = batch.column(key).to_pylist() if key else None
+        for j, raw in enumerate(texts.to_pylist()):
+            yield Skip(TOO_LONG) if over[j] else _text_record(str(ids[j]) if ids else f"{path.stem}:{i}", raw,
+                                                              f"{path}: row {i}")
             i += 1

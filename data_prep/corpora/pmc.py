@@ -20,20 +20,32 @@ from lxml import etree
 
 from ..manifest import DataPrepError
 from ..text import clean_text
-from . import Document, Record, Skip
+from . import TOO_LONG, Document, Record, Skip
 
 log = logging.getLogger(__name__)
 
 ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar")
 
 
-def read_pmc_nxml(path: Path, include_title: bool = True, skip_bad: bool = False, **_unused) -> Iterator[Record]:
+def xml_byte_limit(max_document_chars: int | None) -> int | None:
+    """An article file larger than this is skipped as TOO_LONG unread: JATS markup (tables, MathML, references)
+    runs to a few bytes per character of text, so its text would be over --max-document-chars, and reading it
+    whole (lxml parses a tree) would make memory follow the input."""
+    return None if max_document_chars is None else 16 * max_document_chars + (16 << 20)
+
+
+def read_pmc_nxml(path: Path, include_title: bool = True, skip_bad: bool = False, max_document_chars: int | None = None,
+                  **_unused) -> Iterator[Record]:
     """One record per article of a ``.nxml`` file or of a PMC OA ``.tar.gz`` bundle."""
     path = Path(path)
+    limit = xml_byte_limit(max_document_chars)
     if path.name.endswith(ARCHIVE_SUFFIXES):
-        yield from _read_archive(path, include_title, skip_bad)
+        yield from _read_archive(path, include_title, skip_bad, limit)
         return
     try:
+        if limit is not None and path.stat().st_size > limit:
+            yield Skip(TOO_LONG)
+            return
         data = path.read_bytes()
     except OSError as e:
         raise DataPrepError(f"{path}: cannot read ({e})") from e
@@ -54,7 +66,7 @@ def _unsafe(member: tarfile.TarInfo) -> str | None:
     return None
 
 
-def _read_archive(path: Path, include_title: bool, skip_bad: bool) -> Iterator[Record]:
+def _read_archive(path: Path, include_title: bool, skip_bad: bool, limit: int | None) -> Iterator[Record]:
     try:
         with tarfile.open(path, "r|*") as tar:  # streamed: one member in memory at a time
             for member in tar:
@@ -63,6 +75,9 @@ def _read_archive(path: Path, include_title: bool, skip_bad: bool) -> Iterator[R
                     raise DataPrepError(f"{path}: member {member.name!r} {why}; a PMC OA bundle has none, so this "
                                         f"archive is refused (nothing was extracted); pass --skip-bad to go on without it")
                 if not member.isfile() or not member.name.endswith((".nxml", ".xml")):
+                    continue
+                if limit is not None and member.size > limit:  # the stream reads past its bytes, never holds them
+                    yield Skip(TOO_LONG)
                     continue
                 fh = tar.extractfile(member)
                 data = fh.read() if fh is not None else b""

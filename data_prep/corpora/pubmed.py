@@ -83,15 +83,15 @@ def article_document(article, abstract_labels: str = "drop", include_title: bool
     return Document(pmid.strip(), " ".join(parts))
 
 
-def read_medline_xml(path: Path, abstract_labels: str = "drop", include_title: bool = True,
-                     max_document_chars: int | None = None, **_unused) -> Iterator[Record]:
-    """Yield a record per citation of a MEDLINE XML file (``.xml.gz`` or ``.xml``), then its deletions.
+def iter_medline(path: Path, max_abstract_chars: int | None, leave_out: str = "pass --skip-bad to leave this file out"):
+    """Stream a MEDLINE XML file (``.xml.gz`` or ``.xml``): each ``PubmedArticle`` element, ``Skip`` for an article
+    over the limit or a book, ``Deletion`` per ``DeleteCitation`` PMID. Each element is freed once the caller has it.
 
     Memory is bounded: libxml2's own limit on one text node (10 MB, ``huge_tree`` off) and, per article, the
-    abstract text collected so far: past ``max_document_chars`` its sections are dropped as they end and the article
-    is skipped as ``TOO_LONG`` (a 2.7 MB gzip whose one abstract expands to 0.9 GB drove this past 4 GB)."""
+    abstract text collected so far: past ``max_abstract_chars`` its sections are dropped as they end and the article
+    is skipped as ``TOO_LONG`` (a 2.7 MB gzip whose one abstract expands to 0.9 GB drove this past 4 GB).
+    ``leave_out``: how the caller's user drops a bad file, for the errors (``DataPrepError``)."""
     path = Path(path)
-    limit = max_document_chars
     chars, oversized = 0, False
     try:
         with _open(path) as f:
@@ -99,14 +99,14 @@ def read_medline_xml(path: Path, abstract_labels: str = "drop", include_title: b
                                   resolve_entities=False, no_network=True, load_dtd=False, huge_tree=False)
             for _, elem in ctx:
                 if elem.tag == "AbstractText":
-                    if limit is not None:
+                    if max_abstract_chars is not None:
                         chars += sum(map(len, elem.itertext()))
-                        if chars > limit:
+                        if chars > max_abstract_chars:
                             oversized = True
                             elem.clear()
                     continue
                 if elem.tag == "PubmedArticle":
-                    yield Skip(TOO_LONG) if oversized else article_document(elem, abstract_labels, include_title)
+                    yield Skip(TOO_LONG) if oversized else elem
                 elif elem.tag == "DeleteCitation":
                     for p in elem.iterfind("PMID"):
                         if p.text:
@@ -120,10 +120,17 @@ def read_medline_xml(path: Path, abstract_labels: str = "drop", include_title: b
                     del elem.getparent()[0]
     except (EOFError, zlib.error, gzip.BadGzipFile) as e:
         raise DataPrepError(f"{path}: truncated or corrupt gzip ({e}); download it again "
-                            f"(python -m data_prep download re-fetches files failing their .md5)") from e
+                            f"(python -m data_prep download re-fetches files failing their .md5) or {leave_out}") from e
     except etree.XMLSyntaxError as e:
         if "huge" in str(e).lower():
             raise DataPrepError(f"{path}: a text node over libxml2's 10 MB limit ({e}); no PubMed record is that "
-                                f"large: pass --skip-bad to leave this file out") from None
+                                f"large: {leave_out}") from None
         raise DataPrepError(f"{path}: not well-formed MEDLINE XML ({e}); the file may be truncated or "
-                            f"not UTF-8; download it again or pass --skip-bad") from e
+                            f"not UTF-8; download it again or {leave_out}") from e
+
+
+def read_medline_xml(path: Path, abstract_labels: str = "drop", include_title: bool = True,
+                     max_document_chars: int | None = None, **_unused) -> Iterator[Record]:
+    """A record per citation of a MEDLINE XML file, and its deletions (``iter_medline``: memory is bounded)."""
+    for item in iter_medline(path, max_document_chars):
+        yield item if isinstance(item, (Skip, Deletion)) else article_document(item, abstract_labels, include_title)

@@ -237,15 +237,17 @@ def test_sigterm_checkpoints_requeues_and_the_rerun_finishes(cluster, data, tmp_
     while True:
         info = cluster.job_state(job)
         if not released and info.get("JobState") == "PENDING" and int(info.get("Restarts", 0)) >= 1:
-            # Slurm holds a requeued job ~2 minutes (BeginTime); a test need not wait for that.
-            cluster.run("scontrol", "update", f"JobId={job}", "StartTime=now", check=True)
+            # Slurm holds a requeued job ~2 minutes (BeginTime); a test need not wait that long, but not 0 s either:
+            # slurmd revokes the first run's credential with a 1-second timestamp, and a rerun allocated in that
+            # same second is killed ("Job credential revoked", exit 1, no log line), as it was in CI.
+            cluster.run("scontrol", "update", f"JobId={job}", "StartTime=now+3", check=True)
             released = True
         if info.get("JobState") == "COMPLETED" or (info.get("JobState") in {"FAILED", "CANCELLED"} and int(info.get("Restarts", 0)) >= 1):
             break
         assert time.monotonic() < deadline, f"job {job} did not finish after the requeue: {info}\n{cluster.logs()}"
         time.sleep(1)
     log = job_log(tmp_path, info, job)
-    assert info["JobState"] == "COMPLETED", f"{info}\n{log[-5000:]}"
+    assert info["JobState"] == "COMPLETED", f"{info}\n{log[-4000:]}\n{cluster.logs()}"
     assert int(info["Restarts"]) == 1, info
     assert "SIGTERM: forwarding to the runner" in log and "requeueing job" in log and "both phases done" in log
     assert "restart 1]" in log  # the second run of the same job id

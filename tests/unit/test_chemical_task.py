@@ -115,4 +115,4 @@ def test_deletions_exclusions_min_mentions_and_cli(tmp_path, capsys):
                                 test_fraction=0, min_mentions=0))
     kept = [json.loads(line)["pmid"] for line in (tmp_path / "all" / "train.jsonl").read_text().splitlines()]
     assert kept == ["1", "2", "3"]  # 3 is kept all O
-    assert main(["--task", "chemicals", "--inputs", str(tmp_path / "missing.xml"), "--out-dir", str(tmp_path / "x")]) == 1
+    assert main(["--task", "chemicals", "--inputs", str(tmp_path / "missing.xml"), "--out-dir", str(tmp_path / "x")]) == 2

@@ -229,3 +229,72 @@ def test_jsonl_lists_are_joined_and_objects_refused(tmp_path):
     assert next(recs) == Document("a", "First paragraph. Second one. 3")
     with pytest.raises(DataPrepError, match=r"n.jsonl:2: the text value is a dict, not text .*--text-column"):
         next(recs)
+
+
+def _peak_python_bytes(fn) -> int:
+    """Peak bytes Python allocated while `fn()` ran (tracemalloc: str objects from readline, csv fields, lists)."""
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        fn()
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def test_csv_field_or_line_over_the_limit_is_refused_in_bounded_memory(tmp_path):
+    """A quoted note over the limit cannot be skipped (the csv module would resume mid-field and make its rest
+    into rows), so it is refused naming the line, after reading at most ~the limit, never the whole field."""
+    big = "word " * 4_000_000  # 20 MB in one quoted field, over many lines and on one line
+    multi = tmp_path / "multi.csv"
+    multi.write_text('id,text\n1,"a short note"\n2,"' + big.replace("word word ", "word\nword ") + '"\n3,"after"\n')
+    one = tmp_path / "one.csv"
+    one.write_text('id,text\n1,"a short note"\n2,' + big + "\n3,after\n")
+    read = get_reader("csv")
+    for path, line in ((multi, 3), (one, 3)):
+        seen = []
+
+        def consume():
+            with pytest.raises(DataPrepError, match=rf"{path.name}: line {line}: a field longer than 3,048,576 characters "
+                                                    r".*raise --max-document-chars, split that note, or pass --skip-bad"):
+                for rec in read(path, max_document_chars=1_000_000):
+                    seen.append(rec)
+
+        assert _peak_python_bytes(consume) < 40_000_000  # the limit's ~3 M characters (x4 bytes at worst), not 20 MB+
+        assert [r.text for r in seen] == ["a short note"]  # what came before is kept; nothing of the big note
+    # Under the field limit but over --max-document-chars: read, then skipped by the format stage (formatting.py).
+    ok = tmp_path / "ok.csv"
+    ok.write_text('id,text\n1,"' + "x" * 1500 + '"\n')
+    assert [len(r.text) for r in read(ok, max_document_chars=1000)] == [1500]
+
+
+def test_parquet_texts_over_the_limit_are_skipped_before_they_become_strings(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = tmp_path / "notes.parquet"
+    texts = ["first note", "y" * 20_000_000, None, "last note"]
+    pq.write_table(pa.table({"id": ["a", "b", "c", "d"], "text": texts}), path)
+    recs = []
+    peak = _peak_python_bytes(lambda: recs.extend(get_reader("parquet")(path, max_document_chars=1000)))
+    assert recs == [Document("a", "first note"), Skip("over_max_document_chars"), Skip("empty"), Document("d", "last note")]
+    assert peak < 5_000_000  # the 20 MB value stays in Arrow's buffer; no Python string of it is made
+    assert _docs(get_reader("parquet")(path))[1].text.startswith("yyy")  # no limit given: read as before
+
+
+def test_pmc_article_files_over_the_byte_limit_are_skipped_unread(tmp_path):
+    from data_prep.corpora.pmc import xml_byte_limit
+
+    limit = xml_byte_limit(1000)
+    huge = NO_DATE.replace(b"<p>The first body", b"<p>" + b"long text " * (limit // 10) + b"</p><p>The first body")
+    (tmp_path / "huge.nxml").write_bytes(huge)
+    (tmp_path / "ok.nxml").write_bytes(NO_DATE)
+    read = get_reader("pmc")
+    assert list(read(tmp_path / "huge.nxml", max_document_chars=1000)) == [Skip("over_max_document_chars")]
+    assert _docs(read(tmp_path / "ok.nxml", max_document_chars=1000))[0].id == "PMC777"
+    bundle = pmc_bundle(tmp_path / "b.tar.gz", {"PMC000xxxxxx/huge.nxml": huge, "PMC000xxxxxx/ok.nxml": NO_DATE})
+    recs = []
+    peak = _peak_python_bytes(lambda: recs.extend(read(bundle, max_document_chars=1000)))
+    assert recs.count(Skip("over_max_document_chars")) == 1 and len(_docs(recs)) == 4
+    assert peak < limit  # the huge member's bytes were streamed past, never held

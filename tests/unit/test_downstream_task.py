@@ -205,3 +205,27 @@ def test_real_pubmed_sample(tmp_path):
         assert max(counts, key=counts.get) in ("METHODS", "RESULTS")
     assert sum(manifest["sentences"].values()) > sum(manifest["sections_per_label"].values())
     assert read_pmids(tmp_path / "rct" / "test_pmids.txt") == {r["pmid"] for r in read_rows(tmp_path / "rct" / "test.csv")}
+
+
+def test_oversized_abstracts_are_skipped_and_huge_text_nodes_refused_in_bounded_memory(tmp_path, capsys):
+    """The task reader shares pretraining's MEDLINE stream (corpora.pubmed.iter_medline): one abstract past
+    MAX_DOCUMENT_CHARS in many sections is counted and left out; a text node past libxml2's 10 MB is one line."""
+    import tracemalloc
+
+    from data_prep.corpora import MAX_DOCUMENT_CHARS
+
+    sentence = "Mortality fell in the treated arm of the trial. "
+    big = [("RESULTS", "RESULTS", sentence * 25_000)] * (MAX_DOCUMENT_CHARS // (len(sentence) * 25_000) + 2)
+    inputs = write_xml(tmp_path / "big.xml.gz", [article(1, RCT), article(2, big), article(3, RCT[1:])], gz=True)
+    tracemalloc.start()
+    try:
+        manifest = build_task(DownstreamConfig(inputs=[str(inputs)], out_dir=tmp_path / "out", dev_fraction=0, test_fraction=0))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert manifest["skipped"]["over_max_document_chars"] == 1 and manifest["abstracts"]["train"] == 2
+    assert peak < 3 * MAX_DOCUMENT_CHARS  # ~the limit; the abstract's 1.3 M characters of sections were never all held
+    bomb = write_xml(tmp_path / "bomb.xml.gz", [article(1, RCT), article(2, [("R", "RESULTS", sentence * 230_000)])], gz=True)
+    assert main(["--inputs", str(bomb), "--out-dir", str(tmp_path / "b")]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith(f"downstream: error: {bomb}: a text node over libxml2's 10 MB limit") and "leave it out of --inputs" in line
