@@ -40,6 +40,18 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
         tmp.write_text(text, encoding="utf-8")
 
 
+def copy_if_changed(src: str | os.PathLike, dest: str | os.PathLike) -> bool:
+    """Copy `src` to `dest` atomically unless `dest` already holds the same bytes, so a rerun leaves finished outputs
+    (and their times) untouched. Returns whether it wrote."""
+    src, dest = Path(src), Path(dest)
+    data = src.read_bytes()
+    if dest.is_file() and dest.read_bytes() == data:
+        return False
+    with atomic_path(dest) as tmp:
+        tmp.write_bytes(data)
+    return True
+
+
 def save_figure(fig, path: str | os.PathLike, dpi: int = 110) -> Path:
     """A matplotlib figure laid out, written atomically as PNG, and closed (charts beside the metrics)."""
     import matplotlib.pyplot as plt

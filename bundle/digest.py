@@ -13,6 +13,10 @@ from typing import Callable
 
 TOKENIZER_JSON = "tokenizer.json"
 VOCAB_TXT = "vocab.txt"
+TOKENIZER_FOLDER_FILES = (TOKENIZER_JSON, "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json", VOCAB_TXT,
+                          "vocab.json", "merges.txt")
+"""What a Hugging Face tokenizer folder holds (save_pretrained), and all that data_prep copies of one: a model folder
+given as the tokenizer keeps its weights and config to itself."""
 ROLE_TOKENS = {"cls": ("[CLS]", "<s>"), "sep": ("[SEP]", "</s>"), "pad": ("[PAD]", "<pad>"), "mask": ("[MASK]", "<mask>"),
                "unk": ("[UNK]", "<unk>")}
 """What a masked-LM tokenizer must have, by role: BERT's name or RoBERTa/ModernBERT-style BPE's (unk optional)."""

@@ -25,7 +25,7 @@ import numpy as np
 from tqdm import tqdm
 
 from bundle import layout
-from bundle.atomic import atomic_path
+from bundle.atomic import copy_if_changed
 
 from .config import Hdf5Config, PhaseConfig
 from .hdf5_writer import Hdf5InstanceWriter
@@ -237,10 +237,7 @@ def run_hdf5(cfg: Hdf5Config) -> dict[str, Path]:
         # The tokenizer travels with the data (a cloud job mounts this folder, not the prep machine's disk):
         # a copy next to the HDF5, named relatively by the manifest.
         # Rewritten only when it differs, so a rerun leaves finished outputs untouched.
-        copy = data_dir / DATA_VOCAB
-        if not copy.is_file() or copy.read_bytes() != vocab_path.read_bytes():
-            with atomic_path(copy) as tmp:
-                tmp.write_bytes(vocab_path.read_bytes())
+        copy_if_changed(vocab_path, data_dir / DATA_VOCAB)
         # "objective" at the top level: what a trainer checks before it trains (NSP head or MLM only).
         body = {"stage": "hdf5", "objective": cfg.objective, "args": asdict(cfg) | {"phases": None}, "phase": asdict(p),
                 "vocab_sha256": vhash, "vocab_source": str(vocab_path),

@@ -22,6 +22,8 @@ import numpy as np
 from tqdm import tqdm
 
 from bundle import packed_schema
+from bundle.atomic import copy_if_changed
+from bundle.digest import TOKENIZER_FOLDER_FILES, TOKENIZER_JSON, VOCAB_TXT
 
 from .config import PackedConfig
 from .create_hdf5 import find_shards, iter_document_chunks
@@ -31,6 +33,8 @@ from .tokenizer import LoadedTokenizer, load_tokenizer
 log = logging.getLogger(__name__)
 
 TOKENIZER_FLAG = "--tokenizer"
+DATA_TOKENIZER = "tokenizer"
+"""The data's own copy of its tokenizer, a folder beside the packed files (named relatively by the manifest)."""
 
 
 def data_dir(cfg: PackedConfig) -> Path:
@@ -89,6 +93,35 @@ def process_shard(task: tuple) -> dict:
     return {"shard": str(shard), "seconds": seconds, **stats}
 
 
+def _tokenizer_copies(tok: LoadedTokenizer, out: Path) -> dict[Path, Path]:
+    """source -> copy in OUT/tokenizer/: a Hugging Face folder's tokenizer files under their names, else the one file
+    given as vocab.txt or tokenizer.json (so the copy also loads as a folder)."""
+    folder = out / DATA_TOKENIZER
+    if tok.folder is None:
+        return {tok.source: folder / (VOCAB_TXT if tok.vocab_txt is not None else TOKENIZER_JSON)}
+    return {tok.folder / name: folder / name for name in TOKENIZER_FOLDER_FILES if (tok.folder / name).is_file()}
+
+
+def _relative_copy(path: Path, tok: LoadedTokenizer, out: Path) -> str:
+    """Where the manifest says a tokenizer file is: its copy in the data folder, relative to it (as the HDF5's vocab.txt),
+    so a job that mounts only this folder (a cloud job, another machine) still has the tokenizer the ids came from."""
+    copies = {src.resolve(): copy for src, copy in _tokenizer_copies(tok, out).items()}
+    copy = copies.get(Path(path).resolve())
+    return str(copy.relative_to(out)) if copy else str(path)
+
+
+def _copy_tokenizer(tok: LoadedTokenizer, out: Path) -> list[Path]:
+    """Copy the tokenizer into OUT/tokenizer/ (rewritten only when its bytes differ; files of an earlier, other
+    tokenizer removed). Returns the copies."""
+    copies = _tokenizer_copies(tok, out)
+    for src, copy in copies.items():
+        copy_if_changed(src, copy)
+    for stale in (out / DATA_TOKENIZER).iterdir():
+        if stale.is_file() and stale not in copies.values() and not stale.name.startswith("."):
+            stale.unlink()
+    return list(copies.values())
+
+
 def run_packed(cfg: PackedConfig) -> Path:
     """Build the packed files of every shard; returns the folder holding them (and its manifest)."""
     tok = load_tokenizer(cfg.tokenizer, cfg.lower_case, flag=TOKENIZER_FLAG)  # refused here, before any worker
@@ -125,20 +158,22 @@ def run_packed(cfg: PackedConfig) -> Path:
             old.unlink()
     totals = {k: sum(v[k] for v in per_file.values()) for k in ("documents", "sequences", "tokens", "text_chars")}
     disk = sum((out / n).stat().st_size for n in per_file)
+    tokenizer = _copy_tokenizer(tok, out)
     # vocab_file / vocab_sha256 for a WordPiece vocab.txt: the keys the trainer already adopts for its export.
     vt = tok.wordpiece_vocab
-    wordpiece = {"vocab_file": str(vt), "vocab_sha256": file_sha256(vt)} if vt else {}
+    wordpiece = {"vocab_file": _relative_copy(vt, tok, out), "vocab_sha256": file_sha256(vt)} if vt else {}
     body = {"stage": "packed", "format": packed_schema.FORMAT, "format_version": packed_schema.FORMAT_VERSION,
             "objective": "mlm", "max_seq_length": cfg.max_seq_length, "args": asdict(cfg),
-            "tokenizer": {"file": str(tok.source), "sha256": tok.sha256, "kind": tok.kind, "vocab_size": tok.vocab_size,
-                          "folder": str(tok.folder) if tok.folder else None},
+            "tokenizer": {"file": _relative_copy(tok.source, tok, out), "sha256": tok.sha256, "kind": tok.kind,
+                          "vocab_size": tok.vocab_size, "folder": DATA_TOKENIZER if tok.folder else None,
+                          "source": str(tok.source)},
             **wordpiece, **totals, "disk_bytes": disk,
             "fill": totals["tokens"] / max(1, totals["sequences"] * cfg.max_seq_length),
             "per_file": per_file,
             "training_files": sorted(n for n in per_file if "_training_" in n),
             "test_files": sorted(n for n in per_file if "_test_" in n),
             "bad_shards": [{"shard": b["shard"], "error": b["bad"]} for b in bad]}
-    write_manifest(out / "manifest.json", body, [out / n for n in per_file])
+    write_manifest(out / "manifest.json", body, [out / n for n in per_file] + tokenizer)
     log.info("packed: %s: %d sequences, %d tokens (%.0f%% of %d-token slots) from %d documents in %d files, %d bytes",
              out, totals["sequences"], totals["tokens"], 100 * body["fill"], cfg.max_seq_length, totals["documents"],
              len(per_file), disk)

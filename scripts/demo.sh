@@ -29,6 +29,8 @@
 #   DEMO_TASK_ABSTRACTS=800 DEMO_FT_STEPS=120 DEMO_FT_BATCH=16 DEMO_FT_SEQ=48     (the task and fine-tuning)
 #   DEMO_FT_LR_SMALL=2e-3 DEMO_FT_LR_PUBLISHED=2e-4                               (fine-tuning peak learning rates)
 #   DEMO_FT_SEEDS="1 2 3"                                                         (fine-tuning seeds, one run each)
+#   DEMO_FT_JOBS=<number of seeds>                                                (seeds fine-tuned at once; the cores
+#                                                                                  are shared out: OMP_NUM_THREADS)
 set -euo pipefail
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -48,10 +50,17 @@ ft_seq=${DEMO_FT_SEQ:-48}
 ft_lr_small=${DEMO_FT_LR_SMALL:-2e-3}
 ft_lr_published=${DEMO_FT_LR_PUBLISHED:-2e-4}
 read -r -a ft_seeds <<<"${DEMO_FT_SEEDS:-1 2 3}"
-((${#ft_seeds[@]})) || { echo "demo: DEMO_FT_SEEDS is empty; give one or more fine-tuning seeds, e.g. DEMO_FT_SEEDS=\"1 2 3\"" >&2; exit 1; }
+((${#ft_seeds[@]})) || { echo "demo: DEMO_FT_SEEDS is empty; give one or more fine-tuning seeds, e.g. DEMO_FT_SEEDS=\"1 2 3\"" >&2; exit 2; }
 for seed in "${ft_seeds[@]}"; do
-  [[ $seed =~ ^[0-9]+$ ]] || { echo "demo: DEMO_FT_SEEDS='${DEMO_FT_SEEDS:-}': '$seed' is not a non-negative integer" >&2; exit 1; }
+  [[ $seed =~ ^[0-9]+$ ]] || { echo "demo: DEMO_FT_SEEDS='${DEMO_FT_SEEDS:-}': '$seed' is not a non-negative integer" >&2; exit 2; }
 done
+# The seeds of one starting point run at once, the cores shared out among them: on 2 cores three 1-thread runs of
+# (a) took 77 s against 104 s one after another (process start-up, tokenising, evaluation and plots are one-threaded),
+# with the same scores (fine-tuning here does not depend on the thread count).
+ft_jobs=${DEMO_FT_JOBS:-${#ft_seeds[@]}}
+[[ $ft_jobs =~ ^[1-9][0-9]*$ ]] || { echo "demo: DEMO_FT_JOBS='$ft_jobs' is not a positive integer (fine-tunes run at once)" >&2; exit 2; }
+cores=$(nproc)
+ft_threads=$((cores / ft_jobs > 0 ? cores / ft_jobs : 1))
 # Recipe overrides, passed only when the variable is set (the recipe holds the default).
 overrides() {  # FLAG VAR [FLAG VAR ...] -> "FLAG value" for each VAR that is set
   while (($#)); do
@@ -180,26 +189,37 @@ stage "7/9 fine-tuning on the task: 6 starting points x ${#ft_seeds[@]} seeds ($
 ft=$out/finetune
 ft_times=$out/finetune_times.txt
 : >"$ft_times"
-finetune() {  # NAME BACKEND LR [init flags...]: one run per seed, into $ft/NAME/seed_<N>
-  local name=$1 ft_backend=$2 lr=$3 seed run_start
-  shift 3
+finetune_seed() {  # RUN_DIR SEED BACKEND LR [init flags...]: one fine-tune; its exit status -> RUN_DIR.rc
+  local run=$1 seed=$2 ft_backend=$3 lr=$4 rc=0
+  shift 4
+  OMP_NUM_THREADS=$ft_threads "$python" -m ort_training.finetune --train_file "$task/train.csv" --validation_file "$task/dev.csv" \
+    --test_file "$task/test.csv" --output_dir "$run" --backend "$ft_backend" --max_seq_length "$ft_seq" --max_steps "$ft_steps" \
+    --eval_steps "$ft_steps" --train_batch_size "$ft_batch" --eval_batch_size 32 --learning_rate "$lr" --seed "$seed" \
+    --num_steps_per_checkpoint 100000 --disable_progress_bar --log_freq 1000 "$@" >"$run.log" 2>&1 || rc=$?
+  echo "$rc" >"$run.rc"
+}
+finetune() {  # NAME BACKEND LR [init flags...]: one run per seed, DEMO_FT_JOBS at a time, into $ft/NAME/seed_<N>
+  local name=$1 seed run_start run
+  shift
   rm -rf "${ft:?}/$name"
   mkdir -p "$ft/$name"
   run_start=$SECONDS
+  echo "-- fine-tuning $name: seeds ${ft_seeds[*]}, $ft_jobs at a time x $ft_threads thread(s) (logs: $ft/$name/seed_<N>.log)"
   for seed in "${ft_seeds[@]}"; do
-    local run=$ft/$name/seed_$seed
-    echo "-- fine-tuning $name, seed $seed (log: $run.log)"
-    if ! "$python" -m ort_training.finetune --train_file "$task/train.csv" --validation_file "$task/dev.csv" --test_file "$task/test.csv" \
-        --output_dir "$run" --backend "$ft_backend" --max_seq_length "$ft_seq" --max_steps "$ft_steps" --eval_steps "$ft_steps" \
-        --train_batch_size "$ft_batch" --eval_batch_size 32 --learning_rate "$lr" --seed "$seed" --num_steps_per_checkpoint 100000 \
-        --disable_progress_bar --log_freq 1000 "$@" >"$run.log" 2>&1; then
+    while (($(jobs -rp | wc -l) >= ft_jobs)); do sleep 1; done
+    finetune_seed "$ft/$name/seed_$seed" "$seed" "$@" &
+  done
+  wait
+  for seed in "${ft_seeds[@]}"; do
+    run=$ft/$name/seed_$seed
+    if [[ "$(cat "$run.rc" 2>/dev/null)" != 0 ]]; then
       tail -n 30 "$run.log" >&2
       echo "demo: fine-tuning $name (seed $seed) failed (log: $run.log)" >&2
       exit 1
     fi
     grep -E '^\{' "$run.log" | tail -n1
   done
-  printf '%5ss  %s (%s seeds)\n' "$((SECONDS - run_start))" "$name" "${#ft_seeds[@]}" >>"$ft_times"
+  printf '%5ss  %s (%s seeds, %s at a time)\n' "$((SECONDS - run_start))" "$name" "${#ft_seeds[@]}" "$ft_jobs" >>"$ft_times"
 }
 finetune a_random_init "$backend" "$ft_lr_small" --config_file "$config" --vocab_file "$vocab"
 finetune b_pretrained_here "$backend" "$ft_lr_small" --init_checkpoint "$model"

@@ -3,6 +3,7 @@ BERT's WordPiece vocab.txt and with a byte-level BPE trained by the vocab stage;
 counts, the trainer's file listing and the load-time-masking loader on the result, and one-line refusals."""
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -67,15 +68,17 @@ def test_packed_stage_with_wordpiece_vocab_and_resume(work):
     d = ps.packed_data_dir(work, 256, "pubmed")
     assert f"packed: {d}" in out and layout.find_data_dir(work, format="packed", seq_len=256) == d
     m = _check_folder(d, load_tokenizer(VOCAB), 256, work / "shards")
-    assert m["vocab_file"] == str(VOCAB) and m["tokens"] > 0.6 * m["sequences"] * 256  # WordPiece: the export's vocab
+    # WordPiece: the export's vocab, copied into the data folder as vocab.txt and named relatively
+    assert m["vocab_file"] == m["tokenizer"]["file"] == "tokenizer/vocab.txt" and m["tokenizer"]["source"] == str(VOCAB)
+    assert (d / "tokenizer" / "vocab.txt").read_bytes() == VOCAB.read_bytes() and m["tokens"] > 0.6 * m["sequences"] * 256
     files = list_hdf5_files(d)
     assert [f.name for f in files] == ["pubmed_training_0.hdf5", "pubmed_training_1.hdf5"] and is_packed_folder(files)
     batch = next(iter(PackedDataLoader(files, 4, seed=0, mask_rate=0.15, prefetch=False, vocab_size=30522)))
     assert batch["input_ids"].shape == (4, 256) and batch["masked_lm_positions"].shape == (4, 39)
-    # A second run finds every file complete and rewrites none of them.
-    before = {f.name: f.stat().st_mtime_ns for f in d.glob("*.hdf5")}
+    # A second run finds every file complete and rewrites none of them (the tokenizer's copy included).
+    before = {f.name: f.stat().st_mtime_ns for f in [*d.glob("*.hdf5"), *d.glob("tokenizer/*")]}
     _run("packed", "--shard-dir", work / "shards", "--out-dir", work, "--tokenizer", VOCAB, "--max-seq-length", "256")
-    assert {f.name: f.stat().st_mtime_ns for f in d.glob("*.hdf5")} == before
+    assert {f.name: f.stat().st_mtime_ns for f in [*d.glob("*.hdf5"), *d.glob("tokenizer/*")]} == before
 
 
 def test_packed_stage_with_a_trained_bpe_tokenizer(work):
@@ -90,7 +93,17 @@ def test_packed_stage_with_a_trained_bpe_tokenizer(work):
          "--max_seq_length", "512", "--processes", "1")
     d = ps.packed_data_dir(work, 512, "pubmed")
     m = _check_folder(d, load_tokenizer(work / "bpe"), 512, work / "shards")
-    assert m["tokenizer"]["kind"] == "BPE" and "vocab_file" not in m and m["tokenizer"]["folder"] == str(work / "bpe")
+    assert m["tokenizer"]["kind"] == "BPE" and "vocab_file" not in m and m["tokenizer"]["folder"] == "tokenizer"
+    assert sorted(f.name for f in (d / "tokenizer").iterdir()) == sorted(f.name for f in (work / "bpe").iterdir()
+                                                                           if f.name.endswith(".json") and f.name != "manifest.json")
+    # The data folder alone, moved to another machine: the trainer adopts the tokenizer it carries (same digest).
+    from ort_training.config import PretrainConfig
+    from ort_training.data.inputs import adopt_manifest
+
+    moved = work / "elsewhere" / "packed"
+    shutil.copytree(d, moved)
+    found = adopt_manifest(list_hdf5_files(moved), PretrainConfig(input_dir=str(moved)), "mlm")
+    assert found == str(moved / "tokenizer")
     batch = next(iter(PackedDataLoader(list_hdf5_files(d), 2, seed=0, mask_rate=0.3, prefetch=False)))
     assert batch["input_ids"].shape == (2, 512) and batch["masked_lm_positions"].shape == (2, 154)
 

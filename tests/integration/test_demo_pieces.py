@@ -219,11 +219,15 @@ def test_demo_script_wiring():
         assert proc.returncode == 0, proc.stdout
 
 
-def test_demo_refuses_bad_seeds(tmp_path):
-    """A bad DEMO_FT_SEEDS stops the demo before any work, with one line naming it."""
+@pytest.mark.parametrize("variables, message", [
+    ({"DEMO_FT_SEEDS": "1 two"}, "demo: DEMO_FT_SEEDS='1 two': 'two' is not a non-negative integer"),
+    ({"DEMO_FT_JOBS": "0"}, "demo: DEMO_FT_JOBS='0' is not a positive integer (fine-tunes run at once)"),
+])
+def test_demo_refuses_bad_settings(tmp_path, variables, message):
+    """A bad DEMO_FT_SEEDS / DEMO_FT_JOBS stops the demo before any work, with one line naming it (exit 2)."""
     import os
 
-    env = {**os.environ, "DEMO_FT_SEEDS": "1 two", "DEMO_OUTPUT": str(tmp_path / "out"), "PYTHON": sys.executable}
+    env = {**os.environ, **variables, "DEMO_OUTPUT": str(tmp_path / "out"), "PYTHON": sys.executable}
     proc = subprocess.run(["bash", str(REPO / "scripts" / "demo.sh")], env=env, capture_output=True, text=True, timeout=60)
-    assert proc.returncode == 1 and proc.stderr.strip().splitlines() == ["demo: DEMO_FT_SEEDS='1 two': 'two' is not a non-negative integer"]
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [message]
     assert not (tmp_path / "out").exists()
