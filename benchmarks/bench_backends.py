@@ -193,31 +193,32 @@ def run_sweep_spec(spec: dict, in_process: bool) -> dict:
     return json.loads(line[len("RESULT "):])
 
 
-def attention_verdicts(results: list[dict], auto: dict[str, str], tolerance: float) -> list[dict]:
+def attention_verdicts(results: list[dict], auto: dict[str, dict[int, str]], tolerance: float) -> list[dict]:
     """Per (arch, seq_len): the faster kernel, what auto picks, and whether auto is at least as fast as the
     better kernel (within `tolerance`, a fraction, for noise)."""
     out = []
     for arch, seq_len in dict.fromkeys((r["arch"], r["seq_len"]) for r in results):
         rows = {r["attention"]: r for r in results if (r["arch"], r["seq_len"]) == (arch, seq_len)}
         tps = {a: r["tokens_per_s"] for a, r in rows.items() if "error" not in r}
-        v = {"arch": arch, "seq_len": seq_len, "tokens_per_s": tps, "auto": auto[arch]}
+        picked = auto[arch][seq_len]
+        v = {"arch": arch, "seq_len": seq_len, "tokens_per_s": tps, "auto": picked}
         if not tps:
             out.append({**v, "faster": None, "ok": False, "verdict": "FAIL: no kernel ran"})
             continue
         faster = max(tps, key=tps.get)
         slower = [a for a in tps if a != faster]
         v.update(faster=faster, speedup=round(tps[faster] / tps[slower[0]], 3) if slower else None)
-        if auto[arch] not in tps:
-            out.append({**v, "ok": False, "verdict": f"FAIL: auto picks {auto[arch]}, which did not run"})
+        if picked not in tps:
+            out.append({**v, "ok": False, "verdict": f"FAIL: auto picks {picked}, which did not run"})
             continue
-        ratio = tps[auto[arch]] / tps[faster]
+        ratio = tps[picked] / tps[faster]
         v["auto_vs_best"] = round(ratio, 3)
-        if auto[arch] == faster:
+        if picked == faster:
             verdict, ok = f"OK: auto -> {faster}, the faster" + (f" ({v['speedup']:.2f}x {slower[0]})" if slower else ""), True
         elif ratio >= 1 - tolerance:
-            verdict, ok = f"OK within noise: auto -> {auto[arch]} at {ratio:.2f}x {faster} (tolerance {tolerance:.0%})", True
+            verdict, ok = f"OK within noise: auto -> {picked} at {ratio:.2f}x {faster} (tolerance {tolerance:.0%})", True
         else:
-            verdict, ok = f"AUTO SLOWER: auto -> {auto[arch]} at {ratio:.2f}x {faster}; {faster} is {1 / ratio:.2f}x faster", False
+            verdict, ok = f"AUTO SLOWER: auto -> {picked} at {ratio:.2f}x {faster}; {faster} is {1 / ratio:.2f}x faster", False
         out.append({**v, "ok": ok, "verdict": verdict})
     return out
 
@@ -284,7 +285,7 @@ def sweep(args) -> dict:
     if unknown:
         raise SystemExit(f"--archs: unknown {sorted(unknown)}; choose from {sorted(FAMILIES)}")
     tmp = Path(tempfile.mkdtemp(prefix="bench_sweep_"))
-    auto = {arch: FAMILIES[arch].resolve_attention("auto", "eager", device_type) for arch in archs}
+    auto = {arch: {n: FAMILIES[arch].resolve_attention("auto", "eager", device_type, n) for n in lengths} for arch in archs}
     results = []
     for arch in archs:
         family = FAMILIES[arch]
@@ -312,7 +313,8 @@ def sweep(args) -> dict:
     meta = dict(device=device, threads=ok_runs[0]["threads"] if ok_runs else torch.get_num_threads(), torch=torch.__version__,
                 transformers=transformers.__version__, layers=args.layers, hidden=args.hidden, heads=args.heads,
                 vocab_size=args.vocab_size, tokens=args.tokens, precision=args.precision, steps=args.steps, warmup=args.warmup,
-                mask_fraction=args.mask_fraction, tolerance=args.tolerance, auto=auto, command=" ".join(sys.argv))
+                mask_fraction=args.mask_fraction, tolerance=args.tolerance,
+                auto={arch: {str(n): k for n, k in by_len.items()} for arch, by_len in auto.items()}, command=" ".join(sys.argv))
     md = sweep_markdown(results, verdicts, growth, meta)
     print("\n" + md)
     for v in verdicts:

@@ -107,7 +107,8 @@ def random_batch(batch: int, seq: int, max_pred: int, vocab: int, device):
     return {k: v.to(device) for k, v in cpu.items()}
 
 
-def build_model(config_name: str, dense_head: bool, attention: str = "eager", backend: str = "eager", device_type: str = "cpu"):
+def build_model(config_name: str, dense_head: bool, attention: str = "eager", backend: str = "eager", device_type: str = "cpu",
+                seq_len: int | None = None):
     """The trainer's model: ort_training.models.pretraining's PretrainingModel with the family's pretraining loss in forward
     (MLM + NSP where the family has a next-sentence head, MLM otherwise), the config's own dropout."""
     from ort_training.models import family_of_file, load_model_config
@@ -115,7 +116,7 @@ def build_model(config_name: str, dense_head: bool, attention: str = "eager", ba
 
     family = family_of_file(config_name)
     family.check_backend(backend)
-    attention = family.resolve_attention(attention, backend, device_type)
+    attention = family.resolve_attention(attention, backend, device_type, seq_len)
     config = load_model_config(config_name, attention=attention)
     objective = "mlm_nsp" if "mlm_nsp" in family.task_classes else "mlm"
     return PretrainingModel(config, dense_seq_output=dense_head, objective=objective), config
@@ -131,7 +132,7 @@ def worker(v: dict) -> dict:
     torch.manual_seed(0)
     torch.backends.cuda.matmul.allow_tf32 = v["precision"] == "tf32"
     torch.backends.cudnn.allow_tf32 = v["precision"] == "tf32"
-    model, config = build_model(v["config"], v["head"] == "masked", v.get("attention", "eager"), v["backend"], device.type)
+    model, config = build_model(v["config"], v["head"] == "masked", v.get("attention", "eager"), v["backend"], device.type, v["seq"])
     model.to(device).train()
     if v["backend"] == "compile":
         wrapped = torch.compile(model)

@@ -35,6 +35,8 @@ class TrainingInput:
     """--input_dir: the files are named relative to it in the input's identity."""
     type_vocab_size: int | None = None
     """Segment ids must be below it (the model reads segment ids); None: not read."""
+    seq_len: int | None = None
+    """Tokens per sequence of the files (what `--attention auto` chooses by); None if unreadable here."""
 
     def loader(self, cfg: PretrainConfig, env, vocab_size: int):
         if self.packed is not None:
@@ -81,11 +83,12 @@ def open_training_input(cfg: PretrainConfig, family: ModelFamily, model_config, 
     packed = None
     if is_packed_folder(files):
         packed = check_packed(files[0], cfg, family, model_config)
+        seq_len = packed.max_seq_length
     else:
-        check_shapes(files[0], cfg, family, model_config)
+        seq_len = check_shapes(files[0], cfg, family, model_config)
     tokenizer = adopt_manifest(files, cfg, objective_name)
     return TrainingInput(files, tokenizer, packed, (cfg.mask_rate or family.mask_rate) if packed is not None else None, Path(cfg.input_dir),
-                         model_config.type_vocab_size if family.token_types and packed is None else None)
+                         model_config.type_vocab_size if family.token_types and packed is None else None, seq_len)
 
 
 def held_out_input(cfg: PretrainConfig, family: ModelFamily, vocab_size: int, type_vocab_size: int | None = None):
@@ -97,9 +100,9 @@ def held_out_input(cfg: PretrainConfig, family: ModelFamily, vocab_size: int, ty
     return held_out_batches(files, cfg.micro_batch_size, limit, vocab_size, type_vocab_size if family.token_types else None)
 
 
-def check_shapes(path: Path, cfg: PretrainConfig, family: ModelFamily, config) -> None:
+def check_shapes(path: Path, cfg: PretrainConfig, family: ModelFamily, config) -> int | None:
     """--max_seq_length / --max_predictions_per_seq (NVIDIA's flags) must describe the data, and the model must have
-    positions for its sequences."""
+    positions for its sequences. Returns the sequence length (None when the file cannot be read here)."""
     import h5py
 
     try:
@@ -110,7 +113,7 @@ def check_shapes(path: Path, cfg: PretrainConfig, family: ModelFamily, config) -
         family.check_sequence_length(config, seq_len, str(path), cfg.model_config_path())
     expected = {"input_ids": cfg.max_seq_length, "masked_lm_positions": cfg.max_predictions_per_seq}
     if all(v is None for v in expected.values()):
-        return
+        return seq_len
     with h5py.File(path, "r") as f:
         for key, want in expected.items():
             have = f[key].shape[1] if key in f else None
@@ -118,6 +121,7 @@ def check_shapes(path: Path, cfg: PretrainConfig, family: ModelFamily, config) -
                 flag = "--max_seq_length" if key == "input_ids" else "--max_predictions_per_seq"
                 raise DataError(f"{flag} {want} but {path} has {key} of width {have}; pass the HDF5 folder made for "
                                 f"{flag} {want} (data_prep writes one folder per phase) or fix the flag")
+    return seq_len
 
 
 def check_packed(path: Path, cfg: PretrainConfig, family: ModelFamily, config) -> packed_schema.PackedAttrs:

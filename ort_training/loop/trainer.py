@@ -90,7 +90,7 @@ class Trainer:
         config_file = cfg.model_config_path()
         family = family_of_file(config_file)
         family.check_backend(cfg.backend)
-        self.attention = family.resolve_attention(cfg.attention, cfg.backend, self.device.type)
+        self.attention = family.resolve_attention(cfg.attention, cfg.backend, self.device.type, cfg.max_seq_length)
         self.model_config = family.load_config(config_file, cfg.dropout, self.attention)
         self.vocab_file = cfg.vocab_file  # or the tokenizer data_prep recorded for the data (data_inputs)
         if cfg.export_onnx:
@@ -108,6 +108,10 @@ class Trainer:
             files, self.vocab_file = self.input.files, self.input.tokenizer
             if self.is_main:
                 self._input_identity = self.input.identity()
+        # `auto` chooses by the sequence length too, known once the data (or the fine-tuning loader) is open.
+        seq_len = self.input.seq_len if self.input is not None else getattr(self.loader, "seq_len", cfg.max_seq_length)
+        self.attention = family.resolve_attention(cfg.attention, cfg.backend, self.device.type, seq_len)
+        self.model_config._attn_implementation = self.attention
         self.model = PretrainingModel(self.model_config, cfg.dense_seq_output, objective or cfg.objective).to(self.device)
         self.objective = self.model.objective
         if cfg.checkpoint_activations and cfg.backend != "ort":  # ORT recomputes inside its graph instead (wrap_model)

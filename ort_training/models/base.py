@@ -67,8 +67,9 @@ class ModelFamily:
     """Why the other backends cannot train this family (said at start-up)."""
     attention: dict[str, tuple[str, ...]] = field(default_factory=dict)
     """Backend -> the attention implementations it can run."""
-    auto_attention: dict[str, str] = field(default_factory=dict)
-    """Device type -> what `--attention auto` picks, from benchmarks/bench_backends.py's measurements."""
+    auto_attention: dict[str, tuple[tuple[int | None, str], ...]] = field(default_factory=dict)
+    """Device type -> what `--attention auto` picks by sequence length: (longest length or None for any, kernel) steps
+    in order, from benchmarks/bench_backends.py --sweep's measurements."""
     token_types: bool = True
     """Whether the model reads segment ids (token_type_ids)."""
     mask_rate: float = 0.15
@@ -109,12 +110,15 @@ class ModelFamily:
             raise UsageError(f"--backend {backend} cannot train {self.name}: {self.backend_refusal} "
                              f"Use --backend {' or --backend '.join(self.backends)}.")
 
-    def resolve_attention(self, requested: str, backend: str, device_type: str) -> str:
-        """The attention implementation to build with: `auto` takes the measured default of the device,
-        limited to what the backend can run; an explicit choice the backend cannot run is refused."""
+    def resolve_attention(self, requested: str, backend: str, device_type: str, seq_len: int | None = None) -> str:
+        """The attention implementation to build with: `auto` takes the measured choice of the device for sequences
+        of `seq_len` tokens (None: the shortest), limited to what the backend can run; an explicit choice the backend
+        cannot run is refused."""
         allowed = self.attention.get(backend, ())
         if requested == "auto":
-            choice = self.auto_attention.get(device_type, "eager")
+            steps = self.auto_attention.get(device_type, ((None, "eager"),))
+            choice = next((kernel for limit, kernel in steps if limit is None or seq_len is None or seq_len <= limit),
+                          steps[-1][1])
             return choice if choice in allowed else allowed[0]
         if requested not in allowed:
             raise UsageError(f"--attention {requested} is not available for {self.name} under --backend {backend} "

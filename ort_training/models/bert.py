@@ -19,10 +19,11 @@ BERT = ModelFamily(
     backends=("ort", "eager", "compile"),
     # SDPA fails in ORT's gradient builder; the eager attention exports cleanly.
     attention={"ort": ("eager",), "eager": ("eager", "sdpa"), "compile": ("eager", "sdpa")},
-    # CPU: eager, from probes on 2 cores (torch 2.6; SDPA ran 0.36-0.39x eager at 512 tokens); GPU: SDPA, which
-    # dispatches to FlashAttention / memory-efficient kernels. benchmarks/bench_backends.py --sweep re-measures both
-    # kernels per length and says whether this choice is ever the slower one (docs/ort_training.md, "Benchmark").
-    auto_attention={"cpu": "eager", "cuda": "sdpa"},
+    # CPU: eager up to 1,024 tokens, SDPA beyond (bench_backends.py --sweep on a quiet 2-core machine, torch 2.6:
+    # eager 1.06x SDPA at 512, even at 1,024, SDPA 1.09x eager at 2,048 and 4,096); GPU: SDPA, which dispatches to
+    # FlashAttention / memory-efficient kernels. The sweep says whether this choice is ever the slower one
+    # (docs/ort_training.md, "Benchmark").
+    auto_attention={"cpu": ((1024, "eager"), (None, "sdpa")), "cuda": ((None, "sdpa"),)},
     token_types=True,
     dropout_fields=("hidden_dropout_prob", "attention_probs_dropout_prob"),
     weights=WeightNames(

@@ -25,10 +25,10 @@ MODERNBERT = ModelFamily(
     backend_refusal=("ONNX Runtime training (ORTModule, frozen at 1.19.2) cannot build ModernBERT's training graph "
                      "(\"This is an invalid model. Error: Duplicate definition of name (_grad)\")."),
     attention={"eager": ("eager", "sdpa"), "compile": ("eager", "sdpa")},
-    # CPU: SDPA, from probes on 2 cores (torch 2.6; 1.14x eager at 512 tokens, 2.28x at 2,048); GPU: SDPA
-    # (FlashAttention / memory-efficient kernels). benchmarks/bench_backends.py --sweep re-measures both kernels
-    # per length and says whether this choice is ever the slower one (docs/ort_training.md, "Benchmark").
-    auto_attention={"cpu": "sdpa", "cuda": "sdpa"},
+    # CPU: SDPA at every length (bench_backends.py --sweep on a quiet 2-core machine, torch 2.6: 1.06x eager at 512
+    # tokens up to 1.30x at 4,096, and a flat peak memory); GPU: SDPA (FlashAttention / memory-efficient kernels).
+    # The sweep says whether this choice is ever the slower one (docs/ort_training.md, "Benchmark").
+    auto_attention={"cpu": ((None, "sdpa"),), "cuda": ((None, "sdpa"),)},
     token_types=False,
     mask_rate=0.30,  # ModernBERT and MosaicBERT mask 30% (answerdotai/ModernBERT's training configs)
     dropout_fields=("embedding_dropout", "attention_dropout", "mlp_dropout"),

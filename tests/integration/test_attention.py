@@ -37,10 +37,12 @@ def test_bert_eager_and_sdpa_agree(tmp_path):
         torch.testing.assert_close(tensor, sdpa[2][name], atol=1e-5, rtol=1e-4)
 
 
-def test_auto_follows_the_family_table_and_ort_runs_eager_only():
-    assert BERT.resolve_attention("auto", "eager", "cpu") == BERT.auto_attention["cpu"]
+def test_auto_follows_the_family_table_by_length_and_ort_runs_eager_only():
+    # BERT on CPU: eager up to 1,024 tokens, SDPA beyond (the sweep's measurements); unknown length: the shortest's.
+    assert [BERT.resolve_attention("auto", "eager", "cpu", n) for n in (None, 128, 512, 1024, 1025, 4096)] == \
+        ["eager"] * 4 + ["sdpa"] * 2
     assert BERT.resolve_attention("auto", "compile", "cuda") == "sdpa"
-    assert BERT.resolve_attention("auto", "ort", "cuda") == "eager"  # auto never picks what the backend cannot run
-    assert MODERNBERT.resolve_attention("auto", "eager", "cpu") == MODERNBERT.auto_attention["cpu"]
+    assert BERT.resolve_attention("auto", "ort", "cuda", 4096) == "eager"  # auto never picks what the backend cannot run
+    assert {MODERNBERT.resolve_attention("auto", "eager", "cpu", n) for n in (None, 512, 8192)} == {"sdpa"}
     with pytest.raises(ValueError, match="--attention sdpa is not available for bert under --backend ort"):
         BERT.resolve_attention("sdpa", "ort", "cpu")

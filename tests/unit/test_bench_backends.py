@@ -38,13 +38,14 @@ def test_sweep_has_every_row_and_a_verdict_per_arch_and_length(tmp_path):
         assert r["tokens_per_s"] > 0 and r["batch"] == 640 // r["seq_len"] and r["max_pred"] == round(0.15 * r["seq_len"])
     verdicts = {(v["arch"], v["seq_len"]): v for v in report["verdicts"]}
     assert set(verdicts) == {(arch, n) for arch in FAMILIES for n in (32, 640)}
-    for (arch, _), v in verdicts.items():
-        assert v["auto"] == FAMILIES[arch].resolve_attention("auto", "eager", "cpu")
+    for (arch, n), v in verdicts.items():
+        assert v["auto"] == FAMILIES[arch].resolve_attention("auto", "eager", "cpu", n)
         assert v["faster"] in FAMILIES[arch].attention["eager"]
         assert v["verdict"].startswith(("OK", "AUTO SLOWER"))
     md = out.with_suffix(".md").read_text()
     assert md.count("\n| bert | ") + md.count("\n| modernbert | ") >= len(verdicts)
-    assert report["meta"]["auto"] == {arch: FAMILIES[arch].resolve_attention("auto", "eager", "cpu") for arch in FAMILIES}
+    assert report["meta"]["auto"] == {arch: {str(n): FAMILIES[arch].resolve_attention("auto", "eager", "cpu", n) for n in (32, 640)}
+                                      for arch in FAMILIES}
 
 
 def test_verdicts_and_memory_growth_from_fixed_figures():
@@ -56,7 +57,7 @@ def test_verdicts_and_memory_growth_from_fixed_figures():
     rows = [row("bert", "eager", 512, 100, 400), row("bert", "sdpa", 512, 80, 300),   # auto (eager) faster
             row("bert", "eager", 1024, 97, 800), row("bert", "sdpa", 1024, 100, 300),  # auto 3% slower: noise
             row("bert", "eager", 2048, 50, 1600), row("bert", "sdpa", 2048, 100, 300)]  # auto 2x slower
-    v = bench.attention_verdicts(rows, {"bert": "eager"}, tolerance=0.05)
+    v = bench.attention_verdicts(rows, {"bert": {512: "eager", 1024: "eager", 2048: "eager"}}, tolerance=0.05)
     assert [x["ok"] for x in v] == [True, True, False]
     assert v[0]["verdict"].startswith("OK: auto -> eager, the faster (1.25x sdpa)")
     assert v[1]["verdict"].startswith("OK within noise")
