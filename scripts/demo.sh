@@ -20,7 +20,8 @@
 #   9. scoring the task's test file as new text with (c)'s classifier (python -m ort_training.predict): PyTorch,
 #      ONNX Runtime fp32 (fused graph) and ONNX Runtime int8, rows/s and macro-F1 side by side:
 #      demo_output/scoring/scoring_results.*
-# Every knob is an environment variable (defaults sized for ~15 minutes on 2 cores); the pretraining numbers live
+# Every knob is an environment variable (defaults: 37 minutes on a quiet 2-core machine, two thirds of it the MiniLM
+# fine-tunes of (c) and (d); DEMO_FT_SEEDS=1 for one seed per row); the pretraining numbers live
 # in the recipes (ort_training/recipes/demo*.yaml), and a DEMO_* variable below overrides one only when it is set:
 #   DEMO_OUTPUT=demo_output DEMO_DOCUMENTS=6000 DEMO_VOCAB_SIZE=8192 DEMO_BACKEND=ort
 #   DEMO_PHASE1_STEPS DEMO_PHASE2_STEPS DEMO_BATCH1 DEMO_BATCH2                   ((b): recipe demo)
