@@ -102,24 +102,23 @@ def _tokenizer_copies(tok: LoadedTokenizer, out: Path) -> dict[Path, Path]:
     return {tok.folder / name: folder / name for name in TOKENIZER_FOLDER_FILES if (tok.folder / name).is_file()}
 
 
-def _relative_copy(path: Path, tok: LoadedTokenizer, out: Path) -> str:
+def _relative_copy(path: Path, copies: dict[Path, Path], out: Path) -> str:
     """Where the manifest says a tokenizer file is: its copy in the data folder, relative to it (as the HDF5's vocab.txt),
     so a job that mounts only this folder (a cloud job, another machine) still has the tokenizer the ids came from."""
-    copies = {src.resolve(): copy for src, copy in _tokenizer_copies(tok, out).items()}
-    copy = copies.get(Path(path).resolve())
+    copy = {src.resolve(): c for src, c in copies.items()}.get(Path(path).resolve())
     return str(copy.relative_to(out)) if copy else str(path)
 
 
-def _copy_tokenizer(tok: LoadedTokenizer, out: Path) -> list[Path]:
+def _copy_tokenizer(tok: LoadedTokenizer, out: Path) -> dict[Path, Path]:
     """Copy the tokenizer into OUT/tokenizer/ (rewritten only when its bytes differ; files of an earlier, other
-    tokenizer removed). Returns the copies."""
+    tokenizer removed). Returns source -> copy."""
     copies = _tokenizer_copies(tok, out)
     for src, copy in copies.items():
         copy_if_changed(src, copy)
     for stale in (out / DATA_TOKENIZER).iterdir():
         if stale.is_file() and stale not in copies.values() and not stale.name.startswith("."):
             stale.unlink()
-    return list(copies.values())
+    return copies
 
 
 def run_packed(cfg: PackedConfig) -> Path:
@@ -161,10 +160,10 @@ def run_packed(cfg: PackedConfig) -> Path:
     tokenizer = _copy_tokenizer(tok, out)
     # vocab_file / vocab_sha256 for a WordPiece vocab.txt: the keys the trainer already adopts for its export.
     vt = tok.wordpiece_vocab
-    wordpiece = {"vocab_file": _relative_copy(vt, tok, out), "vocab_sha256": file_sha256(vt)} if vt else {}
+    wordpiece = {"vocab_file": _relative_copy(vt, tokenizer, out), "vocab_sha256": file_sha256(vt)} if vt else {}
     body = {"stage": "packed", "format": packed_schema.FORMAT, "format_version": packed_schema.FORMAT_VERSION,
             "objective": "mlm", "max_seq_length": cfg.max_seq_length, "args": asdict(cfg),
-            "tokenizer": {"file": _relative_copy(tok.source, tok, out), "sha256": tok.sha256, "kind": tok.kind,
+            "tokenizer": {"file": _relative_copy(tok.source, tokenizer, out), "sha256": tok.sha256, "kind": tok.kind,
                           "vocab_size": tok.vocab_size, "folder": DATA_TOKENIZER if tok.folder else None,
                           "source": str(tok.source)},
             **wordpiece, **totals, "disk_bytes": disk,
@@ -173,7 +172,7 @@ def run_packed(cfg: PackedConfig) -> Path:
             "training_files": sorted(n for n in per_file if "_training_" in n),
             "test_files": sorted(n for n in per_file if "_test_" in n),
             "bad_shards": [{"shard": b["shard"], "error": b["bad"]} for b in bad]}
-    write_manifest(out / "manifest.json", body, [out / n for n in per_file] + tokenizer)
+    write_manifest(out / "manifest.json", body, [out / n for n in per_file] + list(tokenizer.values()))
     log.info("packed: %s: %d sequences, %d tokens (%.0f%% of %d-token slots) from %d documents in %d files, %d bytes",
              out, totals["sequences"], totals["tokens"], 100 * body["fill"], cfg.max_seq_length, totals["documents"],
              len(per_file), disk)
