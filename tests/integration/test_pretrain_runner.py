@@ -111,6 +111,7 @@ NVIDIA_PHASE2 = ("--input_dir={data2} --output_dir={out} --config_file={config} 
                  "--json-summary {out}/dllogger.json --checkpoint_activations")
 
 
+@pytest.mark.stack_free  # NVIDIA's flags reaching the trainer: once, in `make test`
 def test_nvidia_command_lines_run_unchanged(tiny, tmp_path):
     """The flags of NVIDIA's scripts/run_pretraining.sh (phase 2 in the same output dir, as NVIDIA does)."""
     values = dict(data=tiny["input_dir"], data2=tiny["input_dir2"], out=tmp_path, config=tiny["config_file"])

@@ -45,6 +45,7 @@ def test_non_finite_loss_stops_keeps_the_last_finite_checkpoint_and_exports_noth
     assert all(torch.isfinite(t).all() for t in state.values() if t.is_floating_point())
 
 
+@pytest.mark.stack_free  # file handling around the loop: once, in `make test`
 def test_second_run_into_a_busy_output_dir_is_refused_naming_the_holder(setup, tmp_path):
     with RunLock(tmp_path, "training"):
         proc = train(setup, tmp_path, "--max_steps", "1")
@@ -53,6 +54,7 @@ def test_second_run_into_a_busy_output_dir_is_refused_naming_the_holder(setup, t
     assert train(setup, tmp_path, "--max_steps", "1", "--skip_hf_export").returncode == 0  # the lock dies with its holder
 
 
+@pytest.mark.stack_free  # file handling around the loop: once, in `make test`
 def test_torn_metrics_line_does_not_block_resume(setup, tmp_path):
     args = ("--max_steps", "4", "--num_steps_per_checkpoint", "2", "--skip_hf_export")
     assert train(setup, tmp_path, *args).returncode == 0

@@ -10,6 +10,8 @@ from lxml import etree
 
 from data_prep.downstream import CHEMICAL_TAGS, DownstreamConfig, build_task, main, read_pmids, split_of, tag_chemicals
 
+pytestmark = pytest.mark.stack_free  # no torch/transformers in what it tests: `make test` runs it, `make test-current` does not
+
 ASSET = Path(__file__).resolve().parents[1] / "assets" / "pubmed" / "pubmed20n0014_sample.xml.gz"
 
 

@@ -12,6 +12,8 @@ from data_prep.corpora.pubmed import bundled_pmc_files, bundled_sample_files, re
 from data_prep.corpora.wikipedia import strip_wikitext
 from data_prep.manifest import DataPrepError
 
+pytestmark = pytest.mark.stack_free  # no torch/transformers in what it tests: `make test` runs it, `make test-current` does not
+
 ASSETS = Path(__file__).parents[1] / "assets" / "pubmed"
 SAMPLE = ASSETS / "pubmed20n0014_sample.xml.gz"
 UPDATE = ASSETS / "update_sample.xml"

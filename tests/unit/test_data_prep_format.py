@@ -9,6 +9,8 @@ from data_prep.config import FormatConfig
 from data_prep.formatting import run_format
 from data_prep.manifest import DataPrepError
 
+pytestmark = pytest.mark.stack_free  # no torch/transformers in what it tests: `make test` runs it, `make test-current` does not
+
 ASSETS = Path(__file__).parents[1] / "assets" / "pubmed"
 SAMPLE = ASSETS / "pubmed20n0014_sample.xml.gz"
 UPDATE = ASSETS / "update_sample.xml"

@@ -13,6 +13,8 @@ from data_prep.instances import MaskingConfig, Plan, build_instances, document_s
 from data_prep.text import make_splitter
 from data_prep.tokenizer import WordTokenizer, load_vocab
 
+pytestmark = pytest.mark.stack_free  # no torch/transformers in what it tests: `make test` runs it, `make test-current` does not
+
 ASSETS = Path(__file__).parents[1] / "assets" / "pubmed"
 VOCAB = ASSETS / "bert-base-uncased-vocab.txt"
 

@@ -12,6 +12,8 @@ from data_prep.formatting import run_format
 from data_prep.manifest import DataPrepError
 from data_prep.shard import run_shard, text_files
 
+pytestmark = pytest.mark.stack_free  # no torch/transformers in what it tests: `make test` runs it, `make test-current` does not
+
 ASSETS = Path(__file__).parents[1] / "assets" / "pubmed"
 
 

@@ -4,6 +4,8 @@ import pytest
 
 from data_prep.text import clean_text, make_splitter, train_punkt_params
 
+pytestmark = pytest.mark.stack_free  # no torch/transformers in what it tests: `make test` runs it, `make test-current` does not
+
 TEXT = ("Patients received 5 mg i.v. daily, e.g. in the morning. Smith et al. reported approx. 5 cases "
         "(Fig. 2). The drug was given vs. placebo. Results were significant.")
 EXPECTED = ["Patients received 5 mg i.v. daily, e.g. in the morning.",

@@ -11,6 +11,8 @@ import pytest
 from data_prep.corpora import Document, Skip
 from data_prep.downstream import LABELS, DownstreamConfig, TaskError, build_task, exclude_records, main, pmids_fingerprint, read_pmids, split_of
 
+pytestmark = pytest.mark.stack_free  # no torch/transformers in what it tests: `make test` runs it, `make test-current` does not
+
 
 def article(pmid, sections=None, title="A title."):
     """A PubmedArticle; sections = [(label attr, NlmCategory or None, text)] or None for no abstract."""

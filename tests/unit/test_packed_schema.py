@@ -7,6 +7,8 @@ import pytest
 from bundle import hdf5_schema
 from bundle import packed_schema as ps
 
+pytestmark = pytest.mark.stack_free  # no torch/transformers in what it tests: `make test` runs it, `make test-current` does not
+
 CLS, SEP, PAD, MASK = 2, 3, 0, 4
 ATTRS = ps.PackedAttrs(max_seq_length=10, vocab_size=100, cls_id=CLS, sep_id=SEP, pad_id=PAD, mask_id=MASK,
                        special_ids=(1,))
