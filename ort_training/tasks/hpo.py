@@ -48,10 +48,16 @@ SEARCHABLE = ("learning_rate", "train_batch_size", "warmup_proportion", "weight_
               "gradient_accumulation_steps", "max_steps")
 
 
-def load_space(path: str | None) -> dict[str, dict]:
-    """The search space: DEFAULT_SPACE, or the YAML file's `hpo` section (else the whole file), checked."""
+def load_space(path: str | None, max_steps: int | None = None) -> dict[str, dict]:
+    """The search space: DEFAULT_SPACE, or the YAML file's `hpo` section (else the whole file), checked.
+    With --max_steps the run's length is fixed, so the default space leaves out num_train_epochs and a file
+    that searches it is refused (its trials would differ only in a value nothing reads)."""
     if not path:
-        return DEFAULT_SPACE
+        space = check_space(DEFAULT_SPACE, "ort_training.tasks.hpo.DEFAULT_SPACE")
+        if max_steps is not None:
+            logger.info("--max_steps %d fixes each trial's length: the search leaves num_train_epochs out", max_steps)
+            space.pop("num_train_epochs", None)
+        return space
     import yaml
 
     where = f"--hpo_space {path}"
@@ -62,6 +68,15 @@ def load_space(path: str | None) -> dict[str, dict]:
     space = data.get("hpo", data) if isinstance(data, dict) else None
     if not isinstance(space, dict) or not space:
         raise UsageError(f"{where}: expected a mapping (an 'hpo' section) of parameter: {{low, high}} or {{choices: [...]}}")
+    if "num_train_epochs" in space and (max_steps is not None or "max_steps" in space):
+        fixed = f"--max_steps {max_steps}" if max_steps is not None else "its max_steps"
+        raise UsageError(f"{where}: num_train_epochs is searched but {fixed} sets each trial's length, so epochs are never read; "
+                         "search one of them")
+    return check_space(space, where)
+
+
+def check_space(space: dict, where: str) -> dict[str, dict]:
+    """Every range as {low, high, log[, step]} with numbers, every list as {choices}: what `suggest` reads."""
     out = {}
     for name, spec in space.items():
         if name not in SEARCHABLE:
@@ -111,7 +126,7 @@ def search(cfg) -> dict:
     from ort_training.finetune import run, validation_metric
 
     out = Path(cfg.output_dir)
-    space = load_space(cfg.hpo_space)
+    space = load_space(cfg.hpo_space, cfg.max_steps)
     metric, higher_is_better = validation_metric(cfg)
     direction = "maximize" if higher_is_better else "minimize"
     objective_desc = {"metric": metric, "direction": direction, "split": "validation",

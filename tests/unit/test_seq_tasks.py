@@ -99,13 +99,41 @@ def test_hpo_space_file(tmp_path):
     good.write_text("hpo:\n  learning_rate: {low: 1e-5, high: 1e-3, log: true}\n  train_batch_size: {choices: [8, 16]}\n")
     assert hpo.load_space(str(good)) == {"learning_rate": {"low": 1e-5, "high": 1e-3, "log": True},
                                          "train_batch_size": {"choices": [8, 16]}}
-    assert hpo.load_space(None) == hpo.DEFAULT_SPACE
+    default = hpo.load_space(None)
+    assert default.keys() == hpo.DEFAULT_SPACE.keys() and all("log" in v or "choices" in v for v in default.values())
+    assert "num_train_epochs" not in hpo.load_space(None, max_steps=60)  # the steps are fixed: epochs are never read
     for text, message in (("hpo:\n  momentum: {low: 0, high: 1}\n", "'momentum' cannot be searched"),
                           ("hpo:\n  learning_rate: {low: 1, high: 0.1}\n", "need low < high"),
-                          ("hpo: [1, 2]\n", "expected a mapping")):
+                          ("hpo: [1, 2]\n", "expected a mapping"),
+                          ("hpo:\n  num_train_epochs: {low: 1, high: 3}\n  max_steps: {choices: [10, 20]}\n", "epochs are never read")):
         good.write_text(text)
         with pytest.raises(ValueError, match=message):
             hpo.load_space(str(good))
+
+
+@pytest.mark.parametrize("space_file", [None, "space.yaml"])
+def test_every_space_draws_typed_values(tmp_path, space_file):
+    """A trial drawn from the default space (what `--hpo_trials N` alone searches) or a file's: every parameter a
+    value of FinetuneConfig's type, inside its range."""
+    import optuna
+
+    from ort_training.finetune import FinetuneConfig
+
+    if space_file:
+        (tmp_path / space_file).write_text("hpo:\n  warmup_proportion: {low: 0, high: 0.2}\n  num_train_epochs: {low: 1, high: 4, step: 1}\n"
+                                           "  gradient_accumulation_steps: {low: 1, high: 4}\n")
+    space = hpo.load_space(str(tmp_path / space_file) if space_file else None)
+    cfg = FinetuneConfig(train_file=str(tmp_path / "train.csv"), output_dir=str(tmp_path / "out"), config_file="tiny",
+                         vocab_file=str(tmp_path / "vocab.txt"))
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    for _ in range(5):
+        params = hpo.suggest(study.ask(), space, cfg)
+        assert params.keys() == space.keys()
+        for name, value in params.items():
+            spec = space[name]
+            assert value in spec["choices"] if "choices" in spec else spec["low"] <= value <= spec["high"], (name, value)
+        if "gradient_accumulation_steps" in params:
+            assert isinstance(params["gradient_accumulation_steps"], int)
 
 
 def test_mesh_task_from_real_medline_records(tmp_path):
