@@ -160,6 +160,10 @@ class FinetuneConfig:
             raise ValueError("--hpo_space without --hpo_trials N: say how many trials to run")
         if self.hpo_space and not Path(self.hpo_space).is_file():
             raise ValueError(f"--hpo_space {self.hpo_space}: no such file")
+        if self.hpo_trials and self.hpo_space:
+            from ort_training.tasks.hpo import load_space
+
+            load_space(self.hpo_space, self.max_steps)  # refused here, before OUTPUT_DIR is made
         check_optimisation(self)  # batch, accumulation, learning rate: the trainer's checks (config.py)
         if self.long_text is None:
             self.long_text = "window" if self.task == "token_classification" else "truncate"
