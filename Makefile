@@ -6,7 +6,7 @@ export PYTHONPATH := $(CURDIR)$(if $(PYTHONPATH),:$(PYTHONPATH))
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: help env env-current test test-current demo bench lint image image-test image-current image-test-current clean
+.PHONY: help env env-current test-jobs test test-current demo bench lint image image-test image-current image-test-current clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -20,7 +20,10 @@ env:  ## create the pinned venv (torch 2.6.0, onnxruntime-training 1.19.2, torch
 PYTEST_JOBS ?= 2
 PYTEST_PARALLEL := -n $(PYTEST_JOBS) --dist loadfile
 
-test: env lint  ## lint, then the test suite (PYTEST_ARGS="-k lamb" to select; PYTEST_JOBS=0 for one process)
+test-jobs:
+	@[[ "$(PYTEST_JOBS)" =~ ^([0-9]+|auto|logical)$$ ]] || { echo "make: PYTEST_JOBS must be a number of test processes (0: one process) or auto, got '$(PYTEST_JOBS)'" >&2; exit 2; }
+
+test: test-jobs env lint  ## lint, then the test suite (PYTEST_ARGS="-k lamb" to select; PYTEST_JOBS=0 for one process)
 	$(PYTHON) -m pytest $(PYTEST_PARALLEL) $(PYTEST_ARGS)
 
 env-current:  ## create the current-stack venv .venv-current (recent torch, transformers 5.x, no ORT)
@@ -31,7 +34,7 @@ env-current:  ## create the current-stack venv .venv-current (recent torch, tran
 # Runtime training skip there with the reason. Deselected: `stack_free` tests (data_prep, launchers,
 # Slurm, multi-node and kill orchestration, Azure ML, Docker files: they ran once, in `make test`).
 # Not collected: the environment check (it pins the ORT stack) and the image's in-image checks.
-test-current: env-current  ## the test suite on the current stack (PYTEST_ARGS as for test)
+test-current: test-jobs env-current  ## the test suite on the current stack (PYTEST_ARGS as for test)
 	.venv-current/bin/python -m pytest $(PYTEST_PARALLEL) -m "not stack_free" --ignore=tests/test_environment.py \
 		--ignore=tests/integration/test_docker_image.py $(PYTEST_ARGS)
 

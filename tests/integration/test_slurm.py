@@ -223,7 +223,9 @@ def test_two_phase_job_with_two_processes(cluster, data, tmp_path, script):
 def test_sigterm_checkpoints_requeues_and_the_rerun_finishes(cluster, data, tmp_path):
     """What Slurm does on preemption or at --signal=B:TERM@T: SIGTERM to the batch shell."""
     out = tmp_path / "results"
-    job = submit(cluster, "pretrain_1node.sbatch", tmp_path, data, out, extra_args="--phase1.max_steps 60 --phase1.num_steps_per_checkpoint 1000")
+    steps_total = 60  # SIGTERM lands once 3 steps are logged: dozens of steps later it is still mid-phase-1
+    job = submit(cluster, "pretrain_1node.sbatch", tmp_path, data, out,
+                 extra_args=f"--phase1.max_steps {steps_total} --phase1.num_steps_per_checkpoint 1000")
     ckpts = out / "phase1" / "checkpoints"
     deadline = time.monotonic() + 300
     while not (out / "phase1" / "metrics.jsonl").is_file() or len((out / "phase1" / "metrics.jsonl").read_text().splitlines()) < 3:
@@ -254,8 +256,8 @@ def test_sigterm_checkpoints_requeues_and_the_rerun_finishes(cluster, data, tmp_
     assert "restart 1]" in log  # the second run of the same job id
     preempted = json.loads((out / "phase1" / "preempted.json").read_text()) if (out / "phase1" / "preempted.json").exists() else None
     summary = json.loads((out / "phase1" / "summary.json").read_text())
-    assert summary["global_step"] == 60
+    assert summary["global_step"] == steps_total
     # The rerun resumed from the SIGTERM checkpoint: the metrics hold each step once, not a restart from 1.
     steps = [json.loads(line)["step"] for line in (out / "phase1" / "metrics.jsonl").read_text().splitlines()]
-    assert steps == list(range(1, 61)), (steps[:5], len(steps), preempted)
+    assert steps == list(range(1, steps_total + 1)), (steps[:5], len(steps), preempted)
     check_export(out)
