@@ -12,6 +12,11 @@ MLflow when it sees AZUREML_RUN_ID).
     python azureml/submit.py ... --dry-run --output-yaml job.yaml   # no credentials, no network
     az ml job create --file job.yaml                                 # submit the dry-run YAML later
 
+Code snapshot: the jobs' code (and the image's build context) is never the working tree. `stage_code` copies
+the git-tracked files of an allow-list (CODE_ALLOWLIST: the packages, the launch scripts, docker/, the lock file)
+into a clean folder outside the checkout and points `code=` at it, so notes, labelled CSVs, work folders and
+scored outputs kept in or beside the checkout are never uploaded, whatever `.amlignore` says.
+
 Continued pretraining: `--recipe continued_pretraining --init-checkpoint <published model folder>` makes the
 folder a job input of phase 1 (`--init_checkpoint`); the tokenizer travels inside each data folder (data_prep
 copies it next to the HDF5 and its manifest names it relatively), or comes from `--tokenizer`. Each of these
@@ -23,10 +28,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import logging
 import os
 import re
 import shlex
+import shutil
+import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,6 +51,18 @@ from ort_training.recipe import RECIPES_DIR, load_recipe, phase_configs, trainer
 logger = logging.getLogger("azureml_submit")
 
 VM_TABLE = RECIPES_DIR / "azureml_vm_sizes.yaml"
+
+# What the jobs' code snapshot holds: an allow-list, so patient data never leaves by accident. The job runs
+# `python -m ort_training.run_pretraining` from the snapshot's root (ort_training imports bundle/ and data_prep's
+# HDF5 schema); docker/, scripts/bootstrap_env.sh, pyproject.toml and the lock files are the image's build context
+# (docker/Dockerfile); .dockerignore keeps the remote build's context the same. Left out: tests/ (its assets
+# are sample data), benchmarks/, docs/, the README, CI files, and everything untracked. Only files git tracks are
+# copied (an untracked notes.csv dropped inside ort_training/ stays home); without git, a walk of the same
+# folders keeping only source-file suffixes.
+CODE_ALLOWLIST = ("bundle", "data_prep", "ort_training", "azureml", "scripts", "docker", "pyproject.toml",
+                  "constraints.txt", "constraints-current.txt", ".dockerignore")
+SOURCE_SUFFIXES = {".py", ".sh", ".sbatch", ".yaml", ".yml", ".json", ".toml", ".txt", ".md", ".ipynb", ".cfg", ".ini"}
+NOT_SOURCE = re.compile(r"(^|/)(__pycache__|\.pytest_cache|outputs)(/|$)|\.(pyc|pt|hdf5|h5|parquet|csv|tsv|jsonl|arrow|npy)$")
 
 
 @dataclass(frozen=True)
@@ -165,6 +185,9 @@ class SubmitConfig:
     """Write the job YAML and stop: needs no credentials and no network."""
     output_yaml: Optional[str] = None
     """Where to write the job YAML (required with --dry-run)."""
+    code_dir: Optional[str] = None
+    """Where to stage the code snapshot the jobs upload (the allow-listed tracked files only; default:
+    $XDG_CACHE_HOME/ort-bert-pretraining/azureml-code/code-<content hash>, outside the checkout)."""
     stream: bool = False
     """After submitting, stream the logs until the pipeline ends."""
 
@@ -240,14 +263,73 @@ def _input_path(value: str) -> str:
     return str(path.resolve())
 
 
-def build_pipeline_job(cfg: SubmitConfig, code_dir: str | os.PathLike = REPO_ROOT):
-    """Build the two-phase PipelineJob (no network). `code_dir` is also the Docker build context."""
+def code_files(repo: Path = REPO_ROOT) -> list[str]:
+    """The snapshot's files, relative to `repo`: the tracked files under CODE_ALLOWLIST (a checkout), else a walk of
+    those folders keeping source files only (an unpacked copy without .git)."""
+    allow = [name for name in CODE_ALLOWLIST if (repo / name).exists()]
+    if (repo / ".git").exists() and shutil.which("git"):
+        listed = subprocess.run(["git", "-C", str(repo), "ls-files", "-z", "--", *allow], capture_output=True, check=True).stdout
+        files = [f for f in listed.decode().split("\0") if f and (repo / f).is_file()]  # a tracked file deleted here: skipped
+        untracked = subprocess.run(["git", "-C", str(repo), "ls-files", "-z", "--others", "--", *allow], capture_output=True,
+                                   check=True).stdout.decode().split("\0")
+        left = sorted(f for f in untracked if f and not NOT_SOURCE.search(f))
+        if left:
+            logger.warning("not in the code snapshot (untracked; `git add` what the job needs): %s%s", ", ".join(left[:10]),
+                           f" and {len(left) - 10} more" if len(left) > 10 else "")
+        return sorted(files)
+    files = []
+    for name in allow:
+        path = repo / name
+        candidates = [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file()]
+        for p in candidates:
+            rel = p.relative_to(repo).as_posix()
+            if p.is_file() and not NOT_SOURCE.search(rel) and (p.suffix in SOURCE_SUFFIXES or p.name.startswith("Dockerfile")
+                                                               or rel in CODE_ALLOWLIST):
+                files.append(rel)
+    return sorted(files)
+
+
+def default_code_dir(files: list[str], repo: Path = REPO_ROOT) -> Path:
+    """A folder named by the snapshot's content (the same code reuses the folder, and Azure ML its uploaded snapshot and
+    image), in the user's cache: outside the checkout, where nothing else is written."""
+    digest = hashlib.sha256()
+    for rel in files:
+        digest.update(rel.encode() + b"\0" + (repo / rel).read_bytes() + b"\0")
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return cache / "ort-bert-pretraining" / "azureml-code" / f"code-{digest.hexdigest()[:16]}"
+
+
+def stage_code(code_dir: str | os.PathLike | None = None, repo: Path = REPO_ROOT) -> Path:
+    """Copy the allow-listed files (`code_files`) into a clean folder and return it: the jobs' `code=` and the image's
+    build context. The folder is rebuilt from scratch (a stale file never stays) and swapped in whole."""
+    repo = Path(repo).resolve()
+    files = code_files(repo)
+    if not files:
+        raise ValueError(f"{repo}: none of {', '.join(CODE_ALLOWLIST)} found; run submit.py from the bundle's checkout")
+    dest = Path(code_dir).expanduser().resolve() if code_dir else default_code_dir(files, repo)
+    if dest == repo or repo in dest.parents and not dest.is_relative_to(repo / "azureml" / "outputs"):
+        raise ValueError(f"--code-dir {dest}: inside the checkout; give a folder outside it (or under azureml/outputs/)")
+    tmp = dest.with_name(dest.name + f".tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    for rel in files:
+        (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(repo / rel, tmp / rel)
+    if dest.exists():
+        shutil.rmtree(dest)
+    tmp.rename(dest)
+    logger.info("code snapshot: %d files (%s) staged in %s", len(files), ", ".join(a for a in CODE_ALLOWLIST if (repo / a).exists()), dest)
+    return dest
+
+
+def build_pipeline_job(cfg: SubmitConfig, code_dir: str | os.PathLike | None = None):
+    """Build the two-phase PipelineJob (no network). `code_dir`: the staged code snapshot (default: `stage_code`,
+    with --code-dir); it is also the Docker build context. Never the checkout itself."""
     from azure.ai.ml import Input, Output, PyTorchDistribution, command
     from azure.ai.ml.constants import AssetTypes, InputOutputModes
     from azure.ai.ml.dsl import pipeline
     from azure.ai.ml.entities import BuildContext, Environment
 
-    code_dir = str(code_dir)
+    code_dir = str(code_dir if code_dir is not None else stage_code(cfg.code_dir))
     phase1_cfg, phase2_cfg = cfg.phase_configs()
     # Anonymous environment: Azure ML names it by a hash of the build context and reuses the image
     # until docker/ or the code changes (--environment skips the build entirely).
@@ -319,7 +401,7 @@ def build_pipeline_job(cfg: SubmitConfig, code_dir: str | os.PathLike = REPO_ROO
 
 def write_job_yaml(cfg: SubmitConfig, path: str | os.PathLike) -> Path:
     """Write the job as YAML, atomically (`az ml job create --file` submits it; code and Docker
-    build context are absolute paths to this checkout)."""
+    build context are the absolute path of the staged snapshot, which stays until the next change of the code)."""
     path = Path(path).resolve()
     path.parent.mkdir(parents=True, exist_ok=True)
     job = build_pipeline_job(cfg)

@@ -102,7 +102,9 @@ def test_phase2_consumes_phase1_output_and_commands_follow_the_table(dry_run_yam
         out = step["component"]["outputs"]["output"]
         assert (out["type"], out["mode"]) == ("uri_folder", "rw_mount")
         build = step["component"]["environment"]["build"]
-        assert build["dockerfile_path"] == "docker/Dockerfile" and Path(build["path"]) == REPO
+        # the build context is the staged snapshot (it holds docker/ and the lock file), never the checkout
+        assert build["dockerfile_path"] == "docker/Dockerfile" and Path(build["path"]) == Path(step["component"]["code"])
+        assert (Path(build["path"]) / "docker" / "Dockerfile").is_file() and REPO not in [Path(build["path"]), *Path(build["path"]).parents]
         assert step["resources"]["shm_size"] == "16g"
     cmd1, cmd2 = phase1["component"]["command"].split(), phase2["component"]["command"].split()
     # Standard_ND40rs_v2 x 4 nodes = 32 GPUs: 65,536 / 32 = 2,048 per GPU = 128 x 16 (phase 1), 32,768 / 32 = 1,024
@@ -244,13 +246,110 @@ def test_step_commands_parse_with_the_trainer_parser(dry_run_yaml):
         assert cfg.resume_from_checkpoint is True  # retries continue instead of restarting
 
 
-def test_the_code_snapshot_leaves_out_every_venv_and_local_state():
-    """Azure ML hashes (and uploads) the code folder minus .amlignore: a venv left in would be ~300,000 files
-    (a dry run took minutes; a submission would upload it)."""
+def test_the_checkouts_amlignore_leaves_out_every_venv_data_and_local_state():
+    """A second net (submit.py uploads a staged allow-list, below): if someone points Azure ML's code= at the checkout by
+    hand, .amlignore still leaves out venvs (~300,000 files), data and outputs, and keeps every package folder."""
     from azure.ai.ml._utils._asset_utils import get_ignore_file
 
     ignore = get_ignore_file(str(REPO))
-    for left_out in (".venv/bin/python", ".venv-current/lib/x.py", ".git/HEAD", "demo_output/x.json", "ort_training/x.pt"):
+    for left_out in (".venv/bin/python", ".venv-current/lib/x.py", ".git/HEAD", "demo_output/x.json", "ort_training/x.pt",
+                     "notes.parquet", "train.csv", "notes_data/hdf5/a.hdf5", "results/phase1/x", "ft/hf_model/config.json",
+                     "scored.csv", "data/notes.jsonl"):
         assert ignore.is_file_excluded(str(REPO / left_out)), left_out
-    for kept in ("ort_training/finetune.py", "docker/Dockerfile", "constraints.txt"):
+    # ort_training/data/ is the HDF5 reader: a bare `data` line in .amlignore once left it out of the job
+    for kept in ("ort_training/finetune.py", "ort_training/data/hdf5.py", "docker/Dockerfile", "constraints.txt"):
         assert not ignore.is_file_excluded(str(REPO / kept)), kept
+
+
+# What the README's example makes in or beside a checkout: none of it may reach the snapshot.
+LOCAL_DATA = ("notes.parquet", "train.csv", "dev.csv", "test.csv", "scored.csv", "held_out_notes.txt", "job.yaml",
+              "notes_data/shards/notes_1.txt", "notes_data/hdf5_lower_case_1_seq_len_128/x_training_0.hdf5",
+              "results/phase1/checkpoints/step-200/model.pt", "results/phase2/hf_model/vocab.txt", "ft/test_predictions.csv",
+              "ft/hf_model/config.json", "demo_output/fill_mask.txt", "published_bert/config.json", ".venv/bin/python",
+              # untracked files inside allow-listed folders: a stray export, or notes dropped next to the code
+              "ort_training/notes.csv", "ort_training/scratch_notes.txt", "scripts/slurm/scored.csv", "azureml/outputs/job.yaml",
+              "bundle/__pycache__/x.cpython-311.pyc")
+
+
+def _aml_upload_list(folder: Path) -> set[str]:
+    """The files azure-ai-ml's own code would upload for `code=folder`: the ignore file it finds there (.amlignore,
+    else .gitignore) as a command component wraps it, and its folder walk (get_upload_files_from_folder ->
+    traverse_directory), the same walk that hashes the snapshot and uploads it."""
+    from azure.ai.ml._utils._asset_utils import get_ignore_file, get_upload_files_from_folder
+    from azure.ai.ml.entities._component.code import ComponentIgnoreFile
+
+    listed = set()
+    for ignore in (ComponentIgnoreFile(folder), get_ignore_file(folder)):
+        listed |= {remote for _, remote in get_upload_files_from_folder(folder, ignore_file=ignore)}
+    return listed
+
+
+def _fake_checkout(root: Path) -> Path:
+    repo = root / "checkout"
+    tracked = {"bundle/cli.py": "x = 1\n", "data_prep/cli.py": "", "ort_training/finetune.py": "", "ort_training/data/hdf5.py": "",
+               "ort_training/recipes/demo.yaml": "a: 1\n", "ort_training/configs/bert_tiny_config.json": "{}\n",
+               "azureml/submit.py": "", "scripts/bootstrap_env.sh": "", "docker/Dockerfile": "FROM x\n", "pyproject.toml": "",
+               "constraints.txt": "", ".dockerignore": "*\n", "tests/assets/pubmed/sample.csv": "a,b\n", "docs/x.md": "", "README.md": ""}
+    for rel, text in tracked.items():
+        (repo / rel).parent.mkdir(parents=True, exist_ok=True)
+        (repo / rel).write_text(text)
+    git = ["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t", "-c", "commit.gpgsign=false"]
+    subprocess.run([*git, "init", "-q"], check=True)
+    subprocess.run([*git, "add", "."], check=True)
+    subprocess.run([*git, "commit", "-q", "-m", "code"], check=True)
+    for rel in LOCAL_DATA:  # after the commit: untracked, as a user's data is
+        (repo / rel).parent.mkdir(parents=True, exist_ok=True)
+        (repo / rel).write_text("note_id,note_text\n1,patient text\n")
+    for rel in ("notes.parquet", "notes_data/x.hdf5"):  # beside the checkout too
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text("patient text")
+    return repo
+
+
+def test_the_code_snapshot_is_an_allow_list_of_tracked_files(submit_module, tmp_path, monkeypatch):
+    repo = _fake_checkout(tmp_path)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    staged = submit_module.stage_code(repo=repo)
+    assert staged.parent == tmp_path / "cache" / "ort-bert-pretraining" / "azureml-code"  # outside the checkout
+    uploaded = _aml_upload_list(staged)
+    assert uploaded == {"bundle/cli.py", "data_prep/cli.py", "ort_training/finetune.py", "ort_training/data/hdf5.py",
+                        "ort_training/recipes/demo.yaml", "ort_training/configs/bert_tiny_config.json", "azureml/submit.py",
+                        "scripts/bootstrap_env.sh", "docker/Dockerfile", "pyproject.toml", "constraints.txt", ".dockerignore"}
+    assert not uploaded & {*LOCAL_DATA, "tests/assets/pubmed/sample.csv", "README.md"}
+    # the same code again: the same folder (Azure ML then reuses its snapshot and image); new code: a new one
+    assert submit_module.stage_code(repo=repo) == staged
+    (repo / "bundle" / "cli.py").write_text("x = 2\n")
+    assert submit_module.stage_code(repo=repo) != staged
+    with pytest.raises(ValueError, match="inside the checkout"):
+        submit_module.stage_code(repo / "snapshot", repo=repo)
+
+
+def test_without_git_the_snapshot_keeps_source_files_of_the_allow_list_only(submit_module, tmp_path):
+    repo = _fake_checkout(tmp_path)
+    import shutil
+
+    shutil.rmtree(repo / ".git")
+    uploaded = _aml_upload_list(submit_module.stage_code(tmp_path / "code", repo=repo))
+    assert "ort_training/data/hdf5.py" in uploaded and "docker/Dockerfile" in uploaded and "constraints.txt" in uploaded
+    assert not uploaded & {"notes.parquet", "train.csv", "scored.csv", "ort_training/notes.csv", "scripts/slurm/scored.csv",
+                           "azureml/outputs/job.yaml", "bundle/__pycache__/x.cpython-311.pyc", "tests/assets/pubmed/sample.csv"}
+    assert not any(f.split("/")[0] in ("notes_data", "results", "ft", "demo_output", "published_bert", ".venv") for f in uploaded)
+
+
+def test_the_submitted_job_uploads_the_staged_snapshot_of_this_checkout(dry_run_yaml):
+    """The dry run's job (what `az ml job create` submits) names the staged folder as code and build context; azure-ai-ml's
+    walk of it finds the packages and the image's files, and nothing else: whatever data sits in this checkout."""
+    raw = yaml.safe_load(dry_run_yaml.read_text())
+    codes = {Path(step["component"]["code"]) for step in raw["jobs"].values()}
+    assert len(codes) == 1
+    code = codes.pop()
+    assert REPO not in [code, *code.parents]
+    uploaded = _aml_upload_list(code)
+    load = load_submit()
+    assert {f.split("/")[0] for f in uploaded} <= set(load.CODE_ALLOWLIST)
+    tracked = set(subprocess.run(["git", "-C", str(REPO), "ls-files", "--", *load.CODE_ALLOWLIST], capture_output=True, text=True,
+                                 check=True).stdout.split())
+    assert uploaded == {f for f in tracked if (REPO / f).is_file()}
+    for needed in ("ort_training/run_pretraining.py", "ort_training/data/hdf5.py", "ort_training/recipes/bert_large_biobert.yaml",
+                   "bundle/cli.py", "docker/Dockerfile", "scripts/bootstrap_env.sh", "constraints.txt", "pyproject.toml"):
+        assert needed in uploaded, needed
