@@ -30,7 +30,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ort_training.data.text import Table, encode_split, read_table  # noqa: E402
 from ort_training.finetune import classification_metrics, predict  # noqa: E402
-from ort_training.inference import CHECK_SENTENCES, ENGINES, labels_of, load_engine, load_tokenizer, read_classifier_config  # noqa: E402
+from ort_training.inference import (CHECK_SENTENCES, ENGINES, EngineUnavailableError, labels_of, load_engine, load_tokenizer,  # noqa: E402
+                                     read_classifier_config, require_provider)
 from ort_training.predict import PredictConfig, text_settings  # noqa: E402
 
 logger = logging.getLogger("bench_inference")
@@ -126,6 +127,21 @@ def bench_model(name: str, model_dir: Path, texts: list[str], test, args) -> lis
     return results
 
 
+def runnable_engines(engines: list[str]) -> list[str]:
+    """The engines this machine can run, each other one skipped with a line saying why (onnx-fp16 needs ONNX Runtime's
+    CUDA provider: on a CPU machine the default engine list would otherwise stop at it with a traceback)."""
+    keep = []
+    for engine in engines:
+        try:
+            if engine != "torch":
+                require_provider(engine)
+        except EngineUnavailableError as exc:
+            print(f"bench_inference: skipping {engine}: {exc}", file=sys.stderr, flush=True)
+            continue
+        keep.append(engine)
+    return keep
+
+
 def table(results: list[dict]) -> str:
     lines = ["| model | engine | sentences/s | vs PyTorch | p50 batch ms | p95 batch ms | macro-F1 | accuracy | same label as PyTorch | file MB |",
              "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
@@ -161,6 +177,9 @@ def main(argv=None) -> int:
     logger.setLevel(logging.INFO)
     if not args.model_dir:
         p.error("--model_dir is needed (a fine-tuned classifier; with --base its tokenizer is used for the random BERT-base)")
+    args.engines = runnable_engines(args.engines)
+    if not args.engines:
+        p.error("none of the --engines can run on this machine (see the lines above)")
     test = read_table(args.test_file, args.text_column, args.label_column) if args.test_file else None
     if test is not None:
         texts = test.texts[:args.timing_rows]

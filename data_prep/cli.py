@@ -11,10 +11,12 @@ is each field's docstring and the checks are the configs' own. One run per outpu
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import errno
 import logging
 import os
+import signal
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +26,7 @@ from bundle import cli as bundle_cli
 from bundle.locking import RunLock, RunLockedError
 
 from .config import DownloadConfig, FormatConfig, Hdf5Config, PackedConfig, PhaseFlags, ShardConfig, VocabConfig, default_processes
+from .config import TimelinesConfig
 from .manifest import ConfigError, DataPrepError
 
 log = logging.getLogger("data_prep")
@@ -62,6 +65,8 @@ STAGES: dict[str, tuple[str, list[tuple[type, set[str], set[str]]]]] = {
              [(Hdf5Config, {"phases"}, {"shard_dir", "vocab_file", "out_root"}), (PhaseFlags, set(), set())]),
     "packed": ("long token sequences (documents packed up to --max-seq-length), masked later by the loader",
                [(PackedConfig, set(), {"shard_dir", "out_root"})]),
+    "timelines": ("CLIF tables -> tokenized EHR timelines (one per hospitalization, split by patient) for decoder pretraining",
+                  [(TimelinesConfig, set(), {"clif_dir"})]),
     "all": ("format -> shard -> vocab -> hdf5 in one work dir",
             [(FormatConfig, _FOLDERS, {"inputs"}), (ShardConfig, _FOLDERS, set()),
              (VocabConfig, _FOLDERS | {"tokenizer_type"}, set()),
@@ -111,11 +116,17 @@ def configs(stage: str, ns: dict) -> dict[str, Any]:
     if stage == "shard":
         return {"shard": _build(ShardConfig, ns)}
     if stage == "vocab":
-        return {"vocab": _build(VocabConfig, ns)}
+        from .tokenizer import check_vocab_settings
+
+        vocab = _build(VocabConfig, ns)
+        check_vocab_settings(vocab)  # a BPE below its byte alphabet: a usage error, as the config's own ranges
+        return {"vocab": vocab}
     if stage == "hdf5":
         return {"hdf5": _build(Hdf5Config, ns, phases=_build(PhaseFlags, ns).phases())}
     if stage == "packed":
         return {"packed": _build(PackedConfig, ns)}
+    if stage == "timelines":
+        return {"timelines": _build(TimelinesConfig, ns)}
     w = Path(ns["work_dir"])
     return {"format": _build(FormatConfig, ns, out_dir=w / "text"),
             "shard": _build(ShardConfig, ns, text_dir=w / "text", out_dir=w / "shards"),
@@ -129,6 +140,8 @@ def output_folder(stage: str, cfgs: dict[str, Any], ns: dict) -> Path:
     if stage == "all":
         return Path(ns["work_dir"])
     cfg = cfgs[stage]
+    if stage == "timelines":
+        return Path(cfg.work_dir)
     return Path(cfg.out_root if stage in ("hdf5", "packed") else cfg.out_dir)
 
 
@@ -154,8 +167,15 @@ def dry_run(stage: str, cfgs: dict[str, Any], folder: Path) -> int:
     if stage in ("hdf5", "packed") or (stage == "vocab" and cfg.vocab_file is None):
         if not Path(cfg.shard_dir).is_dir():
             notes.append(f"--shard-dir {cfg.shard_dir} does not exist yet (`python -m data_prep shard` makes it)")
+    if stage == "vocab" and cfg.vocab_file is not None and Path(cfg.vocab_file).exists():
+        from .tokenizer import check_adopted_kind, load_tokenizer
+
+        check_adopted_kind(cfg, load_tokenizer(cfg.vocab_file, cfg.lower_case))  # what the run refuses, the dry run does
     if stage == "hdf5" and not Path(cfg.vocab_file).exists():
         notes.append(f"--vocab-file {cfg.vocab_file} does not exist yet (`python -m data_prep vocab` makes it)")
+    if stage == "timelines":
+        from .timelines import dry_run_notes
+        notes += dry_run_notes(cfg)
     for note in notes:
         print(f"note: {note}")
     print(f"dry run: settings checked, nothing written (the run would write under {folder})")
@@ -189,6 +209,10 @@ def run(stage: str, cfgs: dict[str, Any]) -> int:
         from .create_packed import run_packed
 
         print(f"packed: {run_packed(cfgs['packed'])}")
+    elif stage == "timelines":
+        from .timelines import run_timelines
+
+        print(f"timelines: {run_timelines(cfgs['timelines'])}")
     else:  # all
         s = run_format(cfgs["format"], later_outputs=[cfgs["shard"].out_dir, cfgs["vocab"].out_dir])
         run_shard(cfgs["shard"])
@@ -211,7 +235,7 @@ _ENV_ERRORS = {errno.ENOSPC: ("no space left on device", _FIX_SPACE), errno.EDQU
                errno.EROFS: ("read-only file system", _FIX_SPACE), errno.EACCES: ("permission denied", _FIX_SPACE),
                errno.EPERM: ("not permitted", _FIX_SPACE), errno.EEXIST: ("a file is in the way", _FIX_PATH),
                errno.ENOTDIR: ("a file is in the way", _FIX_PATH), errno.EISDIR: ("a folder is in the way", _FIX_PATH)}
-_OUTPUT_FLAG = {"all": "--work-dir", "hdf5": "--out-dir", "packed": "--out-dir"}
+_OUTPUT_FLAG = {"all": "--work-dir", "hdf5": "--out-dir", "packed": "--out-dir", "timelines": "--work-dir"}
 
 
 def output_problem(stage: str, folder: Path) -> str | None:
@@ -223,6 +247,26 @@ def output_problem(stage: str, folder: Path) -> str | None:
             what = "is a file" if p == folder else f"is inside {p}, which is a file"
             return f"{_OUTPUT_FLAG.get(stage, '--out-dir')} {folder}: {what}, not a folder; pass a folder (it is created)"
     return None
+
+
+TERMINATED_EXIT_CODE = 128 + signal.SIGTERM
+"""143, the shell's status for a SIGTERM: what a scheduler expects of a job it stopped."""
+
+
+class Terminated(BaseException):
+    """Raised in the main process by SIGTERM, so that `with` blocks (the worker pool, the run lock) close on the way out."""
+
+
+@contextlib.contextmanager
+def _stop_on_sigterm():
+    def handler(signum, frame):
+        raise Terminated()
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -243,8 +287,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if ns.get("dry_run"):
             return dry_run(stage, cfgs, folder)
-        with RunLock(folder, "data_prep"):
+        with _stop_on_sigterm(), RunLock(folder, "data_prep"):
             return run(stage, cfgs)
+    except Terminated:
+        # The pool's exit has stopped the workers (they die quietly: create_packed.quiet_worker); finished shards keep
+        # their progress records, half-written files are hidden temporaries the re-run removes.
+        print(f"error: stopped by SIGTERM; finished shards are kept under {folder}: re-run the same command to "
+              "continue", file=sys.stderr)
+        return TERMINATED_EXIT_CODE
     except (DataPrepError, RunLockedError) as e:
         log.debug("details", exc_info=True)
         print(f"error: {e}", file=sys.stderr)

@@ -121,6 +121,26 @@ def _copy_tokenizer(tok: LoadedTokenizer, out: Path) -> dict[Path, Path]:
     return copies
 
 
+def quiet_worker(parent: int) -> None:
+    """Pool initializer: a worker stopped by SIGTERM (the pool's terminate, or a signal to the process group) or
+    orphaned by its parent's death exits at once and says nothing; the parent reports the stop in one line
+    (data_prep.cli: exit 143). Without it an orphaned worker printed a BrokenPipeError traceback per result it could
+    not send, and a worker that inherited the parent's handler would print a traceback of its own."""
+    import signal
+
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C goes to the parent, which stops the pool
+    try:  # Linux: the kernel sends SIGTERM to this worker when the parent dies, however it died
+        import ctypes
+
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):
+        pass
+    if os.getppid() != parent:  # the parent died before prctl took effect
+        os._exit(128 + signal.SIGTERM)
+
+
 def run_packed(cfg: PackedConfig) -> Path:
     """Build the packed files of every shard; returns the folder holding them (and its manifest)."""
     tok = load_tokenizer(cfg.tokenizer, cfg.lower_case, flag=TOKENIZER_FLAG)  # refused here, before any worker
@@ -134,7 +154,8 @@ def run_packed(cfg: PackedConfig) -> Path:
     results = []
     if cfg.processes > 1 and len(tasks) > 1:
         import multiprocessing as mp
-        with mp.get_context("fork").Pool(min(cfg.processes, len(tasks)), maxtasksperchild=1) as pool:
+        with mp.get_context("fork").Pool(min(cfg.processes, len(tasks)), maxtasksperchild=1,
+                                         initializer=quiet_worker, initargs=(os.getpid(),)) as pool:
             for r in tqdm(pool.imap_unordered(process_shard, tasks), total=len(tasks), desc="packed", unit="shard"):
                 results.append(r)
     else:

@@ -30,13 +30,17 @@ from bundle.digest import ROLE_TOKENS as BUNDLE_ROLE_TOKENS
 from bundle.digest import TOKENIZER_JSON, VOCAB_TXT, VocabError, read_vocab, tokenizer_file
 
 from .config import VocabConfig
-from .manifest import DataPrepError, file_sha256, finished_manifest, invalidate, is_complete, read_json, remove_temps, write_manifest
+from .manifest import ConfigError, DataPrepError, file_sha256, finished_manifest, invalidate, is_complete, read_json, remove_temps, write_manifest
 from .text import clean_text
 
 log = logging.getLogger(__name__)
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 ROLE_TOKENS = {role: names for role, names in BUNDLE_ROLE_TOKENS.items() if role != "unk"}
+BYTE_LEVEL_SYMBOLS = 256
+"""A byte-level BPE starts from one symbol per byte value: its vocabulary cannot be smaller than these + the specials."""
+MIN_BPE_VOCAB = BYTE_LEVEL_SYMBOLS + len(SPECIAL_TOKENS)
+"""261: the smallest --vocab-size a byte-level BPE can have (the tokenizers trainer silently returns this many)."""
 """The roles a masked-LM tokenizer must have (bundle.digest.ROLE_TOKENS less the optional unk)."""
 HF_TOKENIZER_FILES = (TOKENIZER_JSON, "tokenizer_config.json", "special_tokens_map.json")
 """A Hugging Face tokenizer folder's files that ``PreTrainedTokenizerFast`` / AutoTokenizer read."""
@@ -392,15 +396,36 @@ def write_tokenizer_folder(out_dir: Path, tok) -> Path:
     return out_dir
 
 
+def check_vocab_settings(cfg: VocabConfig) -> None:
+    """Settings the vocab stage cannot honour, refused before any work (the CLI's usage error, exit 2): a byte-level
+    BPE smaller than its byte alphabet + specials (the trainer would give MIN_BPE_VOCAB tokens and say nothing)."""
+    if cfg.tokenizer_type == "bpe" and cfg.vocab_file is None and cfg.vocab_size < MIN_BPE_VOCAB:
+        raise ConfigError(f"--vocab-size {cfg.vocab_size}: a byte-level BPE (--tokenizer-type bpe) has at least "
+                          f"{MIN_BPE_VOCAB} tokens ({BYTE_LEVEL_SYMBOLS} byte symbols + {len(SPECIAL_TOKENS)} special "
+                          f"tokens); pass --vocab-size {MIN_BPE_VOCAB} or more (e.g. 30000 or 50265 as RoBERTa)")
+
+
+def check_adopted_kind(cfg: VocabConfig, adopted: LoadedTokenizer) -> None:
+    """--tokenizer-type bpe names the kind the user wants; an adopted file of another kind is refused, not taken
+    silently (the default --tokenizer-type wordpiece adopts any kind: it only picks what is trained)."""
+    if cfg.tokenizer_type == "bpe" and adopted.kind != "BPE":
+        raise DataPrepError(f"--vocab-file {cfg.vocab_file}: a {adopted.kind} vocabulary, but --tokenizer-type bpe was "
+                            f"asked for; drop --tokenizer-type to adopt it as it is, or pass a byte-level BPE "
+                            f"tokenizer.json / folder (or drop --vocab-file to train a BPE)")
+
+
 def run_vocab(cfg: VocabConfig) -> dict:
     """Adopt ``cfg.vocab_file`` (vocab.txt, tokenizer.json or tokenizer folder) or train a tokenizer on the
     training shards: WordPiece (deterministically; the default, as NVIDIA's recipe) or byte-level BPE."""
+    check_vocab_settings(cfg)
     out_dir = Path(cfg.out_dir)
     vocab_path = out_dir / VOCAB_TXT
     manifest_path = out_dir / "manifest.json"
     # A killed run's .vocab.txt.tmp-<pid>, and earlier versions' tempfile folders (.tmp-<random>).
     remove_temps(out_dir)
     adopted = load_tokenizer(cfg.vocab_file, cfg.lower_case) if cfg.vocab_file is not None else None
+    if adopted is not None:
+        check_adopted_kind(cfg, adopted)
     if adopted is not None and adopted.vocab_txt is None and adopted.wordpiece_vocab is not None:
         # A BERT folder (vocab.txt beside a WordPiece tokenizer.json): adopt its vocab.txt, as the hdf5 stage needs.
         adopted = load_tokenizer(adopted.wordpiece_vocab, cfg.lower_case)

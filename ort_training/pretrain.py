@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import os
 import signal
 import subprocess
@@ -33,10 +32,10 @@ from pathlib import Path
 
 from bundle.cli import add_arguments, from_dict, nest
 from ort_training.config import PretrainConfig
-from ort_training.recipe import PHASES, BatchConfig, LaunchConfig, load_recipe, phase_command, phase_configs, quote
+from ort_training.recipe import PHASES, BatchConfig, LaunchConfig, check_init_checkpoint, load_recipe, phase_command, phase_configs, quote
 from ort_training.run_status import PREEMPTED_EXIT_CODE, PREEMPTED_MARKER, phase_finished
 from ort_training.errors import UsageError, exit_on_expected
-from ort_training.sizing import CorpusSize, phase_size, recommended_shards
+from ort_training.sizing import TOKENS_PER_DOCUMENT, CorpusSize, default_max_predictions, phase_size, recommended_shards
 
 logger = logging.getLogger("ort_training.pretrain")
 
@@ -128,18 +127,27 @@ def check_data(cfg: PretrainConfig, phase: str, dry_run: bool = False) -> str | 
     return None
 
 
-def sizing_lines(p1: PretrainConfig, p2: PretrainConfig, plans: list, launch: LaunchConfig, tokens: int) -> list[str]:
-    """The dry run's sizing estimate, one line per fact."""
+def sizing_lines(p1: PretrainConfig, p2: PretrainConfig, plans: list, launch: LaunchConfig, tokens: int,
+                 tokens_per_document: int | None = None) -> list[str]:
+    """The dry run's sizing estimate, one line per fact: per phase, NVIDIA's HDF5 (the objective's instances) and,
+    for an MLM-only objective, the packed format too (ort_training/sizing.py says how each is estimated)."""
     ranks = launch.nproc_per_node * launch.nnodes
     lines = [f"corpus: {tokens:,} tokens; data_prep shard --num-shards {recommended_shards(tokens, ranks)} "
              f"(one per ~25M tokens, a multiple of the {ranks} GPU process(es)) and --processes up to the CPU cores"]
+    if tokens_per_document is None:
+        lines.append(f"documents assumed ~{TOKENS_PER_DOCUMENT} tokens long (PubMed abstracts; shorter documents make more "
+                     "HDF5 instances per token): pass --tokens_per_document for yours")
     for name, cfg, plan in zip(PHASES, (p1, p2), plans):
         if cfg.max_seq_length is None:
             lines.append(f"{name}: no max_seq_length in the recipe: no estimate")
             continue
         global_batch = plan.global_batch_size if plan else cfg.train_batch_size * ranks
-        max_pred = cfg.max_predictions_per_seq or math.ceil(cfg.max_seq_length * 0.15)  # data_prep: 20 at 128
-        lines.append(phase_size(name, tokens, cfg.max_seq_length, max_pred, global_batch, cfg.max_steps).describe())
+        max_pred = cfg.max_predictions_per_seq or default_max_predictions(cfg.max_seq_length)
+        objective = "mlm" if cfg.objective == "mlm" else "nsp"
+        formats = ("hdf5", "packed") if objective == "mlm" else ("hdf5",)
+        for fmt in formats:
+            lines.append(phase_size(name, tokens, cfg.max_seq_length, max_pred, global_batch, cfg.max_steps,
+                                    tokens_per_document=tokens_per_document, objective=objective, fmt=fmt).describe())
     return lines
 
 
@@ -190,9 +198,17 @@ def _run(argv: list[str] | None) -> int:
         tokens = corpus.tokens()
         if tokens is not None and not dry_run:
             raise UsageError("--corpus_tokens / --corpus_documents are for planning: add --dry-run")
+        check_init_checkpoint(recipe, p1.init_checkpoint)
         notes = [check_data(p1, "phase1", dry_run), check_data(p2, "phase2", dry_run)]
     except ValueError as exc:
         raise exc if isinstance(exc, UsageError) else UsageError(str(exc)) from None
+    if dry_run:
+        # The trainer's own start-up refusals (ort_training/checks.py), for the device the phases would run on: a dry
+        # run that passes is a run that starts. Data folders that do not exist yet are skipped (a note above).
+        from ort_training.checks import preflight
+
+        for cfg, note in ((p1, notes[0]), (p2, notes[1])):
+            notes += preflight(cfg, launch.device, data=note is None)
     try:
         check_devices(launch)
     except UsageError as exc:
@@ -209,7 +225,7 @@ def _run(argv: list[str] | None) -> int:
             if note:
                 print(f"# note: {note}")
         if tokens is not None:
-            for line in sizing_lines(p1, p2, plans, launch, tokens):
+            for line in sizing_lines(p1, p2, plans, launch, tokens, corpus.tokens_per_document):
                 print(f"# sizing: {line}")
         for name, cmd in zip(PHASES, commands):
             print(f"# {name}")

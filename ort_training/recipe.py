@@ -103,8 +103,37 @@ class BatchPlan:
                 f"(--train_batch_size {self.train_batch_size} per GPU)")
 
 
+MAX_BATCH = 1 << 24
+"""The largest global / micro / per-GPU batch accepted: 16,777,216 sequences, 256x NVIDIA's largest (65,536 in
+BERT-large's phase 1). Anything above it is a typo, and refused in one line before any arithmetic."""
+
+
+def check_batch_value(flag: str, value: int) -> None:
+    """One line for a batch value no run has (< 1, or above MAX_BATCH), naming the flag."""
+    if value < 1:
+        raise ValueError(f"{flag} must be >= 1, got {value}")
+    if value > MAX_BATCH:
+        raise ValueError(f"{flag} {value:,} is not a batch size (more than {MAX_BATCH:,} sequences); "
+                         "NVIDIA's largest is 65,536")
+
+
 def largest_divisor_at_most(n: int, bound: int) -> int:
-    return max(d for d in range(1, min(n, bound) + 1) if n % d == 0)
+    """The largest divisor of n that is <= bound: divisors come in pairs (d, n // d) with d <= sqrt(n), so
+    O(sqrt(n)) steps whatever bound is (a search up to bound spun for minutes on a huge value)."""
+    if n < 1 or bound < 1:
+        raise ValueError(f"largest_divisor_at_most needs n and bound >= 1, got {n} and {bound}")
+    if bound >= n:
+        return n
+    best = 1
+    d = 1
+    while d * d <= n:
+        if n % d == 0:
+            if d <= bound:
+                best = max(best, d)
+            if n // d <= bound:
+                best = max(best, n // d)
+        d += 1
+    return best
 
 
 def plan_batch(global_batch_size: int, micro_batch_size: Optional[int], nproc_per_node: int, nnodes: int,
@@ -114,8 +143,8 @@ def plan_batch(global_batch_size: int, micro_batch_size: Optional[int], nproc_pe
     arithmetic when the global batch does not split evenly over the GPUs."""
     ranks = nproc_per_node * nnodes
     for name, value in (("global_batch_size", global_batch_size), ("micro_batch_size", micro_batch_size)):
-        if value is not None and value < 1:
-            raise ValueError(f"--{phase}.{name} must be >= 1, got {value}")
+        if value is not None:
+            check_batch_value(f"--{phase}.{name}", value)
     if global_batch_size % ranks:
         lower, upper = global_batch_size // ranks * ranks, -(-global_batch_size // ranks) * ranks
         raise ValueError(
@@ -136,6 +165,18 @@ class Recipe:
     both: dict
     phase1: dict
     phase2: dict
+    requires_init_checkpoint: bool = False
+    """The recipe continues pretraining a published model (`requires_init_checkpoint: true` in its YAML): phase 1
+    without --phase1.init_checkpoint would train from random weights with a learning rate and steps meant for a
+    trained model, so every runner refuses it (`check_init_checkpoint`)."""
+
+
+def check_init_checkpoint(recipe: Recipe, init_checkpoint: str | None, flag: str = "--phase1.init_checkpoint") -> None:
+    """Refuse a continued-pretraining recipe without the weights it continues (the real run and its dry run alike)."""
+    if recipe.requires_init_checkpoint and not init_checkpoint:
+        raise UsageError(f"recipe {recipe.name} continues pretraining a published model and needs its weights: pass "
+                         f"{flag} MODEL (a Hugging Face folder, an NVIDIA .pt or a checkpoint of this bundle); without it "
+                         "phase 1 would train from random weights with settings tuned for a trained model")
 
 
 def recipe_path(name_or_path: str | Path) -> Path:
@@ -152,14 +193,18 @@ def recipe_path(name_or_path: str | Path) -> Path:
 def load_recipe(name_or_path: str | Path) -> Recipe:
     path = recipe_path(name_or_path)
     raw = read_yaml(path)
-    unknown = set(raw) - {"description", "launch", "both", *PHASES}
+    unknown = set(raw) - {"description", "requires_init_checkpoint", "launch", "both", *PHASES}
     if unknown:
-        raise UsageError(f"{path}: unknown sections {sorted(unknown)}; a recipe has description, launch, both, phase1, phase2")
+        raise UsageError(f"{path}: unknown sections {sorted(unknown)}; a recipe has description, requires_init_checkpoint, "
+                         "launch, both, phase1, phase2")
     sections = {k: raw.get(k) or {} for k in ("launch", "both", *PHASES)}
     for key, value in sections.items():
         if not isinstance(value, dict):
             raise UsageError(f"{path}: section {key!r} must be a mapping of settings")
-    return Recipe(path.stem, raw.get("description", ""), **sections)
+    requires = raw.get("requires_init_checkpoint", False)
+    if not isinstance(requires, bool):
+        raise UsageError(f"{path}: requires_init_checkpoint must be true or false, got {requires!r}")
+    return Recipe(path.stem, raw.get("description", ""), **sections, requires_init_checkpoint=requires)
 
 
 def phase_batch(recipe_values: dict, overrides: dict, nproc_per_node: int, nnodes: int, phase: str) -> BatchPlan | None:
@@ -176,6 +221,9 @@ def phase_batch(recipe_values: dict, overrides: dict, nproc_per_node: int, nnode
         per_rank = int(recipe_values["train_batch_size"])
         if per_rank < 1 or (given_accumulation is not None and int(given_accumulation) < 1):
             return None  # PretrainConfig refuses the value, naming the flag
+        check_batch_value(f"--{phase}.train_batch_size", per_rank)
+        if batch["micro_batch_size"] is not None:
+            check_batch_value(f"--{phase}.micro_batch_size", int(batch["micro_batch_size"]))
         accumulation = int(given_accumulation) if given_accumulation is not None else \
             per_rank // largest_divisor_at_most(per_rank, batch["micro_batch_size"] or per_rank)
         plan = BatchPlan(phase, per_rank * ranks, ranks, per_rank, max(per_rank // accumulation, 1), accumulation)
