@@ -50,7 +50,6 @@ from ort_training.loop.checkpoint import list_checkpoints, load_checkpoint
 from ort_training.loop.distributed import resolve_dist_env
 from ort_training.models import family_of, load_model_config, resolve_config_file
 from ort_training.models.pretraining import check_vocab_fits
-from ort_training.objectives import SequenceClassification
 from ort_training.run_status import PREEMPTED_EXIT_CODE
 from ort_training.errors import EXPECTED_ERRORS, UsageError, report
 
@@ -125,7 +124,18 @@ class FinetuneConfig:
     # --- evaluation / early stopping
     eval_steps: int = _f(50, "Evaluate macro-F1 on the validation set every N optimizer steps (and at the last step).")
     patience: int = _f(3, "Stop after this many evaluations without a better validation macro-F1 (0: never stop early).")
-    min_delta: float = _f(0.0, "An improvement must exceed this much macro-F1.")
+    min_delta: float = _f(0.0, "An improvement must exceed this much of the early-stopping metric.")
+    early_stopping_metric: Optional[Literal["macro_f1", "auroc", "auprc", "loss"]] = _f(
+        None, "--task single_label: the validation figure that picks best_model/ and stops early: macro_f1 (the default), auroc, "
+              "auprc (average precision; one-vs-rest macro with more than 2 classes: the figure for rare positives) or loss "
+              "(cross-entropy, unweighted, minimised). Other tasks follow their own (multi_label micro-F1, regression RMSE).")
+    class_weights: Optional[str] = _f(
+        None, "--task single_label: weight each class in the training loss: 'balanced' (documents / (classes x the class's "
+              "documents), from the training labels) or one weight per class in label order (sorted; numerically for integer "
+              "labels), comma-separated, e.g. 1,20. Validation figures stay unweighted.")
+    pos_weight: Optional[float] = _f(
+        None, "--task single_label with two classes: the loss weight of the positive class (the second label in order: 1 of 0/1, "
+              "'yes' of no/yes), the other class weighing 1; the same as --class_weights 1,W.")
     eval_batch_size: int = _f(64, "Sequences per evaluation batch.")
     # --- backend / precision / checkpoints (as in pretraining)
     backend: Backend = _f("ort", "ort = ORTModule (torch-ort), eager = plain PyTorch, compile = torch.compile.")
@@ -174,6 +184,7 @@ class FinetuneConfig:
             raise ValueError(f"--max_seq_length must be >= 8, got {self.max_seq_length}")
         if self.patience < 0:
             raise ValueError(f"--patience must be >= 0, got {self.patience}")
+        check_loss_and_selection(self)  # --early_stopping_metric, --class_weights, --pos_weight
         for name in ("validation_fraction", "test_fraction"):
             if not 0 <= getattr(self, name) < 1:
                 raise ValueError(f"--{name} must be in [0, 1), got {getattr(self, name)}")
@@ -193,11 +204,37 @@ class FinetuneConfig:
             raise ValueError(f"--num_train_epochs must be > 0 and finite, got {self.num_train_epochs}")
 
 
+def parse_class_weights(value: str | None) -> str | list[float] | None:
+    """--class_weights: None, 'balanced', or the list of per-class weights (each finite and > 0)."""
+    if value is None or value.strip() == "balanced":
+        return value and "balanced"
+    try:
+        weights = [float(w) for w in value.split(",")]
+    except ValueError:
+        raise ValueError(f"--class_weights {value!r}: give 'balanced' or one number per class, comma-separated (e.g. 1,20)") from None
+    if len(weights) < 2 or not all(math.isfinite(w) and w > 0 for w in weights):
+        raise ValueError(f"--class_weights {value!r}: give one weight > 0 per class (at least two), e.g. 1,20")
+    return weights
+
+
+def check_loss_and_selection(cfg: FinetuneConfig) -> None:
+    """The single-label options for imbalanced (clinical) labels, checked with the other flags."""
+    given = [f"--{name}" for name in ("early_stopping_metric", "class_weights", "pos_weight") if getattr(cfg, name) is not None]
+    if given and cfg.task != "single_label":
+        raise ValueError(f"{', '.join(given)}: apply to --task single_label; --task {cfg.task} follows its own metric and loss")
+    parse_class_weights(cfg.class_weights)
+    if cfg.pos_weight is not None:
+        if cfg.class_weights is not None:
+            raise ValueError("--pos_weight and --class_weights both weight the classes: give one (--pos_weight W = --class_weights 1,W)")
+        if not (math.isfinite(cfg.pos_weight) and cfg.pos_weight > 0):
+            raise ValueError(f"--pos_weight must be > 0, got {cfg.pos_weight}")
+
+
 # ----------------------------------------------------------------------------- metrics
 def classification_metrics(y_true: np.ndarray, probs: np.ndarray, labels: list[str]) -> dict:
-    """scikit-learn's accuracy, macro-F1 (over the classes in y_true or the predictions), AUROC (binary: of
-    the second class; multi-class: one-vs-rest macro over the classes present in y_true), per-class
-    precision/recall/F1/support and the confusion matrix (rows: true, columns: predicted)."""
+    """scikit-learn's accuracy, macro-F1 (over the classes in y_true or the predictions), AUROC and AUPRC (average
+    precision) (binary: of the second class; multi-class: one-vs-rest macro over the classes present in y_true),
+    per-class precision/recall/F1/support/prevalence/AUPRC and the confusion matrix (rows: true, columns: predicted)."""
     from sklearn import metrics as skm
 
     k = len(labels)
@@ -210,16 +247,22 @@ def classification_metrics(y_true: np.ndarray, probs: np.ndarray, labels: list[s
     elif k > 2 and present:
         # Classes absent from the test labels have no ROC curve: average over the present ones.
         auroc = float(np.mean([skm.roc_auc_score(y_true == c, probs[:, c]) for c in present]))
+    # AUPRC (average precision, sklearn's step-wise area): the figure for a rare positive class, whose baseline is its
+    # prevalence (AUROC's is 0.5 however rare the class is). Binary: of the second class; more: one-vs-rest, macro.
+    ap = {c: float(skm.average_precision_score(y_true == c, probs[:, c])) for c in present}
+    auprc = (ap.get(1) if k == 2 else float(np.mean(list(ap.values())))) if (len(present) == 2 if k == 2 else present) else None
     precision, recall, f1, support = skm.precision_recall_fscore_support(y_true, y_pred, labels=list(range(k)), zero_division=0)
     return {
         "documents": int(len(y_true)),
         "accuracy": float(skm.accuracy_score(y_true, y_pred)),
         "macro_f1": float(skm.f1_score(y_true, y_pred, average="macro", zero_division=0)),
         "auroc_ovr": auroc,
+        "auprc_ovr": auprc,
         "auroc_note": (None if len(present) == k else
-                       f"classes absent from the true labels left out of the AUROC: {[labels[c] for c in range(k) if c not in present]}"),
+                       f"classes absent from the true labels left out of the AUROC and AUPRC: {[labels[c] for c in range(k) if c not in present]}"),
         "per_class": {labels[c]: {"precision": float(precision[c]), "recall": float(recall[c]), "f1": float(f1[c]),
-                                  "support": int(support[c])} for c in range(k)},
+                                  "support": int(support[c]), "prevalence": float(support[c] / max(len(y_true), 1)),
+                                  "auprc": ap.get(c)} for c in range(k)},
         "labels": list(labels),
         "confusion_matrix": skm.confusion_matrix(y_true, y_pred, labels=list(range(k))).tolist(),
     }
@@ -532,7 +575,7 @@ def run(cfg: FinetuneConfig, on_evaluation=None) -> dict:
                                       identity=training_identity(cfg))
     y_val = task.truth(tables["validation"])
     trainer, stopper, summary = train(
-        cfg, config_file, loader, lambda init: SequenceClassification(task.labels, init_checkpoint=init, problem_type=task.problem_type),
+        cfg, config_file, loader, lambda init: task.objective(init),
         lambda is_main, device, resumed_step: SequenceEarlyStopping(cfg, splits["validation"], is_main, device, resumed_step, task,
                                                                     y_val, on_evaluation),
         {"labels": task.labels, "train_sequence_length": pad_to})

@@ -3,7 +3,9 @@ what the loss sees, which validation metric early stopping (and the hyperparamet
 which direction, and what the test report, plots and predictions hold.
 
     task          problem_type (Hugging Face)     loss           early stopping / HPO objective
-    single_label  single_label_classification     cross-entropy  macro-F1, maximised
+    single_label  single_label_classification     cross-entropy  macro-F1, maximised (--early_stopping_metric: AUROC,
+                                                  (--class_weights,  AUPRC, maximised; loss, minimised)
+                                                  --pos_weight)
     multi_label   multi_label_classification      sigmoid + BCE  micro-F1 at per-label thresholds chosen on validation, maximised
     regression    regression                      MSE (z-scores) RMSE, minimised
 
@@ -14,13 +16,19 @@ targets and model outputs to metrics.
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 
 from ort_training.data.text import LabelSet, Table, TextDataError, random_split, read_table, split_rows
 from ort_training.errors import UsageError
+from ort_training.objectives import SequenceClassification
 from ort_training.tasks import calibration, multilabel, regression
+
+logger = logging.getLogger(__name__)
 
 
 class SequenceTask:
@@ -87,6 +95,10 @@ class SequenceTask:
     def _groups(self, path: str) -> list[str]:
         return read_table(path, self.cfg.text_column, self.cfg.group_column, "--group_column").labels
 
+    def objective(self, init_checkpoint):
+        """The training objective (its loss); `init_checkpoint` None when resuming."""
+        return SequenceClassification(self.labels, init_checkpoint=init_checkpoint, problem_type=self.problem_type)
+
     # --- outputs and metrics (outputs: finetune.predict's per-document probabilities, or values)
     def outputs(self, predicted: np.ndarray) -> np.ndarray:
         return predicted
@@ -118,8 +130,19 @@ class SequenceTask:
     headline: tuple[str, ...] = ()
 
 
+# --early_stopping_metric -> (the key of the validation record, higher is better)
+SELECTION_METRICS = {"macro_f1": ("macro_f1", True), "auroc": ("auroc_ovr", True), "auprc": ("auprc_ovr", True), "loss": ("loss", False)}
+
+
 class SingleLabel(SequenceTask):
-    name, problem_type, metric, headline = "single_label", "single_label_classification", "macro_f1", ("accuracy", "macro_f1", "auroc_ovr")
+    name, problem_type, metric, headline = ("single_label", "single_label_classification", "macro_f1",
+                                            ("accuracy", "macro_f1", "auroc_ovr", "auprc_ovr"))
+
+    def __init__(self, cfg):
+        super().__init__(cfg)
+        self.metric, self.higher_is_better = SELECTION_METRICS[getattr(cfg, "early_stopping_metric", None) or "macro_f1"]
+        self.class_weights: list[float] | None = None
+        """The training loss's weight per class (label order), from --class_weights / --pos_weight; None: unweighted."""
 
     def split(self, table, fractions, seed):
         return split_rows(table, fractions, seed)  # stratified by class
@@ -127,6 +150,41 @@ class SingleLabel(SequenceTask):
     def fit_labels(self, train):
         self._set = LabelSet.from_table(train)
         self.labels = self._set.labels
+        self.class_weights = self._weights(self._set.encode(train))
+
+    def _weights(self, y_train: np.ndarray) -> list[float] | None:
+        from ort_training.finetune import parse_class_weights
+
+        cfg, k = self.cfg, len(self.labels)
+        given = parse_class_weights(getattr(cfg, "class_weights", None))
+        pos_weight = getattr(cfg, "pos_weight", None)
+        if pos_weight is not None:
+            if k != 2:
+                raise UsageError(f"--pos_weight is for two classes; the training labels are {k}: {self.labels}. Use --class_weights")
+            return [1.0, float(pos_weight)]
+        if given == "balanced":  # scikit-learn's "balanced": documents / (classes x documents of the class)
+            counts = np.bincount(y_train, minlength=k)
+            return [float(len(y_train) / (k * c)) for c in counts]
+        if given is not None and len(given) != k:
+            raise UsageError(f"--class_weights {cfg.class_weights}: {len(given)} weight(s) for {k} classes {self.labels} (label order)")
+        return given
+
+    def objective(self, init_checkpoint):
+        if self.class_weights is None:
+            return super().objective(init_checkpoint)
+        return WeightedSequenceClassification(self.labels, self.class_weights, init_checkpoint=init_checkpoint)
+
+    def load_splits(self):
+        tables = super().load_splits()
+        if self.metric in ("auroc_ovr", "auprc_ovr"):  # undefined on a validation set of one class: say so before training
+            present = sorted(set(tables["validation"].labels))
+            if len(present) < 2:
+                raise UsageError(f"--early_stopping_metric {self.cfg.early_stopping_metric}: the validation split "
+                                 f"({tables['validation'].path}) holds one class only ({present}); it needs both a positive and a "
+                                 "negative. Use a larger validation set or --early_stopping_metric loss")
+        if self.class_weights is not None:
+            logger.info("training loss weights per class: %s", ", ".join(f"{lab} {w:.4g}" for lab, w in zip(self.labels, self.class_weights)))
+        return tables
 
     def encode(self, table):
         return self._set.encode(table)
@@ -136,7 +194,8 @@ class SingleLabel(SequenceTask):
 
         m = classification_metrics(y, out, self.labels)
         loss = float(-np.log(np.clip(out[np.arange(len(out)), y], 1e-12, None)).mean())
-        return {"macro_f1": m["macro_f1"], "accuracy": m["accuracy"], "auroc_ovr": m["auroc_ovr"], "loss": loss}
+        return {"macro_f1": m["macro_f1"], "accuracy": m["accuracy"], "auroc_ovr": m["auroc_ovr"], "auprc_ovr": m["auprc_ovr"],
+                "loss": loss}
 
     def test_metrics(self, y, out):
         from ort_training.finetune import classification_metrics
@@ -151,6 +210,24 @@ class SingleLabel(SequenceTask):
                               + (f", AUROC {report['auroc_ovr']:.3f}" if report["auroc_ovr"] is not None else "")
                               + f"\n{report['documents']} documents, best step {report['best_step']}")
         write_predictions(out_dir / "test_predictions.csv", table, out, self.labels)
+
+
+class WeightedSequenceClassification(SequenceClassification):
+    """Single-label cross-entropy with a weight per class (--class_weights, --pos_weight). The weights are a constant of
+    the loss (ORTModule exports them into the graph); the model, its export and the training metrics are the base
+    class's. A subclass here, not a change of objectives.py: the loss is its line with `weight=`."""
+
+    def __init__(self, labels, class_weights, init_checkpoint=None):
+        super().__init__(labels, init_checkpoint=init_checkpoint, problem_type="single_label_classification")
+        self.class_weights = torch.tensor(class_weights, dtype=torch.float32)
+
+    def forward(self, model, dense_seq_output, *inputs):
+        input_ids, segment_ids, input_mask, (labels,) = self._encoder_inputs(inputs)
+        logits = self.family.seq_logits(model, input_ids, segment_ids, input_mask).float()
+        target = labels.reshape(-1)
+        loss = F.cross_entropy(logits, target, weight=self.class_weights.to(logits.device))
+        correct = (logits.argmax(-1) == target).sum().float()
+        return loss, torch.stack([correct.detach(), (labels >= 0).sum().float().detach()])
 
 
 class MultiLabel(SequenceTask):
