@@ -9,7 +9,7 @@ export TOKENIZERS_PARALLELISM := false
 .PHONY: help env env-current test-jobs test test-current demo bench lint image image-test image-current image-test-current clean
 
 help:  ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{gsub(/[$$][$$]/, "$$", $$2); printf "  make %-18s %s\n", $$1, $$2}'
 
 env:  ## create the pinned venv (torch 2.6.0, onnxruntime-training 1.19.2, torch-ort) if missing
 	@scripts/bootstrap_env.sh >/dev/null
