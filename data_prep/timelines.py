@@ -62,6 +62,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import logging
 import re
 import shutil
@@ -309,7 +310,7 @@ class Stays:
     suffix: list[str]
 
 
-def _static_prefix(cfg: TimelinesConfig, clif: Path, tables: dict[str, Path], split_of: dict[str, str]):
+def _static_prefix(cfg: TimelinesConfig, tables: dict[str, Path], split_of: dict[str, str]):
     hosp = read_columns(tables["hospitalization"], "hospitalization", *TABLES["hospitalization"])
     pat = read_columns(tables["patient"], "patient", *TABLES["patient"])
     hp = tables["hospitalization"]
@@ -613,7 +614,7 @@ def run_timelines(cfg: TimelinesConfig) -> Path:
     # 1. Split by patient, before anything is learned.
     hosp = read_columns(tables["hospitalization"], "hospitalization", ("patient_id",))
     split_of = split_patients(list(_strings(hosp["patient_id"])), cfg.train_fraction, cfg.val_fraction, cfg.seed)
-    stays, age_bins = _static_prefix(cfg, clif, tables, split_of)
+    stays, age_bins = _static_prefix(cfg, tables, split_of)
     by_patient = {}
     for p, s in zip(stays.pid, stays.split):
         assert by_patient.setdefault(p, s) == s, f"patient {p} in two splits"
@@ -627,7 +628,6 @@ def run_timelines(cfg: TimelinesConfig) -> Path:
     # 3. Write: tokenizer, bins, each split's packed files, outcomes, manifests (the top one last).
     written = write_tokenizer(out / TOKENIZER_DIR, tok)
     tok_sha = file_sha256(out / TOKENIZER_DIR / "tokenizer.json")
-    import json
     atomic_write_text(out / BINS_FILE, json.dumps({"num_bins": cfg.num_bins, "AGE": age_bins.get("AGE"), "categories": bins},
                                                   indent=1, sort_keys=True) + "\n")
     written.append(out / BINS_FILE)
