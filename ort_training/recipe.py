@@ -10,11 +10,13 @@ batch and accumulation for the GPUs x nodes actually used, so the learning rate 
 was tuned for always see the batch they were tuned for.
 
     python -m ort_training.recipe batch --recipe bert_large_biobert --gpus 8 --nodes 4   # the arithmetic
+    python -m ort_training.recipe list                                                   # every recipe, one row each
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import shlex
 import sys
@@ -308,15 +310,65 @@ def quote(cmd: list[str]) -> str:
     return " ".join(shlex.quote(c) for c in cmd)
 
 
+def shipped_recipes() -> list[str]:
+    """The recipe names under ort_training/recipes/ (the VM-size table is not a recipe)."""
+    return sorted(f.stem for f in RECIPES_DIR.glob("*.yaml") if "vm_sizes" not in f.stem)
+
+
+def recipe_summary(recipe: Recipe) -> dict:
+    """What `recipe list` shows of one recipe, read from its file; a setting it leaves out is the trainer's default
+    (PretrainConfig), so the list says what a run does. The docs' test (tests/unit/test_recipe_docs.py) holds the
+    README and docs to these values."""
+    defaults = {name: f.default for name, f in PretrainConfig.__dataclass_fields__.items()}
+    both = {**defaults, **recipe.both}
+    phases = {}
+    for name in PHASES:
+        values = {**both, **getattr(recipe, name)}
+        phases[name] = {key: values.get(key) for key in ("max_seq_length", "global_batch_size", "micro_batch_size", "max_steps",
+                                                         "learning_rate")}
+    return {"name": recipe.name, "device": recipe.launch.get("device", "auto"), "gpus": int(recipe.launch.get("nproc_per_node", 1)),
+            "precision": both["precision"], "backend": both["backend"], "objective": both["objective"],
+            "config_file": both["config_file"], "requires_init_checkpoint": bool(getattr(recipe, "requires_init_checkpoint", False)),
+            "phases": phases, "description": recipe.description}
+
+
+def recipe_list_table(summaries: list[dict]) -> str:
+    """`recipe list` as Markdown: one row per recipe."""
+    def phase(p: dict) -> str:
+        seq = p["max_seq_length"] or "data's"
+        batch = f"{p['global_batch_size']:,}" if p["global_batch_size"] else "per-GPU"
+        return f"seq {seq}, global batch {batch} (micro {p['micro_batch_size']}), {p['max_steps']:,} steps, lr {p['learning_rate']}"
+
+    rows = ["| recipe | GPUs (device) | precision | backend | objective | phase 1 | phase 2 | init checkpoint |",
+            "|---|---|---|---|---|---|---|---|"]
+    for s in summaries:
+        gpus = "CPU" if s["device"] == "cpu" else f"{s['gpus']} ({s['device']})"
+        init = "required (continued pretraining)" if s["requires_init_checkpoint"] else "optional (without: from scratch)"
+        rows.append(f"| {s['name']} | {gpus} | {s['precision']} | {s['backend']} | {s['objective']} | {phase(s['phases']['phase1'])} | "
+                    f"{phase(s['phases']['phase2'])} | {init} |")
+    return "\n".join(rows)
+
+
 def main(argv: list[str] | None = None) -> int:
-    """`batch`: a recipe's per-GPU batch and accumulation for a GPU count (what every launcher runs)."""
+    """`batch`: a recipe's per-GPU batch and accumulation for a GPU count (what every launcher runs); `list`: every
+    shipped recipe with its GPUs, precision, global batch, phases and whether it needs an init checkpoint."""
     parser = argparse.ArgumentParser(prog="python -m ort_training.recipe", description=main.__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     batch = sub.add_parser("batch", help="print each phase's batch split for --gpus x --nodes")
     batch.add_argument("--recipe", required=True, help="a shipped recipe name or a YAML path")
     batch.add_argument("--gpus", type=int, default=None, help="GPU processes per node (default: the recipe's nproc_per_node)")
     batch.add_argument("--nodes", type=int, default=1, help="nodes (default 1)")
+    listing = sub.add_parser("list", help="print every shipped recipe: GPUs, precision, global batch, phases, init checkpoint")
+    listing.add_argument("--json", action="store_true", help="print the list as JSON instead of a Markdown table")
     args = parser.parse_args(argv)
+    if args.command == "list":
+        try:
+            summaries = [recipe_summary(load_recipe(name)) for name in shipped_recipes()]
+        except ValueError as exc:
+            print(f"recipe: error: {exc}", file=sys.stderr)
+            return 2
+        print(json.dumps(summaries, indent=2) if args.json else recipe_list_table(summaries))
+        return 0
     try:
         recipe = load_recipe(args.recipe)
         gpus = args.gpus if args.gpus is not None else int(recipe.launch.get("nproc_per_node", 1))
