@@ -602,18 +602,41 @@ def build_parser() -> argparse.ArgumentParser:
                     "--task mesh (major-topic MeSH descriptors, multi-label).")
     add_arguments(parser, DownstreamConfig, dash=True, required=("inputs",))
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    parser.add_argument("--dry-run", action="store_true",
+                        help="Make the checks the build makes before reading any abstract (inputs, --exclude-pmids, the output "
+                             "folder) and print what it would write; write nothing.")
     return parser
+
+
+def dry_run(cfg: DownstreamConfig) -> int:
+    """The refusals build_task makes before its work, and the plan."""
+    inputs = resolve_inputs(cfg.inputs, SAMPLE_FILE if cfg.task == "sentence_role" else INDEXED_SAMPLE_FILE)
+    excluded = read_pmids(cfg.exclude_pmids) if cfg.exclude_pmids else set()
+    for p in (cfg.out_dir, *cfg.out_dir.parents):
+        if p.exists():
+            if not p.is_dir():
+                raise TaskError(f"--out-dir {cfg.out_dir}: {'is' if p == cfg.out_dir else f'is inside {p}, which is'} a file, "
+                                "not a folder; pass a folder (it is created)")
+            break
+    ext = "jsonl" if cfg.task == "chemicals" or cfg.output_format == "jsonl" else "csv"
+    print(f"dry run: checked; --task {cfg.task} would read {len(inputs)} file(s) ({', '.join(str(f) for f in inputs[:3])}"
+          f"{' ...' if len(inputs) > 3 else ''}), leave out {len(excluded)} PMID(s), and write "
+          f"{', '.join(f'{s}.{ext}' for s in SPLITS)}, the *_pmids.txt files and manifest.json in {cfg.out_dir}")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     ns = vars(parser.parse_args(argv))
     logging.basicConfig(level=ns.pop("log_level"), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    dry = ns.pop("dry_run")
     try:
         cfg = from_dict(DownstreamConfig, ns, source="command line")
     except ValueError as e:
         parser.error(str(e))
     try:
+        if dry:
+            return dry_run(cfg)
         manifest = build_task(cfg)
     except TaskError as e:  # bad input, named by the error: one line, exit 2 (as every entry point)
         print(f"downstream: error: {e}", file=sys.stderr)

@@ -43,6 +43,7 @@ import torch
 
 from bundle.atomic import atomic_path, atomic_write_text, save_figure
 from bundle.cli import add_arguments, from_dict, parse_into
+from bundle.digest import file_sha256
 from bundle.locking import RunLock
 from ort_training.config import Attention, Backend, Precision, PretrainConfig, check_optimisation
 from ort_training.data.text import TextClassificationLoader, encode_split, input_identity, longest_tokens
@@ -98,7 +99,8 @@ class FinetuneConfig:
                                                                   "window (overlapping windows; predictions averaged per document, or "
                                                                   "per word read from its most central window). Default: window for "
                                                                   "token_classification, else truncate.")
-    stride: int = _f(32, "With --long_text window: tokens shared by consecutive windows.")
+    stride: Optional[int] = _f(None, "With --long_text window: tokens shared by consecutive windows. Default: "
+                                     "min(32, (--max_seq_length - 2) // 2), so every --max_seq_length has a valid default.")
     # --- model
     init_checkpoint: Optional[str] = _f(None, "Weights to start from: a Hugging Face BERT / ModernBERT folder (its tokenizer and config are used), an "
                                               "NVIDIA .pt or a checkpoint of this bundle; none = random init (needs --config_file, --vocab_file).")
@@ -170,10 +172,6 @@ class FinetuneConfig:
             raise ValueError("--hpo_space without --hpo_trials N: say how many trials to run")
         if self.hpo_space and not Path(self.hpo_space).is_file():
             raise ValueError(f"--hpo_space {self.hpo_space}: no such file")
-        if self.hpo_trials and self.hpo_space:
-            from ort_training.tasks.hpo import load_space
-
-            load_space(self.hpo_space, self.max_steps)  # refused here, before OUTPUT_DIR is made
         check_optimisation(self)  # batch, accumulation, learning rate: the trainer's checks (config.py)
         if self.long_text is None:
             self.long_text = "window" if self.task == "token_classification" else "truncate"
@@ -190,6 +188,8 @@ class FinetuneConfig:
                 raise ValueError(f"--{name} must be in [0, 1), got {getattr(self, name)}")
         if not self.validation_file and self.validation_fraction <= 0:
             raise ValueError("no validation data: pass --validation_file or a --validation_fraction > 0 (early stopping needs it)")
+        if self.stride is None:  # a default never refuses a valid --max_seq_length (32 would with 32)
+            self.stride = default_stride(self.max_seq_length)
         if self.long_text == "window" and not 0 <= self.stride < self.max_seq_length - 2:
             raise ValueError(f"--stride {self.stride} must be >= 0 and < --max_seq_length - 2 ({self.max_seq_length - 2})")
         if not self.init_checkpoint and not self.config_file:
@@ -202,6 +202,16 @@ class FinetuneConfig:
             raise ValueError(f"--max_steps must be >= 1, got {self.max_steps}")
         if not (math.isfinite(self.num_train_epochs) and self.num_train_epochs > 0):
             raise ValueError(f"--num_train_epochs must be > 0 and finite, got {self.num_train_epochs}")
+        if self.hpo_trials:
+            from ort_training.tasks.hpo import load_space
+
+            # the space's values and every corner of it against these flags: refused here, before OUTPUT_DIR is made
+            load_space(self.hpo_space, self.max_steps, cfg=self)
+
+
+def default_stride(max_seq_length: int) -> int:
+    """--stride's default: 32 tokens shared by consecutive windows, at most half of a window's text tokens."""
+    return max(0, min(32, (max_seq_length - 2) // 2))
 
 
 def parse_class_weights(value: str | None) -> str | list[float] | None:
@@ -386,13 +396,30 @@ def held_out_fractions(cfg: FinetuneConfig) -> dict[str, float]:
             **({"test": cfg.test_fraction} if not cfg.test_file and cfg.test_fraction > 0 else {})}
 
 
+def tokenizer_source_digest(cfg: FinetuneConfig) -> str:
+    """sha256 (16 hex) of the tokenizer's files: --vocab_file (a file, or a folder's tokenizer files), else the
+    --init_checkpoint folder's. Another vocabulary gives other token ids, so it is part of a run's identity."""
+    from ort_training.inference import tokenizer_digest
+
+    source = Path(cfg.vocab_file or cfg.init_checkpoint)
+    folder = source if source.is_dir() else (source.parent if not cfg.vocab_file else None)
+    if folder is None:
+        return file_sha256(source)[:16]
+    return tokenizer_digest(folder)[:16]
+
+
 def training_identity(cfg: FinetuneConfig) -> dict:
-    """The task, the training file's sha256 and the settings that pick its rows and cut its texts: checkpoints record
-    it, and a resume on another file (even one of the same length) or as another task is refused naming both."""
+    """The task, the sha256 of every input file (training, validation, test: another validation file would mix
+    validation sets and keep a best step chosen on the old one), the tokenizer's files, and the settings that pick
+    the rows and cut the texts: checkpoints record it, and a resume on another file (even one of the same length),
+    another tokenizer or as another task is refused naming both."""
     split = {"split_seed": cfg.split_seed, **({"validation_fraction": cfg.validation_fraction} if not cfg.validation_file else {}),
              **({"test_fraction": cfg.test_fraction} if not cfg.test_file else {})}
-    return input_identity(cfg.train_file, task=cfg.task, text_column=cfg.text_column, label_column=cfg.label_column, max_seq_length=cfg.max_seq_length,
-                          long_text=cfg.long_text, **({"stride": cfg.stride} if cfg.long_text == "window" else {}),
+    inputs = {f"{name}_sha256": file_sha256(getattr(cfg, name))[:16] for name in ("validation_file", "test_file")
+              if getattr(cfg, name)}
+    inputs["tokenizer_sha256"] = tokenizer_source_digest(cfg)
+    return input_identity(cfg.train_file, **inputs, task=cfg.task, text_column=cfg.text_column, label_column=cfg.label_column,
+                          max_seq_length=cfg.max_seq_length, long_text=cfg.long_text, **({"stride": cfg.stride} if cfg.long_text == "window" else {}),
                           **({"label_separator": cfg.label_separator} if cfg.task == "multi_label" else {}), **split)
 
 
@@ -677,6 +704,31 @@ def finish(cfg, trainer, tokenizer, task, tables, splits, stopper, summary) -> d
     return result
 
 
+# ----------------------------------------------------------------------------- the output folder
+def check_output_folder(cfg: FinetuneConfig) -> None:
+    """A finished run's output belongs to that run: a single fine-tune never writes into a search's folder (it would
+    replace the search's best hf_model/ and leave hpo_report.json describing another model), a search never into a
+    single run's folder, and a fresh run never over a finished one (without its checkpoints a resume cannot continue
+    it). Refused before anything is written, naming the folder and the file that shows whose it is."""
+    from ort_training.tasks import hpo
+
+    out = Path(cfg.output_dir)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--output_dir {out}: is a file, not a folder; pass a folder (it is created)")
+    search_files = [out / f for f in (hpo.REPORT_FILE, hpo.STUDY_FILE) if (out / f).exists()]
+    summary = out / "finetune_summary.json"
+    if not cfg.hpo_trials and search_files:
+        raise UsageError(f"--output_dir {out}: holds a hyperparameter search ({search_files[0].name}); its hf_model/ is the "
+                         "search's best trial and a single fine-tune would replace it. Use another --output_dir (or rerun the "
+                         "search with its --hpo_trials)")
+    if cfg.hpo_trials and not search_files and (summary.is_file() or list_checkpoints(out)):
+        raise UsageError(f"--output_dir {out}: holds a single fine-tuning run ({summary.name if summary.is_file() else 'checkpoints/'}); "
+                         "a search would replace its hf_model/. Use another --output_dir")
+    if not cfg.hpo_trials and summary.is_file() and not (cfg.resume_from_checkpoint and list_checkpoints(out)):
+        raise UsageError(f"--output_dir {out}: holds a finished fine-tuning run ({summary}); a new run would replace its "
+                         "hf_model/ and reports. Use another --output_dir (or --resume_from_checkpoint where its checkpoints are kept)")
+
+
 # ----------------------------------------------------------------------------- command line
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -709,6 +761,10 @@ def dry_run(cfg: FinetuneConfig) -> int:
             print(f"note: --{flag} {value} does not exist yet: its checks (columns, labels) were skipped")
     from ort_training.tasks import hpo
 
+    try:
+        check_output_folder(cfg)
+    except UsageError as exc:
+        return report("finetune", exc)
     out = Path(cfg.output_dir)
     metric, higher_is_better = validation_metric(cfg)
     writes = (f"{cfg.hpo_trials} trials under {out / hpo.TRIALS_DIR} (each a run's outputs), {out / hpo.STUDY_FILE}, "
@@ -732,6 +788,8 @@ def main(argv: list[str] | None = None) -> int:
         if lock is not None:
             lock.acquire()
         try:
+            if rank == 0:
+                check_output_folder(cfg)
             if cfg.hpo_trials:
                 from ort_training.tasks.hpo import search
 

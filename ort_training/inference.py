@@ -121,7 +121,49 @@ def read_classifier_config(folder: str | Path) -> dict:
         raise ModelFolderError(f"{folder}: no weights ({' or '.join(WEIGHT_FILES)})")
     if not any((folder / f).is_file() for f in ("tokenizer.json", "vocab.txt")):
         raise ModelFolderError(f"{folder}: no tokenizer (tokenizer.json / vocab.txt)")
+    check_head(folder, config)
     return config
+
+
+def head_rows(folder: Path) -> tuple[str, int] | None:
+    """(file, output rows) of the classifier head's last layer (`classifier.weight`, or `score.weight`) in the folder's
+    weights, read from the safetensors header (no tensor is loaded); None where there is no such tensor."""
+    import struct
+
+    path = folder / "model.safetensors"
+    if path.is_file():
+        try:
+            with open(path, "rb") as fh:
+                n = struct.unpack("<Q", fh.read(8))[0]
+                header = json.loads(fh.read(min(n, 100 << 20)))
+        except (OSError, ValueError, struct.error):
+            return None  # check_weight_files names a corrupt header when the model is loaded
+        names = [k for k in header if k != "__metadata__" and k.split(".")[-2:] in (["classifier", "weight"], ["score", "weight"])]
+        if names and isinstance(header[names[-1]], dict) and header[names[-1]].get("shape"):
+            return str(path), int(header[names[-1]]["shape"][0])
+        return None
+    path = folder / "pytorch_model.bin"
+    if path.is_file():
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except Exception:  # noqa: BLE001 -- a corrupt file is named when the model is loaded
+            return None
+        names = [k for k in state if k.split(".")[-2:] in (["classifier", "weight"], ["score", "weight"])]
+        return (str(path), int(state[names[-1]].shape[0])) if names else None
+    return None
+
+
+def check_head(folder: Path, config: dict) -> None:
+    """The classes the config claims (id2label, num_labels) against the rows of the weights' classifier head: a
+    config copied from another model would label the outputs wrongly (or index past them). ModelFolderError naming
+    both files."""
+    classes = len(config["id2label"])
+    if "num_labels" in config and config["num_labels"] != classes:
+        raise ModelFolderError(f"{folder / 'config.json'}: num_labels {config['num_labels']} but id2label names {classes} classes")
+    found = head_rows(folder)
+    if found is not None and found[1] != classes:
+        raise ModelFolderError(f"{folder / 'config.json'}: id2label names {classes} class(es) but the classifier head in "
+                               f"{found[0]} has {found[1]} outputs; the config and weights come from different models")
 
 
 def labels_of(config) -> list[str]:
@@ -372,8 +414,16 @@ def ensure_variant(model_dir: str | Path, variant: str, cache_dir: str | Path | 
     digest = model_digest(model_dir)
     folder = cache_folder(model_dir, cache_dir, digest)
     manifest_path = folder / MANIFEST
-    manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
-    if manifest.get("model_digest") not in (None, digest):
+    try:
+        manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
+    except (OSError, ValueError):
+        manifest = {}
+    if not isinstance(manifest, dict) or manifest.get("model_digest") != digest or not isinstance(manifest.get("variants"), dict):
+        # a manifest without this folder's digest (of config.json + weights) describes another model's graphs (or none):
+        # nothing in the folder is trusted; every variant is exported and checked again
+        if manifest:
+            logger.warning("%s: made for another model (model_digest %s, this folder's %s): exporting again", manifest_path,
+                           str(manifest.get("model_digest"))[:16] if isinstance(manifest, dict) else None, digest[:16])
         manifest = {}
     order = [variant]
     while MADE_FROM[order[0]]:

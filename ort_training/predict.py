@@ -28,10 +28,11 @@ from __future__ import annotations
 
 import argparse
 import csv
+import errno
+import hashlib
 import io
 import json
 import logging
-import math
 import os
 import shutil
 import sys
@@ -47,9 +48,10 @@ from bundle.atomic import atomic_path, atomic_write_text
 from bundle.cli import add_arguments, from_dict, parse_into
 from bundle.digest import file_sha256
 from bundle.locking import RunLock
-from ort_training.data.text import SUFFIXES, Table, TextDataError, _rows_csv, encode_split, is_json_array, iter_json_lines
+from ort_training.data.text import MAX_WINDOWS, Table, TextDataError, encode_split, iter_records
 from ort_training.inference import (
     ENGINES,
+    VARIANT_FILES,
     DriftError,
     Engine,
     labels_of,
@@ -86,7 +88,10 @@ class PredictConfig:
     max_seq_length: Optional[int] = _f(None, "Tokens per window; default: the fine-tuning run's (finetune_config.json), else 128.")
     long_text: Optional[Literal["truncate", "window"]] = _f(None, "Texts longer than --max_seq_length: truncate or window "
                                                                   "(probabilities averaged per document); default: the fine-tuning run's.")
-    stride: Optional[int] = _f(None, "With --long_text window: tokens shared by consecutive windows; default: the fine-tuning run's.")
+    stride: Optional[int] = _f(None, "With --long_text window: tokens shared by consecutive windows; default: the fine-tuning run's, "
+                                     "else min(32, (--max_seq_length - 2) // 2).")
+    max_windows: Optional[int] = _f(None, f"With --long_text window: windows read per text (its tail is not read past them); "
+                                          f"default: the fine-tuning run's, else {MAX_WINDOWS}.")
     batch_size: int = _f(32, "Windows per forward pass.")
     chunk_rows: int = _f(2048, "Rows read, scored and written at a time (memory bound; the unit of resumption).")
     cache_dir: Optional[str] = _f(None, "Where the ONNX variants are cached (default: MODEL_DIR/onnx).")
@@ -104,6 +109,8 @@ class PredictConfig:
         for name in ("batch_size", "chunk_rows"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name} must be >= 1, got {getattr(self, name)}")
+        if self.max_windows is not None and self.max_windows < 1:
+            raise ValueError(f"--max_windows must be >= 1, got {self.max_windows}")
         if self.max_seq_length is not None and self.max_seq_length < 8:
             raise ValueError(f"--max_seq_length must be >= 8, got {self.max_seq_length}")
         if self.engine not in ENGINES:
@@ -111,15 +118,51 @@ class PredictConfig:
 
 
 # ----------------------------------------------------------------------------- settings
-def text_settings(cfg: PredictConfig, model_dir: Path, max_positions: int) -> dict:
-    """max_seq_length / long_text / stride: the flags, else the fine-tuning run's (finetune_config.json in the
-    folder above hf_model/), else 128 / truncate / 32."""
+WINDOWS_PER_PASS = 4096
+"""Windows tokenized and held at once while scoring a chunk: a chunk's texts are encoded in groups of at most
+WINDOWS_PER_PASS // max_windows texts, so memory follows windows, not --chunk_rows (a 2 MB text is 8,000 windows)."""
+
+
+def read_finetune_config(model_dir: Path) -> tuple[Path, dict]:
+    """(path, settings) of the fine-tuning run's finetune_config.json beside hf_model/ ({} where there is none); a
+    file that is not a JSON object (a truncated copy) is one error naming it."""
     ft_file = model_dir.parent / "finetune_config.json"
-    ft = json.loads(ft_file.read_text()) if ft_file.is_file() else {}
-    s = {"max_seq_length": cfg.max_seq_length or ft.get("max_seq_length") or 128,
+    if not ft_file.is_file():
+        return ft_file, {}
+    try:
+        ft = json.loads(ft_file.read_text(encoding="utf-8"))
+    except (ValueError, OSError) as exc:
+        raise UsageError(f"{ft_file}: not a readable JSON file ({one_line_reason(exc)}); it is truncated or corrupt: restore "
+                         "it from the fine-tuning run, or give --max_seq_length / --long_text / --stride and move it away") from None
+    if not isinstance(ft, dict):
+        raise UsageError(f"{ft_file}: holds a {type(ft).__name__}, not the settings object the fine-tuning run writes")
+    return ft_file, ft
+
+
+def one_line_reason(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def text_settings(cfg: PredictConfig, model_dir: Path, max_positions: int) -> dict:
+    """max_seq_length / long_text / stride / max_windows: the flags, else the fine-tuning run's (finetune_config.json in
+    the folder above hf_model/), else 128 / truncate / min(32, (max_seq_length - 2) // 2) / MAX_WINDOWS."""
+    from ort_training.finetune import default_stride
+
+    ft_file, ft = read_finetune_config(model_dir)
+    for key in ("max_seq_length", "stride", "max_windows"):
+        value = ft.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+            raise UsageError(f"{ft_file}: {key} is {value!r}, not a whole number; the file was edited or is corrupt")
+    if ft.get("long_text") not in (None, "truncate", "window"):
+        raise UsageError(f"{ft_file}: long_text is {ft['long_text']!r}, not truncate or window")
+    length = cfg.max_seq_length or ft.get("max_seq_length") or 128
+    s = {"max_seq_length": length,
          "long_text": cfg.long_text or ft.get("long_text") or "truncate",
-         "stride": cfg.stride if cfg.stride is not None else ft.get("stride", 32),
+         "stride": cfg.stride if cfg.stride is not None else ft.get("stride", default_stride(length)),
+         "max_windows": cfg.max_windows or ft.get("max_windows") or MAX_WINDOWS,
          "from": str(ft_file) if ft else "defaults"}
+    if cfg.max_seq_length and cfg.stride is None and ft.get("max_seq_length") != length:
+        s["stride"] = default_stride(length)  # the run's stride was for its own window length
     if s["max_seq_length"] > max_positions:
         raise UsageError(f"--max_seq_length {s['max_seq_length']} > the model's max_position_embeddings {max_positions}")
     if s["long_text"] == "window" and not 0 <= s["stride"] < s["max_seq_length"] - 2:
@@ -128,82 +171,30 @@ def text_settings(cfg: PredictConfig, model_dir: Path, max_positions: int) -> di
 
 
 # ----------------------------------------------------------------------------- reading, in chunks
-def _missing(value) -> bool:
-    return value is None or (isinstance(value, float) and math.isnan(value))
-
-
-def iter_rows(path: Path, text_column: str, id_column: str | None) -> Iterator[dict]:
-    """Records of the file (dicts holding at least the wanted columns), streamed. A missing file or column
-    is a TextDataError naming them."""
-    if not path.is_file():
-        raise TextDataError(f"{path}: no such file")
-    suffix = path.suffix.lower()
-    wanted = [c for c in (text_column, id_column) if c]
-    flags = {text_column: "--text_column", id_column: "--id_column"}
-    if suffix in (".csv", ".tsv"):
-        columns, rows = _rows_csv(path, "\t" if suffix == ".tsv" else ",")
-        _check_columns(path, columns, wanted, flags)
-        yield from rows
-    elif suffix in (".parquet", ".pq"):
-        import pyarrow.parquet as pq
-
-        try:
-            pf = pq.ParquetFile(path)
-        except Exception as exc:  # noqa: BLE001 -- pyarrow raises several types for corrupt files
-            raise TextDataError(f"{path}: cannot read parquet file ({exc})") from None
-        _check_columns(path, pf.schema_arrow.names, wanted, flags)
-        for batch in pf.iter_batches(batch_size=4096, columns=wanted):
-            yield from batch.to_pylist()
-    elif suffix in (".jsonl", ".ndjson", ".json"):
-        yield from _rows_jsonl(path, wanted, flags)
-    elif suffix == ".gz":
-        raise TextDataError(f"{path}: compressed files are not read; decompress it first")
-    else:
-        raise TextDataError(f"{path}: unknown file type {suffix!r}; use one of {', '.join(SUFFIXES)}")
-
-
-def _check_columns(path: Path, columns: list[str], wanted: list[str], flags: dict) -> None:
-    for col in wanted:
-        if col not in columns:
-            raise TextDataError(f"{path}: no column {col!r} ({flags[col]}); the file has columns {list(columns)}")
-
-
-def _rows_jsonl(path: Path, wanted: list[str], flags: dict) -> Iterator[dict]:
-    if is_json_array(path):  # a JSON array: read whole (data/text.py's reader)
-        from ort_training.data.text import _rows_jsonl as whole
-
-        columns, rows = whole(path)
-        _check_columns(path, columns, wanted, flags)
-        yield from rows
-        return
-    first = True
-    for _, row in iter_json_lines(path):
-        if first:
-            _check_columns(path, list(row), wanted, flags)
-            first = False
-        yield row
+def iter_rows(path: Path, text_column: str, id_column: str | None) -> Iterator[tuple[str, dict]]:
+    """(where, record) of the file, streamed by data/text.py's `iter_records` (the reader fine-tuning uses: one rule
+    for encodings, quoting, headers, field sizes and value types). A missing file or column is a TextDataError naming them."""
+    wanted = {text_column: "--text_column", **({id_column: "--id_column"} if id_column else {})}
+    yield from iter_records(path, wanted)
 
 
 def iter_chunks(path: Path, text_column: str, id_column: str | None, chunk_rows: int) -> Iterator[tuple[int, list[str], list[str]]]:
     """(first row number, ids, texts) per chunk of `chunk_rows` rows. An empty or missing text or id is a
     TextDataError naming the file, row and column."""
-    csv_like = path.suffix.lower() in (".csv", ".tsv")
     ids: list[str] = []
     texts: list[str] = []
     start = 0
-    for n, row in enumerate(iter_rows(path, text_column, id_column)):
-        where = f"row {n + 1}" + (" (after the header)" if csv_like else "")
+    for n, (where, row) in enumerate(iter_rows(path, text_column, id_column)):
         text = row.get(text_column)
-        if _missing(text):
+        if text is None:  # null / NaN (iter_records' cell_value); a blank string is an empty text, below
             raise TextDataError(f"{path}: {where} has no value in column {text_column!r} (--text_column)")
-        text = str(text)
         if not text.strip():
             raise TextDataError(f"{path}: {where} has an empty text in column {text_column!r} (--text_column); remove the row or fill it")
         if id_column:
             value = row.get(id_column)
-            if _missing(value) or str(value).strip() == "":
+            if value is None or value.strip() == "":
                 raise TextDataError(f"{path}: {where} has no value in column {id_column!r} (--id_column)")
-            ids.append(_id_str(value))
+            ids.append(value)
         else:
             ids.append(str(n))
         texts.append(text)
@@ -214,16 +205,19 @@ def iter_chunks(path: Path, text_column: str, id_column: str | None, chunk_rows:
         yield start, ids, texts
 
 
-def _id_str(value) -> str:
-    if isinstance(value, float) and value.is_integer():
-        return str(int(value))
-    return str(value)
-
-
 def scan(path: Path, text_column: str, id_column: str | None, chunk_rows: int) -> int:
-    """Rows in the file, every row checked (one streamed pass: bad input stops the run before any scoring)."""
+    """Rows in the file, every row checked (one streamed pass: bad input stops the run before any scoring). With
+    --id_column an id given twice is refused naming it, the file and both rows (a 16-byte digest per id is kept)."""
     total = 0
-    for _, _, texts in iter_chunks(path, text_column, id_column, chunk_rows):
+    seen: dict[bytes, int] = {}
+    for start, ids, texts in iter_chunks(path, text_column, id_column, chunk_rows):
+        if id_column:
+            for i, value in enumerate(ids):
+                key = hashlib.blake2b(value.encode("utf-8", "surrogatepass"), digest_size=16).digest()
+                if key in seen:
+                    raise TextDataError(f"{path}: id {value!r} in column {id_column!r} (--id_column) is given twice (rows "
+                                        f"{seen[key] + 1} and {start + i + 1}); ids must identify one row each")
+                seen[key] = start + i
         total += len(texts)
     if total == 0:
         raise TextDataError(f"{path}: holds no rows")
@@ -233,13 +227,21 @@ def scan(path: Path, text_column: str, id_column: str | None, chunk_rows: int) -
 # ----------------------------------------------------------------------------- scoring
 def score_texts(model, tokenizer, texts: list[str], settings: dict, batch_size: int, path: str = "input") -> tuple[np.ndarray, int]:
     """(probabilities [documents, classes], windows): fine-tuning's windowing (data.text.encode_split) and
-    per-document averaging (finetune.predict) with any engine's model."""
+    per-document averaging (finetune.predict) with any engine's model. Texts are encoded and scored in groups of
+    at most WINDOWS_PER_PASS windows (each text gives at most max_windows), so memory follows windows."""
     from ort_training.finetune import predict
 
-    table = Table(Path(path), list(texts), [""] * len(texts), "text", "")
-    split = encode_split("predict", table, np.zeros(len(texts), dtype=np.int64), tokenizer, settings["max_seq_length"],
-                         settings["long_text"], settings["stride"])
-    return predict(model, split, batch_size, torch.device("cpu")), len(split)
+    max_windows = settings.get("max_windows", MAX_WINDOWS) if settings["long_text"] == "window" else 1
+    group = max(1, WINDOWS_PER_PASS // max_windows)
+    out, windows = [], 0
+    for first in range(0, len(texts), group):
+        part = list(texts[first:first + group])
+        table = Table(Path(path), part, [""] * len(part), "text", "")
+        split = encode_split("predict", table, np.zeros(len(part), dtype=np.int64), tokenizer, settings["max_seq_length"],
+                             settings["long_text"], settings["stride"], max_windows=max_windows)
+        out.append(predict(model, split, batch_size, torch.device("cpu")))
+        windows += len(split)
+    return np.concatenate(out), windows
 
 
 def output_kind(config: dict) -> tuple[str, list[float] | None]:
@@ -287,6 +289,123 @@ class OutputExistsError(UsageError):
     """The output is already there (finished) or half-made with other settings."""
 
 
+ENV_ERRORS = {errno.ENOSPC: "no space left on device", errno.EDQUOT: "disk quota exceeded", errno.EROFS: "read-only file system",
+              errno.EACCES: "permission denied", errno.EPERM: "not permitted", errno.EISDIR: "a folder is in the way",
+              errno.ENOTDIR: "a file is in the way", errno.EEXIST: "a file is in the way"}
+"""Failures of the machine, not of the program: one line naming the path (exit 2), as data_prep reports them."""
+
+
+MODEL_FILES = ("config.json", "model.safetensors", "pytorch_model.bin", "tokenizer.json", "vocab.txt", "tokenizer_config.json",
+               "special_tokens_map.json", "merges.txt", "vocab.json")
+"""Files a model folder holds (present or not): predict's outputs never take these names inside --model_dir."""
+
+
+def _real(path: Path) -> str:
+    return os.path.realpath(path)
+
+
+def _inside(path: str, folder: str) -> bool:
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
+
+
+def _probe_writable(folder: Path, what: str) -> None:
+    """Create and remove a file in `folder` (or its nearest existing ancestor): a read-only file system or folder is
+    found before any work, whoever runs it (os.access says yes to root on a read-only folder)."""
+    import tempfile
+
+    existing = next((p for p in (folder, *folder.parents) if p.exists()), None)
+    if existing is None:
+        return
+    if not existing.is_dir():
+        raise UsageError(f"{what} {folder}: {existing} is a file, not a folder")
+    try:
+        fd, name = tempfile.mkstemp(prefix=".predict-probe-", dir=existing)
+        os.close(fd)
+        os.unlink(name)
+    except OSError as exc:
+        reason = ENV_ERRORS.get(exc.errno, one_line_reason(exc))
+        raise UsageError(f"{what} {folder}: cannot write in {existing} ({reason}); choose a writable folder") from None
+
+
+def _is_record(path: Path) -> dict | None:
+    """The record ort_training.predict writes beside its output (OUTPUT.json), or None for any other file."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) and isinstance(data.get("identity"), dict) and "format_version" in data["identity"] else None
+
+
+def check_paths(cfg: PredictConfig) -> None:
+    """What the run writes (--output_file, OUTPUT.json beside it, OUTPUT.parts/) must be none of what it reads (the
+    --input_file, the model folder, the fine-tuning run's finetune_config.json), after symbolic links are resolved,
+    must not be a folder, and must be writable; an existing output or record that this command did not make is never
+    replaced, --overwrite or not. Refused before anything is read or written."""
+    output, input_file, model_dir = Path(cfg.output_file), Path(cfg.input_file), Path(cfg.model_dir)
+    if output.is_dir():
+        raise UsageError(f"--output_file {output}: is a folder; name the .csv file to write")
+    reads = {_real(input_file): f"the --input_file {input_file}", _real(model_dir.parent / "finetune_config.json"):
+             f"the fine-tuning run's {model_dir.parent / 'finetune_config.json'}"}
+    model_real = _real(model_dir)
+    for written, what in ((output, "--output_file"), (sidecar(output), "its record (OUTPUT.json)"),
+                          (parts_dir(output), "its chunk folder (OUTPUT.parts)")):
+        real = _real(written)
+        if real in reads:
+            raise UsageError(f"--output_file {output}: {what} {written} is {reads[real]}"
+                             f"{' (through a symbolic link)' if str(written) != real else ''}; predict never writes over "
+                             "what it reads: choose another --output_file")
+        if _inside(real, model_real) and (os.path.lexists(real) or Path(real).name in MODEL_FILES
+                                          or _inside(real, os.path.join(model_real, "onnx"))):
+            raise UsageError(f"--output_file {output}: {what} {written} is a file of the --model_dir {model_dir}; predict never "
+                             "writes over the model it scores with: choose another --output_file")
+    for written in (output, sidecar(output)):
+        if written.exists() and not written.is_file():
+            raise UsageError(f"--output_file {output}: {written} is {'a folder' if written.is_dir() else 'not a regular file'}; "
+                             "choose another --output_file")
+    _probe_writable(output.parent, "--output_file's folder")
+
+
+def check_existing(cfg: PredictConfig) -> None:
+    """An existing output or record that this command did not make is never replaced, --overwrite or not."""
+    output = Path(cfg.output_file)
+    record = _is_record(sidecar(output)) if sidecar(output).is_file() else None
+    if sidecar(output).exists() and record is None:
+        raise OutputExistsError(f"--output_file {output}: {sidecar(output)} exists and is not a record of ort_training.predict; "
+                                "predict writes its record there and never replaces a file it did not make (--overwrite "
+                                "neither): move it or choose another --output_file")
+    if output.exists() and record is None:
+        raise OutputExistsError(f"--output_file {output}: exists and was not made by ort_training.predict (no record "
+                                f"{sidecar(output).name} beside it); --overwrite replaces only predict's own output: move it "
+                                "or choose another --output_file")
+
+
+def check_cache(cfg: PredictConfig, model_dir: Path) -> None:
+    """An ONNX engine writes its variants to --cache_dir (default MODEL_DIR/onnx): refused up front where that is not
+    writable and the variant is not already cached there."""
+    if cfg.engine == "torch":
+        return
+    root = Path(cfg.cache_dir) if cfg.cache_dir else model_dir / "onnx"
+    if root.is_dir() and any(root.glob(f"*/{VARIANT_FILES[cfg.engine]}")):
+        return  # made before: ensure_variant reads it (and checks its digest) without writing
+    try:
+        _probe_writable(root, "--cache_dir" if cfg.cache_dir else f"the ONNX cache (--cache_dir, default {root})")
+    except UsageError as exc:
+        raise UsageError(f"{exc}; pass --cache_dir to a writable folder (the model folder may stay read-only)") from None
+
+
+def plan(cfg: PredictConfig) -> dict:
+    """Every refusal the run makes before scoring, in order (paths, model folder, settings, every input row, the
+    cache folder), and what it would do: the dry run prints it, the run starts from it."""
+    model_dir, input_file = Path(cfg.model_dir), Path(cfg.input_file)
+    config = read_classifier_config(model_dir)
+    check_paths(cfg)
+    settings = text_settings(cfg, model_dir, int(config.get("max_position_embeddings", 512)))
+    rows = scan(input_file, cfg.text_column, cfg.id_column, cfg.chunk_rows)  # bad input stops here, before any writing
+    check_cache(cfg, model_dir)
+    check_existing(cfg)
+    return {"config": config, "settings": settings, "rows": rows, "chunks": -(-rows // cfg.chunk_rows)}
+
+
 def run(cfg: PredictConfig, on_chunk: Callable[[int], None] | None = None) -> dict:
     """Score cfg.input_file into cfg.output_file (see the module doc). `on_chunk(index)` is called after each chunk
     is on disk (tests use it to stop a run between chunks)."""
@@ -296,12 +415,10 @@ def run(cfg: PredictConfig, on_chunk: Callable[[int], None] | None = None) -> di
 
     started = time.perf_counter()
     model_dir, input_file, output = Path(cfg.model_dir), Path(cfg.input_file), Path(cfg.output_file)
-    config = read_classifier_config(model_dir)
+    checked = plan(cfg)
+    config, settings, rows, chunks = checked["config"], checked["settings"], checked["rows"], checked["chunks"]
     labels = labels_of(config)
     kind, thresholds = output_kind(config)
-    settings = text_settings(cfg, model_dir, int(config.get("max_position_embeddings", 512)))
-    rows = scan(input_file, cfg.text_column, cfg.id_column, cfg.chunk_rows)  # bad input stops here, before any writing
-    chunks = -(-rows // cfg.chunk_rows)
     model, info = load_engine(model_dir, cfg.engine, cfg.cache_dir, cfg.threads)
     tokenizer = load_tokenizer(model_dir)
     import transformers
@@ -312,11 +429,12 @@ def run(cfg: PredictConfig, on_chunk: Callable[[int], None] | None = None) -> di
                 "input_file": str(input_file.resolve()), "input_sha256": file_sha256(input_file), "rows": rows,
                 "text_column": cfg.text_column, "id_column": cfg.id_column,
                 **{k: settings[k] for k in ("max_seq_length", "long_text", "stride")},
+                **({"max_windows": settings["max_windows"]} if settings["long_text"] == "window" else {}),
                 "batch_size": cfg.batch_size, "chunk_rows": cfg.chunk_rows, "labels": labels,
                 **({"problem_type": kind, "thresholds": thresholds} if kind != "single_label_classification" else {})}
     parts = parts_dir(output)
     if output.exists() and not parts.exists():
-        previous = json.loads(sidecar(output).read_text()) if sidecar(output).is_file() else {}
+        previous = _is_record(sidecar(output)) or {}  # check_paths refused an output predict did not make
         if previous.get("identity") == identity and not cfg.overwrite:
             logger.info("%s is already complete for this model, engine, input and settings (%s)", output, sidecar(output))
             return {**previous["summary"], "already_finished": True}
@@ -382,11 +500,28 @@ def build_parser() -> argparse.ArgumentParser:
         description="Score a CSV / parquet / jsonl file with a fine-tuned classifier folder (PyTorch, ONNX Runtime fp32 or int8): "
                     "a predictions CSV (id, predicted, one probability per class), streamed in chunks and resumable.")
     add_arguments(parser, PredictConfig, required=("model_dir", "input_file", "output_file"))
+    parser.add_argument("--dry-run", "--dry_run", action="store_true", default=argparse.SUPPRESS,
+                        help="Make every check the run makes before scoring (paths, model folder, settings, every input row, "
+                             "cache folder) and print the plan; score and write nothing.")
     return parser
 
 
 def parse_config(argv: list[str] | None = None) -> PredictConfig:
-    return parse_into(build_parser(), lambda ns: from_dict(PredictConfig, ns, source="flags"), argv)
+    return parse_into(build_parser(), lambda ns: from_dict(PredictConfig, {k: v for k, v in ns.items() if k != "dry_run"},
+                                                           source="flags"), argv)
+
+
+def dry_run(cfg: PredictConfig) -> int:
+    checked = plan(cfg)
+    output = Path(cfg.output_file)
+    state = ("complete for these settings, or made with others (--overwrite replaces it)" if output.exists() else
+             "partly written: a run continues it" if parts_dir(output).exists() else "new")
+    s = checked["settings"]
+    print(f"dry run: checked; would score {checked['rows']} rows of {cfg.input_file} in {checked['chunks']} chunk(s) with "
+          f"{cfg.model_dir} (--engine {cfg.engine}; max_seq_length {s['max_seq_length']}, long_text {s['long_text']}"
+          + (f", stride {s['stride']}, at most {s['max_windows']} windows per text" if s["long_text"] == "window" else "")
+          + f"; settings from {s['from']}) into {output} and {sidecar(output)} (output {state})")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -394,9 +529,17 @@ def main(argv: list[str] | None = None) -> int:
     cfg = parse_config(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
+        if "--dry-run" in (sys.argv[1:] if argv is None else argv) or "--dry_run" in (sys.argv[1:] if argv is None else argv):
+            return dry_run(cfg)
         summary = run(cfg)
     except (*EXPECTED_ERRORS, DriftError) as exc:  # bad input or model folder, or an ONNX variant that drifted: one line, exit 2
         return report("predict", exc)
+    except OSError as exc:  # the machine: a full disk, a read-only folder (one line naming the path, exit 2)
+        if exc.errno not in ENV_ERRORS:
+            raise
+        where = exc.filename or cfg.output_file
+        return report("predict", UsageError(f"{ENV_ERRORS[exc.errno]} while writing {where}; free space or fix the folder's "
+                                            "permissions, then rerun the same command (the chunks written so far are kept)"))
     except KeyboardInterrupt:
         print(f"interrupted: the chunks written so far are kept in {parts_dir(Path(cfg.output_file))}; rerun the same command to continue",
               file=sys.stderr)

@@ -138,12 +138,16 @@ def tag_set(table: TaggedTable) -> list[str]:
 
 
 def check_known_tags(table: TaggedTable, labels: list[str], train_path) -> None:
+    """Every tag of `table` is one the training rows (`train_path`: the training file, or its "train split" when the
+    other splits are cut from it) give the model; an unknown one is refused naming this table's file and line,
+    the training rows it is missing from, and how often it occurs here."""
     known = set(labels)
     for doc, line in zip(table.tags, table.lines):
         unknown = next((t for t in doc if t not in known), None)
         if unknown is not None:
-            raise TextDataError(f"{table.path}: document at line {line}: tag {unknown!r} does not occur in the training "
-                                f"data ({train_path}), whose tags are {labels}")
+            count = sum(t == unknown for d in table.tags for t in d)
+            raise TextDataError(f"{table.path}: document at line {line}: tag {unknown!r} ({count} time(s) in this file) does not "
+                                f"occur in the training data ({train_path}), whose tags are {labels}")
 
 
 # ----------------------------------------------------------------------------- tokenizing

@@ -59,23 +59,71 @@ class Table:
                      self.text_column, self.label_column, None if self.groups is None else [self.groups[i] for i in index])
 
 
-def _rows_csv(path: Path, delimiter: str) -> tuple[list[str], Iterator[dict]]:
-    fh = open(path, newline="", encoding="utf-8-sig")
-    reader = csv.DictReader(fh, delimiter=delimiter)
-    columns = list(reader.fieldnames or [])
+MAX_FIELD_CHARS = 16 << 20
+"""The longest value read from any table (a CSV field or physical line, a parquet cell, a JSON-lines value), in
+characters: 16 Mi, so a 10 MB note is read (and then cut before tokenizing, `cut_text`), while memory per row stays
+bounded by the setting, not by the file. A longer value is refused naming the file and row."""
+MAX_JSON_LINE_CHARS = 2 * MAX_FIELD_CHARS + (1 << 20)
+"""A JSON line longer than this is refused unparsed (escaping can double a text; 1 MiB for the other fields)."""
+PARQUET_BATCH_ROWS = 256
+"""Rows per parquet record batch: with cells of at most MAX_FIELD_CHARS, the memory of one batch is bounded."""
 
-    def rows():
-        with fh:
-            yield from reader
 
-    return columns, rows()
+def _decode_error(path: Path, exc: UnicodeDecodeError) -> TextDataError:
+    return TextDataError(f"{path}: invalid UTF-8 near byte {exc.start} ({exc.reason}); re-encode it (e.g. iconv -f latin1 -t utf-8)")
+
+
+def _lines(fh, limit: int, path: Path, counter: list[int]) -> Iterator[str]:
+    """The lines of a text file, each at most `limit` characters (a longer one is refused after reading at most that
+    much); counter[0] holds the physical line number."""
+    while line := fh.readline(limit + 1):
+        counter[0] += 1
+        if len(line) > limit and not line.endswith("\n"):
+            raise TextDataError(f"{path}: line {counter[0]}: longer than {limit:,} characters; a row must hold at most "
+                                f"{MAX_FIELD_CHARS:,} characters per value (split that text)")
+        yield line
+
+
+def cell_value(value, path: Path, where: str, column: str, flag: str, allow_list: bool = False):
+    """One rule for every format's cell: None / NaN stay None (missing); text as it is; bytes (a parquet binary
+    column) decoded as UTF-8, never shown as b'...'; numbers written out as a CSV holds them (1.0 -> "1"); a bool
+    as true / false; a list only where `allow_list` (multi-label), its items by the same rule; anything else
+    (an object, a nested struct) refused naming the file, row and column. A value over MAX_FIELD_CHARS is refused."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return None
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        try:
+            value = bytes(value).decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise TextDataError(f"{path}: {where}: column {column!r} ({flag}) holds bytes that are not UTF-8 text "
+                                f"(near byte {exc.start}); store the text as a string column") from None
+    if isinstance(value, str):
+        if len(value) > MAX_FIELD_CHARS:
+            raise TextDataError(f"{path}: {where}: column {column!r} ({flag}) holds {len(value):,} characters, over the "
+                                f"{MAX_FIELD_CHARS:,} a value may hold; split that text")
+        return value
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            return str(value)
+        return str(int(value)) if value.is_integer() and abs(value) < 2**53 else repr(value)
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, (list, tuple)) and allow_list:
+        return [cell_value(v, path, where, column, flag) for v in value]
+    raise TextDataError(f"{path}: {where}: column {column!r} ({flag}) holds a {type(value).__name__}, not "
+                        f"{'text, a number or a list' if allow_list else 'text or a number'}; pick the column that holds it")
 
 
 def iter_json_lines(path: Path) -> Iterator[tuple[int, dict]]:
-    """(line number, record) of a JSON-lines file, one line in memory at a time; blank lines are skipped and a
-    line that is not a JSON object is a TextDataError naming the file and line (every JSONL reader here)."""
-    with open(path, encoding="utf-8") as fh:
-        for number, line in enumerate(fh, 1):
+    """(line number, record) of a JSON-lines file, one line in memory at a time (at most MAX_JSON_LINE_CHARS); blank
+    lines are skipped and a line that is not a JSON object is a TextDataError naming the file and line (every JSONL
+    reader here)."""
+    counter = [0]
+    with open(path, encoding="utf-8-sig", errors="strict") as fh:
+        for line in _lines(fh, MAX_JSON_LINE_CHARS, path, counter):
+            number = counter[0]
             if not line.strip():
                 continue
             try:
@@ -91,38 +139,144 @@ def is_json_array(path: Path) -> bool:
     """A .json file holding one JSON array of records (read whole) rather than JSON lines."""
     if path.suffix.lower() != ".json":
         return False
-    with open(path, encoding="utf-8") as fh:
+    with open(path, encoding="utf-8-sig", errors="replace") as fh:
         return fh.read(4096).lstrip().startswith("[")
 
 
-def _rows_jsonl(path: Path) -> tuple[list[str], list[dict]]:
-    if is_json_array(path):
+def _check_columns(path: Path, columns: list, wanted: dict[str, str]) -> None:
+    for col, flag in wanted.items():
+        if col not in columns:
+            raise TextDataError(f"{path}: no column {col!r} ({flag}); the file has columns {list(columns)}")
+
+
+def iter_records(path: str | Path, wanted: dict[str, str], lists: Sequence[str] = ()) -> Iterator[tuple[str, dict]]:
+    """The one table reader (fine-tuning's `read_table` and `ort_training.predict` both read through it):
+    (where, {column: value}) per row of a .csv / .tsv / .parquet / .jsonl (.ndjson; .json: JSON lines, or one JSON
+    array of objects) file, streamed. `wanted` maps each column to the flag that names it; values follow
+    `cell_value` (None: missing; `lists`: columns where a list is allowed). The rules, the same for every caller:
+
+    - encodings: UTF-8 (a leading byte-order mark is dropped); invalid UTF-8 is refused naming the byte;
+    - headers: a CSV / TSV has a header row; a column named twice is refused (the csv module would keep the last);
+      a missing wanted column is refused naming the flag and the file's columns;
+    - quoting: the csv module's, strict: a quote never closed is refused naming the line where its record starts;
+      a row with more fields than the header is refused (a row with fewer has missing values);
+    - field sizes and memory per row: a value (CSV field, parquet cell, JSON value) over MAX_FIELD_CHARS, a physical
+      line over that, a JSON line over MAX_JSON_LINE_CHARS is refused after reading at most that much; parquet is
+      read PARQUET_BATCH_ROWS rows at a time;
+    - value types: `cell_value`'s.
+
+    `where` is "row N (after the header)" (CSV/TSV, N counting records), "row N" (parquet) or "line N" (JSON lines)."""
+    path = Path(path)
+    if not path.is_file():
+        raise TextDataError(f"{path}: {'a folder, not a file' if path.is_dir() else 'no such file'}")
+    suffix = path.suffix.lower()
+    if suffix in (".gz", ".bz2", ".xz", ".zst", ".zip"):
+        raise TextDataError(f"{path}: compressed files are not read; decompress it first")
+    if suffix not in SUFFIXES:
+        raise TextDataError(f"{path}: unknown file type {suffix!r}; use one of {', '.join(SUFFIXES)}")
+
+    def norm(row: dict, where: str) -> dict:
+        return {c: cell_value(row.get(c), path, where, c, flag, c in lists) for c, flag in wanted.items()}
+
+    try:
+        if suffix in (".csv", ".tsv"):
+            yield from _records_csv(path, "\t" if suffix == ".tsv" else ",", wanted, norm)
+        elif suffix in (".parquet", ".pq"):
+            yield from _records_parquet(path, wanted, norm)
+        elif is_json_array(path):
+            try:
+                if path.stat().st_size > MAX_JSON_LINE_CHARS:
+                    raise TextDataError(f"{path}: a JSON array of {path.stat().st_size:,} bytes is read whole; over "
+                                        f"{MAX_JSON_LINE_CHARS:,} write it as JSON lines (one object per line) instead")
+                rows = json.loads(path.read_text(encoding="utf-8-sig"))
+            except ValueError as exc:
+                if isinstance(exc, (UnicodeDecodeError, TextDataError)):
+                    raise
+                raise TextDataError(f"{path}: not valid JSON ({exc})") from None
+            if not isinstance(rows, list) or any(not isinstance(r, dict) for r in rows):
+                raise TextDataError(f"{path}: expected a JSON array of objects")
+            if rows:
+                _check_columns(path, list({c: None for r in rows for c in r}), wanted)
+            for i, r in enumerate(rows, 1):
+                yield f"row {i}", norm(r, f"row {i}")
+        else:
+            first = True
+            for number, record in iter_json_lines(path):
+                if first:
+                    _check_columns(path, list(record), wanted)
+                    first = False
+                yield f"line {number}", norm(record, f"line {number}")
+    except UnicodeDecodeError as exc:
+        raise _decode_error(path, exc) from None
+
+
+def _records_csv(path: Path, delimiter: str, wanted: dict[str, str], norm) -> Iterator[tuple[str, dict]]:
+    csv.field_size_limit(MAX_FIELD_CHARS)  # module-wide; every reader here (and data_prep's) sets its own before reading
+    counter = [0]
+    with open(path, newline="", encoding="utf-8-sig", errors="strict") as fh:
+        reader = csv.reader(_lines(fh, MAX_FIELD_CHARS, path, counter), delimiter=delimiter, strict=True)
+        start = 1
         try:
-            rows = json.loads(path.read_text(encoding="utf-8"))
-        except ValueError as exc:
-            raise TextDataError(f"{path}: not valid JSON ({exc})") from None
-        if any(not isinstance(r, dict) for r in rows):
-            raise TextDataError(f"{path}: expected a JSON array of objects, found {type(rows[0]).__name__}")
-    else:
-        rows = [record for _, record in iter_json_lines(path)]
-    columns: list[str] = []
-    for r in rows:
-        columns += [c for c in r if c not in columns]
-    return columns, rows
+            header = next(reader, None)
+            if header is None:
+                raise TextDataError(f"{path}: empty file (no header row)")
+            twice = sorted({c for c in header if header.count(c) > 1})
+            if twice:
+                raise TextDataError(f"{path}: the header names column(s) {twice} more than once; rename them (a reader would "
+                                    "silently keep one)")
+            _check_columns(path, header, wanted)
+            index = {c: header.index(c) for c in wanted}
+            n = 0
+            start = counter[0] + 1
+            for fields in reader:
+                if not fields:  # a blank line
+                    start = counter[0] + 1
+                    continue
+                n += 1
+                where = f"row {n} (after the header)"
+                if len(fields) > len(header):
+                    raise TextDataError(f"{path}: line {start} ({where}) has {len(fields)} fields, the header {len(header)}; "
+                                        "a delimiter inside an unquoted value? Quote it")
+                yield where, norm({c: fields[i] if i < len(fields) else None for c, i in index.items()}, where)
+                start = counter[0] + 1
+        except csv.Error as exc:
+            if "field larger than field limit" in str(exc):
+                raise TextDataError(f"{path}: line {start}: a field longer than {MAX_FIELD_CHARS:,} characters; split that text") from None
+            raise TextDataError(f"{path}: line {start}: malformed CSV ({exc}); most likely a quote opened in the record "
+                                "starting on that line is never closed") from None
 
 
-def _columns_parquet(path: Path, text_column: str, label_column: str) -> tuple[list[str], list[dict]]:
+def _records_parquet(path: Path, wanted: dict[str, str], norm) -> Iterator[tuple[str, dict]]:
+    import pyarrow as pa
+    import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
     try:
-        table = pq.read_table(path)
+        pf = pq.ParquetFile(path)
     except Exception as exc:  # noqa: BLE001 -- pyarrow raises several types for corrupt files
         raise TextDataError(f"{path}: cannot read parquet file ({exc})") from None
-    columns = list(table.column_names)
-    wanted = [c for c in (text_column, label_column) if c in columns]
-    data = {c: table.column(c).to_pylist() for c in wanted}
-    rows = [{c: data[c][i] for c in wanted} for i in range(table.num_rows)]
-    return columns, rows
+    _check_columns(path, pf.schema_arrow.names, wanted)
+    n = 0
+    try:
+        for batch in pf.iter_batches(batch_size=PARQUET_BATCH_ROWS, columns=list(dict.fromkeys(wanted))):
+            for col, flag in wanted.items():  # measured in Arrow, before a value becomes a Python string
+                arr = batch.column(col)
+                if pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type):
+                    lengths = pc.utf8_length(arr)
+                elif pa.types.is_binary(arr.type) or pa.types.is_large_binary(arr.type):
+                    lengths = pc.binary_length(arr)
+                else:
+                    continue
+                over = pc.fill_null(pc.greater(lengths, MAX_FIELD_CHARS), False)
+                if pc.any(over).as_py():
+                    i = pc.index(over, True).as_py()
+                    raise TextDataError(f"{path}: row {n + i + 1}: column {col!r} ({flag}) holds {lengths[i].as_py():,} "
+                                        f"characters, over the {MAX_FIELD_CHARS:,} a value may hold; split that text")
+            for row in batch.to_pylist():
+                n += 1
+                yield f"row {n}", norm(row, f"row {n}")
+    except (OSError, pa.ArrowException) as exc:
+        raise TextDataError(f"{path}: cannot read parquet file ({exc})") from None
 
 
 MISSING_LABELS = ("", "nan", "na", "n/a", "null", "none", "<na>", "#n/a")
@@ -139,43 +293,24 @@ def is_missing(value, markers: tuple[str, ...] = ("",)) -> bool:
 
 
 def read_table(path: str | Path, text_column: str, label_column: str, label_flag: str = "--label_column") -> Table:
-    """The text and label columns of a .csv / .tsv / .parquet / .jsonl (.json) file.
+    """The text and label columns of a .csv / .tsv / .parquet / .jsonl (.json) file, read by `iter_records` (the
+    reader ort_training.predict uses too).
 
     A missing file or column, a missing label (null, NaN or a MISSING_LABELS cell, in any format), a missing or
     blank text, or an empty file is a TextDataError naming the file (and the column and row)."""
     path = Path(path)
-    if not path.is_file():
-        raise TextDataError(f"{path}: no such file")
-    suffix = path.suffix.lower()
-    if suffix == ".gz":
-        raise TextDataError(f"{path}: compressed files are not read; decompress it first")
-    try:
-        if suffix in (".csv", ".tsv"):
-            columns, rows = _rows_csv(path, "\t" if suffix == ".tsv" else ",")
-        elif suffix in (".parquet", ".pq"):
-            columns, rows = _columns_parquet(path, text_column, label_column)
-        elif suffix in (".jsonl", ".ndjson", ".json"):
-            columns, rows = _rows_jsonl(path)
-        else:
-            raise TextDataError(f"{path}: unknown file type {suffix!r}; use one of {', '.join(SUFFIXES)}")
-        for col, flag in ((text_column, "--text_column"), (label_column, label_flag)):
-            if col not in columns:
-                raise TextDataError(f"{path}: no column {col!r} ({flag}); the file has columns {columns}")
-        texts, labels = [], []
-        for i, row in enumerate(rows, 1):
-            text, label = row.get(text_column), row.get(label_column)
-            where = f"row {i}" + (" (after the header)" if suffix in (".csv", ".tsv") else "")
-            if is_missing(label, MISSING_LABELS):
-                raise TextDataError(f"{path}: {where} has no value in column {label_column!r} ({label_flag}): {label!r} "
-                                    "means a missing label in every format; label the row or remove it")
-            if is_missing(text):
-                raise TextDataError(f"{path}: {where} has no value in column {text_column!r} (--text_column); fill it or remove the row")
-            texts.append(str(text))
-            labels.append(_label_str(label))
-    except UnicodeDecodeError as exc:
-        raise TextDataError(f"{path}: not UTF-8 text ({exc})") from None
-    except csv.Error as exc:
-        raise TextDataError(f"{path}: malformed CSV ({exc})") from None
+    texts, labels = [], []
+    for where, row in iter_records(path, {text_column: "--text_column", label_column: label_flag}, lists=(label_column,)):
+        text, label = row[text_column], row[label_column]
+        if is_missing(label, MISSING_LABELS):
+            raise TextDataError(f"{path}: {where} has no value in column {label_column!r} ({label_flag}): {label!r} "
+                                "means a missing label in every format; label the row or remove it")
+        if is_missing(text) or (isinstance(text, str) and not text.strip()):
+            raise TextDataError(f"{path}: {where} has no value in column {text_column!r} (--text_column); fill it or remove the row")
+        if isinstance(text, list):
+            raise TextDataError(f"{path}: {where}: column {text_column!r} (--text_column) holds a list, not text")
+        texts.append(text)
+        labels.append(_label_str(label))
     if not texts:
         raise TextDataError(f"{path}: holds no rows")
     return Table(path, texts, labels, text_column, label_column)
@@ -298,6 +433,7 @@ class EncodedSplit:
     doc_index: torch.Tensor  # [windows] -> document
     doc_labels: np.ndarray  # [documents]
     truncated: int = 0  # documents longer than one window (cut off, or split into windows)
+    capped: int = 0  # documents cut at max_windows windows (their tail is not read)
 
     @property
     def num_docs(self) -> int:
@@ -311,13 +447,49 @@ class EncodedSplit:
                 "input_mask": self.input_mask[index], "labels": self.labels[index]}
 
 
+MAX_WINDOWS = 256
+"""Windows read per document with --long_text window (fine-tuning and predict alike): a 2 MB note would be 8,000
+windows of 128 tokens; past this many its tail is not read (counted as `capped`)."""
+MAX_CHARS_PER_TOKEN = 100
+"""Characters a text is cut to per token it can use, before tokenizing: WordPiece reads a word of up to 100
+characters (BertTokenizer's max_input_chars_per_word; a longer one is one [UNK]), so only runs of whitespace or
+such words make a token span more. Bounds the tokenizer's work on a 10 MB text."""
+
+
+def token_budget(tokenizer, max_seq_length: int, long_text: LongText, stride: int, max_windows: int = MAX_WINDOWS) -> int:
+    """Text tokens (special tokens left out) a document can contribute: one window's, or `max_windows` windows
+    sharing `stride` tokens."""
+    per = max_seq_length - tokenizer.num_special_tokens_to_add(pair=False)
+    return per if long_text == "truncate" else per + (max_windows - 1) * (per - stride)
+
+
+def cut_texts(texts: Sequence[str], tokenizer, budget: int, exact: bool) -> tuple[list[str], int]:
+    """Texts cut before tokenizing so that the tokenizer's work and memory follow the settings, not the text:
+    first at `budget` x MAX_CHARS_PER_TOKEN characters, then (`exact`) at the end of the `budget`-th token (its
+    offset), so a windowed text gives at most the budget's windows. Returns (texts, how many were cut short of a
+    token they would have used)."""
+    out, capped, hard = [], 0, budget * MAX_CHARS_PER_TOKEN
+    for text in texts:
+        if len(text) > budget:  # a WordPiece token holds at least one character: shorter texts fit whole
+            text = text[:hard]
+            if exact:
+                enc = tokenizer(text, add_special_tokens=False, truncation=True, max_length=budget + 1, return_offsets_mapping=True)
+                offsets = enc["offset_mapping"]
+                if len(offsets) > budget:
+                    text, capped = text[:offsets[budget - 1][1]], capped + 1
+        out.append(text)
+    return out, capped
+
+
 def encode_split(name: str, table: Table, label_ids: np.ndarray, tokenizer, max_seq_length: int,
-                 long_text: LongText = "truncate", stride: int = 64, pad_to: int | None = None) -> EncodedSplit:
+                 long_text: LongText = "truncate", stride: int = 64, pad_to: int | None = None,
+                 max_windows: int = MAX_WINDOWS) -> EncodedSplit:
     """Tokenize `table` ([CLS] text [SEP], padded to `pad_to` or `max_seq_length`).
 
     truncate: one window per text, cut at `max_seq_length` tokens. window: texts longer than that become
     several windows of `max_seq_length` tokens, consecutive windows sharing `stride` tokens (the HF
-    tokenizer's `stride`), each with the document's label."""
+    tokenizer's `stride`), each with the document's label, at most `max_windows` per text. Texts are cut by
+    characters first (`cut_texts`), so a 10 MB text is never tokenized whole."""
     if not getattr(tokenizer, "is_fast", False):
         raise TypeError("a Hugging Face fast tokenizer is needed (BertTokenizerFast)")
     if long_text not in ("truncate", "window"):
@@ -325,7 +497,11 @@ def encode_split(name: str, table: Table, label_ids: np.ndarray, tokenizer, max_
     if long_text == "window" and not 0 <= stride < max_seq_length - 2:
         raise UsageError(f"--stride {stride} must be >= 0 and < --max_seq_length - 2 ({max_seq_length - 2}) with --long_text window")
     pad_to = pad_to or max_seq_length
-    enc = tokenizer(table.texts, truncation=True, max_length=max_seq_length, padding="max_length",
+    if max_windows < 1:
+        raise UsageError(f"--max_windows must be >= 1, got {max_windows}")
+    texts, capped = cut_texts(table.texts, tokenizer, token_budget(tokenizer, max_seq_length, long_text, stride, max_windows),
+                              exact=long_text == "window")
+    enc = tokenizer(texts, truncation=True, max_length=max_seq_length, padding="max_length",
                     return_overflowing_tokens=long_text == "window", stride=stride if long_text == "window" else 0,
                     return_token_type_ids=True, return_attention_mask=True)
     ids = np.asarray(enc["input_ids"], dtype=np.int64)[:, :pad_to]
@@ -333,16 +509,26 @@ def encode_split(name: str, table: Table, label_ids: np.ndarray, tokenizer, max_
     types = np.asarray(enc["token_type_ids"], dtype=np.int64)[:, :pad_to]
     if long_text == "window":
         doc_index = np.asarray(enc["overflow_to_sample_mapping"], dtype=np.int64)
+        # a guard for tokenizers whose tokens are shorter than a character (byte-level BPE): never over max_windows
+        first = np.searchsorted(doc_index, doc_index, side="left")
+        keep = np.arange(len(doc_index)) - first < max_windows
+        if not keep.all():
+            capped += int(len(np.unique(doc_index[~keep])))
+            ids, mask, types, doc_index = ids[keep], mask[keep], types[keep], doc_index[keep]
         truncated = int((np.bincount(doc_index) > 1).sum())  # documents cut into several windows
     else:
         doc_index = np.arange(len(table), dtype=np.int64)
         truncated = int(sum(1 for m in enc["attention_mask"] if m[-1] == 1))  # filled the window: (probably) cut off
+    if capped:
+        logger.warning("%s: %d document(s) longer than %d windows of %d tokens: their tail is not read", table.path, capped,
+                       max_windows, max_seq_length)
     return EncodedSplit(name, str(table.path), torch.from_numpy(ids), torch.from_numpy(mask), torch.from_numpy(types),
-                        torch.from_numpy(label_ids[doc_index]), torch.from_numpy(doc_index), label_ids, truncated)
+                        torch.from_numpy(label_ids[doc_index]), torch.from_numpy(doc_index), label_ids, truncated, capped)
 
 
 def longest_tokens(tokenizer, texts: Sequence[str], max_seq_length: int) -> int:
     """Longest tokenized text ([CLS]/[SEP] included), capped at `max_seq_length`."""
+    texts, _ = cut_texts(texts, tokenizer, max_seq_length, exact=False)
     enc = tokenizer(list(texts), truncation=True, max_length=max_seq_length, add_special_tokens=True)
     return max((len(x) for x in enc["input_ids"]), default=2)
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
 import shutil
 from pathlib import Path
 
@@ -48,12 +49,28 @@ SEARCHABLE = ("learning_rate", "train_batch_size", "warmup_proportion", "weight_
               "gradient_accumulation_steps", "max_steps")
 
 
-def load_space(path: str | None, max_steps: int | None = None) -> dict[str, dict]:
-    """The search space: DEFAULT_SPACE, or the YAML file's `hpo` section (else the whole file), checked.
+DOMAIN: dict[str, tuple[str, float, float | None, bool]] = {
+    # name: (type, lowest allowed, highest allowed (None: unbounded), whether the lowest is excluded)
+    "learning_rate": ("float", 0.0, None, True),
+    "train_batch_size": ("int", 1, None, False),
+    "warmup_proportion": ("float", 0.0, 1.0, False),
+    "weight_decay": ("float", 0.0, None, False),
+    "num_train_epochs": ("float", 0.0, None, True),
+    "dropout": ("float", 0.0, 1.0, False),
+    "gradient_accumulation_steps": ("int", 1, None, False),
+    "max_steps": ("int", 1, None, False),
+}
+"""What each searchable value may be, as FinetuneConfig checks the flag (a range's both ends and every choice are
+checked against it; a high bound of 1.0 is excluded, as for --warmup_proportion and --dropout)."""
+
+
+def load_space(path: str | None, max_steps: int | None = None, cfg=None) -> dict[str, dict]:
+    """The search space: DEFAULT_SPACE, or the YAML file's `hpo` section (else the whole file), checked
+    (`check_space`; with `cfg`, every corner of the space against the run's other settings too).
     With --max_steps the run's length is fixed, so the default space leaves out num_train_epochs and a file
     that searches it is refused (its trials would differ only in a value nothing reads)."""
     if not path:
-        space = check_space(DEFAULT_SPACE, "ort_training.tasks.hpo.DEFAULT_SPACE")
+        space = check_space(DEFAULT_SPACE, "ort_training.tasks.hpo.DEFAULT_SPACE", cfg)
         if max_steps is not None:
             logger.info("--max_steps %d fixes each trial's length: the search leaves num_train_epochs out", max_steps)
             space.pop("num_train_epochs", None)
@@ -65,6 +82,8 @@ def load_space(path: str | None, max_steps: int | None = None) -> dict[str, dict
         data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
         raise UsageError(f"{where}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"{where}: cannot be read ({exc})") from None
     space = data.get("hpo", data) if isinstance(data, dict) else None
     if not isinstance(space, dict) or not space:
         raise UsageError(f"{where}: expected a mapping (an 'hpo' section) of parameter: {{low, high}} or {{choices: [...]}}")
@@ -72,31 +91,103 @@ def load_space(path: str | None, max_steps: int | None = None) -> dict[str, dict
         fixed = f"--max_steps {max_steps}" if max_steps is not None else "its max_steps"
         raise UsageError(f"{where}: num_train_epochs is searched but {fixed} sets each trial's length, so epochs are never read; "
                          "search one of them")
-    return check_space(space, where)
+    return check_space(space, where, cfg)
 
 
-def check_space(space: dict, where: str) -> dict[str, dict]:
-    """Every range as {low, high, log[, step]} with numbers, every list as {choices}: what `suggest` reads."""
+def _number(where: str, name: str, key: str, value, kind: str) -> float:
+    """A YAML value as a finite number (YAML 1.1 reads 1e-5, without a dot, as a string); ints for int parameters."""
+    if isinstance(value, bool):
+        raise UsageError(f"{where}: {name}: {key} must be a number, got {value!r}")
+    try:
+        x = float(value)
+    except (TypeError, ValueError):
+        raise UsageError(f"{where}: {name}: {key} must be a number, got {value!r}") from None
+    if not math.isfinite(x):
+        raise UsageError(f"{where}: {name}: {key} must be finite, got {value!r}")
+    if kind == "int" and not x.is_integer():
+        raise UsageError(f"{where}: {name}: {key} must be a whole number ({name} is an integer setting), got {value!r}")
+    return x
+
+
+def _in_domain(where: str, name: str, key: str, x: float) -> None:
+    _, low, high, open_low = DOMAIN[name]
+    if (x <= low if open_low else x < low) or (high is not None and x >= high):
+        allowed = f"{'>' if open_low else '>='} {low:g}" + (f" and < {high:g}" if high is not None else "")
+        raise UsageError(f"{where}: {name}: {key} {x:g} is out of range; {name} must be {allowed}")
+
+
+def check_space(space: dict, where: str, cfg=None) -> dict[str, dict]:
+    """The one checker of a search space, before OUTPUT_DIR or the study exist: every range as {low, high, log[, step]}
+    with finite numbers inside the parameter's DOMAIN, low < high, log only with low > 0 and never with step, a step
+    > 0 that fits the range; every list as {choices} of values in the DOMAIN. With `cfg` (the run's FinetuneConfig)
+    each corner of the space (lowest, highest, every choice) is also put through FinetuneConfig's own checks with
+    the run's other flags, so a trial is never refused for a value the space gives it (a batch size that
+    --gradient_accumulation_steps does not divide, ...). Every error names `where` and the parameter."""
     out = {}
     for name, spec in space.items():
         if name not in SEARCHABLE:
             raise UsageError(f"{where}: {name!r} cannot be searched; choose among {', '.join(SEARCHABLE)}")
+        kind = DOMAIN[name][0]
         if not isinstance(spec, dict) or not ("choices" in spec or {"low", "high"} <= set(spec)):
             raise UsageError(f"{where}: {name}: give {{low: .., high: ..}} (optional log: true, step: ..) or {{choices: [..]}}")
+        unknown = sorted(set(spec) - ({"choices"} if "choices" in spec else {"low", "high", "log", "step"}))
+        if unknown:
+            raise UsageError(f"{where}: {name}: unknown key(s) {unknown}; a range has low, high, log, step; a list has choices only")
         if "choices" in spec:
             if not isinstance(spec["choices"], list) or not spec["choices"]:
                 raise UsageError(f"{where}: {name}: choices must be a non-empty list")
-            out[name] = {"choices": spec["choices"]}
+            values = [_number(where, name, "choice", v, kind) for v in spec["choices"]]
+            for x in values:
+                _in_domain(where, name, "choice", x)
+            if len(set(values)) != len(values):
+                raise UsageError(f"{where}: {name}: choices repeat a value ({spec['choices']})")
+            out[name] = {"choices": [int(x) if kind == "int" else x for x in values]}
             continue
-        try:  # YAML 1.1 reads 1e-5 (no dot) as a string
-            low, high = float(spec["low"]), float(spec["high"])
-        except (TypeError, ValueError):
-            raise UsageError(f"{where}: {name}: low and high must be numbers, got {spec['low']!r}, {spec['high']!r}") from None
-        if not low < high or (spec.get("log") and low <= 0):
-            raise UsageError(f"{where}: {name}: need low < high (and low > 0 with log: true), got {low}, {high}")
-        out[name] = {"low": low, "high": high, "log": bool(spec.get("log", False)),
-                     **({"step": float(spec["step"])} if spec.get("step") is not None else {})}
+        low = _number(where, name, "low", spec["low"], kind)
+        high = _number(where, name, "high", spec["high"], kind)
+        log = spec.get("log", False)
+        if not isinstance(log, bool):
+            raise UsageError(f"{where}: {name}: log must be true or false, got {log!r}")
+        if not low < high:
+            raise UsageError(f"{where}: {name}: need low < high, got low {low:g}, high {high:g}")
+        if log and low <= 0:
+            raise UsageError(f"{where}: {name}: log: true needs low > 0, got {low:g}")
+        _in_domain(where, name, "low", low)
+        _in_domain(where, name, "high", high)
+        step = None
+        if spec.get("step") is not None:
+            if log:
+                raise UsageError(f"{where}: {name}: log: true and step exclude each other (optuna samples either on a log scale "
+                                 "or on a grid); drop one")
+            step = _number(where, name, "step", spec["step"], kind)
+            if not 0 < step <= high - low:
+                raise UsageError(f"{where}: {name}: step {step:g} must be > 0 and at most high - low ({high - low:g})")
+        out[name] = {"low": low, "high": high, "log": log, **({"step": step} if step is not None else {})}
+    if cfg is not None:
+        _check_corners(out, where, cfg)
     return out
+
+
+def _check_corners(space: dict[str, dict], where: str, cfg) -> None:
+    """Each parameter's extreme values and choices (the others at the run's flags, and the batch size against every
+    accumulation the space offers) through FinetuneConfig's checks; an error names the space and the value."""
+    def values(name):
+        spec = space.get(name)
+        if spec is None:
+            return [getattr(cfg, name)]
+        vals = spec["choices"] if "choices" in spec else [spec["low"], spec["high"]]
+        return [int(v) if DOMAIN[name][0] == "int" else v for v in vals]
+
+    probes = [{name: v} for name in space for v in values(name)]
+    if "train_batch_size" in space or "gradient_accumulation_steps" in space:
+        probes += [{"train_batch_size": b, "gradient_accumulation_steps": a}
+                   for b in values("train_batch_size") for a in values("gradient_accumulation_steps")]
+    for params in probes:
+        try:
+            dataclasses.replace(cfg, hpo_trials=0, hpo_space=None, **params)
+        except ValueError as exc:
+            shown = ", ".join(f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}" for k, v in params.items())
+            raise UsageError(f"{where}: a trial with {shown} would be refused ({exc}); narrow the space") from None
 
 
 def suggest(trial, space: dict[str, dict], cfg) -> dict:
@@ -111,6 +202,20 @@ def suggest(trial, space: dict[str, dict], cfg) -> dict:
         else:
             params[name] = trial.suggest_float(name, spec["low"], spec["high"], step=spec.get("step"), log=spec["log"])
     return params
+
+
+def study_url(out: Path) -> str:
+    """The sqlite URL of OUTPUT_DIR/hpo.sqlite3, built by sqlalchemy (the library optuna parses it with), so an
+    output folder named `run?x=1` or `a#b` stays a file name: string concatenation made `?x=1` a query and put the
+    study elsewhere."""
+    from sqlalchemy.engine import URL, make_url
+
+    path = str((out / STUDY_FILE).resolve())
+    url = URL.create("sqlite", database=path)
+    rendered = url.render_as_string(hide_password=False)
+    if make_url(rendered).database != path:  # the URL must name exactly this file
+        raise UsageError(f"--output_dir {out}: its path cannot be written as an sqlite URL that names {path}; choose another folder")
+    return rendered
 
 
 def _trial_row(t) -> dict:
@@ -132,7 +237,7 @@ def search(cfg) -> dict:
     objective_desc = {"metric": metric, "direction": direction, "split": "validation",
                       "of": "each trial's best evaluation (the weights early stopping keeps)"}
     out.mkdir(parents=True, exist_ok=True)
-    storage = f"sqlite:///{(out / STUDY_FILE).resolve()}"
+    storage = study_url(out)
     try:
         study = optuna.load_study(study_name=STUDY_NAME, storage=storage) if (out / STUDY_FILE).is_file() else None
     except KeyError:  # killed between creating the file and the study

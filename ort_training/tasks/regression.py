@@ -20,17 +20,26 @@ from bundle.atomic import atomic_path, save_figure
 from ort_training.data.text import Table, TextDataError
 
 
+MAX_TARGET = 1e30
+"""The largest |target| accepted: the model is float32 (max 3.4e38) and the target scale is folded into its last
+layer, so a value of 1e200 would overflow there (and the standard deviation overflows float64 near 1e154)."""
+
+
 def read_targets(table: Table) -> np.ndarray:
-    """The label column as float64; a value that is not a finite number is an error naming file, row, column."""
+    """The label column as float64; a value that is not a finite number, or whose magnitude exceeds MAX_TARGET, is an
+    error naming file, row, column."""
     out = np.empty(len(table), dtype=np.float64)
     for i, v in enumerate(table.labels):
         try:
             out[i] = float(v)
-        except ValueError:
+        except (TypeError, ValueError, OverflowError):
             out[i] = math.nan
         if not math.isfinite(out[i]):
             raise TextDataError(f"{table.path}: row {i + 1} has {v!r} in column {table.label_column!r} (--label_column); "
                                 "regression needs a finite number in every row")
+        if abs(out[i]) > MAX_TARGET:
+            raise TextDataError(f"{table.path}: row {i + 1} has {v!r} in column {table.label_column!r} (--label_column), beyond "
+                                f"±{MAX_TARGET:g}: the float32 model cannot carry it; rescale the target (e.g. log, or other units)")
     return out
 
 

@@ -120,7 +120,8 @@ def load_tagged_splits(cfg: FinetuneConfig) -> tuple[list[str], dict[str, Tagged
         tables["test"] = read(cfg.test_file)
     labels = tag_set(train_table)
     for table in tables.values():
-        check_known_tags(table, labels, cfg.train_file)
+        # the tags are those of the training rows: with a split, the "train split" of --train_file, not the whole file
+        check_known_tags(table, labels, train_table.path)
     return labels, {name: tables[name] for name in ("train", "validation", "test") if name in tables}
 
 
