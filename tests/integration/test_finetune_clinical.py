@@ -167,3 +167,12 @@ def test_bad_settings_are_refused_in_one_line(rare, tmp_path, capsys, kw, messag
     assert rc == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err, err
+
+
+@pytest.mark.ort
+def test_the_weighted_loss_trains_under_ortmodule(rare, tmp_path):
+    """The class weights are a constant of the loss ORTModule exports with the model (no Python-side fallback)."""
+    out = tmp_path / "run"
+    assert finetune.main(args(rare, out, backend="ort", class_weights="1,9", max_steps=4, eval_steps=2)) == 0
+    summary = json.loads((out / "finetune_summary.json").read_text())
+    assert summary["global_step"] == 4 and summary["test"]["auprc_ovr"] is not None
