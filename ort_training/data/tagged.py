@@ -146,8 +146,8 @@ def check_known_tags(table: TaggedTable, labels: list[str], train_path) -> None:
         unknown = next((t for t in doc if t not in known), None)
         if unknown is not None:
             count = sum(t == unknown for d in table.tags for t in d)
-            raise TextDataError(f"{table.path}: document at line {line}: tag {unknown!r} ({count} time(s) in this file) does not "
-                                f"occur in the training data ({train_path}), whose tags are {labels}")
+            raise TextDataError(f"{table.path}: document at line {line}: tag {unknown!r} does not occur in the training data "
+                                f"({train_path}), whose tags are {labels}; it occurs {count} time(s) in this file")
 
 
 # ----------------------------------------------------------------------------- tokenizing

@@ -165,7 +165,8 @@ def iter_records(path: str | Path, wanted: dict[str, str], lists: Sequence[str] 
       read PARQUET_BATCH_ROWS rows at a time;
     - value types: `cell_value`'s.
 
-    `where` is "row N (after the header)" (CSV/TSV, N counting records), "row N" (parquet) or "line N" (JSON lines)."""
+    `where` is "row N (after the header)" (CSV/TSV, N counting records), "row N" (parquet, a JSON array) or
+    "row N (line L)" (JSON lines)."""
     path = Path(path)
     if not path.is_file():
         raise TextDataError(f"{path}: {'a folder, not a file' if path.is_dir() else 'no such file'}")
@@ -200,12 +201,10 @@ def iter_records(path: str | Path, wanted: dict[str, str], lists: Sequence[str] 
             for i, r in enumerate(rows, 1):
                 yield f"row {i}", norm(r, f"row {i}")
         else:
-            first = True
-            for number, record in iter_json_lines(path):
-                if first:
+            for i, (number, record) in enumerate(iter_json_lines(path), 1):
+                if i == 1:
                     _check_columns(path, list(record), wanted)
-                    first = False
-                yield f"line {number}", norm(record, f"line {number}")
+                yield f"row {i} (line {number})", norm(record, f"row {i} (line {number})")
     except UnicodeDecodeError as exc:
         raise _decode_error(path, exc) from None
 
