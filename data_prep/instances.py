@@ -21,6 +21,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from bundle.masking import replacement_kinds
+
 
 @dataclass(frozen=True)
 class SpecialIds:
@@ -201,9 +203,7 @@ def mask_tokens(input_ids: np.ndarray, length: np.ndarray, cfg: MaskingConfig, s
     labels = np.zeros((n, P), dtype=np.int32)
     positions[r, slot] = c
     labels[r, slot] = input_ids[r, c]
-    u = rng.random(len(r))
-    to_mask = u < 0.8
-    to_rand = u >= 0.9
+    to_mask, to_rand = replacement_kinds(rng.random(len(r)))
     input_ids[r[to_mask], c[to_mask]] = special.mask
     input_ids[r[to_rand], c[to_rand]] = replace_ids[rng.integers(0, len(replace_ids), int(to_rand.sum()))]
     return {"masked_lm_positions": positions, "masked_lm_ids": labels}

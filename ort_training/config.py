@@ -25,6 +25,12 @@ PACKAGE_CONFIGS = CONFIG_DIR
 Backend = Literal["ort", "eager", "compile"]
 Attention = Literal[ATTENTION_CHOICES]
 Precision = Literal["fp32", "fp16", "bf16"]
+OPTIMIZERS = ("lamb", "adamw", "stable_adamw")
+"""What ort_training.loop.optim.build_optimizer builds (named here, where the flags are made, without importing torch)."""
+SCHEDULES = ("poly", "cosine", "wsd")
+"""What ort_training.loop.optim.build_scheduler builds."""
+Optimizer = Literal[OPTIMIZERS]
+Schedule = Literal[SCHEDULES]
 
 
 def _f(default, help: str, **kw):
@@ -55,14 +61,19 @@ class PretrainConfig:
     mask_rate: Optional[float] = _f(None, "Packed data: fraction of tokens masked each time a sequence is read, 80/10/10 (default: the "
                                           "architecture's: 0.15 BERT, 0.30 ModernBERT). NVIDIA HDF5 stores its masks.")
     # --- objective / optimisation
-    objective: str = _f("mlm_nsp", "Training objective: mlm_nsp (BERT: masked LM + next sentence) or mlm (masked LM only).")
+    objective: str = _f("mlm_nsp", "Training objective: mlm_nsp (BERT: masked LM + next sentence), mlm (masked LM only: BERT, "
+                                   "ModernBERT) or clm (next-token prediction: Llama).")
     train_batch_size: int = _f(64, "Sequences per rank per optimizer step (split into --gradient_accumulation_steps micro-batches).")
     gradient_accumulation_steps: int = _f(1, "Micro-batches accumulated per optimizer step.")
-    learning_rate: float = _f(5e-5, "Peak LAMB learning rate.")
+    optimizer: Optimizer = _f("lamb", "lamb (NVIDIA's BERT recipe), adamw (decoders, fms-ehrs) or stable_adamw (ModernBERT's recipes); "
+                                      "each clips the global gradient norm at --max_grad_norm.")
+    lr_schedule: Schedule = _f("poly", "poly (NVIDIA's warm-up + poly decay), cosine (warm-up + half cosine to 0) or wsd "
+                                       "(warm-up, constant, linear decay over the last 10% of steps: ModernBERT).")
+    learning_rate: float = _f(5e-5, "Peak learning rate.")
     warmup_proportion: float = _f(0.01, "Fraction of --max_steps spent in linear warm-up.")
     max_steps: int = _f(1000, "Optimizer steps of this phase (phase 2: steps after --phase1_end_step).")
     weight_decay: float = _f(0.01, "Decoupled weight decay (not applied to biases and LayerNorm weights).")
-    max_grad_norm: float = _f(1.0, "Global gradient-norm clip applied inside LAMB before the moments.")
+    max_grad_norm: float = _f(1.0, "Global gradient-norm clip applied by the optimizer before its moments (0: none).")
     seed: int = _f(42, "Seed for weights, dropout and data order.")
     dropout: Optional[float] = _f(None, "Override hidden and attention dropout (0 for deterministic parity tests).")
     dense_seq_output: bool = _f(True, "Compute the MLM head only on masked positions (NVIDIA's dense sequence output).")
@@ -152,9 +163,8 @@ class PretrainConfig:
         if self.attention != "auto":
             family.resolve_attention(self.attention, self.backend, "cpu")  # explicit choices do not depend on the device
         if self.objective not in family.task_classes:
-            raise UsageError(f"--objective {self.objective} is not available for {family.name} (it trains "
-                             f"{', '.join(t for t in family.task_classes if t != 'sequence_classification')}); "
-                             f"pass --objective mlm")
+            raise UsageError(f"--objective {self.objective} is not available for {family.name} (it pretrains with "
+                             f"{', '.join(family.pretraining_tasks)}); pass --objective {family.pretraining_tasks[-1]}")
 
     @property
     def micro_batch_size(self) -> int:

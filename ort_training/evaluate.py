@@ -1,4 +1,6 @@
-"""Held-out MLM accuracy of an exported model on NVIDIA-schema HDF5 files.
+"""Held-out MLM accuracy of an exported encoder on NVIDIA-schema HDF5 files, or held-out perplexity of an exported
+decoder on packed sequences (beside a unigram baseline: a model that knows only the training files' token
+frequencies).
 
     python -m ort_training.evaluate --model_dir OUT/hf_model --input_dir TEST_HDF5_DIR [--untrained]
 
@@ -16,20 +18,22 @@ import argparse
 import itertools
 import json
 import logging
+import math
 import sys
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Optional
 
 import h5py
 import numpy as np
 import torch
-from transformers import AutoConfig, AutoModelForMaskedLM
+from transformers import AutoConfig
 
 from bundle import hdf5_schema
-from ort_training.data.hdf5 import IGNORE_INDEX, Shard, list_hdf5_files, load_shard
+from ort_training.data.hdf5 import held_out_batches, list_hdf5_files
 from ort_training.models import family_of
+from ort_training.objectives.masked_lm import mlm_accuracy
 from ort_training.errors import refuse_remote_code, UsageError, exit_on_expected
 
 logger = logging.getLogger(__name__)
@@ -46,24 +50,6 @@ class EvalConfig:
     untrained: bool = False
     seed: int = 0
     baseline_max_files: int = 8
-
-
-def held_out_batches(files: list[Path], batch_size: int, max_sequences: int | None = None,
-                     vocab_size: int | None = None, type_vocab_size: int | None = None) -> Iterator[dict[str, torch.Tensor]]:
-    """Every sequence of `files` once, in file order, in batches of `batch_size` (the last one of each
-    file may be smaller); stops after `max_sequences`. Unlike the training reader, never cycles."""
-    left = max_sequences
-    for path in files:
-        data = load_shard(Shard(Path(path)), vocab_size, type_vocab_size)
-        n = data["input_ids"].shape[0]
-        if left is not None:
-            n = min(n, left)
-        for start in range(0, n, batch_size):
-            yield {k: v[start:min(start + batch_size, n)] for k, v in data.items()}
-        if left is not None:
-            left -= n
-            if left <= 0:
-                return
 
 
 def masked_label_counts(files: list[Path]) -> Counter:
@@ -89,36 +75,6 @@ def most_frequent_token(input_dir: str | Path, held_out: list[Path], max_files: 
     token_id, n = counts.most_common(1)[0]
     return {"token_id": int(token_id), "source": f"{source} masked labels ({sum(counts.values())} in {len(files)} files)",
             "share_in_source": n / sum(counts.values())}
-
-
-@torch.no_grad()
-def mlm_accuracy(model: torch.nn.Module, batches, baseline_token: int | None = None) -> dict:
-    """Accuracy of argmax predictions on masked positions, plus the mean MLM loss. `model` is an HF
-    masked-LM model (the export) or BERT's pretraining model (the trainer's weights, end-of-phase eval).
-    With `baseline_token`: also the accuracy of predicting that one token everywhere."""
-    model.eval()
-    token_types = family_of(model.config).token_types
-    correct = total = sequences = baseline = 0
-    loss_sum = 0.0
-    for batch in batches:
-        types = {"token_type_ids": batch["segment_ids"]} if token_types else {}
-        out = model(input_ids=batch["input_ids"], attention_mask=batch["input_mask"], **types)
-        logits = out.logits if hasattr(out, "logits") else out.prediction_logits
-        picked = logits.gather(1, batch["masked_lm_positions"].unsqueeze(-1).expand(-1, -1, logits.shape[-1]))
-        labels = batch["masked_lm_labels"]
-        valid = labels != IGNORE_INDEX
-        correct += int(((picked.argmax(-1) == labels) & valid).sum())
-        total += int(valid.sum())
-        sequences += int(labels.shape[0])
-        if baseline_token is not None:
-            baseline += int(((labels == baseline_token) & valid).sum())
-        loss_sum += float(torch.nn.functional.cross_entropy(picked.reshape(-1, picked.shape[-1]).float(), labels.reshape(-1),
-                                                            ignore_index=IGNORE_INDEX, reduction="sum"))
-    result = {"mlm_accuracy": correct / max(total, 1), "mlm_loss": loss_sum / max(total, 1), "masked_tokens": total,
-              "sequences": sequences}
-    if baseline_token is not None:
-        result["most_frequent_token_accuracy"] = baseline / max(total, 1)
-    return result
 
 
 def _token_text(model_dir: str, token_id: int) -> str | None:
@@ -151,23 +107,83 @@ def check_model_dir(model_dir: str | Path) -> None:
     refuse_remote_code(model_dir)
 
 
-def evaluate(cfg: EvalConfig) -> dict:
+def check_inputs(cfg: EvalConfig) -> list[Path]:
+    """Every refusal evaluate makes before it loads a model: the model folder (config, custom code, weight headers),
+    --input_dir (a folder holding --split files) and the files' sequence length against the config's positions.
+    Returns the held-out files."""
     check_model_dir(cfg.model_dir)
-    if cfg.untrained:  # same architecture, random weights: the baseline the trained model is compared with
-        torch.manual_seed(cfg.seed)
-        model = AutoModelForMaskedLM.from_config(AutoConfig.from_pretrained(cfg.model_dir, trust_remote_code=False))
-    else:
+    if not cfg.untrained:
         from ort_training.weights_import import check_weight_files
 
         check_weight_files(cfg.model_dir)
-        model = AutoModelForMaskedLM.from_pretrained(cfg.model_dir, trust_remote_code=False)
+    if not Path(cfg.input_dir).is_dir():
+        raise UsageError(f"--input_dir {cfg.input_dir}: {'is a file, not a folder' if Path(cfg.input_dir).exists() else 'no such folder'}; "
+                         "pass the folder of held-out HDF5 files")
     files = list_hdf5_files(cfg.input_dir, cfg.split, require_match=True)
-    family = family_of(model.config)
+    config = AutoConfig.from_pretrained(cfg.model_dir, trust_remote_code=False)
     try:
         seq_len = hdf5_schema.read_shape(files[0])[1]
     except Exception:  # noqa: BLE001 -- corrupt or not the schema: load_shard names the problem when it reads the file
         seq_len = 0
-    family.check_sequence_length(model.config, seq_len, str(files[0]), f"{cfg.model_dir}/config.json")
+    family_of(config).check_sequence_length(config, seq_len, str(files[0]), f"{cfg.model_dir}/config.json")
+    return files
+
+
+def unigram_baseline(input_dir: str | Path, held_out: list[Path], max_files: int = 8) -> dict:
+    """Per-token loss and perplexity on the held-out files' next-token targets (every token but a sequence's first) of
+    a model that knows only token frequencies: the unigram distribution of the training files beside the held-out
+    ones (at most `max_files`; else of the held-out files), add-one smoothed over the tokenizer's ids."""
+    from bundle import packed_schema
+
+    train = [f for f in sorted(Path(input_dir).rglob("*.hdf5")) if "training" in f.name and f not in held_out]
+    files, source = (train[:max_files], "training") if train else (held_out, "held-out")
+    vocab = packed_schema.read_attrs(held_out[0]).vocab_size
+    counts = np.ones(vocab, dtype=np.float64)
+    for f in files:
+        tokens, _ = packed_schema.read_sequences(f)
+        counts += np.bincount(tokens, minlength=vocab)[:vocab]
+    log_p = np.log(counts / counts.sum())
+    nll = n = 0.0
+    for f in held_out:
+        tokens, offsets = packed_schema.read_sequences(f)
+        targets = np.ones(len(tokens), dtype=bool)
+        targets[offsets[:-1][offsets[:-1] < len(tokens)]] = False  # a sequence's first token is never a target
+        nll -= float(log_p[tokens[targets]].sum())
+        n += float(targets.sum())
+    loss = nll / max(n, 1.0)
+    return {"clm_loss": loss, "perplexity": math.exp(loss), "source": f"{source} token counts ({len(files)} files)"}
+
+
+def evaluate_causal(cfg: EvalConfig, model, files: list[Path]) -> dict:
+    """A decoder on packed held-out sequences: per-token loss, perplexity and next-token accuracy beside the unigram
+    baseline's."""
+    from ort_training.data.collate import CausalCollator
+    from ort_training.data.packed import held_out_packed_batches, is_packed_folder
+    from ort_training.objectives import CausalLM
+
+    if not is_packed_folder(files):
+        raise UsageError(f"--input_dir {cfg.input_dir}: NVIDIA-schema HDF5 holds masked-LM instances; a decoder is evaluated on "
+                         "packed sequences (`python -m data_prep packed` or `timelines`)")
+    batches = held_out_packed_batches(files, cfg.batch_size, cfg.max_sequences, cfg.seed, CausalCollator(), model.config.vocab_size)
+    if cfg.max_batches is not None:
+        batches = itertools.islice(batches, cfg.max_batches)
+    result = CausalLM().evaluate(model, batches)
+    return {"model_dir": cfg.model_dir, "untrained": cfg.untrained, **result, "files": [str(f) for f in files],
+            "unigram": unigram_baseline(cfg.input_dir, files, cfg.baseline_max_files)}
+
+
+def evaluate(cfg: EvalConfig) -> dict:
+    files = check_inputs(cfg)
+    config = AutoConfig.from_pretrained(cfg.model_dir, trust_remote_code=False)
+    family = family_of(config)
+    lm_class = family.hf_class(family.pretraining_tasks[-1])  # BertForMaskedLM, ModernBertForMaskedLM, LlamaForCausalLM
+    if cfg.untrained:  # same architecture, random weights: the baseline the trained model is compared with
+        torch.manual_seed(cfg.seed)
+        model = lm_class(config)
+    else:
+        model = lm_class.from_pretrained(cfg.model_dir, trust_remote_code=False)
+    if "clm" in family.pretraining_tasks:
+        return evaluate_causal(cfg, model, files)
     base = most_frequent_token(cfg.input_dir, files, cfg.baseline_max_files)
     base["token"] = _token_text(cfg.model_dir, base["token_id"])
     batches = held_out_batches(files, cfg.batch_size, cfg.max_sequences, model.config.vocab_size,
@@ -194,6 +210,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="Seed for the --untrained weights.")
     p.add_argument("--baseline_max_files", type=int, default=8,
                    help="Training files read for the most-frequent-token baseline (their masked_lm_ids only).")
+    p.add_argument("--dry-run", "--dry_run", dest="dry_run", action="store_true",
+                   help="Make every check the evaluation makes before loading the model (folder, weights, files, sequence "
+                        "length) and print what it would evaluate; evaluate nothing.")
     return p
 
 
@@ -204,7 +223,15 @@ def run(argv: list[str] | None = None) -> dict:
     if args.batch_size < 1 or any(v is not None and v < 1 for v in (args.max_sequences, args.max_batches)):
         p.error("--batch_size, --max_sequences and --max_batches must be >= 1")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    result = evaluate(EvalConfig(**vars(args)))
+    dry = vars(args).pop("dry_run")
+    cfg = EvalConfig(**vars(args))
+    if dry:
+        files = check_inputs(cfg)
+        print(f"dry run: checked; would evaluate {'an untrained copy of ' if cfg.untrained else ''}{cfg.model_dir} on "
+              f"{len(files)} file(s) of {cfg.input_dir} (--split {cfg.split!r}): {', '.join(f.name for f in files[:5])}"
+              f"{' ...' if len(files) > 5 else ''}", flush=True)
+        return {"dry_run": True}
+    result = evaluate(cfg)
     print(json.dumps(result), flush=True)
     return result
 

@@ -11,6 +11,7 @@ import contextlib
 import copy
 import importlib.util
 import inspect
+import json
 import logging
 import shutil
 import tempfile
@@ -18,7 +19,7 @@ from collections import Counter
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForMaskedLM, BertTokenizerFast, PreTrainedModel
+from transformers import BertTokenizerFast, PreTrainedModel
 
 from bundle.atomic import atomic_dir
 from bundle.digest import ROLE_TOKENS, VOCAB_TXT, read_vocab, tokenizer_file
@@ -103,6 +104,8 @@ def export_hf(model: PretrainingModel, out_dir: str | Path, vocab_file: str | No
     if unexpected or [m for m in missing if m not in vocab_rows]:
         raise RuntimeError(f"HF export: state dict mismatch (missing {missing}, unexpected {unexpected})")
     hf.tie_weights()
+    if tokenizer is not None and not model.family.token_types:  # the model takes no segment ids: the tokenizer makes none
+        tokenizer.model_input_names = tokenizer.init_kwargs["model_input_names"] = ["input_ids", "attention_mask"]
     with atomic_dir(out) as tmp:
         if tokenizer is not None:
             save_tokenizer(tokenizer, tmp)
@@ -171,8 +174,8 @@ def check_onnx_available() -> None:
 
 
 def export_onnx_model(hf_dir: str | Path, onnx_path: str | Path, seq_len: int = 128, verify: bool = True) -> Path:
-    """ONNX (opset 17) of the export's masked-LM model for inference: inputs input_ids/attention_mask (and
-    token_type_ids for families that read them), output logits.
+    """ONNX (opset 17) of the export's language model for inference (masked LM, or causal LM for decoders): inputs
+    input_ids/attention_mask (and token_type_ids for families that read them), output logits.
 
     Exported from a fresh module loaded from `hf_dir` (no tokenizer needed), with torch.onnx's standard
     symbolics whatever backend ran before in this process (`standard_onnx_symbolics`). With `verify`,
@@ -180,7 +183,11 @@ def export_onnx_model(hf_dir: str | Path, onnx_path: str | Path, seq_len: int = 
     in an onnxruntime InferenceSession; a mismatch raises instead of leaving a broken model.onnx."""
     check_onnx_available()
     refuse_remote_code(hf_dir)
-    model = AutoModelForMaskedLM.from_pretrained(hf_dir, attn_implementation="eager", trust_remote_code=False).eval()
+    family = family_of(json.loads((Path(hf_dir) / "config.json").read_text()))
+    # The family's language-model class (BertForMaskedLM of a BertForPreTraining export, LlamaForCausalLM, ...).
+    model = family.hf_class(family.pretraining_tasks[-1]).from_pretrained(hf_dir, attn_implementation="eager",
+                                                                          trust_remote_code=False).eval()
+    graph = CausalLMGraph(model).eval() if "lm" in family.heads else model  # eval: the export restores its mode
     names = _onnx_inputs(model)
     seq_len = max(2, min(seq_len, model.config.max_position_embeddings))
     # The TorchScript exporter (torch >= 2.9 defaults to the dynamo one, which needs onnxscript and
@@ -191,7 +198,7 @@ def export_onnx_model(hf_dir: str | Path, onnx_path: str | Path, seq_len: int = 
     onnx_path = Path(onnx_path)
     with standard_onnx_symbolics(), torch.no_grad():
         torch.onnx.export(
-            model,
+            graph,
             (dummy, dummy, torch.zeros_like(dummy))[:len(names)],
             str(onnx_path),
             input_names=list(names),
@@ -205,6 +212,19 @@ def export_onnx_model(hf_dir: str | Path, onnx_path: str | Path, seq_len: int = 
     if verify:
         verify_onnx(onnx_path, model)
     return onnx_path
+
+
+class CausalLMGraph(torch.nn.Module):
+    """A causal LM's logits with the family's 4-D attention mask built inside the graph (models/llama.py): the
+    TorchScript exporter cannot export transformers' own mask construction, which a plain forward would run."""
+
+    def __init__(self, model: PreTrainedModel):
+        super().__init__()
+        self.model, self.family = model, family_of(model.config)
+
+    def forward(self, input_ids, attention_mask):
+        hidden, _ = self.family.encode(self.model, input_ids, None, attention_mask)
+        return self.family.head(self.model, "lm")(hidden)
 
 
 def _onnx_inputs(model: PreTrainedModel) -> tuple[str, ...]:

@@ -1,5 +1,5 @@
 """Initialise a Hugging Face pretraining model (BERT's `BertForPreTraining` / `BertForMaskedLM`, ModernBERT's
-`ModernBertForMaskedLM`) from a published checkpoint of its family, without running code. The tensor names
+`ModernBertForMaskedLM`, Llama's `LlamaForCausalLM`) from a published checkpoint of its family, without running code. The tensor names
 each family needs (prefix, vocab rows, heads, NVIDIA's renames) are facts of the family (models/).
 
 Three source formats, told apart by what is at the path (`detect_format`):
@@ -318,10 +318,10 @@ def load_into(model, path: str | Path) -> ImportReport:
 
     target = model if isinstance(model, PreTrainedModel) else getattr(model, "hf_model", None)
     family = family_of(target.config) if isinstance(target, PreTrainedModel) else None
-    kinds = tuple(family.hf_class(t) for t in ("mlm_nsp", "mlm") if t in family.task_classes) if family else ()
+    kinds = tuple(family.hf_class(t) for t in family.pretraining_tasks) if family else ()
     if not isinstance(target, kinds):
         raise TypeError(f"load_into needs a Hugging Face pretraining model (BertForPreTraining, BertForMaskedLM, "
-                        f"ModernBertForMaskedLM), got {type(model).__name__}")
+                        f"ModernBertForMaskedLM, LlamaForCausalLM), got {type(model).__name__}")
     names = family.weights
     path = Path(path)
     raw, fmt, files = read_state_dict(path)

@@ -336,3 +336,21 @@ class PretrainingDataLoader(ShardedReader):
                 self.state.batch_index += 1  # advanced before yielding: a checkpoint taken now resumes after this batch
                 yield {k: v[idx] for k, v in data.items()}
             self.state = DataState(self.state.epoch, self.state.file_index + 1, 0)
+
+
+def held_out_batches(files: list[Path], batch_size: int, max_sequences: int | None = None,
+                     vocab_size: int | None = None, type_vocab_size: int | None = None) -> Iterator[dict[str, torch.Tensor]]:
+    """Every sequence of `files` once, in file order, in batches of `batch_size` (the last one of each
+    file may be smaller); stops after `max_sequences`. Unlike the training reader, never cycles."""
+    left = max_sequences
+    for path in files:
+        data = load_shard(Shard(Path(path)), vocab_size, type_vocab_size)
+        n = data["input_ids"].shape[0]
+        if left is not None:
+            n = min(n, left)
+        for start in range(0, n, batch_size):
+            yield {k: v[start:min(start + batch_size, n)] for k, v in data.items()}
+        if left is not None:
+            left -= n
+            if left <= 0:
+                return

@@ -1,7 +1,7 @@
 """A training run's input, checked before the model is built: the files of --input_dir in either format
-(NVIDIA HDF5 with stored masks, or packed sequences masked as read), what data_prep's manifest says about
-them (the tokenizer, the objective), and the loader that reads them. The trainer asks this module; it
-holds no h5py, manifest or format knowledge of its own."""
+(NVIDIA HDF5 with stored masks, whose batches arrive made, or packed sequences that the objective's collator
+makes into batches), what data_prep's manifest says about them (the tokenizer, the objective), and the loader
+that reads them. The trainer asks this module; it holds no h5py, manifest or format knowledge of its own."""
 
 from __future__ import annotations
 
@@ -13,10 +13,9 @@ from pathlib import Path
 from bundle import hdf5_schema, packed_schema
 from bundle.digest import file_sha256, tokenizer_file
 from ort_training.config import PretrainConfig
-from ort_training.data.hdf5 import DataError, PretrainingDataLoader, list_hdf5_files, read_data_manifest
+from ort_training.data.hdf5 import DataError, PretrainingDataLoader, held_out_batches, list_hdf5_files, read_data_manifest
 from ort_training.data.packed import PackedDataLoader, held_out_packed_batches, is_packed_folder
-from ort_training.evaluate import held_out_batches
-from ort_training.models import ModelFamily
+from ort_training.models import VOCAB_MULTIPLE, ModelFamily
 from ort_training.errors import UsageError
 
 logger = logging.getLogger(__name__)
@@ -29,8 +28,8 @@ class TrainingInput:
     """The tokenizer the export carries: --vocab_file, or the one data_prep's manifest names."""
     packed: packed_schema.PackedAttrs | None
     """The packed files' attributes; None for NVIDIA HDF5."""
-    mask_rate: float | None
-    """Packed data: the rate the loader masks at (--mask_rate or the family's)."""
+    collator: object | None
+    """Packed data: the objective's collator (ort_training.data.collate); None for NVIDIA HDF5 (batches arrive made)."""
     root: Path
     """--input_dir: the files are named relative to it in the input's identity."""
     type_vocab_size: int | None = None
@@ -38,10 +37,15 @@ class TrainingInput:
     seq_len: int | None = None
     """Tokens per sequence of the files (what `--attention auto` chooses by); None if unreadable here."""
 
+    @property
+    def mask_rate(self) -> float | None:
+        """The rate packed data is masked at as it is read (None: not masked here)."""
+        return getattr(self.collator, "mask_rate", None)
+
     def loader(self, cfg: PretrainConfig, env, vocab_size: int):
         if self.packed is not None:
-            return PackedDataLoader(self.files, cfg.micro_batch_size, cfg.seed, env.rank, env.world_size, self.packed.max_seq_length,
-                                    self.mask_rate, cfg.prefetch, vocab_size=vocab_size)
+            return PackedDataLoader(self.files, cfg.micro_batch_size, cfg.seed, self.collator, env.rank, env.world_size,
+                                    self.packed.max_seq_length, cfg.prefetch, vocab_size=vocab_size)
         return PretrainingDataLoader(self.files, cfg.micro_batch_size, cfg.seed, env.rank, env.world_size, cfg.prefetch,
                                      vocab_size=vocab_size, type_vocab_size=self.type_vocab_size)
 
@@ -72,31 +76,34 @@ def files_identity(root: Path, files: list[Path]) -> dict:
     return {"digest": h.hexdigest()[:16], "describe": f"{root} ({len(files)} files, {total} bytes, digest {h.hexdigest()[:12]})"}
 
 
-def open_training_input(cfg: PretrainConfig, family: ModelFamily, model_config, objective_name: str) -> TrainingInput:
-    """List and check --input_dir (and --eval_dir, now rather than after hours of training). Packed data may
-    set the config's special-token ids (`check_packed`); the manifest may set cfg.do_lower_case."""
+def open_training_input(cfg: PretrainConfig, family: ModelFamily, model_config, objective) -> TrainingInput:
+    """List and check --input_dir (and --eval_dir, now rather than after hours of training) for `objective`. Packed
+    data may set the config's special-token ids (`check_packed`); the manifest may set cfg.do_lower_case."""
     if cfg.input_dir is None:
         raise UsageError("--input_dir is required (folder of HDF5 files written by data_prep)")
     files = list_hdf5_files(cfg.input_dir, "training")
-    if cfg.eval_dir:
-        list_hdf5_files(cfg.eval_dir, "test", require_match=True)
-    packed = None
+    eval_files = list_hdf5_files(cfg.eval_dir, "test", require_match=True) if cfg.eval_dir else []
+    packed, collator = None, None
     if is_packed_folder(files):
         packed = check_packed(files[0], cfg, family, model_config)
         seq_len = packed.max_seq_length
+        collator = objective.collator(family, cfg.mask_rate)
     else:
+        objective.check_premasked(f"--input_dir {cfg.input_dir}")
         seq_len = check_shapes(files[0], cfg, family, model_config)
-    tokenizer = adopt_manifest(files, cfg, objective_name)
-    return TrainingInput(files, tokenizer, packed, (cfg.mask_rate or family.mask_rate) if packed is not None else None, Path(cfg.input_dir),
+    if eval_files and not is_packed_folder(eval_files):
+        objective.check_premasked(f"--eval_dir {cfg.eval_dir}")
+    tokenizer = adopt_manifest(files, cfg, objective.name)
+    return TrainingInput(files, tokenizer, packed, collator, Path(cfg.input_dir),
                          model_config.type_vocab_size if family.token_types and packed is None else None, seq_len)
 
 
-def held_out_input(cfg: PretrainConfig, family: ModelFamily, vocab_size: int, type_vocab_size: int | None = None):
+def held_out_input(cfg: PretrainConfig, family: ModelFamily, vocab_size: int, type_vocab_size: int | None, objective):
     """Evaluation batches of --eval_dir (at most --eval_batches micro-batches, each sequence at most once), either format."""
     files = list_hdf5_files(cfg.eval_dir, "test", require_match=True)
     limit = cfg.eval_batches * cfg.micro_batch_size
-    if is_packed_folder(files):  # masked as training masks epoch 0 of the seed: the same masks at every evaluation
-        return held_out_packed_batches(files, cfg.micro_batch_size, limit, cfg.seed, cfg.mask_rate or family.mask_rate, vocab_size)
+    if is_packed_folder(files):  # collated as training collates epoch 0 of the seed: the same masks at every evaluation
+        return held_out_packed_batches(files, cfg.micro_batch_size, limit, cfg.seed, objective.collator(family, cfg.mask_rate), vocab_size)
     return held_out_batches(files, cfg.micro_batch_size, limit, vocab_size, type_vocab_size if family.token_types else None)
 
 
@@ -142,6 +149,10 @@ def check_packed(path: Path, cfg: PretrainConfig, family: ModelFamily, config) -
         setattr(config, field_name, value)
     if changed:
         logger.info("model config takes the data tokenizer's special ids: %s", changed)
+    if family.vocab_from_data and not cfg.init_checkpoint and not cfg.phase2 and attrs.vocab_size < config.original_vocab_size:
+        logger.info("vocabulary: the data tokenizer's %d ids (the config allows %d)", attrs.vocab_size, config.original_vocab_size)
+        config.original_vocab_size = attrs.vocab_size
+        config.vocab_size = attrs.vocab_size + -attrs.vocab_size % VOCAB_MULTIPLE
     return attrs
 
 

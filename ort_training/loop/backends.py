@@ -27,6 +27,9 @@ def ort_env(memory_opt_level: int) -> dict[str, str]:
         # The model is not touched between construction and export, so the defensive deepcopy
         # ORTModule makes before exporting only costs memory and time.
         "ORTMODULE_DEEPCOPY_BEFORE_MODEL_EXPORT": "0",
+        # ORTModule's default policy falls back to PyTorch, silently, when it cannot export the model (HF Llama with
+        # a 2-D mask does): a run that says --backend ort must be trained by ONNX Runtime or stop.
+        "ORTMODULE_FALLBACK_POLICY": "FALLBACK_DISABLE",
     }
 
 

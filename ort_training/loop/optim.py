@@ -1,4 +1,8 @@
-"""LAMB with NVIDIA FusedLAMB semantics, and NVIDIA's poly warm-up schedule.
+"""The optimizers and learning-rate schedules a recipe can name, built in one place (`build_optimizer`,
+`build_scheduler`): LAMB with NVIDIA FusedLAMB semantics and NVIDIA's poly warm-up schedule (BERT's recipe),
+AdamW with a cosine schedule (decoders as fms-ehrs trains them), StableAdamW with a warmup-stable-decay
+schedule (ModernBERT's published recipes). Every optimizer clips the global gradient norm itself (LAMB does it
+before its moments, as apex does), so the engine's step is the same for all.
 
 Why our own LAMB: apex's FusedLAMB and DeepSpeed's FusedLamb are CUDA-only, and the LAMB in
 torch-optimizer (`torch_optimizer.Lamb`) differs from NVIDIA's (no global gradient clipping
@@ -9,10 +13,14 @@ kernels on CUDA and as one C++ loop per op on CPU.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR
+
+from ort_training.config import OPTIMIZERS, SCHEDULES
 
 
 class Lamb(Optimizer):
@@ -97,8 +105,80 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def build_optimizer(model: nn.Module, lr: float, weight_decay: float = 0.01, max_grad_norm: float = 1.0) -> Lamb:
-    return Lamb(param_groups(model, weight_decay), lr=lr, weight_decay=weight_decay, max_grad_norm=max_grad_norm)
+def clip_global_norm_(params: list[torch.Tensor], max_norm: float) -> None:
+    """Scale the gradients of `params` so their global L2 norm is at most `max_norm` (0: no clip)."""
+    grads = [p.grad for p in params if p.grad is not None]
+    if max_norm > 0 and grads:
+        norm = torch.linalg.vector_norm(torch.stack([n.float() for n in torch._foreach_norm(grads)]))
+        torch._foreach_mul_(grads, torch.clamp(max_norm / (norm + 1e-6), max=1.0))
+
+
+class AdamW(torch.optim.AdamW):
+    """torch's AdamW (decoupled weight decay), with the global gradient-norm clip applied first."""
+
+    def __init__(self, params, max_grad_norm: float = 1.0, **kwargs):
+        super().__init__(params, **kwargs)
+        self.max_grad_norm = max_grad_norm
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        clip_global_norm_([p for g in self.param_groups for p in g["params"]], self.max_grad_norm)
+        return super().step(closure)
+
+
+class StableAdamW(Optimizer):
+    """AdamW with update clipping (Wortsman et al. 2023, "Stable and low-precision training for large-scale
+    vision-language models"; the optimizer of ModernBERT's published recipes): each tensor's step size is divided by
+    max(1, RMS(g^2 / v)), so a gradient far larger than its running second moment cannot blow a weight up. Written
+    here because no dependency of the bundle ships it (torch-optimi does; one small class is not worth a package)."""
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.98), eps=1e-6, weight_decay=0.01, max_grad_norm=1.0):
+        if lr < 0 or eps < 0 or not 0 <= betas[0] < 1 or not 0 <= betas[1] < 1:
+            raise ValueError(f"invalid StableAdamW hyper-parameters lr={lr} betas={betas} eps={eps}")
+        super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay))
+        self.max_grad_norm = max_grad_norm
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        clip_global_norm_([p for g in self.param_groups for p in g["params"]], self.max_grad_norm)
+        for group in self.param_groups:
+            beta1, beta2 = group["betas"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                state = self.state[p]
+                if not state:
+                    state["step"] = torch.zeros((), dtype=torch.float32)
+                    state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                    state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                state["step"] += 1
+                step = float(state["step"])
+                g, m, v = p.grad, state["exp_avg"], state["exp_avg_sq"]
+                m.lerp_(g, 1 - beta1)
+                v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
+                v_hat = v / (1 - beta2**step)
+                rms = torch.sqrt(torch.mean(g * g / torch.clamp(v_hat, min=group["eps"] ** 2)))
+                lr = group["lr"] / torch.clamp(rms, min=1.0)
+                p.mul_(1 - lr * group["weight_decay"])
+                p.add_(-lr * (m / (1 - beta1**step)) / (v_hat.sqrt() + group["eps"]))
+        return loss
+
+
+def build_optimizer(model: nn.Module, lr: float, weight_decay: float = 0.01, max_grad_norm: float = 1.0,
+                    kind: str = "lamb") -> Optimizer:
+    """The recipe's optimizer over `model`'s parameters, weight decay on matrices only (`param_groups`)."""
+    groups = param_groups(model, weight_decay)
+    if kind == "lamb":
+        return Lamb(groups, lr=lr, weight_decay=weight_decay, max_grad_norm=max_grad_norm)
+    if kind == "adamw":  # fms-ehrs's (HF Trainer) defaults: betas (0.9, 0.999), eps 1e-8
+        return AdamW(groups, lr=lr, weight_decay=weight_decay, max_grad_norm=max_grad_norm, betas=(0.9, 0.999), eps=1e-8)
+    if kind == "stable_adamw":  # ModernBERT's yamls: betas (0.9, 0.98), eps 1e-6
+        return StableAdamW(groups, lr=lr, weight_decay=weight_decay, max_grad_norm=max_grad_norm)
+    raise ValueError(f"optimizer {kind!r}: choose one of {OPTIMIZERS}")
 
 
 def poly_warmup(progress: float, warmup: float, degree: float = 0.5) -> float:
@@ -108,7 +188,29 @@ def poly_warmup(progress: float, warmup: float, degree: float = 0.5) -> float:
     return max(1.0 - progress, 0.0) ** degree
 
 
-def build_scheduler(optimizer: Optimizer, warmup_proportion: float, total_steps: int, degree: float = 0.5) -> LambdaLR:
+def cosine_warmup(progress: float, warmup: float) -> float:
+    """Linear warm-up, then a half cosine from 1 to 0 (HF's get_cosine_schedule_with_warmup)."""
+    if progress < warmup:
+        return progress / warmup
+    return 0.5 * (1.0 + math.cos(math.pi * min((progress - warmup) / max(1.0 - warmup, 1e-12), 1.0)))
+
+
+def warmup_stable_decay(progress: float, warmup: float, decay: float = 0.1) -> float:
+    """Linear warm-up, a constant learning rate, then a linear decay to 0 over the last `decay` of the steps
+    (ModernBERT's trapezoidal schedule)."""
+    if progress < warmup:
+        return progress / warmup
+    return min(1.0, max(1.0 - progress, 0.0) / decay)
+
+
+def build_scheduler(optimizer: Optimizer, warmup_proportion: float, total_steps: int, degree: float = 0.5,
+                    kind: str = "poly") -> LambdaLR:
     """Optimizer step k (from 0) uses progress (k+1)/total: NVIDIA advances its scheduler before each
-    optimizer step, so the first update already has a non-zero learning rate."""
+    optimizer step, so the first update already has a non-zero learning rate (kept for every schedule)."""
+    if kind == "cosine":
+        return LambdaLR(optimizer, lambda k: cosine_warmup((k + 1) / total_steps, warmup_proportion))
+    if kind == "wsd":
+        return LambdaLR(optimizer, lambda k: warmup_stable_decay((k + 1) / total_steps, warmup_proportion))
+    if kind != "poly":
+        raise ValueError(f"schedule {kind!r}: choose one of {SCHEDULES}")
     return LambdaLR(optimizer, lambda k: poly_warmup((k + 1) / total_steps, warmup_proportion, degree))

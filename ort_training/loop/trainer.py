@@ -16,7 +16,6 @@ from tqdm import tqdm
 from bundle.atomic import atomic_write_text, clean_stale_temps
 from ort_training.config import PretrainConfig
 from ort_training.data.inputs import held_out_input, open_training_input
-from ort_training.evaluate import mlm_accuracy
 from ort_training.loop import distributed
 from ort_training.loop.backends import wrap_model
 from ort_training.loop.checkpoint import list_checkpoints, load_checkpoint, rng_state, save_checkpoint, set_rng_state
@@ -26,6 +25,7 @@ from ort_training.loop.optim import build_optimizer, build_scheduler
 from ort_training.loop.preemption import Preemption
 from ort_training.models import family_of_file
 from ort_training.models.pretraining import PretrainingModel, check_vocab_fits
+from ort_training.objectives import get_objective
 from ort_training.run_status import EXPORT_DIR, PREEMPTED_MARKER, phase_finished
 from ort_training.errors import UsageError
 
@@ -90,8 +90,8 @@ class Trainer:
         config_file = cfg.model_config_path()
         family = family_of_file(config_file)
         family.check_backend(cfg.backend)
-        self.attention = family.resolve_attention(cfg.attention, cfg.backend, self.device.type, cfg.max_seq_length)
-        self.model_config = family.load_config(config_file, cfg.dropout, self.attention)
+        self.objective = objective if objective is not None else get_objective(cfg.objective)
+        self.model_config = family.load_config(config_file, cfg.dropout)
         self.vocab_file = cfg.vocab_file  # or the tokenizer data_prep recorded for the data (data_inputs)
         if cfg.export_onnx:
             from ort_training.export import check_onnx_available
@@ -104,22 +104,22 @@ class Trainer:
             files, self.loader = list(getattr(loader, "files", [])), loader
             self._input_identity = getattr(loader, "identity", None)
         else:
-            self.input = open_training_input(cfg, family, self.model_config, objective.name if objective is not None else cfg.objective)
+            self.input = open_training_input(cfg, family, self.model_config, self.objective)
             files, self.vocab_file = self.input.files, self.input.tokenizer
             if self.is_main:
                 self._input_identity = self.input.identity()
-        # `auto` chooses by the sequence length too, known once the data (or the fine-tuning loader) is open.
+        # Resolved once, here: `auto` chooses by the sequence length too, known once the data (or the fine-tuning
+        # loader) is open.
         seq_len = self.input.seq_len if self.input is not None else getattr(self.loader, "seq_len", cfg.max_seq_length)
         self.attention = family.resolve_attention(cfg.attention, cfg.backend, self.device.type, seq_len)
         self.model_config._attn_implementation = self.attention
-        self.model = PretrainingModel(self.model_config, cfg.dense_seq_output, objective or cfg.objective).to(self.device)
-        self.objective = self.model.objective
+        self.model = PretrainingModel(self.model_config, cfg.dense_seq_output, self.objective).to(self.device)
         if cfg.checkpoint_activations and cfg.backend != "ort":  # ORT recomputes inside its graph instead (wrap_model)
             self.model.hf_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         seed_everything(cfg.seed + self.env.rank)
 
-        self.optimizer = build_optimizer(self.model, cfg.learning_rate, cfg.weight_decay, cfg.max_grad_norm)
-        self.scheduler = build_scheduler(self.optimizer, cfg.warmup_proportion, cfg.max_steps)
+        self.optimizer = build_optimizer(self.model, cfg.learning_rate, cfg.weight_decay, cfg.max_grad_norm, cfg.optimizer)
+        self.scheduler = build_scheduler(self.optimizer, cfg.warmup_proportion, cfg.max_steps, kind=cfg.lr_schedule)
 
         if self.vocab_file:
             from ort_training.export import tokenizer_size
@@ -182,7 +182,8 @@ class Trainer:
         in one seed's file order on one number of ranks, and the schedule's lambda reads lr/steps/warm-up."""
         cfg = self.cfg
         settings = {"world_size": self.env.world_size, "micro_batch_size": cfg.micro_batch_size, "seed": cfg.seed,
-                    "learning_rate": cfg.learning_rate, "max_steps": cfg.max_steps, "warmup_proportion": cfg.warmup_proportion}
+                    "learning_rate": cfg.learning_rate, "max_steps": cfg.max_steps, "warmup_proportion": cfg.warmup_proportion,
+                    "optimizer": cfg.optimizer, "lr_schedule": cfg.lr_schedule}
         if self.input is not None and self.input.mask_rate is not None:  # masked as read: another rate is other batches
             settings["mask_rate"] = self.input.mask_rate
         if self._input_identity is not None:  # the same position in other data is other samples
@@ -402,7 +403,7 @@ class Trainer:
             "max_steps": cfg.max_steps,
             "training_sequences_per_second": steady,
             "final_loss": last_record.get("loss"),
-            "final_mlm_accuracy": last_record.get("mlm_accuracy"),
+            **self.objective.summary(last_record),
             "e2e_train_time": t_end - t_begin,
         }
         if self.is_main:
@@ -433,18 +434,18 @@ class Trainer:
         last = records[-1] if records else {}
         self._write_outputs({"phase": self.phase, "backend": self.cfg.backend, "precision": self.cfg.precision,
                              "global_step": self.global_step, "max_steps": self.cfg.max_steps, "training_sequences_per_second": None,
-                             "final_loss": last.get("loss"), "final_mlm_accuracy": last.get("mlm_accuracy"), "completed_on_rerun": True})
+                             "final_loss": last.get("loss"), **self.objective.summary(last), "completed_on_rerun": True})
 
     def evaluate(self) -> dict:
-        """Held-out MLM accuracy of the current weights on --eval_dir (eager model, rank 0), computed
-        like `python -m ort_training.evaluate` computes it for an export."""
+        """The objective's held-out metrics of the current weights on --eval_dir (eager model, rank 0), computed
+        like `python -m ort_training.evaluate` computes them for an export."""
         held_out = held_out_input(self.cfg, self.model.family, self.model_config.original_vocab_size,  # each sequence at most once
-                                  getattr(self.model_config, "type_vocab_size", None))
+                                  getattr(self.model_config, "type_vocab_size", None), self.objective)
         try:
-            result = mlm_accuracy(self.model.hf_model, ({k: v.to(self.device) for k, v in b.items()} for b in held_out))
+            result = self.objective.evaluate(self.model.hf_model, ({k: v.to(self.device) for k, v in b.items()} for b in held_out))
         finally:
             self.model.train()
-        return {"eval_mlm_accuracy": result["mlm_accuracy"], "eval_mlm_loss": result["mlm_loss"], "eval_masked_tokens": result["masked_tokens"]}
+        return {f"eval_{k}": v for k, v in result.items()}
 
     def close(self) -> None:
         self.preemption.restore()

@@ -1,5 +1,6 @@
 """The architecture registry: a config's `model_type` picks its family (as Hugging Face's Auto* classes
-do); NVIDIA's bert_config.json files carry no model_type and are BERT."""
+do); NVIDIA's bert_config.json files carry no model_type and are BERT. Encoders (BERT, ModernBERT) and decoders
+(Llama)."""
 
 from __future__ import annotations
 
@@ -8,17 +9,18 @@ from typing import TYPE_CHECKING
 
 from ort_training.models.base import ATTENTION_CHOICES, BACKENDS, VOCAB_MULTIPLE, ModelFamily, WeightNames, read_config_json
 from ort_training.models.bert import BERT
+from ort_training.models.llama import LLAMA
 from ort_training.models.modernbert import MODERNBERT
 from ort_training.errors import UsageError
 
 if TYPE_CHECKING:
     from transformers import PretrainedConfig
 
-FAMILIES: dict[str, ModelFamily] = {f.model_type: f for f in (BERT, MODERNBERT)}
+FAMILIES: dict[str, ModelFamily] = {f.model_type: f for f in (BERT, MODERNBERT, LLAMA)}
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 SHIPPED_CONFIGS: tuple[str, ...] = tuple(name for f in FAMILIES.values() for name in f.shipped_configs)
 
-__all__ = ["ATTENTION_CHOICES", "BACKENDS", "BERT", "CONFIG_DIR", "FAMILIES", "MODERNBERT", "SHIPPED_CONFIGS", "VOCAB_MULTIPLE",
+__all__ = ["ATTENTION_CHOICES", "BACKENDS", "BERT", "CONFIG_DIR", "FAMILIES", "LLAMA", "MODERNBERT", "SHIPPED_CONFIGS", "VOCAB_MULTIPLE",
            "ModelFamily", "WeightNames", "family_of", "family_of_file", "resolve_config_file"]
 
 

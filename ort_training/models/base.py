@@ -1,11 +1,11 @@
 """What an architecture family owns, in one object: its config class and how its config is read (vocab
 padding, dropout, attention), the Hugging Face class for each task, which backends and attention kernels
-it runs with, the tensor names weight import needs, and the two calls the objectives make of it (the
-encoder's hidden states and the MLM head).
+it runs with, the tensor names weight import needs, and what the objectives ask of it: the base model's hidden
+states (`encode`) and a head per task (`heads`: "mlm", "nsp", "lm").
 
 The training loop never names an architecture; objectives ask the family of the config they build.
-A new family is a new module beside bert.py and modernbert.py, registered in models/__init__.py
-(docs/ort_training.md, "Adding an architecture", shows where a decoder or an encoder-decoder would go).
+A new family is a new module beside bert.py, modernbert.py and llama.py, registered in models/__init__.py
+(docs/ort_training.md, "Adding an architecture").
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ if TYPE_CHECKING:  # transformers (and torch) load when a class is first asked f
 
 ATTENTION_CHOICES = ("auto", "eager", "sdpa")
 BACKENDS = ("ort", "eager", "compile")
+FINETUNING_TASKS = ("sequence_classification", "token_classification")
 VOCAB_MULTIPLE = 8
 """Training pads the embedding rows to a multiple of this (tensor-core friendly, as NVIDIA does); the export trims them."""
 
@@ -74,6 +75,9 @@ class ModelFamily:
     """Whether the model reads segment ids (token_type_ids)."""
     mask_rate: float = 0.15
     """Fraction of tokens masked when packed data is read (--mask_rate's default for the family)."""
+    vocab_from_data: bool = False
+    """From scratch, the vocabulary is the data's tokenizer's (decoders on EHR timelines: a few hundred event tokens,
+    where a config's 128k-token vocabulary would be mostly untrained rows); a config's vocab_size is then an upper bound."""
     dropout_fields: tuple[str, ...] = ()
     special_token_fields: dict[str, str] = field(default_factory=dict)
     """config field -> tokenizer special token role ('pad', 'cls', 'sep', 'mask') the config must agree with."""
@@ -84,9 +88,15 @@ class ModelFamily:
     recorded by checkpoints, so a resume with another architecture is refused by name (`architecture`)."""
     shipped_configs: tuple[str, ...] = ()
     encode: Callable = None
-    """encode(hf_model, input_ids, token_type_ids, attention_mask) -> (sequence_output, pooled_output or None)."""
-    mlm_head: Callable = None
-    """mlm_head(hf_model) -> the module mapping hidden states to vocabulary scores."""
+    """encode(hf_model, input_ids, token_type_ids, attention_mask) -> (sequence_output, pooled_output or None): the
+    base model's hidden states, with the attention mask in the form this family trains with on every backend."""
+    heads: dict[str, Callable] = field(default_factory=dict)
+    """Head name -> head(hf_model): the module (or function) an objective applies to hidden states: "mlm" (vocabulary
+    scores of masked positions), "nsp" (next-sentence scores of the pooled output), "lm" (next-token scores)."""
+    legacy_prefixes: tuple[str, ...] = ()
+    """Prefixes older checkpoints of this bundle used for the Hugging Face model (renamed to `hf_model.` on load)."""
+    onnx_optimizer: str | None = None
+    """onnxruntime.transformers.optimizer's model_type for this family's ONNX graphs (None: ORT's own graph optimizations)."""
 
     SHIPPED: ClassVar[Path] = Path(__file__).resolve().parents[1] / "configs"
 
@@ -104,6 +114,17 @@ class ModelFamily:
         import transformers
 
         return getattr(transformers, name)
+
+    @property
+    def pretraining_tasks(self) -> tuple[str, ...]:
+        """The family's pretraining objectives (task classes a published checkpoint's weights are imported into)."""
+        return tuple(t for t in self.task_classes if t not in FINETUNING_TASKS)
+
+    def head(self, model: PreTrainedModel, name: str):
+        try:
+            return self.heads[name](model)
+        except KeyError:
+            raise UsageError(f"{self.name} has no {name!r} head; it has {', '.join(self.heads)}") from None
 
     def check_backend(self, backend: str) -> None:
         if backend not in self.backends:
@@ -127,7 +148,8 @@ class ModelFamily:
 
     def load_config(self, path: str | Path, dropout: float | None = None, attention: str = "eager") -> PretrainedConfig:
         """The config at `path` with the vocab padded to a multiple of VOCAB_MULTIPLE (the real size kept
-        as `original_vocab_size`), dropout overridden when given, and the attention implementation set."""
+        as `original_vocab_size`), dropout overridden when given, and the attention implementation set (the trainer
+        sets the resolved one once the data's length is known)."""
         try:
             config = self.config_class.from_json_file(str(path))
         except (OSError, ValueError) as exc:

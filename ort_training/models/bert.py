@@ -46,5 +46,7 @@ BERT = ModelFamily(
                          "max_position_embeddings", "type_vocab_size"),
     shipped_configs=("tiny", "base", "large"),
     encode=_encode,
-    mlm_head=lambda model: model.cls.predictions,
+    heads={"mlm": lambda model: model.cls.predictions, "nsp": lambda model: model.cls.seq_relationship},
+    legacy_prefixes=("bert.",),  # checkpoints written before the model seam kept the HF model under `bert.`
+    onnx_optimizer="bert",  # fuses attention, SkipLayerNorm and bias-GELU
 )

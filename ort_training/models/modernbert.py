@@ -49,5 +49,5 @@ MODERNBERT = ModelFamily(
     ),
     shipped_configs=("modernbert_tiny", "modernbert_base", "modernbert_large"),
     encode=_encode,
-    mlm_head=_mlm_head,
+    heads={"mlm": _mlm_head},
 )

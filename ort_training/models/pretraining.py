@@ -32,7 +32,7 @@ class PretrainingModel(nn.Module):
         self.objective = get_objective(objective) if isinstance(objective, str) else objective
         self.hf_model = self.objective.build(config)
         self.family = self.objective.family
-        self._register_load_state_dict_pre_hook(_rename_legacy_keys)
+        self._register_load_state_dict_pre_hook(self._rename_legacy_keys)
 
     def forward(self, *inputs):
         return self.objective.forward(self.hf_model, self.dense_seq_output, *inputs)
@@ -41,11 +41,8 @@ class PretrainingModel(nn.Module):
         """Positional inputs in forward's order (ORTModule exports positional args most reliably)."""
         return self.objective.inputs(batch)
 
-
-LEGACY_PREFIX = "bert."
-"""Checkpoints written before the model seam kept the Hugging Face model under `bert.` (now `hf_model.`)."""
-
-
-def _rename_legacy_keys(state_dict, prefix, *args) -> None:
-    for key in [k for k in state_dict if k.startswith(prefix + LEGACY_PREFIX)]:
-        state_dict[prefix + "hf_model." + key[len(prefix + LEGACY_PREFIX):]] = state_dict.pop(key)
+    def _rename_legacy_keys(self, state_dict, prefix, *args) -> None:
+        """Checkpoints written before the model seam kept the Hugging Face model under the family's legacy prefix."""
+        for legacy in self.family.legacy_prefixes:
+            for key in [k for k in state_dict if k.startswith(prefix + legacy)]:
+                state_dict[prefix + "hf_model." + key[len(prefix + legacy):]] = state_dict.pop(key)

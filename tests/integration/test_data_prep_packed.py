@@ -61,6 +61,7 @@ def _check_folder(d: Path, tok, L: int, shards: Path) -> dict:
 def test_packed_stage_with_wordpiece_vocab_and_resume(work):
     from data_prep.tokenizer import load_tokenizer
     from ort_training.data.hdf5 import list_hdf5_files
+    from ort_training.data.collate import MaskingCollator
     from ort_training.data.packed import PackedDataLoader, is_packed_folder
 
     out = _run("packed", "--shard-dir", work / "shards", "--out-dir", work, "--tokenizer", VOCAB,
@@ -73,7 +74,7 @@ def test_packed_stage_with_wordpiece_vocab_and_resume(work):
     assert (d / "tokenizer" / "vocab.txt").read_bytes() == VOCAB.read_bytes() and m["tokens"] > 0.6 * m["sequences"] * 256
     files = list_hdf5_files(d)
     assert [f.name for f in files] == ["pubmed_training_0.hdf5", "pubmed_training_1.hdf5"] and is_packed_folder(files)
-    batch = next(iter(PackedDataLoader(files, 4, seed=0, mask_rate=0.15, prefetch=False, vocab_size=30522)))
+    batch = next(iter(PackedDataLoader(files, 4, seed=0, collator=MaskingCollator(0.15), prefetch=False, vocab_size=30522)))
     assert batch["input_ids"].shape == (4, 256) and batch["masked_lm_positions"].shape == (4, 39)
     # A second run finds every file complete and rewrites none of them (the tokenizer's copy included).
     before = {f.name: f.stat().st_mtime_ns for f in [*d.glob("*.hdf5"), *d.glob("tokenizer/*")]}
@@ -84,6 +85,7 @@ def test_packed_stage_with_wordpiece_vocab_and_resume(work):
 def test_packed_stage_with_a_trained_bpe_tokenizer(work):
     from data_prep.tokenizer import load_tokenizer
     from ort_training.data.hdf5 import list_hdf5_files
+    from ort_training.data.collate import MaskingCollator
     from ort_training.data.packed import PackedDataLoader
 
     out = _run("vocab", "--shard-dir", work / "shards", "--out-dir", work / "bpe", "--tokenizer-type", "bpe",
@@ -104,7 +106,7 @@ def test_packed_stage_with_a_trained_bpe_tokenizer(work):
     shutil.copytree(d, moved)
     found = adopt_manifest(list_hdf5_files(moved), PretrainConfig(input_dir=str(moved)), "mlm")
     assert found == str(moved / "tokenizer")
-    batch = next(iter(PackedDataLoader(list_hdf5_files(d), 2, seed=0, mask_rate=0.3, prefetch=False)))
+    batch = next(iter(PackedDataLoader(list_hdf5_files(d), 2, seed=0, collator=MaskingCollator(0.3), prefetch=False)))
     assert batch["input_ids"].shape == (2, 512) and batch["masked_lm_positions"].shape == (2, 154)
 
 

@@ -1,5 +1,6 @@
-"""The packed-sequence loader (ort_training.data.packed): load-time masking rule and rates, 80/10/10,
-specials never masked, batch format identical to the NVIDIA reader's, determinism and exact resume."""
+"""The packed-sequence loader (ort_training.data.packed) and the collators that make its batches
+(ort_training.data.collate): load-time masking rule and rates, 80/10/10, specials never masked, batch format
+identical to the NVIDIA reader's, next-token batches, determinism and exact resume."""
 
 import itertools
 import math
@@ -11,11 +12,13 @@ import torch
 from bundle import hdf5_schema
 from bundle import packed_schema as ps
 from ort_training.data.hdf5 import IGNORE_INDEX, DataError, PretrainingDataLoader
-from ort_training.data.packed import PackedDataLoader, is_packed_folder, max_predictions
+from ort_training.data.collate import CausalCollator, MaskingCollator, max_predictions
+from ort_training.data.packed import PackedDataLoader, is_packed_folder
 
 V, L = 1000, 64
 PAD, UNK, CLS, SEP, MASK = range(5)
 EXTRA_SPECIAL = (5, 6, 7)  # e.g. [unused0..2]: never masked, never a random replacement
+MLM = MaskingCollator(0.15)
 
 
 def _write(folder, n_files=3, n_docs=120, seed=0, L=L):
@@ -69,7 +72,7 @@ def test_max_predictions_rule():
 
 
 def test_batches_have_the_nvidia_readers_keys_dtypes_and_conventions(files, tmp_path):
-    b = _batches(PackedDataLoader(files, 8, seed=1, mask_rate=0.15, max_seq_length=128, prefetch=False), 1)[0]
+    b = _batches(PackedDataLoader(files, 8, seed=1, collator=MaskingCollator(0.15), max_seq_length=128, prefetch=False), 1)[0]
     nv = tmp_path / "nv_training_0.hdf5"
     hdf5_schema.write_file(nv, hdf5_schema.zeros(8, 128, 20))
     ref = _batches(PretrainingDataLoader([nv], 8, seed=1, prefetch=False), 1)[0]
@@ -89,7 +92,7 @@ def test_batches_have_the_nvidia_readers_keys_dtypes_and_conventions(files, tmp_
 
 @pytest.mark.parametrize("rate", [0.15, 0.3])
 def test_masking_rate_proportions_and_specials(files, rate):
-    loader = PackedDataLoader(files, 16, seed=3, mask_rate=rate, prefetch=False)
+    loader = PackedDataLoader(files, 16, seed=3, collator=MaskingCollator(rate), prefetch=False)
     originals = _originals(files)
     special = np.zeros(V, dtype=bool)
     special[[PAD, UNK, CLS, SEP, MASK, *EXTRA_SPECIAL]] = True
@@ -120,13 +123,13 @@ def test_masking_rate_proportions_and_specials(files, rate):
 
 
 def test_deterministic_and_fresh_each_epoch(files):
-    a = _batches(PackedDataLoader(files, 8, seed=5, mask_rate=0.3), 40)
-    b = _batches(PackedDataLoader(files, 8, seed=5, mask_rate=0.3, prefetch=False), 40)
+    a = _batches(PackedDataLoader(files, 8, seed=5, collator=MaskingCollator(0.3)), 40)
+    b = _batches(PackedDataLoader(files, 8, seed=5, collator=MaskingCollator(0.3), prefetch=False), 40)
     assert all(torch.equal(x[k], y[k]) for x, y in zip(a, b) for k in x)
-    c = _batches(PackedDataLoader(files, 8, seed=6, mask_rate=0.3), 1)[0]
+    c = _batches(PackedDataLoader(files, 8, seed=6, collator=MaskingCollator(0.3)), 1)[0]
     assert not torch.equal(a[0]["input_ids"], c["input_ids"])
     # The same sequence in two epochs gets two different masks (masking at load time, not stored).
-    loader = PackedDataLoader(files, 1, seed=5, mask_rate=0.3, prefetch=False)
+    loader = PackedDataLoader(files, 1, seed=5, collator=MaskingCollator(0.3), prefetch=False)
     data = loader._get(loader._shards(0)[0])
     rows = np.asarray([0])
     e0, e1 = loader.make_batch(data, rows, 0), loader.make_batch(data, rows, 1)
@@ -136,12 +139,12 @@ def test_deterministic_and_fresh_each_epoch(files):
 
 @pytest.mark.parametrize("k", [3, 17, 45])  # inside the first file, past a file boundary, past an epoch
 def test_exact_resume(files, k):
-    uninterrupted = _batches(PackedDataLoader(files, 8, seed=7, mask_rate=0.3), k + 6)
-    first = PackedDataLoader(files, 8, seed=7, mask_rate=0.3)
+    uninterrupted = _batches(PackedDataLoader(files, 8, seed=7, collator=MaskingCollator(0.3)), k + 6)
+    first = PackedDataLoader(files, 8, seed=7, collator=MaskingCollator(0.3))
     _batches(first, k)
     state = first.state_dict()
     first.close()
-    resumed = PackedDataLoader(files, 8, seed=7, mask_rate=0.3)
+    resumed = PackedDataLoader(files, 8, seed=7, collator=MaskingCollator(0.3))
     resumed.load_state_dict(state)
     after = _batches(resumed, 6)
     resumed.close()
@@ -152,7 +155,7 @@ def test_exact_resume(files, k):
 def test_ranks_read_disjoint_sequences(files):
     def seen(rank, world, n):
         out = set()
-        for b in _batches(PackedDataLoader(files[:1], 4, seed=1, rank=rank, world_size=world, prefetch=False), n):
+        for b in _batches(PackedDataLoader(files[:1], 4, seed=1, collator=MLM, rank=rank, world_size=world, prefetch=False), n):
             out |= {_unmasked(*row) for row in zip(*(b[k].numpy() for k in ("input_ids", "input_mask",
                                                                              "masked_lm_positions", "masked_lm_labels")))}
         return out
@@ -170,12 +173,40 @@ def test_format_detection_and_refusals(files, tmp_path):
     with pytest.raises(DataError, match="mixes packed token files"):
         is_packed_folder([files[0], nv])
     with pytest.raises(DataError, match=r"holds sequences of up to 64 tokens; max_seq_length 32 would cut them"):
-        PackedDataLoader(files, 4, seed=0, max_seq_length=32)
+        PackedDataLoader(files, 4, seed=0, collator=MLM, max_seq_length=32)
     with pytest.raises(DataError, match=r"a tokenizer of 1000 ids, more than the model's vocabulary of 500"):
-        PackedDataLoader(files, 4, seed=0, vocab_size=500)
+        PackedDataLoader(files, 4, seed=0, collator=MLM, vocab_size=500)
     with pytest.raises(DataError, match="nv_training_0.hdf5: attribute format is None"):
-        PackedDataLoader([nv], 4, seed=0)
+        PackedDataLoader([nv], 4, seed=0, collator=MLM)
     other = _write(tmp_path, n_files=1, L=32)
-    loader = PackedDataLoader([files[0], *other], 4, seed=0, max_seq_length=64, prefetch=False)
+    loader = PackedDataLoader([files[0], *other], 4, seed=0, collator=MLM, max_seq_length=64, prefetch=False)
     with pytest.raises(DataError, match="made with another tokenizer or length"):
         list(itertools.islice(loader, 200))
+
+
+def test_causal_batches_are_the_sequences_right_padded(files):
+    loader = PackedDataLoader(files, 8, seed=2, collator=CausalCollator(), prefetch=False)
+    b = _batches(loader, 1)[0]
+    assert set(b) == {"input_ids", "input_mask"} and b["input_ids"].shape == (8, L)
+    originals = _originals(files)
+    for ids, mask in zip(b["input_ids"].numpy(), b["input_mask"].numpy()):
+        n = int(mask.sum())
+        assert tuple(ids[:n].tolist()) in originals and np.all(ids[n:] == PAD) and np.all(mask[:n] == 1)
+    resumed = PackedDataLoader(files, 8, seed=2, collator=CausalCollator(), prefetch=False)
+    resumed.load_state_dict(loader.state_dict())
+    assert torch.equal(_batches(resumed, 1)[0]["input_ids"], _batches(loader, 1)[0]["input_ids"])
+
+
+def test_one_replacement_rule_for_both_halves():
+    """data_prep's stored masks and the packed collator take the 80/10/10 decision from bundle.masking."""
+    import inspect
+
+    from bundle import masking
+    from data_prep import instances
+    from ort_training.data import collate
+
+    u = np.linspace(0, 1, 1000, endpoint=False)
+    to_mask, to_random = masking.replacement_kinds(u)
+    assert to_mask.sum() == 800 and to_random.sum() == 100 and not (to_mask & to_random).any()
+    for module in (instances, collate):
+        assert "replacement_kinds(" in inspect.getsource(module) and "0.8" not in inspect.getsource(module)
