@@ -125,20 +125,21 @@ def quiet_worker(parent: int) -> None:
     """Pool initializer: a worker stopped by SIGTERM (the pool's terminate, or a signal to the process group) or
     orphaned by its parent's death exits at once and says nothing; the parent reports the stop in one line
     (data_prep.cli: exit 143). Without it an orphaned worker printed a BrokenPipeError traceback per result it could
-    not send, and a worker that inherited the parent's handler would print a traceback of its own."""
+    not send, and a worker that inherited the parent's handler would print a traceback of its own. (Not
+    PR_SET_PDEATHSIG: it fires when the *thread* that forked the worker ends, and the pool forks replacements from a
+    helper thread that ends at every terminate.)"""
     import signal
+    import threading
 
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C goes to the parent, which stops the pool
-    try:  # Linux: the kernel sends SIGTERM to this worker when the parent dies, however it died
-        import ctypes
 
-        PR_SET_PDEATHSIG = 1
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-    except (OSError, AttributeError):
-        pass
-    if os.getppid() != parent:  # the parent died before prctl took effect
-        os._exit(128 + signal.SIGTERM)
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(128 + signal.SIGTERM)  # the parent is gone: nobody reads this worker's results
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
 
 def run_packed(cfg: PackedConfig) -> Path:

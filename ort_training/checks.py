@@ -34,7 +34,7 @@ def device_type(device: str = "auto") -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def check_init_checkpoint(cfg, family, model_config, objective: str | None = None) -> None:
+def check_init_checkpoint(cfg, family, model_config, objective=None) -> None:
     """--init_checkpoint must hold weights of this run's architecture: a Hugging Face folder, an NVIDIA file or a
     checkpoint of this bundle. The real run's own checks, called: `weights_import.load_into` on the model built on the
     meta device (config.json's fields, every tensor's shape; no memory for the weights), and for a bundle checkpoint
@@ -91,25 +91,26 @@ def preflight(cfg, device: str = "auto", data: bool = True) -> list[str]:
 
     cfg = dataclasses.replace(cfg)
     notes: list[str] = []
+    from ort_training.objectives import get_objective
+
     kind = device_type(device)
     check_precision(cfg.backend, cfg.precision, kind)
     config_file = cfg.model_config_path()
     family = family_of_file(config_file)
     family.check_backend(cfg.backend)
-    attention = family.resolve_attention(cfg.attention, cfg.backend, kind, cfg.max_seq_length)
-    model_config = family.load_config(config_file, cfg.dropout, attention)
-    if cfg.objective not in family.task_classes:
-        cfg.check_architecture()  # its message names the objectives the family trains
+    objective = get_objective(cfg.objective)
+    model_config = family.load_config(config_file, cfg.dropout)
     if cfg.export_onnx:
         from ort_training.export import check_onnx_available
 
         check_onnx_available()
-    vocab_file = cfg.vocab_file
+    vocab_file, seq_len = cfg.vocab_file, cfg.max_seq_length
     if data:  # refuses a missing --input_dir as the run does
         from ort_training.data.inputs import open_training_input
 
-        opened = open_training_input(cfg, family, model_config, cfg.objective)
-        vocab_file = opened.tokenizer
+        opened = open_training_input(cfg, family, model_config, objective)
+        vocab_file, seq_len = opened.tokenizer, opened.seq_len
+    model_config._attn_implementation = family.resolve_attention(cfg.attention, cfg.backend, kind, seq_len)
     if vocab_file:
         from ort_training.export import tokenizer_size
         from ort_training.models.pretraining import check_vocab_fits
@@ -129,7 +130,7 @@ def preflight(cfg, device: str = "auto", data: bool = True) -> list[str]:
     if cfg.resume_from_checkpoint and has_checkpoints:
         notes.append(f"{cfg.output_dir} holds checkpoints: the run resumes from the newest and checks its settings then")
     elif cfg.init_checkpoint and Path(cfg.init_checkpoint).exists():
-        check_init_checkpoint(cfg, family, model_config)
+        check_init_checkpoint(cfg, family, model_config, objective)
     elif cfg.init_checkpoint:
         if not cfg.phase2:
             raise FileNotFoundError(f"--init_checkpoint {cfg.init_checkpoint}: no such file or folder")
