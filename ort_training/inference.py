@@ -300,15 +300,17 @@ def require_provider(variant: str) -> str:
     return provider
 
 
-def session(path: str | Path, threads: int | None = None, provider: str = "CPUExecutionProvider"):
-    """An InferenceSession with all graph optimizations (threads: intra-op threads, default onnxruntime's)."""
+def session(path: str | Path, threads: int | None = None, provider: str = "CPUExecutionProvider", device_id: int = 0):
+    """An InferenceSession with all graph optimizations (threads: intra-op threads, default onnxruntime's;
+    device_id: the GPU of the CUDA provider, cuda:LOCAL_RANK for a torchrun rank)."""
     onnxruntime = _import_onnxruntime()
 
     opts = onnxruntime.SessionOptions()
     opts.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
     if threads:
         opts.intra_op_num_threads = threads
-    return onnxruntime.InferenceSession(str(path), sess_options=opts, providers=[provider])
+    providers = [(provider, {"device_id": device_id})] if provider == "CUDAExecutionProvider" else [provider]
+    return onnxruntime.InferenceSession(str(path), sess_options=opts, providers=providers)
 
 
 def onnx_logits(sess, feed: dict[str, np.ndarray]) -> np.ndarray:
@@ -404,11 +406,38 @@ def _tmp(path: Path) -> Path:
     return path.with_name(f".{path.name}.tmp-{os.getpid()}")
 
 
+class _FolderLock:
+    """A blocking `flock` on FOLDER/.make.lock: several scoring processes (shards, torchrun ranks) sharing one cache
+    make a variant once; the others wait, then find it cached. The kernel drops it when the holder dies."""
+
+    def __init__(self, folder: Path):
+        self.path = folder / ".make.lock"
+
+    def __enter__(self):
+        import fcntl
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._fh = open(self.path, "a+")
+        fcntl.flock(self._fh, fcntl.LOCK_EX)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._fh.close()
+
+
 def ensure_variant(model_dir: str | Path, variant: str, cache_dir: str | Path | None = None) -> tuple[Path, dict]:
     """The checked ONNX file of `variant` (a key of VARIANT_FILES) for the folder: from the cache when its
-    sha256 matches the manifest, else made (and the variants it is made from, MADE_FROM), checked and cached.
-    Returns (path, its manifest entry)."""
+    sha256 matches the manifest, else made (and the variants it is made from, MADE_FROM), checked and cached
+    (under a lock on the cache folder: processes scoring in parallel make it once). Returns (path, its manifest entry)."""
     require_provider(variant)
+    found = _ensure_variant(model_dir, variant, cache_dir, make=False)
+    if found is not None:  # cached: nothing written, so a read-only cache works
+        return found
+    with _FolderLock(cache_folder(model_dir, cache_dir)):
+        return _ensure_variant(model_dir, variant, cache_dir, make=True)
+
+
+def _ensure_variant(model_dir: str | Path, variant: str, cache_dir: str | Path | None, make: bool) -> tuple[Path, dict] | None:
     model_dir = Path(model_dir)
     config_dict = read_classifier_config(model_dir)
     digest = model_digest(model_dir)
@@ -440,6 +469,8 @@ def ensure_variant(model_dir: str | Path, variant: str, cache_dir: str | Path | 
 
     if cached(variant):
         return folder / VARIANT_FILES[variant], manifest["variants"][variant]
+    if not make:
+        return None
     from ort_training.export import export_onnx_classifier
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -484,9 +515,9 @@ class OnnxClassifier:
 
     training = False
 
-    def __init__(self, path: str | Path, config, threads: int | None = None, provider: str = "CPUExecutionProvider"):
+    def __init__(self, path: str | Path, config, threads: int | None = None, provider: str = "CPUExecutionProvider", device_id: int = 0):
         self.path, self.config = Path(path), config
-        self.session = session(path, threads, provider)
+        self.session = session(path, threads, provider, device_id)
         self.input_names = [i.name for i in self.session.get_inputs()]
 
     def eval(self):
@@ -500,26 +531,41 @@ class OnnxClassifier:
         return (torch.from_numpy(self.session.run(["logits"], feed)[0]),)
 
 
-def load_engine(model_dir: str | Path, engine: str, cache_dir: str | Path | None = None, threads: int | None = None):
-    """(model for finetune.predict, info dict for the record) of `engine` for a classifier folder."""
+def engine_info(model_dir: str | Path, engine: str, cache_dir: str | Path | None = None) -> dict:
+    """What identifies `engine`'s numbers for a classifier folder, without building it: the runtime versions and, for
+    an ONNX engine, its checked variant (made and cached here when missing: ensure_variant). The record of a scoring
+    run and the key of its partial chunks."""
     if engine not in ENGINES:
         raise UsageError(f"--engine must be one of {', '.join(ENGINES)}, got {engine!r}")
     read_classifier_config(model_dir)
-    provider = None if engine == "torch" else require_provider(engine)
     info = {"engine": engine, "torch": torch.__version__}
+    if engine == "torch":
+        return info
+    provider = require_provider(engine)
+    path, entry = ensure_variant(model_dir, engine, cache_dir)
+    info.update(onnxruntime=ort_version(), provider=provider, onnx_file=str(path), onnx_sha256=entry["sha256"], how=entry["how"],
+                check=entry["check"])
+    return info
+
+
+def load_engine(model_dir: str | Path, engine: str, cache_dir: str | Path | None = None, threads: int | None = None,
+                device: torch.device | str = "cpu", info: dict | None = None):
+    """(model for finetune.predict, info dict for the record) of `engine` for a classifier folder. `device`: where the
+    torch engine's weights go (cpu, cuda:N); onnx-fp16 runs on the CUDA provider's GPU of that index (cuda:N -> N).
+    `info`: engine_info's answer when the caller has it already."""
+    info = dict(info) if info is not None else engine_info(model_dir, engine, cache_dir)
+    device = torch.device(device)
     if engine == "torch":
         if threads:
             torch.set_num_threads(threads)
-        model = load_torch_classifier(model_dir)
+        model = load_torch_classifier(model_dir).to(device)
         info["attention"] = model.config._attn_implementation
         return model, info
     from transformers import AutoConfig
 
-    path, entry = ensure_variant(model_dir, engine, cache_dir)
     config = AutoConfig.from_pretrained(str(model_dir), trust_remote_code=False)
-    info.update(onnxruntime=ort_version(), provider=provider, onnx_file=str(path), onnx_sha256=entry["sha256"], how=entry["how"],
-                check=entry["check"])
-    return OnnxClassifier(path, config, threads, provider), info
+    device_id = (device.index or 0) if device.type == "cuda" else 0
+    return OnnxClassifier(info["onnx_file"], config, threads, info["provider"], device_id), info
 
 
 def write_json(path: Path, data: dict) -> None:

@@ -18,7 +18,12 @@
 - resumable: every chunk is written whole (write-then-rename) into OUTPUT.parts/ with state.json; a killed
   run rerun with the same command skips the chunks on disk and continues, and the final file (header + the
   chunks, renamed into place at the end) is byte-identical to an uninterrupted run's. A finished output
-  is kept: rerunning says so; --overwrite replaces it only when the new one is complete.
+  is kept: rerunning says so; --overwrite replaces it only when the new one is complete;
+- GPUs and several processes: --device cuda runs the torch engine on a GPU (--precision fp16 | bf16: autocast),
+  onnx-fp16 on ONNX Runtime's CUDA provider; --shard i/n (or torchrun's RANK / WORLD_SIZE, on cuda:LOCAL_RANK) gives
+  process i the chunks i, i+n, i+2n, ... of the same OUTPUT.parts/, and the process that finds every chunk written
+  merges them (`merge`) into the output in input order: byte-identical to one process's file (the chunks are the
+  same bytes whoever scores them), resumable the same way, and a lost merge is redone by any rerun or --merge.
 
 Bad input (no such file or column, an empty text, a folder that is not a classifier, custom model code)
 stops before anything is written with one line naming the file, row and column, exit 2.
@@ -54,6 +59,7 @@ from ort_training.inference import (
     VARIANT_FILES,
     DriftError,
     Engine,
+    engine_info,
     labels_of,
     load_engine,
     load_tokenizer,
@@ -96,6 +102,20 @@ class PredictConfig:
     chunk_rows: int = _f(2048, "Rows read, scored and written at a time (memory bound; the unit of resumption).")
     cache_dir: Optional[str] = _f(None, "Where the ONNX variants are cached (default: MODEL_DIR/onnx).")
     threads: Optional[int] = _f(None, "CPU threads for PyTorch / onnxruntime (default: theirs).")
+    device: Optional[Literal["cpu", "cuda"]] = _f(
+        None, "Where the engine runs. --engine torch: cpu (the default) or cuda (cuda:LOCAL_RANK under torchrun; refused "
+              "where torch sees no GPU); onnx-fp16 runs on CUDA, onnx and onnx-int8 on the CPU (their default; the other is refused).")
+    precision: Literal["fp32", "fp16", "bf16"] = _f(
+        "fp32", "--engine torch: the forward pass's autocast precision (fp16: --device cuda; bf16: a GPU with bf16, or a "
+                "CPU). The ONNX engines' precision is the engine's (onnx-fp16 for float16).")
+    shard: Optional[str] = _f(
+        None, "i/n: this process scores chunks i, i+n, i+2n, ... (0 <= i < n) of the shared OUTPUT.parts/; start n processes "
+              "0/n .. n-1/n (one per GPU) with the same other flags: the last to finish merges the file. Under torchrun "
+              "(RANK / WORLD_SIZE set) each rank is its shard without this flag.")
+    merge: bool = _f(False, "Score nothing: merge OUTPUT.parts/ into --output_file when every chunk is written (a sharded run "
+                            "whose merge was lost), else list the missing chunks and the --shard commands to rerun (exit 2).")
+    id_header: Literal["id", "input"] = _f("id", "The output's first column header: id, or input = the --id_column's own name "
+                                                 "(note_id), as in the input.")
     overwrite: bool = _f(False, "Replace a finished output (or a partial one made with other settings); the old file stays "
                                 "until the new one is complete.")
     disable_progress_bar: bool = _f(False, "Turn the progress bar off.")
@@ -115,6 +135,72 @@ class PredictConfig:
             raise ValueError(f"--max_seq_length must be >= 8, got {self.max_seq_length}")
         if self.engine not in ENGINES:
             raise ValueError(f"--engine must be one of {', '.join(ENGINES)}")
+        if self.engine != "torch" and self.precision != "fp32":
+            raise ValueError(f"--precision {self.precision} applies to --engine torch; the ONNX engines' precision is the engine's "
+                             "(--engine onnx-fp16 for float16 on a GPU)")
+        if self.engine in ("onnx", "onnx-int8") and self.device == "cuda":
+            raise ValueError(f"--engine {self.engine} runs on the CPU; on a GPU use --engine onnx-fp16 or --engine torch --device cuda")
+        if self.engine == "onnx-fp16" and self.device == "cpu":
+            raise ValueError("--engine onnx-fp16 runs on ONNX Runtime's CUDA provider; on a CPU use --engine onnx or onnx-int8")
+        if self.precision == "fp16" and self.engine == "torch" and self.device != "cuda":
+            raise ValueError("--precision fp16 needs --device cuda (float16 autocast is for GPUs); on a CPU use fp32 or bf16")
+        if self.shard is not None:
+            parse_shard(self.shard)
+        if self.id_header == "input" and not self.id_column:
+            raise ValueError("--id_header input names the output's id column after --id_column: give --id_column")
+
+
+def parse_shard(value: str) -> tuple[int, int]:
+    """'i/n' -> (i, n), 0 <= i < n; ValueError naming the flag otherwise."""
+    try:
+        index, count = (int(x) for x in value.split("/"))
+    except ValueError:
+        raise ValueError(f"--shard {value!r}: give i/n (this process's index and the number of processes), e.g. 0/4") from None
+    if not 0 <= index < count:
+        raise ValueError(f"--shard {value}: needs 0 <= i < n")
+    return index, count
+
+
+# ----------------------------------------------------------------------------- devices and shards
+@dataclass(frozen=True)
+class Placement:
+    """Which chunks this process scores (index of count) and where (device); `launcher`: flag, torchrun or single."""
+
+    index: int = 0
+    count: int = 1
+    device: str = "cpu"
+    launcher: str = "single"
+
+    def mine(self, chunk: int) -> bool:
+        return chunk % self.count == self.index
+
+
+def placement(cfg: PredictConfig, environ=None) -> Placement:
+    """The shard (--shard, else torchrun's RANK / WORLD_SIZE) and the device (the torch engine's --device, cuda:LOCAL_RANK;
+    onnx-fp16's CUDA device) of this process. A GPU asked for where torch sees none is refused (one line); --merge
+    scores nothing and runs anywhere."""
+    from ort_training.loop.distributed import resolve_dist_env
+
+    env = resolve_dist_env(os.environ if environ is None else environ)
+    if cfg.shard is not None and env.world_size > 1:
+        raise UsageError(f"--shard {cfg.shard} under a launcher that set WORLD_SIZE={env.world_size}: each rank is already its "
+                         "shard; drop --shard (or run the processes without torchrun)")
+    index, count = parse_shard(cfg.shard) if cfg.shard is not None else (env.rank, env.world_size)
+    launcher = "flag" if cfg.shard is not None else ("torchrun" if env.world_size > 1 else "single")
+    wants_gpu = cfg.engine == "onnx-fp16" or (cfg.engine == "torch" and cfg.device == "cuda")
+    if not wants_gpu:
+        return Placement(index, count, "cpu", launcher)
+    if cfg.merge:
+        return Placement(index, count, "cuda", launcher)
+    local = env.local_rank if env.world_size > 1 else int((os.environ if environ is None else environ).get("LOCAL_RANK", 0))
+    if cfg.engine == "torch":
+        if not torch.cuda.is_available():
+            raise UsageError("--device cuda: torch.cuda.is_available() is false here (no GPU, no driver, or a CPU-only torch "
+                             f"{torch.__version__}); use --device cpu, or run on a GPU machine")
+        if local >= torch.cuda.device_count():
+            raise UsageError(f"--device cuda: LOCAL_RANK {local} but this machine shows {torch.cuda.device_count()} GPU(s); "
+                             "start at most one process per GPU (torchrun --nproc_per_node)")
+    return Placement(index, count, f"cuda:{local}", launcher)
 
 
 # ----------------------------------------------------------------------------- settings
@@ -225,12 +311,23 @@ def scan(path: Path, text_column: str, id_column: str | None, chunk_rows: int) -
 
 
 # ----------------------------------------------------------------------------- scoring
-def score_texts(model, tokenizer, texts: list[str], settings: dict, batch_size: int, path: str = "input") -> tuple[np.ndarray, int]:
+_AUTOCAST = {"fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def score_texts(model, tokenizer, texts: list[str], settings: dict, batch_size: int, path: str = "input",
+                device: torch.device | str = "cpu", precision: str = "fp32") -> tuple[np.ndarray, int]:
     """(probabilities [documents, classes], windows): fine-tuning's windowing (data.text.encode_split) and
     per-document averaging (finetune.predict) with any engine's model. Texts are encoded and scored in groups of
-    at most WINDOWS_PER_PASS windows (each text gives at most max_windows), so memory follows windows."""
+    at most WINDOWS_PER_PASS windows (each text gives at most max_windows), so memory follows windows. `device`: where
+    the torch model's inputs go (an ONNX engine takes CPU tensors); `precision` fp16 / bf16: autocast around the
+    forward passes (logits are read back in float32, the softmax and averaging stay in float32 / float64)."""
+    import contextlib
+
     from ort_training.finetune import predict
 
+    device = torch.device(device)
+    autocast = (torch.autocast(device.type, dtype=_AUTOCAST[precision]) if precision in _AUTOCAST
+                else contextlib.nullcontext())
     max_windows = settings.get("max_windows", MAX_WINDOWS) if settings["long_text"] == "window" else 1
     group = max(1, WINDOWS_PER_PASS // max_windows)
     out, windows = [], 0
@@ -239,7 +336,8 @@ def score_texts(model, tokenizer, texts: list[str], settings: dict, batch_size: 
         table = Table(Path(path), part, [""] * len(part), "text", "")
         split = encode_split("predict", table, np.zeros(len(part), dtype=np.int64), tokenizer, settings["max_seq_length"],
                              settings["long_text"], settings["stride"], max_windows=max_windows)
-        out.append(predict(model, split, batch_size, torch.device("cpu")))
+        with autocast:
+            out.append(predict(model, split, batch_size, device))
         windows += len(split)
     return np.concatenate(out), windows
 
@@ -269,10 +367,10 @@ def format_rows(ids: list[str], probs: np.ndarray, labels: list[str], kind: str 
     return buf.getvalue()
 
 
-def header(labels: list[str], kind: str = "single_label_classification") -> str:
+def header(labels: list[str], kind: str = "single_label_classification", id_name: str = "id") -> str:
     buf = io.StringIO()
-    csv.writer(buf, lineterminator="\n").writerow(["id", "predicted"] if kind == "regression" else
-                                                  ["id", "predicted", *[f"p_{lab}" for lab in labels]])
+    csv.writer(buf, lineterminator="\n").writerow([id_name, "predicted"] if kind == "regression" else
+                                                  [id_name, "predicted", *[f"p_{lab}" for lab in labels]])
     return buf.getvalue()
 
 
@@ -400,10 +498,15 @@ def plan(cfg: PredictConfig) -> dict:
     config = read_classifier_config(model_dir)
     check_paths(cfg)
     settings = text_settings(cfg, model_dir, int(config.get("max_position_embeddings", 512)))
+    where = placement(cfg)  # a GPU that is not there, a --shard beside torchrun: refused before the input is read
     rows = scan(input_file, cfg.text_column, cfg.id_column, cfg.chunk_rows)  # bad input stops here, before any writing
     check_cache(cfg, model_dir)
     check_existing(cfg)
-    return {"config": config, "settings": settings, "rows": rows, "chunks": -(-rows // cfg.chunk_rows)}
+    return {"config": config, "settings": settings, "rows": rows, "chunks": -(-rows // cfg.chunk_rows), "placement": where}
+
+
+def part_path(parts: Path, index: int) -> Path:
+    return parts / f"part-{index:08d}.csv"
 
 
 def run(cfg: PredictConfig, on_chunk: Callable[[int], None] | None = None) -> dict:
@@ -417,10 +520,10 @@ def run(cfg: PredictConfig, on_chunk: Callable[[int], None] | None = None) -> di
     model_dir, input_file, output = Path(cfg.model_dir), Path(cfg.input_file), Path(cfg.output_file)
     checked = plan(cfg)
     config, settings, rows, chunks = checked["config"], checked["settings"], checked["rows"], checked["chunks"]
+    where: Placement = checked["placement"]
     labels = labels_of(config)
     kind, thresholds = output_kind(config)
-    model, info = load_engine(model_dir, cfg.engine, cfg.cache_dir, cfg.threads)
-    tokenizer = load_tokenizer(model_dir)
+    info = engine_info(model_dir, cfg.engine, cfg.cache_dir)  # an ONNX variant is made (once, under a lock) and checked here
     import transformers
 
     identity = {"format_version": FORMAT_VERSION, "model_digest": model_digest(model_dir), "tokenizer_digest": tokenizer_digest(model_dir),
@@ -431,7 +534,13 @@ def run(cfg: PredictConfig, on_chunk: Callable[[int], None] | None = None) -> di
                 **{k: settings[k] for k in ("max_seq_length", "long_text", "stride")},
                 **({"max_windows": settings["max_windows"]} if settings["long_text"] == "window" else {}),
                 "batch_size": cfg.batch_size, "chunk_rows": cfg.chunk_rows, "labels": labels,
-                **({"problem_type": kind, "thresholds": thresholds} if kind != "single_label_classification" else {})}
+                **({"problem_type": kind, "thresholds": thresholds} if kind != "single_label_classification" else {}),
+                # Where and how the numbers were made, when not the CPU in fp32 (a GPU's sums differ in the last digits):
+                # a partial run continues only on the same kind of device. The number of shards is not part of it: a
+                # chunk's bytes do not depend on which process scored it.
+                **({"device": "cuda"} if where.device.startswith("cuda") and cfg.engine == "torch" else {}),
+                **({"precision": cfg.precision} if cfg.precision != "fp32" else {}),
+                **({"id_header": cfg.id_column} if cfg.id_header == "input" else {})}
     parts = parts_dir(output)
     if output.exists() and not parts.exists():
         previous = _is_record(sidecar(output)) or {}  # check_paths refused an output predict did not make
@@ -441,30 +550,44 @@ def run(cfg: PredictConfig, on_chunk: Callable[[int], None] | None = None) -> di
         if not cfg.overwrite:
             raise OutputExistsError(f"{output}: exists (made {'with other settings' if previous else 'by something else'}); pass "
                                     "--overwrite to replace it (the old file stays until the new one is complete) or choose another --output_file")
-    with RunLock(parts, "predict"):
+    # One process per chunk set: a single run locks the folder; shards lock their own slot (two processes claiming
+    # shard 1/4 are refused), and write different chunks of the same folder.
+    lock_folder = parts if where.count == 1 else parts / f"shard-{where.index}-of-{where.count}"
+    with RunLock(lock_folder, "predict" if where.count == 1 else f"predict shard {where.index}/{where.count}"):
         clean_stale_temps(parts)
         state_path = parts / STATE_FILE
         if state_path.is_file():
             state = json.loads(state_path.read_text())
             changed = sorted(k for k in set(state["identity"]) | set(identity) if state["identity"].get(k) != identity.get(k))
-            if changed and not cfg.overwrite:
+            if changed and (not cfg.overwrite or where.count > 1):
                 raise OutputExistsError(f"{parts}: a partial run with other settings ({', '.join(changed)} differ); rerun it with the "
-                                        "same ones to continue, or pass --overwrite to start again")
+                                        "same ones to continue, or " + ("pass --overwrite to start again" if where.count == 1 else
+                                                                       "remove that folder (or rerun with --overwrite in one process) "
+                                                                       "to start again; shards never delete each other's chunks"))
             if changed:
                 for p in parts.glob("part-*.csv"):
                     p.unlink()
         atomic_write_text(state_path, json.dumps({"identity": identity, "settings_from": settings["from"]}, indent=2) + "\n")
-        done = sum(1 for i in range(chunks) if (parts / f"part-{i:08d}.csv").is_file())
+        mine = [i for i in range(chunks) if where.mine(i)] if not cfg.merge else []
+        done = sum(1 for i in mine if part_path(parts, i).is_file())
         if done:
-            logger.info("resuming: %d of %d chunks already in %s", done, chunks, parts)
+            logger.info("resuming: %d of %d chunks%s already in %s", done, len(mine),
+                        f" of shard {where.index}/{where.count}" if where.count > 1 else "", parts)
+        model = None
+        tokenizer = load_tokenizer(model_dir)
         scored = windows = 0
         scoring_started = time.perf_counter()
-        bar = tqdm(total=rows, unit="rows", desc=f"scoring ({cfg.engine})", disable=cfg.disable_progress_bar, dynamic_ncols=True)
+        bar = tqdm(total=rows, unit="rows", desc=f"scoring ({cfg.engine}{f', shard {where.index}/{where.count}' if where.count > 1 else ''})",
+                   disable=cfg.disable_progress_bar or cfg.merge, dynamic_ncols=True)
         with bar:
-            for index, (start, ids, texts) in enumerate(iter_chunks(input_file, cfg.text_column, cfg.id_column, cfg.chunk_rows)):
-                part = parts / f"part-{index:08d}.csv"
-                if not part.is_file():
-                    probs, n_windows = score_texts(model, tokenizer, texts, settings, cfg.batch_size, str(input_file))
+            for index, (start, ids, texts) in enumerate(iter_chunks(input_file, cfg.text_column, cfg.id_column, cfg.chunk_rows)
+                                                         if mine else ()):
+                part = part_path(parts, index)
+                if where.mine(index) and not part.is_file():
+                    if model is None:  # built at the first chunk to score: a finished shard or a merge loads no model
+                        model, info = load_engine(model_dir, cfg.engine, cfg.cache_dir, cfg.threads, where.device, info)
+                    probs, n_windows = score_texts(model, tokenizer, texts, settings, cfg.batch_size, str(input_file),
+                                                   where.device, cfg.precision)
                     with atomic_path(part) as tmp:
                         tmp.write_text(format_rows(ids, probs, labels, kind, thresholds), encoding="utf-8")
                     scored, windows = scored + len(texts), windows + n_windows
@@ -472,25 +595,77 @@ def run(cfg: PredictConfig, on_chunk: Callable[[int], None] | None = None) -> di
                         on_chunk(index)
                 bar.update(len(texts))
         seconds = time.perf_counter() - scoring_started
-        missing = [i for i in range(chunks) if not (parts / f"part-{i:08d}.csv").is_file()]
-        if missing:
-            raise RuntimeError(f"{parts}: chunks {missing[:5]} missing after the pass; the input changed while it was read")
-        with atomic_path(output) as tmp:
-            with open(tmp, "w", encoding="utf-8", newline="") as out:
-                out.write(header(labels, kind))
-                for i in range(chunks):
-                    with open(parts / f"part-{i:08d}.csv", encoding="utf-8", newline="") as fh:
-                        shutil.copyfileobj(fh, out)
-        summary = {"output": str(output), "rows": rows, "engine": cfg.engine, "rows_scored_this_run": scored,
+        summary = {"output": str(output), "rows": rows, "engine": cfg.engine, "device": where.device, "rows_scored_this_run": scored,
                    "windows_this_run": windows, "scoring_seconds": round(seconds, 2),
                    "rows_per_s": round(scored / seconds, 1) if scored and seconds > 0 else None,
-                   "total_seconds": round(time.perf_counter() - started, 2)}
-        record = {"identity": identity, "summary": summary, "model_dir": str(model_dir.resolve()), "engine": info,
+                   **({"shard": f"{where.index}/{where.count}"} if where.count > 1 else {})}
+        if where.count == 1 and not cfg.merge:
+            missing = [i for i in range(chunks) if not part_path(parts, i).is_file()]
+            if missing:
+                raise RuntimeError(f"{parts}: chunks {missing[:5]} missing after the pass; the input changed while it was read")
+            return merge(cfg, parts, chunks, labels, kind, identity, info, settings, summary, started)
+    # A shard (or --merge): the process that finds every chunk written merges; the others leave it to that one.
+    return merge(cfg, parts, chunks, labels, kind, identity, info, settings, summary, started, where=where)
+
+
+def merge(cfg: PredictConfig, parts: Path, chunks: int, labels: list[str], kind: str, identity: dict, info: dict, settings: dict,
+          summary: dict, started: float, where: Placement | None = None) -> dict:
+    """The chunks of OUTPUT.parts/, in input order after the header, renamed into --output_file; the record beside it;
+    the chunk folder removed. With `where` (a shard, or --merge): under a lock on the folder, and only when every chunk is
+    there; otherwise the summary says which are missing (--merge: refused naming them)."""
+    import fcntl
+
+    output = Path(cfg.output_file)
+    fh = None
+    if where is not None:
+        try:
+            fh = open(parts / ".merge.lock", "a+")
+        except FileNotFoundError:  # another shard merged and removed the folder meanwhile
+            return _merged_by_another(cfg, output, identity, summary)
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.close()
+            return {**summary, "merged": False, "merged_by": "another shard (merging now)"}
+    try:
+        if where is not None and not (parts / STATE_FILE).is_file():
+            return _merged_by_another(cfg, output, identity, summary)
+        missing = [i for i in range(chunks) if not part_path(parts, i).is_file()]
+        if missing:
+            if cfg.merge:
+                count = where.count if where is not None and where.count > 1 else None
+                shards = sorted({i % count for i in missing}) if count else None
+                raise OutputExistsError(f"{parts}: {len(missing)} of {chunks} chunks are not written yet (first: {missing[:5]}); "
+                                        + (f"rerun --shard {', '.join(f'{s}/{count}' for s in shards)}" if shards else
+                                           "rerun the scoring command (with its --shard i/n, or under torchrun)") + " to score them")
+            logger.info("shard %s done; %d chunk(s) of other shards still to come: the last shard to finish merges",
+                        summary.get("shard"), len(missing))
+            return {**summary, "merged": False, "chunks_missing": len(missing)}
+        with atomic_path(output) as tmp:
+            with open(tmp, "w", encoding="utf-8", newline="") as out:
+                out.write(header(labels, kind, cfg.id_column if cfg.id_header == "input" else "id"))
+                for i in range(chunks):
+                    with open(part_path(parts, i), encoding="utf-8", newline="") as part:
+                        shutil.copyfileobj(part, out)
+        summary = {**summary, "total_seconds": round(time.perf_counter() - started, 2),
+                   **({"merged": True} if where is not None else {})}
+        record = {"identity": identity, "summary": summary, "model_dir": str(Path(cfg.model_dir).resolve()), "engine": info,
                   "settings_from": settings["from"], "finished": time.strftime("%Y-%m-%d %H:%M:%S")}
         atomic_write_text(sidecar(output), json.dumps(record, indent=2) + "\n")
         shutil.rmtree(parts, ignore_errors=True)
-    logger.info("wrote %s (%d rows; %s)", output, rows, sidecar(output))
+    finally:
+        if fh is not None:
+            fh.close()
+    logger.info("wrote %s (%d rows; %s)", output, summary["rows"], sidecar(output))
     return summary
+
+
+def _merged_by_another(cfg: PredictConfig, output: Path, identity: dict, summary: dict) -> dict:
+    previous = _is_record(sidecar(output)) or {}
+    if previous.get("identity") != identity:
+        raise OutputExistsError(f"{parts_dir(output)}: removed while this shard ran, and {output} is not this run's output; "
+                                "rerun the same command")
+    return {**summary, "merged": False, "merged_by": "another shard"}
 
 
 # ----------------------------------------------------------------------------- command line
@@ -520,7 +695,12 @@ def dry_run(cfg: PredictConfig) -> int:
     print(f"dry run: checked; would score {checked['rows']} rows of {cfg.input_file} in {checked['chunks']} chunk(s) with "
           f"{cfg.model_dir} (--engine {cfg.engine}; max_seq_length {s['max_seq_length']}, long_text {s['long_text']}"
           + (f", stride {s['stride']}, at most {s['max_windows']} windows per text" if s["long_text"] == "window" else "")
-          + f"; settings from {s['from']}) into {output} and {sidecar(output)} (output {state})")
+          + f"; settings from {s['from']}) into {output} and {sidecar(output)} (output {state})"
+          + (f"; device {checked['placement'].device}" + (f", precision {cfg.precision}" if cfg.precision != "fp32" else "")
+             if checked["placement"].device != "cpu" else "")
+          + (f"; this process is shard {checked['placement'].index}/{checked['placement'].count} "
+             f"({sum(1 for i in range(checked['chunks']) if checked['placement'].mine(i))} chunk(s); the last shard to finish merges)"
+             if checked["placement"].count > 1 else ""))
     return 0
 
 
