@@ -289,7 +289,8 @@ def test_bpe_vocab_size_below_the_byte_alphabet_is_refused(tmp_path):
 def test_bpe_with_a_wordpiece_vocab_file_is_refused(tmp_path):
     before = VOCAB.read_bytes()
     for dry in (["--dry-run"], []):
-        p = run("-m", "data_prep", "vocab", "--out-dir", tmp_path / "v", "--tokenizer-type", "bpe", "--vocab-file", VOCAB, *dry)
+        p = run("-m", "data_prep", "vocab", "--shard-dir", tmp_path / "s", "--out-dir", tmp_path / "v", "--tokenizer-type", "bpe",
+                "--vocab-file", VOCAB, *dry)
         assert_refused(p.returncode, p.stderr, f"--vocab-file {VOCAB}", "WordPiece", "--tokenizer-type bpe")
     assert VOCAB.read_bytes() == before and not (tmp_path / "v" / "vocab.txt").exists()
 

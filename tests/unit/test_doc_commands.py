@@ -126,6 +126,10 @@ def _provide(sandbox: Path, argv: list[str]) -> None:
             target.mkdir(parents=True)
             shutil.copyfile(TINY_CONFIG, target / "config.json")
             shutil.copyfile(VOCAB, target / "vocab.txt")
+            if flag.endswith(("init_checkpoint", "init-checkpoint")):  # dry runs check its weights, as the run does
+                from transformers import BertConfig, BertForPreTraining
+
+                BertForPreTraining(BertConfig.from_json_file(str(TINY_CONFIG))).save_pretrained(target)
 
 
 def _load_script(relative: str):
