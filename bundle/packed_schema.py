@@ -7,6 +7,10 @@ One file holds N variable-length sequences, tokenized once, with no padding, mas
 | --------- | ------- | ----- | ----------------------------------------------------------------- |
 | `tokens`  | [T]     | int32 | every sequence's token ids, concatenated; each in [0, vocab_size) |
 | `offsets` | [N + 1] | int64 | offsets[0] = 0, ascending; sequence i = tokens[offsets[i]:offsets[i+1]] |
+| `sentence_starts` | [S] | int64 | optional (format version 2): ascending positions in `tokens` where a sentence begins |
+
+Format version 2 adds the optional `sentence_starts` dataset (sentence-level objectives, DEPTH's un-shuffling:
+``read_sentence_starts``); a file without it, and every version-1 file, reads as before.
 
 File attributes: ``format`` = "packed_tokens", ``format_version``, ``max_seq_length``, ``vocab_size``,
 ``cls_id``, ``sep_id``, ``pad_id``, ``mask_id`` and ``special_ids`` (ids a loader never masks and never
@@ -38,7 +42,9 @@ from bundle.atomic import atomic_path
 from bundle.layout import packed_data_dir, packed_dir_name  # noqa: F401
 
 FORMAT = "packed_tokens"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
+"""Version 1: tokens and offsets; version 2: the same plus the optional ``sentence_starts`` dataset."""
 MAX_SEQ_LENGTH = 8192
 """The longest sequence the format and its writer accept (ModernBERT's context)."""
 DEFAULT_MAX_SEQ_LENGTH = 1024
@@ -54,6 +60,8 @@ class DatasetSpec:
 TOKENS = DatasetSpec("tokens", np.int32)
 OFFSETS = DatasetSpec("offsets", np.int64)
 DATASETS: tuple[DatasetSpec, ...] = (TOKENS, OFFSETS)
+SENTENCE_STARTS = DatasetSpec("sentence_starts", np.int64)
+"""Optional (version 2): where sentences begin, as positions in ``tokens``."""
 
 
 class SchemaError(hdf5_schema.SchemaError):
@@ -93,8 +101,8 @@ class PackedAttrs:
             raise SchemaError(f"{path}: attribute format is {_text(attrs.get('format'))!r}, not {FORMAT!r}: not a "
                               f"packed token file (NVIDIA-schema files are read by ort_training.data.hdf5)")
         version = int(attrs.get("format_version", -1))
-        if version != FORMAT_VERSION:
-            raise SchemaError(f"{path}: format_version {version}; this reader knows {FORMAT_VERSION}: regenerate it "
+        if version not in READABLE_VERSIONS:
+            raise SchemaError(f"{path}: format_version {version}; this reader knows {', '.join(map(str, READABLE_VERSIONS))}: regenerate it "
                               f"with `python -m data_prep packed`")
         missing = [k for k in ATTR_NAMES if k not in attrs]
         if missing:
@@ -122,14 +130,27 @@ def read_attrs(path: str | os.PathLike) -> PackedAttrs:
         return PackedAttrs.from_h5(f.attrs, path)
 
 
+HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+
+
 def is_packed(path: str | os.PathLike) -> bool:
-    """True for a packed token file; False for NVIDIA-schema or unreadable files (cheap: one attribute)."""
+    """True for a packed token file; False for NVIDIA-schema files and files that are not HDF5 at all (cheap: one
+    attribute). An HDF5 file that h5py cannot open (truncated by a killed copy, corrupt) is a SchemaError naming it:
+    telling its format apart is impossible, and calling it NVIDIA-schema would report a folder "mixing formats"."""
     import h5py
 
     try:
         with h5py.File(path, "r") as f:
             return _text(f.attrs.get("format")) == FORMAT
-    except OSError:
+    except OSError as exc:
+        try:
+            with open(path, "rb") as fh:
+                signed = fh.read(len(HDF5_SIGNATURE)) == HDF5_SIGNATURE
+        except OSError:
+            return False
+        if signed:
+            raise SchemaError(f"{path}: truncated or corrupt HDF5 file ({str(exc).splitlines()[0][:200]}); regenerate it with "
+                              "data_prep (or copy it again)") from None
         return False
 
 
@@ -154,6 +175,22 @@ def read_sequences(path: str | os.PathLike, start: int = 0, step: int = 1) -> tu
     np.cumsum(lengths, out=new_offsets[1:])
     gather = np.repeat(lo - new_offsets[:-1], lengths) + np.arange(int(new_offsets[-1]), dtype=np.int64)
     return tokens[gather], new_offsets
+
+
+def read_sentence_starts(path: str | os.PathLike, start: int = 0, step: int = 1) -> list[np.ndarray] | None:
+    """Sentence starts of sequences ``start::step`` (as ``read_sequences`` selects them), each relative to its
+    sequence; None for a file without sentence boundaries (version 1, or written without them)."""
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        if SENTENCE_STARTS.name not in f:
+            return None
+        offsets = np.asarray(f[OFFSETS.name][:])
+        starts = np.asarray(f[SENTENCE_STARTS.name][:])
+    if starts.ndim != 1 or (starts.size and (np.any(np.diff(starts) <= 0) or starts[0] < 0 or starts[-1] >= offsets[-1])):
+        raise SchemaError(f"{path}: {SENTENCE_STARTS.name} must be ascending positions in [0, {int(offsets[-1])})")
+    bounds = np.searchsorted(starts, offsets)
+    return [starts[bounds[i]:bounds[i + 1]] - offsets[i] for i in range(start, len(offsets) - 1, step)]
 
 
 def validate(tokens: np.ndarray, offsets: np.ndarray, attrs: PackedAttrs, path: str | os.PathLike) -> int:
@@ -227,8 +264,11 @@ class PackedWriter:
     is bounded by that setting, not by the file."""
 
     def __init__(self, path: str | os.PathLike, attrs: PackedAttrs, buffer_tokens: int = 1 << 20,
-                 compression_level: int = 1):
+                 compression_level: int = 1, sentences: bool = False):
         self.path, self.attrs = Path(path), attrs
+        self.sentences = sentences
+        """Whether the file stores ``sentence_starts``: each ``write`` then passes every sequence's starts."""
+        self._buf_starts: list[np.ndarray] = []
         self.buffer_tokens = buffer_tokens
         # gzip 1 + shuffle, as data_prep's NVIDIA-schema writer: cheap to write, any h5py reads it.
         self.compression_level = compression_level
@@ -251,12 +291,21 @@ class PackedWriter:
             self._f.create_dataset(TOKENS.name, shape=(0,), maxshape=(None,), dtype=TOKENS.dtype, chunks=(1 << 16,), **kw)
             self._f.create_dataset(OFFSETS.name, data=np.zeros(1, dtype=OFFSETS.dtype), maxshape=(None,),
                                    chunks=(1 << 14,), **kw)
+            if self.sentences:
+                self._f.create_dataset(SENTENCE_STARTS.name, shape=(0,), maxshape=(None,), dtype=SENTENCE_STARTS.dtype,
+                                       chunks=(1 << 14,), **kw)
         except BaseException as e:
             self.__exit__(type(e), e, e.__traceback__)
             raise
         return self
 
-    def write(self, sequences: list[np.ndarray]) -> None:
+    def write(self, sequences: list[np.ndarray], sentence_starts: list[np.ndarray] | None = None) -> None:
+        """Append sequences; with ``sentences=True`` also each one's sentence starts (positions in the sequence)."""
+        if self.sentences != (sentence_starts is not None) or (sentence_starts is not None and len(sentence_starts) != len(sequences)):
+            raise SchemaError(f"{self.path}: a writer made with sentences={self.sentences} takes "
+                              f"{'one sentence_starts array per sequence' if self.sentences else 'no sentence_starts'}")
+        if sentence_starts is not None:
+            self._buf_starts += [np.asarray(st, dtype=np.int64) for st in sentence_starts]
         for s in sequences:
             if not 1 <= len(s) <= self.attrs.max_seq_length:
                 raise SchemaError(f"{self.path}: a sequence of {len(s)} tokens; lengths must be in "
@@ -278,6 +327,14 @@ class PackedWriter:
         t[self.tokens:] = toks
         o.resize(self.sequences + 1 + len(lengths), axis=0)
         o[self.sequences + 1:] = self.tokens + np.cumsum(lengths)
+        if self.sentences:
+            seq_starts = self.tokens + np.concatenate([[0], np.cumsum(lengths)[:-1]])
+            absolute = np.concatenate([st + at for st, at in zip(self._buf_starts, seq_starts)]).astype(np.int64)
+            d = self._f[SENTENCE_STARTS.name]
+            n = d.shape[0]
+            d.resize(n + len(absolute), axis=0)
+            d[n:] = absolute
+            self._buf_starts = []
         self.tokens += len(toks)
         self.sequences += len(lengths)
         self._buf, self._buf_tokens = [], 0
@@ -301,10 +358,34 @@ class PackedWriter:
         return False
 
 
-def write_file(path: str | os.PathLike, sequences: list[np.ndarray], attrs: PackedAttrs) -> None:
-    """One complete file from a list of sequences (tests and small tools)."""
-    with PackedWriter(path, attrs) as w:
-        w.write(list(sequences))
+def write_file(path: str | os.PathLike, sequences: list[np.ndarray], attrs: PackedAttrs,
+               sentence_starts: list[np.ndarray] | None = None) -> None:
+    """One complete file from a list of sequences (tests and small tools), with sentence starts when given."""
+    with PackedWriter(path, attrs, sentences=sentence_starts is not None) as w:
+        w.write(list(sequences), None if sentence_starts is None else list(sentence_starts))
+
+
+class SentencePacker:
+    """``SequencePacker`` that also carries sentence boundaries: ``add(doc, starts)`` takes a document's token ids
+    and the positions where its sentences begin, and returns (sequence, sentence starts in the sequence) pairs.
+    The boundaries ride through a second packer fed 0/1 flags of the same lengths, so the sequences are exactly
+    ``SequencePacker``'s."""
+
+    def __init__(self, max_seq_length: int, cls_id: int, sep_id: int):
+        self.tokens = SequencePacker(max_seq_length, cls_id, sep_id)
+        self.flags = SequencePacker(max_seq_length, 0, 0)
+
+    @staticmethod
+    def _pairs(seqs: list[np.ndarray], flags: list[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
+        return [(s, np.flatnonzero(f).astype(np.int64)) for s, f in zip(seqs, flags)]
+
+    def add(self, doc: np.ndarray, starts: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+        flags = np.zeros(len(doc), dtype=np.int32)
+        flags[np.asarray(starts, dtype=np.int64)] = 1
+        return self._pairs(self.tokens.add(doc), self.flags.add(flags))
+
+    def flush(self) -> list[tuple[np.ndarray, np.ndarray]]:
+        return self._pairs(self.tokens.flush(), self.flags.flush())
 
 
 def iter_sequences(tokens: np.ndarray, offsets: np.ndarray) -> Iterator[np.ndarray]:

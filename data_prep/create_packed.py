@@ -29,6 +29,7 @@ from .config import PackedConfig
 from .create_hdf5 import find_shards, iter_document_chunks
 from .manifest import DataPrepError, file_fingerprint, file_sha256, invalidate, is_complete, read_json, remove_temps, write_manifest
 from .tokenizer import LoadedTokenizer, load_tokenizer
+from .workers import quiet_worker
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +59,17 @@ def packed_attrs(tok: LoadedTokenizer, max_seq_length: int) -> packed_schema.Pac
                                      tok.special_ids)
 
 
+def sentence_token_starts(sentences: list[str], offsets: list[tuple[int, int]]) -> np.ndarray:
+    """Token positions where each sentence of ``" ".join(sentences)`` begins: the first token ending past the
+    sentence's first character (a byte-level BPE token may start at the space before it)."""
+    if not offsets:
+        return np.zeros(0, dtype=np.int64)
+    char_starts = np.cumsum([0] + [len(s) + 1 for s in sentences[:-1]])
+    ends = np.asarray([e for _, e in offsets], dtype=np.int64)
+    starts = np.searchsorted(ends, char_starts, side="right")
+    return np.unique(starts[starts < len(offsets)])
+
+
 def process_shard(task: tuple) -> dict:
     """Worker: one shard -> one packed file (renamed into place only when complete) + its progress record."""
     cfg, shard, tok_sha = task
@@ -69,17 +81,24 @@ def process_shard(task: tuple) -> dict:
     stats = {"documents": 0, "sequences": 0, "tokens": 0, "text_chars": 0}
     try:
         tok = load_tokenizer(cfg.tokenizer, cfg.lower_case, flag=TOKENIZER_FLAG)
-        packer = packed_schema.SequencePacker(cfg.max_seq_length, tok.cls_id, tok.sep_id)
+        # Format version 2: the sentence boundaries ride along (packed_schema.SentencePacker; the sequences are the
+        # same as without them), read by sentence-level objectives (DEPTH).
+        packer = packed_schema.SentencePacker(cfg.max_seq_length, tok.cls_id, tok.sep_id)
+
+        def write(pairs):
+            w.write([p[0] for p in pairs], [p[1] for p in pairs])
+
         with packed_schema.PackedWriter(data_dir(cfg) / out_name, packed_attrs(tok, cfg.max_seq_length),
-                                        buffer_tokens=cfg.buffer_tokens) as w:
+                                        buffer_tokens=cfg.buffer_tokens, sentences=True) as w:
             for docs in iter_document_chunks(shard, cfg.chunk_documents):
                 texts = [" ".join(d) for d in docs]
                 stats["text_chars"] += sum(map(len, texts))
-                for enc in tok.tokenizer.encode_batch_fast(texts, add_special_tokens=False):
+                # encode_batch (not _fast): the same ids, plus the character offsets that place sentence starts.
+                for doc, enc in zip(docs, tok.tokenizer.encode_batch(texts, add_special_tokens=False)):
                     if enc.ids:
                         stats["documents"] += 1
-                        w.write(packer.add(np.asarray(enc.ids, dtype=np.int32)))
-            w.write(packer.flush())
+                        write(packer.add(np.asarray(enc.ids, dtype=np.int32), sentence_token_starts(doc, enc.offsets)))
+            write(packer.flush())
             if stats["documents"] == 0:
                 raise DataPrepError(f"{shard}: empty shard (no document with tokens); remove it or re-run the shard stage")
         stats["sequences"], stats["tokens"] = w.sequences, w.tokens
@@ -119,27 +138,6 @@ def _copy_tokenizer(tok: LoadedTokenizer, out: Path) -> dict[Path, Path]:
         if stale.is_file() and stale not in copies.values() and not stale.name.startswith("."):
             stale.unlink()
     return copies
-
-
-def quiet_worker(parent: int) -> None:
-    """Pool initializer: a worker stopped by SIGTERM (the pool's terminate, or a signal to the process group) or
-    orphaned by its parent's death exits at once and says nothing; the parent reports the stop in one line
-    (data_prep.cli: exit 143). Without it an orphaned worker printed a BrokenPipeError traceback per result it could
-    not send, and a worker that inherited the parent's handler would print a traceback of its own. (Not
-    PR_SET_PDEATHSIG: it fires when the *thread* that forked the worker ends, and the pool forks replacements from a
-    helper thread that ends at every terminate.)"""
-    import signal
-    import threading
-
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C goes to the parent, which stops the pool
-
-    def watch() -> None:
-        while os.getppid() == parent:
-            time.sleep(0.5)
-        os._exit(128 + signal.SIGTERM)  # the parent is gone: nobody reads this worker's results
-
-    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
 
 def run_packed(cfg: PackedConfig) -> Path:

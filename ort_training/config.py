@@ -25,7 +25,7 @@ PACKAGE_CONFIGS = CONFIG_DIR
 Backend = Literal["ort", "eager", "compile"]
 Attention = Literal[ATTENTION_CHOICES]
 Precision = Literal["fp32", "fp16", "bf16"]
-OPTIMIZERS = ("lamb", "adamw", "stable_adamw")
+OPTIMIZERS = ("lamb", "adamw", "stable_adamw", "adamwscale")
 """What ort_training.loop.optim.build_optimizer builds (named here, where the flags are made, without importing torch)."""
 SCHEDULES = ("poly", "cosine", "wsd")
 """What ort_training.loop.optim.build_scheduler builds."""
@@ -160,6 +160,7 @@ class PretrainConfig:
         """The config's family must run this backend, attention choice and objective: said at start-up."""
         family = family_of_file(self.model_config_path())
         family.check_backend(self.backend)
+        family.check_precision(self.precision)
         if self.attention != "auto":
             family.resolve_attention(self.attention, self.backend, "cpu")  # explicit choices do not depend on the device
         if self.objective not in family.task_classes:

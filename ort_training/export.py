@@ -88,6 +88,9 @@ def export_hf(model: PretrainingModel, out_dir: str | Path, vocab_file: str | No
     vocab_size = getattr(model.config, "original_vocab_size", model.config.vocab_size)
     if tokenizer is None and vocab_file:
         tokenizer = load_tokenizer(vocab_file, do_lower_case)
+    added = tuple(getattr(model.objective, "added_tokens", ()))
+    if tokenizer is not None and added:  # ids an objective reserved right above the tokenizer's (T5's sentinels)
+        tokenizer.add_special_tokens({"additional_special_tokens": list(added)}, replace_additional_special_tokens=False)
     if tokenizer is not None:
         vocab_size = len(tokenizer)
     config = copy.deepcopy(model.config)

@@ -28,7 +28,10 @@ logger = logging.getLogger(__name__)
 def is_packed_folder(files: list[Path]) -> bool:
     """True if ``files`` (from ``list_hdf5_files``) are packed token files, False if NVIDIA-schema; a mix is an
     error naming one of each. Reads one attribute per file."""
-    kinds = {bool(packed_schema.is_packed(f)): f for f in files}
+    try:
+        kinds = {bool(packed_schema.is_packed(f)): f for f in files}
+    except packed_schema.SchemaError as exc:
+        raise DataError(str(exc)) from None
     if len(kinds) > 1:
         raise DataError(f"mixes packed token files ({kinds[True]}) and NVIDIA-schema files ({kinds[False]}); point "
                         f"--input_dir at one data_prep output folder")
@@ -44,6 +47,8 @@ class PackedShard:
     offsets: np.ndarray
     sample_index: np.ndarray
     attrs: packed_schema.PackedAttrs
+    sentence_starts: list[np.ndarray] | None = None
+    """Each sequence's sentence starts (format version 2), read only for a collator that `needs_sentences`."""
 
     def __len__(self) -> int:
         return len(self.offsets) - 1
@@ -68,12 +73,14 @@ def _checked_attrs(path: Path, vocab_size: int | None) -> packed_schema.PackedAt
     return attrs
 
 
-def load_packed_shard(shard: Shard, vocab_size: int | None = None) -> PackedShard:
-    """Read and validate one file (this rank's stride ``shard.start::shard.step``)."""
+def load_packed_shard(shard: Shard, vocab_size: int | None = None, sentences: bool = False) -> PackedShard:
+    """Read and validate one file (this rank's stride ``shard.start::shard.step``), with its sentence starts when
+    `sentences` (None where the file has none)."""
     attrs = _checked_attrs(shard.path, vocab_size)
     tokens, offsets = _read(shard.path, packed_schema.read_sequences, shard.start, shard.step)
+    starts = _read(shard.path, packed_schema.read_sentence_starts, shard.start, shard.step) if sentences else None
     n = len(offsets) - 1
-    return PackedShard(shard.path, tokens, offsets, shard.start + shard.step * np.arange(n, dtype=np.int64), attrs)
+    return PackedShard(shard.path, tokens, offsets, shard.start + shard.step * np.arange(n, dtype=np.int64), attrs, starts)
 
 
 def sample_rng(seed: int, epoch: int, path: Path, sample_index: int) -> np.random.Generator:
@@ -100,6 +107,7 @@ class PackedDataLoader(ShardedReader):
             raise DataError(f"{self.files[0]}: holds sequences of up to {self.attrs.max_seq_length} tokens; "
                             f"max_seq_length {self.max_seq_length} would cut them. Pass at least that, or rebuild the data")
         self.collator = collator
+        self._sentences = bool(getattr(collator, "needs_sentences", False))
         self.collate = collator.bind(self.attrs, self.max_seq_length)
         self.state = DataState()
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="packed-prefetch") if prefetch else None
@@ -107,7 +115,7 @@ class PackedDataLoader(ShardedReader):
 
     def _get(self, shard: Shard) -> PackedShard:
         fut = self._pending.pop(shard, None)
-        data = fut.result() if fut is not None else load_packed_shard(shard, self.vocab_size)
+        data = fut.result() if fut is not None else load_packed_shard(shard, self.vocab_size, self._sentences)
         if data.attrs != self.attrs:
             raise DataError(f"{shard.path}: made with another tokenizer or length than {self.files[0]} ({data.attrs} vs "
                             f"{self.attrs}); point --input_dir at one data_prep output folder")
@@ -115,12 +123,15 @@ class PackedDataLoader(ShardedReader):
 
     def _prefetch(self, shard: Shard) -> None:
         if self._pool is not None and shard not in self._pending:
-            self._pending[shard] = self._pool.submit(load_packed_shard, shard, self.vocab_size)
+            self._pending[shard] = self._pool.submit(load_packed_shard, shard, self.vocab_size, self._sentences)
 
     def make_batch(self, data: PackedShard, rows: np.ndarray, epoch: int) -> dict[str, torch.Tensor]:
         """The collator's batch of the sequences ``rows`` of ``data``: a pure function of its arguments and the seed."""
         seqs = [data.tokens[data.offsets[i]:data.offsets[i + 1]] for i in rows]
         rngs = [sample_rng(self.seed, epoch, data.path, data.sample_index[i]) for i in rows] if self.collator.needs_rng else None
+        if self._sentences:  # sentence-level objectives (DEPTH) also get each sequence's sentence starts (None: the file has none)
+            return self.collate(seqs, rngs, sentences=None if data.sentence_starts is None else [data.sentence_starts[i] for i in rows],
+                                where=data.path)
         return self.collate(seqs, rngs)
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:

@@ -178,7 +178,58 @@ def build_optimizer(model: nn.Module, lr: float, weight_decay: float = 0.01, max
         return AdamW(groups, lr=lr, weight_decay=weight_decay, max_grad_norm=max_grad_norm, betas=(0.9, 0.999), eps=1e-8)
     if kind == "stable_adamw":  # ModernBERT's yamls: betas (0.9, 0.98), eps 1e-6
         return StableAdamW(groups, lr=lr, weight_decay=weight_decay, max_grad_norm=max_grad_norm)
+    if kind == "adamwscale":  # nanoT5's / DEPTH's T5 pretraining: betas (0.9, 0.999), eps 1e-8
+        return AdamWScale(groups, lr=lr, weight_decay=weight_decay, max_grad_norm=max_grad_norm)
     raise ValueError(f"optimizer {kind!r}: choose one of {OPTIMIZERS}")
+
+
+class AdamWScale(Optimizer):
+    """AdamW with parameter-scale learning rates (Adafactor's `scale_parameter`, as nanoT5's and DEPTH's AdamWScale
+    use it for T5): each tensor's step is multiplied by max(eps_scale, RMS(w)), so a tensor's update is relative to
+    its size, and weight decay is decoupled (w -= lr * wd * w). Written from the description, not copied: Adam
+    moments with bias correction, then the RMS scale, with the global gradient-norm clip first as every optimizer
+    here."""
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, max_grad_norm=1.0,
+                 eps_scale=1e-3):
+        if lr < 0 or eps < 0 or not 0 <= betas[0] < 1 or not 0 <= betas[1] < 1:
+            raise ValueError(f"invalid AdamWScale hyper-parameters lr={lr} betas={betas} eps={eps}")
+        super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, eps_scale=eps_scale))
+        self.max_grad_norm = max_grad_norm
+
+    @staticmethod
+    def rms(t: torch.Tensor) -> torch.Tensor:
+        return t.norm(2) / (t.numel() ** 0.5)
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        clip_global_norm_([p for g in self.param_groups for p in g["params"]], self.max_grad_norm)
+        for group in self.param_groups:
+            beta1, beta2 = group["betas"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                state = self.state[p]
+                if not state:
+                    state["step"] = torch.zeros((), dtype=torch.float32)
+                    state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                    state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                state["step"] += 1
+                step = float(state["step"])
+                m, v = state["exp_avg"], state["exp_avg_sq"]
+                m.lerp_(p.grad, 1 - beta1)
+                v.mul_(beta2).addcmul_(p.grad, p.grad, value=1 - beta2)
+                step_size = group["lr"] * math.sqrt(1 - beta2**step) / (1 - beta1**step)
+                update = m / (v.sqrt() + group["eps"])
+                update.mul_(self.rms(p).clamp(min=group["eps_scale"]))  # the parameter scale
+                p.add_(update, alpha=-step_size)
+                if group["weight_decay"] > 0:
+                    p.add_(p, alpha=-group["lr"] * group["weight_decay"])
+        return loss
 
 
 def poly_warmup(progress: float, warmup: float, degree: float = 0.5) -> float:

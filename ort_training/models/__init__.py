@@ -11,16 +11,17 @@ from ort_training.models.base import ATTENTION_CHOICES, BACKENDS, VOCAB_MULTIPLE
 from ort_training.models.bert import BERT
 from ort_training.models.llama import LLAMA
 from ort_training.models.modernbert import MODERNBERT
+from ort_training.models.t5 import T5
 from ort_training.errors import UsageError
 
 if TYPE_CHECKING:
     from transformers import PretrainedConfig
 
-FAMILIES: dict[str, ModelFamily] = {f.model_type: f for f in (BERT, MODERNBERT, LLAMA)}
+FAMILIES: dict[str, ModelFamily] = {f.model_type: f for f in (BERT, MODERNBERT, LLAMA, T5)}
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 SHIPPED_CONFIGS: tuple[str, ...] = tuple(name for f in FAMILIES.values() for name in f.shipped_configs)
 
-__all__ = ["ATTENTION_CHOICES", "BACKENDS", "BERT", "CONFIG_DIR", "FAMILIES", "LLAMA", "MODERNBERT", "SHIPPED_CONFIGS", "VOCAB_MULTIPLE",
+__all__ = ["ATTENTION_CHOICES", "BACKENDS", "BERT", "CONFIG_DIR", "FAMILIES", "LLAMA", "MODERNBERT", "SHIPPED_CONFIGS", "T5", "VOCAB_MULTIPLE",
            "ModelFamily", "WeightNames", "family_of", "family_of_file", "resolve_config_file"]
 
 

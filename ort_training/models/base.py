@@ -68,6 +68,9 @@ class ModelFamily:
     """Why the other backends cannot train this family (said at start-up)."""
     attention: dict[str, tuple[str, ...]] = field(default_factory=dict)
     """Backend -> the attention implementations it can run."""
+    precisions: tuple[str, ...] = ("fp32", "fp16", "bf16")
+    precision_refusal: str = ""
+    """Why the other precisions cannot train this family (T5: fp16 overflows); checked where the backend is."""
     auto_attention: dict[str, tuple[tuple[int | None, str], ...]] = field(default_factory=dict)
     """Device type -> what `--attention auto` picks by sequence length: (longest length or None for any, kernel) steps
     in order, from benchmarks/bench_backends.py --sweep's measurements."""
@@ -130,6 +133,11 @@ class ModelFamily:
         if backend not in self.backends:
             raise UsageError(f"--backend {backend} cannot train {self.name}: {self.backend_refusal} "
                              f"Use --backend {' or --backend '.join(self.backends)}.")
+
+    def check_precision(self, precision: str) -> None:
+        if precision not in self.precisions:
+            raise UsageError(f"--precision {precision} cannot train {self.name}: {self.precision_refusal} "
+                             f"Use --precision {' or --precision '.join(self.precisions)}.")
 
     def resolve_attention(self, requested: str, backend: str, device_type: str, seq_len: int | None = None) -> str:
         """The attention implementation to build with: `auto` takes the measured choice of the device for sequences

@@ -1,5 +1,5 @@
 """Training objectives, one train spec each (base.Objective): masked LM with and without next-sentence prediction,
-causal LM, sequence and token classification. A new objective is a module here registered in OBJECTIVES, plus the
+causal LM, T5 span corruption, DEPTH, sequence and token classification. A new objective is a module here registered in OBJECTIVES, plus the
 head its loss needs in the families that train it (models/); the trainer, metrics, plots and evaluation follow it.
 """
 
@@ -9,14 +9,16 @@ from ort_training.errors import UsageError
 from ort_training.models import FAMILIES
 from ort_training.objectives.base import Objective
 from ort_training.objectives.causal_lm import CausalLM
+from ort_training.objectives.depth import Depth
+from ort_training.objectives.span_corruption import SpanCorruption
 from ort_training.objectives.classification import SequenceClassification, TokenClassification
 from ort_training.objectives.masked_lm import MaskedLM, MaskedLMWithNSP, masked_lm_loss, mlm_accuracy
 
 OBJECTIVES: dict[str, type[Objective]] = {cls.name: cls for cls in (MaskedLMWithNSP, MaskedLM, CausalLM, SequenceClassification,
-                                                                    TokenClassification)}
+                                                                    TokenClassification, SpanCorruption, Depth)}
 assert set(OBJECTIVES) == {task for family in FAMILIES.values() for task in family.task_classes}, "an objective per family task"
 
-__all__ = ["OBJECTIVES", "CausalLM", "MaskedLM", "MaskedLMWithNSP", "Objective", "SequenceClassification", "TokenClassification",
+__all__ = ["OBJECTIVES", "CausalLM", "Depth", "SpanCorruption", "MaskedLM", "MaskedLMWithNSP", "Objective", "SequenceClassification", "TokenClassification",
            "get_objective", "masked_lm_loss", "mlm_accuracy"]
 
 

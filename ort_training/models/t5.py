@@ -1,0 +1,65 @@
+"""T5 (encoder-decoder: T5 v1.1 shapes, as nanoT5 and DEPTH pretrain them): relative position buckets instead of
+position embeddings, gated-GELU feed-forward, RMS layer norm, untied input and output embeddings. Pretrained with
+span corruption or DEPTH's sentence un-shuffling (ort_training.objectives.span_corruption, .depth); the exported
+class is T5ForConditionalGeneration (AutoModelForSeq2SeqLM).
+
+What differs from the other families, and where it is said:
+- Attention: eager only. transformers refuses SDPA for T5 (its attention adds a learned position bias to the scores,
+  which SDPA's kernels do not take); ORTModule trains it with the eager kernel (gradients within 3e-8 of PyTorch's).
+- Precision: fp32 and bf16. T5's activations overflow fp16 (the feed-forward outputs grow past 65504 and the loss
+  turns NaN; T5 v1.1 was trained in bf16), so --precision fp16 is refused at start-up (ModelFamily.precisions).
+- Config: T5 configs have no max_position_embeddings or intermediate_size; the family checks its own fields
+  (architecture_fields) and any sequence length is accepted (relative positions; memory is the limit).
+- Vocabulary: the objectives reserve sentinels, <eosen> and sentence tokens above the data tokenizer's ids
+  (ort_training.data.collate_t5.reserved_tokens): the config's vocab_size must leave room for them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ort_training.models.base import ModelFamily, WeightNames
+
+
+@dataclass(frozen=True)
+class T5Family(ModelFamily):
+    def check_sequence_length(self, config, seq_len, source, config_source) -> None:
+        """Relative position buckets read any length: nothing to refuse (the collator sizes the encoder and decoder)."""
+
+
+def _encode(model, input_ids, token_type_ids, attention_mask):
+    return model.encoder(input_ids=input_ids, attention_mask=attention_mask, return_dict=False)[0], None
+
+
+T5 = T5Family(
+    name="t5",
+    model_type="t5",
+    config_class_name="T5Config",
+    task_classes={"span_corruption": "T5ForConditionalGeneration", "depth": "T5ForConditionalGeneration"},
+    backends=("ort", "eager"),
+    backend_refusal="torch.compile has not been measured on T5 in this bundle.",
+    attention={"ort": ("eager",), "eager": ("eager",)},
+    auto_attention={"cpu": ((None, "eager"),), "cuda": ((None, "eager"),)},
+    precisions=("fp32", "bf16"),
+    precision_refusal="T5's activations overflow fp16 (the loss turns NaN); T5 v1.1 trains in bf16.",
+    token_types=False,
+    dropout_fields=("dropout_rate",),
+    # Packed data has no T5 <pad>/</s>: the data tokenizer's [PAD] starts the decoder, its [SEP] ends a target.
+    special_token_fields={"pad_token_id": "pad", "decoder_start_token_id": "pad", "eos_token_id": "sep"},
+    weights=WeightNames(
+        prefix="",
+        bare_markers=("shared.", "encoder.block."),
+        vocab_keys=("shared.weight", "encoder.embed_tokens.weight", "decoder.embed_tokens.weight", "lm_head.weight"),
+        head_prefixes=("lm_head.",),
+        head_groups=("lm_head.",),
+        embedding="shared.weight",
+        decoder="lm_head.weight",
+        config_must_match=("num_heads", "d_kv", "feed_forward_proj", "relative_attention_num_buckets",
+                           "relative_attention_max_distance", "tie_word_embeddings", "layer_norm_epsilon"),
+    ),
+    architecture_fields=("vocab_size", "d_model", "d_kv", "d_ff", "num_layers", "num_decoder_layers", "num_heads",
+                         "relative_attention_num_buckets"),
+    shipped_configs=("t5_tiny", "t5_base"),
+    encode=_encode,
+    heads={"lm": lambda model: model.lm_head},
+)
