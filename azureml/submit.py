@@ -46,7 +46,7 @@ sys.path.insert(0, str(REPO_ROOT))  # run as a script from anywhere: the bundle'
 from bundle.atomic import atomic_path  # noqa: E402
 from bundle.cli import add_arguments, from_dict, nest  # noqa: E402
 from ort_training.config import read_yaml  # noqa: E402
-from ort_training.recipe import RECIPES_DIR, load_recipe, phase_configs, trainer_args  # noqa: E402
+from ort_training.recipe import RECIPES_DIR, check_init_checkpoint, load_recipe, phase_configs, trainer_args  # noqa: E402
 
 logger = logging.getLogger("azureml_submit")
 
@@ -210,6 +210,7 @@ class SubmitConfig:
             raise ValueError(f"--gpus-per-node must be >= 1, got {self.gpus_per_node}")
         if self.dry_run and not self.output_yaml:
             raise ValueError("--dry-run needs --output-yaml PATH")
+        check_init_checkpoint(load_recipe(self.recipe), self.init_checkpoint, "--init-checkpoint")
         size = VM_SIZES.get(self.vm_size)
         for index, phase in enumerate((self.phase1, self.phase2)):
             if phase.micro_batch_size is None and size is not None:

@@ -290,7 +290,7 @@ def main(argv: list[str] | None = None) -> int:
         with _stop_on_sigterm(), RunLock(folder, "data_prep"):
             return run(stage, cfgs)
     except Terminated:
-        # The pool's exit has stopped the workers (they die quietly: create_packed.quiet_worker); finished shards keep
+        # The pool's exit has stopped the workers (they die quietly: workers.quiet_worker); finished shards keep
         # their progress records, half-written files are hidden temporaries the re-run removes.
         print(f"error: stopped by SIGTERM; finished shards are kept under {folder}: re-run the same command to "
               "continue", file=sys.stderr)

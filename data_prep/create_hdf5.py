@@ -33,6 +33,7 @@ from .instances import MaskingConfig, SpecialIds, build_instances
 from .manifest import DataPrepError, file_fingerprint, finished_manifest, invalidate, is_complete, read_json, remove_temps, write_manifest
 from .shard import existing_shards, interrupted_temps
 from .tokenizer import WordTokenizer, check_has_words, clean_sentences, load_vocab, vocab_hash, wordpiece_vocab_file
+from .workers import quiet_worker
 
 log = logging.getLogger(__name__)
 
@@ -211,7 +212,8 @@ def run_hdf5(cfg: Hdf5Config) -> dict[str, Path]:
     results = []
     if cfg.processes > 1 and len(tasks) > 1:
         import multiprocessing as mp
-        with mp.get_context("fork").Pool(min(cfg.processes, len(tasks)), maxtasksperchild=1) as pool:
+        with mp.get_context("fork").Pool(min(cfg.processes, len(tasks)), maxtasksperchild=1, initializer=quiet_worker,
+                                         initargs=(os.getpid(),)) as pool:
             for r in tqdm(pool.imap_unordered(process_shard, tasks), total=len(tasks), desc="hdf5", unit="shard"):
                 results.append(r)
     else:

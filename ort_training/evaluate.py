@@ -50,6 +50,7 @@ class EvalConfig:
     untrained: bool = False
     seed: int = 0
     baseline_max_files: int = 8
+    baseline_dir: Optional[str] = None
 
 
 def masked_label_counts(files: list[Path]) -> Counter:
@@ -169,7 +170,7 @@ def evaluate_causal(cfg: EvalConfig, model, files: list[Path]) -> dict:
         batches = itertools.islice(batches, cfg.max_batches)
     result = CausalLM().evaluate(model, batches)
     return {"model_dir": cfg.model_dir, "untrained": cfg.untrained, **result, "files": [str(f) for f in files],
-            "unigram": unigram_baseline(cfg.input_dir, files, cfg.baseline_max_files)}
+            "unigram": unigram_baseline(cfg.baseline_dir or cfg.input_dir, files, cfg.baseline_max_files)}
 
 
 def evaluate(cfg: EvalConfig) -> dict:
@@ -184,7 +185,7 @@ def evaluate(cfg: EvalConfig) -> dict:
         model = lm_class.from_pretrained(cfg.model_dir, trust_remote_code=False)
     if "clm" in family.pretraining_tasks:
         return evaluate_causal(cfg, model, files)
-    base = most_frequent_token(cfg.input_dir, files, cfg.baseline_max_files)
+    base = most_frequent_token(cfg.baseline_dir or cfg.input_dir, files, cfg.baseline_max_files)
     base["token"] = _token_text(cfg.model_dir, base["token_id"])
     batches = held_out_batches(files, cfg.batch_size, cfg.max_sequences, model.config.vocab_size,
                                model.config.type_vocab_size if family.token_types else None)
@@ -208,6 +209,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="test", help="Evaluate only files whose name contains this (an error if none do; '' = every *.hdf5).")
     p.add_argument("--untrained", action="store_true", help="Evaluate a randomly initialised model of the same config instead.")
     p.add_argument("--seed", type=int, default=0, help="Seed for the --untrained weights.")
+    p.add_argument("--baseline_dir", default=None,
+                   help="Folder whose *training* files give the baseline's counts (default: --input_dir; data_prep timelines "
+                        "keeps the train split in its own folder).")
     p.add_argument("--baseline_max_files", type=int, default=8,
                    help="Training files read for the most-frequent-token baseline (their masked_lm_ids only).")
     p.add_argument("--dry-run", "--dry_run", dest="dry_run", action="store_true",

@@ -14,6 +14,7 @@ import torch
 from tqdm import tqdm
 
 from bundle.atomic import atomic_write_text, clean_stale_temps
+from ort_training.checks import check_precision
 from ort_training.config import PretrainConfig
 from ort_training.data.inputs import held_out_input, open_training_input
 from ort_training.loop import distributed
@@ -71,11 +72,7 @@ class Trainer:
         self._preempted_marker = Path(cfg.output_dir) / PREEMPTED_MARKER
         if self.is_main:  # a new attempt: whatever happens next, the old preemption is not its outcome
             self._preempted_marker.unlink(missing_ok=True)
-        if cfg.backend == "ort" and self.device.type == "cpu" and cfg.precision != "fp32":
-            # onnxruntime-training 1.19.2 on CPU fails to build the graph of an autocast model
-            # ("LayerNormalization bound to different types (bfloat16 and float)").
-            raise UsageError(f"--backend ort on CPU trains in fp32 only (got --precision {cfg.precision}); "
-                             "use --backend eager or compile for bf16 on CPU, or a GPU for ORT mixed precision")
+        check_precision(cfg.backend, cfg.precision, self.device.type)  # the dry runs ask the same function
         self.phase = 2 if cfg.phase2 else 1
         self.step_offset = cfg.phase1_end_step if cfg.phase2 else 0
         self.phase_step = 0

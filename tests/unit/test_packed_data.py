@@ -210,3 +210,13 @@ def test_one_replacement_rule_for_both_halves():
     assert to_mask.sum() == 800 and to_random.sum() == 100 and not (to_mask & to_random).any()
     for module in (instances, collate):
         assert "replacement_kinds(" in inspect.getsource(module) and "0.8" not in inspect.getsource(module)
+
+
+def test_a_truncated_file_is_named_not_called_another_format(files, tmp_path):
+    import shutil
+
+    copies = [shutil.copy(f, tmp_path / f.name) for f in files[:2]]
+    data = open(copies[1], "rb").read()
+    open(copies[1], "wb").write(data[:len(data) // 2])  # a copy killed half-way
+    with pytest.raises(DataError, match=r"pubmed_training_1.hdf5: truncated or corrupt HDF5 file"):
+        is_packed_folder([tmp_path / f.name for f in files[:2]])
