@@ -199,7 +199,7 @@ class BoundSpanCorruption(_Bound):
 
 class DepthCollator:
     """DEPTH (Bamberger et al.): the text's sentences, each opened by a sentence token (distinct, drawn at random per
-    sequence) and closed by `<eosen>`, are span-corrupted as T5 does (`noise_density` 0.3, spans of mean 3: DEPTH's
+    sequence; at most one sentence per 16 tokens of the data's length, a longer tail merged into the last) and closed by `<eosen>`, are span-corrupted as T5 does (`noise_density` 0.3, spans of mean 3: DEPTH's
     settings; a span never crosses a sentence boundary) and then, with probability `shuffle_probability`, shuffled.
     The target restores the original order: each sentence's token in turn, with the sentinels and tokens of that
     sentence's spans, then EOS. Sentence boundaries come from the packed data (format version 2, `sentence_starts`);
@@ -233,7 +233,10 @@ def split_sentences(tokens: np.ndarray, starts: np.ndarray, limit: int = SENTENC
 
 class BoundDepth(_Bound):
     def __init__(self, attrs, max_seq_length, noise_density, mean_noise_span_length, shuffle_probability, owner=None):
-        k = SENTENCE_TOKENS
+        # At most one sentence per 16 tokens (PubMed's sentences average ~25 BPE tokens), and never more than the
+        # sentence tokens: the static encoder length pays 3 tokens per possible sentence, so a 128-token sequence
+        # keeps 7 (a longer tail is merged into the 7th) instead of padding for 20.
+        k = self.max_sentences = min(SENTENCE_TOKENS, max(2, (max_seq_length - 1) // 16))
         # Per sentence: its token and <eosen> in the encoder, its token in the target; a span cut by a sentence
         # boundary is one more span (sentinel) in both, at most k - 1 of them.
         super().__init__(attrs, max_seq_length, noise_density, mean_noise_span_length, owner, extra_enc=3 * k - 1,
@@ -244,7 +247,7 @@ class BoundDepth(_Bound):
         """(encoder ids, target ids, 1 where the target is a sentence token, the order in which the encoder shows the
         sentences) of one sequence."""
         tokens, lead = _content(seq, self.attrs)
-        sentences = split_sentences(tokens, np.asarray(starts, dtype=np.int64) - lead)
+        sentences = split_sentences(tokens, np.asarray(starts, dtype=np.int64) - lead, self.max_sentences)
         ids = self.layout.sent0 + rng.permutation(SENTENCE_TOKENS)[:len(sentences)]
         noise = random_spans_noise_mask(len(tokens), self.noise_density, self.mean_noise_span_length, rng)
         order = (rng.permutation(len(sentences)) if rng.random() < self.shuffle_probability

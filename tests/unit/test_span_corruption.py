@@ -64,7 +64,8 @@ def test_span_corruption_batch_is_deterministic_and_reconstructs():
 
 
 def test_depth_restores_order_and_spans():
-    coll = DepthCollator(shuffle_probability=1.0).bind(ATTRS, 40)
+    coll = DepthCollator(shuffle_probability=1.0).bind(packed_schema.PackedAttrs(80, V, 2, 3, 0, 4, (1,)), 80)
+    assert coll.max_sentences == 4  # one per 16 tokens
     s = seq(30)
     starts = np.array([1, 8, 15, 22])  # positions in the packed sequence ([CLS] at 0)
     enc, tgt, is_sentence, order = coll.example(s, np.random.default_rng(5), starts)
