@@ -556,6 +556,11 @@ def run(cfg: PredictConfig, on_chunk: Callable[[int], None] | None = None) -> di
     with RunLock(lock_folder, "predict" if where.count == 1 else f"predict shard {where.index}/{where.count}"):
         clean_stale_temps(parts)
         state_path = parts / STATE_FILE
+        previous = _is_record(sidecar(output)) or {}
+        if where.count > 1 and not state_path.is_file() and previous.get("identity") == identity and not cfg.overwrite:
+            # Another shard merged and removed the folder between the check above and this lock (the lock made it again).
+            shutil.rmtree(parts, ignore_errors=True)
+            return {**previous["summary"], "already_finished": True}
         if state_path.is_file():
             state = json.loads(state_path.read_text())
             changed = sorted(k for k in set(state["identity"]) | set(identity) if state["identity"].get(k) != identity.get(k))
