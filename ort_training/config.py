@@ -55,6 +55,10 @@ class PretrainConfig:
     do_lower_case: bool = _f(True, "Tokenizer lower-cases text (written into the exported tokenizer).")
     eval_dir: Optional[str] = _f(None, "Optional folder of held-out HDF5 shards; MLM accuracy is reported at the end of the phase.")
     eval_batches: int = _f(20, "At most this many micro-batches of --eval_dir are evaluated, each held-out sequence once.")
+    eval_every: int = _f(0, "Also evaluate on --eval_dir every N optimizer steps (0: at the end of the phase only); the "
+                            "eval_* values join that step's metrics record.")
+    early_stopping_patience: int = _f(0, "With --eval_every: end the phase (checkpoint and export) once the held-out loss has "
+                                         "not improved for this many evaluations (0: never; fms-ehrs uses 3).")
     log_dir: Optional[str] = _f(None, "TensorBoard folder (default OUTPUT_DIR/tensorboard).")
     max_seq_length: Optional[int] = _f(None, "Expected sequence length of the HDF5 (checked when the data is opened).")
     max_predictions_per_seq: Optional[int] = _f(None, "Expected masked positions per sequence of the HDF5 (checked likewise).")
@@ -127,6 +131,12 @@ class PretrainConfig:
         for name in ("max_steps", "num_steps_per_checkpoint", "log_freq", "keep_checkpoints", "eval_batches"):
             if getattr(self, name) < 1:
                 raise UsageError(f"--{name} must be >= 1, got {getattr(self, name)}")
+        if self.eval_every < 0 or self.early_stopping_patience < 0:
+            raise UsageError("--eval_every and --early_stopping_patience must be >= 0")
+        if self.eval_every and not self.eval_dir:
+            raise UsageError("--eval_every needs --eval_dir (the held-out folder to evaluate on)")
+        if self.early_stopping_patience and not self.eval_every:
+            raise UsageError("--early_stopping_patience needs --eval_every N (how often the held-out loss is measured)")
         if self.mask_rate is not None and not 0.0 < self.mask_rate < 1.0:
             raise UsageError(f"--mask_rate must be in (0, 1), got {self.mask_rate}")
         for name in ("max_seq_length", "max_predictions_per_seq"):

@@ -21,6 +21,7 @@ from ort_training.loop import distributed
 from ort_training.loop.backends import wrap_model
 from ort_training.loop.checkpoint import list_checkpoints, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from ort_training.loop.engine import build_engine
+from ort_training.loop.evaluation import PeriodicEvaluation
 from ort_training.loop.metrics import MetricsLogger, read_metrics
 from ort_training.loop.optim import build_optimizer, build_scheduler
 from ort_training.loop.preemption import Preemption
@@ -142,6 +143,13 @@ class Trainer:
         # On resume, records after the restored step (written before the kill) are dropped: they are redone.
         self.metrics = MetricsLogger(cfg.output_dir, cfg.log_dir, enabled=self.is_main and (self._finished_here or not self.already_finished),
                                      truncate_after=self.global_step if cfg.resume_from_checkpoint and not self.already_finished else None)
+        self.periodic_eval = None
+        if cfg.eval_every:
+            if self.objective.eval_loss is None:
+                raise UsageError(f"--eval_every: --objective {self.objective.name} has no held-out loss to evaluate")
+            history = [r for r in read_metrics(Path(cfg.output_dir) / "metrics.jsonl") if self.step_offset < r["step"] <= self.global_step]
+            self.periodic_eval = PeriodicEvaluation(cfg.eval_every, cfg.early_stopping_patience, self.objective.eval_loss,
+                                                    history=history if cfg.resume_from_checkpoint else [])
         if self.is_main:
             logger.info(
                 "phase %d | %s | backend %s | attention %s | %s | %d files | batch %d/rank x %d ranks (micro-batch %d x %d "
@@ -369,8 +377,11 @@ class Trainer:
             self.phase_step += 1
             if self.phase_step == start_step + 1:
                 t_after_first = time.perf_counter()  # the first step includes ORT export / compilation
-            if self.phase_step % cfg.log_freq == 0 or self.phase_step == cfg.max_steps:
+            evaluate = self.periodic_eval is not None and self.periodic_eval.due(self.phase_step)
+            if self.phase_step % cfg.log_freq == 0 or self.phase_step == cfg.max_steps or evaluate:
                 last_record = self._record(out, time.perf_counter() - t0)
+                if evaluate:  # merged into the step's record (may set finished_early)
+                    last_record.update(self.periodic_eval(self))
                 self.metrics.log(last_record)
                 bar.set_postfix(loss=f"{last_record['loss']:.4f}", lr=f"{last_record['lr']:.2e}")
             bar.update(1)

@@ -32,6 +32,8 @@ class Objective(ABC):
     """Metrics drawn in training_curves.png beside the loss."""
     headline: ClassVar[str | None] = None
     """The step metric the phase summary reports as `final_<headline>` (and evaluation as `eval_<headline>`)."""
+    eval_loss: ClassVar[str | None] = None
+    """The key of `evaluate`'s held-out loss (what --early_stopping_patience watches)."""
     premasked_data: ClassVar[bool] = False
     """Whether NVIDIA-schema HDF5 (masks and sentence pairs stored, batches arrive made) serves this objective."""
     family: ModelFamily | None = None

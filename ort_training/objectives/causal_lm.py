@@ -32,6 +32,7 @@ class CausalLM(Objective):
     stat_names = ("nll_sum", "clm_correct", "clm_count")
     curves = ("clm_loss",)
     headline = "clm_loss"
+    eval_loss = "clm_loss"
 
     def collator(self, family, mask_rate=None):
         return CausalCollator()

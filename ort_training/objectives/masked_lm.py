@@ -76,6 +76,7 @@ class MaskedLM(Objective):
     stat_names = ("mlm_loss", "mlm_correct", "mlm_count")
     curves = ("mlm_loss",)
     headline = "mlm_accuracy"
+    eval_loss = "mlm_loss"
     premasked_data = True
 
     def collator(self, family, mask_rate=None):

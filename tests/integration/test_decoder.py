@@ -168,6 +168,26 @@ def test_sigterm_and_resume_is_bitwise(data, tmp_path):
     assert {"clm_loss", "clm_accuracy", "perplexity"} <= set(records[-1])
 
 
+def test_early_stopping_on_eval_loss_and_its_resume(data, tmp_path):
+    """--eval_every / --early_stopping_patience (fms-ehrs: patience 3 on the evaluation loss): a learning rate far too
+    high makes the held-out loss stop improving; the phase ends early, checkpointed and exported, and a run
+    preempted before the stop ends at the same step with the same records."""
+    kw = dict(eval_dir=data["eval_dir"], eval_every=1, early_stopping_patience=2, learning_rate=0.5, max_steps=12,
+              warmup_proportion=0.0, lr_schedule="poly")
+    ref, summary = train(config(data, tmp_path / "ref", **kw))
+    records = read_metrics(tmp_path / "ref" / "metrics.jsonl")
+    assert summary["global_step"] == max(ref) < 12 and (tmp_path / "ref" / "hf_model").is_dir()
+    losses = [r["eval_clm_loss"] for r in records]
+    assert min(losses[-2:]) >= min(losses[:-2])  # the last 2 evaluations did not improve on the best before them
+    cut_at = max(ref) - 1
+    train(config(data, tmp_path / "cut", **kw), stop_at=cut_at)
+    rest, _ = train(config(data, tmp_path / "cut", resume_from_checkpoint=True, **kw))
+    def timeless(rs):
+        return [{k: v for k, v in r.items() if k != "seq_per_sec"} for r in rs]
+
+    assert max(rest) == max(ref) and timeless(read_metrics(tmp_path / "cut" / "metrics.jsonl")) == timeless(records)
+
+
 def test_export_loads_generates_and_runs_in_onnxruntime(data, tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
