@@ -19,6 +19,12 @@ bitwise resume, DDP, all as in pretraining. This module adds what a downstream t
   improvement, the best weights kept (OUTPUT_DIR/best_model/); `--temperature_scaling` calibrates them on
   validation, `--group_column` adds every test metric per subgroup, and classification reports carry the
   expected calibration error and OUTPUT_DIR/reliability.png;
+- several GPUs (or CPU processes): under torchrun each rank trains on its own part of every global batch
+  (TextClassificationLoader deals each epoch's order to the ranks: --train_batch_size is per rank, the global batch
+  is it x WORLD_SIZE), DDP averages the gradients, every rank's data position and RNG go into each checkpoint (a
+  resume is bitwise), validation batches are dealt to the ranks and their logits gathered (`predict_across_ranks`:
+  computed once, the same numbers as one process), and rank 0 writes the record, best model and reports; --device
+  cpu | cuda | auto picks where (cuda:LOCAL_RANK);
 - at the end: the best model exported as a Hugging Face `*ForSequenceClassification` of its family with its
   tokenizer (OUTPUT_DIR/hf_model, id2label/label2id in its config), the test-set report
   (OUTPUT_DIR/test_report.json: accuracy, macro-F1, AUROC one-vs-rest, per-class figures, confusion
@@ -139,7 +145,11 @@ class FinetuneConfig:
         None, "--task single_label with two classes: the loss weight of the positive class (the second label in order: 1 of 0/1, "
               "'yes' of no/yes), the other class weighing 1; the same as --class_weights 1,W.")
     eval_batch_size: int = _f(64, "Sequences per evaluation batch.")
-    # --- backend / precision / checkpoints (as in pretraining)
+    # --- device, backend / precision / checkpoints (as in pretraining)
+    device: Literal["auto", "cpu", "cuda"] = _f(
+        "auto", "auto: a GPU where torch sees one (cuda:LOCAL_RANK under torchrun), else the CPU; cuda: refused where there "
+                "is none; cpu: the CPU even on a GPU machine. Several GPUs: torchrun --nproc_per_node N -m ort_training.finetune "
+                "(DDP; --train_batch_size per GPU).")
     backend: Backend = _f("ort", "ort = ORTModule (torch-ort), eager = plain PyTorch, compile = torch.compile.")
     attention: Attention = _f("auto", "Attention kernel: eager, sdpa, or auto (the measured faster one for the architecture and device).")
     precision: Precision = _f("fp32", "fp32, fp16 (dynamic loss scaling) or bf16.")
@@ -305,14 +315,15 @@ def plot_confusion_matrix(cm: list[list[int]], labels: list[str], path: Path, ti
 
 
 @torch.no_grad()
-def window_logits(model, split, batch_size: int, device: torch.device) -> torch.Tensor:
-    """Logits of every window ([windows, num_labels], fp32, CPU). `model` is the plain Hugging Face classifier
-    (or an inference engine's stand-in); run in eval mode."""
+def window_logits(model, split, batch_size: int, device: torch.device, starts=None) -> torch.Tensor:
+    """Logits of every window ([windows, num_labels], fp32, CPU), or of the batches beginning at `starts` (windows
+    start .. start + batch_size each). `model` is the plain Hugging Face classifier (or an inference engine's
+    stand-in); run in eval mode."""
     was_training = model.training
     model.eval()
     out = []
     try:
-        for start in range(0, len(split), batch_size):
+        for start in (range(0, len(split), batch_size) if starts is None else starts):
             b = split.batch(slice(start, start + batch_size))
             width = int(b["input_mask"].sum(1).max())  # padding past the longest is masked anyway: skip it
             logits = family_of(model.config).seq_logits(model, b["input_ids"][:, :width].to(device), b["segment_ids"][:, :width].to(device),
@@ -320,7 +331,7 @@ def window_logits(model, split, batch_size: int, device: torch.device) -> torch.
             out.append(logits.float().cpu())
     finally:
         model.train(was_training)
-    return torch.cat(out)
+    return torch.cat(out) if out else torch.zeros(0, model.config.num_labels)
 
 
 def activate(logits: torch.Tensor, problem_type: str | None) -> torch.Tensor:
@@ -343,6 +354,54 @@ def predict(model, split, batch_size: int, device: torch.device) -> np.ndarray:
     model) or the predicted value (regression) of every window, averaged over a document's windows."""
     probs = activate(window_logits(model, split, batch_size, device), getattr(model.config, "problem_type", None))
     return doc_average(probs, split.doc_index, split.num_docs).numpy()
+
+
+def predict_across_ranks(model, split, batch_size: int, device: torch.device) -> np.ndarray:
+    """`predict` computed once over the ranks of a process group: batch b of the split goes to rank b % WORLD_SIZE and
+    every rank gets all the logits back (all_gather), so each rank holds the same figures with 1/WORLD_SIZE of the
+    work, and they are the numbers one process gives (the same batches, the same weights). Without a group: `predict`."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return predict(model, split, batch_size, device)
+    rank, world = dist.get_rank(), dist.get_world_size()
+    starts = list(range(0, len(split), batch_size))
+    mine = starts[rank::world]
+    parts = [None] * world
+    dist.all_gather_object(parts, window_logits(model, split, batch_size, device, mine))
+    # rank r computed batches r, r + world, ...: put them back in order
+    by_start = {}
+    for r, logits in enumerate(parts):
+        sizes = [min(batch_size, len(split) - start) for start in starts[r::world]]
+        for start, chunk in zip(starts[r::world], torch.split(logits, sizes)):
+            by_start[start] = chunk
+    logits = torch.cat([by_start[start] for start in starts])
+    probs = activate(logits, getattr(model.config, "problem_type", None))
+    return doc_average(probs, split.doc_index, split.num_docs).numpy()
+
+
+def resolve_device(cfg: FinetuneConfig, environ=None) -> str:
+    """--device against this machine: 'cuda' where asked for (refused in one line where torch sees no GPU, or fewer
+    GPUs than LOCAL_RANK needs), 'cpu' (GPUs hidden from this process), or what auto finds. The trainer then picks
+    cuda:LOCAL_RANK when torch sees a GPU, else the CPU (loop/distributed.py)."""
+    environ = os.environ if environ is None else environ
+    if cfg.device == "cpu":
+        # The trainer takes a GPU whenever torch sees one: hide them from this process, before CUDA is initialised.
+        environ["CUDA_VISIBLE_DEVICES"] = ""
+        if torch.cuda.is_initialized():
+            raise UsageError("--device cpu: CUDA was initialised in this process before the flag was read; set "
+                             "CUDA_VISIBLE_DEVICES= in the environment instead")
+        return "cpu"
+    available = torch.cuda.is_available()
+    if cfg.device == "cuda":
+        if not available:
+            raise UsageError("--device cuda: torch.cuda.is_available() is false here (no GPU, no driver, or a CPU-only torch "
+                             f"{torch.__version__}); use --device cpu or auto, or run on a GPU machine")
+        local = resolve_dist_env(environ).local_rank
+        if local >= torch.cuda.device_count():
+            raise UsageError(f"--device cuda: LOCAL_RANK {local} but this machine shows {torch.cuda.device_count()} GPU(s); "
+                             "start at most one rank per GPU (torchrun --nproc_per_node)")
+    return "cuda" if available else "cpu"
 
 
 # ----------------------------------------------------------------------------- model, tokenizer, data
@@ -503,7 +562,8 @@ class SequenceEarlyStopping(EarlyStopping):
         super().__init__(cfg, split, is_main, device, resumed_step, on_evaluation)
 
     def evaluate(self, hf_model) -> dict:
-        return self.task.validation(self.y, self.task.outputs(predict(hf_model, self.split, self.cfg.eval_batch_size, self.device)))
+        probs = predict_across_ranks(hf_model, self.split, self.cfg.eval_batch_size, self.device)
+        return self.task.validation(self.y, self.task.outputs(probs))
 
 
 def validation_metric(cfg: FinetuneConfig) -> tuple[str, bool]:
@@ -759,6 +819,8 @@ def dry_run(cfg: FinetuneConfig) -> int:
         value = getattr(cfg, flag)
         if value and not Path(value).exists():
             print(f"note: --{flag} {value} does not exist yet: its checks (columns, labels) were skipped")
+    if cfg.device == "cuda" and not torch.cuda.is_available():
+        print("note: --device cuda: torch sees no GPU on this machine; the run needs one (or --device cpu / auto)")
     from ort_training.tasks import hpo
 
     try:
@@ -779,9 +841,20 @@ def main(argv: list[str] | None = None) -> int:
     cfg = parse_config(argv)
     if "--dry-run" in (sys.argv[1:] if argv is None else argv):
         return dry_run(cfg)
-    rank = resolve_dist_env(os.environ).rank
+    env = resolve_dist_env(os.environ)
+    rank = env.rank
+    try:
+        if cfg.hpo_trials and env.world_size > 1:
+            raise UsageError(f"--hpo_trials {cfg.hpo_trials} under a launcher with WORLD_SIZE={env.world_size}: a search runs its "
+                             "trials one after another in one process; run it without torchrun (one GPU)")
+        device = resolve_device(cfg)
+    except UsageError as exc:
+        return report("finetune", exc)
     logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
                         format=f"%(asctime)s [rank {rank}] %(levelname)s %(name)s: %(message)s")
+    if rank == 0:
+        logging.getLogger(__name__).info("device %s, %d rank(s)%s", device, env.world_size,
+                                         " (DDP: --train_batch_size per rank, the global batch is it x the ranks)" if env.world_size > 1 else "")
     # One run (or search) per output dir, as in pretraining; a search's trials run in its subfolders.
     lock = RunLock(cfg.output_dir, "hyperparameter search" if cfg.hpo_trials else "fine-tuning") if rank == 0 else None
     try:
