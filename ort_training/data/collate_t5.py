@@ -199,13 +199,15 @@ class BoundSpanCorruption(_Bound):
 
 class DepthCollator:
     """DEPTH (Bamberger et al.): the text's sentences, each opened by a sentence token (distinct, drawn at random per
-    sequence; at most one sentence per 16 tokens of the data's length, a longer tail merged into the last) and closed by `<eosen>`, are span-corrupted as T5 does (`noise_density` 0.3, spans of mean 3: DEPTH's
-    settings; a span never crosses a sentence boundary) and then, with probability `shuffle_probability`, shuffled.
-    The target restores the original order: each sentence's token in turn, with the sentinels and tokens of that
-    sentence's spans, then EOS. Sentence boundaries come from the packed data (format version 2, `sentence_starts`);
-    a sequence's first text token always starts a sentence (a document cut across sequences continues mid-sentence).
+    sequence; at most one sentence per 16 tokens of the data's length, a longer tail merged into the last) and
+    closed by `<eosen>`, are span-corrupted as T5 does (`noise_density` 0.3, spans of mean 3: DEPTH's settings; a
+    span never crosses a sentence boundary) and then, with probability `shuffle_probability`, shuffled. The target
+    restores the original order: each sentence's token in turn, with the sentinels and tokens of that sentence's
+    spans, then EOS. Sentence boundaries come from the packed data (format version 2, `sentence_starts`); a
+    sequence's first text token always starts a sentence (a document cut across sequences continues mid-sentence).
     Keys: SpanCorruptionCollator's, plus labels_sentence [B, D] (1 where the label is a sentence token: the order
-    the model restores, reported apart from the spans as DEPTH does)."""
+    the model restores, reported apart from the spans as DEPTH does), and for the hierarchical encoder mask
+    input_sentence [B, E] (each encoder token's sentence, 1..S; 0 for EOS and padding) and input_sentence_token [B, E]."""
 
     needs_rng = True
     needs_sentences = True
@@ -262,6 +264,7 @@ class BoundDepth(_Bound):
             is_sentence += [1] + [0] * len(tgt)
         eos = self.attrs.sep_id
         encoder = [t for i in order for t in units[i]] + [eos]
+        self.last_sentence_index = np.asarray([i + 1 for i in order for _ in units[i]] + [0], np.int64)
         return (np.asarray(encoder, np.int64), np.asarray(target + [eos], np.int64), np.asarray(is_sentence + [0], np.int64),
                 order)
 
@@ -270,10 +273,16 @@ class BoundDepth(_Bound):
             raise DataError(f"{where or 'the packed data'}: holds no sentence boundaries (packed format version 1, or written "
                             "without them), which --objective depth needs: rebuild the data with `python -m data_prep packed` "
                             "(it writes format version 2 with sentence starts)")
-        made = [self.example(seq, rng, starts) for seq, rng, starts in zip(seqs, rngs, sentences)]
+        made, index = [], np.zeros((len(seqs), self.encoder_length), dtype=np.int64)
+        for b, (seq, rng, starts) in enumerate(zip(seqs, rngs, sentences)):
+            made.append(self.example(seq, rng, starts))
+            index[b, :len(self.last_sentence_index)] = self.last_sentence_index
         batch = self.batch([m[0] for m in made], [m[1] for m in made])
         kinds = np.zeros(batch["labels"].shape, dtype=np.int64)
         for b, m in enumerate(made):
             kinds[b, :len(m[2])] = m[2]
         batch["labels_sentence"] = torch.from_numpy(kinds)
+        ids = batch["input_ids"]
+        batch["input_sentence"] = torch.from_numpy(index)  # the sentence (1..S) of each encoder token; 0: EOS, padding
+        batch["input_sentence_token"] = ((ids >= self.layout.sent0) & (ids < self.layout.end)).long()
         return batch

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
+
 from ort_training.models.base import ModelFamily, WeightNames
 
 
@@ -25,6 +27,35 @@ from ort_training.models.base import ModelFamily, WeightNames
 class T5Family(ModelFamily):
     def check_sequence_length(self, config, seq_len, source, config_source) -> None:
         """Relative position buckets read any length: nothing to refuse (the collator sizes the encoder and decoder)."""
+
+
+def hierarchical_mask(input_mask: torch.Tensor, sentence_index: torch.Tensor, sentence_token: torch.Tensor,
+                      dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """DEPTH's hierarchical encoder self-attention as a [B, 1, L, L] additive mask: query i may attend key j when j is
+    a real token and, if i is a sentence token, j belongs to i's sentence (`sentence_index` equal); other tokens see
+    every real token. Without sentence tokens it is the plain padding mask."""
+    real = input_mask[:, None, :].to(dtype)
+    same = (sentence_index[:, :, None] == sentence_index[:, None, :]).to(dtype)
+    is_sentence = sentence_token[:, :, None].to(dtype)
+    allowed = real * (1 - is_sentence + is_sentence * same)
+    return ((1.0 - allowed) * torch.finfo(dtype).min)[:, None]
+
+
+def hierarchical_logits(model, input_ids, input_mask, decoder_input_ids, sentence_index, sentence_token) -> torch.Tensor:
+    """T5ForConditionalGeneration's target scores with the encoder's self-attention mask replaced by
+    `hierarchical_mask`. transformers 4.57's T5Stack takes a 2-D mask only and hands its [B, 1, 1, L] form to the first
+    block, which adds it to the relative position bias that every later block reuses: a forward pre-hook on that block
+    swaps in the [B, 1, L, L] mask (cross-attention keeps the 2-D padding mask)."""
+    def swap(module, args):
+        mask = hierarchical_mask(input_mask, sentence_index, sentence_token, args[1].dtype)
+        return (args[0], mask, *args[2:])
+
+    handle = model.encoder.block[0].register_forward_pre_hook(swap)
+    try:
+        return model(input_ids=input_ids, attention_mask=input_mask, decoder_input_ids=decoder_input_ids, use_cache=False,
+                     return_dict=False)[0]
+    finally:
+        handle.remove()
 
 
 def _encode(model, input_ids, token_type_ids, attention_mask):
@@ -35,7 +66,8 @@ T5 = T5Family(
     name="t5",
     model_type="t5",
     config_class_name="T5Config",
-    task_classes={"span_corruption": "T5ForConditionalGeneration", "depth": "T5ForConditionalGeneration"},
+    task_classes={"span_corruption": "T5ForConditionalGeneration", "depth": "T5ForConditionalGeneration",
+                  "depth_hierarchical": "T5ForConditionalGeneration"},
     backends=("ort", "eager"),
     backend_refusal="torch.compile has not been measured on T5 in this bundle.",
     attention={"ort": ("eager",), "eager": ("eager",)},

@@ -6,8 +6,8 @@ As DEPTH does, the step metrics report the reconstruction (span tokens) and the 
 apart; the loss is over both.
 
 Settings: noise density --mask_rate (default 0.3, DEPTH's), mean span length 3 and shuffle probability 0.5 are
-constructor arguments. DEPTH's hierarchical encoder attention (a sentence token attends within its sentence only)
-is not used: see docs/ort_training.md, "Encoder-decoders".
+constructor arguments. `--objective depth_hierarchical` adds DEPTH's hierarchical encoder attention (a sentence
+token attends within its own sentence only; models/t5.py's hierarchical_mask); `depth` keeps T5's plain mask.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import torch
 
 from ort_training.data.collate_t5 import DepthCollator
 from ort_training.models import family_of
+from ort_training.models.t5 import hierarchical_logits
 from ort_training.objectives.span_corruption import SpanCorruption, seq2seq_logits, target_stats
 
 
@@ -39,8 +40,11 @@ class Depth(SpanCorruption):
         return DepthCollator(mask_rate if mask_rate is not None else self.noise_density, self.mean_noise_span_length,
                              self.shuffle_probability, owner=self)
 
-    def _stats(self, model, input_ids, input_mask, decoder_input_ids, labels, labels_sentence):
-        logits = seq2seq_logits(model, input_ids, input_mask, decoder_input_ids)
+    def _logits(self, model, input_ids, input_mask, decoder_input_ids, *hierarchy):
+        return seq2seq_logits(model, input_ids, input_mask, decoder_input_ids)
+
+    def _stats(self, model, input_ids, input_mask, decoder_input_ids, labels, labels_sentence, *hierarchy):
+        logits = self._logits(model, input_ids, input_mask, decoder_input_ids, *hierarchy)
         nll_sum, _, count = target_stats(logits, labels)
         _, span_correct, span_count = target_stats(logits, labels, 1 - labels_sentence)
         _, sentence_correct, sentence_count = target_stats(logits, labels, labels_sentence)
@@ -71,3 +75,14 @@ class Depth(SpanCorruption):
         out = self.metrics(sums, 1)
         return {**out, "depth_perplexity": math.exp(min(out["depth_loss"], 50.0)), "tokens": int(sums["target_count"]),
                 "sequences": sequences}
+
+
+class DepthHierarchical(Depth):
+    """DEPTH with its hierarchical encoder self-attention: a sentence token attends only to its own sentence's tokens
+    (models.t5.hierarchical_logits); every other token attends to every real token, as in `depth`."""
+
+    name = "depth_hierarchical"
+    inputs_keys = Depth.inputs_keys + ("input_sentence", "input_sentence_token")
+
+    def _logits(self, model, input_ids, input_mask, decoder_input_ids, *hierarchy):
+        return hierarchical_logits(model, input_ids, input_mask, decoder_input_ids, *hierarchy)

@@ -135,7 +135,34 @@ def test_span_loss_is_hugging_faces_labelled_loss(data):
     assert stats[2] == int((batch["labels"] != -100).sum())
 
 
-@pytest.mark.parametrize("objective", ["span_corruption", "depth"])
+def test_hierarchical_encoder_mask_is_the_plain_path_without_hierarchy(data):
+    """DEPTH's hierarchical encoder attention (models.t5.hierarchical_logits) gives T5's own scores when no token is
+    a sentence token, and other scores when sentence tokens only see their sentence; the hook is removed after."""
+    from ort_training.data.collate_t5 import DepthCollator
+    from ort_training.data.packed import PackedDataLoader
+    from ort_training.models import load_model_config
+    from ort_training.models.pretraining import PretrainingModel
+    from ort_training.models.t5 import hierarchical_logits
+    from ort_training.objectives.span_corruption import seq2seq_logits
+
+    torch.manual_seed(0)
+    model = PretrainingModel(load_model_config("t5_tiny"), objective="depth_hierarchical").eval()
+    files = sorted(Path(data["input_dir"]).glob("*.hdf5"))
+    batch = next(iter(PackedDataLoader(files, 4, 0, DepthCollator(shuffle_probability=1.0), prefetch=False)))
+    args = [batch[k] for k in ("input_ids", "input_mask", "decoder_input_ids")]
+    hf = model.hf_model
+    with torch.no_grad():
+        plain = seq2seq_logits(hf, *args)
+        off = hierarchical_logits(hf, *args, batch["input_sentence"], torch.zeros_like(batch["input_sentence_token"]))
+        on = hierarchical_logits(hf, *args, batch["input_sentence"], batch["input_sentence_token"])
+        after = seq2seq_logits(hf, *args)
+    assert torch.equal(off, plain) and torch.equal(after, plain)
+    assert batch["input_sentence_token"].sum() > 0 and not torch.allclose(on, plain)
+    loss, stats = model(*model.inputs(batch))
+    assert torch.isfinite(loss) and stats.shape == (6,)
+
+
+@pytest.mark.parametrize("objective", ["span_corruption", "depth", "depth_hierarchical"])
 @pytest.mark.parametrize("backend", ["eager", pytest.param("ort", marks=pytest.mark.ort)])
 def test_backends_train_both_objectives(data, tmp_path, backend, objective):
     """Each objective trains; ORT (fallback disabled) takes the same steps as eager."""
