@@ -117,6 +117,12 @@ class PretrainConfig:
     log_freq: int = _f(1, "Log metrics every N optimizer steps.")
     disable_progress_bar: bool = _f(False, "Turn the tqdm progress bar off.")
     prefetch: bool = _f(True, "Read the next HDF5 file in a background thread.")
+    # --- hyperparameter search (ort_training/tasks/hpo.py, PRETRAIN)
+    hpo_trials: int = _f(0, "Run an optuna search of N trials of this phase (each in OUTPUT_DIR/trials/trial-NNN, the study in "
+                            "OUTPUT_DIR/hpo.sqlite3), minimising the held-out loss; needs --eval_dir and --eval_every. "
+                            "The best trial's hf_model/ is copied to OUTPUT_DIR.")
+    hpo_space: Optional[str] = _f(None, "YAML search space (its 'hpo' section, or the whole file); default: "
+                                        "ort_training/tasks/hpo.py's PRETRAIN_SPACE.")
 
     def __post_init__(self) -> None:
         if self.fp16 and self.bf16:
@@ -153,6 +159,10 @@ class PretrainConfig:
             self.check_architecture()
         if self.deepspeed is not None:
             resolve_deepspeed_config(self.deepspeed)
+        if self.hpo_trials or self.hpo_space:
+            from ort_training.tasks.hpo import check_search_settings
+
+            check_search_settings(self)  # the space and every corner of it: refused here, before OUTPUT_DIR is made
 
     def model_config_path(self) -> str:
         """--config_file, else the config.json of a Hugging Face --init_checkpoint, else the shipped base."""
