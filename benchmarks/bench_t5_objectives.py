@@ -1,11 +1,12 @@
 """Span corruption vs DEPTH on packed PubMed data (issue 29), on CPU: a tiny T5 trained with each objective for the
-same wall time, then (1) held-out span loss of both exports on the same span-corrupted held-out batches (noise 0.15,
+same wall time (DEPTH's step cost relative to span corruption's timed alternately in one process, so a busy machine
+slows both alike), then (1) held-out span loss of both exports on the same span-corrupted held-out batches (noise 0.15,
 mean span 3), (2) un-shuffling of held-out abstracts by the DEPTH model (greedy `generate` on sequences whose
 sentences are all shuffled: exact-order accuracy and Kendall's tau of the order it writes the sentence tokens in,
 against the shuffled input's own order), plus ORT-vs-eager first steps and a SIGTERM/resume check on the same data.
 
     python -m data_prep packed --shard-dir W/shards --tokenizer W/bpe --out-root W --max-seq-length 128
-    PYTHONPATH=. python benchmarks/bench_t5_objectives.py --data W/packed_seq_len_128/pubmed --out OUT --seconds 300
+    PYTHONPATH=. python benchmarks/bench_t5_objectives.py --data W/packed_seq_len_128/pubmed --out OUT --span_steps 240
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import logging
 import os
 import signal
 import time
@@ -52,18 +54,36 @@ def train(cfg: PretrainConfig, stop_at: int | None = None) -> tuple[dict, dict, 
     return losses, summary, time.perf_counter() - t0
 
 
-def step_seconds(data: Path, out: Path, objective: str) -> float:
-    """Seconds per step after the first (the first builds the model's graph and warms the allocator)."""
-    times = []
+def step_cost_ratio(data: Path, rounds: int = 6) -> dict:
+    """Seconds of one training step (forward, backward, AdamWScale step) of each objective's model on its own real
+    batches, timed alternately in one process so that a busy machine slows both alike; the first round is dropped."""
+    from ort_training.data.packed import PackedDataLoader
+    from ort_training.loop.optim import build_optimizer
+    from ort_training.models import load_model_config
+    from ort_training.models.pretraining import PretrainingModel
+    from ort_training.objectives import get_objective
 
-    cfg = config(data, out, objective, max_steps=8, eval_dir=None, skip_hf_export=True)
-    trainer = Trainer(cfg)
-    trainer.hooks.append(lambda tr, rec: times.append(time.perf_counter()))
-    try:
-        trainer.train()
-    finally:
-        trainer.close()
-    return (times[-1] - times[1]) / (len(times) - 2)
+    files = sorted(data.glob("*_training_*.hdf5"))
+    setups = {}
+    for name in ("span_corruption", "depth"):
+        objective = get_objective(name)
+        config = load_model_config("t5_tiny")
+        config.pad_token_id = config.decoder_start_token_id = 0
+        model = PretrainingModel(config, objective=objective)
+        batches = iter(PackedDataLoader(files, 16, 0, objective.collator(None), prefetch=False))
+        setups[name] = (model, build_optimizer(model, 1e-2, 0.0, 1.0, "adamwscale"), batches)
+    seconds = {name: [] for name in setups}
+    for r in range(rounds + 1):
+        for name, (model, opt, batches) in setups.items():
+            batch = next(batches)
+            t0 = time.perf_counter()
+            loss, _ = model(*model.inputs(batch))
+            loss.backward()
+            opt.step()
+            opt.zero_grad()
+            if r:
+                seconds[name].append(time.perf_counter() - t0)
+    return {name: float(np.median(v)) for name, v in seconds.items()}
 
 
 def kendall_tau(order: list[int]) -> float:
@@ -136,10 +156,12 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", type=Path, required=True)
     p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--seconds", type=float, default=300.0, help="training wall time of each objective")
+    p.add_argument("--span_steps", type=int, default=240, help="span corruption's training steps; DEPTH gets as many as "
+                   "cost the same time (step_cost_ratio)")
     p.add_argument("--unshuffle_sequences", type=int, default=200)
     p.add_argument("--skip", nargs="*", default=[], choices=["ort", "resume"])
     args = p.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     args.out.mkdir(parents=True, exist_ok=True)
     results: dict = {"threads": torch.get_num_threads()}
     objectives = ("span_corruption", "depth")
@@ -163,12 +185,13 @@ def main() -> None:
         print(json.dumps({"resume_bitwise_depth": results["resume_bitwise_depth"], "ref": ref, "resumed": {**cut, **rest}}),
               flush=True)
 
-    for objective in objectives:
-        per_step = step_seconds(args.data, args.out / f"probe_{objective}", objective)
-        steps = max(10, int(args.seconds / per_step))
+    cost = step_cost_ratio(args.data)
+    results["seconds_per_step_interleaved"] = cost
+    print(json.dumps({"seconds_per_step_interleaved": cost}), flush=True)
+    for objective in objectives:  # equal wall time: span corruption's steps, and as many DEPTH steps as cost the same
+        steps = max(10, round(args.span_steps * cost["span_corruption"] / cost[objective]))
         losses, summary, wall = train(config(args.data, args.out / objective, objective, max_steps=steps))
-        results[objective] = {"seconds_per_step": per_step, "steps": steps, "wall_seconds": wall,
-                              "first_loss": losses[1], "last_loss": losses[steps],
+        results[objective] = {"steps": steps, "wall_seconds": wall, "first_loss": losses[1], "last_loss": losses[steps],
                               **{k: v for k, v in summary.items() if k.startswith(("eval_", "final_"))}}
         print(json.dumps({objective: results[objective]}), flush=True)
     for objective in objectives:
