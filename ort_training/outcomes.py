@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import json
 import logging
 import sys
@@ -156,6 +157,33 @@ def cross_validate(features: np.ndarray, labels: np.ndarray, groups: np.ndarray,
             "folds_skipped": skipped}
 
 
+def write_tables(timelines_dir: str | Path, out_dir: str | Path) -> dict[str, Path]:
+    """The 24-hour timelines as text tables for fine-tuning (`python -m ort_training.finetune --text_column timeline
+    --label_column OUTCOME`): OUT/<split>.csv per split, one row per stay of at least the window, the timeline's
+    tokens joined by spaces (the timeline tokenizer splits on whitespace) beside the ids and every outcome column."""
+    from bundle.atomic import atomic_write_text
+    from ort_training.export import load_tokenizer
+
+    root, out = Path(timelines_dir), Path(out_dir)
+    tokenizer = load_tokenizer(root / "tokenizer")
+    written = {}
+    out.mkdir(parents=True, exist_ok=True)
+    for split in ("train", "val", "test"):
+        stays = read_stays(root, [split])
+        buffer = io.StringIO()
+        writer = csv.writer(buffer, lineterminator="\n")
+        writer.writerow(["hospitalization_id", "patient_id", "timeline", *OUTCOMES])
+        for row, seq in zip(stays.rows, stays.sequences):
+            text = " ".join(tokenizer.convert_ids_to_tokens(seq.tolist()))
+            writer.writerow([row["hospitalization_id"], row["patient_id"], text, *(row[o] for o in OUTCOMES)])
+        target = written[split] = out / f"{split}.csv"
+        if target.exists() and (not target.is_file() or target.read_text(encoding="utf-8") != buffer.getvalue()):
+            raise UsageError(f"--write_tables {out}: {target} exists with other content; this command never writes over a "
+                             "file it did not make: choose an empty folder")
+        atomic_write_text(target, buffer.getvalue())
+    return written
+
+
 def predict_outcomes(cfg: OutcomesConfig) -> dict:
     unknown = [o for o in cfg.outcomes if o not in OUTCOMES]
     if unknown:
@@ -183,13 +211,16 @@ def predict_outcomes(cfg: OutcomesConfig) -> dict:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m ort_training.outcomes", description=__doc__.strip().splitlines()[0])
     p.add_argument("--timelines_dir", required=True, help="The --work-dir of `python -m data_prep timelines` (outcomes.csv, 24 h files).")
-    p.add_argument("--model_dir", required=True, help="An exported decoder (OUTPUT_DIR/hf_model of a --objective clm run).")
+    p.add_argument("--model_dir", help="An exported decoder (OUTPUT_DIR/hf_model of a --objective clm run).")
     p.add_argument("--splits", nargs="+", default=["val", "test"], help="Splits whose stays are cross-validated (default: the held-out ones).")
     p.add_argument("--outcomes", nargs="+", default=list(OUTCOMES), help="Outcome columns to predict.")
     p.add_argument("--folds", type=int, default=5, help="Cross-validation folds, grouped by patient and stratified.")
     p.add_argument("--seed", type=int, default=0, help="Seed of the folds (and of the --untrained weights).")
     p.add_argument("--untrained", action="store_true", help="A randomly initialised model of the same config instead (the control).")
     p.add_argument("--batch_size", type=int, default=16, help="Timelines per forward pass.")
+    p.add_argument("--write_tables", metavar="DIR", default=None,
+                   help="Instead: write the 24-hour timelines as text tables DIR/{train,val,test}.csv for "
+                        "`python -m ort_training.finetune --text_column timeline --label_column OUTCOME` and exit.")
     return p
 
 
@@ -198,7 +229,14 @@ def run(argv: list[str] | None = None) -> dict:
     args = p.parse_args(argv)
     if args.folds < 2 or args.batch_size < 1:
         p.error("--folds must be >= 2 and --batch_size >= 1")
+    if not args.model_dir and not args.write_tables:
+        p.error("--model_dir is required (or --write_tables DIR)")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    tables = vars(args).pop("write_tables")
+    if tables:
+        result = {split: str(path) for split, path in write_tables(args.timelines_dir, tables).items()}
+        print(json.dumps(result), flush=True)
+        return result
     result = predict_outcomes(OutcomesConfig(**vars(args)))
     print(json.dumps(result), flush=True)
     return result

@@ -93,6 +93,9 @@ class ModelFamily:
     encode: Callable = None
     """encode(hf_model, input_ids, token_type_ids, attention_mask) -> (sequence_output, pooled_output or None): the
     base model's hidden states, with the attention mask in the form this family trains with on every backend."""
+    model_mask: Callable | None = None
+    """model_mask(attention_mask [B, L] of 1/0) -> the mask the family's models are called with (None: the 2-D mask
+    as it is). Llama's is a prebuilt 4-D additive causal mask: the form ORTModule can export."""
     heads: dict[str, Callable] = field(default_factory=dict)
     """Head name -> head(hf_model): the module (or function) an objective applies to hidden states: "mlm" (vocabulary
     scores of masked positions), "nsp" (next-sentence scores of the pooled output), "lm" (next-token scores)."""
@@ -201,7 +204,8 @@ class ModelFamily:
 
     def seq_logits(self, model: PreTrainedModel, input_ids, token_type_ids, attention_mask) -> torch.Tensor:
         """Logits of a task model's own forward (classification heads pool as the family defines)."""
-        kwargs = {"input_ids": input_ids, "attention_mask": attention_mask, "return_dict": False}
+        mask = self.model_mask(attention_mask) if self.model_mask is not None else attention_mask
+        kwargs = {"input_ids": input_ids, "attention_mask": mask, "return_dict": False}
         if self.token_types:
             kwargs["token_type_ids"] = token_type_ids
         return model(**kwargs)[0]

@@ -58,5 +58,6 @@ LLAMA = ModelFamily(
                          "intermediate_size", "max_position_embeddings"),
     shipped_configs=("llama_tiny", "llama_1b"),
     encode=_encode,
+    model_mask=additive_causal_mask,
     heads={"lm": lambda model: model.lm_head},
 )
