@@ -32,6 +32,13 @@ precision (ModernBERT: GLU MLP weights, and its local layers count their 128-tok
 The same FLOP count is used for both heads (the full head's extra work is waste), so MFU compares them
 directly. NVIDIA's figures (per A100-80GB, from its BERT README) are printed beside.
 Results go to --json (default benchmarks/results/bench_gpu.json).
+
+Scoring line (after the training matrix; --no-scoring leaves it out, --scoring-only runs it alone): a BERT
+sequence classifier (--scoring-config, default base; random weights: speed does not depend on them) scoring
+batches of --scoring-batch sentences of --scoring-seq tokens, forward only, as `python -m ort_training.predict`
+runs it: the torch engine under autocast fp16 and bf16 (--scoring-precisions), and onnx-fp16 (the fused graph in
+float16 on ONNX Runtime's CUDA provider) where onnxruntime-gpu is installed (else the line says it was skipped).
+Reported: sentences/s. Under --smoke it runs on the CPU in fp32 (torch only) so CI exercises it.
 """
 
 from __future__ import annotations
@@ -238,6 +245,101 @@ def run_variant(v: dict, timeout: float, in_process: bool = False) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+SCORING_BATCH, SCORING_SEQ = 256, 128
+
+
+def _time(fn, warmup: int, steps: int, sync) -> float:
+    """Seconds per call of fn, after `warmup` untimed calls."""
+    for _ in range(warmup):
+        fn()
+    sync()
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        fn()
+    sync()
+    return (time.perf_counter() - t0) / steps
+
+
+def scoring(args) -> list[dict]:
+    """The scoring line: sentences/s of the torch engine per autocast precision, and of onnx-fp16 where ONNX Runtime
+    offers CUDA (see the module doc)."""
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    from ort_training.models import load_model_config
+
+    device = torch.device(args.device)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    config = load_model_config(args.scoring_config, attention="sdpa" if device.type == "cuda" else "eager")
+    config.num_labels = 2
+    torch.manual_seed(0)
+    model = AutoModelForSequenceClassification.from_config(config).eval().to(device)
+    batch, seq = args.scoring_batch, min(args.scoring_seq, config.max_position_embeddings)
+    ids = torch.randint(5, config.vocab_size, (batch, seq), device=device)
+    mask = torch.ones_like(ids)
+    common = {"config": args.scoring_config, "batch": batch, "seq": seq, "device": str(device)}
+    out = []
+    for precision in args.scoring_precisions:
+        dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision)
+
+        def forward():
+            with torch.no_grad(), torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+                model(input_ids=ids, attention_mask=mask).logits.float()
+
+        try:
+            seconds = _time(forward, args.warmup, args.steps, sync)
+            out.append({"engine": "torch", "precision": precision, **common, "sentences_per_s": batch / seconds})
+        except Exception as exc:  # noqa: BLE001 -- a precision the device lacks: reported in the line
+            out.append({"engine": "torch", "precision": precision, **common, "error": f"{type(exc).__name__}: {exc}"[:200]})
+    if device.type == "cuda":
+        out.append(onnx_fp16_scoring(model, config, ids, mask, args, common))
+    return out
+
+
+def onnx_fp16_scoring(model, config, ids, mask, args, common: dict) -> dict:
+    """onnx-fp16 as ort_training.inference makes it (export, transformer optimizer, float16 with fp32 I/O) on the CUDA
+    provider; skipped with the reason where onnxruntime-gpu is not installed."""
+    import tempfile
+
+    import numpy as np
+    from transformers import AutoModelForSequenceClassification
+
+    row = {"engine": "onnx-fp16", "precision": "fp16", **common}
+    try:
+        from ort_training import inference
+
+        ort = inference._import_onnxruntime()
+    except ImportError as exc:
+        return {**row, "skipped": f"onnxruntime not importable ({exc})"}
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        return {**row, "skipped": "this onnxruntime has no CUDAExecutionProvider (install the ort-gpu-inference extra)"}
+    from ort_training.export import export_onnx_classifier
+
+    with tempfile.TemporaryDirectory() as tmp:
+        config._attn_implementation = "eager"  # the exporter's graph (as inference.ensure_variant exports)
+        eager = AutoModelForSequenceClassification.from_config(config).eval()
+        eager.load_state_dict({k: v.cpu() for k, v in model.state_dict().items()})
+        tmp = Path(tmp)
+        export_onnx_classifier(eager, tmp / "model.onnx")
+        inference._optimize(tmp / "model.onnx", tmp / "opt.onnx", eager.config)
+        inference._to_fp16(tmp / "opt.onnx", tmp / "fp16.onnx")
+        sess = inference.session(tmp / "fp16.onnx", provider="CUDAExecutionProvider")
+        names = [i.name for i in sess.get_inputs()]
+        feed = {"input_ids": ids.cpu().numpy(), "attention_mask": mask.cpu().numpy(), "token_type_ids": np.zeros_like(ids.cpu().numpy())}
+        feed = {k: feed[k] for k in names}
+        seconds = _time(lambda: sess.run(["logits"], feed), args.warmup, args.steps, lambda: None)  # run() returns host arrays
+    return {**row, "sentences_per_s": ids.shape[0] / seconds}
+
+
+def scoring_table(rows: list[dict]) -> str:
+    lines = [f"scoring ({rows[0]['config']}, {rows[0]['batch']} x {rows[0]['seq']} tokens, {rows[0]['device']}):"] if rows else []
+    for r in rows:
+        what = (f"{r['sentences_per_s']:.1f} sentences/s" if "sentences_per_s" in r else
+                f"skipped: {r['skipped']}" if "skipped" in r else f"error: {r['error']}")
+        lines.append(f"  {r['engine']:>9} {r['precision']:>5}  {what}")
+    return "\n".join(lines)
+
+
 def table(results: list[dict]) -> str:
     head = (f"{'model':>10} {'phase':>5} {'seq':>5} {'prec':>5} {'backend':>8} {'attn':>5} {'head':>6} {'batch':>5} {'seq/s':>9} "
             f"{'ms/step':>8} {'mem GiB':>8} {'MFU':>6} {'NVIDIA A100':>12}")
@@ -276,6 +378,12 @@ def parse_args(argv=None):
     p.add_argument("--timeout", type=float, default=900, help="seconds per variant")
     p.add_argument("--json", type=Path, default=REPO / "benchmarks" / "results" / "bench_gpu.json")
     p.add_argument("--smoke", action="store_true", help="tiny BERT and ModernBERT on CPU, fp32 only, 1 warm-up + 2 steps (CI)")
+    p.add_argument("--no-scoring", action="store_true", help="leave the scoring line out")
+    p.add_argument("--scoring-only", action="store_true", help="run the scoring line alone (no training variants)")
+    p.add_argument("--scoring-precisions", type=csv(str), default=None, help="torch engine's autocast precisions (default fp16,bf16; fp32 with --smoke)")
+    p.add_argument("--scoring-config", default=None, help="the classifier's config (default base; tiny with --smoke)")
+    p.add_argument("--scoring-batch", type=int, default=None, help=f"sentences per forward pass (default {SCORING_BATCH}; 8 with --smoke)")
+    p.add_argument("--scoring-seq", type=int, default=None, help=f"tokens per sentence (default {SCORING_SEQ}; 32 with --smoke)")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.smoke:
@@ -287,6 +395,16 @@ def parse_args(argv=None):
         args.warmup = 1 if args.warmup is None else args.warmup
         args.steps = args.steps or 2
         args.smoke_seq = 32
+        args.scoring_precisions = args.scoring_precisions or ["fp32"]
+        args.scoring_config = args.scoring_config or "tiny"
+        args.scoring_batch = args.scoring_batch or 8
+        args.scoring_seq = args.scoring_seq or 32
+    args.scoring_precisions = args.scoring_precisions or ["fp16", "bf16"]
+    args.scoring_config = args.scoring_config or "base"
+    args.scoring_batch = args.scoring_batch or SCORING_BATCH
+    args.scoring_seq = args.scoring_seq or SCORING_SEQ
+    if set(args.scoring_precisions) - {"fp32", "fp16", "bf16"}:
+        p.error(f"--scoring-precisions: unknown {sorted(set(args.scoring_precisions) - {'fp32', 'fp16', 'bf16'})}; choose from fp32, fp16, bf16")
     args.device = args.device or "cuda"
     args.warmup = 3 if args.warmup is None else args.warmup
     args.steps = args.steps or 10
@@ -316,7 +434,7 @@ def main(argv=None) -> int:
         print("bench_gpu: --backends ort needs onnxruntime-training and torch-ort importable with this torch "
               "(ORT training is frozen at 1.19.2: torch < 2.7); drop ort or use the pinned stack", file=sys.stderr)
         return 2
-    todo = variants(args)
+    todo = [] if args.scoring_only else variants(args)
     print(f"bench_gpu: {len(todo)} variant(s), torch {torch.__version__}, device {args.device}"
           + (f" ({torch.cuda.get_device_name()})" if args.device.startswith("cuda") else ""), flush=True)
     results = []
@@ -325,13 +443,17 @@ def main(argv=None) -> int:
         results.append(r)
         print(table([r]).splitlines()[-1], flush=True)
     print()
-    print(table(results))
-    print("NVIDIA A100-80GB: phase 1 fp16 580 seq/s, TF32 317; phase 2 fp16 210, TF32 110 (per GPU, DeepLearningExamples BERT README)")
+    if results:
+        print(table(results))
+        print("NVIDIA A100-80GB: phase 1 fp16 580 seq/s, TF32 317; phase 2 fp16 210, TF32 110 (per GPU, DeepLearningExamples BERT README)")
+    scored = [] if args.no_scoring else scoring(args)
+    if scored:
+        print(scoring_table(scored))
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps({"nvidia_a100_80gb_seq_per_s": {f"phase{p}_{q}": s for (p, q), s in NVIDIA_A100_80GB.items()},
-                                     "results": results}, indent=2) + "\n")
+                                     "results": results, "scoring": scored}, indent=2) + "\n")
     print(f"bench_gpu: wrote {args.json}")
-    return 1 if any("error" in r for r in results) and args.smoke else 0
+    return 1 if any("error" in r for r in results + scored) and args.smoke else 0
 
 
 if __name__ == "__main__":
