@@ -773,17 +773,10 @@ def check_output_folder(cfg: FinetuneConfig) -> None:
     from ort_training.tasks import hpo
 
     out = Path(cfg.output_dir)
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"--output_dir {out}: is a file, not a folder; pass a folder (it is created)")
-    search_files = [out / f for f in (hpo.REPORT_FILE, hpo.STUDY_FILE) if (out / f).exists()]
     summary = out / "finetune_summary.json"
-    if not cfg.hpo_trials and search_files:
-        raise UsageError(f"--output_dir {out}: holds a hyperparameter search ({search_files[0].name}); its hf_model/ is the "
-                         "search's best trial and a single fine-tune would replace it. Use another --output_dir (or rerun the "
-                         "search with its --hpo_trials)")
-    if cfg.hpo_trials and not search_files and (summary.is_file() or list_checkpoints(out)):
-        raise UsageError(f"--output_dir {out}: holds a single fine-tuning run ({summary.name if summary.is_file() else 'checkpoints/'}); "
-                         "a search would replace its hf_model/. Use another --output_dir")
+    single = summary.name if summary.is_file() else "checkpoints/" if list_checkpoints(out) else None
+    # the rule pretraining's search shares (a single run vs a search, another kind's study)
+    hpo.check_output_folder(out, bool(cfg.hpo_trials), single, "fine-tuning", hpo.FINETUNE.study_name)
     if not cfg.hpo_trials and summary.is_file() and not (cfg.resume_from_checkpoint and list_checkpoints(out)):
         raise UsageError(f"--output_dir {out}: holds a finished fine-tuning run ({summary}); a new run would replace its "
                          "hf_model/ and reports. Use another --output_dir (or --resume_from_checkpoint where its checkpoints are kept)")
