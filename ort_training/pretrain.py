@@ -89,6 +89,9 @@ def resolve(argv: list[str] | None = None):
     plans: list = []
     p1, p2 = phase_configs(recipe, nested, per_phase["phase1"], per_phase["phase2"], resume=launch.resume,
                            nproc_per_node=launch.nproc_per_node, nnodes=launch.nnodes, plans=plans)
+    if p1.hpo_trials or p2.hpo_trials:  # a search is of one phase: phase 2 would start from no checkpoint at all
+        raise UsageError("--hpo_trials searches one phase: run `python -m ort_training.run_pretraining ... --hpo_trials N` on "
+                         "that phase's data, then pass the best trial's settings to this recipe")
     for plan in plans:
         if plan is not None and not dry_run:
             logger.info("%s", plan.describe())
