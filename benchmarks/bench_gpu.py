@@ -1,5 +1,5 @@
-"""BERT-large (eager and SDPA attention) and ModernBERT-base pretraining step throughput on one GPU,
-beside NVIDIA's published A100-80GB figures for BERT-large.
+"""BERT-large (eager and SDPA attention), ModernBERT-base and a Llama-3.2-1B-shaped decoder pretraining step
+throughput on one GPU, beside NVIDIA's published A100-80GB figures for BERT-large.
 
     PYTHONPATH=. python benchmarks/bench_gpu.py                      # the full matrix (~20-30 min on one GPU)
     PYTHONPATH=. python benchmarks/bench_gpu.py --phases 1 --precisions bf16 --backends eager,compile
@@ -23,7 +23,9 @@ positions only ("masked", the trainer's default) or on every position ("full"), 
 8,192 tokens, at 32,768 tokens per micro-batch (32 x 1,024, 4 x 8,192: a choice of this benchmark, not a
 published recipe), SDPA attention only (eager attention would hold a seq x seq score matrix per head and
 layer: 4 x 12 x 8,192^2 scores, 6 GiB in bf16, per layer at 8,192) and the eager / compile backends only (ORTModule cannot build
-ModernBERT's graph: models/modernbert.py). --models picks bert, modernbert or both.
+ModernBERT's graph: models/modernbert.py). The decoder (--llama-config, default llama_1b) trains next-token
+prediction at 1,024 and 4,096 tokens (16,384 tokens per micro-batch), SDPA, eager / compile / ort (ORTModule with
+the family's 4-D mask). --models picks any of bert, modernbert, llama.
 
 Reported per variant: sequences/s (after --warmup untimed steps), peak GPU memory, and model-FLOPs
 utilisation: 6 x (non-embedding parameters) x tokens + attention (12 x layers x hidden x seq^2) +
@@ -65,7 +67,11 @@ PHASE = {1: {"seq": 128, "max_pred": 20}, 2: {"seq": 512, "max_pred": 80}}
 MODERNBERT_PHASE_SEQ = {1: 1024, 2: 8192}
 MODERNBERT_MASK = 0.3
 MODERNBERT_TOKENS = 32768
-MODELS = ("bert", "modernbert")
+LLAMA_PHASE_SEQ = {1: 1024, 2: 4096}
+LLAMA_TOKENS = 16384
+"""The decoder (--llama-config, default llama_1b: Llama-3.2-1B dimensions, an 8,192-token timeline vocabulary) at
+16,384 tokens per micro-batch (16 x 1,024, 4 x 4,096: the lengths of recipe llama_ehr_1b; a choice of this benchmark)."""
+MODELS = ("bert", "modernbert", "llama")
 # Dense (no sparsity) tensor-core peaks, TFLOP/s: (16-bit, TF32). Matched against the device name.
 PEAK_TFLOPS = [
     ("H200", (989.0, 494.5)), ("H100 PCIe", (756.0, 378.0)), ("H100", (989.0, 494.5)), ("H800", (989.0, 494.5)),
@@ -78,6 +84,12 @@ PEAK_TFLOPS = [
 def model_flops_per_sequence(config, seq: int, max_pred: int) -> float:
     """Training FLOPs (forward + backward = 3 x forward) of one sequence, MLM head on the predictions only."""
     h, layers, inter = config.hidden_size, config.num_hidden_layers, config.intermediate_size
+    if getattr(config, "model_type", "bert") == "llama":
+        # Q and O are h x h, K and V h x kv (grouped-query attention), SwiGLU's three inter x h matrices; the LM head over
+        # every position (next-token prediction predicts every token); attention counted as non-causal, as for BERT.
+        kv = config.num_key_value_heads * getattr(config, "head_dim", h // config.num_attention_heads)
+        per_layer = 2 * h * h + 2 * h * kv + 3 * h * inter
+        return float(6 * layers * per_layer * seq + 12 * layers * h * seq * seq + 6 * h * config.vocab_size * seq)
     if getattr(config, "model_type", "bert") == "modernbert":
         # GLU MLP (Wi: h x 2*inter, Wo: inter x h); layer i is global when i % global_attn_every_n_layers == 0,
         # the others attend a window of local_attention tokens; head = dense transform + decoder, no pooler.
@@ -116,8 +128,9 @@ def random_batch(batch: int, seq: int, max_pred: int, vocab: int, device):
 
 def build_model(config_name: str, dense_head: bool, attention: str = "eager", backend: str = "eager", device_type: str = "cpu",
                 seq_len: int | None = None):
-    """The trainer's model: ort_training.models.pretraining's PretrainingModel with the family's pretraining loss in forward
-    (MLM + NSP where the family has a next-sentence head, MLM otherwise), the config's own dropout."""
+    """The trainer's model: ort_training.models.pretraining's PretrainingModel with the family's first pretraining loss in
+    forward (MLM + NSP where the family has a next-sentence head, MLM otherwise, next-token for decoders), the config's
+    own dropout."""
     from ort_training.models import family_of_file, load_model_config
     from ort_training.models.pretraining import PretrainingModel
 
@@ -125,7 +138,7 @@ def build_model(config_name: str, dense_head: bool, attention: str = "eager", ba
     family.check_backend(backend)
     attention = family.resolve_attention(attention, backend, device_type, seq_len)
     config = load_model_config(config_name, attention=attention)
-    objective = "mlm_nsp" if "mlm_nsp" in family.task_classes else "mlm"
+    objective = family.pretraining_tasks[0]  # mlm_nsp for BERT, mlm for ModernBERT, clm for Llama
     return PretrainingModel(config, dense_seq_output=dense_head, objective=objective), config
 
 
@@ -204,23 +217,26 @@ def variants(args) -> list[dict]:
     out = []
     common = dict(device=args.device, warmup=args.warmup, steps=args.steps, peak_tflops=args.peak_tflops)
     for model in args.models:
-        config = args.config if model == "bert" else args.modernbert_config
+        config = {"bert": args.config, "modernbert": args.modernbert_config, "llama": args.llama_config}[model]
         family = family_of_file(config)
         for phase in args.phases:
             if args.smoke:
                 seq, max_pred = args.smoke_seq, 5
             elif model == "bert":
                 seq, max_pred = PHASE[phase]["seq"], PHASE[phase]["max_pred"]
+            elif model == "llama":
+                seq, max_pred = LLAMA_PHASE_SEQ[phase], 5  # no masked positions: max_pred is unused
             else:
                 seq = MODERNBERT_PHASE_SEQ[phase]
                 max_pred = round(MODERNBERT_MASK * seq)
             for precision in args.precisions:
                 batch = args.batch_size or (4 if args.smoke else MICRO_BATCH[(phase, precision)] if model == "bert"
-                                            else MODERNBERT_TOKENS // seq)
+                                            else (LLAMA_TOKENS if model == "llama" else MODERNBERT_TOKENS) // seq)
                 for backend in (b for b in args.backends if b in family.backends):
                     attentions = args.attentions if model == "bert" else ["sdpa"]
                     for attention in (a for a in attentions if a in family.attention.get(backend, ())):
-                        for head in args.heads:
+                        # The head choice is the MLM's (masked positions or all); a decoder predicts every position.
+                        for head in args.heads if model != "llama" else ["full"]:
                             out.append(dict(model=model, phase=phase, precision=precision, backend=backend, attention=attention,
                                             head=head, seq=seq, max_pred=max_pred, batch=batch, config=config, **common))
     return out
@@ -367,10 +383,12 @@ def parse_args(argv=None):
     p.add_argument("--backends", type=csv(str), default=None, help="default: eager,compile, plus ort where it imports")
     p.add_argument("--heads", type=csv(str), default=["masked", "full"], help="MLM head on the masked positions only, or every position")
     p.add_argument("--batch-size", type=int, default=None, help="override NVIDIA's per-GPU micro-batch")
-    p.add_argument("--models", type=csv(str), default=list(MODELS), help="bert (BERT-large, --config) and/or modernbert (--modernbert-config)")
+    p.add_argument("--models", type=csv(str), default=list(MODELS),
+                   help="bert (BERT-large, --config), modernbert (--modernbert-config), llama (--llama-config)")
     p.add_argument("--attentions", type=csv(str), default=["eager", "sdpa"], help="BERT's attention kernels (ModernBERT: sdpa)")
     p.add_argument("--config", default="large", help="BERT config (tiny/base/large or a JSON path)")
     p.add_argument("--modernbert-config", default="modernbert_base", help="ModernBERT config (modernbert_tiny/base/large or a JSON path)")
+    p.add_argument("--llama-config", default="llama_1b", help="decoder config (llama_tiny/llama_1b or a JSON path)")
     p.add_argument("--device", default=None, help="default cuda (cpu with --smoke)")
     p.add_argument("--warmup", type=int, default=None, help="untimed steps first (compilation, ORT export); default 3")
     p.add_argument("--steps", type=int, default=None, help="timed steps; default 10")
@@ -389,6 +407,7 @@ def parse_args(argv=None):
     if args.smoke:
         args.config = "tiny" if args.config == "large" else args.config
         args.modernbert_config = "modernbert_tiny" if args.modernbert_config == "modernbert_base" else args.modernbert_config
+        args.llama_config = "llama_tiny" if args.llama_config == "llama_1b" else args.llama_config
         args.device = args.device or "cpu"
         args.precisions = ["tf32"] if args.precisions == ["bf16", "fp16", "tf32"] else args.precisions
         args.backends = args.backends or ["eager"]

@@ -36,9 +36,10 @@ def test_smoke_runs_every_phase_and_head_on_cpu_and_writes_json(tmp_path):
     data = json.loads(out.read_text())
     results = data["results"]
     assert {(r["phase"], r["head"]) for r in results} == {(1, "masked"), (1, "full"), (2, "masked"), (2, "full")}
-    # BERT with both attention kernels, ModernBERT (MLM only, no segment ids) with SDPA, both phases each.
+    # BERT with both attention kernels, ModernBERT (MLM only, no segment ids) and the decoder with SDPA, both phases each.
     assert {(r["model"], r["attention"], r["phase"]) for r in results} == {
-        (m, a, p) for m, a in (("bert", "eager"), ("bert", "sdpa"), ("modernbert", "sdpa")) for p in (1, 2)}
+        (m, a, p) for m, a in (("bert", "eager"), ("bert", "sdpa"), ("modernbert", "sdpa"), ("llama", "sdpa")) for p in (1, 2)}
+    assert {r["head"] for r in results if r["model"] == "llama"} == {"full"}  # a decoder predicts every position
     for r in results:
         assert "error" not in r, r
         assert r["seq_per_s"] > 0 and r["step_ms"] > 0 and r["model_tflops_per_s"] > 0
@@ -68,6 +69,23 @@ def test_model_flops_count_the_real_encoder_weights():
     assert 2.3e11 < bench.model_flops_per_sequence(large, 128, 20) < 2.5e11
 
 
+def test_decoder_flops_count_the_real_llama_weights():
+    """The decoder's dense term is 6 x (its layers' weight matrices) x tokens, plus the LM head over every position."""
+    bench = load()
+    from ort_training.models import load_model_config
+    from ort_training.models.pretraining import PretrainingModel
+
+    config = load_model_config("llama_tiny")
+    model = PretrainingModel(config, objective="clm")
+    layer_weights = sum(p.numel() for n, p in model.hf_model.model.layers.named_parameters() if p.dim() == 2)
+    seq = 64
+    attention = 12 * config.num_hidden_layers * config.hidden_size * seq * seq
+    head = 6 * config.hidden_size * config.vocab_size * seq
+    assert bench.model_flops_per_sequence(config, seq, 0) == 6 * layer_weights * seq + attention + head
+    # Llama-3.2-1B shape at 4,096 tokens: ~2.6e13 FLOPs per training sequence (6 x ~1.0e9 x 4,096 + attention + head).
+    assert 2.4e13 < bench.model_flops_per_sequence(load_model_config("llama_1b"), 4096, 0) < 3.2e13
+
+
 def test_nvidia_micro_batches_and_device_peaks():
     bench = load()
     assert bench.MICRO_BATCH[(1, "fp16")] == 256 and bench.MICRO_BATCH[(2, "tf32")] == 16
@@ -82,14 +100,16 @@ def test_nvidia_micro_batches_and_device_peaks():
 
 
 def test_gpu_matrix_adds_bert_sdpa_and_modernbert_base_at_1024_and_8192():
-    """ORT runs neither SDPA nor ModernBERT (the families say so); ModernBERT holds 32,768 tokens per micro-batch."""
+    """ORT runs neither BERT's SDPA nor ModernBERT (the families say so); ModernBERT holds 32,768 tokens per micro-batch."""
     bench = load()
     args = bench.parse_args(["--precisions", "bf16", "--backends", "eager,compile,ort", "--heads", "masked"])
     got = {(v["model"], v["phase"], v["seq"], v["backend"], v["attention"], v["batch"]) for v in bench.variants(args)}
     bert = {("bert", p, s, b, a, bs) for p, s, bs in ((1, 128, 256), (2, 512, 32)) for b in ("eager", "compile") for a in ("eager", "sdpa")}
     bert |= {("bert", 1, 128, "ort", "eager", 256), ("bert", 2, 512, "ort", "eager", 32)}
     modern = {("modernbert", p, s, b, "sdpa", 32768 // s) for p, s in ((1, 1024), (2, 8192)) for b in ("eager", "compile")}
-    assert got == bert | modern
+    # The decoder: every backend (ORT with the family's 4-D mask), SDPA, 16,384 tokens per micro-batch.
+    llama = {("llama", p, s, b, "sdpa", 16384 // s) for p, s in ((1, 1024), (2, 4096)) for b in ("eager", "compile", "ort")}
+    assert got == bert | modern | llama
     assert {v["config"] for v in bench.variants(args) if v["model"] == "modernbert"} == {"modernbert_base"}
     assert {v["max_pred"] for v in bench.variants(args) if v["model"] == "modernbert"} == {307, 2458}
 
