@@ -4,6 +4,11 @@ A checkpoint holds only tensors, numbers, strings, lists and dicts, so it loads 
 `torch.load(weights_only=True)` (no pickled code runs). It holds everything a bitwise resume needs:
 model, optimizer, grad scaler, scheduler, train state (global step, phase step, phase), data
 position and the RNG states of torch, CUDA, numpy and Python's `random`.
+
+Under ZeRO (DeepSpeed stage 1/2) the optimizer state is partitioned over the ranks: each rank writes its own
+partition beside checkpoint.pt as `optimizer-rank{R}.pt` (`save_checkpoint(..., shard=...)`, called by every rank),
+and checkpoint.pt's "optimizer" entry only says how many shards there are (`{"zero_shards": N, ...}`); on resume each
+rank reads its own (`load_optimizer_shard`). The step-N folder appears, atomically, only once every shard is in it.
 """
 
 from __future__ import annotations
@@ -18,12 +23,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bundle.atomic import atomic_dir
+from bundle.atomic import atomic_dir, tmp_name
 from ort_training.errors import UsageError
+from ort_training.loop import distributed
 
 logger = logging.getLogger(__name__)
 
 CKPT_FILE = "checkpoint.pt"
+SHARD_FILE = "optimizer-rank{rank}.pt"  # one per rank under ZeRO (module docstring)
 _STEP_DIR = re.compile(r"^step-(\d+)$")
 
 
@@ -76,17 +83,63 @@ def resolve_checkpoint(path: str | Path) -> Path:
     raise FileNotFoundError(f"{p}: no checkpoint found (expected a step-N/{CKPT_FILE} under {p}/checkpoints)")
 
 
-def save_checkpoint(output_dir: str | Path, step: int, state: dict, keep: int) -> Path:
-    """Write step-N atomically (temp folder + rename); keep it and the `keep` - 1 newest others."""
+def save_checkpoint(output_dir: str | Path, step: int, state: dict | None, keep: int, shard: dict | None = None,
+                    rank: int = 0) -> Path:
+    """Write step-N atomically (temp folder + rename); keep it and the `keep` - 1 newest others.
+
+    Without `shard` only rank 0 calls it, with the whole `state`. With `shard` (this rank's ZeRO partition of the
+    optimizer state) every rank calls it: each writes its shard to a hidden temporary file beside the folder, the
+    paths meet on rank 0 (an all-gather, which is also where a rank's write error reaches every rank), and rank 0
+    moves them into the temporary folder with checkpoint.pt before the one rename. The checkpoints folder must be on
+    storage every rank sees (as resuming already needs)."""
     final = Path(output_dir) / "checkpoints" / f"step-{step}"
+    shard_paths = None
+    if shard is not None:
+        shard_paths = _gather_shards(final, shard, rank)
+        if rank != 0:
+            return final
     with atomic_dir(final) as tmp:
         _write(state, tmp / CKPT_FILE, final / CKPT_FILE)
+        for r, path in enumerate(shard_paths or []):
+            Path(path).replace(tmp / SHARD_FILE.format(rank=r))
     # Never the one just written, even when older runs left higher step numbers in the folder.
     others = [d for _, d in list_checkpoints(output_dir) if d != final]
     for old in others[:max(len(others) - (keep - 1), 0)]:
         shutil.rmtree(old, ignore_errors=True)
     logger.info("saved checkpoint %s", final)
     return final
+
+
+def _gather_shards(final: Path, shard: dict, rank: int) -> list[str]:
+    """Write this rank's shard to a hidden temporary file (pid-named, so clean_stale_temps removes one a killed run
+    left); return every rank's path, in rank order, on every rank. A failed write on any rank raises on all of them."""
+    path = tmp_name(final.with_name(f"{final.name}-{SHARD_FILE.format(rank=rank)}"))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        _write(shard, path, final / SHARD_FILE.format(rank=rank))
+        outcome = str(path)
+    except OSError as exc:
+        outcome = {"error": f"rank {rank}: {exc}", "errno": exc.errno}
+    outcomes = distributed.all_gather_object(outcome)
+    failed = [o for o in outcomes if isinstance(o, dict)]
+    if failed:
+        path.unlink(missing_ok=True)
+        raise OSError(failed[0]["errno"], f"optimizer shard not written ({'; '.join(o['error'] for o in failed)})", str(final))
+    return outcomes
+
+
+def load_optimizer_shard(optimizer_entry: dict, rank: int, world_size: int) -> dict:
+    """This rank's ZeRO optimizer shard of a checkpoint whose "optimizer" entry is `{"zero_shards": N, "folder": ...}`
+    (load_checkpoint adds the folder)."""
+    saved = optimizer_entry["zero_shards"]
+    if saved != world_size:
+        raise UsageError(f"{optimizer_entry['folder']}: the optimizer state is partitioned over {saved} ranks (ZeRO), this "
+                         f"run has {world_size}; resume on {saved} ranks, or start in a new --output_dir")
+    path = Path(optimizer_entry["folder"]) / SHARD_FILE.format(rank=rank)
+    if not path.is_file():
+        raise UsageError(f"{path}: missing; the checkpoint's ZeRO optimizer state needs one shard per rank "
+                         f"({SHARD_FILE.format(rank='R')} for R < {saved})")
+    return torch.load(path, map_location="cpu", weights_only=True)
 
 
 class _WholeWrites:
@@ -141,7 +194,7 @@ def load_checkpoint(path: str | Path, step: int | None = None) -> dict:
         for i, ckpt in enumerate(candidates):
             try:
                 logger.info("loading checkpoint %s", ckpt)
-                return torch.load(ckpt, map_location="cpu", weights_only=True)
+                return _read(ckpt)
             except Exception as exc:  # truncated zip, bad pickle, I/O error
                 if i + 1 == len(candidates):
                     raise UsageError(f"{ckpt}: cannot read checkpoint ({exc}) and no older complete one exists; "
@@ -154,4 +207,12 @@ def load_checkpoint(path: str | Path, step: int | None = None) -> dict:
                                     f"(found steps {sorted(found)}); pass one of them or -1 for the newest")
         ckpt = found[step] / CKPT_FILE
     logger.info("loading checkpoint %s", ckpt)
-    return torch.load(ckpt, map_location="cpu", weights_only=True)
+    return _read(ckpt)
+
+
+def _read(ckpt: Path) -> dict:
+    state = torch.load(ckpt, map_location="cpu", weights_only=True)
+    optimizer = state.get("optimizer")
+    if isinstance(optimizer, dict) and "zero_shards" in optimizer:  # the shards lie beside it: say where
+        optimizer["folder"] = str(ckpt.parent)
+    return state

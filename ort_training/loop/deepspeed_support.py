@@ -4,6 +4,9 @@ DeepSpeed's FusedLamb is CUDA-only, so the optimizer is ours. The batch fields o
 config are overwritten from our flags so there is one source of truth for the batch size.
 On CPU DeepSpeed picks the `ccl` backend by default; we initialise torch.distributed with gloo
 first (distributed.init_distributed), which DeepSpeed then reuses.
+
+ZeRO 1/2 runs on any number of ranks: the engine all-reduces our optimizer's gradient-norm clip over the
+partitions and saves one optimizer shard per rank (engine.DeepSpeedEngine, checkpoint.py).
 """
 
 from __future__ import annotations
@@ -31,13 +34,6 @@ def load_deepspeed_config(cfg: PretrainConfig, world_size: int) -> dict:
     stage = ds.get("zero_optimization", {}).get("stage", 0)
     if stage not in (0, 1, 2):
         raise UsageError(f"--deepspeed {cfg.deepspeed}: ZeRO stage {stage} is not supported (use 1 or 2)")
-    if stage >= 1 and world_size > 1:
-        # Not implemented yet: with ZeRO each rank holds only its partition of the optimizer state, but
-        # our checkpoint is written by rank 0 alone (so a resume would give every rank rank 0's
-        # partition), and LAMB's global-norm clip would see only the local partition's gradients.
-        raise UsageError(f"--deepspeed {cfg.deepspeed}: ZeRO stage {stage} with {world_size} ranks is not supported: checkpoints "
-                         "would keep only rank 0's optimizer partition and LAMB's gradient-norm clip would cover one partition. "
-                         "Use ZeRO stage 0 or plain DDP (no --deepspeed) for several ranks")
     for key in ("optimizer", "scheduler"):
         if key in ds:
             raise UsageError(f"--deepspeed {cfg.deepspeed}: remove the '{key}' section; LAMB and the poly schedule come from our flags")

@@ -9,6 +9,11 @@ torch-optimizer (`torch_optimizer.Lamb`) differs from NVIDIA's (no global gradie
 before the moments, trust ratio clamped, per-parameter loops). This one follows apex's
 `multi_tensor_lamb` step by step and uses `torch._foreach_*` ops, which run as fused multi-tensor
 kernels on CUDA and as one C++ loop per op on CPU.
+
+Under ZeRO across ranks (DeepSpeed stage 1/2, several ranks) each rank's optimizer holds one partition of the
+parameters and only that partition's gradients: the engine sets `optimizer.norm_group` to the data-parallel group, and
+the global gradient norm is then all-reduced over it (`global_grad_norm`), so every rank clips by the norm of the whole
+gradient, as one rank or DDP does.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.distributed as dist
 from torch import nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR
@@ -39,6 +45,7 @@ class Lamb(Optimizer):
         super().__init__(params, defaults)
         self.max_grad_norm = max_grad_norm
         self.use_nvlamb = use_nvlamb
+        self.norm_group = None  # ZeRO across ranks: the group the gradient norm is all-reduced over (module docstring)
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -47,12 +54,12 @@ class Lamb(Optimizer):
             with torch.enable_grad():
                 loss = closure()
         all_grads = [p.grad for g in self.param_groups for p in g["params"] if p.grad is not None]
-        if not all_grads:
+        if not all_grads and self.norm_group is None:  # with a norm group every rank must join the all-reduce
             return loss
         if any(g.is_sparse for g in all_grads):
             raise RuntimeError("Lamb does not support sparse gradients")
-        # Global norm over every parameter (all groups), computed in fp32 like apex.
-        global_norm = torch.linalg.vector_norm(torch.stack([n.float() for n in torch._foreach_norm(all_grads)]))
+        # Global norm over every parameter (all groups; with ZeRO, all ranks' partitions), computed in fp32 like apex.
+        global_norm = global_grad_norm(all_grads, self.norm_group)
         if self.max_grad_norm > 0:
             clip = torch.clamp(global_norm / self.max_grad_norm, min=1.0)
         else:
@@ -105,12 +112,28 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def clip_global_norm_(params: list[torch.Tensor], max_norm: float) -> None:
-    """Scale the gradients of `params` so their global L2 norm is at most `max_norm` (0: no clip)."""
+def global_grad_norm(grads: list[torch.Tensor], group=None) -> torch.Tensor:
+    """The L2 norm of `grads` together, in fp32. With `group` (ZeRO: each rank holds a disjoint partition of the
+    gradients) the squared local norms are summed over the group's ranks first, so every rank gets the same norm of
+    the whole gradient; a rank with no gradients still joins the all-reduce."""
+    if group is None:
+        return torch.linalg.vector_norm(torch.stack([n.float() for n in torch._foreach_norm(grads)]))
+    if grads:
+        squared = torch.linalg.vector_norm(torch.stack([n.float() for n in torch._foreach_norm(grads)])).square()
+    else:
+        squared = torch.zeros((), dtype=torch.float32)
+    dist.all_reduce(squared, op=dist.ReduceOp.SUM, group=group)
+    return squared.sqrt()
+
+
+def clip_global_norm_(params: list[torch.Tensor], max_norm: float, group=None) -> None:
+    """Scale the gradients of `params` so their global L2 norm is at most `max_norm` (0: no clip); the norm is
+    all-reduced over `group` when it is given (ZeRO across ranks, `global_grad_norm`)."""
     grads = [p.grad for p in params if p.grad is not None]
-    if max_norm > 0 and grads:
-        norm = torch.linalg.vector_norm(torch.stack([n.float() for n in torch._foreach_norm(grads)]))
-        torch._foreach_mul_(grads, torch.clamp(max_norm / (norm + 1e-6), max=1.0))
+    if max_norm > 0 and (grads or group is not None):
+        norm = global_grad_norm(grads, group)
+        if grads:
+            torch._foreach_mul_(grads, torch.clamp(max_norm / (norm + 1e-6), max=1.0))
 
 
 class AdamW(torch.optim.AdamW):
@@ -119,10 +142,11 @@ class AdamW(torch.optim.AdamW):
     def __init__(self, params, max_grad_norm: float = 1.0, **kwargs):
         super().__init__(params, **kwargs)
         self.max_grad_norm = max_grad_norm
+        self.norm_group = None  # ZeRO across ranks (module docstring)
 
     @torch.no_grad()
     def step(self, closure=None):
-        clip_global_norm_([p for g in self.param_groups for p in g["params"]], self.max_grad_norm)
+        clip_global_norm_([p for g in self.param_groups for p in g["params"]], self.max_grad_norm, self.norm_group)
         return super().step(closure)
 
 
@@ -137,6 +161,7 @@ class StableAdamW(Optimizer):
             raise ValueError(f"invalid StableAdamW hyper-parameters lr={lr} betas={betas} eps={eps}")
         super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay))
         self.max_grad_norm = max_grad_norm
+        self.norm_group = None  # ZeRO across ranks (module docstring)
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -144,7 +169,7 @@ class StableAdamW(Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        clip_global_norm_([p for g in self.param_groups for p in g["params"]], self.max_grad_norm)
+        clip_global_norm_([p for g in self.param_groups for p in g["params"]], self.max_grad_norm, self.norm_group)
         for group in self.param_groups:
             beta1, beta2 = group["betas"]
             for p in group["params"]:
@@ -196,6 +221,7 @@ class AdamWScale(Optimizer):
             raise ValueError(f"invalid AdamWScale hyper-parameters lr={lr} betas={betas} eps={eps}")
         super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, eps_scale=eps_scale))
         self.max_grad_norm = max_grad_norm
+        self.norm_group = None  # ZeRO across ranks (module docstring)
 
     @staticmethod
     def rms(t: torch.Tensor) -> torch.Tensor:
@@ -207,7 +233,7 @@ class AdamWScale(Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        clip_global_norm_([p for g in self.param_groups for p in g["params"]], self.max_grad_norm)
+        clip_global_norm_([p for g in self.param_groups for p in g["params"]], self.max_grad_norm, self.norm_group)
         for group in self.param_groups:
             beta1, beta2 = group["betas"]
             for p in group["params"]:

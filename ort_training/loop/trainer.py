@@ -166,7 +166,7 @@ class Trainer:
     def state_dict(self) -> dict:
         return {
             "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
+            "optimizer": self.engine.optimizer_state_dict(),  # under ZeRO: the shard count (each rank writes its shard)
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.engine.state_dict(),
             "train_state": {"global_step": self.global_step, "phase_step": self.phase_step, "phase": self.phase,
@@ -301,8 +301,9 @@ class Trainer:
     def save(self) -> None:
         self._check_finite_weights()
         state = self.state_dict()
-        if self.is_main:
-            save_checkpoint(self.cfg.output_dir, self.global_step, state, self.cfg.keep_checkpoints)
+        shard = self.engine.optimizer_shard()  # this rank's ZeRO optimizer partition: then every rank takes part
+        if self.is_main or shard is not None:
+            save_checkpoint(self.cfg.output_dir, self.global_step, state, self.cfg.keep_checkpoints, shard, self.env.rank)
         distributed.barrier()
 
     # ---------------------------------------------------------------- loop

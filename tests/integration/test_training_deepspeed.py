@@ -75,9 +75,8 @@ def test_deepspeed_config_checks(tmp_path):
     with pytest.raises(ValueError, match="remove the 'optimizer' section"):
         load_deepspeed_config(cfg, 1)
     p.write_text(json.dumps({"zero_optimization": {"stage": 1}}))
-    with pytest.raises(ValueError, match="ZeRO stage 1 with 4 ranks is not supported: checkpoints would keep only rank 0"):
-        load_deepspeed_config(cfg, 4)
     assert load_deepspeed_config(cfg, 1)["zero_optimization"] == {"stage": 1}
+    assert load_deepspeed_config(cfg, 4)["train_batch_size"] == 32  # ZeRO across ranks: tests/integration/test_training_zero.py
     p.write_text(json.dumps({"zero_optimization": {"stage": 0}, "train_batch_size": 999}))
     ds = load_deepspeed_config(cfg, 4)
     assert (ds["train_batch_size"], ds["train_micro_batch_size_per_gpu"], ds["gradient_accumulation_steps"]) == (32, 4, 2)
