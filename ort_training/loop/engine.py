@@ -88,8 +88,8 @@ class DeepSpeedEngine:
     ZeRO stage 1/2 partitions each parameter group, flattened, over the ranks; our optimizer, wrapped by DeepSpeed,
     then holds one flat fp32 partition per group and sees only its gradients. Two things follow: its global-norm clip
     is all-reduced over the data-parallel group (`optimizer.norm_group`, optim.py), and its state is saved one shard
-    per rank (`optimizer_shard`), with the fp32 master partitions (under bf16/fp16 the model's weights in
-    checkpoint.pt are rounded) and the fp16 loss scaler, so a resume continues exactly."""
+    per rank (`optimizer_shard`), with, under bf16/fp16, the fp32 master partitions (the model's weights in
+    checkpoint.pt are rounded there) and the fp16 loss scaler, so a resume continues exactly."""
 
     def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, cfg: PretrainConfig, env: DistEnv,
                  device: torch.device):
@@ -97,6 +97,9 @@ class DeepSpeedEngine:
 
         self.optimizer = optimizer
         self.fp16 = cfg.precision == "fp16"
+        # Under bf16/fp16 the model's weights (checkpoint.pt) are rounded copies of DeepSpeed's fp32 master partitions,
+        # which the shards then carry; in fp32 they are the same numbers, saved once.
+        self._save_master = cfg.precision != "fp32"
         self.engine = initialize_deepspeed(model, optimizer, cfg)
         self.model = self.engine
         self._skipped_before = 0
@@ -146,10 +149,12 @@ class DeepSpeedEngine:
         if self._zero is None:
             return None
         scaler = getattr(self._zero, "loss_scaler", None)
-        return {"rank": self.rank, "world_size": self.world_size, "zero_stage": self.zero_stage,
-                "optimizer": self.optimizer.state_dict(),  # our optimizer's state of this rank's flat partitions
-                "fp32_partitions": self._fp32_partitions(),
-                "loss_scaler": {k: getattr(scaler, k) for k in _SCALER_FIELDS if hasattr(scaler, k)}}
+        shard = {"rank": self.rank, "world_size": self.world_size, "zero_stage": self.zero_stage,
+                 "optimizer": self.optimizer.state_dict(),  # our optimizer's state of this rank's flat partitions
+                 "loss_scaler": {k: getattr(scaler, k) for k in _SCALER_FIELDS if hasattr(scaler, k)}}
+        if self._save_master:
+            shard["fp32_partitions"] = self._fp32_partitions()
+        return shard
 
     def load_optimizer_state(self, state: dict) -> None:
         # ZeRO re-groups the parameters into flat partitions when it wraps the optimizer; the saved
@@ -162,9 +167,10 @@ class DeepSpeedEngine:
                              f"{state.get('zero_stage')}'s, partitioned over ranks; this run has stage 0")
         shard = load_optimizer_shard(state, self.rank, self.world_size)
         self.optimizer.load_state_dict(shard["optimizer"])
-        with torch.no_grad():
-            for mine, saved in zip(self._fp32_partitions(), shard["fp32_partitions"], strict=True):
-                mine.copy_(saved)
+        if "fp32_partitions" in shard:  # bf16/fp16: the weights in checkpoint.pt were rounded
+            with torch.no_grad():
+                for mine, saved in zip(self._fp32_partitions(), shard["fp32_partitions"], strict=True):
+                    mine.copy_(saved)
         scaler = getattr(self._zero, "loss_scaler", None)
         for key, value in shard.get("loss_scaler", {}).items():
             setattr(scaler, key, value)
