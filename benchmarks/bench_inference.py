@@ -29,7 +29,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ort_training.data.text import Table, encode_split, read_table  # noqa: E402
-from ort_training.finetune import classification_metrics, predict  # noqa: E402
+from ort_training.tasks.finetuning import classification_metrics, predict  # noqa: E402
 from ort_training.inference import (CHECK_SENTENCES, ENGINES, EngineUnavailableError, labels_of, load_engine, load_tokenizer,  # noqa: E402
                                      read_classifier_config, require_provider)
 from ort_training.predict import PredictConfig, text_settings  # noqa: E402

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import argparse
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Literal, Optional
 
@@ -33,96 +33,112 @@ Optimizer = Literal[OPTIMIZERS]
 Schedule = Literal[SCHEDULES]
 
 
-def _f(default, help: str, **kw):
+def setting(default, help: str, **kw):
+    """A dataclass field with its flag's help (bundle.cli builds the flags from these)."""
     return field(default=default, metadata={"help": help, **kw})
 
 
 @dataclass
-class PretrainConfig:
-    """All settings of one pretraining phase. Defaults are those of NVIDIA's run_pretraining.py where
-    it has the flag; a recipe's numbers live in its file under ort_training/recipes/, not here."""
+class TrainingArgs:
+    """The settings every training entry point shares (pretraining a phase, fine-tuning), defined once: their flags,
+    help and checks (`check_optimisation`) follow from here. A subclass redeclares a field only to change its default."""
 
-    # --- data / io
-    input_dir: Optional[str] = _f(None, "Folder of data_prep's training files (`*training*.hdf5`, searched recursively): NVIDIA-schema "
-                                        "HDF5 (masks stored) or packed token sequences (`data_prep packed`: masked as read).")
-    output_dir: str = _f("results", "Where checkpoints/, hf_model/, metrics and the summary are written.")
-    config_file: Optional[str] = _f(None, "Model config JSON; its model_type picks the architecture (bert, modernbert; none: BERT). "
-                                          "Or a shipped name: " + ", ".join(SHIPPED_CONFIGS) + " (default: the config.json of "
-                                          "a Hugging Face --init_checkpoint, else base).")
-    vocab_file: Optional[str] = _f(None, "The tokenizer the data was made with, carried by the HF export: a WordPiece vocab.txt, a "
-                                         "tokenizer.json or a Hugging Face tokenizer folder (BPE: ModernBERT). Default: the one "
-                                         "data_prep's manifest names.", aliases=("--tokenizer",))
-    do_lower_case: bool = _f(True, "Tokenizer lower-cases text (written into the exported tokenizer).")
-    eval_dir: Optional[str] = _f(None, "Optional folder of held-out HDF5 shards; MLM accuracy is reported at the end of the phase.")
-    eval_batches: int = _f(20, "At most this many micro-batches of --eval_dir are evaluated, each held-out sequence once.")
-    eval_every: int = _f(0, "Also evaluate on --eval_dir every N optimizer steps (0: at the end of the phase only); the "
-                            "eval_* values join that step's metrics record.")
-    early_stopping_patience: int = _f(0, "With --eval_every: end the phase (checkpoint and export) once the held-out loss has "
-                                         "not improved for this many evaluations (0: never; fms-ehrs uses 3).")
-    log_dir: Optional[str] = _f(None, "TensorBoard folder (default OUTPUT_DIR/tensorboard).")
-    max_seq_length: Optional[int] = _f(None, "Expected sequence length of the HDF5 (checked when the data is opened).")
-    max_predictions_per_seq: Optional[int] = _f(None, "Expected masked positions per sequence of the HDF5 (checked likewise).")
-    mask_rate: Optional[float] = _f(None, "Packed data: fraction of tokens masked each time a sequence is read, 80/10/10 (default: the "
-                                          "architecture's: 0.15 BERT, 0.30 ModernBERT). NVIDIA HDF5 stores its masks.")
-    # --- objective / optimisation
-    objective: str = _f("mlm_nsp", "Training objective: mlm_nsp (BERT: masked LM + next sentence), mlm (masked LM only: BERT, "
-                                   "ModernBERT) or clm (next-token prediction: Llama).")
-    train_batch_size: int = _f(64, "Sequences per rank per optimizer step (split into --gradient_accumulation_steps micro-batches).")
-    gradient_accumulation_steps: int = _f(1, "Micro-batches accumulated per optimizer step.")
-    optimizer: Optimizer = _f("lamb", "lamb (NVIDIA's BERT recipe), adamw (decoders, fms-ehrs) or stable_adamw (ModernBERT's recipes); "
+    # --- io
+    output_dir: str = setting("results", "Where checkpoints/, hf_model/, metrics and the summary are written.")
+    config_file: Optional[str] = setting(None, "Model config JSON; its model_type picks the architecture (bert, modernbert, llama, t5; "
+                                          "none: BERT). Or a shipped name: " + ", ".join(SHIPPED_CONFIGS) + " (default: the "
+                                          "config.json of a Hugging Face --init_checkpoint).")
+    init_checkpoint: Optional[str] = setting(None, "Weights to start from: a checkpoint folder of this bundle (or an output dir: its newest), "
+                                              "a Hugging Face folder of the family, or an NVIDIA DeepLearningExamples .pt.")
+    vocab_file: Optional[str] = setting(None, "The tokenizer, carried by the HF export: a WordPiece vocab.txt, a tokenizer.json or a "
+                                         "Hugging Face tokenizer folder. Default: the data's (pretraining: the one data_prep's manifest "
+                                         "names; fine-tuning: the --init_checkpoint folder's).", aliases=("--tokenizer",))
+    # --- optimisation
+    train_batch_size: int = setting(64, "Sequences per rank per optimizer step (split into --gradient_accumulation_steps micro-batches).")
+    gradient_accumulation_steps: int = setting(1, "Micro-batches accumulated per optimizer step.")
+    optimizer: Optimizer = setting("lamb", "lamb (NVIDIA's BERT recipe), adamw (decoders, fms-ehrs) or stable_adamw (ModernBERT's recipes); "
                                       "each clips the global gradient norm at --max_grad_norm.")
-    lr_schedule: Schedule = _f("poly", "poly (NVIDIA's warm-up + poly decay), cosine (warm-up + half cosine to 0) or wsd "
+    lr_schedule: Schedule = setting("poly", "poly (NVIDIA's warm-up + poly decay), cosine (warm-up + half cosine to 0) or wsd "
                                        "(warm-up, constant, linear decay over the last 10% of steps: ModernBERT).")
-    learning_rate: float = _f(5e-5, "Peak learning rate.")
-    warmup_proportion: float = _f(0.01, "Fraction of --max_steps spent in linear warm-up.")
-    max_steps: int = _f(1000, "Optimizer steps of this phase (phase 2: steps after --phase1_end_step).")
-    weight_decay: float = _f(0.01, "Decoupled weight decay (not applied to biases and LayerNorm weights).")
-    max_grad_norm: float = _f(1.0, "Global gradient-norm clip applied by the optimizer before its moments (0: none).")
-    seed: int = _f(42, "Seed for weights, dropout and data order.")
-    dropout: Optional[float] = _f(None, "Override hidden and attention dropout (0 for deterministic parity tests).")
-    dense_seq_output: bool = _f(True, "Compute the MLM head only on masked positions (NVIDIA's dense sequence output).")
-    checkpoint_activations: bool = _f(False, "Recompute each transformer layer's activations in the backward pass (less memory, "
+    learning_rate: float = setting(5e-5, "Peak learning rate.")
+    warmup_proportion: float = setting(0.01, "Fraction of the steps spent in linear warm-up.")
+    weight_decay: float = setting(0.01, "Decoupled weight decay (not applied to biases and LayerNorm weights).")
+    max_grad_norm: float = setting(1.0, "Global gradient-norm clip applied by the optimizer before its moments (0: none).")
+    seed: int = setting(42, "Seed for weights, dropout and data order.")
+    dropout: Optional[float] = setting(None, "Override the model's dropout (0 for deterministic parity tests).")
+    checkpoint_activations: bool = setting(False, "Recompute each transformer layer's activations in the backward pass (less memory, "
                                              "~30% more compute); under ORT this is ORT's layer recompute (memory_opt_level 1).")
     # --- precision / backend
-    precision: Precision = _f("fp32", "Numeric precision; --fp16 / --bf16 are shorthands.")
-    fp16: bool = _f(False, "Same as --precision fp16 (dynamic loss scaling).")
-    bf16: bool = _f(False, "Same as --precision bf16.")
-    backend: Backend = _f("ort", "ort = ORTModule (torch-ort), eager = plain PyTorch, compile = torch.compile.")
-    attention: Attention = _f("auto", "Attention kernel: eager, sdpa (torch's scaled_dot_product_attention: Flash / memory-efficient "
+    precision: Precision = setting("fp32", "Numeric precision: fp32, fp16 (dynamic loss scaling) or bf16.")
+    backend: Backend = setting("ort", "ort = ORTModule (torch-ort), eager = plain PyTorch, compile = torch.compile.")
+    attention: Attention = setting("auto", "Attention kernel: eager, sdpa (torch's scaled_dot_product_attention: Flash / memory-efficient "
                                       "kernels on GPUs), or auto = the measured faster one for the architecture on this device "
-                                      "(models/; ORT runs eager only).")
-    ort_optimizations: bool = _f(True, "ORT's compute optimizer (FLOP reduction, label sparsity); --no-ort_optimizations turns it off to compare.")
-    ort_memory_opt_level: int = _f(0, "ORTMODULE_MEMORY_OPT_LEVEL: 0 off, 1 recompute all transformer layers, 2 aggressive.")
+                                      "(models/).")
+    ort_optimizations: bool = setting(True, "ORT's compute optimizer (FLOP reduction, label sparsity); --no-ort_optimizations turns it off to compare.")
+    deepspeed: Optional[str] = setting(None, "DeepSpeed JSON config or a shipped one: zero1, zero2 (ZeRO stage 0-2); our optimizer is used.")
+    # --- checkpoints / logging
+    resume_from_checkpoint: bool = setting(False, "Continue from the newest checkpoint in OUTPUT_DIR/checkpoints.")
+    num_steps_per_checkpoint: int = setting(200, "Save a checkpoint every N optimizer steps (and on SIGTERM, an early stop and at the end).")
+    keep_checkpoints: int = setting(3, "Keep only the newest K checkpoints.")
+    log_freq: int = setting(1, "Log metrics every N optimizer steps.")
+    disable_progress_bar: bool = setting(False, "Turn the tqdm progress bar off.")
+    # --- hyperparameter search (ort_training/tasks/hpo.py)
+    hpo_trials: int = setting(0, "Run an optuna search of N trials (each in OUTPUT_DIR/trials/trial-NNN, the study in "
+                            "OUTPUT_DIR/hpo.sqlite3); the best trial's hf_model/ is copied to OUTPUT_DIR. Pretraining minimises "
+                            "the held-out loss (needs --eval_dir and --eval_every); fine-tuning optimises its validation metric.")
+    hpo_space: Optional[str] = setting(None, "YAML search space (its 'hpo' section, or the whole file); default: ort_training/tasks/hpo.py's.")
+
+    def shared(self) -> dict:
+        """This run's values of the shared settings (what a fine-tuning run hands the trainer's PretrainConfig)."""
+        return {f.name: getattr(self, f.name) for f in fields(TrainingArgs)}
+
+
+@dataclass
+class PretrainConfig(TrainingArgs):
+    """All settings of one pretraining phase. Defaults are those of NVIDIA's run_pretraining.py where
+    it has the flag; a recipe's numbers live in its file under ort_training/recipes/, not here. The settings it shares
+    with fine-tuning are TrainingArgs'."""
+
+    # --- data / io
+    input_dir: Optional[str] = setting(None, "Folder of data_prep's training files (`*training*.hdf5`, searched recursively): NVIDIA-schema "
+                                        "HDF5 (masks stored) or packed token sequences (`data_prep packed`: masked as read).")
+    do_lower_case: bool = setting(True, "Tokenizer lower-cases text (written into the exported tokenizer).")
+    eval_dir: Optional[str] = setting(None, "Optional folder of held-out HDF5 shards; MLM accuracy is reported at the end of the phase.")
+    eval_batches: int = setting(20, "At most this many micro-batches of --eval_dir are evaluated, each held-out sequence once.")
+    eval_every: int = setting(0, "Also evaluate on --eval_dir every N optimizer steps (0: at the end of the phase only); the "
+                            "eval_* values join that step's metrics record.")
+    early_stopping_patience: int = setting(0, "With --eval_every: end the phase (checkpoint and export) once the held-out loss has "
+                                         "not improved for this many evaluations (0: never; fms-ehrs uses 3).")
+    log_dir: Optional[str] = setting(None, "TensorBoard folder (default OUTPUT_DIR/tensorboard).")
+    max_seq_length: Optional[int] = setting(None, "Expected sequence length of the HDF5 (checked when the data is opened).")
+    max_predictions_per_seq: Optional[int] = setting(None, "Expected masked positions per sequence of the HDF5 (checked likewise).")
+    mask_rate: Optional[float] = setting(None, "Packed data: fraction of tokens masked each time a sequence is read, 80/10/10 (default: the "
+                                          "architecture's: 0.15 BERT, 0.30 ModernBERT). NVIDIA HDF5 stores its masks.")
+    # --- objective / optimisation
+    objective: str = setting("mlm_nsp", "Training objective: mlm_nsp (BERT: masked LM + next sentence), mlm (masked LM only: BERT, "
+                                   "ModernBERT) or clm (next-token prediction: Llama).")
+    max_steps: int = setting(1000, "Optimizer steps of this phase (phase 2: steps after --phase1_end_step).")
+    dense_seq_output: bool = setting(True, "Compute the MLM head only on masked positions (NVIDIA's dense sequence output).")
+    # --- precision / backend
+    fp16: bool = setting(False, "Same as --precision fp16 (dynamic loss scaling).")
+    bf16: bool = setting(False, "Same as --precision bf16.")
+    ort_memory_opt_level: int = setting(0, "ORTMODULE_MEMORY_OPT_LEVEL: 0 off, 1 recompute all transformer layers, 2 aggressive.")
     # --- phases / checkpoints
-    phase2: bool = _f(False, "This is phase 2: start from phase 1's checkpoint with a fresh optimizer and schedule.")
-    phase1_end_step: int = _f(0, "Global step at which phase 1 ended; phase-2 steps are numbered after it (0: the phase-1 checkpoint's step).")
-    resume_from_checkpoint: bool = _f(False, "Continue from the newest checkpoint in OUTPUT_DIR/checkpoints (phase 2: may be phase 1's).")
-    resume_step: int = _f(-1, "With --resume_from_checkpoint: the global step to resume from (-1: the newest checkpoint).")
-    init_checkpoint: Optional[str] = _f(None, "Weights to start from: a checkpoint folder of this bundle (or an output dir: its newest), "
-                                              "a Hugging Face BERT folder, or an NVIDIA DeepLearningExamples .pt.")
-    num_steps_per_checkpoint: int = _f(200, "Save a checkpoint every N optimizer steps (and on SIGTERM and at the end).")
-    keep_checkpoints: int = _f(3, "Keep only the newest K checkpoints.")
-    export_onnx: bool = _f(False, "Also export an ONNX inference model (hf_model/model.onnx) at the end of the phase.")
-    skip_hf_export: bool = _f(False, "Do not write the Hugging Face export at the end of the phase.")
-    json_summary: Optional[str] = _f(None, "Also write the end-of-phase summary to this JSON file (NVIDIA's dllogger file).",
+    phase2: bool = setting(False, "This is phase 2: start from phase 1's checkpoint with a fresh optimizer and schedule.")
+    phase1_end_step: int = setting(0, "Global step at which phase 1 ended; phase-2 steps are numbered after it (0: the phase-1 checkpoint's step).")
+    resume_step: int = setting(-1, "With --resume_from_checkpoint: the global step to resume from (-1: the newest checkpoint).")
+    export_onnx: bool = setting(False, "Also export an ONNX inference model (hf_model/model.onnx) at the end of the phase.")
+    skip_hf_export: bool = setting(False, "Do not write the Hugging Face export at the end of the phase.")
+    json_summary: Optional[str] = setting(None, "Also write the end-of-phase summary to this JSON file (NVIDIA's dllogger file).",
                                      aliases=("--json-summary",))
     # --- distribution
-    deepspeed: Optional[str] = _f(None, "DeepSpeed JSON config or a shipped one: zero1, zero2 (ZeRO stage 0-2); our LAMB is the optimizer.")
-    local_rank: int = _f(-1, "Accepted for torch.distributed.launch compatibility; the environment wins.", aliases=("--local-rank",))
-    allreduce_post_accumulation: bool = _f(False, "Accepted for NVIDIA compatibility (DDP already reduces once per optimizer step).")
-    allreduce_post_accumulation_fp16: bool = _f(False, "Accepted for NVIDIA compatibility (ignored).")
-    bert_model: Optional[str] = _f(None, "Accepted for NVIDIA compatibility (e.g. bert-large-uncased); the architecture comes from --config_file.")
-    do_train: bool = _f(True, "Accepted for NVIDIA compatibility (this entry point always trains).")
+    local_rank: int = setting(-1, "Accepted for torch.distributed.launch compatibility; the environment wins.", aliases=("--local-rank",))
+    allreduce_post_accumulation: bool = setting(False, "Accepted for NVIDIA compatibility (DDP already reduces once per optimizer step).")
+    allreduce_post_accumulation_fp16: bool = setting(False, "Accepted for NVIDIA compatibility (ignored).")
+    bert_model: Optional[str] = setting(None, "Accepted for NVIDIA compatibility (e.g. bert-large-uncased); the architecture comes from --config_file.")
+    do_train: bool = setting(True, "Accepted for NVIDIA compatibility (this entry point always trains).")
     # --- logging
-    log_freq: int = _f(1, "Log metrics every N optimizer steps.")
-    disable_progress_bar: bool = _f(False, "Turn the tqdm progress bar off.")
-    prefetch: bool = _f(True, "Read the next HDF5 file in a background thread.")
-    # --- hyperparameter search (ort_training/tasks/hpo.py, PRETRAIN)
-    hpo_trials: int = _f(0, "Run an optuna search of N trials of this phase (each in OUTPUT_DIR/trials/trial-NNN, the study in "
-                            "OUTPUT_DIR/hpo.sqlite3), minimising the held-out loss; needs --eval_dir and --eval_every. "
-                            "The best trial's hf_model/ is copied to OUTPUT_DIR.")
-    hpo_space: Optional[str] = _f(None, "YAML search space (its 'hpo' section, or the whole file); default: "
-                                        "ort_training/tasks/hpo.py's PRETRAIN_SPACE.")
+    prefetch: bool = setting(True, "Read the next HDF5 file in a background thread.")
 
     def __post_init__(self) -> None:
         if self.fp16 and self.bf16:

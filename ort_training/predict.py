@@ -232,7 +232,7 @@ def one_line_reason(exc: BaseException) -> str:
 def text_settings(cfg: PredictConfig, model_dir: Path, max_positions: int) -> dict:
     """max_seq_length / long_text / stride / max_windows: the flags, else the fine-tuning run's (finetune_config.json in
     the folder above hf_model/), else 128 / truncate / min(32, (max_seq_length - 2) // 2) / MAX_WINDOWS."""
-    from ort_training.finetune import default_stride
+    from ort_training.tasks.finetuning import default_stride
 
     ft_file, ft = read_finetune_config(model_dir)
     for key in ("max_seq_length", "stride", "max_windows"):
@@ -323,7 +323,7 @@ def score_texts(model, tokenizer, texts: list[str], settings: dict, batch_size: 
     forward passes (logits are read back in float32, the softmax and averaging stay in float32 / float64)."""
     import contextlib
 
-    from ort_training.finetune import predict
+    from ort_training.tasks.finetuning import predict
 
     device = torch.device(device)
     autocast = (torch.autocast(device.type, dtype=_AUTOCAST[precision]) if precision in _AUTOCAST

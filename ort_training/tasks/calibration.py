@@ -74,7 +74,7 @@ def fit_temperature(logits: torch.Tensor, doc_index: torch.Tensor, y: np.ndarray
     searched over log T in [-3, 3] (scipy's bounded scalar minimiser)."""
     from scipy.optimize import minimize_scalar
 
-    from ort_training.finetune import doc_average
+    from ort_training.tasks.finetuning import doc_average
 
     num_docs = len(y)
     target = torch.as_tensor(np.asarray(y))

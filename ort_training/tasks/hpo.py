@@ -116,7 +116,7 @@ class Searcher:
 
 
 def _finetune_objective(cfg):
-    from ort_training.finetune import validation_metric
+    from ort_training.tasks.finetuning import validation_metric
 
     metric, higher_is_better = validation_metric(cfg)
     direction = "maximize" if higher_is_better else "minimize"
@@ -125,7 +125,8 @@ def _finetune_objective(cfg):
 
 
 def _finetune_trial(tcfg, report) -> dict:
-    from ort_training.finetune import run, validation_metric
+    from ort_training.tasks.finetuning import validation_metric
+    from ort_training.tasks.runner import run
 
     result = run(tcfg, on_evaluation=report)
     if result.get("preempted") or result["pruned"]:

@@ -65,7 +65,7 @@ class SequenceTask:
     def load_splits(self) -> dict[str, Table]:
         """{"train"|"validation"|"test": Table}, split from --train_file where a file is not given, each checked
         against the training labels; with --group_column the test table carries each row's group."""
-        from ort_training.finetune import held_out_fractions
+        from ort_training.tasks.finetuning import held_out_fractions
 
         cfg = self.cfg
         train = self.read(cfg.train_file)
@@ -153,7 +153,7 @@ class SingleLabel(SequenceTask):
         self.class_weights = self._weights(self._set.encode(train))
 
     def _weights(self, y_train: np.ndarray) -> list[float] | None:
-        from ort_training.finetune import parse_class_weights
+        from ort_training.tasks.finetuning import parse_class_weights
 
         cfg, k = self.cfg, len(self.labels)
         given = parse_class_weights(getattr(cfg, "class_weights", None))
@@ -190,7 +190,7 @@ class SingleLabel(SequenceTask):
         return self._set.encode(table)
 
     def validation(self, y, out):
-        from ort_training.finetune import classification_metrics
+        from ort_training.tasks.finetuning import classification_metrics
 
         m = classification_metrics(y, out, self.labels)
         loss = float(-np.log(np.clip(out[np.arange(len(out)), y], 1e-12, None)).mean())
@@ -198,12 +198,12 @@ class SingleLabel(SequenceTask):
                 "loss": loss}
 
     def test_metrics(self, y, out):
-        from ort_training.finetune import classification_metrics
+        from ort_training.tasks.finetuning import classification_metrics
 
         return classification_metrics(y, out, self.labels)
 
     def write_outputs(self, out_dir, table, y, out, report, title):
-        from ort_training.finetune import plot_confusion_matrix, write_predictions
+        from ort_training.tasks.finetuning import plot_confusion_matrix, write_predictions
 
         plot_confusion_matrix(report["confusion_matrix"], self.labels, out_dir / "confusion_matrix.png",
                               f"{title}: accuracy {report['accuracy']:.3f}, macro-F1 {report['macro_f1']:.3f}"

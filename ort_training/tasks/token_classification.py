@@ -27,7 +27,7 @@ import torch
 from bundle.atomic import atomic_path, atomic_write_text
 from ort_training.data.tagged import TaggedSplit, TaggedTable, check_known_tags, encode_tagged, longest_window, read_tagged, tag_set
 from ort_training.data.text import TextClassificationLoader, random_split
-from ort_training.finetune import (REPORT_FILE, EarlyStopping, FinetuneConfig, export_best, held_out_fractions, load_best, micro_batch_size,
+from ort_training.tasks.finetuning import (REPORT_FILE, EarlyStopping, FinetuneConfig, export_best, held_out_fractions, load_best, micro_batch_size,
                                    model_and_tokenizer, train, training_identity)
 from ort_training.loop.distributed import resolve_dist_env
 from ort_training.models import family_of

@@ -36,7 +36,7 @@ OFFLINE = {"HTTPS_PROXY": "http://127.0.0.1:9", "HTTP_PROXY": "http://127.0.0.1:
 # Module -> how it is checked. "dry": --dry-run must exit 0; "run": run as documented (no side effects); "help": flags only.
 MODULES = {"data_prep": "dry", "data_prep.cli": "dry", "ort_training.pretrain": "dry", "ort_training.finetune": "dry",
            "ort_training.recipe": "run", "bundle.layout": "help", "ort_training.predict": "help", "ort_training.evaluate": "help",
-           "data_prep.downstream": "help", "ort_training.run_pretraining": "help"}
+           "data_prep.downstream": "help", "ort_training.run_pretraining": "help", "ort_training.outcomes": "help"}
 SCRIPTS = {"scripts/run_pretraining_ort.sh": "dry-env", "scripts/create_datasets_from_start.sh": "dry-env",
            "azureml/submit.py": "dry-yaml"}
 NOT_RUN = {"make": "builds environments / runs the suite", "pip": "changes an environment", "sbatch": "needs a Slurm cluster",

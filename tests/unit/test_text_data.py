@@ -158,7 +158,12 @@ def test_metrics_by_hand():
     assert m["accuracy"] == pytest.approx(4 / 6)
     f1 = [2 / 4, 4 / 5, 2 / 3]  # 2tp / (2tp + fp + fn)
     assert m["macro_f1"] == pytest.approx(np.mean(f1))
-    assert m["per_class"]["b"] == {"precision": pytest.approx(2 / 3), "recall": 1.0, "f1": pytest.approx(0.8), "support": 2}
+    b = m["per_class"]["b"]
+    assert {k: b[k] for k in ("precision", "recall", "f1", "support")} == {
+        "precision": pytest.approx(2 / 3), "recall": 1.0, "f1": pytest.approx(0.8), "support": 2}
+    # AUPRC (average precision) one-vs-rest: class b's scores rank its 2 examples 2nd and 1st (0.7, 0.8 above every other),
+    # so its precision at each of them is 1; prevalence 2/6.
+    assert b["auprc"] == pytest.approx(1.0) and b["prevalence"] == pytest.approx(2 / 6)
     # one-vs-rest AUROC by counting pairs (ties half)
     def pairs(c):
         pos, neg = probs[y == c, c], probs[y != c, c]
