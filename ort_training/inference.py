@@ -340,13 +340,14 @@ def cache_folder(model_dir: str | Path, cache_dir: str | Path | None = None, dig
 
 
 def _optimize(src: Path, dst: Path, config) -> str:
-    if config.model_type == "bert":
+    optimizer_type = family_of(config).onnx_optimizer  # the family says whether the transformer optimizer's fusions fit it
+    if optimizer_type is not None:
         optimize_model = _import_optimizer()
-        opt = optimize_model(str(src), model_type="bert", num_heads=config.num_attention_heads, hidden_size=config.hidden_size)
+        opt = optimize_model(str(src), model_type=optimizer_type, num_heads=config.num_attention_heads, hidden_size=config.hidden_size)
         opt.save_model_to_file(str(dst))
         fused = {k: v for k, v in opt.get_fused_operator_statistics().items() if v}
         logger.info("transformer optimizer fused: %s", fused)
-        return OPTIMIZER["bert"] + f"; fused {fused}"
+        return OPTIMIZER[config.model_type] + f"; fused {fused}"
     onnxruntime = _import_onnxruntime()
 
     opts = onnxruntime.SessionOptions()
