@@ -114,8 +114,9 @@ class PredictConfig:
               "(RANK / WORLD_SIZE set) each rank is its shard without this flag.")
     merge: bool = _f(False, "Score nothing: merge OUTPUT.parts/ into --output_file when every chunk is written (a sharded run "
                             "whose merge was lost), else list the missing chunks and the --shard commands to rerun (exit 2).")
-    id_header: Literal["id", "input"] = _f("id", "The output's first column header: id, or input = the --id_column's own name "
-                                                 "(note_id), as in the input.")
+    id_header: Optional[Literal["id", "input"]] = _f(None, "The output's first column header: input = the --id_column's own name "
+                                                           "(note_id), as in the input, or id. Default: input with --id_column "
+                                                           "(the ids keep their name), else id (row numbers).")
     overwrite: bool = _f(False, "Replace a finished output (or a partial one made with other settings); the old file stays "
                                 "until the new one is complete.")
     disable_progress_bar: bool = _f(False, "Turn the progress bar off.")
@@ -148,6 +149,8 @@ class PredictConfig:
             parse_shard(self.shard)
         if self.id_header == "input" and not self.id_column:
             raise ValueError("--id_header input names the output's id column after --id_column: give --id_column")
+        if self.id_header is None:
+            self.id_header = "input" if self.id_column else "id"
 
 
 def parse_shard(value: str) -> tuple[int, int]:

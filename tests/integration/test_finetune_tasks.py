@@ -112,7 +112,7 @@ def test_multi_label_mesh_task(data, tmp_path):
         assert predict.main(["--model_dir", str(out / "hf_model"), "--input_file", str(mesh / "test.jsonl"), "--id_column", "pmid",
                              "--output_file", str(scored), "--engine", engine, "--disable_progress_bar"]) == 0
         got = read_csv(scored)
-        assert [r["id"] for r in got] == [r["pmid"] for r in test_rows]
+        assert [r["pmid"] for r in got] == [r["pmid"] for r in test_rows]  # the id column keeps its name
         assert np.abs(np.array([[float(r[f"p_{lab}"]) for lab in labels] for r in got]) - probs).max() < 1e-3
         if engine == "torch":
             assert [r["predicted"] for r in got] == [r["predicted"] for r in written]

@@ -96,7 +96,7 @@ def test_onnx_engines_agree_with_pytorch(model, tmp_path, engine, tol, min_agree
     out = tmp_path / f"{engine}.csv"
     score(model, out, engine=engine, id_column="note_id")
     got, want = read(out), read(model["expected"])
-    assert got[0]["id"] == "n3-0"
+    assert got[0]["note_id"] == "n3-0"  # the id column keeps the input's name
     agree = np.mean([g["predicted"] == w["predicted"] for g, w in zip(got, want)])
     diff = max(abs(float(g[k]) - float(w[k])) for g, w in zip(got, want) for k in g if k.startswith("p_"))
     assert agree >= min_agree and diff <= tol, (agree, diff)
