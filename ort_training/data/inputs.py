@@ -188,7 +188,7 @@ def adopt_manifest(files: list[Path], cfg: PretrainConfig, objective_name: str) 
     if recorded and (found := tokenizer_file(recorded)) is not None and found.is_file() and (not digest or file_sha256(found) == digest):
         logger.info("tokenizer from the data's manifest: %s", recorded)
         return recorded
-    if recorded:
-        logger.warning("%s names the tokenizer %s, which is missing or changed; pass --vocab_file for the export's tokenizer",
-                       where, recorded)
+    if recorded:  # the export would ship no tokenizer, or another one than the ids were made with
+        raise DataError(f"{where} names the tokenizer {recorded}, which is missing or changed since the data was made (sha256 "
+                        f"{(digest or '?')[:12]}); restore it, or pass --vocab_file with the tokenizer the data was made with")
     return None

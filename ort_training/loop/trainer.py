@@ -14,6 +14,7 @@ import torch
 from tqdm import tqdm
 
 from bundle.atomic import atomic_write_text, clean_stale_temps
+from bundle.digest import file_sha256, tokenizer_file
 from ort_training.checks import check_precision
 from ort_training.config import PretrainConfig
 from ort_training.data.inputs import held_out_input, open_training_input
@@ -40,6 +41,16 @@ def _describe(architecture: dict) -> str:
     """'BertForPreTraining (bert: hidden_size 32, num_hidden_layers 2, ...)'."""
     fields = ", ".join(f"{k} {v}" for k, v in architecture.items() if k not in ("family", "class"))
     return f"{architecture.get('class', 'model')} ({architecture.get('family', '?')}: {fields})"
+
+
+def tokenizer_identity(source: str | None) -> dict | None:
+    """{"file", "sha256"} of the file that defines the tokenizer at `source` (vocab.txt, tokenizer.json), or None."""
+    if not source:
+        return None
+    found = tokenizer_file(source)
+    if found is None or not found.is_file():
+        return None
+    return {"file": found.name, "sha256": file_sha256(found)}
 
 
 class NonFiniteError(RuntimeError):
@@ -116,6 +127,7 @@ class Trainer:
             self.model.hf_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         seed_everything(cfg.seed + self.env.rank)
 
+        self._tokenizer_identity = tokenizer_identity(self.vocab_file)
         self.optimizer = build_optimizer(self.model, cfg.learning_rate, cfg.weight_decay, cfg.max_grad_norm, cfg.optimizer)
         self.scheduler = build_scheduler(self.optimizer, cfg.warmup_proportion, cfg.max_steps, kind=cfg.lr_schedule)
 
@@ -193,11 +205,26 @@ class Trainer:
             settings["mask_rate"] = self.input.mask_rate
         if self._input_identity is not None:  # the same position in other data is other samples
             settings["inputs"] = self._input_identity
+        if self._tokenizer_identity is not None:  # the same ids through another tokenizer are other words
+            settings["tokenizer"] = self._tokenizer_identity
         return settings
+
+    def _check_tokenizer(self, saved: dict, source) -> None:
+        """Weights learnt on one tokenizer's ids continue only on data of that tokenizer (phase 2 after phase 1, a resume,
+        an init from this bundle's checkpoint): compared by the digest of the file that defines it."""
+        then, now = saved.get("tokenizer"), self._tokenizer_identity
+        if then and now and then["sha256"] != now["sha256"]:
+            raise UsageError(f"{source}: its weights were trained on the ids of tokenizer {then['file']} (sha256 {then['sha256'][:12]}), "
+                             f"this run's data and --vocab_file use {now['file']} (sha256 {now['sha256'][:12]}); the same ids would be "
+                             "other words. Make this phase's data with the checkpoint's tokenizer (data_prep --vocab-file / "
+                             "--tokenizer), or start from scratch")
 
     def _check_resume_settings(self, saved: dict) -> None:
         flags = {"world_size": "number of ranks (WORLD_SIZE)", "micro_batch_size": "--train_batch_size / --gradient_accumulation_steps"}
         for key, now in self._resume_settings().items():
+            if key == "tokenizer":
+                self._check_tokenizer(saved, self.cfg.output_dir)
+                continue
             if key == "inputs":
                 if "inputs" in saved and saved["inputs"]["digest"] != now["digest"]:
                     raise UsageError(f"--resume_from_checkpoint: the checkpoint in {self.cfg.output_dir} was trained on "
@@ -247,6 +274,8 @@ class Trainer:
         state = ckpt["train_state"]
         if full:
             self._check_resume_settings(state)
+        else:  # the tokenizer first: another vocabulary is the cause of the shapes that would differ below
+            self._check_tokenizer(state, source)
         self._load_weights(ckpt, source)
         if not full:  # phase 2 / init_checkpoint: weights only, fresh optimizer, schedule and data order
             logger.info("initialised weights from a phase-%d checkpoint (step %d)", state["phase"], state["global_step"])

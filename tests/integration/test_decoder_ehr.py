@@ -115,3 +115,33 @@ def test_refusals(timelines, decoder, tmp_path, capfd):
     (tmp_path / "t" / "train.csv").write_text("somebody else's file\n")
     refused(["--timelines_dir", str(timelines), "--write_tables", str(tmp_path / "t")], "never writes over a file it did not make")
     assert (tmp_path / "t" / "train.csv").read_text() == "somebody else's file\n"
+
+
+def test_the_tokenizer_is_part_of_a_runs_identity(timelines, decoder, tmp_path, capfd):
+    """A phase continued on data of another tokenizer, or data whose tokenizer copy was replaced, is refused: the same
+    ids would be other words (and the export would ship no tokenizer, or the wrong one)."""
+    import shutil
+
+    from ort_training.run_pretraining import main
+
+    def refused(argv, needle):
+        capfd.readouterr()
+        rc = main(argv)
+        err = capfd.readouterr().err
+        assert rc == 2 and needle in err and "Traceback" not in err, err[-2000:]
+
+    common = ["--config_file", "llama_tiny", "--objective", "clm", "--backend", "eager", "--train_batch_size", "8",
+              "--max_steps", "1", "--disable_progress_bar"]
+    # Phase 2 on timelines made with other bins (another vocabulary) than phase 1's.
+    other = tmp_path / "other"
+    subprocess.run([sys.executable, "-m", "data_prep", "timelines", "--clif-dir", "demo", "--work-dir", str(other),
+                    "--max-seq-length", "256", "--train-fraction", "0.6", "--val-fraction", "0.1", "--num-bins", "5"],
+                   check=True, cwd=REPO, capture_output=True)
+    refused([*common, "--input_dir", str(other / "train/packed_seq_len_256/timelines"), "--output_dir", str(tmp_path / "p2"),
+             "--phase2", "--init_checkpoint", str(decoder.parent)], "were trained on the ids of tokenizer")
+    # The data's own copy of its tokenizer replaced after the data was made.
+    copy = tmp_path / "copy"
+    shutil.copytree(timelines / "train/packed_seq_len_256/timelines", copy)
+    tok = copy / "tokenizer" / "tokenizer.json"
+    tok.write_text(tok.read_text().replace('"[UNK]"', '"[UNKNOWN]"'))
+    refused([*common, "--input_dir", str(copy), "--output_dir", str(tmp_path / "p1")], "missing or changed since the data was made")
