@@ -608,16 +608,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def dry_run(cfg: DownstreamConfig) -> int:
-    """The refusals build_task makes before its work, and the plan."""
-    inputs = resolve_inputs(cfg.inputs, SAMPLE_FILE if cfg.task == "sentence_role" else INDEXED_SAMPLE_FILE)
-    excluded = read_pmids(cfg.exclude_pmids) if cfg.exclude_pmids else set()
+def check_out_dir(cfg: DownstreamConfig) -> None:
+    """--out-dir must be (or become) a folder: refused before any work, by the run and its dry run alike."""
     for p in (cfg.out_dir, *cfg.out_dir.parents):
         if p.exists():
             if not p.is_dir():
                 raise TaskError(f"--out-dir {cfg.out_dir}: {'is' if p == cfg.out_dir else f'is inside {p}, which is'} a file, "
                                 "not a folder; pass a folder (it is created)")
             break
+
+
+def dry_run(cfg: DownstreamConfig) -> int:
+    """The refusals build_task makes before its work, and the plan."""
+    inputs = resolve_inputs(cfg.inputs, SAMPLE_FILE if cfg.task == "sentence_role" else INDEXED_SAMPLE_FILE)
+    excluded = read_pmids(cfg.exclude_pmids) if cfg.exclude_pmids else set()
+    check_out_dir(cfg)
     ext = "jsonl" if cfg.task == "chemicals" or cfg.output_format == "jsonl" else "csv"
     print(f"dry run: checked; --task {cfg.task} would read {len(inputs)} file(s) ({', '.join(str(f) for f in inputs[:3])}"
           f"{' ...' if len(inputs) > 3 else ''}), leave out {len(excluded)} PMID(s), and write "
@@ -637,9 +642,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if dry:
             return dry_run(cfg)
+        check_out_dir(cfg)
         manifest = build_task(cfg)
     except TaskError as e:  # bad input, named by the error: one line, exit 2 (as every entry point)
         print(f"downstream: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # the environment (a read-only folder, a full disk): one line naming the path, exit 2
+        print(f"downstream: error: {e.filename or cfg.out_dir}: {e.strerror or e}; free space or choose a writable --out-dir",
+              file=sys.stderr)
         return 2
     shown = ("abstracts", "sentences", "labels_per_split", "rows_with_labels", "mentions", "chemical_list")
     print(json.dumps({k: manifest[k] for k in shown if k in manifest}))

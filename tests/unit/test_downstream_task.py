@@ -153,6 +153,13 @@ def test_cli_jsonl_exclusion_and_errors(handmade, tmp_path, capsys):
     assert e.value.code == 2
     assert "must be < 1" in capsys.readouterr().err
     assert main(["--inputs", str(tmp_path / "missing.xml"), "--out-dir", str(tmp_path / "x")]) == 2  # bad input: one line, exit 2, as every entry point
+    (tmp_path / "a_file").write_text("not a folder")
+    capsys.readouterr()
+    for dry in ([], ["--dry-run"]):  # the run refuses an --out-dir that is a file as its dry run does, before any work
+        assert main(["--inputs", str(handmade[0]), "--out-dir", str(tmp_path / "a_file"), *dry]) == 2
+        err = capsys.readouterr().err
+        assert "is a file, not a folder" in err and "Traceback" not in err
+    assert (tmp_path / "a_file").read_text() == "not a folder"
 
 
 def test_input_errors_name_the_file(tmp_path):
