@@ -90,7 +90,7 @@ def export_hf(model: PretrainingModel, out_dir: str | Path, vocab_file: str | No
         tokenizer = load_tokenizer(vocab_file, do_lower_case)
     added = tuple(getattr(model.objective, "added_tokens", ()))
     if tokenizer is not None and added:  # ids an objective reserved right above the tokenizer's (T5's sentinels)
-        tokenizer.add_special_tokens({"additional_special_tokens": list(added)}, replace_additional_special_tokens=False)
+        tokenizer.add_tokens(list(added), special_tokens=True)  # in order: ids len(tokenizer) + i (transformers 4 and 5)
     if tokenizer is not None:
         vocab_size = len(tokenizer)
     config = copy.deepcopy(model.config)
