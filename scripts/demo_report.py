@@ -281,7 +281,7 @@ def curve_chart(runs: list[tuple[str, Path]], unigram: list[tuple[str, float]], 
         ax.plot(steps[len(steps) - len(smooth):], smooth, label=f"{label} (mean of {window} steps)")
     for label, value in unigram:
         ax.axhline(value, linestyle="--", color="grey", linewidth=1)
-        ax.annotate(label, (0, value), textcoords="offset points", xytext=(4, 3), fontsize=8, color="grey")
+        ax.text(0.01, value, f" {label}: {value:.3f}", transform=ax.get_yaxis_transform(), fontsize=8, color="grey", va="bottom")
     ax.set_xlabel("phase-1 optimizer step")
     ax.set_ylabel("masked-token accuracy (training batches)")
     ax.set_title("leaving the unigram plateau", fontsize=10)

@@ -190,18 +190,23 @@ def test_report_mean_and_spread_over_seeds(tmp_path):
 
 def test_demo_script_wiring():
     """The demo excludes the task's held-out PMIDs, trains (c) from the published folder with the no-config
-    recipe and (e) with the ModernBERT recipe on packed BPE data, fine-tunes all five starting points over the
-    seeds (with the random-init control (f) of (e)'s architecture) and reports them, then scores the test file with
-    (c)'s classifier on each engine; bash -n and shellcheck pass."""
+    recipe and (e) with the ModernBERT recipe on packed BPE data, probes every starting point (random inits once per
+    init seed, controls named), fine-tunes the best on dev once (DEMO_FULL=1: all six over the seeds) and scores with
+    that classifier on each engine; threads pinned; the decoder row's place is marked; bash -n and shellcheck pass."""
     script = (REPO / "scripts" / "demo.sh").read_text()
     assert "--exclude-ids \"$task/heldout_pmids.txt\"" in script
     assert "--recipe demo_continued" in script and "--phase1.init_checkpoint \"$published\"" in script
     assert "--recipe demo_modernbert" in script and "--tokenizer-type bpe" in script and "data_prep packed" in script
     for name in ("a_random_init", "b_pretrained_here", "c_published_continued", "d_published", "e_modernbert_pretrained_here",
                  "f_modernbert_random_init"):
-        assert script.count(name) >= 2  # fine-tuned and reported
-    assert "for engine in torch onnx onnx-int8" in script and "demo_report.py scoring" in script
-    assert '--seed "$seed"' in script and 'DEMO_FT_SEEDS:-1 2 3' in script
+        assert script.count(name) == 1  # one table of fine-tuning names, used for the best row and for DEMO_FULL
+    assert "demo_report.py probe" in script and "untrained:$seeds_csv:$bert_config" in script and "untrained:$seeds_csv:$modern_config" in script
+    assert '--control "(b)=(a)" --control "(e)=(f)"' in script and '["best"]["letter"]' in script
+    assert 'finetune "$best" 1 "$threads" "${ft_seeds[0]}"' in script and "for letter in a b c d e f" in script
+    assert "for engine in torch onnx onnx-int8" in script and '--model_dir "$best_run/hf_model"' in script
+    assert "export OMP_NUM_THREADS=$threads" in script and "DEMO_THREADS:-2" in script
+    assert '(g) decoder on EHR timelines' in script and "--clif-dir demo" in script and "--config_file llama_tiny --objective clm" in script
+    assert '--seed "$seed"' in script and 'DEMO_FT_SEEDS:-1 2 3' in script and "demo_report.py curve" in script
     from ort_training.recipe import load_recipe
 
     cont = load_recipe("demo_continued")
@@ -217,14 +222,51 @@ def test_demo_script_wiring():
     if exe:
         proc = subprocess.run([exe, "-s", "bash", "scripts/demo.sh"], cwd=REPO, capture_output=True, text=True)
         assert proc.returncode == 0, proc.stdout
+    makefile = (REPO / "Makefile").read_text()
+    assert "\ndemo-full: env  ## " in makefile and "DEMO_FULL=1 bash scripts/demo.sh" in makefile
+
+
+def test_probe_report_order_protocol_and_best(tmp_path, monkeypatch):
+    """The probe table keeps the rows in the order given (whatever the scores), shows a random-init row's spread over
+    its init seeds, compares rows with their controls, states the protocol, and picks the best pretrained row on dev."""
+    import ort_training.probe as probe
+
+    dev = {"(a)": [0.40, 0.44], "(b)": [0.45], "(c)": [0.60], "(d)": [0.62]}
+    test = {"(a)": [0.41, 0.45], "(b)": [0.50], "(c)": [0.65], "(d)": [0.55]}
+
+    def fake_run(cfg):
+        i = cfg.seed if cfg.untrained else 0
+
+        def split(values):
+            return {"macro_f1": values[cfg.model_dir][i], "accuracy": values[cfg.model_dir][i] + 0.1, "rows": 10}
+        return {"model_type": "bert", "seed": cfg.seed if cfg.untrained else None, "train_rows": 30, "dev": split(dev), "test": split(test)}
+    monkeypatch.setattr(probe, "run", fake_run)
+    rows = [demo_report.parse_probe_row(r) for r in ("(d) published=(d)", "(a) random=untrained:0,1:(a)", "(b) here=(b)", "(c) cont=(c)")]
+    assert rows[1] == ("(a) random", "(a)", [0, 1])
+    result = demo_report.probe_report(tmp_path, rows, tmp_path / "t.csv", tmp_path / "d.csv", tmp_path / "e.csv",
+                                      {"b": "a", "c": "d"}, max_train=30)
+    assert [r["model"] for r in result["rows"]] == ["(d) published", "(a) random", "(b) here", "(c) cont"]
+    assert result["best"]["letter"] == "d"  # best on dev, although (c) is better on test
+    md = (tmp_path / "probe_results.md").read_text()
+    assert md.startswith("linear probe: logistic regression") and "init seeds 0, 1" in md and "chosen on dev" in md
+    assert "| (a) random | 0.420 ± 0.028 | 0.430 ± 0.028 | 0.530 ± 0.028 |  | 0.410 (seed 0), 0.450 (seed 1) |" in md
+    assert "| (b) here | 0.450 | 0.500 | 0.600 | +7.0 vs a |  |" in md and "| (c) cont | 0.600 | 0.650 | 0.750 | +10.0 vs d |" in md
+    assert (tmp_path / "probe_results.png").read_bytes()[:4] == b"\x89PNG"
+    metrics = tmp_path / "metrics.jsonl"
+    metrics.write_text("".join(json.dumps({"step": i, "loss": 7.0, "mlm_accuracy": 0.04 + i / 1000}) + "\n" for i in range(1, 60)))
+    assert demo_report.read_curve(metrics)[:2] == [(1, 0.041), (2, 0.042)]
+    png = demo_report.curve_chart([("(b)", metrics)], [("unigram", 0.048)], tmp_path / "curve.png")
+    assert png.read_bytes()[:4] == b"\x89PNG"
 
 
 @pytest.mark.parametrize("variables, message", [
     ({"DEMO_FT_SEEDS": "1 two"}, "demo: DEMO_FT_SEEDS='1 two': 'two' is not a non-negative integer"),
     ({"DEMO_FT_JOBS": "0"}, "demo: DEMO_FT_JOBS='0' is not a positive integer (fine-tunes run at once)"),
+    ({"DEMO_FULL": "yes"}, "demo: DEMO_FULL='yes' is not 0 or 1 (1: the six-row fine-tuning table over every seed)"),
+    ({"DEMO_THREADS": "0"}, "demo: DEMO_THREADS='0' is not a positive integer (threads per training process)"),
 ])
 def test_demo_refuses_bad_settings(tmp_path, variables, message):
-    """A bad DEMO_FT_SEEDS / DEMO_FT_JOBS stops the demo before any work, with one line naming it (exit 2)."""
+    """A bad DEMO_FT_SEEDS / DEMO_FT_JOBS / DEMO_FULL / DEMO_THREADS stops the demo before any work, with one line naming it (exit 2)."""
     import os
 
     env = {**os.environ, **variables, "DEMO_OUTPUT": str(tmp_path / "out"), "PYTHON": sys.executable}
