@@ -149,7 +149,11 @@ def check_packed(path: Path, cfg: PretrainConfig, family: ModelFamily, config) -
         setattr(config, field_name, value)
     if changed:
         logger.info("model config takes the data tokenizer's special ids: %s", changed)
-    if family.vocab_from_data and not cfg.init_checkpoint and not cfg.phase2 and attrs.vocab_size < config.original_vocab_size:
+    # From scratch, and wherever the weights come from a run of this bundle (phase 2, a resume, an init from its
+    # checkpoint: trained on the same data tokenizer, which the checkpoint's tokenizer digest holds it to); never for a
+    # published model's config, whose vocabulary the weights fix.
+    own_weights = not cfg.init_checkpoint or not (Path(cfg.init_checkpoint) / "config.json").is_file()
+    if family.vocab_from_data and own_weights and attrs.vocab_size < config.original_vocab_size:
         logger.info("vocabulary: the data tokenizer's %d ids (the config allows %d)", attrs.vocab_size, config.original_vocab_size)
         config.original_vocab_size = attrs.vocab_size
         config.vocab_size = attrs.vocab_size + -attrs.vocab_size % VOCAB_MULTIPLE

@@ -145,3 +145,15 @@ def test_the_tokenizer_is_part_of_a_runs_identity(timelines, decoder, tmp_path, 
     tok = copy / "tokenizer" / "tokenizer.json"
     tok.write_text(tok.read_text().replace('"[UNK]"', '"[UNKNOWN]"'))
     refused([*common, "--input_dir", str(copy), "--output_dir", str(tmp_path / "p1")], "missing or changed since the data was made")
+
+
+def test_the_decoder_recipe_runs_both_phases(timelines, tmp_path):
+    """pretrain --recipe llama_tiny_cpu: phase 1 takes the timelines' vocabulary (vocab_from_data), and phase 2, started
+    from phase 1's checkpoint, takes it again (it used to rebuild the config's 1,024 rows and be refused)."""
+    from ort_training.pretrain import main
+
+    data = str(timelines / "train/packed_seq_len_256/timelines")
+    assert main(["--recipe", "llama_tiny_cpu", "--phase1.input_dir", data, "--phase2.input_dir", data,
+                 "--output_dir", str(tmp_path / "out")]) == 0
+    config = json.loads((tmp_path / "out" / "phase2" / "hf_model" / "config.json").read_text())
+    assert config["vocab_size"] == len(json.loads((timelines / "tokenizer" / "tokenizer.json").read_text())["model"]["vocab"])
