@@ -11,7 +11,7 @@
 #      HDF5 from the same shards with its vocab.txt, both phases from its weights (--recipe demo_continued)
 #   6. held-out MLM accuracy of (b) (untrained / most frequent token / trained), fill-mask on (b) and (e), and the
 #      masked-token accuracy curves of (b) and (e) beside the unigram line (demo_output/mlm_accuracy_curve.png)
-#   7. (g) a decoder on EHR timelines: the place for the decoder family's row (DEMO_DECODER=1 runs it)
+#   7. (g) a decoder on EHR timelines (a tiny Llama on the CLIF demo's timelines; DEMO_DECODER=0 skips it)
 #   8. a linear probe of every starting point (python -m ort_training.probe, through scripts/demo_report.py probe):
 #      logistic regression on frozen mean-pooled features, forward passes only, deterministic; (a) random init of
 #      (b)'s tiny BERT and (f) of (e)'s tiny ModernBERT once per init seed (their spread shown), (b), (c), (d) the
@@ -38,7 +38,7 @@
 #   DEMO_FULL=0                                                                   (1: the six-row fine-tuning table too)
 #   DEMO_FT_JOBS=<number of seeds>                                                (DEMO_FULL: seeds fine-tuned at once, the
 #                                                                                  DEMO_THREADS shared out among them)
-#   DEMO_DECODER=0                                                                (1: stage 7, the decoder row)
+#   DEMO_DECODER=1                                                                (0: skip stage 7, the decoder row)
 set -euo pipefail
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -64,7 +64,7 @@ for seed in "${ft_seeds[@]}"; do
 done
 full=${DEMO_FULL:-0}
 [[ $full =~ ^[01]$ ]] || { echo "demo: DEMO_FULL='$full' is not 0 or 1 (1: the six-row fine-tuning table over every seed)" >&2; exit 2; }
-decoder=${DEMO_DECODER:-0}
+decoder=${DEMO_DECODER:-1}
 [[ $decoder =~ ^[01]$ ]] || { echo "demo: DEMO_DECODER='$decoder' is not 0 or 1 (1: stage 7, the decoder row)" >&2; exit 2; }
 # Eager PyTorch gradients on CPU depend on the thread count (parallel reductions in the backward pass: measured, same
 # seed, 1 vs 2 threads, identical logits, different gradients; ORT's BERT rows did not change). So every training
@@ -214,24 +214,23 @@ unigram=$("$python" -c 'import json, sys; print(json.load(open(sys.argv[1]))["mo
   --run "(b) tiny BERT=$results/phase1/metrics.jsonl" --run "(e) tiny ModernBERT (30% masked)=$results_modern/phase1/metrics.jsonl"
 
 stage "7/10 (g) decoder on EHR timelines: CLIF demo tables -> tokenized timelines -> a tiny Llama, next-token prediction"
-# ---- (g) decoder row: the decoder family's place in the demo (kept by the decoder's owners; DEMO_DECODER=1 runs it).
-# Its data are EHR timelines, not PubMed text, so it is scored on its own held-out timelines (perplexity beside a
-# unigram model), not by the sentence-role probe below. Tried with this commit: the timelines and phase 1 run; phase 2
-# is refused ("the checkpoint holds a LlamaForCausalLM (vocab_size 208) ... this run builds ... vocab_size 1024": the
-# phase-2 run does not size llama_tiny's embedding to the timelines' vocabulary as phase 1 did), so it stays off by
-# default until the decoder's owners fix the chaining.
+# ---- (g) decoder row (DEMO_DECODER=0 skips it). Its data are EHR timelines, not PubMed text, so it is scored on its own
+# held-out timelines (perplexity beside a unigram model of the training split's counts and an untrained model of the
+# same shape), not by the sentence-role probe below. Timelines cut at 512 tokens (the median stay is ~360).
 if [[ $decoder == 1 ]]; then
-  "$python" -m data_prep timelines --clif-dir demo --work-dir "$out/timelines"
-  tl_train=$("$python" -m bundle.layout data-dir --work-dir "$out/timelines/train" --format packed --seq-len 1024 --dataset timelines)
-  tl_val=$("$python" -m bundle.layout data-dir --work-dir "$out/timelines/val" --format packed --seq-len 1024 --dataset timelines)
+  "$python" -m data_prep timelines --clif-dir demo --work-dir "$out/timelines" --max-seq-length 512
+  tl_train=$("$python" -m bundle.layout data-dir --work-dir "$out/timelines/train" --format packed --seq-len 512 --dataset timelines)
+  tl_val=$("$python" -m bundle.layout data-dir --work-dir "$out/timelines/val" --format packed --seq-len 512 --dataset timelines)
   results_decoder=$out/results_decoder
   rm -rf "$results_decoder"
   "$python" -m ort_training.pretrain --recipe demo_decoder --output_dir "$results_decoder" --python "$python" \
     --phase1.input_dir "$tl_train" --phase2.input_dir "$tl_train" --config_file llama_tiny --objective clm
   model_decoder=$(find "$results_decoder" -path '*phase2*' -name config.json -path '*hf_model*' -printf '%h\n' | head -n1)
   [[ -n "$model_decoder" ]] || { echo "demo: no phase-2 Hugging Face export under $results_decoder" >&2; exit 1; }
-  "$python" -m ort_training.evaluate --model_dir "$model_decoder" --input_dir "$tl_val" --split test >"$out/eval_decoder.json"
-  "$python" -m ort_training.evaluate --model_dir "$model_decoder" --input_dir "$tl_val" --split test --untrained >"$out/eval_decoder_untrained.json"
+  "$python" -m ort_training.evaluate --model_dir "$model_decoder" --input_dir "$tl_val" --split test --baseline_dir "$tl_train" \
+    >"$out/eval_decoder.json"
+  "$python" -m ort_training.evaluate --model_dir "$model_decoder" --input_dir "$tl_val" --split test --baseline_dir "$tl_train" \
+    --untrained >"$out/eval_decoder_untrained.json"
   "$python" -c '
 import json, sys
 t, u = (json.load(open(p)) for p in sys.argv[1:])
@@ -239,7 +238,7 @@ keys = sorted(k for k in t if "perplexity" in k or "unigram" in k)
 print("(g) decoder, held-out timelines:", ", ".join(f"{k} {t[k]}" for k in keys), "| untrained:", u.get("perplexity"))
 ' "$out/eval_decoder.json" "$out/eval_decoder_untrained.json" | tee "$out/decoder.txt"
 else
-  echo "skipped (DEMO_DECODER=1 runs it)"
+  echo "skipped (DEMO_DECODER=0)"
 fi
 # ---- end of (g)
 
