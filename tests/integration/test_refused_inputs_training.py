@@ -162,7 +162,7 @@ def test_finetune_resumed_on_another_file_of_the_same_length_is_refused(task, tm
     assert snapshot(out) == before
     # A second fine-tune into the same folder without --resume_from_checkpoint: one line, nothing touched.
     rc, err = subprocess_run("ort_training.finetune", finetune_argv(task, out, str(train)))
-    assert_refused(rc, err, str(out), "already holds checkpoints")
+    assert_refused(rc, err, str(out), "holds a finished fine-tuning run")
     assert snapshot(out) == before
 
 

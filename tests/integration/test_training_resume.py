@@ -82,8 +82,11 @@ def test_checkpoint_loads_with_weights_only(setup, tmp_path):
     assert set(ckpt) >= {"model", "optimizer", "scheduler", "scaler", "train_state", "data", "rng"}
     inputs = ckpt["train_state"].pop("inputs")  # what it was trained on: a resume on other data is refused
     assert inputs["digest"] and str(setup["input_dir"]) in inputs["describe"]
+    tokenizer = ckpt["train_state"].pop("tokenizer")  # whose ids the weights learnt: another tokenizer's data is refused
+    assert tokenizer["file"] == Path(setup["vocab_file"]).name and len(tokenizer["sha256"]) == 64
     assert ckpt["train_state"] == {"global_step": STEPS, "phase_step": STEPS, "phase": 1, "world_size": 1, "micro_batch_size": 4,
-                                   "seed": PretrainConfig.seed, "learning_rate": 1e-2, "max_steps": STEPS, "warmup_proportion": 0.2}
+                                   "seed": PretrainConfig.seed, "learning_rate": 1e-2, "max_steps": STEPS, "warmup_proportion": 0.2,
+                                   "optimizer": PretrainConfig.optimizer, "lr_schedule": PretrainConfig.lr_schedule}
     assert not list((tmp_path / "checkpoints").glob(".*tmp*"))  # no temp leftovers
     # A rerun of the finished phase with --resume_from_checkpoint is a no-op, not a re-export.
     _, summary = run(setup, tmp_path, "eager", resume=True)
