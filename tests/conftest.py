@@ -1,6 +1,8 @@
 """Suite-wide setup: import the checkout's packages and keep every test offline."""
 import os
 import sys
+
+import pytest
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -44,3 +46,23 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.skip(reason=f"needs ORTModule: {ort_reason}"))
         if item.get_closest_marker("onnx") and onnx_missing:
             item.add_marker(pytest.mark.skip(reason=f"needs {' and '.join(onnx_missing)} (ONNX export)"))
+
+
+@pytest.fixture(autouse=True)
+def _process_state_restored():
+    """Tests share a worker process (pytest-xdist, a file per worker): what one test sets process-wide must not reach the
+    next. Entry points called in-process set torch's thread count (predict's --threads) and the root logger's handlers
+    (logging.basicConfig on a captured stream that is closed afterwards); eager training's gradients depend on the thread
+    count, so the BERT guard would see another run's setting."""
+    import logging
+
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    torch = sys.modules.get("torch")
+    threads = torch.get_num_threads() if torch is not None else None
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        torch.set_num_threads(threads if threads is not None else (os.cpu_count() or 1))
