@@ -212,7 +212,7 @@ def run_hdf5(cfg: Hdf5Config) -> dict[str, Path]:
     results = []
     if cfg.processes > 1 and len(tasks) > 1:
         import multiprocessing as mp
-        with mp.get_context("fork").Pool(min(cfg.processes, len(tasks)), maxtasksperchild=1, initializer=quiet_worker,
+        with mp.get_context("spawn").Pool(min(cfg.processes, len(tasks)), maxtasksperchild=1, initializer=quiet_worker,
                                          initargs=(os.getpid(),)) as pool:
             for r in tqdm(pool.imap_unordered(process_shard, tasks), total=len(tasks), desc="hdf5", unit="shard"):
                 results.append(r)
