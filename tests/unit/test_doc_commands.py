@@ -41,7 +41,8 @@ SCRIPTS = {"scripts/run_pretraining_ort.sh": "dry-env", "scripts/create_datasets
            "azureml/submit.py": "dry-yaml"}
 NOT_RUN = {"make": "builds environments / runs the suite", "pip": "changes an environment", "sbatch": "needs a Slurm cluster",
            "docker": "needs a container engine", "docker/build.sh": "builds an image", "docker/launch.sh": "needs an image",
-           "docker/test_image.sh": "builds an image", "docker/launch_task.sh": "needs an image", "az": "needs an Azure login", "pytest": "the test runner itself",
+           "docker/launch_task.sh": "needs an image",
+           "docker/test_image.sh": "builds an image", "az": "needs an Azure login", "pytest": "the test runner itself",
            "python3.11": "creates a virtual environment", "export": "sets the shell's environment", ".": "sources a venv",
            "scripts/bootstrap_env.sh": "builds an environment", "scripts/demo.sh": "the demo (make demo)", "cd": "a folder change"}
 NOT_RUN_MODULES = {"pytest": "the test runner itself", "pip": "changes an environment", "venv": "creates an environment",
