@@ -150,16 +150,15 @@ class AdamW(torch.optim.AdamW):
         return super().step(closure)
 
 
-class StableAdamW(Optimizer):
-    """AdamW with update clipping (Wortsman et al. 2023, "Stable and low-precision training for large-scale
-    vision-language models"; the optimizer of ModernBERT's published recipes): each tensor's step size is divided by
-    max(1, RMS(g^2 / v)), so a gradient far larger than its running second moment cannot blow a weight up. Written
-    here because no dependency of the bundle ships it (torch-optimi does; one small class is not worth a package)."""
+class _PerTensorAdam(Optimizer):
+    """What StableAdamW and AdamWScale share: the global gradient-norm clip (all-reduced under ZeRO), then per tensor
+    Adam's moments; each subclass turns them into the tensor's update (`_apply`)."""
 
-    def __init__(self, params, lr=1e-3, betas=(0.9, 0.98), eps=1e-6, weight_decay=0.01, max_grad_norm=1.0):
+    def __init__(self, params, defaults: dict, max_grad_norm: float):
+        lr, eps, betas = defaults["lr"], defaults["eps"], defaults["betas"]
         if lr < 0 or eps < 0 or not 0 <= betas[0] < 1 or not 0 <= betas[1] < 1:
-            raise ValueError(f"invalid StableAdamW hyper-parameters lr={lr} betas={betas} eps={eps}")
-        super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay))
+            raise ValueError(f"invalid {type(self).__name__} hyper-parameters lr={lr} betas={betas} eps={eps}")
+        super().__init__(params, {**defaults, "betas": tuple(betas)})
         self.max_grad_norm = max_grad_norm
         self.norm_group = None  # ZeRO across ranks (module docstring)
 
@@ -181,16 +180,32 @@ class StableAdamW(Optimizer):
                     state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                     state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                 state["step"] += 1
-                step = float(state["step"])
-                g, m, v = p.grad, state["exp_avg"], state["exp_avg_sq"]
-                m.lerp_(g, 1 - beta1)
-                v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
-                v_hat = v / (1 - beta2**step)
-                rms = torch.sqrt(torch.mean(g * g / torch.clamp(v_hat, min=group["eps"] ** 2)))
-                lr = group["lr"] / torch.clamp(rms, min=1.0)
-                p.mul_(1 - lr * group["weight_decay"])
-                p.add_(-lr * (m / (1 - beta1**step)) / (v_hat.sqrt() + group["eps"]))
+                m, v = state["exp_avg"], state["exp_avg_sq"]
+                m.lerp_(p.grad, 1 - beta1)
+                v.mul_(beta2).addcmul_(p.grad, p.grad, value=1 - beta2)
+                self._apply(p, m, v, float(state["step"]), group)
         return loss
+
+    def _apply(self, p: torch.Tensor, m: torch.Tensor, v: torch.Tensor, step: float, group: dict) -> None:
+        raise NotImplementedError
+
+
+class StableAdamW(_PerTensorAdam):
+    """AdamW with update clipping (Wortsman et al. 2023, "Stable and low-precision training for large-scale
+    vision-language models"; the optimizer of ModernBERT's published recipes): each tensor's step size is divided by
+    max(1, RMS(g^2 / v)), so a gradient far larger than its running second moment cannot blow a weight up. Written
+    here because no dependency of the bundle ships it (torch-optimi does; one small class is not worth a package)."""
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.98), eps=1e-6, weight_decay=0.01, max_grad_norm=1.0):
+        super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay), max_grad_norm)
+
+    def _apply(self, p, m, v, step, group):
+        beta1, beta2 = group["betas"]
+        v_hat = v / (1 - beta2**step)
+        rms = torch.sqrt(torch.mean(p.grad * p.grad / torch.clamp(v_hat, min=group["eps"] ** 2)))
+        lr = group["lr"] / torch.clamp(rms, min=1.0)
+        p.mul_(1 - lr * group["weight_decay"])
+        p.add_(-lr * (m / (1 - beta1**step)) / (v_hat.sqrt() + group["eps"]))
 
 
 def build_optimizer(model: nn.Module, lr: float, weight_decay: float = 0.01, max_grad_norm: float = 1.0,
@@ -208,7 +223,7 @@ def build_optimizer(model: nn.Module, lr: float, weight_decay: float = 0.01, max
     raise ValueError(f"optimizer {kind!r}: choose one of {OPTIMIZERS}")
 
 
-class AdamWScale(Optimizer):
+class AdamWScale(_PerTensorAdam):
     """AdamW with parameter-scale learning rates (Adafactor's `scale_parameter`, as nanoT5's and DEPTH's AdamWScale
     use it for T5): each tensor's step is multiplied by max(eps_scale, RMS(w)), so a tensor's update is relative to
     its size, and weight decay is decoupled (w -= lr * wd * w). Written from the description, not copied: Adam
@@ -217,45 +232,20 @@ class AdamWScale(Optimizer):
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, max_grad_norm=1.0,
                  eps_scale=1e-3):
-        if lr < 0 or eps < 0 or not 0 <= betas[0] < 1 or not 0 <= betas[1] < 1:
-            raise ValueError(f"invalid AdamWScale hyper-parameters lr={lr} betas={betas} eps={eps}")
-        super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, eps_scale=eps_scale))
-        self.max_grad_norm = max_grad_norm
-        self.norm_group = None  # ZeRO across ranks (module docstring)
+        super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, eps_scale=eps_scale), max_grad_norm)
 
     @staticmethod
     def rms(t: torch.Tensor) -> torch.Tensor:
         return t.norm(2) / (t.numel() ** 0.5)
 
-    @torch.no_grad()
-    def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        clip_global_norm_([p for g in self.param_groups for p in g["params"]], self.max_grad_norm, self.norm_group)
-        for group in self.param_groups:
-            beta1, beta2 = group["betas"]
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                state = self.state[p]
-                if not state:
-                    state["step"] = torch.zeros((), dtype=torch.float32)
-                    state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                    state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                state["step"] += 1
-                step = float(state["step"])
-                m, v = state["exp_avg"], state["exp_avg_sq"]
-                m.lerp_(p.grad, 1 - beta1)
-                v.mul_(beta2).addcmul_(p.grad, p.grad, value=1 - beta2)
-                step_size = group["lr"] * math.sqrt(1 - beta2**step) / (1 - beta1**step)
-                update = m / (v.sqrt() + group["eps"])
-                update.mul_(self.rms(p).clamp(min=group["eps_scale"]))  # the parameter scale
-                p.add_(update, alpha=-step_size)
-                if group["weight_decay"] > 0:
-                    p.add_(p, alpha=-group["lr"] * group["weight_decay"])
-        return loss
+    def _apply(self, p, m, v, step, group):
+        beta1, beta2 = group["betas"]
+        step_size = group["lr"] * math.sqrt(1 - beta2**step) / (1 - beta1**step)
+        update = m / (v.sqrt() + group["eps"])
+        update.mul_(self.rms(p).clamp(min=group["eps_scale"]))  # the parameter scale
+        p.add_(update, alpha=-step_size)
+        if group["weight_decay"] > 0:
+            p.add_(p, alpha=-group["lr"] * group["weight_decay"])
 
 
 def poly_warmup(progress: float, warmup: float, degree: float = 0.5) -> float:
