@@ -403,9 +403,13 @@ def build_pipeline_job(cfg: SubmitConfig, code_dir: str | os.PathLike | None = N
 def write_job_yaml(cfg: SubmitConfig, path: str | os.PathLike) -> Path:
     """Write the job as YAML, atomically (`az ml job create --file` submits it; code and Docker
     build context are the absolute path of the staged snapshot, which stays until the next change of the code)."""
+    return dump_job(build_pipeline_job(cfg), path)
+
+
+def dump_job(job, path: str | os.PathLike) -> Path:
+    """A built job as YAML at `path`, atomically, its local inputs' paths as given (submit_task.py's jobs too)."""
     path = Path(path).resolve()
     path.parent.mkdir(parents=True, exist_ok=True)
-    job = build_pipeline_job(cfg)
     with atomic_path(path) as tmp:
         job.dump(tmp)  # the temporary name does not exist yet: dump() refuses to overwrite a file
         _unprefix_local_inputs(Path(tmp))

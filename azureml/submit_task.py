@@ -28,7 +28,6 @@ from typing import Literal, Optional
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the bundle's packages sit beside azureml/
 
-from bundle.atomic import atomic_path  # noqa: E402
 
 
 def _submit_module():
@@ -151,13 +150,7 @@ def build_job(cfg: TaskJob, code_dir=None):
 
 
 def write_job_yaml(cfg: TaskJob, path) -> Path:
-    path = Path(path).resolve()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    job = build_job(cfg)
-    with atomic_path(path) as tmp:
-        job.dump(tmp)
-        _submit._unprefix_local_inputs(Path(tmp))
-    return path
+    return _submit.dump_job(build_job(cfg), path)
 
 
 def build_parser() -> argparse.ArgumentParser:
