@@ -117,6 +117,8 @@ def check_inputs(cfg: EvalConfig) -> list[Path]:
         from ort_training.weights_import import check_weight_files
 
         check_weight_files(cfg.model_dir)
+    if cfg.baseline_dir is not None and not Path(cfg.baseline_dir).is_dir():  # else the baseline would quietly count held-out data
+        raise UsageError(f"--baseline_dir {cfg.baseline_dir}: no such folder; pass the folder of the training split's files")
     if not Path(cfg.input_dir).is_dir():
         raise UsageError(f"--input_dir {cfg.input_dir}: {'is a file, not a folder' if Path(cfg.input_dir).exists() else 'no such folder'}; "
                          "pass the folder of held-out HDF5 files")

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from bundle import packed_schema
-from ort_training.errors import UsageError, exit_on_expected, refuse_remote_code
+from ort_training.errors import UsageError, exit_on_expected
 
 logger = logging.getLogger(__name__)
 
@@ -92,7 +92,9 @@ def load_decoder(model_dir: str, untrained: bool, seed: int):
 
     from ort_training.models import family_of
 
-    refuse_remote_code(model_dir)
+    from ort_training.evaluate import check_model_dir
+
+    check_model_dir(model_dir)  # a folder with a readable config.json of a known family, no custom code: said by name
     config = AutoConfig.from_pretrained(model_dir, trust_remote_code=False)
     family = family_of(config)
     if "clm" not in family.pretraining_tasks:
@@ -165,6 +167,8 @@ def write_tables(timelines_dir: str | Path, out_dir: str | Path) -> dict[str, Pa
     from ort_training.export import load_tokenizer
 
     root, out = Path(timelines_dir), Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--write_tables {out}: is a file, not a folder; pass a folder (it is created)")
     tokenizer = load_tokenizer(root / "tokenizer")
     written = {}
     out.mkdir(parents=True, exist_ok=True)

@@ -115,6 +115,16 @@ def test_refusals(timelines, decoder, tmp_path, capfd):
     (tmp_path / "t" / "train.csv").write_text("somebody else's file\n")
     refused(["--timelines_dir", str(timelines), "--write_tables", str(tmp_path / "t")], "never writes over a file it did not make")
     assert (tmp_path / "t" / "train.csv").read_text() == "somebody else's file\n"
+    refused(["--timelines_dir", str(timelines), "--model_dir", str(tmp_path / "no_model")], "no readable config.json")
+    refused(["--timelines_dir", str(timelines), "--write_tables", str(tmp_path / "t" / "train.csv")], "is a file, not a folder")
+    # evaluate's unigram baseline from a folder that is not there would quietly count the held-out files instead
+    from ort_training import evaluate
+
+    capfd.readouterr()
+    rc = evaluate.main(["--model_dir", str(decoder), "--input_dir", str(timelines / "val/packed_seq_len_256/timelines"),
+                        "--baseline_dir", str(tmp_path / "no_train")])
+    err = capfd.readouterr().err
+    assert rc == 2 and "--baseline_dir" in err and "Traceback" not in err, err
 
 
 def test_the_tokenizer_is_part_of_a_runs_identity(timelines, decoder, tmp_path, capfd):
