@@ -432,6 +432,10 @@ def search(cfg, searcher: Searcher = FINETUNE) -> dict:
     (finetune.main, run_pretraining.main) holds OUTPUT_DIR's run lock and has checked the folder."""
     import optuna
 
+    # optuna's lines go through the entry point's logging (one format, one stream) instead of a handler optuna binds
+    # to whatever sys.stderr was at its first message
+    optuna.logging.disable_default_handler()
+    optuna.logging.enable_propagation()
     out = Path(cfg.output_dir)
     # fine-tuning's --max_steps (None: epochs) decides whether num_train_epochs is searched; pretraining has no epochs
     space = load_space(cfg.hpo_space, cfg.max_steps if "num_train_epochs" in searcher.domain else None, searcher=searcher)

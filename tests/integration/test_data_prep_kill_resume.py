@@ -71,13 +71,34 @@ def test_random_sigkills_during_all_then_resume_equal_an_uninterrupted_run(tmp_p
             "--dupe-factor", "3", "--processes", "2", "--splitter", "punkt"]
     env = dict(os.environ, PYTHONPATH=str(ROOT))
 
+    logs = tmp_path / "logs"
+    logs.mkdir()
+
     def start(w: Path) -> subprocess.Popen:
-        return subprocess.Popen([sys.executable, "-m", "data_prep", *map(str, args), "--work-dir", str(w)], env=env,
-                                cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+        # stderr to a file, not a pipe: nobody reads a pipe until the run ends, and a slow run's progress bars fill its
+        # 64 KiB buffer, which blocks the run forever (CI saw exactly that timeout under load)
+        log = open(logs / f"{w.name}-{len(list(logs.iterdir()))}.err", "w+")
+        p = subprocess.Popen([sys.executable, "-m", "data_prep", *map(str, args), "--work-dir", str(w)], env=env,
+                             cwd=ROOT, stdout=subprocess.DEVNULL, stderr=log, start_new_session=True)
+        p.log = log
+        return p
+
+    def finish(p: subprocess.Popen) -> str:
+        """Wait for the run; on a hang, dump its Python stack (faulthandler, SIGABRT) into the failure message."""
+        try:
+            p.wait(timeout=300)
+        except subprocess.TimeoutExpired:
+            os.kill(p.pid, signal.SIGABRT)
+            time.sleep(2)
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait()
+        p.log.seek(0)
+        return p.log.read()[-4000:]
 
     t0 = time.perf_counter()
     ref = start(tmp_path / "ref")
-    assert ref.wait(timeout=120) == 0, ref.stderr.read()[-2000:]
+    err = finish(ref)
+    assert ref.returncode == 0, err
     took = time.perf_counter() - t0
     w = tmp_path / "killed"
     moments = sorted(rng.uniform(0.1, 0.95) * took for _ in range(3))
@@ -88,7 +109,8 @@ def test_random_sigkills_during_all_then_resume_equal_an_uninterrupted_run(tmp_p
             os.killpg(p.pid, signal.SIGKILL)  # the pool workers too, as an OOM kill or a preempted VM would
         p.wait()
     last = start(w)
-    assert last.wait(timeout=120) == 0, f"seed {seed}, kills at {moments}: {last.stderr.read()[-2000:]}"
+    err = finish(last)
+    assert last.returncode == 0, f"seed {seed}, kills at {moments}: {err}"
     want, got = _outputs(tmp_path / "ref"), _outputs(w)
     assert sorted(got) == sorted(want), f"seed {seed}, kills at {moments}"
     differ = [k for k in want if want[k] != got[k]]

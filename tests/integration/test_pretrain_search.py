@@ -211,7 +211,11 @@ def test_refusals_before_output_dir(data, tmp_path, capfd, case):
         import optuna
 
         out.mkdir()
-        optuna.create_study(study_name="finetune", storage=hpo.study_url(out))
+        optuna.logging.set_verbosity(optuna.logging.WARNING)  # its INFO line would go to a handler optuna bound to an
+        try:                                                   # earlier test's capture stream, closed since
+            optuna.create_study(study_name="finetune", storage=hpo.study_url(out))
+        finally:
+            optuna.logging.set_verbosity(optuna.logging.INFO)
         needle = "holds a 'finetune' search"
     before = sorted(p.name for p in out.iterdir()) if out.exists() else None
     for dry in ([], ["--dry-run"]):
