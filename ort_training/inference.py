@@ -204,10 +204,12 @@ def load_torch_classifier(folder: str | Path, attention: str | None = None):
 
     from ort_training.weights_import import check_weight_files
 
-    read_classifier_config(folder)
+    config = read_classifier_config(folder)
     check_weight_files(folder)  # a corrupt header: an error naming the file
     kw = {"attn_implementation": attention} if attention else {}
-    return AutoModelForSequenceClassification.from_pretrained(str(folder), trust_remote_code=False, **kw).eval()
+    # The family's own class where the Auto class would pick another (T5's encoder classifier; models/t5_classifier.py)
+    cls = FAMILIES[config["model_type"]].classifier_class(config) or AutoModelForSequenceClassification
+    return cls.from_pretrained(str(folder), trust_remote_code=False, **kw).eval()
 
 
 # ----------------------------------------------------------------------------- the check batch

@@ -62,7 +62,8 @@ class ModelFamily:
     """The Hugging Face config class, by name: classes are imported when first used (ModernBERT's modeling
     module compiles functions at import and starts an inductor worker pool; a BERT run never pays for it)."""
     task_classes: dict[str, str]
-    """Objective/task name -> the name of the HF class that holds the weights (and is exported)."""
+    """Objective/task name -> the name of the HF class that holds the weights (and is exported): a transformers class
+    by name, or 'module:Class' for one of the bundle's own (T5's encoder classifier, models/t5_classifier.py)."""
     backends: tuple[str, ...]
     backend_refusal: str = ""
     """Why the other backends cannot train this family (said at start-up)."""
@@ -99,6 +100,9 @@ class ModelFamily:
     heads: dict[str, Callable] = field(default_factory=dict)
     """Head name -> head(hf_model): the module (or function) an objective applies to hidden states: "mlm" (vocabulary
     scores of masked positions), "nsp" (next-sentence scores of the pooled output), "lm" (next-token scores)."""
+    classifier_base: str | None = None
+    """The attribute of the fine-tuning classes that holds the pretrained base model, where it is not `weights.prefix`
+    (T5: 'transformer', the encoder of T5EncoderForSequenceClassification, while the pretraining class is bare)."""
     legacy_prefixes: tuple[str, ...] = ()
     """Prefixes older checkpoints of this bundle used for the Hugging Face model (renamed to `hf_model.` on load)."""
     onnx_optimizer: str | None = None
@@ -117,9 +121,24 @@ class ModelFamily:
             name = self.task_classes[task]
         except KeyError:
             raise UsageError(f"{self.name} has no {task!r} model here; it supports {', '.join(self.task_classes)}") from None
+        if ":" in name:  # one of the bundle's own classes (imported on first use, as transformers' are)
+            import importlib
+
+            module, _, attr = name.partition(":")
+            return getattr(importlib.import_module(module), attr)
         import transformers
 
         return getattr(transformers, name)
+
+    def classifier_class(self, config: dict) -> type[PreTrainedModel] | None:
+        """The class that loads a classifier folder whose config.json is `config`, where transformers' Auto classes
+        would pick another one: the family's own sequence classifier when the config names it (T5's encoder
+        classifier; AutoModelForSequenceClassification would build T5ForSequenceClassification and drop its weights).
+        None: the Auto class is right."""
+        name = self.task_classes.get("sequence_classification", "")
+        if ":" in name and name.partition(":")[2] in (config.get("architectures") or []):
+            return self.hf_class("sequence_classification")
+        return None
 
     @property
     def pretraining_tasks(self) -> tuple[str, ...]:

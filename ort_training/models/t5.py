@@ -12,6 +12,13 @@ What differs from the other families, and where it is said:
   (architecture_fields) and any sequence length is accepted (relative positions; memory is the limit).
 - Vocabulary: the objectives reserve sentinels, <eosen> and sentence tokens above the data tokenizer's ids
   (ort_training.data.collate_t5.reserved_tokens): the config's vocab_size must leave room for them.
+- Fine-tuning (`python -m ort_training.finetune --task single_label|multi_label|regression`): the encoder only, its
+  states mean-pooled over the real tokens, then a linear layer (models/t5_classifier.py,
+  T5EncoderForSequenceClassification). Not transformers' T5ForSequenceClassification: that runs the decoder as well
+  and reads the decoder's state at the last EOS, which needs the same count of EOS ids in every text (the family's EOS
+  is the data tokenizer's [SEP]), and a span-corruption decoder has never read a whole text; the encoder is what
+  pretraining trained to represent text (and what issue 29 asks for). The weights come from the export's `shared.`
+  and `encoder.` tensors (`classifier_base`); the decoder and lm_head are left out. No token classification yet.
 """
 
 from __future__ import annotations
@@ -67,7 +74,8 @@ T5 = T5Family(
     model_type="t5",
     config_class_name="T5Config",
     task_classes={"span_corruption": "T5ForConditionalGeneration", "depth": "T5ForConditionalGeneration",
-                  "depth_hierarchical": "T5ForConditionalGeneration"},
+                  "depth_hierarchical": "T5ForConditionalGeneration",
+                  "sequence_classification": "ort_training.models.t5_classifier:T5EncoderForSequenceClassification"},
     backends=("ort", "eager"),
     backend_refusal="torch.compile has not been measured on T5 in this bundle.",
     attention={"ort": ("eager",), "eager": ("eager",)},
@@ -81,11 +89,14 @@ T5 = T5Family(
     weights=WeightNames(
         prefix="",
         bare_markers=("shared.", "encoder.block."),
-        vocab_keys=("shared.weight", "encoder.embed_tokens.weight", "decoder.embed_tokens.weight", "lm_head.weight"),
+        vocab_keys=("shared.weight", "encoder.embed_tokens.weight", "decoder.embed_tokens.weight", "lm_head.weight",
+                    "transformer.shared.weight", "transformer.encoder.embed_tokens.weight"),  # the last two: the classifier's
         head_prefixes=("lm_head.",),
         head_groups=("lm_head.",),
         embedding="shared.weight",
         decoder="lm_head.weight",
+        # T5's encoder and decoder read the shared embedding: save_pretrained stores it once, as shared.weight
+        bias_aliases=(("shared.weight", "encoder.embed_tokens.weight"), ("shared.weight", "decoder.embed_tokens.weight")),
         config_must_match=("num_heads", "d_kv", "feed_forward_proj", "relative_attention_num_buckets",
                            "relative_attention_max_distance", "tie_word_embeddings", "layer_norm_epsilon"),
     ),
@@ -94,4 +105,5 @@ T5 = T5Family(
     shipped_configs=("t5_tiny", "t5_base"),
     encode=_encode,
     heads={"lm": lambda model: model.lm_head},
+    classifier_base="transformer",
 )

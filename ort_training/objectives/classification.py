@@ -68,9 +68,11 @@ class SequenceClassification(Objective):
             source = self.family.hf_class(self.family.pretraining_tasks[0])(config)
             self.import_report = load_into(source, self.init_checkpoint)
             base = self.family.weights.prefix.rstrip(".")
-            target = getattr(model, base)
-            # A token classifier's encoder has no pooler (BertForTokenClassification): take only what it holds.
-            target.load_state_dict({k: v for k, v in getattr(source, base).state_dict().items() if k in target.state_dict()})
+            target = getattr(model, self.family.classifier_base or base)
+            # A token classifier's encoder has no pooler (BertForTokenClassification), T5's classifier no decoder:
+            # take only what it holds.
+            weights = (getattr(source, base) if base else source).state_dict()
+            target.load_state_dict({k: v for k, v in weights.items() if k in target.state_dict()})
         return model
 
     def forward(self, model, dense_seq_output, *inputs):
