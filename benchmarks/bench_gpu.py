@@ -1,5 +1,5 @@
-"""BERT-large (eager and SDPA attention), ModernBERT-base and a Llama-3.2-1B-shaped decoder pretraining step
-throughput on one GPU, beside NVIDIA's published A100-80GB figures for BERT-large.
+"""BERT-large (eager and SDPA attention), ModernBERT-base, a Llama-3.2-1B-shaped decoder and T5 v1.1-base pretraining
+step throughput on one GPU, beside NVIDIA's published A100-80GB figures for BERT-large.
 
     PYTHONPATH=. python benchmarks/bench_gpu.py                      # the full matrix (~20-30 min on one GPU)
     PYTHONPATH=. python benchmarks/bench_gpu.py --phases 1 --precisions bf16 --backends eager,compile
@@ -25,7 +25,11 @@ published recipe), SDPA attention only (eager attention would hold a seq x seq s
 layer: 4 x 12 x 8,192^2 scores, 6 GiB in bf16, per layer at 8,192) and the eager / compile backends only (ORTModule cannot build
 ModernBERT's graph: models/modernbert.py). The decoder (--llama-config, default llama_1b) trains next-token
 prediction at 1,024 and 4,096 tokens (16,384 tokens per micro-batch), SDPA, eager / compile / ort (ORTModule with
-the family's 4-D mask). --models picks any of bert, modernbert, llama.
+the family's 4-D mask). T5 v1.1-base (--t5-config, default t5_base) trains span corruption on the batches of
+the objective's own collator (noise 0.15, spans of mean 3) from random packed sequences of the two lengths of recipes
+t5_span_corruption / t5_depth (129 and 569 raw tokens: encoder inputs of 128 and 512), 32,768 raw tokens per
+micro-batch (256 x 129, 64 x 569: a choice of this benchmark), eager attention (transformers refuses SDPA for T5),
+eager / ort, bf16 and tf32 (fp16 is refused for T5: models/t5.py). --models picks any of bert, modernbert, llama, t5.
 
 Reported per variant: sequences/s (after --warmup untimed steps), peak GPU memory, and model-FLOPs
 utilisation: 6 x (non-embedding parameters) x tokens + attention (12 x layers x hidden x seq^2) +
@@ -71,7 +75,17 @@ LLAMA_PHASE_SEQ = {1: 1024, 2: 4096}
 LLAMA_TOKENS = 16384
 """The decoder (--llama-config, default llama_1b: Llama-3.2-1B dimensions, an 8,192-token timeline vocabulary) at
 16,384 tokens per micro-batch (16 x 1,024, 4 x 4,096: the lengths of recipe llama_ehr_1b; a choice of this benchmark)."""
-MODELS = ("bert", "modernbert", "llama")
+T5_MICRO_BATCH = {1: 256, 2: 64}
+"""T5's micro-batches: about 32,768 raw tokens each (256 x 129, 64 x 569), a choice of this benchmark."""
+MODELS = ("bert", "modernbert", "llama", "t5")
+
+
+def t5_phase_seq(phase: int) -> int:
+    """Raw packed length of a T5 phase: 128 tokens, then nanoT5's 512-token encoder inputs (Hugging Face's rule in
+    collate_t5), each plus the [CLS] a packed sequence starts with, as recipe t5_span_corruption's data commands say."""
+    from ort_training.data.collate_t5 import compute_input_and_target_lengths
+
+    return 1 + (128 if phase == 1 else compute_input_and_target_lengths(512, 0.15, 3.0)[0])
 # Dense (no sparsity) tensor-core peaks, TFLOP/s: (16-bit, TF32). Matched against the device name.
 PEAK_TFLOPS = [
     ("H200", (989.0, 494.5)), ("H100 PCIe", (756.0, 378.0)), ("H100", (989.0, 494.5)), ("H800", (989.0, 494.5)),
@@ -83,6 +97,8 @@ PEAK_TFLOPS = [
 
 def model_flops_per_sequence(config, seq: int, max_pred: int) -> float:
     """Training FLOPs (forward + backward = 3 x forward) of one sequence, MLM head on the predictions only."""
+    if getattr(config, "model_type", "bert") == "t5":
+        return t5_flops(config, *t5_lengths(seq))
     h, layers, inter = config.hidden_size, config.num_hidden_layers, config.intermediate_size
     if getattr(config, "model_type", "bert") == "llama":
         # Q and O are h x h, K and V h x kv (grouped-query attention), SwiGLU's three inter x h matrices; the LM head over
@@ -102,6 +118,42 @@ def model_flops_per_sequence(config, seq: int, max_pred: int) -> float:
     attention = 12 * layers * h * seq * seq  # QK^T and AV: 2 x 2 x seq^2 x h forward, x3
     head = 6 * (h * h + h * config.vocab_size) * max_pred + 6 * h * h  # MLM transform + decoder; pooler/NSP
     return float(dense + attention + head)
+
+
+def t5_lengths(seq: int) -> tuple[int, int]:
+    """(encoder, decoder) tokens of a span-corruption batch from packed sequences of `seq` raw tokens (the collator's)."""
+    from ort_training.data.collate_t5 import corrupted_lengths
+
+    return corrupted_lengths(seq - 1, 0.15, 3.0)
+
+
+def t5_flops(config, enc: int, dec: int) -> float:
+    """Training FLOPs of one T5 example: 6 x weights x the tokens each weight sees (encoder layers: E; decoder
+    self-attention, queries and outputs of cross-attention, feed-forward and LM head: D; cross-attention's keys and
+    values: E), plus attention scores (encoder E^2, decoder self D^2, cross D x E), 12 x inner width each."""
+    h, inner, ff = config.d_model, config.num_heads * config.d_kv, config.d_ff
+    mlp = (3 if config.is_gated_act else 2) * h * ff
+    encoder = config.num_layers * (4 * h * inner + mlp) * enc
+    decoder = config.num_decoder_layers * ((6 * h * inner + mlp) * dec + 2 * h * inner * enc)
+    scores = 12 * inner * (config.num_layers * enc * enc + config.num_decoder_layers * (dec * dec + dec * enc))
+    return float(6 * (encoder + decoder + h * config.vocab_size * dec) + scores)
+
+
+def span_batch(batch: int, seq: int, vocab: int, device):
+    """A span-corruption batch made by the objective's own collator from random packed sequences ([CLS] text [SEP])
+    of `seq` tokens over a data tokenizer of `vocab` ids minus the ids the objective reserves above it."""
+    import numpy as np
+
+    from bundle.packed_schema import PackedAttrs
+    from ort_training.data.collate_t5 import SpanCorruptionCollator, reserved_tokens
+
+    data_vocab = vocab - len(reserved_tokens())
+    attrs = PackedAttrs(max_seq_length=seq, vocab_size=data_vocab, cls_id=2, sep_id=3, pad_id=0, mask_id=4, special_ids=(1,))
+    collate = SpanCorruptionCollator(0.15, 3.0).bind(attrs, seq)
+    rng = np.random.default_rng(0)
+    seqs = [np.concatenate([[2], rng.integers(5, data_vocab, seq - 2), [3]]) for _ in range(batch)]
+    made = collate(seqs, [np.random.default_rng(i) for i in range(batch)])
+    return {k: v.to(device) for k, v in made.items()}
 
 
 def peak_tflops(device_name: str, precision: str) -> float | None:
@@ -165,7 +217,9 @@ def worker(v: dict) -> dict:
     optimizer = build_optimizer(model, lr=1e-4)
     amp_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(v["precision"])
     scaler = torch.amp.GradScaler(device.type, enabled=v["precision"] == "fp16" and cuda)
-    batch = random_batch(v["batch"], v["seq"], v["max_pred"], getattr(config, "original_vocab_size", config.vocab_size), device)
+    vocab = getattr(config, "original_vocab_size", config.vocab_size)
+    batch = (span_batch(v["batch"], v["seq"], vocab, device) if v.get("model") == "t5"
+             else random_batch(v["batch"], v["seq"], v["max_pred"], vocab, device))
     inputs = model.inputs(batch)
 
     def step():
@@ -217,26 +271,34 @@ def variants(args) -> list[dict]:
     out = []
     common = dict(device=args.device, warmup=args.warmup, steps=args.steps, peak_tflops=args.peak_tflops)
     for model in args.models:
-        config = {"bert": args.config, "modernbert": args.modernbert_config, "llama": args.llama_config}[model]
+        config = {"bert": args.config, "modernbert": args.modernbert_config, "llama": args.llama_config, "t5": args.t5_config}[model]
         family = family_of_file(config)
         for phase in args.phases:
-            if args.smoke:
+            if args.smoke and model == "t5":
+                seq, max_pred = 2 + (args.smoke_seq if phase == 1 else 2 * args.smoke_seq), 5  # the collator's own minimum
+            elif args.smoke:
                 seq, max_pred = args.smoke_seq, 5
             elif model == "bert":
                 seq, max_pred = PHASE[phase]["seq"], PHASE[phase]["max_pred"]
             elif model == "llama":
                 seq, max_pred = LLAMA_PHASE_SEQ[phase], 5  # no masked positions: max_pred is unused
+            elif model == "t5":
+                seq, max_pred = t5_phase_seq(phase), 5  # spans, not masked positions: max_pred is unused
             else:
                 seq = MODERNBERT_PHASE_SEQ[phase]
                 max_pred = round(MODERNBERT_MASK * seq)
             for precision in args.precisions:
+                if {"tf32": "fp32"}.get(precision, precision) not in family.precisions:
+                    continue  # T5 in fp16: refused by its family
                 batch = args.batch_size or (4 if args.smoke else MICRO_BATCH[(phase, precision)] if model == "bert"
+                                            else T5_MICRO_BATCH[phase] if model == "t5"
                                             else (LLAMA_TOKENS if model == "llama" else MODERNBERT_TOKENS) // seq)
                 for backend in (b for b in args.backends if b in family.backends):
-                    attentions = args.attentions if model == "bert" else ["sdpa"]
+                    # BERT: the kernels asked for; the others: the family's own choice on a GPU (SDPA; T5: eager)
+                    attentions = args.attentions if model == "bert" else [family.resolve_attention("auto", backend, "cuda", seq)]
                     for attention in (a for a in attentions if a in family.attention.get(backend, ())):
                         # The head choice is the MLM's (masked positions or all); a decoder predicts every position.
-                        for head in args.heads if model != "llama" else ["full"]:
+                        for head in args.heads if model in ("bert", "modernbert") else ["full"]:
                             out.append(dict(model=model, phase=phase, precision=precision, backend=backend, attention=attention,
                                             head=head, seq=seq, max_pred=max_pred, batch=batch, config=config, **common))
     return out
@@ -384,11 +446,12 @@ def parse_args(argv=None):
     p.add_argument("--heads", type=csv(str), default=["masked", "full"], help="MLM head on the masked positions only, or every position")
     p.add_argument("--batch-size", type=int, default=None, help="override NVIDIA's per-GPU micro-batch")
     p.add_argument("--models", type=csv(str), default=list(MODELS),
-                   help="bert (BERT-large, --config), modernbert (--modernbert-config), llama (--llama-config)")
+                   help="bert (BERT-large, --config), modernbert (--modernbert-config), llama (--llama-config), t5 (--t5-config)")
     p.add_argument("--attentions", type=csv(str), default=["eager", "sdpa"], help="BERT's attention kernels (ModernBERT: sdpa)")
     p.add_argument("--config", default="large", help="BERT config (tiny/base/large or a JSON path)")
     p.add_argument("--modernbert-config", default="modernbert_base", help="ModernBERT config (modernbert_tiny/base/large or a JSON path)")
     p.add_argument("--llama-config", default="llama_1b", help="decoder config (llama_tiny/llama_1b or a JSON path)")
+    p.add_argument("--t5-config", default="t5_base", help="encoder-decoder config (t5_tiny/t5_base or a JSON path)")
     p.add_argument("--device", default=None, help="default cuda (cpu with --smoke)")
     p.add_argument("--warmup", type=int, default=None, help="untimed steps first (compilation, ORT export); default 3")
     p.add_argument("--steps", type=int, default=None, help="timed steps; default 10")
@@ -408,6 +471,7 @@ def parse_args(argv=None):
         args.config = "tiny" if args.config == "large" else args.config
         args.modernbert_config = "modernbert_tiny" if args.modernbert_config == "modernbert_base" else args.modernbert_config
         args.llama_config = "llama_tiny" if args.llama_config == "llama_1b" else args.llama_config
+        args.t5_config = "t5_tiny" if args.t5_config == "t5_base" else args.t5_config
         args.device = args.device or "cpu"
         args.precisions = ["tf32"] if args.precisions == ["bf16", "fp16", "tf32"] else args.precisions
         args.backends = args.backends or ["eager"]

@@ -36,10 +36,12 @@ def test_smoke_runs_every_phase_and_head_on_cpu_and_writes_json(tmp_path):
     data = json.loads(out.read_text())
     results = data["results"]
     assert {(r["phase"], r["head"]) for r in results} == {(1, "masked"), (1, "full"), (2, "masked"), (2, "full")}
-    # BERT with both attention kernels, ModernBERT (MLM only, no segment ids) and the decoder with SDPA, both phases each.
+    # BERT with both attention kernels, ModernBERT (MLM only, no segment ids) and the decoder with SDPA, T5 with eager
+    # attention (transformers has no SDPA for it), both phases each.
     assert {(r["model"], r["attention"], r["phase"]) for r in results} == {
-        (m, a, p) for m, a in (("bert", "eager"), ("bert", "sdpa"), ("modernbert", "sdpa"), ("llama", "sdpa")) for p in (1, 2)}
-    assert {r["head"] for r in results if r["model"] == "llama"} == {"full"}  # a decoder predicts every position
+        (m, a, p) for m, a in (("bert", "eager"), ("bert", "sdpa"), ("modernbert", "sdpa"), ("llama", "sdpa"), ("t5", "eager"))
+        for p in (1, 2)}
+    assert {r["head"] for r in results if r["model"] in ("llama", "t5")} == {"full"}  # every target position is predicted
     for r in results:
         assert "error" not in r, r
         assert r["seq_per_s"] > 0 and r["step_ms"] > 0 and r["model_tflops_per_s"] > 0
@@ -86,6 +88,37 @@ def test_decoder_flops_count_the_real_llama_weights():
     assert 2.4e13 < bench.model_flops_per_sequence(load_model_config("llama_1b"), 4096, 0) < 3.2e13
 
 
+def test_t5_flops_count_the_real_weights_and_the_collators_lengths():
+    """T5's dense term: 6 x (encoder weights x encoder tokens + decoder weights x target tokens, cross-attention's keys
+    and values x encoder tokens) + the LM head over the targets; the lengths are the span-corruption collator's."""
+    bench = load()
+    from ort_training.models import load_model_config
+    from ort_training.models.pretraining import PretrainingModel
+
+    config = load_model_config("t5_tiny")
+    model = PretrainingModel(config, objective="span_corruption").hf_model
+    matrices = lambda stack, skip=(): sum(p.numel() for n, p in stack.named_parameters()  # noqa: E731
+                                          if p.dim() == 2 and "relative_attention_bias" not in n and not any(s in n for s in skip))
+    enc, dec = bench.t5_lengths(129)
+    assert (enc, dec) == (116, 26)  # 128 text tokens: 19 noise tokens in 6 spans, a sentinel per span, EOS on each side
+    cross_kv = matrices(model.decoder.block, skip=("SelfAttention", "EncDecAttention.q", "EncDecAttention.o", "DenseReluDense"))
+    dense = (matrices(model.encoder.block) * enc + (matrices(model.decoder.block) - cross_kv) * dec + cross_kv * enc
+             + config.d_model * config.vocab_size * dec)
+    inner, L = config.num_heads * config.d_kv, config.num_layers
+    scores = 12 * inner * L * (enc * enc + dec * dec + dec * enc)
+    assert bench.model_flops_per_sequence(config, 129, 0) == 6 * dense + scores
+    # T5 v1.1-base at 512 encoder and 114 target tokens: ~4.3e11 FLOPs per training example.
+    assert 4.0e11 < bench.model_flops_per_sequence(load_model_config("t5_base"), 569, 0) < 4.6e11
+
+
+def test_t5_variants_refuse_fp16_and_run_eager_attention():
+    bench = load()
+    args = bench.parse_args(["--precisions", "bf16,fp16,tf32", "--backends", "eager,compile,ort", "--models", "t5"])
+    got = {(v["phase"], v["seq"], v["precision"], v["backend"], v["attention"], v["batch"]) for v in bench.variants(args)}
+    assert got == {(p, s, q, b, "eager", n) for p, s, n in ((1, 129, 256), (2, 569, 64)) for q in ("bf16", "tf32")
+                   for b in ("eager", "ort")}
+
+
 def test_nvidia_micro_batches_and_device_peaks():
     bench = load()
     assert bench.MICRO_BATCH[(1, "fp16")] == 256 and bench.MICRO_BATCH[(2, "tf32")] == 16
@@ -109,7 +142,9 @@ def test_gpu_matrix_adds_bert_sdpa_and_modernbert_base_at_1024_and_8192():
     modern = {("modernbert", p, s, b, "sdpa", 32768 // s) for p, s in ((1, 1024), (2, 8192)) for b in ("eager", "compile")}
     # The decoder: every backend (ORT with the family's 4-D mask), SDPA, 16,384 tokens per micro-batch.
     llama = {("llama", p, s, b, "sdpa", 16384 // s) for p, s in ((1, 1024), (2, 4096)) for b in ("eager", "compile", "ort")}
-    assert got == bert | modern | llama
+    # T5: eager attention (no SDPA for it in transformers), no compile (not measured), 256 x 129 and 64 x 569 tokens.
+    t5 = {("t5", p, s, b, "eager", n) for p, s, n in ((1, 129, 256), (2, 569, 64)) for b in ("eager", "ort")}
+    assert got == bert | modern | llama | t5
     assert {v["config"] for v in bench.variants(args) if v["model"] == "modernbert"} == {"modernbert_base"}
     assert {v["max_pred"] for v in bench.variants(args) if v["model"] == "modernbert"} == {307, 2458}
 
