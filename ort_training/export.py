@@ -275,7 +275,7 @@ def export_onnx_classifier(model: PreTrainedModel, onnx_path: str | Path, opset:
     caller's (ort_training/inference.py checks every variant it makes)."""
     check_onnx_available()
     names = _onnx_inputs(model)
-    seq_len = max(2, min(seq_len, model.config.max_position_embeddings))
+    seq_len = max(2, min(seq_len, getattr(model.config, "max_position_embeddings", None) or seq_len))  # T5: no limit
     exporter = {"dynamo": False} if "dynamo" in inspect.signature(torch.onnx.export).parameters else {}
     # A batch of 2 with one padded row: nothing batch- or padding-specific is traced in as a constant.
     ids = torch.full((2, seq_len), 5, dtype=torch.long)

@@ -216,7 +216,7 @@ def load_torch_classifier(folder: str | Path, attention: str | None = None):
 def check_batch(tokenizer, config) -> dict[str, np.ndarray]:
     """Fixed inputs every variant is checked on: CHECK_SENTENCES (padded, one batch) and 8 rows of seeded random
     token ids of varied lengths. int64 arrays input_ids / attention_mask / token_type_ids."""
-    max_len = min(64, int(config.max_position_embeddings))
+    max_len = min(64, int(getattr(config, "max_position_embeddings", None) or 64))  # T5: relative positions, no limit
     enc = tokenizer(list(CHECK_SENTENCES), truncation=True, max_length=max_len, padding="max_length",
                     return_token_type_ids=True, return_attention_mask=True)
     ids = np.asarray(enc["input_ids"], dtype=np.int64)

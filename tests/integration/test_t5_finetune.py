@@ -112,14 +112,20 @@ def read_predictions(path) -> tuple[list[str], np.ndarray]:
     return [r["predicted"] for r in table], np.array([[float(r[c]) for c in cols] for r in table])
 
 
-def test_finetune_export_saves_and_loads_back(task, tmp_path, capsys):
+@pytest.fixture(scope="module")
+def finetuned(task, tmp_path_factory):
+    out = tmp_path_factory.mktemp("t5run") / "run"
+    assert finetune.main(args(task, out, init_checkpoint=str(task["export"]))) == 0
+    return out
+
+
+def test_finetune_export_saves_and_loads_back(task, finetuned, tmp_path):
     from transformers import AutoTokenizer
 
     from ort_training.inference import load_torch_classifier
     from ort_training.models.t5_classifier import T5EncoderForSequenceClassification
 
-    out = tmp_path / "run"
-    assert finetune.main(args(task, out, init_checkpoint=str(task["export"]))) == 0
+    out = finetuned
     report = json.loads((out / "test_report.json").read_text())
     assert report["macro_f1"] > 0.9, report  # the keyword rule, learnt in 60 steps
     hf = out / "hf_model"
@@ -146,6 +152,20 @@ def test_finetune_export_saves_and_loads_back(task, tmp_path, capsys):
     with open(scored) as fh:
         table = list(csv.DictReader(fh))
     np.testing.assert_allclose([[float(r[f"p_{lab}"]) for lab in labels] for r in table], probs, atol=1e-4)
+
+
+@pytest.mark.onnx
+def test_onnx_engine_agrees_with_pytorch(task, finetuned, tmp_path):
+    """predict's default engine exports the encoder classifier to ONNX (checked against PyTorch there) and scores
+    with fine-tuning's test probabilities."""
+    scored = tmp_path / "onnx.csv"
+    assert predict.main(flags({"model_dir": str(finetuned / "hf_model"), "input_file": task["test"], "output_file": str(scored),
+                               "engine": "onnx", "cache_dir": str(tmp_path / "cache"), "disable_progress_bar": True})) == 0
+    _, want = read_predictions(finetuned / "test_predictions.csv")
+    with open(scored) as fh:
+        table = list(csv.DictReader(fh))
+    cols = sorted(k for k in table[0] if k.startswith("p_"))
+    np.testing.assert_allclose([[float(r[c]) for c in cols] for r in table], want, atol=1e-4)
 
 
 def test_random_init_control_runs(task, tmp_path):
