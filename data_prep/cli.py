@@ -295,6 +295,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: stopped by SIGTERM; finished shards are kept under {folder}: re-run the same command to "
               "continue", file=sys.stderr)
         return TERMINATED_EXIT_CODE
+    except KeyboardInterrupt:  # Ctrl-C: the same contract as SIGTERM (pool workers ignore SIGINT: workers.quiet_worker)
+        print(f"error: stopped by Ctrl-C (SIGINT); finished shards are kept under {folder}: re-run the same command to "
+              "continue", file=sys.stderr)
+        return 128 + signal.SIGINT
     except (DataPrepError, RunLockedError) as e:
         log.debug("details", exc_info=True)
         print(f"error: {e}", file=sys.stderr)

@@ -35,6 +35,17 @@ def _at_least(name: str, value, lo) -> None:
         raise ConfigError(f"--{name.replace('_', '-')} {value}: must be >= {lo}")
 
 
+def _plain_name(flag: str, value: str) -> None:
+    """A user-given name that becomes part of file and folder names (``--dataset-name``) stays one plain name: no
+    folder part, no ``..``, no glob or control characters (``../../x`` wrote shards two folders up, ``/abs`` was a
+    traceback, ``a*`` would be a glob over other datasets' files)."""
+    bad = set("/\\*?[]") | {chr(c) for c in range(32)} | {chr(127)}
+    if not value or value in (".", "..") or value.startswith(".") or any(ch in bad for ch in value):
+        raise ConfigError(f"{flag} {value!r}: must be a plain name (letters, digits, '-', '_', inner '.'; no '/', "
+                          f"'\\', '..', leading '.', '*', '?', '[', ']' or control characters): it becomes part of "
+                          f"file and folder names")
+
+
 @dataclass
 class DownloadConfig:
     dataset: Literal["pubmed-baseline", "pubmed-updates", "pubmed", "pmc-oa", "wikipedia"] = "pubmed-baseline"
@@ -137,6 +148,7 @@ class ShardConfig:
     """Worker processes."""
 
     def __post_init__(self):
+        _plain_name("--dataset-name", self.dataset_name)
         _at_least("piece_chars", self.piece_chars, 1000)
         _at_least("num_shards", self.num_shards, 1)
         _at_least("num_test_shards", self.num_test_shards, 0)
@@ -245,6 +257,7 @@ class Hdf5Config:
     """Log and list unreadable shards instead of stopping."""
 
     def __post_init__(self):
+        _plain_name("--dataset-name", self.dataset_name)
         if self.objective not in get_args(Objective):
             raise ConfigError(f"--objective {self.objective!r}: choose one of {list(get_args(Objective))}")
         if not self.phases:
@@ -284,6 +297,7 @@ class PackedConfig:
     """Log and list unreadable shards instead of stopping."""
 
     def __post_init__(self):
+        _plain_name("--dataset-name", self.dataset_name)
         if not 8 <= self.max_seq_length <= packed_schema.MAX_SEQ_LENGTH:
             raise ConfigError(f"--max-seq-length {self.max_seq_length}: must be in [8, {packed_schema.MAX_SEQ_LENGTH}]")
         for name in ("chunk_documents", "buffer_tokens", "processes"):
@@ -321,6 +335,7 @@ class TimelinesConfig:
     ICU / ventilation outcomes count only what starts at or after it."""
 
     def __post_init__(self):
+        _plain_name("--dataset-name", self.dataset_name)
         if not 16 <= self.max_seq_length <= packed_schema.MAX_SEQ_LENGTH:
             raise ConfigError(f"--max-seq-length {self.max_seq_length}: must be in [16, {packed_schema.MAX_SEQ_LENGTH}]")
         if not (0 < self.train_fraction < 1 and 0 <= self.val_fraction < 1 and self.train_fraction + self.val_fraction <= 1):

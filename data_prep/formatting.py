@@ -291,4 +291,6 @@ def _pool(processes: int, n_tasks: int):
         return _NoPool()
     import os
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # HF tokenizers deadlock after fork otherwise
-    return mp.get_context("fork").Pool(min(processes, n_tasks))
+    from .workers import quiet_worker
+
+    return mp.get_context("fork").Pool(min(processes, n_tasks), initializer=quiet_worker, initargs=(os.getpid(),))

@@ -25,14 +25,17 @@ from bundle.atomic import tmp_name
 from .config import ShardConfig
 from .manifest import DataPrepError, finished_manifest, invalidate, is_complete, read_json, write_manifest
 from .text import make_splitter, train_punkt_params
+from .workers import quiet_worker
 
 log = logging.getLogger(__name__)
 
 _split = None  # the worker's sentence splitter, built once per process by _init_worker
 
 
-def _init_worker(name: str, trained: dict | None, piece_chars: int) -> None:
+def _init_worker(name: str, trained: dict | None, piece_chars: int, parent: int | None = None) -> None:
     global _split
+    if parent is not None:  # a pool worker: stops quietly on the pool's SIGTERM (data_prep.workers)
+        quiet_worker(parent)
     _split = make_splitter(name, trained, piece_chars)
 
 
@@ -93,11 +96,30 @@ def interrupted_temps(shard_dir: Path, dataset: str = "*") -> list[Path]:
     return sorted(Path(shard_dir).glob(f".{dataset}_*.txt.tmp-*"))
 
 
+FD_MARGIN = 64
+"""File descriptors left for everything but the shards (the inputs, the pool's pipes, logging, the lock)."""
+
+
+def check_open_files(num_shards: int, num_test_shards: int) -> None:
+    """The stage writes every shard at once, one open file each: more shards than the process may open files stopped
+    with an OSError traceback after creating hundreds of temporaries (and --num-shards 100000000 spun creating them)."""
+    import resource
+
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    n = num_shards + num_test_shards
+    if soft != resource.RLIM_INFINITY and n > soft - FD_MARGIN:
+        raise DataPrepError(f"--num-shards {num_shards} (+ --num-test-shards {num_test_shards}): the shard stage keeps "
+                            f"every shard open while it writes, and this process may open {soft} files (ulimit -n) of "
+                            f"which {FD_MARGIN} are kept for the rest; lower --num-shards to at most "
+                            f"{max(soft - FD_MARGIN - num_test_shards, 1)} or raise ulimit -n")
+
+
 def run_shard(cfg: ShardConfig) -> dict:
     if cfg.num_shards < 1 or cfg.num_test_shards < 0:
         raise DataPrepError("--num-shards must be >= 1 and --num-test-shards >= 0")
     if not 0.0 <= cfg.test_fraction < 1.0:
         raise DataPrepError(f"--test-fraction {cfg.test_fraction}: must be in [0, 1)")
+    check_open_files(cfg.num_shards, cfg.num_test_shards if cfg.test_fraction > 0 else 0)  # before any file is touched
     files = text_files(cfg.text_dir)
     out_dir = Path(cfg.out_dir)
     manifest_path = out_dir / "manifest.json"
@@ -135,7 +157,7 @@ def run_shard(cfg: ShardConfig) -> dict:
         if cfg.processes > 1:
             import multiprocessing as mp
             pool = stack.enter_context(mp.get_context("fork").Pool(cfg.processes, _init_worker,
-                                                                   (cfg.splitter, trained, cfg.piece_chars)))
+                                                                   (cfg.splitter, trained, cfg.piece_chars, os.getpid())))
             results = pool.imap(_split_batch, _batches(iter_documents(files), 256))
         else:
             _init_worker(cfg.splitter, trained, cfg.piece_chars)

@@ -43,12 +43,27 @@ def report(prog: str, exc: BaseException) -> int:
     return USAGE_EXIT_CODE
 
 
+INTERRUPTED_EXIT_CODE = 130
+"""128 + SIGINT, the shell's status for Ctrl-C."""
+
+
+def interrupted(prog: str) -> int:
+    """Ctrl-C (SIGINT): one line and exit 130, not a KeyboardInterrupt traceback. What was saved stays (checkpoints are
+    written whole, outputs under temporary names); SIGTERM is the signal that checkpoints first (loop/preemption.py)."""
+    print(f"{prog}: error: stopped by Ctrl-C (SIGINT); checkpoints and finished outputs are kept: rerun the same command "
+          "(with --resume_from_checkpoint for a training run) to continue", file=sys.stderr, flush=True)
+    return INTERRUPTED_EXIT_CODE
+
+
 def exit_on_expected(prog: str, body: Callable[[], int]) -> int:
-    """Run an entry point's body; an expected error becomes one line on stderr and exit 2, a bug keeps its traceback."""
+    """Run an entry point's body; an expected error becomes one line on stderr and exit 2, Ctrl-C one line and exit
+    130, a bug keeps its traceback."""
     try:
         return body()
     except EXPECTED_ERRORS as exc:
         return report(prog, exc)
+    except KeyboardInterrupt:
+        return interrupted(prog)
 
 
 def refuse_remote_code(folder) -> None:

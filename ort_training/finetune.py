@@ -44,7 +44,7 @@ import torch
 
 from bundle.cli import add_arguments, from_dict, parse_into
 from bundle.locking import RunLock
-from ort_training.errors import EXPECTED_ERRORS, UsageError, report
+from ort_training.errors import EXPECTED_ERRORS, UsageError, interrupted, report
 from ort_training.loop.checkpoint import list_checkpoints
 from ort_training.loop.distributed import resolve_dist_env
 from ort_training.run_status import PREEMPTED_EXIT_CODE
@@ -161,6 +161,8 @@ def main(argv: list[str] | None = None) -> int:
                 lock.release()
     except EXPECTED_ERRORS as exc:  # bad flags, data, checkpoint or folder: one line, exit 2 (errors.py)
         return report("finetune", exc)
+    except KeyboardInterrupt:
+        return interrupted("finetune")
     except InterruptedError as exc:  # a search's trial preempted (tasks/hpo.py): the study is kept, a rerun continues it
         logger.warning("%s", exc)
         return PREEMPTED_EXIT_CODE
