@@ -30,7 +30,13 @@ class RunLock:
         self._fh = None
 
     def acquire(self) -> "RunLock":
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        folder = self.path.parent
+        file_in_the_way = next((p for p in (folder, *folder.parents) if p.exists() and not p.is_dir()), None)
+        if file_in_the_way is not None:  # mkdir's bare "[Errno 17] File exists: 'train.csv'" named neither flag nor fix
+            where = "is a file" if file_in_the_way == folder else f"is inside {file_in_the_way}, which is a file"
+            raise FileExistsError(f"output folder {folder}: {where}, not a folder; pass a folder for the {self.what} run's "
+                                  "output (it is created)")
+        folder.mkdir(parents=True, exist_ok=True)
         fh = open(self.path, "a+")
         try:
             fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)

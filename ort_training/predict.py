@@ -453,7 +453,7 @@ def check_paths(cfg: PredictConfig) -> None:
         real = _real(written)
         if real in reads:
             raise UsageError(f"--output_file {output}: {what} {written} is {reads[real]}"
-                             f"{' (through a symbolic link)' if str(written) != real else ''}; predict never writes over "
+                             f"{' (through a symbolic link)' if os.path.abspath(written) != real else ''}; predict never writes over "
                              "what it reads: choose another --output_file")
         if _inside(real, model_real) and (os.path.lexists(real) or Path(real).name in MODEL_FILES
                                           or _inside(real, os.path.join(model_real, "onnx"))):

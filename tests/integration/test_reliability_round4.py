@@ -120,3 +120,30 @@ def test_ctrl_c_is_one_line_and_exit_130_in_the_training_entry_points(tmp_path, 
                         str(tmp_path / "v.txt"), "--output_dir", str(tmp_path / "ft"), "--device", "cpu"])
     err = capsys.readouterr().err
     assert rc == 130 and "Traceback" not in err and "finetune: error: stopped by Ctrl-C" in err
+
+
+# ----------------------------------------------------------------------------- 5. small lies and bare errno lines
+def test_predict_says_symbolic_link_only_for_one(tmp_path, monkeypatch):
+    from ort_training.errors import UsageError
+    from ort_training.predict import PredictConfig, check_paths
+
+    monkeypatch.chdir(tmp_path)  # relative paths, as a user types them: the message said "(through a symbolic link)"
+    Path("notes.csv").write_text("note\nfever\n")
+    Path("link.csv").symlink_to("notes.csv")
+    for out, link in (("notes.csv", False), ("link.csv", True)):
+        with pytest.raises(UsageError, match="never writes over what it reads") as exc:
+            check_paths(PredictConfig(model_dir="m", input_file="notes.csv", output_file=out, text_column="note"))
+        assert ("symbolic link" in str(exc.value)) is link, str(exc.value)
+
+
+def test_an_output_folder_that_is_a_file_is_one_clear_line(tmp_path, capsys):
+    train = tmp_path / "train.csv"
+    train.write_text("note,label\nfever,yes\ncough,no\n")
+    (tmp_path / "v.txt").write_text("x\n")
+    for out in (train, train / "sub"):
+        rc = finetune.main(["--train_file", str(train), "--config_file", "tiny", "--vocab_file", str(tmp_path / "v.txt"),
+                            "--output_dir", str(out), "--device", "cpu"])
+        err = capsys.readouterr().err
+        # was `finetune: error: [Errno 17] File exists: '.../train.csv'`
+        assert rc == 2 and "Traceback" not in err and "is a file, not a folder" in err and str(out) in err, err
+    assert train.read_text() == "note,label\nfever,yes\ncough,no\n"
