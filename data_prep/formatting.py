@@ -267,6 +267,10 @@ def _resolve(good: list, out_dir: Path, max_documents: int | None) -> dict:
             "over_max_documents": capped}
 
 
+_ID_KIND = {"pubmed": "PMIDs", "pmc": "PMIDs", "wikipedia": "page ids", "text": "<file stem>:<n>, the n-th document of a file"}
+"""What a document's id is, per corpus, for the warning when --exclude-ids matched none."""
+
+
 def _log_summary(s: dict) -> None:
     log.info("format: kept %d documents in %d files", s["documents"], len(s["files"]))
     for reason, n in sorted(s["skipped"].items()):
@@ -275,6 +279,12 @@ def _log_summary(s: dict) -> None:
              s["superseded_by_update"], s["deleted_by_delete_citation"], s["over_max_documents"])
     for b in s["bad_inputs"]:
         log.warning("format: BAD INPUT %s: %s", b["path"], b["error"])
+    if s.get("exclude_ids") and not s["skipped"].get("excluded_pmid"):
+        # not a refusal (a held-out list may not touch this corpus), but never silent: ids of another kind match nothing
+        cfg = s.get("config", {})
+        log.warning("format: --exclude-ids %s matched none of the documents' ids (corpus %s: %s); if it lists documents "
+                    "of this corpus, nothing was left out: check --corpus / --id-column", cfg.get("exclude_ids"),
+                    cfg.get("corpus"), _ID_KIND.get(cfg.get("corpus"), "the --id-column values"))
 
 
 class _NoPool:

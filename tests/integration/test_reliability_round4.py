@@ -5,6 +5,7 @@ finished outputs unchanged."""
 
 from __future__ import annotations
 
+import json
 import os
 import resource
 import subprocess
@@ -147,3 +148,17 @@ def test_an_output_folder_that_is_a_file_is_one_clear_line(tmp_path, capsys):
         # was `finetune: error: [Errno 17] File exists: '.../train.csv'`
         assert rc == 2 and "Traceback" not in err and "is a file, not a folder" in err and str(out) in err, err
     assert train.read_text() == "note,label\nfever,yes\ncough,no\n"
+
+
+# ----------------------------------------------------------------------------- 6. an exclusion that excludes nothing
+def test_exclude_ids_that_match_no_document_say_so(tmp_path):
+    corpus = _corpus(tmp_path / "corpus", files=1)
+    (tmp_path / "note_ids.txt").write_text("123\n456\n")  # note ids, but a text corpus's ids are <stem>:<n>
+    p = run_data_prep("format", "--corpus", "text", "--input", corpus, "--out-dir", tmp_path / "t1", "--exclude-ids",
+                      tmp_path / "note_ids.txt")
+    assert "matched none of the documents' ids" in p.stderr and "<file stem>:<n>" in p.stderr, p.stderr[-2000:]
+    (tmp_path / "text_ids.txt").write_text("notes_0:0\n")
+    p = run_data_prep("format", "--corpus", "text", "--input", corpus, "--out-dir", tmp_path / "t2", "--exclude-ids",
+                      tmp_path / "text_ids.txt")
+    assert "matched none" not in p.stderr
+    assert json.loads((tmp_path / "t2" / "manifest.json").read_text())["skipped"]["excluded_pmid"] == 1
