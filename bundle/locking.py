@@ -21,6 +21,17 @@ class RunLockedError(RuntimeError):
     """Another run holds the folder."""
 
 
+def file_in_the_way(folder: str | os.PathLike, flag: str = "--output_dir") -> str | None:
+    """Why `folder` cannot be created as an output folder (it, or a folder above it, is a file), or None: the one
+    wording for the run lock, the trainers' output checks and the two-phase runner."""
+    folder = Path(folder)
+    hit = next((p for p in (folder, *folder.parents) if p.exists() and not p.is_dir()), None)
+    if hit is None:
+        return None
+    where = "is a file" if hit == folder else f"is inside {hit}, which is a file"
+    return f"{flag} {folder}: {where}, not a folder; pass a folder (it is created)"
+
+
 class RunLock:
     """`with RunLock(folder, "training"):` ... raises RunLockedError naming the holder."""
 
@@ -31,11 +42,9 @@ class RunLock:
 
     def acquire(self) -> "RunLock":
         folder = self.path.parent
-        file_in_the_way = next((p for p in (folder, *folder.parents) if p.exists() and not p.is_dir()), None)
-        if file_in_the_way is not None:  # mkdir's bare "[Errno 17] File exists: 'train.csv'" named neither flag nor fix
-            where = "is a file" if file_in_the_way == folder else f"is inside {file_in_the_way}, which is a file"
-            raise FileExistsError(f"output folder {folder}: {where}, not a folder; pass a folder for the {self.what} run's "
-                                  "output (it is created)")
+        problem = file_in_the_way(folder, "output folder")
+        if problem:  # mkdir's bare "[Errno 17] File exists: 'train.csv'" named neither flag nor fix
+            raise FileExistsError(problem)
         folder.mkdir(parents=True, exist_ok=True)
         fh = open(self.path, "a+")
         try:

@@ -202,6 +202,11 @@ def _run(argv: list[str] | None) -> int:
         if tokens is not None and not dry_run:
             raise UsageError("--corpus_tokens / --corpus_documents are for planning: add --dry-run")
         check_init_checkpoint(recipe, p1.init_checkpoint)
+        from bundle.locking import file_in_the_way
+
+        for cfg in (p1, p2):  # the runner writes OUTPUT/phaseN/train.log before the trainer could say it
+            if problem := file_in_the_way(cfg.output_dir):
+                raise UsageError(problem)
         notes = [check_data(p1, "phase1", dry_run), check_data(p2, "phase2", dry_run)]
     except ValueError as exc:
         raise exc if isinstance(exc, UsageError) else UsageError(str(exc)) from None

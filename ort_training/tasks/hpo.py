@@ -374,8 +374,10 @@ def check_output_folder(out: Path, searching: bool, single_run: str | None, what
     None when there is none), nor into another kind's search (`study`: this search's study name). `what` names the
     single run ("fine-tuning", "pretraining"). Refused before anything is written, naming the folder and the file
     that shows whose it is."""
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"--output_dir {out}: is a file, not a folder; pass a folder (it is created)")
+    from bundle.locking import file_in_the_way
+
+    if problem := file_in_the_way(out):
+        raise UsageError(problem)
     found = search_files(out)
     if not searching and found:
         raise UsageError(f"--output_dir {out}: holds a hyperparameter search ({found[0].name}); its hf_model/ is the "

@@ -162,3 +162,16 @@ def test_exclude_ids_that_match_no_document_say_so(tmp_path):
                       tmp_path / "text_ids.txt")
     assert "matched none" not in p.stderr
     assert json.loads((tmp_path / "t2" / "manifest.json").read_text())["skipped"]["excluded_pmid"] == 1
+
+
+def test_the_two_phase_runner_refuses_an_output_dir_inside_a_file_before_it_writes_a_log(tmp_path, capsys):
+    from ort_training import pretrain
+
+    taken = tmp_path / "results"
+    taken.write_text("a file where the runs go\n")
+    for extra in ([], ["--dry-run"]):  # was: the dry run passed, the run died with a NotADirectoryError traceback
+        rc = pretrain.main(["--recipe", "tiny_cpu", "--output_dir", str(taken), "--phase1.input_dir", str(tmp_path),
+                            "--phase2.input_dir", str(tmp_path), *extra])
+        err = capsys.readouterr().err
+        assert rc == 2 and "Traceback" not in err and f"inside {taken}, which is a file" in err, err
+    assert taken.read_text() == "a file where the runs go\n"
