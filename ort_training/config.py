@@ -18,6 +18,7 @@ import yaml
 
 from bundle.cli import add_arguments, from_dict, parse_into
 from ort_training.models import ATTENTION_CHOICES, CONFIG_DIR, FAMILIES, SHIPPED_CONFIGS, family_of_file, resolve_config_file
+from ort_training.models.base import FINETUNING_TASKS
 from ort_training.errors import UsageError
 
 PACKAGE_CONFIGS = CONFIG_DIR
@@ -199,6 +200,10 @@ class PretrainConfig(TrainingArgs):
         family.check_precision(self.precision)
         if self.attention != "auto":
             family.resolve_attention(self.attention, self.backend, "cpu")  # explicit choices do not depend on the device
+        if self.objective not in family.task_classes and self.objective in FINETUNING_TASKS:  # finetune's --task
+            tasks = ", ".join(t for t in family.task_classes if t in FINETUNING_TASKS) or "none"
+            raise UsageError(f"{family.name} has no {self.objective} model here (its fine-tuning models: {tasks}; "
+                             "sequence_classification serves --task single_label, multi_label and regression)")
         if self.objective not in family.task_classes:
             raise UsageError(f"--objective {self.objective} is not available for {family.name} (it pretrains with "
                              f"{', '.join(family.pretraining_tasks)}); pass --objective {family.pretraining_tasks[-1]}")

@@ -168,6 +168,21 @@ def test_onnx_engine_agrees_with_pytorch(task, finetuned, tmp_path):
     np.testing.assert_allclose([[float(r[c]) for c in cols] for r in table], want, atol=1e-4)
 
 
+@pytest.mark.ort
+def test_ort_backend_trains_as_eager(task, tmp_path):
+    """finetune's default backend: ORTModule trains the encoder classifier with eager's losses."""
+    from ort_training.loop.metrics import read_metrics
+
+    losses = {}
+    for backend in ("eager", "ort"):
+        out = tmp_path / backend
+        assert finetune.main(args(task, out, init_checkpoint=str(task["export"]), backend=backend, max_steps=3, eval_steps=3,
+                                  log_freq=1)) == 0
+        losses[backend] = [r["loss"] for r in read_metrics(out / "metrics.jsonl")]
+    assert len(losses["ort"]) == 3
+    np.testing.assert_allclose(losses["ort"], losses["eager"], rtol=1e-4)
+
+
 def test_random_init_control_runs(task, tmp_path):
     """The control: the same config and tokenizer, no weights (--config_file + --vocab_file, the finetune baseline)."""
     out = tmp_path / "control"
@@ -176,3 +191,14 @@ def test_random_init_control_runs(task, tmp_path):
     report = json.loads((out / "test_report.json").read_text())
     assert report["init_checkpoint"] is None and report["documents"] == 30
     assert json.loads((out / "hf_model" / "config.json").read_text())["architectures"] == ["T5EncoderForSequenceClassification"]
+
+
+def test_token_classification_is_refused_in_one_line(task, tmp_path, capsys):
+    conll = tmp_path / "tags.conll"
+    conll.write_text("".join(f"w{i} O\nrandomised B-X\n\n" for i in range(8)))
+    argv = flags({"task": "token_classification", "train_file": str(conll), "validation_file": str(conll), "test_file": str(conll),
+                  "init_checkpoint": str(task["export"]), "output_dir": str(tmp_path / "out"), "backend": "eager", "max_steps": 2,
+                  "train_batch_size": 2, "device": "cpu", "disable_progress_bar": True})
+    assert finetune.main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("finetune: error: t5 has no token_classification model here") and "Traceback" not in "".join(err)
