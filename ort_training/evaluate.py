@@ -1,6 +1,8 @@
-"""Held-out MLM accuracy of an exported encoder on NVIDIA-schema HDF5 files, or held-out perplexity of an exported
-decoder on packed sequences (beside a unigram baseline: a model that knows only the training files' token
-frequencies).
+"""Held-out metrics of an exported model: MLM accuracy of an encoder on NVIDIA-schema HDF5 files, or, on packed
+sequences, the metrics of the family's plain pretraining objective: masked-LM accuracy (encoders), perplexity beside a
+unigram baseline (decoders: a model that knows only the training files' token frequencies), span-corruption loss
+beside the uniform distribution's (encoder-decoders; a DEPTH export is scored on the same span-corrupted batches as a
+span-corruption one, so the two compare).
 
     python -m ort_training.evaluate --model_dir OUT/hf_model --input_dir TEST_HDF5_DIR [--untrained]
 
@@ -33,6 +35,7 @@ from transformers import AutoConfig
 from bundle import hdf5_schema
 from ort_training.data.hdf5 import held_out_batches, list_hdf5_files
 from ort_training.models import family_of
+from ort_training.objectives import get_objective
 from ort_training.objectives.masked_lm import mlm_accuracy
 from ort_training.errors import refuse_remote_code, UsageError, exit_on_expected
 
@@ -157,22 +160,31 @@ def unigram_baseline(input_dir: str | Path, held_out: list[Path], max_files: int
     return {"clm_loss": loss, "perplexity": math.exp(loss), "source": f"{source} token counts ({len(files)} files)"}
 
 
-def evaluate_causal(cfg: EvalConfig, model, files: list[Path]) -> dict:
-    """A decoder on packed held-out sequences: per-token loss, perplexity and next-token accuracy beside the unigram
-    baseline's."""
-    from ort_training.data.collate import CausalCollator
-    from ort_training.data.packed import held_out_packed_batches, is_packed_folder
-    from ort_training.objectives import CausalLM
+PACKED_OBJECTIVES = ("mlm", "clm", "span_corruption")
+"""What a family's export is scored with on packed data: the first of its pretraining objectives in this list (the
+plain one of each kind, so that every model of a family is scored on the same batches)."""
 
-    if not is_packed_folder(files):
-        raise UsageError(f"--input_dir {cfg.input_dir}: NVIDIA-schema HDF5 holds masked-LM instances; a decoder is evaluated on "
-                         "packed sequences (`python -m data_prep packed` or `timelines`)")
-    batches = held_out_packed_batches(files, cfg.batch_size, cfg.max_sequences, cfg.seed, CausalCollator(), model.config.vocab_size)
+
+def evaluate_packed(cfg: EvalConfig, model, files: list[Path], family) -> dict:
+    """A model on packed held-out sequences, batched by its objective's own collator (masks and spans drawn as the
+    training loader draws epoch 0 of --seed), scored by the objective's held-out evaluation, beside a baseline that
+    learnt nothing: the unigram model (decoders) or the uniform distribution over the data's ids (span corruption)."""
+    from ort_training.data.packed import held_out_packed_batches
+    from ort_training.objectives import get_objective
+
+    objective = get_objective(next(t for t in family.pretraining_tasks if t in PACKED_OBJECTIVES))
+    objective.attach(model)
+    batches = held_out_packed_batches(files, cfg.batch_size, cfg.max_sequences, cfg.seed, objective.collator(family),
+                                      model.config.vocab_size)
     if cfg.max_batches is not None:
         batches = itertools.islice(batches, cfg.max_batches)
-    result = CausalLM().evaluate(model, batches)
-    return {"model_dir": cfg.model_dir, "untrained": cfg.untrained, **result, "files": [str(f) for f in files],
-            "unigram": unigram_baseline(cfg.baseline_dir or cfg.input_dir, files, cfg.baseline_max_files)}
+    result = {"model_dir": cfg.model_dir, "untrained": cfg.untrained, "objective": objective.name,
+              **objective.evaluate(model, batches), "files": [str(f) for f in files]}
+    if objective.name == "clm":
+        result["unigram"] = unigram_baseline(cfg.baseline_dir or cfg.input_dir, files, cfg.baseline_max_files)
+    elif objective.name == "span_corruption":
+        result["uniform_span_loss"] = math.log(getattr(model.config, "original_vocab_size", model.config.vocab_size))
+    return result
 
 
 def evaluate(cfg: EvalConfig) -> dict:
@@ -185,8 +197,13 @@ def evaluate(cfg: EvalConfig) -> dict:
         model = lm_class(config)
     else:
         model = lm_class.from_pretrained(cfg.model_dir, trust_remote_code=False)
-    if "clm" in family.pretraining_tasks:
-        return evaluate_causal(cfg, model, files)
+    from ort_training.data.packed import is_packed_folder
+
+    if is_packed_folder(files):
+        return evaluate_packed(cfg, model, files, family)
+    if not any(get_objective(t).premasked_data for t in family.pretraining_tasks):
+        raise UsageError(f"--input_dir {cfg.input_dir}: NVIDIA-schema HDF5 holds masked-LM instances; a {family.name} model is "
+                         "evaluated on packed sequences (`python -m data_prep packed` or `timelines`)")
     base = most_frequent_token(cfg.baseline_dir or cfg.input_dir, files, cfg.baseline_max_files)
     base["token"] = _token_text(cfg.model_dir, base["token_id"])
     batches = held_out_batches(files, cfg.batch_size, cfg.max_sequences, model.config.vocab_size,
@@ -202,7 +219,7 @@ def evaluate(cfg: EvalConfig) -> dict:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m ort_training.evaluate", description=__doc__.strip().splitlines()[0])
     p.add_argument("--model_dir", required=True, help="Hugging Face export folder (OUTPUT_DIR/hf_model).")
-    p.add_argument("--input_dir", required=True, help="Folder of held-out NVIDIA-schema HDF5 files.")
+    p.add_argument("--input_dir", required=True, help="Folder of held-out NVIDIA-schema HDF5 or packed files.")
     p.add_argument("--batch_size", type=int, default=32, help="Sequences per batch.")
     p.add_argument("--max_sequences", type=int, default=None,
                    help="Evaluate at most this many held-out sequences (default: all of them, each once).")

@@ -11,7 +11,7 @@ on the training vectors and scored on the test (and dev) vectors. Nothing in it 
 weights, which `--seed` fixes, and `--max_train`'s subset, drawn with a fixed generator: the same command gives the
 same JSON line, so starting points can be ranked without the seed spread of fine-tuning.
 
-Any model family transformers loads with AutoModel (BERT, ModernBERT, Llama, ...) from a Hugging Face folder
+Any model family transformers loads with AutoModel (BERT, ModernBERT, Llama, T5's encoder, ...) from a Hugging Face folder
 (config.json, weights, tokenizer files; `trust_remote_code=False`, a folder naming custom code is refused).
 `--untrained` probes a randomly initialised model of the folder's config: the control that says how much of a
 score is the architecture and how much the pretraining. Files: .csv / .tsv / .parquet / .jsonl (the fine-tuning
@@ -95,6 +95,8 @@ def load_model(cfg: ProbeConfig):
         except OSError as exc:
             raise UsageError(f"--model_dir {cfg.model_dir}: no weights transformers can load ({exc}); "
                              "--untrained probes a random init of its config") from None
+    if getattr(config, "is_encoder_decoder", False):  # T5: the text's representation is the encoder's (the decoder
+        model = model.get_encoder()                    # reads targets, which a probe has none of)
     model.eval()
     if tokenizer.pad_token is None:  # decoders often ship none; padding positions are masked out anyway
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token

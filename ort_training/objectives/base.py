@@ -47,8 +47,14 @@ class Objective(ABC):
 
     def build(self, config: PretrainedConfig) -> PreTrainedModel:
         """The config's family's Hugging Face class for this objective (also the class of the export)."""
-        self.family = family_of(config)
-        return self.family.hf_class(self.name)(config)
+        model = family_of(config).hf_class(self.name)(config)
+        self.attach(model)
+        return model
+
+    def attach(self, model: PreTrainedModel) -> None:
+        """Learn what batches and losses need from a model of this objective's class (built here, or an export loaded
+        for evaluation): its architecture family."""
+        self.family = family_of(model.config)
 
     def inputs(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, ...]:
         missing = [k for k in self.batch_keys if k not in batch]

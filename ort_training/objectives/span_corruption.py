@@ -56,10 +56,9 @@ class SpanCorruption(Objective):
         if mean_noise_span_length is not None:
             self.mean_noise_span_length = mean_noise_span_length
 
-    def build(self, config):
-        model = super().build(config)
-        self.vocab_limit = getattr(config, "original_vocab_size", config.vocab_size)
-        return model
+    def attach(self, model):
+        super().attach(model)
+        self.vocab_limit = getattr(model.config, "original_vocab_size", model.config.vocab_size)
 
     def collator(self, family, mask_rate=None):
         return SpanCorruptionCollator(mask_rate if mask_rate is not None else self.noise_density, self.mean_noise_span_length,
