@@ -129,10 +129,11 @@ def check_output_folder(cfg: PretrainConfig) -> None:
     out = Path(cfg.output_dir)
     single = next((name for name in ("summary.json", "checkpoints", "hf_model") if (out / name).exists()), None)
     hpo.check_output_folder(out, bool(cfg.hpo_trials), single, "pretraining", hpo.PRETRAIN.study_name)
-    if cfg.hpo_trials:
-        hpo.check_inputs_apart(out, {"input_dir": cfg.input_dir, "eval_dir": cfg.eval_dir, "init_checkpoint": cfg.init_checkpoint,
-                                     "vocab_file": cfg.vocab_file, "hpo_space": cfg.hpo_space, "config_file": cfg.config_file,
-                                     "config": None})
+    # a search never writes over its inputs, and no run writes into its data (--output_dir == --input_dir wrote
+    # checkpoints/ and hf_model/ among the HDF5 files, beside data_prep's manifest)
+    hpo.check_inputs_apart(out, {"input_dir": cfg.input_dir, "eval_dir": cfg.eval_dir, "init_checkpoint": cfg.init_checkpoint,
+                                 "vocab_file": cfg.vocab_file, "hpo_space": cfg.hpo_space, "config_file": cfg.config_file,
+                                 "config": None}, searching=bool(cfg.hpo_trials))
 
 
 def _search_plan(cfg: PretrainConfig) -> tuple[dict, str]:

@@ -392,7 +392,7 @@ def check_output_folder(out: Path, searching: bool, single_run: str | None, what
                          "--output_dir")
 
 
-def check_inputs_apart(out: Path, inputs: dict[str, str | None]) -> None:
+def check_inputs_apart(out: Path, inputs: dict[str, str | None], searching: bool = True) -> None:
     """A search never writes over what it reads: OUTPUT_DIR must not be, or lie inside, an input (`--flag: path`),
     and no input may be, or lie inside, what the search writes (trials/, hf_model/, the study, the report and the
     copied config). Paths are compared after realpath (a symbolic link is what it points at)."""
@@ -407,8 +407,11 @@ def check_inputs_apart(out: Path, inputs: dict[str, str | None]) -> None:
             continue
         path = real(value)
         if root == path or path in root.parents:
-            raise UsageError(f"--output_dir {out}: is or lies inside --{flag} {value}; a search writes its trials there. "
+            raise UsageError(f"--output_dir {out}: is or lies inside --{flag} {value}; "
+                             f"{'a search writes its trials' if searching else 'the run writes its checkpoints and model'} there. "
                              "Use an --output_dir outside the inputs")
+        if not searching:  # a single run's outputs are checked by the trainer (a resume reads its own checkpoints)
+            continue
         hit = next((w for w in written if w == path or w in path.parents), None)
         if hit is not None:
             raise UsageError(f"--{flag} {value}: lies in {hit}, which the search in --output_dir {out} writes; move the input "

@@ -175,3 +175,20 @@ def test_the_two_phase_runner_refuses_an_output_dir_inside_a_file_before_it_writ
         err = capsys.readouterr().err
         assert rc == 2 and "Traceback" not in err and f"inside {taken}, which is a file" in err, err
     assert taken.read_text() == "a file where the runs go\n"
+
+
+def test_a_single_pretraining_run_never_writes_into_its_input_dir(tmp_path, capsys):
+    from ort_training import run_pretraining
+    from ort_training.data.synthetic import tiny_setup
+
+    setup = tiny_setup(tmp_path / "tiny", n_files=1, n_per_file=16)
+    data = Path(setup["input_dir"])
+    before = _snapshot(data)
+    for out in (data, data / "out"):  # was: checkpoints/, hf_model/, summary.json among the HDF5 files, exit 0
+        for extra in ([], ["--dry-run"]):
+            rc = run_pretraining.main(["--input_dir", str(data), "--config_file", setup["config_file"], "--vocab_file",
+                                       setup["vocab_file"], "--output_dir", str(out), "--backend", "eager", "--max_steps", "1",
+                                       "--train_batch_size", "8", "--disable_progress_bar", "--skip_hf_export", *extra])
+            err = capsys.readouterr().err
+            assert rc == 2 and "Traceback" not in err and "is or lies inside --input_dir" in err, err
+    assert _snapshot(data) == before and sorted(p.name for p in data.iterdir()) == sorted(before)
