@@ -20,7 +20,6 @@ import argparse
 import itertools
 import json
 import logging
-import math
 import sys
 from collections import Counter
 from dataclasses import dataclass
@@ -135,56 +134,26 @@ def check_inputs(cfg: EvalConfig) -> list[Path]:
     return files
 
 
-def unigram_baseline(input_dir: str | Path, held_out: list[Path], max_files: int = 8) -> dict:
-    """Per-token loss and perplexity on the held-out files' next-token targets (every token but a sequence's first) of
-    a model that knows only token frequencies: the unigram distribution of the training files beside the held-out
-    ones (at most `max_files`; else of the held-out files), add-one smoothed over the tokenizer's ids."""
-    from bundle import packed_schema
-
-    train = [f for f in sorted(Path(input_dir).rglob("*.hdf5")) if "training" in f.name and f not in held_out]
-    files, source = (train[:max_files], "training") if train else (held_out, "held-out")
-    vocab = packed_schema.read_attrs(held_out[0]).vocab_size
-    counts = np.ones(vocab, dtype=np.float64)
-    for f in files:
-        tokens, _ = packed_schema.read_sequences(f)
-        counts += np.bincount(tokens, minlength=vocab)[:vocab]
-    log_p = np.log(counts / counts.sum())
-    nll = n = 0.0
-    for f in held_out:
-        tokens, offsets = packed_schema.read_sequences(f)
-        targets = np.ones(len(tokens), dtype=bool)
-        targets[offsets[:-1][offsets[:-1] < len(tokens)]] = False  # a sequence's first token is never a target
-        nll -= float(log_p[tokens[targets]].sum())
-        n += float(targets.sum())
-    loss = nll / max(n, 1.0)
-    return {"clm_loss": loss, "perplexity": math.exp(loss), "source": f"{source} token counts ({len(files)} files)"}
-
-
-PACKED_OBJECTIVES = ("mlm", "clm", "span_corruption")
-"""What a family's export is scored with on packed data: the first of its pretraining objectives in this list (the
-plain one of each kind, so that every model of a family is scored on the same batches)."""
 
 
 def evaluate_packed(cfg: EvalConfig, model, files: list[Path], family) -> dict:
     """A model on packed held-out sequences, batched by its objective's own collator (masks and spans drawn as the
     training loader draws epoch 0 of --seed), scored by the objective's held-out evaluation, beside a baseline that
-    learnt nothing: the unigram model (decoders) or the uniform distribution over the data's ids (span corruption)."""
+    learnt nothing (the objective's `baselines`: the unigram model for decoders, the uniform distribution over the ids
+    for span corruption). Which objective: the first of the family's pretraining objectives that `scores_exports` (the
+    plain one of each kind, so that every model of a family is scored on the same batches)."""
     from ort_training.data.packed import held_out_packed_batches
     from ort_training.objectives import get_objective
 
-    objective = get_objective(next(t for t in family.pretraining_tasks if t in PACKED_OBJECTIVES))
+    objective = get_objective(next(t for t in family.pretraining_tasks if get_objective(t).scores_exports))
     objective.attach(model)
     batches = held_out_packed_batches(files, cfg.batch_size, cfg.max_sequences, cfg.seed, objective.collator(family),
                                       model.config.vocab_size)
     if cfg.max_batches is not None:
         batches = itertools.islice(batches, cfg.max_batches)
-    result = {"model_dir": cfg.model_dir, "untrained": cfg.untrained, "objective": objective.name,
-              **objective.evaluate(model, batches), "files": [str(f) for f in files]}
-    if objective.name == "clm":
-        result["unigram"] = unigram_baseline(cfg.baseline_dir or cfg.input_dir, files, cfg.baseline_max_files)
-    elif objective.name == "span_corruption":
-        result["uniform_span_loss"] = math.log(getattr(model.config, "original_vocab_size", model.config.vocab_size))
-    return result
+    return {"model_dir": cfg.model_dir, "untrained": cfg.untrained, "objective": objective.name,
+            **objective.evaluate(model, batches), "files": [str(f) for f in files],
+            **objective.baselines(model, files, Path(cfg.baseline_dir or cfg.input_dir), cfg.baseline_max_files)}
 
 
 def evaluate(cfg: EvalConfig) -> dict:

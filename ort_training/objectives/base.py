@@ -13,6 +13,7 @@ gradients as one graph. `forward` returns (loss, stats): `stats` is a 1-D tensor
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from pathlib import Path
 from typing import ClassVar, Iterable
 
 import torch
@@ -38,6 +39,9 @@ class Objective(ABC):
     """Whether NVIDIA-schema HDF5 (masks and sentence pairs stored, batches arrive made) serves this objective."""
     family: ModelFamily | None = None
     """Set by `build`: the architecture family of the config."""
+    scores_exports: ClassVar[bool] = False
+    """Whether `python -m ort_training.evaluate` scores a family's exports with this objective on packed data (the
+    plain objective of each kind: masked LM, next token, span corruption; every model of a family on the same batches)."""
 
     @property
     def batch_keys(self) -> tuple[str, ...]:
@@ -92,6 +96,11 @@ class Objective(ABC):
         """Held-out metrics of a Hugging Face model of this objective's class (the trainer's weights or the export),
         each held-out batch once."""
         raise UsageError(f"--objective {self.name} has no held-out pretraining evaluation; leave --eval_dir out")
+
+    def baselines(self, model: PreTrainedModel, held_out: list[Path], train_dir: Path, max_files: int) -> dict:
+        """What a model that learnt nothing scores on `evaluate`'s metrics (e.g. a unigram model of the training files
+        in `train_dir`), reported beside an export's held-out evaluation; none by default."""
+        return {}
 
     def summary(self, last_record: dict) -> dict:
         """The phase summary's objective-specific entries, from the last logged step."""

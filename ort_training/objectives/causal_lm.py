@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -22,6 +24,31 @@ def next_token_stats(logits: torch.Tensor, input_ids: torch.Tensor, input_mask: 
     return (nll * valid.reshape(-1)).sum(), correct, valid.sum()
 
 
+def unigram_baseline(input_dir: str | Path, held_out: list[Path], max_files: int = 8) -> dict:
+    """Per-token loss and perplexity on the held-out files' next-token targets (every token but a sequence's first) of
+    a model that knows only token frequencies: the unigram distribution of the training files beside the held-out
+    ones (at most `max_files`; else of the held-out files), add-one smoothed over the tokenizer's ids."""
+    from bundle import packed_schema
+
+    train = [f for f in sorted(Path(input_dir).rglob("*.hdf5")) if "training" in f.name and f not in held_out]
+    files, source = (train[:max_files], "training") if train else (held_out, "held-out")
+    vocab = packed_schema.read_attrs(held_out[0]).vocab_size
+    counts = np.ones(vocab, dtype=np.float64)
+    for f in files:
+        tokens, _ = packed_schema.read_sequences(f)
+        counts += np.bincount(tokens, minlength=vocab)[:vocab]
+    log_p = np.log(counts / counts.sum())
+    nll = n = 0.0
+    for f in held_out:
+        tokens, offsets = packed_schema.read_sequences(f)
+        targets = np.ones(len(tokens), dtype=bool)
+        targets[offsets[:-1][offsets[:-1] < len(tokens)]] = False  # a sequence's first token is never a target
+        nll -= float(log_p[tokens[targets]].sum())
+        n += float(targets.sum())
+    loss = nll / max(n, 1.0)
+    return {"clm_loss": loss, "perplexity": math.exp(loss), "source": f"{source} token counts ({len(files)} files)"}
+
+
 class CausalLM(Objective):
     """Next-token prediction. Right-padded sequences (ort_training.data.collate.CausalCollator): a pair enters the
     loss only when its target is a real token, and the model's attention mask hides padding as keys, so a batch of
@@ -33,6 +60,7 @@ class CausalLM(Objective):
     curves = ("clm_loss",)
     headline = "clm_loss"
     eval_loss = "clm_loss"
+    scores_exports = True
 
     def collator(self, family, mask_rate=None):
         return CausalCollator()
@@ -52,6 +80,9 @@ class CausalLM(Objective):
         loss = sums["nll_sum"] / max(sums["clm_count"], 1.0)
         return {"clm_loss": loss, "clm_accuracy": sums["clm_correct"] / max(sums["clm_count"], 1.0),
                 "perplexity": math.exp(min(loss, 50.0))}
+
+    def baselines(self, model, held_out, train_dir, max_files):
+        return {"unigram": unigram_baseline(train_dir, held_out, max_files)}
 
     @torch.no_grad()
     def evaluate(self, model, batches):

@@ -28,6 +28,7 @@ class Depth(SpanCorruption):
     stat_names = ("nll_sum", "target_count", "span_correct", "span_count", "sentence_correct", "sentence_count")
     curves = ("depth_loss", "sentence_accuracy")
     headline = "depth_loss"
+    scores_exports = False  # a DEPTH export is scored on span corruption, the same batches as a span-corruption one
     noise_density = 0.3
     shuffle_probability = 0.5
 

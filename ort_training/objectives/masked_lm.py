@@ -78,6 +78,7 @@ class MaskedLM(Objective):
     headline = "mlm_accuracy"
     eval_loss = "mlm_loss"
     premasked_data = True
+    scores_exports = True
 
     def collator(self, family, mask_rate=None):
         return MaskingCollator(mask_rate or family.mask_rate)
@@ -107,6 +108,7 @@ class MaskedLMWithNSP(MaskedLM):
     inputs_keys = ("input_ids", "segment_ids", "input_mask", "masked_lm_positions", "masked_lm_labels", "next_sentence_labels")
     stat_names = ("mlm_loss", "nsp_loss", "mlm_correct", "mlm_count")
     curves = ("mlm_loss", "nsp_loss")
+    scores_exports = False  # packed data has no sentence pairs: exports are scored on masked LM
 
     def build(self, config):
         family = family_of(config)

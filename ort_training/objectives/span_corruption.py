@@ -44,6 +44,7 @@ class SpanCorruption(Objective):
     stat_names = ("nll_sum", "span_correct", "span_count")
     curves = ("span_loss",)
     headline = "span_loss"
+    scores_exports = True
     noise_density = 0.15
     """T5's; --mask_rate overrides it."""
     mean_noise_span_length = 3.0
@@ -73,6 +74,11 @@ class SpanCorruption(Objective):
     def metrics(self, sums, micro_batches):
         loss = sums["nll_sum"] / max(sums["span_count"], 1.0)
         return {"span_loss": loss, "span_accuracy": sums["span_correct"] / max(sums["span_count"], 1.0)}
+
+    def baselines(self, model, held_out, train_dir, max_files):
+        """The uniform distribution over the model's ids (what an untrained T5 is near; a unigram model of span targets
+        would have to model the sentinels too)."""
+        return {"uniform_span_loss": math.log(getattr(model.config, "original_vocab_size", model.config.vocab_size))}
 
     @torch.no_grad()
     def evaluate(self, model, batches):
