@@ -41,7 +41,7 @@ test-current: test-jobs env-current  ## the test suite on the current stack (PYT
 lint: env  ## ruff (configured in pyproject.toml)
 	$(PYTHON) -m ruff check .
 
-demo: env  ## PubMed sample -> HDF5 / packed -> BERT (ORT), ModernBERT, continued pretraining -> linear probe of every start -> 1 fine-tune -> ORT int8 scoring (~10 min)
+demo: env  ## PubMed sample -> HDF5 / packed -> BERT (ORT), ModernBERT, continued pretraining, Llama on EHR timelines, T5 -> linear probe of every start -> 1 fine-tune -> ORT int8 scoring
 	bash scripts/demo.sh $(DEMO_ARGS)
 
 demo-full: env  ## the demo plus the six-row fine-tuning table over 3 seeds (DEMO_FULL=1)

