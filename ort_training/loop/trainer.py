@@ -161,7 +161,8 @@ class Trainer:
                 raise UsageError(f"--eval_every: --objective {self.objective.name} has no held-out loss to evaluate")
             history = [r for r in read_metrics(Path(cfg.output_dir) / "metrics.jsonl") if self.step_offset < r["step"] <= self.global_step]
             self.periodic_eval = PeriodicEvaluation(cfg.eval_every, cfg.early_stopping_patience, self.objective.eval_loss,
-                                                    history=history if cfg.resume_from_checkpoint else [])
+                                                    history=history if cfg.resume_from_checkpoint else [],
+                                                    output_dir=cfg.output_dir)
         if self.is_main:
             logger.info(
                 "phase %d | %s | backend %s | attention %s | %s | %d files | batch %d/rank x %d ranks (micro-batch %d x %d "
@@ -452,6 +453,9 @@ class Trainer:
     def _write_outputs(self, summary: dict) -> None:
         """The export, then the summary: a phase counts as finished only once both exist (run_status)."""
         cfg = self.cfg
+        best = self.periodic_eval.load_best(self.model.hf_model, self.global_step) if self.periodic_eval is not None else None
+        if best is not None:  # early stopping: the export (and the summary's evaluation) is of the best evaluated weights
+            summary["exported_weights"] = best
         if not cfg.skip_hf_export:
             from ort_training.export import export_hf
 

@@ -170,8 +170,8 @@ def test_sigterm_and_resume_is_bitwise(data, tmp_path):
 
 def test_early_stopping_on_eval_loss_and_its_resume(data, tmp_path):
     """--eval_every / --early_stopping_patience (fms-ehrs: patience 3 on the evaluation loss): a learning rate far too
-    high makes the held-out loss stop improving; the phase ends early, checkpointed and exported, and a run
-    preempted before the stop ends at the same step with the same records."""
+    high makes the held-out loss stop improving; the phase ends early, checkpointed, and exports its best evaluated
+    weights; a run preempted before the stop ends at the same step with the same records and the same export."""
     kw = dict(eval_dir=data["eval_dir"], eval_every=1, early_stopping_patience=1, learning_rate=0.5, max_steps=12,
               warmup_proportion=0.0, lr_schedule="poly")
     ref, summary = train(config(data, tmp_path / "ref", **kw))
@@ -187,6 +187,15 @@ def test_early_stopping_on_eval_loss_and_its_resume(data, tmp_path):
         return [{k: v for k, v in r.items() if k != "seq_per_sec"} for r in rs]
 
     assert max(rest) == max(ref) and timeless(read_metrics(tmp_path / "cut" / "metrics.jsonl")) == timeless(records)
+    # The export holds the best evaluated weights (Hugging Face's load_best_model_at_end), not the last step's: scored
+    # again by `evaluate`, it gives the best evaluation's loss; the resumed run exports the same bytes.
+    from ort_training import evaluate
+
+    best = min(records, key=lambda r: r["eval_clm_loss"])
+    assert best["step"] < max(ref) and summary["exported_weights"] == {"step": best["step"], "eval_clm_loss": best["eval_clm_loss"]}
+    again = evaluate.run(["--model_dir", str(tmp_path / "ref" / "hf_model"), "--input_dir", data["eval_dir"], "--split", "test"])
+    assert again["clm_loss"] == pytest.approx(best["eval_clm_loss"], rel=1e-5)
+    assert weights_digest(tmp_path / "cut" / "hf_model") == weights_digest(tmp_path / "ref" / "hf_model")
 
 
 def test_export_loads_generates_and_runs_in_onnxruntime(data, tmp_path):
