@@ -1,12 +1,30 @@
 """Span corruption vs DEPTH on packed PubMed data (issue 29), on CPU: a tiny T5 trained with each objective for the
 same wall time (DEPTH's step cost relative to span corruption's timed alternately in one process, so a busy machine
 slows both alike), then (1) held-out span loss of both exports on the same span-corrupted held-out batches (noise 0.15,
-mean span 3), (2) un-shuffling of held-out abstracts by the DEPTH model (greedy `generate` on sequences whose
-sentences are all shuffled: exact-order accuracy and Kendall's tau of the order it writes the sentence tokens in,
-against the shuffled input's own order), plus ORT-vs-eager first steps and a SIGTERM/resume check on the same data.
+mean span 3), (2) un-shuffling of held-out abstracts by the DEPTH model, plus ORT-vs-eager first steps and a
+SIGTERM/resume check on the same data.
+
+Un-shuffling (`unshuffle`): held-out sequences of 2+ sentences with every sentence shuffled (noise as trained);
+exact-order accuracy and Kendall's tau of an order against the original, for
+- `constrained` (the headline): greedy decoding in which a sentence-token step may only pick a sentence token of
+  the input not yet written, the first step must pick one, and EOS is barred until all are written; the order is
+  that in which the model writes them (any it has not written within twice the decoder's length keep the place the
+  input shows them in; `constrained_all_sentences_written` says how often all were written);
+- `free`: plain greedy `generate`; sentence tokens it never writes keep the place the input shows them in;
+- `shown`: the shuffled input's own order (what a model that copies the input scores);
+- `unigram`: a non-neural baseline, each sentence placed by the mean relative position (0 first .. 1 last) that
+  its visible tokens had in the training sequences' sentences.
+
+Changed for issue 29's order check: the collator numbers sentinels in the order the encoder shows the sentences
+(before, in the original order, which gave the order away); the constrained decoder and the unigram baseline were
+added; `--shuffle_probability` (DEPTH's 0.5 by default), `--depth_mask_rate` (0.3) and `--depth_steps` (a fixed
+count instead of equal wall time) set the DEPTH run, and `--skip span` leaves out the span-corruption run and the
+held-out span comparison.
 
     python -m data_prep packed --shard-dir W/shards --tokenizer W/bpe --out-root W --max-seq-length 128
     PYTHONPATH=. python benchmarks/bench_t5_objectives.py --data W/packed_seq_len_128/pubmed --out OUT --span_steps 240
+    PYTHONPATH=. python benchmarks/bench_t5_objectives.py --data W/packed_seq_len_128/pubmed --out OUT \
+        --skip ort resume span --depth_steps 1800 --shuffle_probability 1.0 --depth_mask_rate 0.15
 """
 
 from __future__ import annotations
@@ -94,9 +112,68 @@ def kendall_tau(order: list[int]) -> float:
     return (2 * concordant - pairs) / pairs
 
 
-def unshuffle(model_dir: Path, data: Path, max_sequences: int) -> dict:
-    """Greedy generation on held-out sequences with every sentence shuffled (DEPTH's input, noise as trained)."""
-    from transformers import AutoModelForSeq2SeqLM
+def sentence_units(encoder: np.ndarray, layout) -> dict[int, list[int]]:
+    """Each sentence token of an encoder input -> the text tokens the encoder shows of its sentence (sentinels and
+    the closing <eosen> left out)."""
+    units, current = {}, None
+    for t in encoder.tolist():
+        if layout.sent0 <= t < layout.end:
+            current = units.setdefault(t, [])
+        elif current is not None and t < layout.sentinel0:  # the data tokenizer's ids: text
+            current.append(t)
+        elif t == layout.eosen:
+            current = None
+    return units
+
+
+def unigram_positions(files: list[Path], bound, max_sequences: int = 4000) -> tuple[np.ndarray, np.ndarray]:
+    """Per token id, the sum and count of the relative positions (0 first .. 1 last) of the training sentences it
+    occurs in (sequences of 2+ sentences, split as the collator splits them)."""
+    from ort_training.data.collate_t5 import _content, split_sentences
+
+    total, count = np.zeros(bound.attrs.vocab_size), np.zeros(bound.attrs.vocab_size)
+    seen = 0
+    for path in files:
+        tokens, offsets = packed_schema.read_sequences(path)
+        starts = packed_schema.read_sentence_starts(path)
+        for i in range(len(offsets) - 1):
+            if seen >= max_sequences:
+                return total, count
+            text, lead = _content(tokens[offsets[i]:offsets[i + 1]], bound.attrs)
+            sentences = split_sentences(text, np.asarray(starts[i], np.int64) - lead, bound.max_sentences)
+            if len(sentences) < 2:
+                continue
+            seen += 1
+            for j, sentence in enumerate(sentences):
+                np.add.at(total, sentence, j / (len(sentences) - 1))
+                np.add.at(count, sentence, 1)
+    return total, count
+
+
+class SentenceOrderConstraint:
+    """A LogitsProcessor for one sequence: a sentence-token step picks only among the input's sentence tokens not yet
+    written, the first step must pick one, and EOS waits until all are written."""
+
+    def __init__(self, sentence_ids: list[int], sent0: int, sent_end: int, eos: int):
+        self.ids, self.sent0, self.sent_end, self.eos = set(sentence_ids), sent0, sent_end, eos
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        written = {t for t in input_ids[0].tolist() if self.sent0 <= t < self.sent_end}
+        barred = [t for t in range(self.sent0, self.sent_end) if t not in self.ids or t in written]
+        scores[:, barred] = -float("inf")
+        if written != self.ids:
+            scores[:, self.eos] = -float("inf")
+        if input_ids.shape[1] == 1:  # the first step opens a sentence
+            allowed = scores[:, sorted(self.ids - written)].clone()
+            scores[:] = -float("inf")
+            scores[:, sorted(self.ids - written)] = allowed
+        return scores
+
+
+def unshuffle(model_dir: Path, data: Path, max_sequences: int, noise_density: float = 0.3) -> dict:
+    """Un-shuffling of held-out sequences with every sentence shuffled (DEPTH's input, noise as trained): the model's
+    order by constrained and by free greedy decoding, against the shown order and the unigram baseline."""
+    from transformers import AutoModelForSeq2SeqLM, LogitsProcessorList
 
     from ort_training.data.collate_t5 import DepthCollator
 
@@ -105,38 +182,51 @@ def unshuffle(model_dir: Path, data: Path, max_sequences: int) -> dict:
     attrs = packed_schema.read_attrs(path)
     tokens, offsets = packed_schema.read_sequences(path)
     starts = packed_schema.read_sentence_starts(path)
-    bound = DepthCollator(shuffle_probability=1.0).bind(attrs, attrs.max_seq_length)
+    bound = DepthCollator(noise_density, shuffle_probability=1.0).bind(attrs, attrs.max_seq_length)
     sent0, sent_end = bound.layout.sent0, bound.layout.end
-    exact = exact_input = 0
-    taus, input_taus, complete = [], [], 0
-    n = 0
+    total, count = unigram_positions(sorted(data.glob("*_training_*.hdf5")), bound)
+    position = (total + 0.5) / (count + 1.0)  # one pseudo-count at the middle
+    orders: dict[str, list[list[int]]] = {"constrained": [], "free": [], "shown": [], "unigram": []}
+    complete = complete_constrained = 0
     for i in range(len(offsets) - 1):
-        if n >= max_sequences:
+        if len(orders["shown"]) >= max_sequences:
             break
         seq = tokens[offsets[i]:offsets[i + 1]]
         encoder, target, is_sentence, order = bound.example(seq, np.random.default_rng([11, i]), starts[i])
         truth = [int(t) for t, k in zip(target, is_sentence) if k]  # sentence tokens in the original order
         if len(truth) < 2:
             continue
-        n += 1
-        with torch.no_grad():
-            out = model.generate(input_ids=torch.as_tensor(encoder)[None], max_new_tokens=bound.decoder_length, do_sample=False,
-                                 num_beams=1)[0].tolist()
-        written = []
-        for t in out:
-            if sent0 <= t < sent_end and t in truth and t not in written:
-                written.append(t)
-        complete += len(written) == len(truth)
         shown = [truth[j] for j in order]  # the input's order
-        predicted = written + [t for t in shown if t not in written]  # sentences never written: kept where shown
-        pred_order = [truth.index(t) for t in predicted]
-        exact += pred_order == list(range(len(truth)))
-        exact_input += order == list(range(len(truth)))
-        taus.append(kendall_tau(pred_order))
-        input_taus.append(kendall_tau(order))
-    return {"sequences": n, "exact_order_accuracy": exact / n, "kendall_tau": float(np.mean(taus)),
-            "all_sentences_written": complete / n, "input_exact_order": exact_input / n,
-            "input_kendall_tau": float(np.mean(input_taus))}
+        units = sentence_units(encoder, bound.layout)
+        score = {t: float(np.mean(position[units[t]])) if units[t] else 0.5 for t in shown}
+        unigram = sorted(shown, key=lambda t: score[t])  # stable: ties keep the shown order
+        ids = torch.as_tensor(encoder)[None]
+        with torch.no_grad():
+            free = model.generate(input_ids=ids, max_new_tokens=bound.decoder_length, do_sample=False, num_beams=1)[0]
+            constraint = SentenceOrderConstraint(truth, sent0, sent_end, attrs.sep_id)
+            held = model.generate(input_ids=ids, max_new_tokens=2 * bound.decoder_length, do_sample=False, num_beams=1,
+                                  logits_processor=LogitsProcessorList([constraint]))[0]
+        written = {}
+        for name, out in (("free", free), ("constrained", held)):
+            w = []
+            for t in out.tolist():
+                if t in truth and t not in w:
+                    w.append(t)
+            written[name] = w
+        complete += len(written["free"]) == len(truth)
+        complete_constrained += len(written["constrained"]) == len(truth)
+        for name, predicted in (("constrained", written["constrained"]), ("free", written["free"]), ("shown", shown),
+                                ("unigram", unigram)):
+            predicted = predicted + [t for t in shown if t not in predicted]  # never written: kept where shown
+            orders[name].append([truth.index(t) for t in predicted])
+    n = len(orders["shown"])
+    out = {"sequences": n, "sentences_mean": float(np.mean([len(o) for o in orders["shown"]])),
+           "free_all_sentences_written": complete / n, "constrained_all_sentences_written": complete_constrained / n}
+    for name, found in orders.items():
+        out[name] = {"exact_order_accuracy": float(np.mean([o == sorted(o) for o in found])),
+                     "kendall_tau": float(np.mean([kendall_tau(o) for o in found])),
+                     "first_sentence_accuracy": float(np.mean([o[0] == 0 for o in found]))}
+    return out
 
 
 def held_out_span_loss(model_dir: Path, data: Path, seed: int) -> dict:
@@ -159,8 +249,24 @@ def main() -> None:
     p.add_argument("--span_steps", type=int, default=240, help="span corruption's training steps; DEPTH gets as many as "
                    "cost the same time (step_cost_ratio)")
     p.add_argument("--unshuffle_sequences", type=int, default=200)
-    p.add_argument("--skip", nargs="*", default=[], choices=["ort", "resume"])
+    p.add_argument("--skip", nargs="*", default=[], choices=["ort", "resume", "span"],
+                   help="span: no span-corruption run and no held-out span comparison (DEPTH and un-shuffling only)")
+    p.add_argument("--depth_steps", type=int, default=None, help="DEPTH's training steps (default: as many as cost "
+                   "--span_steps span-corruption steps)")
+    p.add_argument("--shuffle_probability", type=float, default=0.5, help="DEPTH's probability of shuffling a "
+                   "training sequence's sentences (0.5: DEPTH's default)")
+    p.add_argument("--depth_mask_rate", type=float, default=0.3, help="DEPTH's noise density, in training and in the "
+                   "un-shuffling inputs (0.3: DEPTH's default)")
     args = p.parse_args()
+    if not 0 <= args.shuffle_probability <= 1:
+        p.error(f"--shuffle_probability {args.shuffle_probability}: must be in [0, 1]")
+    if not 0 < args.depth_mask_rate < 1:
+        p.error(f"--depth_mask_rate {args.depth_mask_rate}: must be in (0, 1)")
+    if args.depth_steps is not None and args.depth_steps < 1:
+        p.error(f"--depth_steps {args.depth_steps}: must be >= 1")
+    from ort_training.objectives.depth import Depth
+
+    Depth.shuffle_probability = args.shuffle_probability  # what get_objective("depth") builds in this process
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     args.out.mkdir(parents=True, exist_ok=True)
     results: dict = {"threads": torch.get_num_threads()}
@@ -185,19 +291,31 @@ def main() -> None:
         print(json.dumps({"resume_bitwise_depth": results["resume_bitwise_depth"], "ref": ref, "resumed": {**cut, **rest}}),
               flush=True)
 
-    cost = step_cost_ratio(args.data)
-    results["seconds_per_step_interleaved"] = cost
-    print(json.dumps({"seconds_per_step_interleaved": cost}), flush=True)
+    if "span" in args.skip:
+        objectives = ("depth",)
+    results["shuffle_probability"], results["depth_mask_rate"] = args.shuffle_probability, args.depth_mask_rate
+    cost = None
+    if args.depth_steps is None:
+        cost = step_cost_ratio(args.data)
+        results["seconds_per_step_interleaved"] = cost
+        print(json.dumps({"seconds_per_step_interleaved": cost}), flush=True)
     for objective in objectives:  # equal wall time: span corruption's steps, and as many DEPTH steps as cost the same
-        steps = max(10, round(args.span_steps * cost["span_corruption"] / cost[objective]))
-        losses, summary, wall = train(config(args.data, args.out / objective, objective, max_steps=steps))
+        if objective == "depth" and args.depth_steps is not None:
+            steps = args.depth_steps
+        elif cost is None:  # DEPTH's steps fixed: span corruption takes --span_steps
+            steps = max(10, args.span_steps)
+        else:
+            steps = max(10, round(args.span_steps * cost["span_corruption"] / cost[objective]))
+        extra = {"mask_rate": args.depth_mask_rate} if objective == "depth" else {}
+        losses, summary, wall = train(config(args.data, args.out / objective, objective, max_steps=steps, **extra))
         results[objective] = {"steps": steps, "wall_seconds": wall, "first_loss": losses[1], "last_loss": losses[steps],
                               **{k: v for k, v in summary.items() if k.startswith(("eval_", "final_"))}}
         print(json.dumps({objective: results[objective]}), flush=True)
     for objective in objectives:
         results[objective]["held_out_span"] = held_out_span_loss(args.out / objective / "hf_model", args.data, 7)
         print(json.dumps({objective: results[objective]["held_out_span"]}), flush=True)
-    results["unshuffle_depth"] = unshuffle(args.out / "depth" / "hf_model", args.data, args.unshuffle_sequences)
+    results["unshuffle_depth"] = unshuffle(args.out / "depth" / "hf_model", args.data, args.unshuffle_sequences,
+                                           args.depth_mask_rate)
     print(json.dumps({"unshuffle_depth": results["unshuffle_depth"]}), flush=True)
     (args.out / "results.json").write_text(json.dumps(results, indent=1))
 

@@ -201,7 +201,8 @@ class DepthCollator:
     """DEPTH (Bamberger et al.): the text's sentences, each opened by a sentence token (distinct, drawn at random per
     sequence; at most one sentence per 16 tokens of the data's length, a longer tail merged into the last) and
     closed by `<eosen>`, are span-corrupted as T5 does (`noise_density` 0.3, spans of mean 3: DEPTH's settings; a
-    span never crosses a sentence boundary) and then, with probability `shuffle_probability`, shuffled. The target
+    span never crosses a sentence boundary) and then, with probability `shuffle_probability`, shuffled; sentinels are
+    numbered left to right as the encoder shows them (after the shuffle), so they carry no hint of the order. The target
     restores the original order: each sentence's token in turn, with the sentinels and tokens of that sentence's
     spans, then EOS. Sentence boundaries come from the packed data (format version 2, `sentence_starts`); a
     sequence's first text token always starts a sentence (a document cut across sequences continues mid-sentence).
@@ -254,11 +255,17 @@ class BoundDepth(_Bound):
         noise = random_spans_noise_mask(len(tokens), self.noise_density, self.mean_noise_span_length, rng)
         order = (rng.permutation(len(sentences)) if rng.random() < self.shuffle_probability
                  else np.arange(len(sentences))).tolist()
+        # Sentinels are numbered in the order the encoder shows the sentences (left to right, as T5 numbers them),
+        # not in the original order: numbered in the original order, the sentinel ids of a shuffled input told the
+        # order (the sentence holding <extra_id_0> came first), a shortcut around the task being measured.
+        bounds = np.cumsum([0] + [len(s) for s in sentences])
+        masks = [noise[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
+        spans = [int(m[0]) + int(np.sum(m[1:] & ~m[:-1])) for m in masks]
+        first = np.zeros(len(sentences), np.int64)
+        first[order] = np.cumsum([0] + [spans[i] for i in order])[:-1]
         units, target, is_sentence = [], [], []
-        at = used = 0
-        for sent_id, sentence in zip(ids.tolist(), sentences):
-            enc, tgt, k = corrupt(sentence, noise[at:at + len(sentence)], self.layout.sentinel0 + used)
-            at, used = at + len(sentence), used + k
+        for sent_id, sentence, mask, base in zip(ids.tolist(), sentences, masks, first.tolist()):
+            enc, tgt, _ = corrupt(sentence, mask, self.layout.sentinel0 + base)
             units.append([sent_id] + enc + [self.layout.eosen])
             target += [sent_id] + tgt
             is_sentence += [1] + [0] * len(tgt)

@@ -236,3 +236,76 @@ def test_refusals(data, tmp_path):
                                  "vocab_size": VOCAB + 8}))
     with pytest.raises(Exception, match=r"reserves 121 more .* vocab_size >= 185"):
         train(config(data, tmp_path / "e", config_file=str(small), max_steps=1, skip_hf_export=True))
+
+
+def test_depth_sentinels_follow_the_shown_order_not_the_original(data):
+    """DEPTH's sentinels are numbered left to right as the encoder shows the shuffled sentences: numbered in the
+    original order (as they were), the sentence holding <extra_id_0> came first and the order could be read off the
+    ids. The target still restores the text: each sentence in turn, its sentinels filled from the target."""
+    from ort_training.data.collate_t5 import DepthCollator, _content, split_sentences
+
+    path = Path(data["input_dir"]) / "docs_training_0.hdf5"
+    attrs = packed_schema.read_attrs(path)
+    tokens, offsets = packed_schema.read_sequences(path)
+    starts = packed_schema.read_sentence_starts(path)
+    bound = DepthCollator(shuffle_probability=1.0).bind(attrs, SEQ)
+    lay = bound.layout
+    shuffled = 0
+    for i in range(len(offsets) - 1):
+        seq = tokens[offsets[i]:offsets[i + 1]]
+        encoder, target, _, order = bound.example(seq, np.random.default_rng([4, i]), starts[i])
+        sentinels = [t for t in encoder.tolist() if lay.sentinel0 <= t < lay.eosen]
+        assert sentinels == list(range(lay.sentinel0, lay.sentinel0 + len(sentinels))), (i, order)
+        shuffled += order != sorted(order) and len(sentinels) > 1
+        # Rebuild the text: target order of sentence tokens, each sentence's encoder tokens with its spans put back.
+        spans, key = {}, None
+        for t in target.tolist()[:-1]:
+            if lay.sentinel0 <= t < lay.eosen:
+                key = spans.setdefault(t, [])
+            elif lay.sent0 <= t < lay.end:
+                key = None
+            elif key is not None:
+                key.append(t)
+        units, current = {}, None
+        for t in encoder.tolist()[:-1]:
+            if lay.sent0 <= t < lay.end:
+                current = units.setdefault(t, [])
+            elif t != lay.eosen:
+                current += spans[t] if lay.sentinel0 <= t < lay.eosen else [t]
+        text, lead = _content(seq, attrs)
+        truth = split_sentences(text, np.asarray(starts[i], np.int64) - lead, bound.max_sentences)
+        written = [t for t in target.tolist() if lay.sent0 <= t < lay.end]
+        assert [units[t] for t in written] == [s.tolist() for s in truth]
+    assert shuffled > 10
+
+
+def test_depth_order_is_learnable_on_a_memorised_batch(data):
+    """A tiny T5 that sees one fixed batch of shuffled sequences again and again writes all its sentence tokens in the
+    original order (teacher forced, 100%): the loss reaches the sentence tokens and their labels line up with the
+    decoder's inputs. (Memorising says nothing of generalising: benchmarks/bench_t5_objectives.py measures that.)"""
+    from ort_training.data.collate_t5 import DepthCollator
+    from ort_training.loop.optim import build_optimizer
+    from ort_training.models import load_model_config
+    from ort_training.models.pretraining import PretrainingModel
+
+    path = Path(data["input_dir"]) / "docs_training_0.hdf5"
+    attrs = packed_schema.read_attrs(path)
+    tokens, offsets = packed_schema.read_sequences(path)
+    starts = packed_schema.read_sentence_starts(path)
+    bound = DepthCollator(shuffle_probability=1.0).bind(attrs, SEQ)
+    idx = [i for i in range(len(offsets) - 1) if len(starts[i]) >= 2][:8]
+    batch = bound([tokens[offsets[i]:offsets[i + 1]] for i in idx], [np.random.default_rng([8, i]) for i in idx],
+                  [starts[i] for i in idx])
+    assert batch["labels_sentence"].sum() == 16  # two sentences each (one per 16 tokens of 48)
+    torch.manual_seed(0)
+    config = load_model_config("t5_tiny")
+    config.pad_token_id = config.decoder_start_token_id = PAD
+    model = PretrainingModel(config, objective="depth")
+    opt = build_optimizer(model, 1e-2, 0.0, 1.0, "adamwscale")
+    for _ in range(60):
+        loss, stats = model(*model.inputs(batch))
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+    _, stats = model(*model.inputs(batch))
+    assert stats[4] == stats[5]  # every sentence token right
