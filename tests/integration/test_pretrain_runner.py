@@ -168,7 +168,7 @@ def test_preempted_phase_exits_143_and_a_rerun_finishes(tiny, tmp_path):
     out, _ = proc.communicate(timeout=300)
     assert proc.returncode == 143, out[-3000:]
     assert (tmp_path / "phase1" / "preempted.json").is_file() and not (tmp_path / "phase2").exists()
-    rerun = runner(*args)
+    rerun = runner(*args, timeout=1500)  # ~400 tiny steps: seconds on a quiet machine, 10+ minutes at a load of 11
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert json.loads((tmp_path / "phase2" / "summary.json").read_text())["global_step"] == 402
 
