@@ -265,7 +265,7 @@ def verify_onnx(onnx_path: str | Path, model: PreTrainedModel, atol: float = 1e-
 
 
 def export_onnx_classifier(model: PreTrainedModel, onnx_path: str | Path, opset: int = 17, seq_len: int = 16) -> Path:
-    """ONNX of a loaded *ForSequenceClassification (BERT, ModernBERT) for inference: inputs input_ids /
+    """ONNX of a loaded sequence classifier (any family's: ort_training/models/) for inference: inputs input_ids /
     attention_mask (and token_type_ids for families that read them), output logits [batch, classes];
     batch and sequence axes dynamic.
 

@@ -1,4 +1,4 @@
-"""Fine-tune an encoder (BERT, ModernBERT) for text classification: `python -m ort_training.finetune`.
+"""Fine-tune a pretrained model (BERT, ModernBERT, a Llama decoder, T5's encoder) for text tasks: `python -m ort_training.finetune`.
 
 The pretraining loop does the training (`Trainer` with the `sequence_classification` objective and the
 text loader of text_data.py): backends ort / eager / compile, accumulation, fp16/bf16, checkpoints and
@@ -80,9 +80,9 @@ def check_output_folder(cfg: FinetuneConfig) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m ort_training.finetune",
-        description="Fine-tune BERT for text classification (CSV / parquet / jsonl) with the pretraining loop "
+        description="Fine-tune a BERT, ModernBERT, Llama or T5 (encoder) model on a text task (CSV / parquet / jsonl) with the pretraining loop "
                     "(ORT / eager / torch.compile), early stopping on validation macro-F1, a test report and a "
-                    "Hugging Face *ForSequenceClassification export (BERT, ModernBERT: the config's model_type).")
+                    "Hugging Face classifier export (the class of the config's model_type: ort_training/models/).")
     add_arguments(parser, FinetuneConfig, required=("train_file",))
     parser.add_argument("--dry-run", action="store_true", default=argparse.SUPPRESS,
                         help="Check the settings and that the files and folders exist, print the outputs; train nothing.")

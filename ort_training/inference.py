@@ -107,7 +107,7 @@ def read_classifier_config(folder: str | Path) -> dict:
         raise ModelFolderError(f"{path}: not valid JSON ({exc})") from None
     if config.get("auto_map") or config.get("trust_remote_code"):
         raise ModelFolderError(f"{path}: has auto_map (custom model code in the folder); this tool never runs code from a "
-                               "model folder (trust_remote_code=False). Use a standard BERT / ModernBERT classifier")
+                               "model folder (trust_remote_code=False). Use a classifier that python -m ort_training.finetune wrote")
     model_type = config.get("model_type")
     if model_type not in FAMILIES:
         raise ModelFolderError(f"{path}: model_type {model_type!r} is not supported; scoring handles {', '.join(FAMILIES)}")
