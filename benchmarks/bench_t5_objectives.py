@@ -242,7 +242,7 @@ def held_out_span_loss(model_dir: Path, data: Path, seed: int) -> dict:
     return get_objective("span_corruption").evaluate(model, batches)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", type=Path, required=True)
     p.add_argument("--out", type=Path, required=True)
@@ -257,7 +257,7 @@ def main() -> None:
                    "training sequence's sentences (0.5: DEPTH's default)")
     p.add_argument("--depth_mask_rate", type=float, default=0.3, help="DEPTH's noise density, in training and in the "
                    "un-shuffling inputs (0.3: DEPTH's default)")
-    args = p.parse_args()
+    args = p.parse_args(argv)
     if not 0 <= args.shuffle_probability <= 1:
         p.error(f"--shuffle_probability {args.shuffle_probability}: must be in [0, 1]")
     if not 0 < args.depth_mask_rate < 1:
