@@ -242,8 +242,9 @@ if [[ $decoder == 1 ]]; then
   "$python" -c '
 import json, sys
 t, u = (json.load(open(p)) for p in sys.argv[1:])
-keys = sorted(k for k in t if "perplexity" in k or "unigram" in k)
-print("(g) decoder, held-out timelines:", ", ".join(f"{k} {t[k]}" for k in keys), "| untrained:", u.get("perplexity"))
+print("(g) decoder, held-out timelines: perplexity %.2f (next-token accuracy %.3f, %d targets of %d timelines) | unigram "
+      "model of the training split: %.2f | untrained: %.2f" % (t["perplexity"], t["clm_accuracy"], t["tokens"], t["sequences"],
+                                                             t["unigram"]["perplexity"], u["perplexity"]))
 ' "$out/eval_decoder.json" "$out/eval_decoder_untrained.json" | tee "$out/decoder.txt"
 else
   echo "skipped (DEMO_DECODER=0)"
