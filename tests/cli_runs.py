@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import os
 import subprocess
 import sys
@@ -29,3 +30,25 @@ def flags(settings: dict) -> list[str]:
         elif v is not None:
             argv += [f"--{k}", str(v)]
     return argv
+
+
+NOTE_WORDS = "the patient was given a dose of drug and the tumour responded well after two weeks of therapy".split()
+
+
+def notes_corpus(folder: Path, files: int = 2, docs: int = 30) -> Path:
+    """Plain-text clinical-style documents (blank-line separated), deterministic: FOLDER/notes_<i>.txt."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(files):
+        text = "\n\n".join(" ".join(f"{' '.join(NOTE_WORDS[(d + k + i) % 7:][:9]).capitalize()} {i} {d}." for k in range(3))
+                           for d in range(docs))
+        (folder / f"notes_{i}.txt").write_text(text + "\n", encoding="utf-8")
+    return folder
+
+
+def write_csv(path, rows: list[dict]) -> str:
+    """ROWS (dicts with the same keys) as a CSV with a header; returns the path as a string."""
+    with open(path, "w", newline="") as fh:
+        w = csv.DictWriter(fh, list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    return str(path)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import h5py
 import pytest
-from cli_runs import run_data_prep as _run
+from cli_runs import notes_corpus, run_data_prep as _run
 
 pytestmark = pytest.mark.stack_free  # no torch/transformers in what it tests: `make test` runs it, `make test-current` does not
 
@@ -23,7 +23,6 @@ ROOT = Path(__file__).parents[2]
 ASSETS = ROOT / "tests" / "assets" / "pubmed"
 VOCAB = ASSETS / "bert-base-uncased-vocab.txt"
 PHASE = ["--max-seq-lengths", "64", "--max-predictions", "10", "--dupe-factor", "1", "--processes", "1"]
-WORDS = "the patient was given a dose of drug and the tumour responded well after two weeks of therapy".split()
 
 
 def _error_line(p: subprocess.CompletedProcess) -> str:
@@ -37,14 +36,6 @@ def _error_line(p: subprocess.CompletedProcess) -> str:
 def _snapshot(folder: Path) -> dict[str, bytes]:
     return {str(f.relative_to(folder)): f.read_bytes() for f in sorted(folder.rglob("*")) if f.is_file() and f.name != ".lock"}
 
-
-def _corpus(folder: Path, files: int = 2, docs: int = 30) -> None:
-    """Plain-text documents (blank-line separated), deterministic."""
-    folder.mkdir(parents=True, exist_ok=True)
-    for i in range(files):
-        text = "\n\n".join(" ".join(f"{' '.join(WORDS[(d + k + i) % 7:][:9]).capitalize()} {i} {d}." for k in range(3))
-                           for d in range(docs))
-        (folder / f"notes_{i}.txt").write_text(text + "\n", encoding="utf-8")
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +66,7 @@ def _tmpfs(where: Path, size: str, *options: str):
 
 def test_a_work_dir_inside_the_input_folder_is_never_read_back(tmp_path):
     corpus = tmp_path / "notes"
-    _corpus(corpus)
+    notes_corpus(corpus)
     w = corpus / "work"
     args = ["all", "--corpus", "text", "--input", corpus, "--work-dir", w, "--vocab-file", VOCAB, "--num-shards", "1",
             "--test-fraction", "0.2", "--splitter", "blingfire", *PHASE]
@@ -96,8 +87,8 @@ def test_a_work_dir_inside_the_input_folder_is_never_read_back(tmp_path):
 
 def test_folder_and_file_symlinks_are_followed_alike_and_loops_end(tmp_path):
     real = tmp_path / "real"
-    _corpus(real / "a", files=1)
-    _corpus(real / "b", files=2)
+    notes_corpus(real / "a", files=1)
+    notes_corpus(real / "b", files=2)
     inp = tmp_path / "input"
     inp.mkdir()
     (inp / "folder_link").symlink_to(real / "a")  # a folder symlink: skipped by rglob before, followed now

@@ -2,7 +2,6 @@
 keyword rule, an HF folder and a bundle checkpoint are fine-tuning starts, the ORT backend runs, a
 killed-and-resumed run equals an uninterrupted one, and bad input is refused naming file and column."""
 
-import csv
 import json
 import random
 import signal
@@ -11,7 +10,7 @@ import pytest
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, BertConfig, BertForPreTraining
 
-from cli_runs import flags
+from cli_runs import flags, write_csv
 from ort_training import finetune
 from ort_training.export import save_tokenizer, wordpiece_tokenizer
 from ort_training.loop.checkpoint import list_checkpoints, save_checkpoint
@@ -40,13 +39,6 @@ def rows(n, classes, seed=0, long=False):
         out.append({"note": " ".join(words), "dx": label})
     return out
 
-
-def write_csv(path, data):
-    with open(path, "w", newline="") as fh:
-        w = csv.DictWriter(fh, list(data[0]))
-        w.writeheader()
-        w.writerows(data)
-    return str(path)
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,6 @@
 class weights in the training loss (--class_weights balanced / a list, --pos_weight) and the early-stopping metric
 as a setting (--early_stopping_metric macro_f1 / auroc / auprc / loss). A tiny BERT on CPU, eager backend."""
 
-import csv
 import json
 import random
 
@@ -13,7 +12,7 @@ import torch.nn.functional as F
 from sklearn.metrics import average_precision_score, roc_auc_score
 from transformers import BertConfig
 
-from cli_runs import flags
+from cli_runs import flags, write_csv
 from ort_training import finetune
 from ort_training.models.pretraining import PretrainingModel
 from ort_training.tasks.sequence import SingleLabel, WeightedSequenceClassification
@@ -39,13 +38,6 @@ def rare_rows(n, every=10, seed=0):
         out.append({"note": " ".join(words), "readmitted": int(positive)})
     return out
 
-
-def write_csv(path, data):
-    with open(path, "w", newline="") as fh:
-        w = csv.DictWriter(fh, list(data[0]))
-        w.writeheader()
-        w.writerows(data)
-    return str(path)
 
 
 @pytest.fixture(scope="module")

@@ -9,6 +9,7 @@ import random
 
 import numpy as np
 import pytest
+from cli_runs import write_csv
 
 from ort_training import finetune, predict
 from ort_training.data.text import TextDataError
@@ -33,13 +34,6 @@ def rows(n, seed, long=False):
         out.append({"note_id": f"n{seed}-{i}", "note": " ".join(words), "dx": label})
     return out
 
-
-def write_csv(path, data):
-    with open(path, "w", newline="") as fh:
-        w = csv.DictWriter(fh, list(data[0]))
-        w.writeheader()
-        w.writerows(data)
-    return str(path)
 
 
 @pytest.fixture(scope="module")

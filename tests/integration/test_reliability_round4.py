@@ -13,13 +13,12 @@ import sys
 from pathlib import Path
 
 import pytest
-from cli_runs import REPO, run_data_prep
+from cli_runs import REPO, notes_corpus, run_data_prep
 
 from data_prep import cli as data_prep_cli
 from data_prep.config import ConfigError, Hdf5Config, PackedConfig, ShardConfig, TimelinesConfig
 from ort_training import errors, finetune
 
-WORDS = "the patient was given a dose of drug and the tumour responded well after two weeks of therapy".split()
 
 
 def _error_line(p: subprocess.CompletedProcess) -> str:
@@ -28,14 +27,6 @@ def _error_line(p: subprocess.CompletedProcess) -> str:
     assert len(lines) == 1, p.stderr[-3000:]
     return lines[0]
 
-
-def _corpus(folder: Path, files: int = 2, docs: int = 40) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    for i in range(files):
-        text = "\n\n".join(" ".join(f"{' '.join(WORDS[(d + k + i) % 7:][:9]).capitalize()} {i} {d}." for k in range(3))
-                           for d in range(docs))
-        (folder / f"notes_{i}.txt").write_text(text + "\n", encoding="utf-8")
-    return folder
 
 
 def _snapshot(folder: Path) -> dict[str, bytes]:
@@ -48,7 +39,7 @@ BAD_NAMES = ["../../escape", "/tmp/abs_escape", "pub*", "..", ".hidden", "a\nb",
 
 @pytest.mark.parametrize("name", BAD_NAMES[:3])
 def test_dataset_name_never_becomes_a_path_outside_the_output_folder(tmp_path, name):
-    corpus = _corpus(tmp_path / "corpus")
+    corpus = notes_corpus(tmp_path / "corpus", docs=40)
     work = tmp_path / "deep" / "er" / "work"
     p = run_data_prep("all", "--corpus", "text", "--input", corpus, "--work-dir", work, "--vocab-size", "200",
                       "--num-shards", "1", "--max-seq-lengths", "32", "--max-predictions", "5", "--dupe-factor", "1",
@@ -68,7 +59,7 @@ def test_every_stage_that_names_files_after_the_dataset_refuses_a_path(config):
 
 # ----------------------------------------------------------------------------- 2. more shards than open files
 def test_more_shards_than_the_process_may_open_is_refused_before_a_finished_folder_is_touched(tmp_path):
-    corpus = _corpus(tmp_path / "corpus")
+    corpus = notes_corpus(tmp_path / "corpus", docs=40)
     run_data_prep("format", "--corpus", "text", "--input", corpus, "--out-dir", tmp_path / "text")
     run_data_prep("shard", "--text-dir", tmp_path / "text", "--out-dir", tmp_path / "shards", "--num-shards", "2",
                   "--splitter", "blingfire", "--processes", "1")
@@ -89,7 +80,7 @@ def test_more_shards_than_the_process_may_open_is_refused_before_a_finished_fold
 
 # ----------------------------------------------------------------------------- 3. pool workers stop quietly
 def test_format_and_shard_pool_workers_end_without_a_traceback(tmp_path):
-    corpus = _corpus(tmp_path / "corpus", files=3)
+    corpus = notes_corpus(tmp_path / "corpus", files=3, docs=40)
     # before the fix: every successful run with --processes 2 printed a `data_prep.cli.Terminated` traceback per worker
     p = run_data_prep("format", "--corpus", "text", "--input", corpus, "--out-dir", tmp_path / "text", "--processes", "2")
     assert "Traceback" not in p.stderr and "Terminated" not in p.stderr, p.stderr[-3000:]
@@ -152,7 +143,7 @@ def test_an_output_folder_that_is_a_file_is_one_clear_line(tmp_path, capsys):
 
 # ----------------------------------------------------------------------------- 6. an exclusion that excludes nothing
 def test_exclude_ids_that_match_no_document_say_so(tmp_path):
-    corpus = _corpus(tmp_path / "corpus", files=1)
+    corpus = notes_corpus(tmp_path / "corpus", files=1, docs=40)
     (tmp_path / "note_ids.txt").write_text("123\n456\n")  # note ids, but a text corpus's ids are <stem>:<n>
     p = run_data_prep("format", "--corpus", "text", "--input", corpus, "--out-dir", tmp_path / "t1", "--exclude-ids",
                       tmp_path / "note_ids.txt")

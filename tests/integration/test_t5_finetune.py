@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from cli_runs import flags
+from cli_runs import flags, write_csv
 from ort_training import finetune, predict
 
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
@@ -34,13 +34,6 @@ def rows(n: int, seed: int) -> list[dict]:
         out.append({"sid": f"s{seed}-{i}", "text": " ".join(words), "label": label})
     return out
 
-
-def write_csv(path, data) -> str:
-    with open(path, "w", newline="") as fh:
-        w = csv.DictWriter(fh, list(data[0]))
-        w.writeheader()
-        w.writerows(data)
-    return str(path)
 
 
 @pytest.fixture(scope="module")
