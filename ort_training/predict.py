@@ -556,85 +556,117 @@ def run(cfg: PredictConfig, on_chunk: Callable[[int], None] | None = None) -> di
     # One process per chunk set: a single run locks the folder; shards lock their own slot (two processes claiming
     # shard 1/4 are refused), and write different chunks of the same folder.
     lock_folder = parts if where.count == 1 else parts / f"shard-{where.index}-of-{where.count}"
-    with RunLock(lock_folder, "predict" if where.count == 1 else f"predict shard {where.index}/{where.count}"):
-        clean_stale_temps(parts)
-        state_path = parts / STATE_FILE
-        previous = _is_record(sidecar(output)) or {}
-        if where.count > 1 and not state_path.is_file() and previous.get("identity") == identity and not cfg.overwrite:
-            # Another shard merged and removed the folder between the check above and this lock (the lock made it again).
-            shutil.rmtree(parts, ignore_errors=True)
-            return {**previous["summary"], "already_finished": True}
-        if state_path.is_file():
-            state = json.loads(state_path.read_text())
-            changed = sorted(k for k in set(state["identity"]) | set(identity) if state["identity"].get(k) != identity.get(k))
-            if changed and (not cfg.overwrite or where.count > 1):
-                raise OutputExistsError(f"{parts}: a partial run with other settings ({', '.join(changed)} differ); rerun it with the "
-                                        "same ones to continue, or " + ("pass --overwrite to start again" if where.count == 1 else
-                                                                       "remove that folder (or rerun with --overwrite in one process) "
-                                                                       "to start again; shards never delete each other's chunks"))
-            if changed:
-                for p in parts.glob("part-*.csv"):
-                    p.unlink()
-        atomic_write_text(state_path, json.dumps({"identity": identity, "settings_from": settings["from"]}, indent=2) + "\n")
-        mine = [i for i in range(chunks) if where.mine(i)] if not cfg.merge else []
-        done = sum(1 for i in mine if part_path(parts, i).is_file())
-        if done:
-            logger.info("resuming: %d of %d chunks%s already in %s", done, len(mine),
-                        f" of shard {where.index}/{where.count}" if where.count > 1 else "", parts)
-        model = None
-        tokenizer = load_tokenizer(model_dir)
-        scored = windows = 0
-        scoring_started = time.perf_counter()
-        bar = tqdm(total=rows, unit="rows", desc=f"scoring ({cfg.engine}{f', shard {where.index}/{where.count}' if where.count > 1 else ''})",
-                   disable=cfg.disable_progress_bar or cfg.merge, dynamic_ncols=True)
-        with bar:
-            for index, (start, ids, texts) in enumerate(iter_chunks(input_file, cfg.text_column, cfg.id_column, cfg.chunk_rows)
-                                                         if mine else ()):
-                part = part_path(parts, index)
-                if where.mine(index) and not part.is_file():
-                    if model is None:  # built at the first chunk to score: a finished shard or a merge loads no model
-                        model, info = load_engine(model_dir, cfg.engine, cfg.cache_dir, cfg.threads, where.device, info)
-                    probs, n_windows = score_texts(model, tokenizer, texts, settings, cfg.batch_size, str(input_file),
-                                                   where.device, cfg.precision)
-                    with atomic_path(part) as tmp:
-                        tmp.write_text(format_rows(ids, probs, labels, kind, thresholds), encoding="utf-8")
-                    scored, windows = scored + len(texts), windows + n_windows
-                    if on_chunk is not None:
-                        on_chunk(index)
-                bar.update(len(texts))
-        seconds = time.perf_counter() - scoring_started
-        summary = {"output": str(output), "rows": rows, "engine": cfg.engine, "device": where.device, "rows_scored_this_run": scored,
-                   "windows_this_run": windows, "scoring_seconds": round(seconds, 2),
-                   "rows_per_s": round(scored / seconds, 1) if scored and seconds > 0 else None,
-                   **({"shard": f"{where.index}/{where.count}"} if where.count > 1 else {})}
-        if where.count == 1 and not cfg.merge:
-            missing = [i for i in range(chunks) if not part_path(parts, i).is_file()]
-            if missing:
-                raise RuntimeError(f"{parts}: chunks {missing[:5]} missing after the pass; the input changed while it was read")
-            return merge(cfg, parts, chunks, labels, kind, identity, info, settings, summary, started)
+    # A shard (or --merge) holds the folder shared while it works; the merge takes it exclusively, so the folder is never
+    # removed under a working shard, nor made again (with its chunks gone) by a shard that wrote its state after the merge.
+    held = hold_shared(parts) if where.count > 1 or cfg.merge else None
+    try:
+        with RunLock(lock_folder, "predict" if where.count == 1 else f"predict shard {where.index}/{where.count}"):
+            clean_stale_temps(parts)
+            state_path = parts / STATE_FILE
+            previous = _is_record(sidecar(output)) or {}
+            if where.count > 1 and not state_path.is_file() and previous.get("identity") == identity and not cfg.overwrite:
+                # Another shard merged and removed the folder between the check above and this lock (the lock made it again).
+                shutil.rmtree(parts, ignore_errors=True)
+                held.close()
+                return {**previous["summary"], "already_finished": True}
+            if state_path.is_file():
+                state = json.loads(state_path.read_text())
+                changed = sorted(k for k in set(state["identity"]) | set(identity) if state["identity"].get(k) != identity.get(k))
+                if changed and (not cfg.overwrite or where.count > 1):
+                    raise OutputExistsError(f"{parts}: a partial run with other settings ({', '.join(changed)} differ); rerun it with the "
+                                            "same ones to continue, or " + ("pass --overwrite to start again" if where.count == 1 else
+                                                                           "remove that folder (or rerun with --overwrite in one process) "
+                                                                           "to start again; shards never delete each other's chunks"))
+                if changed:
+                    for p in parts.glob("part-*.csv"):
+                        p.unlink()
+            atomic_write_text(state_path, json.dumps({"identity": identity, "settings_from": settings["from"]}, indent=2) + "\n")
+            mine = [i for i in range(chunks) if where.mine(i)] if not cfg.merge else []
+            done = sum(1 for i in mine if part_path(parts, i).is_file())
+            if done:
+                logger.info("resuming: %d of %d chunks%s already in %s", done, len(mine),
+                            f" of shard {where.index}/{where.count}" if where.count > 1 else "", parts)
+            model = None
+            tokenizer = load_tokenizer(model_dir)
+            scored = windows = 0
+            scoring_started = time.perf_counter()
+            bar = tqdm(total=rows, unit="rows", desc=f"scoring ({cfg.engine}{f', shard {where.index}/{where.count}' if where.count > 1 else ''})",
+                       disable=cfg.disable_progress_bar or cfg.merge, dynamic_ncols=True)
+            with bar:
+                for index, (start, ids, texts) in enumerate(iter_chunks(input_file, cfg.text_column, cfg.id_column, cfg.chunk_rows)
+                                                             if mine else ()):
+                    part = part_path(parts, index)
+                    if where.mine(index) and not part.is_file():
+                        if model is None:  # built at the first chunk to score: a finished shard or a merge loads no model
+                            model, info = load_engine(model_dir, cfg.engine, cfg.cache_dir, cfg.threads, where.device, info)
+                        probs, n_windows = score_texts(model, tokenizer, texts, settings, cfg.batch_size, str(input_file),
+                                                       where.device, cfg.precision)
+                        with atomic_path(part) as tmp:
+                            tmp.write_text(format_rows(ids, probs, labels, kind, thresholds), encoding="utf-8")
+                        scored, windows = scored + len(texts), windows + n_windows
+                        if on_chunk is not None:
+                            on_chunk(index)
+                    bar.update(len(texts))
+            seconds = time.perf_counter() - scoring_started
+            summary = {"output": str(output), "rows": rows, "engine": cfg.engine, "device": where.device, "rows_scored_this_run": scored,
+                       "windows_this_run": windows, "scoring_seconds": round(seconds, 2),
+                       "rows_per_s": round(scored / seconds, 1) if scored and seconds > 0 else None,
+                       **({"shard": f"{where.index}/{where.count}"} if where.count > 1 else {})}
+            if where.count == 1 and not cfg.merge:
+                missing = [i for i in range(chunks) if not part_path(parts, i).is_file()]
+                if missing:
+                    raise RuntimeError(f"{parts}: chunks {missing[:5]} missing after the pass; the input changed while it was read")
+                return merge(cfg, parts, chunks, labels, kind, identity, info, settings, summary, started)
+    except BaseException:  # the shared lock goes with the error (an in-process caller may run again)
+        if held is not None:
+            held.close()
+        raise
     # A shard (or --merge): the process that finds every chunk written merges; the others leave it to that one.
-    return merge(cfg, parts, chunks, labels, kind, identity, info, settings, summary, started, where=where)
+    return merge(cfg, parts, chunks, labels, kind, identity, info, settings, summary, started, where=where, held=held)
+
+
+MERGE_LOCK = ".merge.lock"
+
+
+def hold_shared(parts: Path):
+    """A shared flock on OUTPUT.parts/.merge.lock (the folder made if missing), held by a shard while it works. The
+    lock file is checked to still be the folder's after the wait: a merge that removed the folder meanwhile made it
+    stale, and the folder is made again (the caller then finds no state and the finished output)."""
+    import fcntl
+
+    path = parts / MERGE_LOCK
+    for _ in range(5):
+        parts.mkdir(parents=True, exist_ok=True)
+        try:
+            fh = open(path, "a+")
+        except FileNotFoundError:  # removed between the mkdir and the open
+            continue
+        fcntl.flock(fh, fcntl.LOCK_SH)  # waits only for a merge in progress (seconds)
+        try:
+            if os.stat(path).st_ino == os.fstat(fh.fileno()).st_ino:
+                return fh
+        except FileNotFoundError:
+            pass
+        fh.close()
+    raise OutputExistsError(f"{parts}: removed and made again by other processes five times while this one started; rerun the command")
 
 
 def merge(cfg: PredictConfig, parts: Path, chunks: int, labels: list[str], kind: str, identity: dict, info: dict, settings: dict,
-          summary: dict, started: float, where: Placement | None = None) -> dict:
+          summary: dict, started: float, where: Placement | None = None, held=None) -> dict:
     """The chunks of OUTPUT.parts/, in input order after the header, renamed into --output_file; the record beside it;
-    the chunk folder removed. With `where` (a shard, or --merge): under a lock on the folder, and only when every chunk is
-    there; otherwise the summary says which are missing (--merge: refused naming them)."""
+    the chunk folder removed. With `where` (a shard, or --merge): the shared lock `held` (hold_shared) turned exclusive,
+    and only when every chunk is there; a shard that cannot have it leaves the merge to the ones still working (the
+    last to finish gets it); a merge with chunks missing says which (--merge: refused naming them)."""
     import fcntl
 
     output = Path(cfg.output_file)
-    fh = None
-    if where is not None:
+    fh = held
+    if fh is not None:
         try:
-            fh = open(parts / ".merge.lock", "a+")
-        except FileNotFoundError:  # another shard merged and removed the folder meanwhile
-            return _merged_by_another(cfg, output, identity, summary)
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)  # a failed conversion drops the shared lock (flock(2))
         except BlockingIOError:
             fh.close()
-            return {**summary, "merged": False, "merged_by": "another shard (merging now)"}
+            return {**summary, "merged": False, "merged_by": "another shard (still working, or merging now)"}
     try:
         if where is not None and not (parts / STATE_FILE).is_file():
             return _merged_by_another(cfg, output, identity, summary)

@@ -101,6 +101,33 @@ def test_two_shards_write_the_file_one_process_writes(model, tmp_path):
     assert predict.main(flags(model, out) + ["--shard", "1/2"]) == 0
 
 
+def test_a_shard_still_working_keeps_the_folder_and_merges_last(model, tmp_path):
+    """Shard 0 pauses after writing its last chunk (every chunk is then on disk) while shard 1 finishes: shard 1 must
+    not merge and remove the folder under a shard still working (it holds the folder shared); shard 0 merges."""
+    import threading
+
+    whole = single(model, tmp_path / "whole.csv")
+    out = tmp_path / "late.csv"
+    paused, go, result = threading.Event(), threading.Event(), {}
+
+    def hold(index):
+        if index == 6:  # shard 0's chunks are 0, 2, 4, 6
+            paused.set()
+            assert go.wait(300)
+
+    worker = threading.Thread(target=lambda: result.update(
+        predict.run(predict.parse_config(flags(model, out, "torch", "--shard", "0/2")), on_chunk=hold)))
+    worker.start()
+    try:
+        assert paused.wait(300)
+        first = predict.run(predict.parse_config(flags(model, out, "torch", "--shard", "1/2")))
+        assert first["merged"] is False and not out.exists() and len(list(predict.parts_dir(out).glob("part-*.csv"))) == 8
+    finally:
+        go.set()
+        worker.join(300)
+    assert result["merged"] is True and out.read_bytes() == whole.read_bytes() and not predict.parts_dir(out).exists()
+
+
 def test_torchrun_rank_killed_midway_then_rerun_gives_the_same_rows(model, tmp_path):
     whole = single(model, tmp_path / "whole.csv")
     out = tmp_path / "ranks.csv"
