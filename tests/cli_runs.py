@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -52,3 +53,59 @@ def write_csv(path, rows: list[dict]) -> str:
         w.writeheader()
         w.writerows(rows)
     return str(path)
+
+
+def run_or_dump_stacks(cmd: list[str], env: dict, timeout: float) -> subprocess.CompletedProcess:
+    """subprocess.run(cmd, capture_output=True) from the checkout, except on a hang: every Python process of the run
+    (torchrun's workers start sessions of their own, so its process tree) dumps its threads' stacks (faulthandler,
+    SIGABRT) and the failure shows them, instead of a bare TimeoutExpired that says nothing of where it stuck."""
+    import psutil
+
+    proc = subprocess.Popen(cmd, cwd=REPO, env={**env, "PYTHONFAULTHANDLER": "1"}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        tree = psutil.Process(proc.pid).children(recursive=True) + [psutil.Process(proc.pid)]
+        native = "".join(_native_stacks(p.pid) for p in tree)
+        for p in tree:
+            try:
+                p.send_signal(signal.SIGABRT)
+            except psutil.NoSuchProcess:
+                pass
+        try:
+            out, err = proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            for p in tree:
+                try:
+                    p.kill()
+                except psutil.NoSuchProcess:
+                    pass
+            out, err = proc.communicate()
+        raise AssertionError(f"{' '.join(cmd[:8])} ... did not end in {timeout} s; stdout tail: {out[-2000:]}\n"
+                             f"stderr tail with the stacks of its processes:\n{err[-20000:]}\n{native}") from None
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+
+
+def _native_stacks(pid: int) -> str:
+    """The C/C++ stacks of a hung process's threads (gdb, where installed): a hang inside a library's destructor or a
+    collective shows no Python frame below the call that reached it."""
+    import shutil
+
+    if shutil.which("gdb") is None:
+        return ""
+    try:
+        bt = subprocess.run(["gdb", "-p", str(pid), "-batch", "-nx", "-ex", "thread apply all bt 25"], capture_output=True, text=True,
+                            timeout=120).stdout
+    except (subprocess.TimeoutExpired, OSError) as exc:
+        return f"\n--- gdb on pid {pid}: {exc}\n"
+    frames = "\n".join(line for line in bt.splitlines() if line.startswith(("#", "Thread ")))
+    return f"\n--- native stacks of pid {pid}:\n{frames[-12000:]}\n"
+
+
+def torchrun(target: list[str], env: dict, timeout: float, nproc: int = 2) -> subprocess.CompletedProcess:
+    """`python -m torch.distributed.run --nproc_per_node NPROC TARGET...` on a free port (run_or_dump_stacks)."""
+    from ort_training.loop.distributed import free_port
+
+    return run_or_dump_stacks([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
+                               "--master_port", str(free_port()), *target], env, timeout)

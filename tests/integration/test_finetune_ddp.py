@@ -8,11 +8,11 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
+import cli_runs
 import pytest
 import torch
 
@@ -60,12 +60,6 @@ def argv(data, out, batch, *extra):
             "--dropout", "0", "--device", "cpu", "--disable_progress_bar", *extra]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def torchrun(tmp_path, args, sigterm=None):
     if sigterm:
         worker = tmp_path / "worker.py"
@@ -73,8 +67,7 @@ def torchrun(tmp_path, args, sigterm=None):
         target = [str(worker), str(sigterm[0]), str(sigterm[1])]
     else:
         target = ["-m", "ort_training.finetune"]
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()), *target, *args]
-    return subprocess.run(cmd, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=900)
+    return cli_runs.torchrun([*target, *args], ENV, timeout=900)
 
 
 def lines(path):

@@ -10,11 +10,11 @@ import csv
 import importlib.util
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
+import cli_runs
 import pytest
 
 from ort_training import predict
@@ -61,12 +61,6 @@ def shards(model, out, n, engine="torch", *extra):
     return [json.loads(stdout.strip().splitlines()[-1]) for stdout, _ in results]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def torchrun(tmp_path, model, out, nproc=2, kill=None):
     """`predict` under torchrun (RANK / WORLD_SIZE: each rank its shard); kill=(rank, after_chunks) SIGKILLs that rank."""
     if kill:
@@ -75,9 +69,7 @@ def torchrun(tmp_path, model, out, nproc=2, kill=None):
         target = [str(worker), str(kill[0]), str(kill[1])]
     else:
         target = ["-m", "ort_training.predict"]
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_port", str(free_port()),
-           *target, *flags(model, out)]
-    return subprocess.run(cmd, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=600)
+    return cli_runs.torchrun([*target, *flags(model, out)], ENV, timeout=600, nproc=nproc)
 
 
 def read(path):

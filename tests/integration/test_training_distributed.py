@@ -3,11 +3,9 @@
 import json
 import math
 import os
-import socket
-import subprocess
-import sys
 from pathlib import Path
 
+import cli_runs
 import pytest
 import torch
 
@@ -46,18 +44,10 @@ tr.close()
 def torchrun(tmp_path, setup, out, backend, **opts):
     worker = tmp_path / "worker.py"
     worker.write_text(WORKER)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
-           str(worker), json.dumps(setup), str(out), backend, json.dumps(opts)]
-    res = subprocess.run(cmd, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"},
-                         capture_output=True, text=True, timeout=300)
+    res = cli_runs.torchrun([str(worker), json.dumps(setup), str(out), backend, json.dumps(opts)],
+                            {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}, timeout=300)
     assert res.returncode == 0, res.stderr[-4000:]
     return res
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.mark.parametrize("backend", ["eager", pytest.param("ort", marks=pytest.mark.ort)])

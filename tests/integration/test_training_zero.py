@@ -10,10 +10,9 @@ real preemption.
 import json
 import math
 import os
-import subprocess
-import sys
 from pathlib import Path
 
+import cli_runs
 import pytest
 import torch
 import torch.distributed as dist
@@ -51,10 +50,8 @@ for run in runs:
 def launch(tmp_path, setup, runs):
     worker = tmp_path / "zero_worker.py"
     worker.write_text(WORKER)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
-           str(worker), json.dumps(setup), str(tmp_path), json.dumps(runs)]
-    res = subprocess.run(cmd, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"},
-                         capture_output=True, text=True, timeout=1500)
+    res = cli_runs.torchrun([str(worker), json.dumps(setup), str(tmp_path), json.dumps(runs)],
+                            {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}, timeout=1500)
     assert res.returncode == 0, res.stderr[-6000:]
 
 
