@@ -9,15 +9,20 @@ family builds the causal + padding mask itself, from arithmetic every exporter k
 
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
 
 from ort_training.models.base import ModelFamily, WeightNames
+
+if TYPE_CHECKING:  # torch loads when a mask is built: the family registry (launchers, dry runs) never needs it
+    import torch
 
 
 def additive_causal_mask(attention_mask: torch.Tensor) -> torch.Tensor:
     """[B, L] 1/0 padding mask -> [B, 1, L, L] float32 additive mask: 0 where query t may attend key s (s <= t and
     s is a real token), float32's lowest value elsewhere. A padded query row still sees the real keys before it,
     so no row is fully masked (no NaN in softmax)."""
+    import torch
+
     length = attention_mask.shape[1]
     causal = torch.ones(length, length, device=attention_mask.device).tril()
     allowed = causal[None, None, :, :] * attention_mask[:, None, None, :].float()

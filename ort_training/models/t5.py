@@ -24,10 +24,12 @@ What differs from the other families, and where it is said:
 from __future__ import annotations
 
 from dataclasses import dataclass
-
-import torch
+from typing import TYPE_CHECKING
 
 from ort_training.models.base import ModelFamily, WeightNames
+
+if TYPE_CHECKING:  # torch loads when a mask is built: the family registry (launchers, dry runs) never needs it
+    import torch
 
 
 @dataclass(frozen=True)
@@ -37,10 +39,13 @@ class T5Family(ModelFamily):
 
 
 def hierarchical_mask(input_mask: torch.Tensor, sentence_index: torch.Tensor, sentence_token: torch.Tensor,
-                      dtype: torch.dtype = torch.float32) -> torch.Tensor:
+                      dtype: torch.dtype | None = None) -> torch.Tensor:
     """DEPTH's hierarchical encoder self-attention as a [B, 1, L, L] additive mask: query i may attend key j when j is
     a real token and, if i is a sentence token, j belongs to i's sentence (`sentence_index` equal); other tokens see
-    every real token. Without sentence tokens it is the plain padding mask."""
+    every real token. Without sentence tokens it is the plain padding mask (float32 unless `dtype` says)."""
+    import torch
+
+    dtype = dtype or torch.float32
     real = input_mask[:, None, :].to(dtype)
     same = (sentence_index[:, :, None] == sentence_index[:, None, :]).to(dtype)
     is_sentence = sentence_token[:, :, None].to(dtype)

@@ -4,6 +4,9 @@ init checkpoint is refused, the batch split and (with a corpus size) a sizing es
 from __future__ import annotations
 
 import math
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -74,3 +77,11 @@ def test_corpus_size_needs_dry_run_and_both_halves(capsys):
 def test_help_shows_no_trainer_default_for_an_override(flag):
     action = next(a for a in build_parser()._actions if flag in a.option_strings)
     assert "(default:" not in action.help  # the recipe's value applies, not the dataclass's
+
+
+def test_the_launchers_import_no_torch():
+    """The two-phase runner and the per-phase entry point start before every phase (the demo starts 15 of them): the
+    family registry and the configs load torch and transformers only when a model is built, not at import."""
+    code = ("import sys, ort_training.pretrain, ort_training.run_pretraining, ort_training.models; "
+            "bad = {'torch', 'transformers'} & set(sys.modules); assert not bad, bad")
+    subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True, env=dict(os.environ, PYTHONPATH=str(REPO)))
