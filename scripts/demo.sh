@@ -201,8 +201,9 @@ model_cont=$(find "$results_cont" -path '*phase2*' -name config.json -path '*hf_
 [[ -n "$model_cont" ]] || { echo "demo: no phase-2 Hugging Face export under $results_cont" >&2; exit 1; }
 
 stage "6/11 evaluation: held-out MLM accuracy of (b) on the test split (phase-1 HDF5, each sequence once); fill-mask with (b) and (e); masked-token accuracy curves"
-"$python" -m ort_training.evaluate --model_dir "$model" --input_dir "$phase1_dir" --split test --untrained >"$out/eval_untrained.json"
-"$python" -m ort_training.evaluate --model_dir "$model" --input_dir "$phase1_dir" --split test >"$out/eval_trained.json"
+# ort_training.evaluate of the model and of an untrained copy (--untrained), in one process (demo_report.py evaluate)
+"$python" scripts/demo_report.py evaluate --trained "$out/eval_trained.json" --untrained "$out/eval_untrained.json" -- \
+  --model_dir "$model" --input_dir "$phase1_dir" --split test
 "$python" -c '
 import sys
 from transformers import pipeline
@@ -235,10 +236,8 @@ if [[ $decoder == 1 ]]; then
     --phase1.input_dir "$tl_train" --phase2.input_dir "$tl_train" --config_file llama_tiny --objective clm
   model_decoder=$(find "$results_decoder" -path '*phase2*' -name config.json -path '*hf_model*' -printf '%h\n' | head -n1)
   [[ -n "$model_decoder" ]] || { echo "demo: no phase-2 Hugging Face export under $results_decoder" >&2; exit 1; }
-  "$python" -m ort_training.evaluate --model_dir "$model_decoder" --input_dir "$tl_val" --split test --baseline_dir "$tl_train" \
-    >"$out/eval_decoder.json"
-  "$python" -m ort_training.evaluate --model_dir "$model_decoder" --input_dir "$tl_val" --split test --baseline_dir "$tl_train" \
-    --untrained >"$out/eval_decoder_untrained.json"
+  "$python" scripts/demo_report.py evaluate --trained "$out/eval_decoder.json" --untrained "$out/eval_decoder_untrained.json" -- \
+    --model_dir "$model_decoder" --input_dir "$tl_val" --split test --baseline_dir "$tl_train"
   "$python" -c '
 import json, sys
 t, u = (json.load(open(p)) for p in sys.argv[1:])
@@ -263,9 +262,8 @@ if [[ $t5 == 1 ]]; then
     --phase1.input_dir "$packed1_dir" --phase2.input_dir "$packed2_dir" "${t5_args[@]}"
   model_t5=$(find "$results_t5" -path '*phase2*' -name config.json -path '*hf_model*' -printf '%h\n' | head -n1)
   [[ -n "$model_t5" ]] || { echo "demo: no phase-2 Hugging Face export under $results_t5" >&2; exit 1; }
-  "$python" -m ort_training.evaluate --model_dir "$model_t5" --input_dir "$packed1_dir" --split test >"$out/eval_t5.json"
-  "$python" -m ort_training.evaluate --model_dir "$model_t5" --input_dir "$packed1_dir" --split test --untrained \
-    >"$out/eval_t5_untrained.json"
+  "$python" scripts/demo_report.py evaluate --trained "$out/eval_t5.json" --untrained "$out/eval_t5_untrained.json" -- \
+    --model_dir "$model_t5" --input_dir "$packed1_dir" --split test
   "$python" -c '
 import json, sys
 t, u = (json.load(open(p)) for p in sys.argv[1:])

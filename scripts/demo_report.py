@@ -2,6 +2,7 @@
 
     python scripts/demo_report.py finetune --out DIR --run "LABEL=FINETUNE_OUTPUT_DIR" [--run ...] [--task TASK_DIR]
     python scripts/demo_report.py mlm --untrained U.json --trained T.json
+    python scripts/demo_report.py evaluate --trained T.json --untrained U.json -- EVALUATE_FLAGS...
     python scripts/demo_report.py probe --out DIR --train_file T --dev_file D --test_file E \
         --row "LABEL=MODEL_DIR" --row "LABEL=untrained:0,1,2:MODEL_DIR" [--control "(b)=(a)"] [--max_train N]
     python scripts/demo_report.py curve --out PNG --run "LABEL=PHASE1_METRICS.jsonl" [--run ...] --unigram LABEL=ACC
@@ -19,6 +20,9 @@ passes only, deterministic) for every starting point in one process, a random-in
 shown), and writes DIR/probe_results.{md,json,png}: rows in the order given (never re-ordered by a score), dev and test
 macro-F1, each row against its control (`--control "(b)=(a)"`), and the best starting point by *dev* macro-F1 among the
 rows that are not random inits (`best` in the JSON; its letter printed last, for the one fine-tune that follows).
+`evaluate` runs `python -m ort_training.evaluate EVALUATE_FLAGS` and the same with `--untrained` (its baseline) in one
+process, one JSON file each, the same bytes as two commands write: the demo asks for three such pairs, and each Python
+start that loads torch and transformers costs seconds on a 2-core machine.
 `curve` draws the training masked-token accuracy of each run (its metrics.jsonl) beside the unigram line(s).
 `mlm` prints one line: untrained, most-frequent-token and trained held-out MLM accuracy (from
 `python -m ort_training.evaluate` outputs).
@@ -354,6 +358,19 @@ def scoring_report(test_file: Path, label_column: str, engines: list[tuple[str, 
     return md
 
 
+def evaluate_pair(flags: list[str], trained: Path, untrained: Path) -> None:
+    """ort_training.evaluate's JSON line for FLAGS into `trained`, and for FLAGS --untrained into `untrained`."""
+    import contextlib
+    import io
+
+    from ort_training.evaluate import run
+
+    for path, extra in ((trained, []), (untrained, ["--untrained"])):
+        with contextlib.redirect_stdout(io.StringIO()) as line:  # run() prints the JSON line the command prints
+            run([*flags, *extra])
+        path.write_text(line.getvalue())
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -374,6 +391,10 @@ def main(argv: list[str] | None = None) -> int:
     pr.add_argument("--dev_file", type=Path, required=True)
     pr.add_argument("--test_file", type=Path, required=True)
     pr.add_argument("--max_train", type=int, default=3000, help="training sentences the probe is fitted on (a fixed subset)")
+    ev = sub.add_parser("evaluate", help="ort_training.evaluate of a model and of an untrained copy, in one process")
+    ev.add_argument("--trained", type=Path, required=True, help="the JSON of the model's evaluation")
+    ev.add_argument("--untrained", type=Path, required=True, help="the JSON of the untrained copy's (--untrained)")
+    ev.add_argument("flags", nargs=argparse.REMAINDER, help="python -m ort_training.evaluate's flags, after --")
     c = sub.add_parser("curve", help="training masked-token accuracy per step beside the unigram line")
     c.add_argument("--out", type=Path, required=True, help="the PNG to write")
     c.add_argument("--run", action="append", required=True, metavar="LABEL=METRICS.jsonl")
@@ -419,6 +440,9 @@ def main(argv: list[str] | None = None) -> int:
                 p.error(f"--unigram {item!r}: expected LABEL=ACCURACY")
             lines.append((label, float(value)))
         print(f"curve: {curve_chart(runs, lines, args.out)}")
+        return 0
+    if args.command == "evaluate":
+        evaluate_pair([f for f in args.flags if f != "--"], args.trained, args.untrained)
         return 0
     if args.command == "published":
         print(published_encoder())

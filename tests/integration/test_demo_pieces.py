@@ -4,6 +4,7 @@ reports the most-frequent-token baseline; the fine-tuning table/bar chart (scrip
 
 import importlib.util
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -87,6 +88,19 @@ def test_most_frequent_token_baseline(mlm_setup):
     untrained = evaluate.run(["--model_dir", str(mlm_setup["model"]), "--input_dir", str(mlm_setup["data"]), "--untrained"])
     line = demo_report.mlm_line(untrained, result)
     assert f"most frequent training token ('w{token - 5}') {base['accuracy']:.3f}" in line and "each once" in line
+
+
+def test_evaluate_pair_writes_what_two_commands_print(mlm_setup, tmp_path):
+    """demo_report.py evaluate: the model's and its untrained copy's JSON lines from one process, byte for byte
+    what `python -m ort_training.evaluate` (with and without --untrained) prints."""
+    flags = ["--model_dir", str(mlm_setup["model"]), "--input_dir", str(mlm_setup["data"]), "--batch_size", "8"]
+    assert demo_report.main(["evaluate", "--trained", str(tmp_path / "t.json"), "--untrained", str(tmp_path / "u.json"), "--", *flags]) == 0
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    for name, extra in (("t.json", []), ("u.json", ["--untrained"])):
+        printed = subprocess.run([sys.executable, "-m", "ort_training.evaluate", *flags, *extra], cwd=REPO, env=env, capture_output=True,
+                                 text=True, check=True).stdout
+        assert (tmp_path / name).read_text() == printed
+    assert json.loads((tmp_path / "u.json").read_text())["untrained"] is True
 
 
 # ----------------------------------------------------------------------------- the fine-tuning table
@@ -210,7 +224,8 @@ def test_demo_script_wiring():
     assert '(g) decoder on EHR timelines' in script and "--clif-dir demo" in script and "--config_file llama_tiny --objective clm" in script
     assert '--seed "$seed"' in script and 'DEMO_FT_SEEDS:-1 2 3' in script and "demo_report.py curve" in script
     # (h): T5 from scratch on (e)'s packed data, scored by evaluate (span loss) and probed through its encoder beside (i)
-    assert '--recipe demo_t5' in script and '--input_dir "$packed1_dir" --split test --untrained' in script
+    assert '--recipe demo_t5' in script and '--untrained "$out/eval_t5_untrained.json" -- \\\n    --model_dir "$model_t5"' in script
+    assert "-m ort_training.evaluate" not in script and script.count("demo_report.py evaluate --trained") == 3  # a pair per process
     assert "untrained:SEEDS:$t5_config" in script and '--control "(h)=(i)"' in script and '"${t5_rows[@]}"' in script
     t5 = load_recipe("demo_t5")
     assert t5.both["config_file"] == "t5_tiny" and t5.both["objective"] == "span_corruption" and t5.both["optimizer"] == "adamwscale"
