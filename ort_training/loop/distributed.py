@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from dataclasses import dataclass
 from typing import Mapping
 
@@ -104,6 +105,19 @@ def all_gather_object(obj) -> list:
     return out
 
 
+GLOO_SETTLE_SECONDS = 0.5
+"""How long `destroy` hands the GIL to gloo's worker threads before the group goes (see there)."""
+
+
 def destroy() -> None:
+    """End the process group after the last collective. Before that, sleep GLOO_SETTLE_SECONDS: a gloo worker thread
+    frees a finished collective's work *after* waking the caller, and freeing it can need the GIL (a barrier keeps
+    weak references to earlier works, so the last barrier's release frees an all_gather_object's Python tensors);
+    ProcessGroupGloo's destructor, run when DDP's reducer lets the group go, joins that thread while holding the GIL.
+    CI hung there once in ~100 two-rank runs on each stack (gdb: the main thread in ~ProcessGroupGloo ->
+    thread::join, a pt_gloo_runloop thread in ~AsyncBarrierWork -> ~AsyncAllgatherWork -> decref_pyobject ->
+    take_gil). Sleeping releases the GIL, so the worker finishes first."""
     if dist.is_initialized():
+        if dist.get_backend() == "gloo":
+            time.sleep(GLOO_SETTLE_SECONDS)
         dist.destroy_process_group()
