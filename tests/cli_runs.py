@@ -59,32 +59,43 @@ def run_or_dump_stacks(cmd: list[str], env: dict, timeout: float) -> subprocess.
     """subprocess.run(cmd, capture_output=True) from the checkout, except on a hang: every Python process of the run
     (torchrun's workers start sessions of their own, so its process tree) dumps its threads' stacks (faulthandler,
     SIGABRT) and the failure shows them, instead of a bare TimeoutExpired that says nothing of where it stuck."""
-    import psutil
-
     proc = subprocess.Popen(cmd, cwd=REPO, env={**env, "PYTHONFAULTHANDLER": "1"}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
     try:
         out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
-        tree = psutil.Process(proc.pid).children(recursive=True) + [psutil.Process(proc.pid)]
-        native = "".join(_native_stacks(p.pid) for p in tree)
-        for p in tree:
-            try:
-                p.send_signal(signal.SIGABRT)
-            except psutil.NoSuchProcess:
-                pass
+        native = "".join(_native_stacks(p.pid) for p in process_tree(proc.pid))
+        tree = signal_tree(proc.pid, signal.SIGABRT)
         try:
             out, err = proc.communicate(timeout=30)
         except subprocess.TimeoutExpired:
-            for p in tree:
-                try:
-                    p.kill()
-                except psutil.NoSuchProcess:
-                    pass
+            signal_tree(proc.pid, signal.SIGKILL, tree)
             out, err = proc.communicate()
         raise AssertionError(f"{' '.join(cmd[:8])} ... did not end in {timeout} s; stdout tail: {out[-2000:]}\n"
                              f"stderr tail with the stacks of its processes:\n{err[-20000:]}\n{native}") from None
     return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+
+
+def process_tree(pid: int) -> list:
+    """The process and all its descendants (psutil): torchrun starts each worker in a session of its own, so its process
+    group alone leaves the workers out."""
+    import psutil
+
+    root = psutil.Process(pid)
+    return root.children(recursive=True) + [root]
+
+
+def signal_tree(pid: int, sig: int, tree: list | None = None) -> list:
+    """Send `sig` to process_tree(pid) (or to `tree`, a list it returned before); those already gone are skipped."""
+    import psutil
+
+    tree = process_tree(pid) if tree is None else tree
+    for p in tree:
+        try:
+            p.send_signal(sig)
+        except psutil.NoSuchProcess:
+            pass
+    return tree
 
 
 def _native_stacks(pid: int) -> str:

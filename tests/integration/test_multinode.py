@@ -12,28 +12,22 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-import psutil
+import cli_runs
 import pytest
 import torch
 
 from ort_training.data.synthetic import tiny_setup
+from ort_training.loop.distributed import free_port
 from ort_training.loop.checkpoint import list_checkpoints, load_checkpoint
 
 REPO = Path(__file__).resolve().parents[2]
 STEPS, EVERY = 200, 20
 pytestmark = [pytest.mark.slow, pytest.mark.stack_free]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def start_agents(setup: dict, out: Path, log_dir: Path, tag: str, resume: bool) -> list[subprocess.Popen]:
@@ -56,12 +50,7 @@ def start_agents(setup: dict, out: Path, log_dir: Path, tag: str, resume: bool) 
 def kill_node(agent: subprocess.Popen) -> None:
     """SIGKILL the agent and its workers at once, like losing the machine (torchrun starts each worker in a
     session of its own, so the agent's process group alone would leave the worker training)."""
-    procs = psutil.Process(agent.pid).children(recursive=True) + [psutil.Process(agent.pid)]
-    for proc in procs:
-        try:
-            proc.kill()
-        except psutil.NoSuchProcess:
-            pass
+    cli_runs.signal_tree(agent.pid, signal.SIGKILL)
 
 
 def wait_all(agents: list[subprocess.Popen], timeout: float, log_dir: Path) -> list[int]:
