@@ -358,17 +358,37 @@ def scoring_report(test_file: Path, label_column: str, engines: list[tuple[str, 
     return md
 
 
-def evaluate_pair(flags: list[str], trained: Path, untrained: Path) -> None:
-    """ort_training.evaluate's JSON line for FLAGS into `trained`, and for FLAGS --untrained into `untrained`."""
+def evaluate_pair(flags: list[str], trained: Path, untrained: Path) -> int:
+    """ort_training.evaluate's JSON line for FLAGS into `trained`, and for FLAGS --untrained into `untrained`: both
+    computed before either is written (each atomically), so a failure leaves the files of an earlier run as they were.
+    A bad flag, folder or file is evaluate's one line (exit 2); so are two outputs that are one file, or an output
+    inside the --model_dir or --input_dir it reads."""
     import contextlib
     import io
 
+    from bundle.atomic import atomic_write_text
+    from ort_training.errors import UsageError, exit_on_expected
     from ort_training.evaluate import run
 
-    for path, extra in ((trained, []), (untrained, ["--untrained"])):
-        with contextlib.redirect_stdout(io.StringIO()) as line:  # run() prints the JSON line the command prints
-            run([*flags, *extra])
-        path.write_text(line.getvalue())
+    def body() -> int:
+        if trained.resolve() == untrained.resolve():
+            raise UsageError(f"--trained and --untrained are both {trained}: name two files")
+        reads = [Path(flags[i + 1]).resolve() for i, f in enumerate(flags[:-1]) if f in ("--model_dir", "--input_dir")]
+        for flag, path in (("--trained", trained), ("--untrained", untrained)):
+            if path.is_dir():
+                raise UsageError(f"{flag} {path}: is a folder; name the .json file to write")
+            if any(path.resolve().is_relative_to(folder) for folder in reads):
+                raise UsageError(f"{flag} {path}: inside a folder the evaluation reads; write it elsewhere")
+        lines = []
+        for extra in ([], ["--untrained"]):
+            with contextlib.redirect_stdout(io.StringIO()) as line:  # run() prints the JSON line the command prints
+                run([*flags, *extra])
+            lines.append(line.getvalue())
+        for path, text in zip((trained, untrained), lines):
+            atomic_write_text(path, text)
+        return 0
+
+    return exit_on_expected("demo_report evaluate", body)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -442,8 +462,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"curve: {curve_chart(runs, lines, args.out)}")
         return 0
     if args.command == "evaluate":
-        evaluate_pair([f for f in args.flags if f != "--"], args.trained, args.untrained)
-        return 0
+        return evaluate_pair([f for f in args.flags if f != "--"], args.trained, args.untrained)
     if args.command == "published":
         print(published_encoder())
         return 0

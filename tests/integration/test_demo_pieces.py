@@ -103,6 +103,21 @@ def test_evaluate_pair_writes_what_two_commands_print(mlm_setup, tmp_path):
     assert json.loads((tmp_path / "u.json").read_text())["untrained"] is True
 
 
+def test_evaluate_pair_refuses_in_one_line_and_keeps_earlier_files(mlm_setup, tmp_path, capsys):
+    flags = ["--model_dir", str(mlm_setup["model"]), "--input_dir", str(mlm_setup["data"])]
+    t, u = tmp_path / "t.json", tmp_path / "u.json"
+    t.write_text("earlier\n")
+    for argv, message in (([str(t), str(t), "--", *flags], "--trained and --untrained are both"),
+                          ([str(mlm_setup["model"] / "config.json"), str(u), "--", *flags], "inside a folder the evaluation reads"),
+                          ([str(tmp_path), str(u), "--", *flags], "is a folder"),
+                          ([str(t), str(u), "--", "--model_dir", str(tmp_path / "missing"), "--input_dir", str(mlm_setup["data"])],
+                           "no readable config.json")):
+        assert demo_report.main(["evaluate", "--trained", argv[0], "--untrained", argv[1], *argv[2:]]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and message in err[0], err
+    assert t.read_text() == "earlier\n" and not u.exists()
+
+
 # ----------------------------------------------------------------------------- the fine-tuning table
 @pytest.fixture(scope="module")
 def rct_task(tmp_path_factory):
