@@ -264,6 +264,10 @@ def main(argv: list[str] | None = None) -> None:
         p.error(f"--depth_mask_rate {args.depth_mask_rate}: must be in (0, 1)")
     if args.depth_steps is not None and args.depth_steps < 1:
         p.error(f"--depth_steps {args.depth_steps}: must be >= 1")
+    if not args.data.is_dir():
+        p.error(f"--data {args.data}: not a folder; pass the packed folder data_prep wrote (W/packed_seq_len_128/pubmed)")
+    if args.out.exists() and not args.out.is_dir():
+        p.error(f"--out {args.out}: is a file; pass a folder (it is created)")
     from ort_training.objectives.depth import Depth
 
     Depth.shuffle_probability = args.shuffle_probability  # what get_objective("depth") builds in this process
