@@ -385,8 +385,9 @@ def onnx_fp16_scoring(model, config, ids, mask, args, common: dict) -> dict:
     row = {"engine": "onnx-fp16", "precision": "fp16", **common}
     try:
         from ort_training import inference
+        from ort_training.loop.backends import import_onnxruntime
 
-        ort = inference._import_onnxruntime()
+        ort = import_onnxruntime()
     except ImportError as exc:
         return {**row, "skipped": f"onnxruntime not importable ({exc})"}
     if "CUDAExecutionProvider" not in ort.get_available_providers():

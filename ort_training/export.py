@@ -242,8 +242,10 @@ def verify_onnx(onnx_path: str | Path, model: PreTrainedModel, atol: float = 1e-
         raise RuntimeError(f"{onnx_path}: the export holds operators a plain onnxruntime cannot run ({bad}); "
                            "a custom torch.onnx symbolic was active during the export")
     import numpy as np
-    import onnxruntime
 
+    from ort_training.loop.backends import import_onnxruntime
+
+    onnxruntime = import_onnxruntime()
     seq = max(2, min(12, model.config.max_position_embeddings))
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(0, model.config.vocab_size, (2, seq), generator=g)

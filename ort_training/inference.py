@@ -37,6 +37,7 @@ from bundle.atomic import atomic_path, atomic_write_text
 from bundle.digest import file_sha256
 from ort_training.models import FAMILIES, family_of
 from ort_training.errors import UsageError
+from ort_training.loop.backends import import_onnxruntime
 
 logger = logging.getLogger(__name__)
 
@@ -269,29 +270,15 @@ def compare(variant: str, got: np.ndarray, want: np.ndarray) -> dict:
 
 
 # ----------------------------------------------------------------------------- ONNX variants
-def _import_onnxruntime():
-    """onnxruntime. On the pinned stack the training wheel's import runs torch.utils.cpp_extension, which prints
-    "No CUDA runtime is found, using CUDA_HOME=..." to stderr on every CPU machine: kept out of the user's output
-    (errors still raise)."""
-    import contextlib
-    import io
-    import sys
-
-    if "onnxruntime" not in sys.modules:
-        with contextlib.redirect_stderr(io.StringIO()):
-            import onnxruntime  # noqa: F401
-    return sys.modules["onnxruntime"]
-
-
 def ort_version() -> str:
-    onnxruntime = _import_onnxruntime()
+    onnxruntime = import_onnxruntime()
 
     return onnxruntime.__version__
 
 
 def require_provider(variant: str) -> str:
     """The execution provider `variant` runs on; EngineUnavailableError (one line) when onnxruntime lacks it."""
-    onnxruntime = _import_onnxruntime()
+    onnxruntime = import_onnxruntime()
 
     provider = PROVIDERS.get(variant, "CPUExecutionProvider")
     offered = onnxruntime.get_available_providers()
@@ -305,7 +292,7 @@ def require_provider(variant: str) -> str:
 def session(path: str | Path, threads: int | None = None, provider: str = "CPUExecutionProvider", device_id: int = 0):
     """An InferenceSession with all graph optimizations (threads: intra-op threads, default onnxruntime's;
     device_id: the GPU of the CUDA provider, cuda:LOCAL_RANK for a torchrun rank)."""
-    onnxruntime = _import_onnxruntime()
+    onnxruntime = import_onnxruntime()
 
     opts = onnxruntime.SessionOptions()
     opts.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -350,7 +337,7 @@ def _optimize(src: Path, dst: Path, config) -> str:
         fused = {k: v for k, v in opt.get_fused_operator_statistics().items() if v}
         logger.info("transformer optimizer fused: %s", fused)
         return OPTIMIZER[config.model_type] + f"; fused {fused}"
-    onnxruntime = _import_onnxruntime()
+    onnxruntime = import_onnxruntime()
 
     opts = onnxruntime.SessionOptions()
     opts.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_EXTENDED

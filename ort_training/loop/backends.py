@@ -3,8 +3,11 @@ torch.compile, and the check of whether this stack can run ORT at all."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import os
+import sys
 from typing import Literal
 
 import torch
@@ -51,11 +54,43 @@ def ort_stack_problem() -> str | None:
     return None
 
 
+def import_onnxruntime():
+    """onnxruntime, imported once per process without the two side costs of the pinned training wheel.
+
+    - DeepSpeed: `import onnxruntime` (training wheel) loads ORTModule, whose `__init__` imports DeepSpeed, when it is
+      installed, only to patch `deepspeed.checkpointing.checkpoint`, and whose first export imports it again through
+      `onnxruntime.training.utils.hooks` for ZeRO-3 hooks (which this stack's DeepSpeed cannot give: ORT warns
+      "DeepSpeed import error" and goes on). That was 3 s of a quiet 2-core machine, 5-6 s under load, in every
+      process that trains on --backend ort or scores with ONNX Runtime, for nothing the bundle uses: it never calls
+      DeepSpeed's activation checkpointing, and --deepspeed runs ZeRO-1/2 through DeepSpeed's own engine. So, unless
+      the process has loaded DeepSpeed already, ORT and its hooks module are imported with DeepSpeed looking absent
+      (`sys.modules` holds None for it during the import only); afterwards `import deepspeed` works as before.
+    - stderr: the training wheel's import runs torch.utils.cpp_extension, which prints "No CUDA runtime is found,
+      using CUDA_HOME=..." on every CPU machine: kept out of the user's output (errors still raise).
+    """
+    if "onnxruntime" in sys.modules:
+        return sys.modules["onnxruntime"]
+    hide = "deepspeed" not in sys.modules
+    if hide:
+        sys.modules["deepspeed"] = None  # import deepspeed -> ImportError; importlib.util.find_spec -> None
+    try:
+        with contextlib.redirect_stderr(io.StringIO()):
+            import onnxruntime
+
+            with contextlib.suppress(ImportError):  # the inference wheel has no training package
+                import onnxruntime.training.utils.hooks  # noqa: F401 -- loaded now, while DeepSpeed looks absent
+    finally:
+        if hide and sys.modules.get("deepspeed", 0) is None:
+            del sys.modules["deepspeed"]
+    return onnxruntime
+
+
 def import_ortmodule():
     """ORTModule class, or a RuntimeError that says why not and how to fix it."""
     if (problem := ort_stack_problem()) is not None:
         raise MissingDependencyError(problem)
     try:
+        import_onnxruntime()
         from onnxruntime.training import ortmodule
         from torch_ort import ORTModule
     except Exception as exc:  # ImportError, or RuntimeError/OSError from a broken install

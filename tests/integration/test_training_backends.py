@@ -55,3 +55,38 @@ def test_checkpoint_activations_under_ort_is_ort_recompute_with_the_same_losses(
     assert [r[0] for r in recompute] == pytest.approx([r[0] for r in plain], rel=1e-5)
     banner = "\n".join(r.getMessage() for r in caplog.records)
     assert "Memory Optimizer" in banner and "ON" in banner.split("Memory Optimizer", 1)[1].split("\n", 1)[0]
+
+
+@pytest.mark.ort
+def test_ort_trains_and_exports_without_loading_deepspeed(tmp_path):
+    """ORT's import (and its first export) would load DeepSpeed for nothing the run uses (backends.import_onnxruntime):
+    a fresh process trains on --backend ort, evaluates, and never has DeepSpeed in sys.modules; `import deepspeed`
+    still works afterwards, for a --deepspeed run in the same process."""
+    import subprocess
+    import sys
+    import textwrap
+
+    pytest.importorskip("deepspeed", reason="DeepSpeed is an optional extra: pip install '.[deepspeed]'")
+    script = textwrap.dedent(f"""
+        import sys
+        from ort_training.config import PretrainConfig
+        from ort_training.data.synthetic import tiny_setup
+        from ort_training.loop.trainer import Trainer
+
+        setup = tiny_setup({str(tmp_path / "d")!r}, n_files=1, n_per_file=16, seq_len=32, max_pred=5, hidden=32)
+        cfg = PretrainConfig(**setup, output_dir={str(tmp_path / "out")!r}, backend="ort", max_steps=2, train_batch_size=8,
+                             disable_progress_bar=True, num_steps_per_checkpoint=1000, seed=1)
+        trainer = Trainer(cfg)
+        try:
+            trainer.train()
+        finally:
+            trainer.close()
+        loaded = sorted(m for m in sys.modules if m.split(".")[0] == "deepspeed")
+        assert not loaded, loaded[:5]
+        import deepspeed
+        print("deepspeed importable:", deepspeed.__version__)
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "deepspeed importable" in done.stdout
+    assert (tmp_path / "out" / "hf_model" / "config.json").is_file()  # the export ran in that process too
