@@ -307,15 +307,16 @@ def onnx_logits(sess, feed: dict[str, np.ndarray]) -> np.ndarray:
     return sess.run(["logits"], {k: feed[k] for k in names})[0]
 
 
-def verify_variant(path: str | Path, variant: str, model, feed: dict[str, np.ndarray], want: np.ndarray | None = None) -> dict:
+def verify_variant(path: str | Path, variant: str, model, feed: dict[str, np.ndarray], want: np.ndarray | None = None,
+                   name: str | Path | None = None) -> dict:
     """Run `path` in onnxruntime on the check batch and compare with PyTorch (`model`, or `want` logits given);
-    DriftError when out of TOLERANCES[variant]."""
+    DriftError when out of TOLERANCES[variant], naming `name` (what the user knows the file by) or else `path`."""
     if want is None:
         want = torch_logits(model, feed)
     got = onnx_logits(session(path, provider=require_provider(variant)), feed)
     result = compare(variant, got, want)
     if not result["ok"]:
-        raise DriftError(f"{path}: the {variant} ONNX variant drifts from PyTorch beyond its tolerance {result['tolerance']} "
+        raise DriftError(f"{name or path}: the {variant} ONNX variant drifts from PyTorch beyond its tolerance {result['tolerance']} "
                          f"(max |logit diff| {result['max_abs_logit']:.3g}, max |prob diff| {result['max_abs_prob']:.3g}, "
                          f"{result['decisive_flips']} decisive label flips in {result['rows']} check rows); refused, not used")
     return result
@@ -484,7 +485,7 @@ def _ensure_variant(model_dir: str | Path, variant: str, cache_dir: str | Path |
                 how = _to_fp16(folder / VARIANT_FILES["onnx"], tmp)
             else:
                 how = _quantize(folder / VARIANT_FILES["onnx"], tmp)
-            result = verify_variant(tmp, v, eager, feed, want)
+            result = verify_variant(tmp, v, eager, feed, want, name=model_dir)  # tmp is gone once refused
             os.replace(tmp, path)
         finally:
             tmp.unlink(missing_ok=True)

@@ -216,6 +216,21 @@ def test_drift_check_refuses_a_corrupted_onnx(model, tmp_path):
 
 
 @pytest.mark.onnx
+def test_a_refused_variant_is_named_by_its_model_folder_and_leaves_nothing(model, tmp_path, monkeypatch):
+    """A variant that fails its check when it is made is refused naming the model folder the user gave (not the
+    temporary file it was checked in, which is gone by then), and nothing of it is kept."""
+    from ort_training import inference
+
+    monkeypatch.setitem(inference.TOLERANCES, "fp32", {"max_abs_logit": -1.0})  # no export can pass this
+    cache = tmp_path / "cache"
+    with pytest.raises(inference.DriftError) as refused:
+        inference.ensure_variant(model["hf"], "fp32", cache)
+    message = str(refused.value)
+    assert message.startswith(f"{model['hf']}: the fp32 ONNX variant drifts from PyTorch") and ".tmp-" not in message
+    assert not [p for p in cache.rglob("*") if p.suffix == ".onnx" or ".tmp-" in p.name]
+
+
+@pytest.mark.onnx
 def test_modernbert_classifier_scores_on_onnx(model, tmp_path):
     """A tiny ModernBERT classifier (sliding-window attention narrower than the text) exports, passes its checks and
     scores like PyTorch."""
