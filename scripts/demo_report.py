@@ -242,7 +242,14 @@ def probe_report(out: Path, rows: list[tuple[str, str, list[int]]], train_file: 
                      f"{_value(r['test_macro_f1'], r['test_macro_f1_std'])} | {_value(r['test_accuracy'], r['test_accuracy_std'])} | "
                      f"{vs} | {per_seed} |")
     if best:
-        lines += ["", f"best starting point on dev: {best['model']} (dev macro-F1 {best['dev_macro_f1']:.3f}): fine-tuned once below"]
+        # The runner-up and the margin, to four decimals: a pick by a hair is a tie that float rounding (another CPU's
+        # kernels) can turn the other way, and the reader should see that it is one.
+        others = [r for r in candidates if r is not best]
+        second = max(others, key=lambda r: r["dev_macro_f1"]) if others else None
+        behind = (f"; runner-up {second['model']}, {best['dev_macro_f1'] - second['dev_macro_f1']:.4f} behind"
+                  if second else "")
+        lines += ["", f"best starting point on dev: {best['model']} (dev macro-F1 {best['dev_macro_f1']:.4f}{behind}): "
+                      "fine-tuned once below"]
     md = "\n".join(lines) + "\n"
     out.mkdir(parents=True, exist_ok=True)
     (out / "probe_results.md").write_text(md)

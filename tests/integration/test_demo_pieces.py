@@ -286,6 +286,7 @@ def test_probe_report_order_protocol_and_best(tmp_path, monkeypatch):
     assert md.startswith("linear probe: logistic regression") and "init seeds 0, 1" in md and "chosen on dev" in md
     assert "| (a) random | 0.420 ± 0.028 | 0.430 ± 0.028 | 0.530 ± 0.028 |  | 0.410 (seed 0), 0.450 (seed 1) |" in md
     assert "| (b) here | 0.450 | 0.500 | 0.600 | +7.0 vs a |  |" in md and "| (c) cont | 0.600 | 0.650 | 0.750 | +10.0 vs d |" in md
+    assert "best starting point on dev: (d) published (dev macro-F1 0.6200; runner-up (c) cont, 0.0200 behind)" in md
     assert (tmp_path / "probe_results.png").read_bytes()[:4] == b"\x89PNG"
     metrics = tmp_path / "metrics.jsonl"
     metrics.write_text("".join(json.dumps({"step": i, "loss": 7.0, "mlm_accuracy": 0.04 + i / 1000}) + "\n" for i in range(1, 60)))
