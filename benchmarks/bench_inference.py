@@ -9,7 +9,9 @@ round by round (so load from other jobs falls on all of them alike); reported: s
 of sentences / model time; tokenization, the same for every engine, is left out), p50 / p95 latency of one
 batch, the speed-up over PyTorch, and on --test_file (every row, windowed as fine-tuning did) each engine's
 macro-F1, accuracy and agreement with PyTorch's predicted labels. Exports go to each model's onnx/ cache (the
-first run includes the export and checks; later runs reuse them).
+first run includes the export and checks; later runs reuse them). A variant that predict refuses (its drift check
+against PyTorch failed) is skipped with a line saying why; --time_refused times it all the same, made unchecked in
+a temporary folder (never cached) and marked in its row.
 """
 
 from __future__ import annotations
@@ -30,8 +32,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ort_training.data.text import Table, encode_split, read_table  # noqa: E402
 from ort_training.tasks.finetuning import classification_metrics, predict  # noqa: E402
-from ort_training.inference import (CHECK_SENTENCES, ENGINES, EngineUnavailableError, labels_of, load_engine, load_tokenizer,  # noqa: E402
-                                     read_classifier_config, require_provider)
+from ort_training.inference import (CHECK_SENTENCES, ENGINES, MADE_FROM, VARIANT_FILES, DriftError, EngineUnavailableError,  # noqa: E402
+                                     OnnxClassifier, ensure_variant, labels_of, load_engine, load_tokenizer, load_torch_classifier,
+                                     make_variant, read_classifier_config, require_provider)
 from ort_training.predict import PredictConfig, text_settings  # noqa: E402
 
 logger = logging.getLogger("bench_inference")
@@ -80,6 +83,19 @@ def random_base_classifier(tokenizer_dir: Path, out: Path, num_labels: int) -> P
     return out
 
 
+def refused_engine(model_dir: Path, engine: str, threads: int | None, workdir: Path, reason: DriftError):
+    """(model, info) of a variant that predict refuses (its drift check failed), made again unchecked into workdir,
+    never into the model's cache, so that its speed and agreement can be measured; its rows say it was refused."""
+    source, _ = ensure_variant(model_dir, MADE_FROM[engine])  # what it is made from: checked and cached as usual
+    dst = workdir / f"{model_dir.parent.name}-{VARIANT_FILES[engine]}"
+    how = make_variant(engine, source.parent, load_torch_classifier(model_dir, attention="eager"), dst)
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(str(model_dir), trust_remote_code=False)
+    return (OnnxClassifier(dst, config, threads, require_provider(engine)),
+            {"engine": engine, "onnx_file": str(dst), "how": how, "check": None, "refused": str(reason)})
+
+
 def bench_model(name: str, model_dir: Path, texts: list[str], test, args) -> list[dict]:
     settings = text_settings(PredictConfig(model_dir=str(model_dir), input_file="x", output_file="x.csv", max_seq_length=args.max_seq_length),
                              model_dir, 10**6)
@@ -90,7 +106,14 @@ def bench_model(name: str, model_dir: Path, texts: list[str], test, args) -> lis
     engines = {}
     for engine in args.engines:
         t = time.perf_counter()
-        model, info = load_engine(model_dir, engine, threads=args.threads)
+        try:
+            model, info = load_engine(model_dir, engine, threads=args.threads)
+        except DriftError as exc:
+            if not args.time_refused:
+                print(f"bench_inference: skipping {engine} for {name}: {exc} (--time_refused times it all the same)",
+                      file=sys.stderr, flush=True)
+                continue
+            model, info = refused_engine(model_dir, engine, args.threads, args.refused_dir, exc)
         engines[engine] = {"model": Timed(model), "info": info, "load_s": time.perf_counter() - t, "rounds": [], "lat": []}
         logger.info("%s %s ready in %.1f s", name, engine, engines[engine]["load_s"])
     for e in engines.values():  # warm-up: one pass each
@@ -104,7 +127,9 @@ def bench_model(name: str, model_dir: Path, texts: list[str], test, args) -> lis
         logger.info("%s round %d: %s", name, r + 1, ", ".join(f"{k} {v['rounds'][-1]:.1f}/s" for k, v in engines.items()))
     results, ref = [], None
     for engine, e in engines.items():
-        row = {"model": name, "engine": engine, "sentences_per_s": float(np.median(e["rounds"])), "rounds": [round(x, 1) for x in e["rounds"]],
+        refused = e["info"].get("refused")
+        row = {"model": name, "engine": engine + (" (refused by predict)" if refused else ""), "refused": refused,
+               "sentences_per_s": float(np.median(e["rounds"])), "rounds": [round(x, 1) for x in e["rounds"]],
                "p50_batch_ms": 1000 * float(np.percentile(e["lat"], 50)), "p95_batch_ms": 1000 * float(np.percentile(e["lat"], 95)),
                "load_s": round(e["load_s"], 1), "onnx_bytes": e["info"].get("onnx_file") and os.path.getsize(e["info"]["onnx_file"]),
                "check": e["info"].get("check")}
@@ -170,6 +195,9 @@ def main(argv=None) -> int:
     p.add_argument("--max_seq_length", type=int, help="Default: the fine-tuning run's (finetune_config.json), else 128.")
     p.add_argument("--threads", type=int, help="CPU threads for every engine (default: theirs).")
     p.add_argument("--engines", nargs="+", default=list(ENGINES), choices=ENGINES)
+    p.add_argument("--time_refused", action="store_true",
+                   help="Time an ONNX variant that predict refuses (its drift check against PyTorch failed) all the same: made "
+                        "unchecked in a temporary folder, never cached, its rows marked. Default: skip it with a line saying why.")
     p.add_argument("--out", help="Write the results JSON here.")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
@@ -186,6 +214,8 @@ def main(argv=None) -> int:
     else:
         texts = [CHECK_SENTENCES[i % len(CHECK_SENTENCES)] for i in range(args.timing_rows)]
     results = []
+    refused_dir = tempfile.TemporaryDirectory()  # --time_refused's unchecked variants, removed at exit
+    args.refused_dir = Path(refused_dir.name)
     results += bench_model(Path(args.model_dir).parent.name or "model", Path(args.model_dir), texts, test, args)
     print(table(results), flush=True)  # each model's rows as soon as they are measured
     if args.base:

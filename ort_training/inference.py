@@ -393,6 +393,22 @@ def _to_fp16(src: Path, dst: Path) -> str:
     return "onnxruntime.transformers OnnxModel.convert_float_to_float16 (keep_io_types: int64 inputs, float32 logits)"
 
 
+def make_variant(variant: str, folder: Path, eager, dst: Path) -> str:
+    """Write `variant` to dst, made from its MADE_FROM variant in `folder` (fp32: exported from the eager PyTorch
+    classifier); unchecked: ensure_variant checks it before it is kept. Returns how it was made."""
+    if variant == "fp32":
+        from ort_training.export import export_onnx_classifier
+
+        export_onnx_classifier(eager, dst)
+        return "torch.onnx.export (TorchScript exporter), opset 17, dynamic batch and sequence axes"
+    src = folder / VARIANT_FILES[MADE_FROM[variant]]
+    if variant == "onnx":
+        return _optimize(src, dst, eager.config)
+    if variant == "onnx-fp16":
+        return _to_fp16(src, dst)
+    return _quantize(src, dst)
+
+
 def _tmp(path: Path) -> Path:
     return path.with_name(f".{path.name}.tmp-{os.getpid()}")
 
@@ -462,8 +478,6 @@ def _ensure_variant(model_dir: str | Path, variant: str, cache_dir: str | Path |
         return folder / VARIANT_FILES[variant], manifest["variants"][variant]
     if not make:
         return None
-    from ort_training.export import export_onnx_classifier
-
     folder.mkdir(parents=True, exist_ok=True)
     eager = load_torch_classifier(model_dir, attention="eager")
     feed = check_batch(load_tokenizer(model_dir), eager.config)
@@ -476,15 +490,7 @@ def _ensure_variant(model_dir: str | Path, variant: str, cache_dir: str | Path |
         path, tmp = folder / VARIANT_FILES[v], _tmp(folder / VARIANT_FILES[v])
         started = time.perf_counter()
         try:
-            if v == "fp32":
-                export_onnx_classifier(eager, tmp)
-                how = "torch.onnx.export (TorchScript exporter), opset 17, dynamic batch and sequence axes"
-            elif v == "onnx":
-                how = _optimize(folder / VARIANT_FILES["fp32"], tmp, eager.config)
-            elif v == "onnx-fp16":
-                how = _to_fp16(folder / VARIANT_FILES["onnx"], tmp)
-            else:
-                how = _quantize(folder / VARIANT_FILES["onnx"], tmp)
+            how = make_variant(v, folder, eager, tmp)
             result = verify_variant(tmp, v, eager, feed, want, name=model_dir)  # tmp is gone once refused
             os.replace(tmp, path)
         finally:

@@ -231,6 +231,40 @@ def test_a_refused_variant_is_named_by_its_model_folder_and_leaves_nothing(model
 
 
 @pytest.mark.onnx
+def test_bench_inference_skips_a_refused_variant_or_times_it_unchecked_outside_the_cache(model, tmp_path, monkeypatch, capsys):
+    """benchmarks/bench_inference.py on a model whose int8 variant predict refuses: by default the engine is skipped
+    with one line naming the refusal (it used to end the benchmark with a traceback); --time_refused times it, made
+    unchecked in a temporary folder, its row marked, and the model's ONNX cache never holds it."""
+    import shutil
+    import sys
+    from pathlib import Path
+
+    from ort_training import inference
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+    try:
+        import bench_inference
+    finally:
+        sys.path.pop(0)
+    hf = tmp_path / "ft" / "hf_model"
+    shutil.copytree(model["hf"], hf)
+    shutil.copy(model["hf"].parent / "finetune_config.json", hf.parent)
+    monkeypatch.setitem(inference.TOLERANCES, "onnx-int8", {"max_abs_logit": -1.0})  # no quantization can pass this
+    argv = ["--model_dir", str(hf), "--test_file", str(model["test"]), "--text_column", "note", "--label_column", "dx",
+            "--timing_rows", "8", "--rounds", "1", "--threads", "1", "--engines", "torch", "onnx-int8"]
+    assert bench_inference.main(argv) == 0
+    out = capsys.readouterr()
+    assert "bench_inference: skipping onnx-int8 for ft: " in out.err and "drifts from PyTorch" in out.err
+    assert "| onnx-int8" not in out.out and "| ft | torch |" in out.out
+    assert bench_inference.main(argv + ["--time_refused", "--out", str(tmp_path / "bench.json")]) == 0
+    assert "| ft | onnx-int8 (refused by predict) |" in capsys.readouterr().out
+    rows = json.loads((tmp_path / "bench.json").read_text())["results"]
+    assert [r["engine"] for r in rows] == ["torch", "onnx-int8 (refused by predict)"] and "drifts" in rows[1]["refused"]
+    assert rows[1]["onnx_bytes"] > 0 and 0 <= rows[1]["agreement_with_torch"] <= 1
+    assert not list(hf.rglob(inference.VARIANT_FILES["onnx-int8"]))  # the cache has the checked variants only
+
+
+@pytest.mark.onnx
 def test_modernbert_classifier_scores_on_onnx(model, tmp_path):
     """A tiny ModernBERT classifier (sliding-window attention narrower than the text) exports, passes its checks and
     scores like PyTorch."""
