@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from ort_training.data.text import Table, encode_split, read_table  # noqa: E402
 from ort_training.tasks.finetuning import classification_metrics, predict  # noqa: E402
 from ort_training.inference import (CHECK_SENTENCES, ENGINES, MADE_FROM, VARIANT_FILES, DriftError, EngineUnavailableError,  # noqa: E402
-                                     OnnxClassifier, ensure_variant, labels_of, load_engine, load_tokenizer, load_torch_classifier,
+                                     ensure_variant, labels_of, load_engine, load_tokenizer, load_torch_classifier,
                                      make_variant, read_classifier_config, require_provider)
 from ort_training.predict import PredictConfig, text_settings  # noqa: E402
 
@@ -89,11 +89,9 @@ def refused_engine(model_dir: Path, engine: str, threads: int | None, workdir: P
     source, _ = ensure_variant(model_dir, MADE_FROM[engine])  # what it is made from: checked and cached as usual
     dst = workdir / f"{model_dir.parent.name}-{VARIANT_FILES[engine]}"
     how = make_variant(engine, source.parent, load_torch_classifier(model_dir, attention="eager"), dst)
-    from transformers import AutoConfig
-
-    config = AutoConfig.from_pretrained(str(model_dir), trust_remote_code=False)
-    return (OnnxClassifier(dst, config, threads, require_provider(engine)),
-            {"engine": engine, "onnx_file": str(dst), "how": how, "check": None, "refused": str(reason)})
+    info = {"engine": engine, "provider": require_provider(engine), "onnx_file": str(dst), "how": how, "check": None,
+            "refused": str(reason)}
+    return load_engine(model_dir, engine, threads=threads, info=info)
 
 
 def bench_model(name: str, model_dir: Path, texts: list[str], test, args) -> list[dict]:
