@@ -30,7 +30,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ort_training.data.text import Table, encode_split, read_table  # noqa: E402
+from bundle.atomic import atomic_write_text  # noqa: E402
+from ort_training.data.text import Table, TextDataError, encode_split, read_table  # noqa: E402
 from ort_training.tasks.finetuning import classification_metrics, predict  # noqa: E402
 from ort_training.inference import (CHECK_SENTENCES, ENGINES, MADE_FROM, VARIANT_FILES, DriftError, EngineUnavailableError,  # noqa: E402
                                      ensure_variant, labels_of, load_engine, load_tokenizer, load_torch_classifier,
@@ -203,10 +204,23 @@ def main(argv=None) -> int:
     logger.setLevel(logging.INFO)
     if not args.model_dir:
         p.error("--model_dir is needed (a fine-tuned classifier; with --base its tokenizer is used for the random BERT-base)")
+    if not (Path(args.model_dir) / "config.json").is_file():
+        p.error(f"--model_dir {args.model_dir}: no config.json there; pass a fine-tuned classifier folder (finetune's hf_model/)")
+    if args.test_file and not Path(args.test_file).is_file():
+        p.error(f"--test_file {args.test_file}: no such file; pass a labelled .csv/.tsv/.parquet/.jsonl")
+    if args.out:
+        out = Path(args.out).resolve()
+        if out.is_dir():
+            p.error(f"--out {args.out}: is a folder; name the .json file to write")
+        if (args.test_file and out == Path(args.test_file).resolve()) or out.is_relative_to(Path(args.model_dir).resolve()):
+            p.error(f"--out {args.out}: is the --test_file or inside the --model_dir it reads; write it elsewhere")
     args.engines = runnable_engines(args.engines)
     if not args.engines:
         p.error("none of the --engines can run on this machine (see the lines above)")
-    test = read_table(args.test_file, args.text_column, args.label_column) if args.test_file else None
+    try:
+        test = read_table(args.test_file, args.text_column, args.label_column) if args.test_file else None
+    except TextDataError as exc:
+        p.error(str(exc))
     if test is not None:
         texts = test.texts[:args.timing_rows]
     else:
@@ -229,7 +243,7 @@ def main(argv=None) -> int:
           f"onnxruntime {next((r['check'] and __import__('onnxruntime').__version__ for r in results if r.get('check')), '-')}")
     print(table(results))
     if args.out:
-        Path(args.out).write_text(json.dumps({"args": vars(args), "results": results}, indent=2, default=str) + "\n")
+        atomic_write_text(Path(args.out), json.dumps({"args": vars(args), "results": results}, indent=2, default=str) + "\n")
     return 0
 
 

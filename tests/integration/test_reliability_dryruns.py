@@ -331,6 +331,38 @@ def test_sigterm_to_packed_workers_is_quiet_and_exits_143(tmp_path):
     assert (d / "manifest.json").exists() and not list(d.glob(".*.tmp-*"))
 
 
+@pytest.mark.parametrize("case, message", [
+    ("no_model", "--model_dir {d}/nope: no config.json there"),
+    ("no_test_file", "--test_file {d}/nope.csv: no such file"),
+    ("out_is_folder", "--out {d}: is a folder; name the .json file to write"),
+    ("out_is_input", "--out {d}/test.csv: is the --test_file or inside the --model_dir it reads"),
+])
+def test_bench_inference_refuses_bad_paths_in_one_line(tmp_path, capsys, case, message):
+    """A missing model or test file, an --out that is a folder or the file it reads: one error line (after argparse's
+    usage), exit 2, before any work,
+    and the input left as it was (they were tracebacks, the --out folder one after the whole benchmark)."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    try:
+        import bench_inference
+    finally:
+        sys.path.remove(str(REPO / "benchmarks"))
+    model = tmp_path / "hf_model"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    test = tmp_path / "test.csv"
+    test.write_text("text,label\na,b\n")
+    argv = {"no_model": ["--model_dir", str(tmp_path / "nope")],
+            "no_test_file": ["--model_dir", str(model), "--test_file", str(tmp_path / "nope.csv")],
+            "out_is_folder": ["--model_dir", str(model), "--test_file", str(test), "--out", str(tmp_path)],
+            "out_is_input": ["--model_dir", str(model), "--test_file", str(test), "--out", str(test)]}[case]
+    with pytest.raises(SystemExit) as stop:
+        bench_inference.main(argv + ["--engines", "torch"])
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and "Traceback" not in err, err  # argparse's usage, then the one line
+    assert f"error: {message.format(d=tmp_path)}" in err.strip().splitlines()[-1], err
+    assert test.read_text() == "text,label\na,b\n"
+
+
 def test_bench_inference_skips_engines_this_machine_cannot_run(capsys):
     pytest.importorskip("onnxruntime")
     import onnxruntime
