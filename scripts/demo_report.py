@@ -443,17 +443,28 @@ def main(argv: list[str] | None = None) -> int:
         print(scoring_report(args.test_file, args.label_column, pairs, args.out), end="")
         return 0
     if args.command == "probe":
+        for flag, path in (("--train_file", args.train_file), ("--dev_file", args.dev_file), ("--test_file", args.test_file)):
+            if not path.is_file():
+                p.error(f"{flag} {path}: no such file; pass the task's labelled .csv (data_prep.downstream writes them)")
+        if args.out.exists() and not args.out.is_dir():
+            p.error(f"--out {args.out}: is a file; pass a folder for probe_results.{{md,json,png}}")
         controls = {}
         for item in args.control:
             x, sep, y = item.partition("=")
             if not sep:
                 p.error(f"--control {item!r}: expected X=Y, e.g. (b)=(a)")
             controls[_letter(x)] = _letter(y)
-        result = probe_report(args.out, [parse_probe_row(r) for r in args.row], args.train_file, args.dev_file, args.test_file,
-                              controls, args.max_train)
-        print((args.out / "probe_results.md").read_text(), end="")
-        print(f"chart: {result['chart']}")
-        return 0
+        from ort_training.errors import exit_on_expected
+
+        rows = [parse_probe_row(r) for r in args.row]
+
+        def probe_body() -> int:  # a model folder the probe cannot read: its one line, exit 2
+            result = probe_report(args.out, rows, args.train_file, args.dev_file, args.test_file, controls, args.max_train)
+            print((args.out / "probe_results.md").read_text(), end="")
+            print(f"chart: {result['chart']}")
+            return 0
+
+        return exit_on_expected("demo_report probe", probe_body)
     if args.command == "curve":
         runs, lines = [], []
         for item in args.run:

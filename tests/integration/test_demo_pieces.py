@@ -261,6 +261,27 @@ def test_demo_script_wiring():
     assert "\ndemo-full: env  ## " in makefile and "DEMO_FULL=1 bash scripts/demo.sh" in makefile
 
 
+def test_probe_command_refuses_bad_paths_in_one_line(tmp_path, capsys):
+    """demo_report probe: a missing task file, an --out that is a file, a model folder the probe cannot read: one error
+    line and exit 2, nothing written (they were tracebacks, the --out one after every row was probed)."""
+    task = {name: tmp_path / f"{name}.csv" for name in ("train", "dev", "test")}
+    for path in task.values():
+        path.write_text("text,label\na,b\nc,d\n")
+    files = ["--train_file", str(task["train"]), "--dev_file", str(task["dev"]), "--test_file", str(task["test"])]
+    with pytest.raises(SystemExit) as stop:
+        demo_report.main(["probe", "--out", str(tmp_path / "out"), *files[:1], str(tmp_path / "nope.csv"), *files[2:],
+                          "--row", f"(b) x={tmp_path}"])
+    assert stop.value.code == 2 and f"--train_file {tmp_path / 'nope.csv'}: no such file" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as stop:
+        demo_report.main(["probe", "--out", str(task["test"]), *files, "--row", f"(b) x={tmp_path}"])
+    assert stop.value.code == 2 and f"--out {task['test']}: is a file" in capsys.readouterr().err
+    assert demo_report.main(["probe", "--out", str(tmp_path / "out"), *files, "--row", f"(b) x={tmp_path / 'nope'}"]) == 2
+    err = capsys.readouterr().err
+    assert err.strip().splitlines() == [f"demo_report probe: error: --model_dir {tmp_path / 'nope'}: not a folder (a Hugging Face "
+                                        "model folder with config.json)"]
+    assert not (tmp_path / "out").exists() and task["test"].read_text() == "text,label\na,b\nc,d\n"
+
+
 def test_probe_report_order_protocol_and_best(tmp_path, monkeypatch):
     """The probe table keeps the rows in the order given (whatever the scores), shows a random-init row's spread over
     its init seeds, compares rows with their controls, states the protocol, and picks the best pretrained row on dev."""
